@@ -1,0 +1,28 @@
+"""Default names and units for the axes of a 4D-STEM signal."""
+
+
+_NAV_NAMES = ("x", "y")
+_SIG_NAMES = ("kx", "ky")
+
+
+def _is_undefined(value):
+    return value is None or str(value) in ("", "<undefined>", "Undefined")
+
+
+def set_default_axes(signal):
+    """Give undefined axis names and units of a 4D-STEM signal sensible defaults.
+
+    Only axes whose name or unit is undefined are touched: navigation axes
+    become ``x``/``y`` and signal axes ``kx``/``ky``; an undefined unit with a
+    scale of 1 becomes ``"px"``. Signals that are not 2+2 dimensional are left
+    alone (a clear error is raised where a 4D dataset is needed).
+    """
+    am = signal.axes_manager
+    if am.navigation_dimension != 2 or am.signal_dimension != 2:
+        return
+    for axes, names in ((am.navigation_axes, _NAV_NAMES), (am.signal_axes, _SIG_NAMES)):
+        for axis, name in zip(axes, names):
+            if _is_undefined(axis.name):
+                axis.name = name
+            if _is_undefined(axis.units) and getattr(axis, "scale", None) == 1:
+                axis.units = "px"
