@@ -1,0 +1,21 @@
+"""Input/output helpers of hyperspy_cnmf.
+
+py4DSTEM bridge (py4DSTEM is optional and imported only when needed):
+
+- :func:`from_py4dstem`: py4DSTEM ``DataCube`` -> ``STEM4D``/``LazySTEM4D``;
+- :func:`to_py4dstem`: 2+2 dimensional HyperSpy signal -> ``DataCube``;
+- :func:`load_py4dstem`: read the DataCube of a py4DSTEM (EMD 1.0) file;
+- :func:`as_signal`: accept a HyperSpy signal or a DataCube wherever a signal
+  is expected.
+
+Importing this package imports neither py4DSTEM nor HyperSpy.
+"""
+
+from hyperspy_cnmf.io._py4dstem import (
+    as_signal,
+    from_py4dstem,
+    load_py4dstem,
+    to_py4dstem,
+)
+
+__all__ = ["from_py4dstem", "to_py4dstem", "load_py4dstem", "as_signal"]

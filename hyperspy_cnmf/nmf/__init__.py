@@ -1,0 +1,24 @@
+"""The numerical core: constrained NMF on numpy arrays (numpy and numba only).
+
+This subpackage never imports HyperSpy, dask or py4DSTEM.
+"""
+
+from hyperspy_cnmf.nmf._operators import DenseOperator, SketchOperator, randomized_range
+from hyperspy_cnmf.nmf._solver import (
+    INITS,
+    SOLVERS,
+    ConvergenceWarning,
+    NMFResult,
+    constrained_nmf,
+)
+
+__all__ = [
+    "DenseOperator",
+    "SketchOperator",
+    "randomized_range",
+    "constrained_nmf",
+    "NMFResult",
+    "ConvergenceWarning",
+    "SOLVERS",
+    "INITS",
+]

@@ -2,6 +2,7 @@
 
 from hyperspy.signals import Signal2D
 
+from hyperspy_cnmf.signals import _decomposition
 from hyperspy_cnmf.signals._axes import set_default_axes
 
 
@@ -28,3 +29,163 @@ class STEM4D(Signal2D):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         set_default_axes(self)
+
+    def decomposition(self, normalize_poissonian_noise=False, algorithm="SVD", output_dimension=None, *args, **kwargs):
+        """Decompose the dataset; adds ``algorithm="constrained_nmf"``.
+
+        Every other algorithm is HyperSpy's own (see
+        :meth:`hyperspy.api.signals.Signal2D.decomposition`), unchanged.
+
+        With ``algorithm="constrained_nmf"`` the data ``X`` (positions x
+        detector pixels) are factorized as ``X ~ W H`` with non-negative maps
+        ``W`` (HyperSpy *loadings*) and diffraction patterns ``H`` (HyperSpy
+        *factors*), under the two constraints of Kimoto et al., Sci. Rep. 15,
+        39143 (2025): maps hold no detail finer than the probe, and patterns
+        have no downward-convex dips (see :mod:`hyperspy_cnmf.constraints`).
+        With both constraints off it is the paper's "primitive NMF".
+
+        Parameters
+        ----------
+        normalize_poissonian_noise : bool, default False
+            Keenan-Kotula scaling of the data before the fit (exactly undone
+            afterwards); the constraints act on the unscaled factors.
+        algorithm : str or object, default "SVD"
+            ``"constrained_nmf"`` or any HyperSpy algorithm.
+        output_dimension : int
+            Number of components k (required for constrained NMF). The paper
+            uses deliberately many (30) and merges them with
+            :meth:`cluster_diffraction`.
+        solver : {"hals", "mu", "als"}, default "hals"
+            Update rule: hierarchical alternating least squares with
+            accelerated inner sweeps, Lee-Seung multiplicative updates, or
+            clipped alternating least squares (the paper's baselines).
+        init : {"nndsvda", "nndsvd", "random"} or (loadings, factors), default "nndsvda"
+            Initialisation; a custom pair has HyperSpy's shapes
+            ``(navigation_size, k)`` and ``(signal_size, k)`` (e.g. the
+            ``learning_results`` of an earlier run, for a warm start).
+        max_iter : int, default 200
+            Maximum exact iterations (each is one read of the data).
+        tol : float, default 1e-5
+            Stop when the mean squared error changes by less than this
+            relative amount between iterations.
+        random_state : int, numpy.random.Generator or None
+            Seed of the randomized initialisation and sketch.
+        map_resolution : "auto", float or None, default "auto"
+            Probe size (FWHM) in the navigation axes' units; power beyond the
+            spatial frequency ``1 / map_resolution`` is removed from every
+            map at every iteration. ``"auto"`` estimates it from the
+            metadata (convergence angle, beam energy) or the direct-beam disk
+            (see :func:`hyperspy_cnmf.signals._calibration.estimate_probe_fwhm`);
+            ``None`` switches the map constraint off.
+        map_filter : {"tukey", "hard", "gaussian"}, default "tukey"
+            Shape of the low-pass filter at the cutoff.
+        diffraction_constraint : bool, default True
+            Forbid downward-convex dips in the patterns (a grey-scale closing
+            with a disk after every pattern update); False switches it off.
+        diffraction_constraint_size : "auto" or float, default "auto"
+            Radius in detector pixels of the disk; holes narrower than the
+            disk are filled. ``"auto"``: the direct-beam disk radius + 1 px.
+        diffraction_constraint_strength : float, default 1.0
+            Fraction in (0, 1] of the closing applied per iteration.
+        navigation_mask, signal_mask : bool array or signal, optional
+            True marks excluded probe positions / detector pixels (e.g. the
+            direct beam). Excluded entries take no part in the fit and come
+            back as NaN, as in HyperSpy; the map and pattern grids stay intact
+            for the constraints.
+        sketch : bool, default True
+            Converge first on a randomized low-rank sketch of the data, then
+            refine on the exact data until ``tol``: far fewer data reads.
+        print_info : bool, default True
+            Print a summary of the run.
+        return_info : bool, default False
+            Return a dict with the settings, the loss history and counts.
+        show_progressbar : bool or None
+            Progress bar over the iterations (None: HyperSpy's preference).
+        *args, **kwargs
+            Passed to HyperSpy for its other algorithms.
+
+        Returns
+        -------
+        dict or None
+            The run information when ``return_info=True``.
+
+        Notes
+        -----
+        ``learning_results`` receives ``factors`` (signal_size, k; each
+        pattern sums to 1 so the loadings are counts per component),
+        ``loadings`` (navigation_size, k), components sorted by total
+        intensity, plus ``cnmf_loss`` (mean squared error per iteration),
+        ``cnmf_parameters`` (JSON settings) and the resolved constraint
+        sizes ``cnmf_map_resolution`` and ``cnmf_diffraction_constraint_size``.
+
+        Examples
+        --------
+        >>> from hyperspy_cnmf.data import simulated_precipitates
+        >>> s = simulated_precipitates()
+        >>> s.decomposition(algorithm="constrained_nmf", output_dimension=7,
+        ...                 print_info=False)  # doctest: +SKIP
+        >>> s.plot_decomposition_results()  # doctest: +SKIP
+        """
+        if isinstance(algorithm, str) and algorithm.lower() == _decomposition.ALGORITHM:
+            if args:
+                raise TypeError("pass the constrained_nmf options by keyword")
+            return _decomposition.constrained_nmf_decomposition(
+                self, output_dimension, normalize_poissonian_noise=normalize_poissonian_noise, **kwargs
+            )
+        return super().decomposition(normalize_poissonian_noise, algorithm, output_dimension, *args, **kwargs)
+
+    def export_decomposition_results(self, comp_ids=None, folder=None, calibrate=True, factor_prefix="factor",
+                                     factor_format="hspy", loading_prefix="loading", loading_format="hspy",
+                                     *args, **kwargs):
+        """Save the decomposition factors and loadings to files.
+
+        HyperSpy 2.5's own implementation fails for two-dimensional signals
+        (it adds a tuple to a list); this one writes, for the selected
+        components, one stack of factors (diffraction patterns, calibrated as
+        this signal's detector) and one stack of loadings (maps, calibrated as
+        the scan) to ``folder``.
+
+        Parameters
+        ----------
+        comp_ids : None, int or list of int
+            Components to export: all (None), the first ``comp_ids``, or the
+            listed ones.
+        folder : str or None
+            Output folder (created if needed); None is the working directory.
+        calibrate : bool
+            Unused; the exported signals keep the calibrations.
+        factor_prefix, loading_prefix : str
+            File name stems.
+        factor_format, loading_format : str
+            File extensions understood by ``hs.save`` (e.g. "hspy", "zspy").
+        *args, **kwargs
+            Accepted for signature compatibility with HyperSpy and ignored.
+
+        Returns
+        -------
+        list of pathlib.Path
+            The files written.
+        """
+        from pathlib import Path
+
+        import numpy as np
+
+        n = self.learning_results.factors.shape[1]
+        if comp_ids is None:
+            ids = list(range(n))
+        elif isinstance(comp_ids, (int, np.integer)):
+            ids = list(range(int(comp_ids)))
+        else:
+            ids = [int(i) for i in comp_ids]
+        out = Path(folder or ".")
+        out.mkdir(parents=True, exist_ok=True)
+        from hyperspy.utils import stack
+
+        all_factors = self.get_decomposition_factors()
+        all_loadings = self.get_decomposition_loadings()
+        factors = stack([all_factors.inav[i] for i in ids], show_progressbar=False)
+        loadings = stack([all_loadings.inav[i] for i in ids], show_progressbar=False)
+        files = [out / f"{factor_prefix}s.{factor_format}", out / f"{loading_prefix}s.{loading_format}"]
+        factors.save(files[0], overwrite=True)
+        loadings.save(files[1], overwrite=True)
+        return files

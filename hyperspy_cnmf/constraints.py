@@ -1,0 +1,384 @@
+"""The two domain constraints of Kimoto et al. (2025) and their diagnostics.
+
+Pure numpy (plus the Numba kernels of :mod:`hyperspy_cnmf.nmf._kernels`); no
+HyperSpy, dask or py4DSTEM. Both constraints are projections applied inside
+the NMF iteration (see :func:`hyperspy_cnmf.nmf.constrained_nmf`); both are
+scale-equivariant (``f(a W) = a f(W)``), so they commute with NMF's scaling
+freedom.
+
+Map constraint: spatial resolution
+----------------------------------
+A map ``c_k(x, y)`` is the image of one component recorded with a probe of
+finite size. Its Fourier transform cannot carry signal beyond the probe's
+transfer limit: for a probe of full width at half maximum ``d`` the transfer
+at the spatial frequency ``f_c = 1/d`` is already down to about 3 % (Gaussian
+probe: ``exp(-2 pi^2 sigma^2 f_c^2)`` with ``sigma = d / 2.355``), so power
+beyond the circle ``|f| = f_c`` is noise. :class:`MapResolutionConstraint`
+removes it with a radial low-pass filter applied to every map after every map
+update, then clips negatives. Design choices:
+
+* the filter is flat (transfer 1) up to ``(1 - taper) f_c`` and falls to 0 at
+  ``f_c`` with a raised cosine (``filter="tukey"``, default): detail at the
+  resolution limit is kept, nothing beyond it survives, and the smooth edge
+  avoids the ringing of a hard circular mask (``filter="hard"`` is available,
+  as is ``filter="gaussian"``, a positive kernel that never creates negatives
+  but attenuates inside the circle);
+* maps are mirror-extended before the FFT, so the scan edges do not create the
+  high-frequency cross of a periodic discontinuity;
+* frequencies are calibrated: the cutoff is given as a length in the
+  navigation axes' units and anisotropic scan steps are honoured.
+
+Diffraction constraint: no downward-convex dips
+-----------------------------------------------
+Plain NMF fits overlapping components by carving holes ("downward-convex
+peaks") into one pattern where another pattern has a Bragg disk or a halo.
+Real diffraction intensity has peaks, never such holes. The constraint is a
+grey-scale morphological *closing* with a disk of radius ``r``:
+
+* a closing never lowers a pixel and leaves peaks of any width untouched, so
+  sharp Bragg spots survive exactly;
+* it fills every valley narrower than the disk, so it forbids holes of a
+  Bragg disk's size: holes carved by another component's Bragg disk have the
+  size of that disk, which is the size of the direct-beam disk (same
+  convergence angle). The default radius is therefore the measured radius of
+  the direct-beam disk plus one pixel;
+* masked detector pixels (``signal_mask``) take no part;
+* ``strength`` in (0, 1] blends ``H + strength * (closing(H) - H)``, a softer
+  constraint.
+
+Valleys wider than the disk (e.g. between the direct beam and the first
+amorphous halo) are real and kept. For convergent-beam data whose disks
+nearly touch, gaps between disks narrower than the disk may be raised: lower
+the radius or switch the constraint off.
+"""
+
+import numpy as np
+
+from hyperspy_cnmf.nmf._kernels import azimuthal_closing_stack, grey_closing_stack
+
+#: Full width at half maximum of the diffraction-limited (Airy) probe, in
+#: units of lambda / alpha.
+AIRY_FWHM = 0.514
+
+
+def electron_wavelength(beam_energy_kev):
+    """Relativistic electron wavelength in nm.
+
+    Parameters
+    ----------
+    beam_energy_kev : float
+        Accelerating voltage in kV.
+
+    Examples
+    --------
+    >>> round(electron_wavelength(200.0) * 1e3, 3)  # pm
+    2.508
+    """
+    h, m0, e, c = 6.62607015e-34, 9.1093837015e-31, 1.602176634e-19, 2.99792458e8
+    v = float(beam_energy_kev) * 1e3
+    return h / np.sqrt(2 * m0 * e * v * (1 + e * v / (2 * m0 * c**2))) * 1e9
+
+
+def probe_fwhm_from_convergence(convergence_angle_mrad, beam_energy_kev):
+    """FWHM (nm) of a diffraction-limited probe: ``0.514 * lambda / alpha``.
+
+    Aberrations and the source size make real probes larger, so this is a
+    lower bound; used as a cutoff it errs on the side of keeping detail.
+    """
+    return AIRY_FWHM * electron_wavelength(beam_energy_kev) / (convergence_angle_mrad * 1e-3)
+
+
+def _radial_frequency(shape, scale, rfft=True):
+    fy = np.fft.fftfreq(shape[0], d=scale[0])[:, None]
+    fx = (np.fft.rfftfreq if rfft else np.fft.fftfreq)(shape[1], d=scale[1])[None, :]
+    return np.sqrt(fy**2 + fx**2)
+
+
+def _mirror_extend(stack):
+    ext = np.concatenate([stack, stack[:, ::-1, :]], axis=1)
+    return np.concatenate([ext, ext[:, :, ::-1]], axis=2)
+
+
+class MapResolutionConstraint:
+    """Low-pass every map beyond the resolution circle ``|f| = 1/resolution``.
+
+    Parameters
+    ----------
+    nav_shape : tuple of int
+        ``(ny, nx)``: the scan shape; maps are the columns of ``W`` reshaped
+        in C order.
+    resolution : float
+        Probe size (FWHM) in the units of ``scale``; the cutoff frequency is
+        ``1 / resolution``.
+    scale : tuple of float
+        ``(scale_y, scale_x)``: scan step per axis.
+    filter : {"tukey", "hard", "gaussian"}
+        Filter shape (see the module docstring).
+    taper : float
+        Width of the raised-cosine edge as a fraction of the cutoff
+        (``filter="tukey"``).
+
+    Examples
+    --------
+    >>> c = MapResolutionConstraint((32, 32), resolution=4.0)
+    >>> W = np.random.default_rng(0).random((32 * 32, 2))
+    >>> bool(np.all(c(W) >= 0))
+    True
+    """
+
+    def __init__(self, nav_shape, resolution, scale=(1.0, 1.0), filter="tukey", taper=0.25):
+        if filter not in ("tukey", "hard", "gaussian"):
+            raise ValueError(f"unknown map filter {filter!r}: use 'tukey', 'hard' or 'gaussian'")
+        resolution = float(resolution)
+        if not np.isfinite(resolution) or resolution <= 0:
+            raise ValueError(f"map_resolution must be a positive length, got {resolution}")
+        if not 0 < taper < 1:
+            raise ValueError("taper must be in (0, 1)")
+        self.nav_shape = tuple(int(n) for n in nav_shape)
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.resolution = resolution
+        self.cutoff = 1.0 / resolution
+        self.filter = filter
+        self.taper = taper
+        ext = (2 * self.nav_shape[0], 2 * self.nav_shape[1])
+        self.transfer = self.transfer_function(_radial_frequency(ext, self.scale))
+        self._ext_shape = ext
+
+    def transfer_function(self, f):
+        """Filter transfer at the spatial frequencies ``f`` (cycles / length)."""
+        fc = self.cutoff
+        if self.filter == "hard":
+            return (f < fc).astype(float)
+        if self.filter == "gaussian":
+            # exp(-f^2 / 2 s^2) = 0.05 at f_c
+            s = fc / np.sqrt(2 * np.log(20.0))
+            return np.exp(-0.5 * (f / s) ** 2)
+        f1 = (1.0 - self.taper) * fc
+        t = np.clip((f - f1) / (fc - f1), 0.0, 1.0)
+        return 0.5 * (1.0 + np.cos(np.pi * t))
+
+    @property
+    def active(self):
+        """False when the circle encloses every sampled frequency (no-op)."""
+        return bool(np.any(self.transfer < 1.0))
+
+    def __call__(self, W):
+        """Filter the maps (columns of ``W``) and clip negatives; returns a new array."""
+        ny, nx = self.nav_shape
+        k = W.shape[1]
+        maps = np.ascontiguousarray(W.T).reshape(k, ny, nx)
+        spec = np.fft.rfft2(_mirror_extend(maps), axes=(1, 2))
+        spec *= self.transfer
+        out = np.fft.irfft2(spec, s=self._ext_shape, axes=(1, 2))[:, :ny, :nx]
+        np.maximum(out, 0.0, out=out)
+        return out.reshape(k, ny * nx).T.copy()
+
+
+def disk_offsets(radius):
+    """Offsets ``(dy, dx)`` of the pixels of a disk of the given radius."""
+    r = int(np.floor(radius))
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    inside = yy**2 + xx**2 <= radius**2 + 1e-9
+    return yy[inside].astype(np.int64), xx[inside].astype(np.int64)
+
+
+def closing(patterns, radius, valid=None):
+    """Grey-scale closing of a stack of patterns with a disk.
+
+    Parameters
+    ----------
+    patterns : ndarray, shape (k, qy, qx)
+    radius : float
+        Disk radius in pixels.
+    valid : ndarray of bool, shape (qy, qx), optional
+        False for masked pixels (left unchanged, ignored by the neighbours).
+    """
+    patterns = np.asarray(patterns, dtype=np.float64)
+    if valid is None:
+        valid = np.ones(patterns.shape[1:], dtype=bool)
+    dy, dx = disk_offsets(radius)
+    return grey_closing_stack(np.ascontiguousarray(patterns), np.asarray(valid, bool), dy, dx)
+
+
+def azimuthal_closing(patterns, centre, half, r_min=None, valid=None):
+    """Grey-scale closing of a stack of patterns along the azimuth.
+
+    The closing runs on circles about ``centre`` (see
+    :func:`hyperspy_cnmf.nmf._kernels.azimuthal_closing_stack`).
+
+    Parameters
+    ----------
+    patterns : ndarray, shape (k, qy, qx)
+    centre : tuple of float
+        ``(cy, cx)``: the direct-beam position in pixels.
+    half : int
+        Half-length (pixels) of the closing segment along the azimuth.
+    r_min : float, optional
+        Radius inside which nothing changes (default ``2 * half + 1``).
+    valid : ndarray of bool, shape (qy, qx), optional
+        False for masked pixels.
+    """
+    patterns = np.ascontiguousarray(patterns, dtype=np.float64)
+    if valid is None:
+        valid = np.ones(patterns.shape[1:], dtype=bool)
+    if r_min is None:
+        r_min = 2 * half + 1
+    return azimuthal_closing_stack(
+        patterns, np.asarray(valid, bool), float(centre[0]), float(centre[1]), int(half), float(r_min)
+    )
+
+
+class DiffractionDipConstraint:
+    """Forbid downward-convex dips in the diffraction patterns.
+
+    Parameters
+    ----------
+    sig_shape : tuple of int
+        ``(qy, qx)``: the detector shape; patterns are the columns of ``Ht``
+        reshaped in C order.
+    radius : float
+        Size (pixels) of the dips to forbid: the closing element is a segment
+        of ``2 * radius + 1`` pixels along the azimuth (``mode="azimuthal"``)
+        or a disk of that radius (``mode="isotropic"``).
+    strength : float
+        In (0, 1]: fraction of the closing applied per iteration.
+    valid : ndarray of bool, shape (qy, qx), optional
+        False for masked detector pixels.
+    centre : tuple of float, optional
+        ``(cy, cx)`` direct-beam position in pixels (needed by
+        ``mode="azimuthal"``; default: the detector centre).
+    mode : {"azimuthal", "isotropic"}
+        ``"azimuthal"`` (default) closes along circles about the direct beam:
+        it fills holes carved into halos and backgrounds while the radial
+        valleys between the direct beam and the halos, which are real, stay
+        untouched. ``"isotropic"`` is the plain disk closing, which also
+        raises such valleys when they are narrower than the disk.
+    r_min : float, optional
+        Radius (pixels) about the centre left unchanged (the direct-beam
+        disk); default ``2 * radius + 1``.
+
+    Examples
+    --------
+    >>> p = np.ones((1, 21, 21)); p[0, 3, 10] = 0.0  # a one-pixel hole
+    >>> c = DiffractionDipConstraint((21, 21), radius=1)
+    >>> float(c(p.reshape(1, -1).T).min())
+    1.0
+    """
+
+    def __init__(self, sig_shape, radius, strength=1.0, valid=None, centre=None, mode="azimuthal", r_min=None):
+        radius = float(radius)
+        if not np.isfinite(radius) or radius < 1:
+            raise ValueError(f"the diffraction constraint size must be >= 1 pixel, got {radius}")
+        strength = float(strength)
+        if not 0 < strength <= 1:
+            raise ValueError(f"the diffraction constraint strength must be in (0, 1], got {strength}")
+        if mode not in ("azimuthal", "isotropic"):
+            raise ValueError(f"unknown diffraction constraint mode {mode!r}: use 'azimuthal' or 'isotropic'")
+        self.sig_shape = tuple(int(n) for n in sig_shape)
+        self.radius = radius
+        self.strength = strength
+        self.mode = mode
+        self.valid = np.ones(self.sig_shape, bool) if valid is None else np.asarray(valid, bool).reshape(self.sig_shape)
+        if centre is None:
+            centre = ((self.sig_shape[0] - 1) / 2, (self.sig_shape[1] - 1) / 2)
+        self.centre = (float(centre[0]), float(centre[1]))
+        self.r_min = 2 * radius + 1 if r_min is None else float(r_min)
+
+    def close(self, stack):
+        """The closing of a stack of patterns, shape (k, qy, qx)."""
+        if self.mode == "isotropic":
+            return closing(stack, self.radius, self.valid)
+        return azimuthal_closing(stack, self.centre, int(round(self.radius)), self.r_min, self.valid)
+
+    def __call__(self, Ht):
+        """Apply the closing to the patterns (columns of ``Ht``); returns a new array."""
+        qy, qx = self.sig_shape
+        k = Ht.shape[1]
+        stack = np.ascontiguousarray(Ht.T, dtype=np.float64).reshape(k, qy, qx)
+        closed = self.close(stack)
+        if self.strength < 1:
+            closed = stack + self.strength * (closed - stack)
+        return closed.reshape(k, qy * qx).T.copy()
+
+    def dip_measure(self, patterns):
+        """Per-pattern fraction of intensity missing in dips (see :func:`dip_measure`)."""
+        return dip_measure(patterns, self)
+
+
+def dip_measure(patterns, constraint, valid=None):
+    """Fraction of each pattern's intensity missing in downward-convex dips.
+
+    ``sum(close(p) - p) / sum(p)`` over valid pixels, where ``close`` is the
+    closing of a :class:`DiffractionDipConstraint` (or, given a number, the
+    isotropic disk closing of that radius). Zero for a pattern without dips;
+    counting noise alone gives a small positive floor.
+
+    Parameters
+    ----------
+    patterns : ndarray, shape (k, qy, qx) or (qy, qx)
+    constraint : DiffractionDipConstraint or float
+        The constraint whose closing defines a dip, or a disk radius (pixels).
+    valid : ndarray of bool, optional
+        Valid pixels when ``constraint`` is a number.
+
+    Returns
+    -------
+    ndarray, shape (k,)
+    """
+    p = np.asarray(patterns, dtype=np.float64)
+    if p.ndim == 2:
+        p = p[None]
+    if not isinstance(constraint, DiffractionDipConstraint):
+        constraint = DiffractionDipConstraint(p.shape[1:], constraint, valid=valid, mode="isotropic")
+    valid = constraint.valid
+    p = np.where(valid, np.nan_to_num(p), 0.0)
+    gap = constraint.close(p) - p
+    total = np.sum(p[:, valid], axis=1)
+    return np.sum(gap[:, valid], axis=1) / np.where(total > 0, total, 1.0)
+
+
+def map_power_spectra(maps, scale=(1.0, 1.0)):
+    """Power spectra of maps with a Hann window (edges do not leak).
+
+    Parameters
+    ----------
+    maps : ndarray, shape (k, ny, nx) or (ny, nx)
+    scale : tuple of float
+        Scan step per axis.
+
+    Returns
+    -------
+    power : ndarray, shape (k, ny, nx)
+        ``|FFT|^2`` of the mean-subtracted, windowed maps, zero frequency at
+        the centre (``fftshift``).
+    fy, fx : ndarray
+        Frequencies (cycles per unit length) of the rows and columns.
+    """
+    m = np.asarray(maps, dtype=np.float64)
+    if m.ndim == 2:
+        m = m[None]
+    m = np.nan_to_num(m)
+    ny, nx = m.shape[1:]
+    win = np.hanning(ny)[:, None] * np.hanning(nx)[None, :]
+    m = (m - m.mean(axis=(1, 2), keepdims=True)) * win
+    power = np.abs(np.fft.fftshift(np.fft.fft2(m), axes=(1, 2))) ** 2
+    fy = np.fft.fftshift(np.fft.fftfreq(ny, d=scale[0]))
+    fx = np.fft.fftshift(np.fft.fftfreq(nx, d=scale[1]))
+    return power, fy, fx
+
+
+def map_power_beyond(maps, resolution, scale=(1.0, 1.0)):
+    """Fraction of each map's (non-constant) power beyond ``|f| = 1/resolution``.
+
+    White noise gives the area fraction of frequency space outside the circle;
+    a map that obeys the resolution limit gives almost zero.
+
+    Returns
+    -------
+    ndarray, shape (k,)
+    """
+    power, fy, fx = map_power_spectra(maps, scale)
+    f = np.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)
+    outside = f > 1.0 / float(resolution)
+    total = power.sum(axis=(1, 2))
+    return power[:, outside].sum(axis=1) / np.where(total > 0, total, 1.0)

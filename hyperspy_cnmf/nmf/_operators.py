@@ -1,0 +1,210 @@
+"""Data operators: the only way the solver touches the (large) data matrix.
+
+The solver never indexes the data. It asks an operator for products with the
+small factor matrices, which lets one solver drive an in-memory array (one
+chunk), a stream of dask chunks (:mod:`hyperspy_cnmf.chunked`) or a randomized
+sketch of either. An operator represents the *effective* data
+
+``Xe = diag(row_scale) @ X @ diag(col_scale)``
+
+where a scale of 0 masks a row (probe position) or column (detector pixel)
+and non-unit scales implement the Poisson (Keenan-Kotula) normalisation.
+Masked entries must be finite.
+
+Every operator provides:
+
+- ``shape``, ``dtype``, ``row_scale``, ``col_scale``;
+- ``rescaled(row_scale, col_scale)``: the same data with other scales;
+- ``row_col_sums(row_valid, col_valid)``, ``mean_pattern(row_valid)``: raw
+  sums for the Poisson normalisation and the calibration helpers;
+- ``stats()``: ``dict(total, sq_norm, minimum, n_bad)`` over unmasked entries;
+- ``right(A)``: ``Xe @ A`` for ``A`` of shape (n_cols, r);
+- ``left_t(B)``: ``Xe.T @ B`` for ``B`` of shape (n_rows, r);
+- ``n_passes``: reads of the data so far (0 for a sketch);
+- ``fused_pass(W, Ht, update)``: one read of the data that updates the maps
+  block by block (``update(W_block, (Xe @ Ht)_block, skip_block)``, in place)
+  and returns ``Xe.T @ W`` computed with the *updated* maps.
+"""
+
+import numpy as np
+
+from hyperspy_cnmf.nmf._kernels import block_row_col_sums, block_stats
+
+_BLOCK_BYTES = 8 * 2**20
+
+
+def _scale_vector(scale, n, name):
+    if scale is None:
+        return np.ones(n)
+    scale = np.asarray(scale, dtype=np.float64).ravel()
+    if scale.shape != (n,):
+        raise ValueError(f"{name} must have {n} entries, got {scale.shape}")
+    return scale
+
+
+class DenseOperator:
+    """An in-memory data matrix, read in blocks of rows.
+
+    Parameters
+    ----------
+    X : ndarray, shape (n_rows, n_cols), float32 or float64
+        The unfolded data (rows = probe positions). Not copied, not modified.
+    row_scale, col_scale : array-like or None
+        Per-row and per-column scales (0 = masked); None means all ones.
+    block_rows : int or None
+        Rows per block of the fused pass; None picks about 8 MiB blocks, which
+        stay in cache between the two products of a block.
+    """
+
+    def __init__(self, X, row_scale=None, col_scale=None, block_rows=None):
+        if X.ndim != 2:
+            raise ValueError("the data operator needs a 2D (positions x pixels) array")
+        self.X = X
+        self.shape = X.shape
+        self.dtype = X.dtype
+        self.row_scale = _scale_vector(row_scale, X.shape[0], "row_scale")
+        self.col_scale = _scale_vector(col_scale, X.shape[1], "col_scale")
+        if block_rows is None:
+            block_rows = max(1, _BLOCK_BYTES // max(1, X.shape[1] * X.itemsize))
+        self.block_rows = int(block_rows)
+        self._stats = None
+        self.n_passes = 0
+
+    def _blocks(self):
+        n = self.shape[0]
+        for start in range(0, n, self.block_rows):
+            yield slice(start, min(n, start + self.block_rows))
+
+    def stats(self):
+        """Sums over the unmasked effective data (computed once, cached)."""
+        if self._stats is None:
+            self.n_passes += 1
+            total = sq = 0.0
+            mn = np.inf
+            n_bad = 0
+            for sl in self._blocks():
+                t, s, m, b = block_stats(self.X[sl], self.row_scale[sl], self.col_scale)
+                total += t
+                sq += s
+                mn = min(mn, m)
+                n_bad += b
+            self._stats = dict(total=total, sq_norm=sq, minimum=mn, n_bad=n_bad)
+        return self._stats
+
+    def rescaled(self, row_scale, col_scale):
+        """The same data with other row/column scales (no copy)."""
+        return DenseOperator(self.X, row_scale, col_scale, self.block_rows)
+
+    def row_col_sums(self, row_valid, col_valid):
+        """Raw row sums over valid columns and column sums over valid rows."""
+        self.n_passes += 1
+        rows = np.zeros(self.shape[0])
+        cols = np.zeros(self.shape[1])
+        for sl in self._blocks():
+            r, c = block_row_col_sums(self.X[sl], row_valid[sl], col_valid)
+            rows[sl] = r
+            cols += c
+        return rows, cols
+
+    def mean_pattern(self, row_valid):
+        """Mean raw pattern over the valid rows (masked pixels included)."""
+        self.n_passes += 1
+        return np.asarray(self.X[row_valid].mean(axis=0), dtype=np.float64)
+
+    def right(self, A):
+        self.n_passes += 1
+        Ac = (A * self.col_scale[:, None]).astype(self.dtype)
+        return (self.X @ Ac).astype(np.float64) * self.row_scale[:, None]
+
+    def left_t(self, B):
+        self.n_passes += 1
+        Br = (B * self.row_scale[:, None]).astype(self.dtype)
+        return (self.X.T @ Br).astype(np.float64) * self.col_scale[:, None]
+
+    def fused_pass(self, W, Ht, update):
+        self.n_passes += 1
+        Hc = (Ht * self.col_scale[:, None]).astype(self.dtype)
+        skip = self.row_scale == 0
+        XtW = np.zeros(Ht.shape)
+        for sl in self._blocks():
+            Xb = self.X[sl]
+            r = self.row_scale[sl, None]
+            Rb = (Xb @ Hc).astype(np.float64) * r
+            update(W[sl], Rb, skip[sl])
+            XtW += Xb.T @ (W[sl] * r).astype(self.dtype)
+        XtW *= self.col_scale[:, None]
+        return XtW
+
+
+class SketchOperator:
+    """A low-rank sketch ``Xe ~ Q @ Bt.T`` of another operator.
+
+    Products cost ``O((n_rows + n_cols) * rank * k)`` instead of a data read.
+    ``stats()`` are those of the exact data, so losses stay comparable.
+
+    Parameters
+    ----------
+    Q : ndarray, shape (n_rows, rank)
+        Orthonormal basis of the (approximate) range of ``Xe``.
+    Bt : ndarray, shape (n_cols, rank)
+        ``Xe.T @ Q``.
+    base : operator
+        The operator that was sketched (for scales and statistics).
+    """
+
+    def __init__(self, Q, Bt, base):
+        self.Q = Q
+        self.Bt = Bt
+        self.base = base
+        self.shape = base.shape
+        self.dtype = np.dtype(np.float64)
+        self.row_scale = base.row_scale
+        self.col_scale = base.col_scale
+        self.n_passes = 0
+
+    def stats(self):
+        return self.base.stats()
+
+    def right(self, A):
+        return self.Q @ (self.Bt.T @ A)
+
+    def left_t(self, B):
+        return self.Bt @ (self.Q.T @ B)
+
+    def fused_pass(self, W, Ht, update):
+        R = self.right(Ht)
+        update(W, R, self.row_scale == 0)
+        return self.left_t(W)
+
+
+def randomized_range(op, rank, n_power_iter=1, rng=None):
+    """Randomized range finder (Halko, Martinsson & Tropp 2011, alg. 4.4).
+
+    Costs ``2 * n_power_iter + 2`` reads of the data through ``op``.
+
+    Parameters
+    ----------
+    op : operator
+    rank : int
+        Number of basis vectors (target rank plus oversampling).
+    n_power_iter : int
+        Subspace (power) iterations; each sharpens the basis for data with a
+        slowly decaying spectrum, such as counting noise.
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    Q : ndarray, shape (n_rows, rank)
+    Bt : ndarray, shape (n_cols, rank)
+        ``Xe.T @ Q``, so that ``Xe ~ Q @ Bt.T``.
+    """
+    rng = np.random.default_rng(rng)
+    n_rows, n_cols = op.shape
+    rank = int(min(rank, n_rows, n_cols))
+    omega = rng.standard_normal((n_cols, rank))
+    omega[op.col_scale == 0] = 0.0
+    Q, _ = np.linalg.qr(op.right(omega))
+    for _ in range(n_power_iter):
+        Z, _ = np.linalg.qr(op.left_t(Q))
+        Q, _ = np.linalg.qr(op.right(Z))
+    return Q, op.left_t(Q)

@@ -1,0 +1,300 @@
+"""``decomposition(algorithm="constrained_nmf")``: the signal-side wrapper.
+
+Checks the arguments, builds a data operator (in-memory array or dask
+chunks), the constraints and the progress bar, runs the core solver and writes
+``learning_results`` exactly as HyperSpy expects. The signal's data are never
+modified.
+"""
+
+import json
+
+import numpy as np
+
+from hyperspy_cnmf.constraints import DiffractionDipConstraint, MapResolutionConstraint
+from hyperspy_cnmf.nmf import INITS, SOLVERS, DenseOperator, constrained_nmf
+from hyperspy_cnmf.signals._calibration import estimate_probe_fwhm, find_beam_disk
+
+ALGORITHM = "constrained_nmf"
+
+
+def check_4d(signal):
+    """Raise a clear error unless the signal is 2+2 dimensional."""
+    am = signal.axes_manager
+    if am.navigation_dimension != 2 or am.signal_dimension != 2:
+        raise ValueError(
+            "constrained NMF needs 4D-STEM data with 2 navigation (scan) and 2 signal "
+            f"(detector) dimensions; this signal has {am.navigation_dimension} navigation "
+            f"and {am.signal_dimension} signal dimension(s) ({am._get_dimension_str()})"
+        )
+
+
+def _mask_vector(mask, size, shape, name):
+    if mask is None:
+        return np.zeros(size, dtype=bool)
+    data = getattr(mask, "data", mask)
+    if hasattr(data, "compute"):
+        data = data.compute()
+    data = np.asarray(data)
+    if data.dtype != bool:
+        raise TypeError(f"{name} must be a boolean array (True = excluded), got dtype {data.dtype}")
+    if data.size != size:
+        raise ValueError(f"{name} must have the shape {shape} (or {size} entries), got {data.shape}")
+    return data.ravel().copy()
+
+
+def _unfolded_data(signal):
+    """The data as a (positions, pixels) float array, without modifying the signal."""
+    data = signal.data
+    if np.iscomplexobj(data):
+        raise TypeError("constrained NMF needs real, non-negative data; got complex data")
+    if not np.issubdtype(data.dtype, np.floating) or data.dtype.itemsize < 4:
+        # Integer counts (and float16) are analysed as float32; the signal keeps its dtype.
+        data = data.astype(np.float32)
+    nav = signal.axes_manager._navigation_shape_in_array
+    sig = signal.axes_manager._signal_shape_in_array
+    return data.reshape(int(np.prod(nav)), int(np.prod(sig)))
+
+
+def _make_operator(signal, row_scale, col_scale):
+    if signal._lazy:
+        raise NotImplementedError(
+            "constrained NMF on lazy (out-of-core) signals is not available yet; "
+            "load the data with s.compute() or hs.load(..., lazy=False)"
+        )
+    return DenseOperator(_unfolded_data(signal), row_scale=row_scale, col_scale=col_scale)
+
+
+def _with_clean_masked_entries(signal, op, nav_mask, sig_mask):
+    """Eager data with NaN only in masked entries: analyse a cleaned copy."""
+    if signal._lazy or not (nav_mask.any() or sig_mask.any()):
+        return op
+    X = op.X
+    if np.all(np.isfinite(X[nav_mask])) and np.all(np.isfinite(X[:, sig_mask])):
+        return op
+    clean = np.where(np.isfinite(X), X, 0).astype(X.dtype)
+    return DenseOperator(clean, row_scale=op.row_scale, col_scale=op.col_scale)
+
+
+def _poisson_scales(op, nav_valid, sig_valid):
+    rows, cols = op.row_col_sums(nav_valid, sig_valid)
+    r = np.where(nav_valid & (rows > 0), 1.0 / np.sqrt(np.where(rows > 0, rows, 1.0)), 0.0)
+    c = np.where(sig_valid & (cols > 0), 1.0 / np.sqrt(np.where(cols > 0, cols, 1.0)), 0.0)
+    return r, c
+
+
+def _progress_callback(show_progressbar, max_iter):
+    if show_progressbar is None:
+        from hyperspy.defaults_parser import preferences
+
+        show_progressbar = preferences.General.show_progressbar
+    if not show_progressbar:
+        return None, lambda: None
+    from tqdm.auto import tqdm
+
+    state = {}
+
+    def callback(phase, iteration, loss):
+        bar = state.get(phase)
+        if bar is None:
+            for other in state.values():
+                other.close()
+            bar = state[phase] = tqdm(total=max_iter, desc=f"constrained NMF ({phase})", leave=False)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+
+    def close():
+        for bar in state.values():
+            bar.close()
+
+    return callback, close
+
+
+def constrained_nmf_decomposition(
+    signal,
+    output_dimension=None,
+    *,
+    solver="hals",
+    init="nndsvda",
+    max_iter=200,
+    tol=1e-5,
+    random_state=None,
+    map_resolution="auto",
+    map_filter="tukey",
+    diffraction_constraint=True,
+    diffraction_constraint_size="auto",
+    diffraction_constraint_strength=1.0,
+    diffraction_constraint_mode="azimuthal",
+    navigation_mask=None,
+    signal_mask=None,
+    normalize_poissonian_noise=False,
+    sketch=True,
+    print_info=True,
+    return_info=False,
+    show_progressbar=None,
+):
+    """Run constrained NMF on a 4D-STEM signal; see ``STEM4D.decomposition``."""
+    check_4d(signal)
+    if output_dimension is None:
+        raise ValueError("output_dimension (the number of components k) must be given for algorithm='constrained_nmf'")
+    if isinstance(output_dimension, bool) or not isinstance(output_dimension, (int, np.integer)) or output_dimension < 1:
+        raise ValueError(f"output_dimension must be a positive integer, got {output_dimension!r}")
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
+    am = signal.axes_manager
+    nav_shape = am._navigation_shape_in_array
+    sig_shape = am._signal_shape_in_array
+    n_nav, n_sig = int(np.prod(nav_shape)), int(np.prod(sig_shape))
+    k = int(output_dimension)
+    if isinstance(init, (tuple, list)):
+        if len(init) != 2:
+            raise ValueError("a custom init is a (loadings, factors) pair")
+        loadings0, factors0 = (np.nan_to_num(np.asarray(a, dtype=np.float64)) for a in init)
+        init = (loadings0, factors0)
+    elif init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {INITS} or a (loadings, factors) pair")
+
+    nav_mask = _mask_vector(navigation_mask, n_nav, nav_shape, "navigation_mask")
+    sig_mask = _mask_vector(signal_mask, n_sig, sig_shape, "signal_mask")
+    if nav_mask.all() or sig_mask.all():
+        raise ValueError("all data are masked: nothing to factorize")
+    nav_valid, sig_valid = ~nav_mask, ~sig_mask
+
+    op = _make_operator(signal, nav_valid.astype(float), sig_valid.astype(float))
+    op = _with_clean_masked_entries(signal, op, nav_mask, sig_mask)
+    stats = op.stats()
+    if stats["n_bad"]:
+        raise ValueError(
+            f"the data contain {stats['n_bad']} NaN or infinite values outside the masks; "
+            "exclude them with navigation_mask / signal_mask"
+        )
+    if stats["minimum"] < 0:
+        raise ValueError(
+            f"NMF needs non-negative data, but the minimum (outside the masks) is "
+            f"{stats['minimum']:g}; remove the offset (e.g. s.data.clip(0)) or mask those pixels"
+        )
+    if k > min(nav_valid.sum(), sig_valid.sum()):
+        raise ValueError(
+            f"output_dimension={k} is larger than min(unmasked positions, unmasked pixels) = "
+            f"{min(nav_valid.sum(), sig_valid.sum())}"
+        )
+
+    row_scale, col_scale = nav_valid.astype(float), sig_valid.astype(float)
+    if normalize_poissonian_noise:
+        row_scale, col_scale = _poisson_scales(op, nav_valid, sig_valid)
+        op = op.rescaled(row_scale, col_scale)
+
+    mean_pattern = op.mean_pattern(nav_valid).reshape(sig_shape)
+    settings = dict(
+        algorithm=ALGORITHM, solver=solver, max_iter=int(max_iter), tol=float(tol),
+        random_state=None if random_state is None else int(random_state) if np.isscalar(random_state) else "Generator",
+        normalize_poissonian_noise=bool(normalize_poissonian_noise), sketch=bool(sketch),
+        init=init if isinstance(init, str) else "custom",
+    )
+
+    map_c = None
+    res_value, res_how = np.nan, "off"
+    if map_resolution is not None and map_resolution is not False:
+        if isinstance(map_resolution, str):
+            if map_resolution != "auto":
+                raise ValueError(f"map_resolution must be 'auto', a number or None, got {map_resolution!r}")
+            res_value, res_how = estimate_probe_fwhm(signal, mean_pattern)
+        else:
+            res_value, res_how = float(map_resolution), "user"
+        nav_axes = am.navigation_axes  # (x, y); array order is (y, x)
+        scale = (abs(nav_axes[1].scale), abs(nav_axes[0].scale))
+        map_c = MapResolutionConstraint(nav_shape, res_value, scale=scale, filter=map_filter)
+    settings.update(map_resolution=float(res_value), map_resolution_method=res_how,
+                    map_filter=map_filter if map_c is not None else "off")
+
+    diff_c = None
+    dip_radius = np.nan
+    beam = find_beam_disk(mean_pattern)
+    if diffraction_constraint:
+        if isinstance(diffraction_constraint_size, str):
+            if diffraction_constraint_size != "auto":
+                raise ValueError("diffraction_constraint_size must be 'auto' or a radius in pixels")
+            dip_radius = float(np.ceil(beam[2]) + 1.0)
+        else:
+            dip_radius = float(diffraction_constraint_size)
+        diff_c = DiffractionDipConstraint(
+            sig_shape, dip_radius, diffraction_constraint_strength, valid=sig_valid,
+            centre=beam[:2], mode=diffraction_constraint_mode, r_min=beam[2] + 2 * dip_radius,
+        )
+    settings.update(diffraction_constraint=bool(diffraction_constraint), diffraction_constraint_size=float(dip_radius),
+                    diffraction_constraint_strength=float(diffraction_constraint_strength) if diff_c else float("nan"))
+
+    if isinstance(init, tuple):
+        # HyperSpy layout (loadings (nav, k), factors (sig, k)) in data units -> effective units
+        r_safe = np.where(row_scale > 0, row_scale, 1.0)[:, None]
+        c_safe = np.where(col_scale > 0, col_scale, 1.0)[:, None]
+        init = (init[0] * r_safe, init[1] * c_safe)
+
+    callback, close = _progress_callback(show_progressbar, max_iter)
+    try:
+        result = constrained_nmf(
+            op, k, solver=solver, init=init, max_iter=max_iter, tol=tol, random_state=random_state,
+            map_constraint=map_c, diffraction_constraint=diff_c, sketch=sketch, callback=callback,
+        )
+    finally:
+        close()
+
+    # Back to data units, unit-sum patterns, components sorted by total intensity.
+    r_safe = np.where(row_scale > 0, row_scale, 1.0)[:, None]
+    c_safe = np.where(col_scale > 0, col_scale, 1.0)[:, None]
+    loadings = result.W / r_safe
+    factors = result.Ht / c_safe
+    norm = factors[sig_valid].sum(axis=0)
+    norm = np.where(norm > 0, norm, 1.0)
+    factors /= norm
+    loadings *= norm
+    order = np.argsort(-loadings[nav_valid].sum(axis=0), kind="stable")
+    loadings, factors = loadings[:, order], factors[:, order]
+    loadings[nav_mask] = np.nan
+    factors[sig_mask] = np.nan
+
+    lr = signal.learning_results
+    lr.factors = factors
+    lr.loadings = loadings
+    lr.explained_variance = None
+    lr.explained_variance_ratio = None
+    lr.number_significant_components = k
+    lr.decomposition_algorithm = ALGORITHM
+    lr.poissonian_noise_normalized = bool(normalize_poissonian_noise)
+    lr.output_dimension = k
+    lr.unfolded = False
+    lr.centre = None
+    lr.mean = None
+    lr.navigation_mask = nav_mask.reshape(nav_shape) if nav_mask.any() else None
+    lr.signal_mask = sig_mask.reshape(sig_shape) if sig_mask.any() else None
+    lr.unmixing_matrix = None
+    lr.bss_algorithm = None
+    lr.bss_factors = None
+    lr.bss_loadings = None
+    lr.cnmf_loss = np.asarray(result.loss, dtype=np.float64)
+    lr.cnmf_n_iter = int(result.n_iter)
+    lr.cnmf_n_iter_sketch = int(result.n_iter_sketch)
+    lr.cnmf_converged = bool(result.converged)
+    lr.cnmf_map_resolution = float(res_value)
+    lr.cnmf_diffraction_constraint_size = float(dip_radius)
+    lr.cnmf_parameters = json.dumps(settings)
+
+    info = dict(settings, loss=result.loss, n_iter=result.n_iter, n_iter_sketch=result.n_iter_sketch,
+                converged=result.converged, n_passes=result.n_passes, final_loss=float(result.loss[-1]))
+    if print_info:
+        print(_summary(info, k))
+    if return_info:
+        return info
+    return None
+
+
+def _summary(info, k):
+    lines = [
+        "Decomposition info:",
+        f"  algorithm=constrained_nmf  output_dimension={k}  solver={info['solver']}",
+        f"  normalize_poissonian_noise={info['normalize_poissonian_noise']}",
+        f"  map constraint: resolution={info['map_resolution']:.4g} ({info['map_resolution_method']}), filter={info['map_filter']}",
+        f"  diffraction constraint: {info['diffraction_constraint']} (disk radius {info['diffraction_constraint_size']:g} px)",
+        f"  iterations: {info['n_iter_sketch']} on the sketch + {info['n_iter']} exact "
+        f"({info['n_passes']} data reads), converged={info['converged']}, final MSE={info['final_loss']:.6g}",
+    ]
+    return "\n".join(lines)

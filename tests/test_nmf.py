@@ -1,0 +1,146 @@
+"""The numerical core: hyperspy_cnmf.nmf (solver, operators, initialisations)."""
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+from hyperspy_cnmf.nmf import (
+    ConvergenceWarning,
+    DenseOperator,
+    SketchOperator,
+    constrained_nmf,
+    randomized_range,
+)
+
+
+def _fit(X, k=4, **kw):
+    kw.setdefault("random_state", 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return constrained_nmf(DenseOperator(X), k, **kw)
+
+
+def test_core_never_imports_hyperspy_dask_py4dstem():
+    code = (
+        "import sys, hyperspy_cnmf.nmf, hyperspy_cnmf.constraints;"
+        "bad=[m for m in ('hyperspy','dask','py4DSTEM') if m in sys.modules];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("solver", ["hals", "mu", "als"])
+def test_unconstrained_objective_never_increases(lowrank, solver):
+    r = _fit(lowrank, solver=solver, sketch=False, max_iter=60, tol=0)
+    loss = r.loss
+    assert np.all(np.diff(loss) <= 1e-9 * loss[0]), np.diff(loss).max()
+    assert loss[-1] < loss[0]
+
+
+@pytest.mark.parametrize("solver", ["hals", "mu", "als"])
+@pytest.mark.parametrize("init", ["nndsvda", "nndsvd", "spa", "random"])
+def test_outputs_are_nonnegative_and_fit(lowrank, solver, init):
+    r = _fit(lowrank, solver=solver, init=init, max_iter=80)
+    assert r.W.min() >= 0 and r.Ht.min() >= 0
+    # Poisson noise of mean m has variance m: the fit reaches about the noise level.
+    assert r.loss[-1] < 1.5 * lowrank.mean()
+
+
+def test_deterministic_with_random_state(lowrank):
+    a = _fit(lowrank, init="random", random_state=3, max_iter=20)
+    b = _fit(lowrank, init="random", random_state=3, max_iter=20)
+    c = _fit(lowrank, init="random", random_state=4, max_iter=20)
+    np.testing.assert_array_equal(a.W, b.W)
+    np.testing.assert_array_equal(a.Ht, b.Ht)
+    assert not np.allclose(a.W, c.W)
+
+
+def test_float32_and_float64_agree(lowrank):
+    r64 = _fit(lowrank, max_iter=100, tol=1e-7)
+    r32 = _fit(lowrank.astype(np.float32), max_iter=100, tol=1e-7)
+    assert abs(r32.loss[-1] - r64.loss[-1]) / r64.loss[-1] < 1e-3
+    m64, m32 = r64.W @ r64.Ht.T, r32.W @ r32.Ht.T
+    assert np.linalg.norm(m32 - m64) / np.linalg.norm(m64) < 1e-2
+
+
+def test_sketch_reaches_exact_loss_with_fewer_passes(lowrank):
+    exact = _fit(lowrank, sketch=False, max_iter=300, tol=1e-7)
+    sk = _fit(lowrank, sketch=True, max_iter=300, tol=1e-7)
+    assert sk.loss[-1] <= exact.loss[-1] * 1.001
+    assert sk.n_passes < exact.n_passes
+    assert sk.n_iter_sketch > 0
+
+
+def test_masked_rows_and_columns_take_no_part(lowrank):
+    row = np.ones(lowrank.shape[0])
+    col = np.ones(lowrank.shape[1])
+    row[:50] = 0
+    col[-20:] = 0
+    X2 = lowrank.copy()
+    X2[:50] = 1e6  # garbage in masked rows
+    X2[:, -20:] = 1e6  # and columns
+    kw = dict(random_state=0, max_iter=30, sketch=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        a = constrained_nmf(DenseOperator(lowrank, row, col), 4, **kw)
+        b = constrained_nmf(DenseOperator(X2, row, col), 4, **kw)
+    np.testing.assert_allclose(a.Ht, b.Ht, rtol=1e-6, atol=1e-9)
+    assert np.all(a.Ht[-20:] == 0)
+
+
+def test_randomized_range_captures_low_rank():
+    rng = np.random.default_rng(0)
+    X = rng.random((300, 5)) @ rng.random((5, 120))
+    op = DenseOperator(X)
+    Q, Bt = randomized_range(op, 8, n_power_iter=1, rng=0)
+    assert np.linalg.norm(X - Q @ Bt.T) / np.linalg.norm(X) < 1e-10
+    assert op.n_passes == 4  # 2 * n_power_iter + 2 reads of the data
+    sk = SketchOperator(Q, Bt, op)
+    A = rng.random((120, 3))
+    np.testing.assert_allclose(sk.right(A), X @ A, rtol=1e-8)
+
+
+def test_constraints_are_applied_every_iteration(lowrank):
+    calls = {"map": 0, "diff": 0}
+
+    def map_c(W):
+        calls["map"] += 1
+        return W
+
+    def diff_c(Ht):
+        calls["diff"] += 1
+        return np.minimum(Ht, np.percentile(Ht, 90))
+
+    r = _fit(lowrank, max_iter=10, tol=0, sketch=False, map_constraint=map_c, diffraction_constraint=diff_c)
+    assert calls["map"] >= r.n_iter and calls["diff"] >= r.n_iter
+
+
+def test_convergence_warning(lowrank):
+    with pytest.warns(ConvergenceWarning, match="max_iter"):
+        constrained_nmf(DenseOperator(lowrank), 4, max_iter=2, tol=0, random_state=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(k=0), "number of components"),
+        (dict(k=1000), "number of components"),
+        (dict(solver="pgd"), "unknown solver"),
+        (dict(init="svd"), "unknown init"),
+        (dict(init=(np.ones((3, 4)), np.ones((200, 4)))), "custom init"),
+        (dict(init=(-np.ones((600, 4)), np.ones((200, 4)))), "non-negative"),
+    ],
+)
+def test_argument_errors(lowrank, kwargs, match):
+    k = kwargs.pop("k", 4)
+    with pytest.raises(ValueError, match=match):
+        constrained_nmf(DenseOperator(lowrank), k, **kwargs)
+
+
+def test_all_masked_is_an_error(lowrank):
+    with pytest.raises(ValueError, match="all data are masked"):
+        constrained_nmf(DenseOperator(lowrank, row_scale=np.zeros(600)), 2)
