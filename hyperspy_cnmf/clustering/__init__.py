@@ -1,0 +1,63 @@
+"""Rotation-invariant clustering of diffraction patterns (numerical core).
+
+The clustering step of Kimoto et al., *Sci. Rep.* 15, 39143 (2025): patterns
+(NMF factors, or the patterns of probe positions) are transformed to polar
+coordinates about the direct beam, compared by their normalised
+cross-correlation along the azimuth maximised over the rotation
+(pseudo-distance ``1 - CC``), and grouped by hierarchical clustering; the
+members of each cluster are rotated onto a reference and summed.
+
+This sub-package works on plain NumPy arrays (``(..., qy, qx)``) and depends on
+numpy, numba and scipy only. The HyperSpy methods live in
+:mod:`hyperspy_cnmf.signals`.
+"""
+
+from hyperspy_cnmf.clustering._hierarchical import (
+    DEFAULT_DISTANCE_THRESHOLD,
+    LINKAGE_METHODS,
+    PatternClustering,
+    align_to_references,
+    cluster_patterns,
+    cluster_references,
+    dominant_labels,
+    hierarchical_clustering,
+    largest_gap_threshold,
+    merge_aligned,
+    order_clusters,
+)
+from hyperspy_cnmf.clustering._polar import (
+    default_n_theta,
+    estimate_direct_beam_radius,
+    find_direct_beam,
+    polar_transform,
+    radial_profile,
+    rotate_patterns,
+)
+from hyperspy_cnmf.clustering._similarity import (
+    SimilarityResult,
+    prepare_polar,
+    rotational_similarity,
+)
+
+__all__ = [
+    "DEFAULT_DISTANCE_THRESHOLD",
+    "LINKAGE_METHODS",
+    "PatternClustering",
+    "SimilarityResult",
+    "align_to_references",
+    "cluster_patterns",
+    "cluster_references",
+    "default_n_theta",
+    "estimate_direct_beam_radius",
+    "dominant_labels",
+    "find_direct_beam",
+    "hierarchical_clustering",
+    "largest_gap_threshold",
+    "merge_aligned",
+    "order_clusters",
+    "polar_transform",
+    "prepare_polar",
+    "radial_profile",
+    "rotate_patterns",
+    "rotational_similarity",
+]

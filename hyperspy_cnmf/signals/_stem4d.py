@@ -2,7 +2,7 @@
 
 from hyperspy.signals import Signal2D
 
-from hyperspy_cnmf.signals import _decomposition
+from hyperspy_cnmf.signals import _cluster, _decomposition
 from hyperspy_cnmf.signals._axes import set_default_axes
 
 
@@ -29,6 +29,13 @@ class STEM4D(Signal2D):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         set_default_axes(self)
+
+    cluster_diffraction = _cluster.cluster_diffraction
+    cluster_patterns = _cluster.cluster_patterns
+    get_cluster_diffraction_results = _cluster.get_cluster_diffraction_results
+    polar_transform = _cluster.polar_transform
+    plot_cluster_dendrogram = _cluster.plot_cluster_dendrogram
+    plot_cluster_gallery = _cluster.plot_cluster_gallery
 
     def decomposition(self, normalize_poissonian_noise=False, algorithm="SVD", output_dimension=None, *args, **kwargs):
         """Decompose the dataset; adds ``algorithm="constrained_nmf"``.

@@ -1,0 +1,556 @@
+"""Hierarchical clustering on the rotation-invariant pseudo-distance.
+
+Also: choice of a reference member per cluster, rotation-aligned merging of
+the members, and the "dominant cluster" labelling of navigation positions
+from per-cluster maps.
+"""
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.cluster import hierarchy
+from scipy.spatial.distance import squareform
+
+from hyperspy_cnmf.clustering._polar import (
+    _as_stack,
+    find_direct_beam,
+    polar_transform,
+    rotate_patterns,
+)
+from hyperspy_cnmf.clustering._similarity import rotational_similarity
+
+__all__ = [
+    "DEFAULT_DISTANCE_THRESHOLD",
+    "LINKAGE_METHODS",
+    "PatternClustering",
+    "align_to_references",
+    "cluster_patterns",
+    "cluster_references",
+    "dominant_labels",
+    "hierarchical_clustering",
+    "largest_gap_threshold",
+    "merge_aligned",
+    "order_clusters",
+]
+
+LINKAGE_METHODS = (
+    "average",
+    "complete",
+    "single",
+    "weighted",
+    "ward",
+    "centroid",
+    "median",
+)
+_EUCLIDEAN_ONLY = ("ward", "centroid", "median")
+
+#: Default cut of the dendrogram (pseudo-distance ``1 - CC``) when neither
+#: ``n_clusters`` nor ``distance_threshold`` is given: groups whose members
+#: correlate on average better than CC = 0.7 after the best rotation are
+#: merged. It matches the cut visible in the method author's dendrogram
+#: (about 0.3) and, on simulated precipitates with 1-3x over-complete
+#: constrained NMF, separates the phases (merges within a phase <= 0.2,
+#: between phases >= 0.37) with the default similarity settings.
+DEFAULT_DISTANCE_THRESHOLD = 0.3
+
+
+def _check_distance(distance):
+    d = np.asarray(distance, dtype=np.float64)
+    if d.ndim != 2 or d.shape[0] != d.shape[1]:
+        raise ValueError("`distance` must be a square (n, n) matrix.")
+    if d.shape[0] < 2:
+        raise ValueError(
+            f"At least 2 items are needed for clustering, got {d.shape[0]}."
+        )
+    if not np.all(np.isfinite(d)):
+        raise ValueError("`distance` must be finite.")
+    if not np.allclose(d, d.T, atol=1e-10):
+        raise ValueError("`distance` must be symmetric.")
+    d = 0.5 * (d + d.T)
+    np.fill_diagonal(d, 0.0)
+    return np.clip(d, 0.0, None)
+
+
+def largest_gap_threshold(linkage):
+    """Cut height in the middle of the largest gap between merge heights.
+
+    The merge heights ``h_1 <= ... <= h_{n-1}`` are sorted and the tree is
+    cut half-way across the largest difference ``h_{i+1} - h_i``: the most
+    clearly separated level of the hierarchy, independent of the scale of the
+    distance. At least two clusters result, and never singletons only (with
+    two items, the cut is at half the single merge).
+
+    Parameters
+    ----------
+    linkage : ndarray, shape (n - 1, 4)
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hyperspy_cnmf.clustering import largest_gap_threshold
+    >>> Z = np.array([[0, 1, 0.05, 2], [2, 3, 0.1, 2], [4, 5, 0.7, 4]])
+    >>> round(largest_gap_threshold(Z), 3)
+    0.4
+    """
+    h = np.sort(np.asarray(linkage)[:, 2])
+    if h.size < 2:
+        h = np.concatenate([[0.0], h])
+    i = int(np.argmax(np.diff(h)))
+    return float(0.5 * (h[i] + h[i + 1]))
+
+
+def _cut_height(linkage, n_clusters):
+    """A height at which the tree has ``n_clusters`` clusters (for display)."""
+    h = np.sort(np.asarray(linkage)[:, 2])
+    n = h.size + 1
+    if n_clusters >= n:
+        return float(0.5 * h[0])
+    if n_clusters <= 1:
+        return float(h[-1] + 0.05 * max(h[-1], 1e-3))
+    return float(0.5 * (h[n - n_clusters - 1] + h[n - n_clusters]))
+
+
+def hierarchical_clustering(
+    distance, method="average", n_clusters=None, distance_threshold=None
+):
+    """Agglomerative clustering of a precomputed pseudo-distance matrix.
+
+    Parameters
+    ----------
+    distance : array_like, shape (n, n)
+        Symmetric pseudo-distance (``1 - similarity``), zero diagonal.
+    method : str, default "average"
+        :func:`scipy.cluster.hierarchy.linkage` method. ``"average"``
+        (UPGMA) is the default: the pseudo-distance ``1 - max CC`` is not a
+        Euclidean distance, so the methods that assume one (``"ward"``,
+        ``"centroid"``, ``"median"``; allowed, with a warning) lose their
+        meaning; ``"single"`` chains different phases through intermediate
+        (mixed, noisy) components; ``"complete"`` lets one poor member keep
+        two halves of a phase apart. With ``"average"`` a merge height is the
+        mean pseudo-distance between the two groups, i.e. one minus their mean
+        best-rotation correlation, which reads directly on the dendrogram.
+    n_clusters : int, optional
+        Cut the tree into this many clusters (``maxclust`` criterion).
+    distance_threshold : float or "gap", optional
+        Cut the tree at this pseudo-distance: groups merged at a height
+        ``<= distance_threshold`` form one cluster. ``"gap"``: in the middle
+        of the largest gap between successive merge heights
+        (:func:`largest_gap_threshold`). With neither ``n_clusters`` nor
+        ``distance_threshold``, :data:`DEFAULT_DISTANCE_THRESHOLD` (0.3).
+
+    Returns
+    -------
+    labels : ndarray of int, shape (n,)
+        Cluster index of each item, ``0 .. n_clusters - 1`` (in the order of
+        the first member; see :func:`order_clusters` to reorder).
+    linkage : ndarray, shape (n - 1, 4)
+        The scipy linkage matrix.
+    threshold : float
+        The pseudo-distance at which the tree was cut (for ``n_clusters``, a
+        height between the last kept and the first refused merge).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hyperspy_cnmf.clustering import hierarchical_clustering
+    >>> d = np.array([[0, .1, .8], [.1, 0, .9], [.8, .9, 0]])
+    >>> labels, Z, t = hierarchical_clustering(d, distance_threshold=0.3)
+    >>> labels.tolist(), Z.shape, t
+    ([0, 0, 1], (2, 4), 0.3)
+    """
+    d = _check_distance(distance)
+    n = d.shape[0]
+    if method not in LINKAGE_METHODS:
+        raise ValueError(f"`method` must be one of {LINKAGE_METHODS}, got {method!r}.")
+    if method in _EUCLIDEAN_ONLY:
+        warnings.warn(
+            f"linkage method {method!r} assumes Euclidean distances; the "
+            "pseudo-distance 1 - CC is not one. 'average' is recommended.",
+            UserWarning,
+            stacklevel=2,
+        )
+    if n_clusters is not None and distance_threshold is not None:
+        raise ValueError("Give `n_clusters` or `distance_threshold`, not both.")
+    Z = hierarchy.linkage(squareform(d, checks=False), method=method)
+    if n_clusters is not None:
+        if int(n_clusters) != n_clusters or not 1 <= n_clusters <= n:
+            raise ValueError(
+                f"`n_clusters` must be an integer in [1, {n}], got {n_clusters}."
+            )
+        raw = hierarchy.fcluster(Z, int(n_clusters), criterion="maxclust")
+        t = _cut_height(Z, int(n_clusters))
+    else:
+        if distance_threshold is None:
+            t = DEFAULT_DISTANCE_THRESHOLD
+        elif isinstance(distance_threshold, str):
+            if distance_threshold != "gap":
+                raise ValueError(
+                    "`distance_threshold` must be a number, 'gap' or None, "
+                    f"got {distance_threshold!r}."
+                )
+            t = largest_gap_threshold(Z)
+        else:
+            t = float(distance_threshold)
+            if not np.isfinite(t) or t < 0:
+                raise ValueError(f"`distance_threshold` must be >= 0, got {t}.")
+        raw = hierarchy.fcluster(Z, t, criterion="distance")
+    # relabel in order of first appearance (deterministic, independent of scipy)
+    first = {}
+    for lab in raw:
+        first.setdefault(int(lab), len(first))
+    labels = np.array([first[int(lab)] for lab in raw], dtype=np.int64)
+    return labels, Z, t
+
+
+def order_clusters(labels, key):
+    """Renumber clusters by decreasing ``key`` (ties by first member).
+
+    Parameters
+    ----------
+    labels : array_like of int, shape (n,)
+        Cluster index per item, ``0 .. c - 1``.
+    key : array_like, shape (c,)
+        Sorting key per cluster (e.g. size); the largest becomes cluster 0.
+
+    Returns
+    -------
+    new_labels : ndarray of int, shape (n,)
+    order : ndarray of int, shape (c,)
+        ``order[new] = old``.
+
+    Examples
+    --------
+    >>> from hyperspy_cnmf.clustering import order_clusters
+    >>> new, order = order_clusters([0, 1, 1, 2], key=[1, 2, 1])
+    >>> new.tolist(), order.tolist()
+    ([1, 0, 0, 2], [1, 0, 2])
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    key = np.asarray(key, dtype=np.float64)
+    order = np.lexsort((np.arange(key.size), -key))
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(order.size)
+    return inverse[labels], order
+
+
+def cluster_references(similarity, labels, weights=None):
+    """Reference (medoid) member of each cluster.
+
+    The reference is the member with the largest weighted sum of similarities
+    to the other members of its cluster (weights: e.g. the members'
+    intensities), i.e. the most typical one; every member is then aligned on
+    it.
+
+    Parameters
+    ----------
+    similarity : array_like, shape (n, n)
+    labels : array_like of int, shape (n,)
+    weights : array_like, shape (n,), optional
+        Default: equal weights.
+
+    Returns
+    -------
+    ndarray of int, shape (n_clusters,)
+        Index of the reference item of each cluster.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hyperspy_cnmf.clustering import cluster_references
+    >>> s = np.array([[1, .9, .5], [.9, 1, .8], [.5, .8, 1]])
+    >>> cluster_references(s, [0, 0, 0]).tolist()
+    [1]
+    """
+    s = np.asarray(similarity, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    w = (
+        np.ones(labels.size)
+        if weights is None
+        else np.asarray(weights, dtype=np.float64)
+    )
+    refs = []
+    for c in range(labels.max() + 1):
+        idx = np.flatnonzero(labels == c)
+        score = (s[np.ix_(idx, idx)] * w[idx][None, :]).sum(axis=1)
+        refs.append(idx[np.argmax(score)])
+    return np.asarray(refs, dtype=np.int64)
+
+
+def merge_aligned(patterns, centre, labels, rotation, mirrored=None, weights=None):
+    """Rotation-aligned weighted sum of the patterns of each cluster.
+
+    Parameters
+    ----------
+    patterns : array_like, shape (n, qy, qx)
+        NaN marks missing pixels.
+    centre : tuple of float
+        ``(x, y)`` in px, the rotation centre.
+    labels : array_like of int, shape (n,)
+    rotation : array_like, shape (n,)
+        Degrees; member ``i`` is transformed by
+        :func:`~hyperspy_cnmf.clustering.rotate_patterns` with
+        ``rotation[i]`` (and ``mirrored[i]``) before summation.
+    mirrored : array_like of bool, shape (n,), optional
+    weights : array_like, shape (n,), optional
+        Weight of each member; default 1.
+
+    Returns
+    -------
+    ndarray, shape (n_clusters, qy, qx)
+        ``sum_i w_i T_i(p_i)``. A pixel missing (NaN) in some members is
+        estimated from the others (their sum rescaled by the missing weight);
+        NaN where it is missing in all.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hyperspy_cnmf.clustering import merge_aligned
+    >>> p = np.zeros((2, 9, 9)); p[0, 4, 7] = 1; p[1, 7, 4] = 1
+    >>> m = merge_aligned(p, (4, 4), [0, 0], rotation=[0, -90])
+    >>> float(m[0, 4, 7])
+    2.0
+    """
+    stack, _ = _as_stack(patterns)
+    labels = np.asarray(labels, dtype=np.int64)
+    n = stack.shape[0]
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    aligned = rotate_patterns(stack, centre, rotation, mirrored)
+    out = np.empty((labels.max() + 1,) + stack.shape[1:])
+    for c in range(out.shape[0]):
+        idx = labels == c
+        a = aligned[idx]
+        wc = w[idx][:, None, None]
+        valid = np.isfinite(a)
+        num = np.where(valid, a, 0.0) * wc
+        wsum = np.abs(wc).sum()
+        wvalid = (valid * np.abs(wc)).sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[c] = np.where(wvalid > 0, num.sum(axis=0) * wsum / wvalid, np.nan)
+    return out
+
+
+def dominant_labels(maps, percentiles=(1.0, 99.0)):
+    """Label each navigation position with the cluster that dominates it.
+
+    Maps are in data units, and a matrix (e.g. amorphous) cluster is strong
+    everywhere, also inside the precipitates (at ~70 % of its full strength
+    when a precipitate replaces 30 % of the thickness), so a plain argmax of
+    the maps would give it every position. Each cluster map is therefore first
+    rescaled to its own robust range,
+
+    ``n_c = (M_c - lo_c) / (hi_c - lo_c)``,
+
+    with ``lo_c`` and ``hi_c`` the ``percentiles`` of ``M_c`` over the
+    positions (``hi_c`` is raised to at least ``lo_c + (max M_c - lo_c) / 2``
+    for clusters covering less than ``100 - percentiles[1]`` % of the scan),
+    and each position gets the cluster with the largest ``n_c``: the one that
+    is closest to its full local strength relative to its own contrast. When
+    the maps sum to a constant (a precipitate displaces the matrix) the
+    boundary between a precipitate and the matrix falls where the
+    precipitate map is at half its maximum. Positions where every map is NaN
+    are unlabelled (-1).
+
+    Parameters
+    ----------
+    maps : array_like, shape (n_clusters, n_positions)
+    percentiles : tuple of float, default (1.0, 99.0)
+        Robust minimum and maximum, in percent.
+
+    Returns
+    -------
+    labels : ndarray of int, shape (n_positions,)
+        Cluster index, -1 for unlabelled positions.
+    normalised : ndarray, shape (n_clusters, n_positions)
+        The rescaled maps ``n_c`` (NaN where the map is NaN).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hyperspy_cnmf.clustering import dominant_labels
+    >>> matrix = np.array([10., 10, 8, 7])     # strong everywhere
+    >>> grain = np.array([0., 0, 2, 3])        # only in the precipitate
+    >>> dominant_labels(np.stack([matrix, grain]))[0].tolist()
+    [0, 0, 1, 1]
+    """
+    m = np.asarray(maps, dtype=np.float64)
+    if m.ndim != 2:
+        raise ValueError("`maps` must have shape (n_clusters, n_positions).")
+    p_lo, p_hi = (float(p) for p in percentiles)
+    if not 0 <= p_lo < p_hi <= 100:
+        raise ValueError("`percentiles` must satisfy 0 <= low < high <= 100.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo = np.nanpercentile(m, p_lo, axis=1)
+        hi = np.nanpercentile(m, p_hi, axis=1)
+        hi = np.fmax(hi, lo + 0.5 * (np.nanmax(m, axis=1) - lo))
+    span = hi - lo
+    ok = np.isfinite(span) & (span > 0)
+    norm = np.full_like(m, np.nan)
+    norm[ok] = (m[ok] - lo[ok, None]) / span[ok, None]
+    # flat maps: only where nothing else is defined
+    norm[~ok] = np.where(np.isfinite(m[~ok]), -np.inf, np.nan)
+    filled = np.where(np.isnan(norm), -np.inf, norm)
+    labels = np.argmax(filled, axis=0).astype(np.int64)
+    labels[np.all(np.isnan(norm), axis=0)] = -1
+    norm[np.isinf(norm)] = np.nan
+    return labels, norm
+
+
+@dataclass
+class PatternClustering:
+    """Result of :func:`cluster_patterns`.
+
+    Attributes
+    ----------
+    labels : ndarray of int, shape (n,)
+        Cluster of each pattern, clusters numbered by decreasing size.
+    linkage : ndarray, shape (n - 1, 4)
+    threshold : float
+        Pseudo-distance at which the tree was cut.
+    pseudo_distance : ndarray, shape (n, n)
+    similarity : ndarray, shape (n, n)
+    rotation : ndarray, shape (n,)
+        Degrees: rotation of each pattern onto its cluster reference.
+    mirrored : ndarray of bool, shape (n,)
+    references : ndarray of int, shape (n_clusters,)
+    merged : ndarray, shape (n_clusters, qy, qx)
+        Rotation-aligned *mean* pattern of each cluster.
+    centre : tuple of float
+        ``(x, y)`` in px.
+    radii : ndarray
+        Radii of the polar grid, px.
+    n_theta : int
+    """
+
+    labels: np.ndarray
+    linkage: np.ndarray
+    threshold: float
+    pseudo_distance: np.ndarray
+    similarity: np.ndarray
+    rotation: np.ndarray
+    mirrored: np.ndarray
+    references: np.ndarray
+    merged: np.ndarray
+    centre: tuple
+    radii: np.ndarray
+    n_theta: int
+
+
+def align_to_references(sim_result, labels, references):
+    """Rotation (deg) and mirror of each member onto its cluster reference."""
+    ref_of = np.asarray(references)[np.asarray(labels)]
+    idx = np.arange(ref_of.size)
+    return sim_result.rotation[ref_of, idx], sim_result.mirrored[ref_of, idx]
+
+
+def cluster_patterns(
+    patterns,
+    centre=None,
+    n_clusters=None,
+    distance_threshold=None,
+    method="average",
+    radial_range=None,
+    delta_r=1.0,
+    n_theta=None,
+    delta_theta=None,
+    direct_beam_radius="auto",
+    intensity_transform_function=None,
+    normalize="pearson",
+    radial_weighting="r",
+    mirror=False,
+):
+    """Rotation-invariant hierarchical clustering of a stack of patterns.
+
+    The whole pipeline for plain arrays: polar transform, pairwise
+    rotation-maximised normalised cross-correlation, pseudo-distance
+    ``1 - CC``, hierarchical clustering, alignment of every member on its
+    cluster reference and aligned mean per cluster.
+
+    Parameters
+    ----------
+    patterns : array_like, shape (n, qy, qx)
+        At least 2 patterns.
+    centre : tuple of float, optional
+        ``(x, y)`` in px; default: direct beam of the mean pattern.
+    n_clusters, distance_threshold, method
+        See :func:`hierarchical_clustering`.
+    radial_range, delta_r, n_theta, delta_theta, direct_beam_radius
+        See :func:`~hyperspy_cnmf.clustering.polar_transform` (px).
+    intensity_transform_function, normalize, radial_weighting, mirror
+        See :func:`~hyperspy_cnmf.clustering.rotational_similarity`.
+
+    Returns
+    -------
+    PatternClustering
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hyperspy_cnmf.clustering import cluster_patterns, rotate_patterns
+    >>> yy, xx = np.mgrid[:65, :65] - 32.0
+    >>> def ring(r, n):
+    ...     a = np.deg2rad(np.arange(n) * 360.0 / n)
+    ...     return sum(np.exp(-((xx - r * np.cos(t)) ** 2 + (yy - r * np.sin(t)) ** 2) / 4)
+    ...                for t in a)
+    >>> a, b = ring(12, 6), ring(22, 4)
+    >>> stack = rotate_patterns(np.stack([a, a, b, b]), (32, 32), [0, 25, 0, 40])
+    >>> res = cluster_patterns(np.nan_to_num(stack), centre=(32, 32))
+    >>> res.labels.tolist()
+    [0, 0, 1, 1]
+    """
+    stack, lead = _as_stack(patterns)
+    if len(lead) != 1:
+        raise ValueError("`patterns` must have shape (n, qy, qx).")
+    if stack.shape[0] < 2:
+        raise ValueError(f"At least 2 patterns are needed, got {stack.shape[0]}.")
+    if centre is None:
+        with np.errstate(invalid="ignore"):
+            centre = find_direct_beam(np.nanmean(stack, axis=0))
+    polar, radii, _ = polar_transform(
+        stack,
+        centre=centre,
+        radial_range=radial_range,
+        delta_r=delta_r,
+        n_theta=n_theta,
+        delta_theta=delta_theta,
+        direct_beam_radius=direct_beam_radius,
+    )
+    sim = rotational_similarity(
+        polar,
+        radii=radii,
+        intensity_transform_function=intensity_transform_function,
+        normalize=normalize,
+        radial_weighting=radial_weighting,
+        mirror=mirror,
+    )
+    dist = sim.pseudo_distance
+    labels, Z, threshold = hierarchical_clustering(
+        dist,
+        method=method,
+        n_clusters=n_clusters,
+        distance_threshold=distance_threshold,
+    )
+    labels, _ = order_clusters(labels, np.bincount(labels))
+    refs = cluster_references(sim.similarity, labels)
+    rot, mir = align_to_references(sim, labels, refs)
+    merged = merge_aligned(stack, centre, labels, rot, mir)
+    merged /= np.bincount(labels)[:, None, None]
+    return PatternClustering(
+        labels=labels,
+        linkage=Z,
+        threshold=threshold,
+        pseudo_distance=dist,
+        similarity=sim.similarity,
+        rotation=rot,
+        mirrored=mir,
+        references=refs,
+        merged=merged,
+        centre=tuple(float(c) for c in centre),
+        radii=radii,
+        n_theta=polar.shape[-1],
+    )

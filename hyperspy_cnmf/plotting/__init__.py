@@ -1,0 +1,1 @@
+"""Matplotlib figures of hyperspy_cnmf (imported on use)."""

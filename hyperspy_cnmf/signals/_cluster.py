@@ -1,0 +1,1264 @@
+"""Rotation-invariant diffraction clustering: the 4D-STEM signal methods.
+
+Plain functions taking the signal as first argument; they are attached to
+:class:`~hyperspy_cnmf.signals.STEM4D` (and inherited by the lazy class) as
+methods. They check their arguments, convert calibrated geometry to pixels,
+call the numerical core :mod:`hyperspy_cnmf.clustering` and store the results
+in ``learning_results`` (arrays and strings only, so that they survive
+``learning_results.save``/``load`` and ``s.save`` / ``hs.load``).
+
+Stored by :func:`cluster_diffraction` (``k`` clustered components,
+``c`` clusters; sizes in the layout of HyperSpy's ``factors``/``loadings``):
+
+===============================  ===========================================
+``cdiff_components``             (k,) int, indices of the clustered components
+``cdiff_labels``                 (k,) int, cluster of each component
+``cdiff_linkage``                (k-1, 4) scipy linkage matrix
+``cdiff_pseudo_distance``        (k, k) ``1 - max CC``
+``cdiff_pairwise_rotation``      (k, k) deg, best rotation of j onto i
+``cdiff_pairwise_mirrored``      (k, k) bool
+``cdiff_rotation``               (k,) deg, rotation of each component onto
+                                 its cluster reference
+``cdiff_mirrored``               (k,) bool
+``cdiff_references``             (c,) int, reference component per cluster
+                                 (an index into the *clustered* components)
+``cdiff_merged_factors``         (sig_size, c) rotation-aligned merged
+                                 diffraction, data units (counts summed over
+                                 the scan)
+``cdiff_merged_maps``            (nav_size, c) summed maps, data units
+                                 (counts per probe position)
+``cdiff_normalised_maps``        (nav_size, c) maps on their robust range,
+                                 used for the dominant-cluster labels
+``cdiff_position_labels``        (nav_size,) int, dominant cluster of each
+                                 probe position (-1: none, e.g. masked)
+``cdiff_threshold``              float, pseudo-distance of the cut
+``cdiff_centre``                 (2,) float, ``(x, y)`` centre in px
+``cdiff_radii``                  (n_r,) float, polar radii in px
+``cdiff_parameters``             str, JSON of every parameter
+===============================  ===========================================
+
+:func:`cluster_patterns` stores the corresponding quantities for the
+patterns of the navigation positions with the prefix ``cpat_``
+(``cpat_positions``: flat navigation index of each clustered pattern,
+``cpat_step``, ``cpat_merged_factors``: aligned *mean* pattern per cluster,
+``cpat_position_labels``: every position). Both also fill HyperSpy's own
+``cluster_*`` fields (the last run wins); see :func:`cluster_diffraction`,
+Notes.
+"""
+
+import json
+import warnings
+
+import numpy as np
+from hyperspy.signal import BaseSignal
+from hyperspy.signals import Signal1D, Signal2D
+from scipy import ndimage
+
+from hyperspy_cnmf import clustering as core
+
+_UNITS = ("calibrated", "px")
+_CDIFF_KEYS = (
+    "components",
+    "position_labels",
+    "labels",
+    "linkage",
+    "pseudo_distance",
+    "pairwise_rotation",
+    "pairwise_mirrored",
+    "rotation",
+    "mirrored",
+    "references",
+    "merged_factors",
+    "merged_maps",
+    "normalised_maps",
+    "threshold",
+    "centre",
+    "radii",
+    "parameters",
+)
+_CPAT_KEYS = (
+    "positions",
+    "position_labels",
+    "step",
+    "labels",
+    "linkage",
+    "pseudo_distance",
+    "rotation",
+    "mirrored",
+    "references",
+    "merged_factors",
+    "threshold",
+    "centre",
+    "radii",
+    "parameters",
+)
+
+
+# --------------------------------------------------------------------------
+# Geometry helpers
+# --------------------------------------------------------------------------
+def _check_4dstem_signal_axes(signal):
+    am = signal.axes_manager
+    if am.signal_dimension != 2:
+        raise ValueError(
+            f"A signal dimension of 2 (qx, qy) is required, got {am.signal_dimension}."
+        )
+    for ax in am.signal_axes:
+        if not getattr(ax, "is_uniform", True):
+            raise ValueError("Non-uniform signal axes are not supported.")
+
+
+def _signal_geometry(signal):
+    """``(shape (qy, qx), scale (sx, sy), offset (ox, oy), units)``."""
+    ax_x, ax_y = signal.axes_manager.signal_axes
+    shape = (ax_y.size, ax_x.size)
+    scale = (float(ax_x.scale), float(ax_y.scale))
+    offset = (float(ax_x.offset), float(ax_y.offset))
+    return shape, scale, offset, str(ax_x.units)
+
+
+def _check_units(units):
+    if units not in _UNITS:
+        raise ValueError(f"`units` must be one of {_UNITS}, got {units!r}.")
+
+
+def _length_to_px(signal, value, units):
+    if value is None or isinstance(value, str):
+        return value
+    if units == "px":
+        return float(value)
+    _, (sx, sy), _, _ = _signal_geometry(signal)
+    if not np.isclose(abs(sx), abs(sy), rtol=1e-3):
+        warnings.warn(
+            "The two signal axes have different scales; radii are converted "
+            "with the scale of the first (x) axis.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return float(value) / abs(sx)
+
+
+def _calibrated_origin_px(signal):
+    """Pixel position of the calibrated origin, or None if not strictly inside."""
+    (ny, nx), (sx, sy), (ox, oy), _ = _signal_geometry(signal)
+    cx, cy = -ox / sx, -oy / sy
+    if 1.0 <= cx <= nx - 2.0 and 1.0 <= cy <= ny - 2.0:
+        return cx, cy
+    return None
+
+
+def _resolve_centre(signal, centre, units, reference_pattern):
+    """Centre ``(x, y)`` in px (explicit, calibrated origin, or direct beam)."""
+    _check_units(units)
+    shape, (sx, sy), (ox, oy), _ = _signal_geometry(signal)
+    if centre is None:
+        c = _calibrated_origin_px(signal)
+        if c is None:
+            with np.errstate(invalid="ignore"):
+                c = core.find_direct_beam(reference_pattern)
+        return c
+    try:
+        x, y = (float(v) for v in centre)
+    except (TypeError, ValueError):
+        raise ValueError(f"`centre` must be a pair (x, y), got {centre!r}.") from None
+    if units == "calibrated":
+        x, y = (x - ox) / sx, (y - oy) / sy
+    return core._polar._check_centre((x, y), shape)
+
+
+def _resolve_geometry(
+    signal, centre, units, radial_range, direct_beam_radius, reference_pattern
+):
+    _check_units(units)
+    cpx = _resolve_centre(signal, centre, units, reference_pattern)
+    rr = None
+    if radial_range is not None:
+        try:
+            r0, r1 = radial_range
+        except (TypeError, ValueError):
+            raise ValueError("`radial_range` must be a pair (r_min, r_max).") from None
+        rr = (_length_to_px(signal, r0, units), _length_to_px(signal, r1, units))
+    dbr = direct_beam_radius
+    if isinstance(dbr, str):
+        if dbr != "auto":
+            raise ValueError("`direct_beam_radius` must be a number, 'auto' or None.")
+        dbr = core.estimate_direct_beam_radius(reference_pattern, cpx)
+    else:
+        dbr = _length_to_px(signal, dbr, units)
+    return cpx, rr, dbr
+
+
+def _transform_name(f):
+    if f is None or isinstance(f, str):
+        return f
+    return getattr(f, "__name__", repr(f))
+
+
+# --------------------------------------------------------------------------
+# Signal builders
+# --------------------------------------------------------------------------
+def _pattern_stack_signal(signal, data, axis_name, title):
+    """(n, qy, qx) array -> a 4D-STEM-typed signal, calibrated like ``signal``."""
+    axes = [{"size": data.shape[0], "name": axis_name, "navigate": True}]
+    for d in signal.axes_manager._get_signal_axes_dicts():
+        d = dict(d)
+        d["navigate"] = False
+        axes.append(d)
+    out = Signal2D(np.asarray(data), axes=axes)
+    out.set_signal_type(signal.metadata.Signal.signal_type)
+    out.metadata.General.title = title
+    return out
+
+
+def _nav_stack_signal(signal, data, axis_name, title):
+    """(n,) + navigation-shape array -> a signal over the navigation axes."""
+    nav = [dict(d) for d in signal.axes_manager._get_navigation_axes_dicts()]
+    for d in nav:
+        d["navigate"] = False
+    axes = [{"size": data.shape[0], "name": axis_name, "navigate": True}] + nav
+    cls = {1: Signal1D, 2: Signal2D}.get(len(nav), BaseSignal)
+    out = cls(np.asarray(data), axes=axes)
+    out.metadata.General.title = title
+    return out
+
+
+def _vector_signal(values, axis_name, title, units=None):
+    axis = {"size": len(values), "name": axis_name, "navigate": False}
+    out = Signal1D(np.asarray(values), axes=[axis])
+    out.metadata.General.title = title
+    if units is not None:
+        out.metadata.set_item("Signal.quantity", units)
+    return out
+
+
+def _matrix_signal(matrix, axis_name, title):
+    axes = [
+        {"size": matrix.shape[0], "name": axis_name, "navigate": False},
+        {"size": matrix.shape[1], "name": axis_name, "navigate": False},
+    ]
+    out = Signal2D(np.asarray(matrix), axes=axes)
+    out.metadata.General.title = title
+    return out
+
+
+# --------------------------------------------------------------------------
+# Shared pieces
+# --------------------------------------------------------------------------
+def _similarity(
+    patterns,
+    centre,
+    radial_range,
+    delta_r,
+    n_theta,
+    delta_theta,
+    direct_beam_radius,
+    intensity_transform_function,
+    normalize,
+    radial_weighting,
+    mirror,
+):
+    polar, radii, _ = core.polar_transform(
+        patterns,
+        centre=centre,
+        radial_range=radial_range,
+        delta_r=delta_r,
+        n_theta=n_theta,
+        delta_theta=delta_theta,
+        direct_beam_radius=direct_beam_radius,
+    )
+    sim = core.rotational_similarity(
+        polar,
+        radii=radii,
+        intensity_transform_function=intensity_transform_function,
+        normalize=normalize,
+        radial_weighting=radial_weighting,
+        mirror=mirror,
+    )
+    return polar, radii, sim
+
+
+def _fill_hyperspy_cluster_fields(
+    lr, labels_pos, sum_signals, centroid_signals, distances, algorithm
+):
+    """Write HyperSpy's ``cluster_*`` fields (shapes as in cluster_analysis)."""
+    n_c = sum_signals.shape[0]
+    lab = np.zeros((n_c, labels_pos.size), dtype=bool)
+    for c in range(n_c):
+        lab[c] = labels_pos == c
+    lr.cluster_labels = lab
+    lr.number_of_clusters = int(n_c)
+    lr.cluster_algorithm = algorithm
+    lr.cluster_sum_signals = np.asarray(sum_signals, dtype=np.float64)
+    lr.cluster_centroid_signals = np.asarray(centroid_signals, dtype=np.float64)
+    lr.cluster_distances = np.asarray(distances, dtype=np.float64)
+    members = lab.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lr.cluster_centers = np.where(members > 0, sum_signals / members, np.nan)
+    lr.cluster_centroids = None
+
+
+def _select_components(lr, components):
+    factors = lr.factors
+    if factors is None or lr.loadings is None:
+        raise RuntimeError(
+            "No decomposition found: run `decomposition` first (e.g. "
+            "`s.decomposition(algorithm='constrained_nmf', output_dimension=30)`)."
+        )
+    n_total = factors.shape[1]
+    if components is None:
+        n = lr.output_dimension or lr.number_significant_components or n_total
+        idx = np.arange(min(int(n), n_total))
+    elif np.ndim(components) == 0:
+        idx = np.arange(min(int(components), n_total))
+    else:
+        idx = np.asarray(components, dtype=np.int64).ravel()
+        if idx.size and (idx.min() < -n_total or idx.max() >= n_total):
+            raise ValueError(f"`components` must be indices in [0, {n_total}).")
+        idx = np.unique(idx % n_total)
+    if idx.size < 2:
+        raise ValueError(
+            f"At least 2 components are needed to cluster, got {idx.size}; "
+            "run the decomposition with more components (the method uses "
+            "deliberately many, e.g. 30)."
+        )
+    return idx
+
+
+# --------------------------------------------------------------------------
+# Public methods
+# --------------------------------------------------------------------------
+def cluster_diffraction(
+    self,
+    n_clusters=None,
+    distance_threshold=None,
+    method="average",
+    components=None,
+    centre=None,
+    units="calibrated",
+    radial_range=None,
+    delta_r=1.0,
+    n_theta=None,
+    delta_theta=None,
+    direct_beam_radius="auto",
+    intensity_transform_function=None,
+    normalize="pearson",
+    radial_weighting="r",
+    mirror=False,
+    dominance_percentiles=(1.0, 99.0),
+    map_smoothing=None,
+):
+    """Group the decomposition components by rotation-invariant diffraction similarity.
+
+    The clustering of Kimoto et al., *Sci. Rep.* 15, 39143 (2025). Every
+    component's diffraction pattern (a column of ``learning_results.factors``)
+    is transformed to polar coordinates about the direct beam; each pair is
+    compared by its normalised cross-correlation along the azimuth,
+    maximised over the rotation (so rotated grains of one phase match), the
+    pseudo-distance ``1 - max CC`` is clustered hierarchically, and the
+    members of each cluster are rotated onto the cluster's reference
+    component and summed. Run the decomposition with deliberately many
+    components (the paper uses 30): the clustering merges the split and
+    rotated ones into phases.
+
+    Works from ``learning_results`` only (small arrays), hence identically on
+    lazy signals.
+
+    Parameters
+    ----------
+    self : STEM4D or LazySTEM4D
+        A signal with a decomposition (non-negative factors expected, e.g.
+        ``decomposition(algorithm="constrained_nmf", output_dimension=30)``).
+    n_clusters : int, optional
+        Cut the dendrogram into this many clusters.
+    distance_threshold : float or "gap", optional
+        Cut the dendrogram at this pseudo-distance ``1 - CC``; ``"gap"``: in
+        the middle of the largest gap between successive merge heights
+        (:func:`~hyperspy_cnmf.clustering.largest_gap_threshold`). With neither
+        this nor ``n_clusters``: 0.3, i.e. groups correlating better than
+        CC = 0.7 after the best rotation are merged (the cut of the author's
+        dendrogram; on simulated precipitates with 1-3x over-complete
+        constrained NMF, merges within a phase were <= 0.2 and between
+        phases >= 0.37). Check it on :meth:`plot_cluster_dendrogram`.
+    method : str, default "average"
+        Linkage method of :func:`scipy.cluster.hierarchy.linkage`. Average
+        linkage is the default because ``1 - CC`` is not Euclidean (ruling
+        out ward/centroid/median), single linkage chains phases through mixed
+        components and complete linkage is ruled by the worst member; see
+        :func:`~hyperspy_cnmf.clustering.hierarchical_clustering`.
+    components : int or list of int, optional
+        The first ``components`` components, or these indices. Default: all
+        ``output_dimension`` (or ``number_significant_components``)
+        components.
+    centre : tuple of float, optional
+        Direct-beam position ``(x, y)`` in ``units``. Default: the calibrated
+        origin ``(0, 0)`` of the signal axes when it lies inside the detector
+        (at least 1 px from the border), otherwise the direct beam found in
+        the intensity-weighted sum of the factors
+        (:func:`~hyperspy_cnmf.clustering.find_direct_beam`). A centre outside
+        the pattern raises ``ValueError``.
+    units : {"calibrated", "px"}, default "calibrated"
+        Units of ``centre``, ``radial_range`` and ``direct_beam_radius``.
+    radial_range : tuple of float, optional
+        ``(r_min, r_max)`` of the polar transform. Default: from the centre to
+        the nearest detector edge (the author's convention).
+    delta_r : float, default 1.0
+        Radial step in detector pixels.
+    n_theta : int, optional
+        Azimuthal samples. Default ``8 r_max`` (in px), rounded up to a fast
+        FFT length: the author's convention, finer than one sample per pixel
+        of the outer circumference, so no aliasing.
+    delta_theta : float, optional
+        Azimuthal step in degrees, instead of ``n_theta``.
+    direct_beam_radius : float, "auto" or None, default "auto"
+        Rings inside this radius are left out of the correlation. The direct
+        beam carries no structural information but is by far the brightest
+        feature; ``"auto"`` masks the disk found on the radial profile of the
+        weighted sum of the factors plus 1 px
+        (:func:`~hyperspy_cnmf.clustering.estimate_direct_beam_radius`).
+    intensity_transform_function : callable, "sqrt", "log" or None, default None
+        Applied to the polar patterns before the correlation. No transform by
+        default: the NMF components already separate the weak Bragg spots from
+        the bright halo, and a compressing transform mostly raises the weight
+        of the halo residue left in precipitate components (it narrowed the
+        gap between phases on simulated data); see
+        :func:`~hyperspy_cnmf.clustering.rotational_similarity`.
+    normalize : {"pearson", "azimuthal", "cosine"}, default "pearson"
+        Pearson correlation of the whole polar images: the radial profile and
+        the spots both count, so featureless (amorphous) components still
+        match each other.
+    radial_weighting : None, "r" or array, default "r"
+        ``"r"``: area weighting, the polar correlation equals the Cartesian
+        correlation of one pattern with the rotated other.
+    mirror : bool, default False
+        Also match mirrored patterns (``phi -> -phi``).
+    dominance_percentiles : tuple of float, default (1, 99)
+        Robust minimum and maximum of each cluster map for the
+        dominant-cluster labels (see Notes).
+    map_smoothing : float, optional
+        Gaussian sigma (navigation pixels) applied to the cluster maps before
+        the dominant-cluster labelling only (useful for noisy maps of an
+        unconstrained NMF); the stored maps are not smoothed.
+
+    Returns
+    -------
+    dict
+        HyperSpy signals: ``"labels"`` (cluster of each component),
+        ``"rotation"`` (deg, of each component onto its cluster reference),
+        ``"pseudo_distance"`` (k x k), ``"linkage"``, ``"merged_factors"``
+        (rotation-aligned merged diffraction per cluster, a 4D-STEM signal
+        with calibrated detector axes), ``"merged_maps"`` (summed map per
+        cluster) and ``"position_labels"`` (dominant cluster at each probe
+        position, -1 where unlabelled). The same as
+        :meth:`get_cluster_diffraction_results`.
+
+    Raises
+    ------
+    RuntimeError
+        If there is no decomposition yet.
+    ValueError
+        For fewer than 2 components, a centre outside the pattern or
+        inconsistent arguments.
+
+    See Also
+    --------
+    plot_cluster_dendrogram, plot_cluster_gallery, cluster_patterns,
+    polar_transform
+
+    Notes
+    -----
+    *Units.* Component ``i`` contributes ``loading_i(p) * factor_i(q)`` to
+    the data. The merged diffraction of a cluster is
+    ``sum_i T_i(factor_i) * sum_p loading_i(p)`` (``T_i``: rotation onto the
+    reference) and its map ``sum_i loading_i(p) * sum_q factor_i(q)``: the
+    counts of the cluster summed over the scan, respectively over the
+    detector. Both are independent of how the decomposition splits the scale
+    between factors and loadings.
+
+    *Rotation.* Angles are measured from the +kx axis towards +ky
+    (clockwise on screen with ky pointing down, the HyperSpy display);
+    ``cdiff_rotation[i]`` is the angle by which component ``i`` is turned
+    (after the mirror ``phi -> -phi`` if ``cdiff_mirrored[i]``) to match its
+    cluster reference.
+
+    *HyperSpy cluster fields.* So that :meth:`plot_cluster_results`,
+    :meth:`get_cluster_labels` and :meth:`get_cluster_signals` work, the
+    navigation positions are labelled with their *dominant* cluster. A plain
+    argmax of the maps (data units) would give every position to the matrix,
+    which is strong everywhere, also inside precipitates. Each cluster map is
+    instead rescaled to its robust range, ``(M - P1) / (P99 - P1)``, and a
+    position gets the cluster with the largest rescaled value (for maps that
+    sum to a constant, a precipitate takes the positions where its map
+    exceeds half its maximum); see
+    :func:`~hyperspy_cnmf.clustering.dominant_labels`. Then, with clusters
+    numbered by decreasing number of dominated positions:
+
+    - ``cluster_labels`` (c, nav_size) bool: the dominant-cluster
+      membership; masked positions belong to no cluster;
+    - ``cluster_sum_signals`` (c, sig_size): the rotation-aligned merged
+      diffraction (the cluster's counts summed over the whole scan), so
+      ``get_cluster_signals("mean")`` is it divided by the number of
+      dominated positions;
+    - ``cluster_centroid_signals`` (c, sig_size): the reference component's
+      factor scaled by its mean loading over the dominated positions;
+    - ``cluster_distances`` (c, nav_size): ``1 - rescaled map`` clipped to
+      [0, 1]; the smallest is the label (HyperSpy: distance to the centroid);
+    - ``cluster_centers``: the mean signals, ``number_of_clusters``,
+      ``cluster_algorithm = "cluster_diffraction"``.
+
+    Examples
+    --------
+    >>> from hyperspy_cnmf.data import simulated_precipitates
+    >>> s = simulated_precipitates(scan_shape=(32, 32), n_grains=3)
+    >>> s.decomposition(algorithm="constrained_nmf", output_dimension=8)  # doctest: +SKIP
+    >>> res = s.cluster_diffraction()  # doctest: +SKIP
+    >>> res["merged_factors"].plot()  # doctest: +SKIP
+    >>> s.plot_cluster_dendrogram()  # doctest: +SKIP
+    >>> s.plot_cluster_results()  # doctest: +SKIP
+    """
+    _check_4dstem_signal_axes(self)
+    lr = self.learning_results
+    idx = _select_components(lr, components)
+    (qy, qx), _, _, _ = _signal_geometry(self)
+    k = idx.size
+    factors = np.asarray(lr.factors[:, idx], dtype=np.float64).T.reshape(k, qy, qx)
+    loadings = np.asarray(lr.loadings[:, idx], dtype=np.float64).T
+    if np.nanmin(factors) < -1e-3 * max(np.nanmax(np.abs(factors)), 1e-300):
+        warnings.warn(
+            "The factors have negative values: the clustering is meant for "
+            "non-negative (NMF) components; negatives are clipped to 0 by the "
+            "'sqrt'/'log' transforms.",
+            UserWarning,
+            stacklevel=2,
+        )
+    factor_sum = np.nansum(factors, axis=(1, 2))
+    loading_sum = np.nansum(loadings, axis=1)
+    reference = np.nansum(factors * loading_sum[:, None, None], axis=0)
+    reference[np.all(np.isnan(factors), axis=0)] = np.nan
+    cpx, rr, dbr = _resolve_geometry(
+        self, centre, units, radial_range, direct_beam_radius, reference
+    )
+    polar, radii, sim = _similarity(
+        factors,
+        cpx,
+        rr,
+        delta_r,
+        n_theta,
+        delta_theta,
+        dbr,
+        intensity_transform_function,
+        normalize,
+        radial_weighting,
+        mirror,
+    )
+    dist = sim.pseudo_distance
+    labels, Z, threshold = core.hierarchical_clustering(
+        dist,
+        method=method,
+        n_clusters=n_clusters,
+        distance_threshold=distance_threshold,
+    )
+    n_c = int(labels.max()) + 1
+    # cluster maps in data units (counts per position)
+    contrib = loadings * factor_sum[:, None]
+    maps = np.stack([contrib[labels == c].sum(axis=0) for c in range(n_c)])
+    maps[:, np.all(np.isnan(loadings), axis=0)] = np.nan
+    pos_labels, norm_maps = _dominance(self, maps, dominance_percentiles, map_smoothing)
+    # order clusters: most dominated positions first, then total intensity
+    counts = np.bincount(pos_labels[pos_labels >= 0], minlength=n_c)
+    key = counts + np.nansum(maps, axis=1) / (np.nansum(maps) + 1e-300)
+    labels, order = core.order_clusters(labels, key)
+    maps, norm_maps = maps[order], norm_maps[order]
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(n_c)
+    pos_labels = np.where(pos_labels >= 0, inverse[np.maximum(pos_labels, 0)], -1)
+    refs = core.cluster_references(
+        sim.similarity, labels, weights=np.abs(factor_sum * loading_sum)
+    )
+    rot, mir = core.align_to_references(sim, labels, refs)
+    merged = core.merge_aligned(factors, cpx, labels, rot, mir, weights=loading_sum)
+    # centroid: reference factor x its mean loading over the dominated positions
+    centroid = np.empty_like(merged)
+    for c in range(n_c):
+        dominated = pos_labels == c
+        scale = np.nanmean(loadings[refs[c], dominated]) if dominated.any() else 0.0
+        centroid[c] = factors[refs[c]] * scale
+    params = {
+        "n_clusters": n_clusters,
+        "distance_threshold": distance_threshold,
+        "method": method,
+        "components": idx.tolist(),
+        "centre_px": [float(cpx[0]), float(cpx[1])],
+        "radial_range_px": [float(radii[0]), float(radii[-1])],
+        "delta_r_px": float(delta_r),
+        "n_theta": int(polar.shape[-1]),
+        "direct_beam_radius_px": None if dbr is None else float(dbr),
+        "intensity_transform_function": _transform_name(intensity_transform_function),
+        "normalize": normalize,
+        "radial_weighting": (
+            radial_weighting
+            if radial_weighting is None or isinstance(radial_weighting, str)
+            else "array"
+        ),
+        "mirror": bool(mirror),
+        "dominance_percentiles": [float(p) for p in dominance_percentiles],
+        "map_smoothing": map_smoothing,
+        "threshold": float(threshold),
+    }
+    store = {
+        "components": idx.astype(np.int64),
+        "labels": labels.astype(np.int64),
+        "linkage": Z,
+        "pseudo_distance": dist,
+        "pairwise_rotation": sim.rotation,
+        "pairwise_mirrored": sim.mirrored,
+        "rotation": rot,
+        "mirrored": mir.astype(bool),
+        "references": refs.astype(np.int64),
+        "merged_factors": merged.reshape(n_c, -1).T.copy(),
+        "merged_maps": maps.T.copy(),
+        "normalised_maps": norm_maps.T.copy(),
+        "position_labels": pos_labels.astype(np.int64),
+        "threshold": float(threshold),
+        "centre": np.array(cpx, dtype=np.float64),
+        "radii": radii,
+        "parameters": json.dumps(params),
+    }
+    for key_, value in store.items():
+        setattr(lr, "cdiff_" + key_, value)
+    with np.errstate(invalid="ignore"):
+        distances = 1.0 - np.clip(norm_maps, 0.0, 1.0)
+    _fill_hyperspy_cluster_fields(
+        lr,
+        pos_labels,
+        merged.reshape(n_c, -1),
+        centroid.reshape(n_c, -1),
+        distances,
+        "cluster_diffraction",
+    )
+    return get_cluster_diffraction_results(self)
+
+
+def _dominance(signal, maps, percentiles, smoothing):
+    m = maps
+    if smoothing:
+        nav_shape = signal.axes_manager._navigation_shape_in_array
+        m = maps.reshape((maps.shape[0],) + tuple(nav_shape))
+        nan = np.isnan(m)
+        sm = np.stack(
+            [ndimage.gaussian_filter(np.nan_to_num(x), float(smoothing)) for x in m]
+        )
+        sm[nan] = np.nan
+        m = sm.reshape(maps.shape)
+    return core.dominant_labels(m, percentiles=percentiles)
+
+
+def get_cluster_diffraction_results(self, source="components"):
+    """Return the results of the last diffraction clustering as signals.
+
+    Rebuilt from ``learning_results`` (so also after ``learning_results.load``
+    or ``hs.load`` of a saved signal).
+
+    Parameters
+    ----------
+    self : STEM4D or LazySTEM4D
+    source : {"components", "patterns"}, default "components"
+        The results of :meth:`cluster_diffraction` or of
+        :meth:`cluster_patterns`.
+
+    Returns
+    -------
+    dict
+        Signals ``"labels"``, ``"rotation"``, ``"pseudo_distance"``,
+        ``"linkage"``, ``"merged_factors"``, ``"position_labels"`` and, for
+        components, ``"merged_maps"``; see :meth:`cluster_diffraction`.
+
+    Raises
+    ------
+    RuntimeError
+        If no such clustering was run.
+
+    Examples
+    --------
+    >>> res = s.get_cluster_diffraction_results()  # doctest: +SKIP
+    >>> res["merged_factors"]  # doctest: +SKIP
+    <STEM4D, title: Merged diffraction of clusters of ..., dimensions: (3|48, 48)>
+    """
+    prefix = {"components": "cdiff_", "patterns": "cpat_"}.get(source)
+    if prefix is None:
+        raise ValueError("`source` must be 'components' or 'patterns'.")
+    lr = self.learning_results
+    if getattr(lr, prefix + "labels", None) is None:
+        raise RuntimeError(
+            "No diffraction clustering found: run "
+            + (
+                "`cluster_diffraction`"
+                if source == "components"
+                else "`cluster_patterns`"
+            )
+            + " first."
+        )
+    store = {k: getattr(lr, prefix + k, None) for k in _CDIFF_KEYS + _CPAT_KEYS}
+    return _results_signals(self, store, source)
+
+
+def _results_signals(signal, store, source):
+    """Signals from a dict of stored arrays (keys without prefix)."""
+
+    def get(name):
+        return np.asarray(store[name])
+
+    (qy, qx), _, _, _ = _signal_geometry(signal)
+    item = "Component index" if source == "components" else "Pattern index"
+    what = "component" if source == "components" else "pattern"
+    merged = get("merged_factors").T.reshape(-1, qy, qx)
+    n_c = merged.shape[0]
+    title = signal.metadata.General.title
+    res = {
+        "labels": _vector_signal(get("labels"), item, f"Cluster of each {what}"),
+        "rotation": _vector_signal(
+            get("rotation"),
+            item,
+            "Rotation onto the cluster reference",
+            "Rotation (deg)",
+        ),
+        "pseudo_distance": _matrix_signal(
+            get("pseudo_distance"), item, "Pseudo-distance 1 - CC"
+        ),
+        "linkage": BaseSignal(get("linkage")),
+        "merged_factors": _pattern_stack_signal(
+            signal,
+            merged,
+            "Cluster index",
+            ("Merged diffraction" if source == "components" else "Mean pattern")
+            + f" of clusters of {title}",
+        ),
+    }
+    res["linkage"].metadata.General.title = "Linkage matrix"
+    nav_shape = tuple(signal.axes_manager._navigation_shape_in_array)
+    if source == "components":
+        maps = get("merged_maps").T.reshape((n_c,) + nav_shape)
+        res["merged_maps"] = _nav_stack_signal(
+            signal, maps, "Cluster index", f"Summed maps of clusters of {title}"
+        )
+    if store.get("position_labels") is not None:
+        pos = get("position_labels").reshape(nav_shape)
+        sig = signal._get_navigation_signal(pos)
+        sig.metadata.General.title = f"Dominant cluster of {title}"
+        res["position_labels"] = sig
+    return res
+
+
+def _nav_step_slices(signal, step):
+    nd = signal.axes_manager.navigation_dimension
+    if np.ndim(step) == 0:
+        steps = (int(step),) * nd
+    else:
+        steps = tuple(int(s) for s in step)
+        if len(steps) != nd:
+            raise ValueError(
+                f"`step` must be an int or {nd} ints (navigation axes order)."
+            )
+    if any(s < 1 for s in steps):
+        raise ValueError("`step` must be >= 1.")
+    # HyperSpy axis order (x, y) -> array order (y, x)
+    return tuple(slice(None, None, s) for s in steps[::-1]), steps
+
+
+def _compute(a):
+    return np.asarray(a.compute() if hasattr(a, "compute") else a)
+
+
+def _iter_nav_blocks(signal, rows=256):
+    """Yield (start, patterns (n, qy, qx)) over the flattened navigation."""
+    data = signal.data
+    qy, qx = data.shape[-2:]
+    flat = data.reshape((-1, qy, qx))
+    n = flat.shape[0]
+    for i0 in range(0, n, rows):
+        yield i0, _compute(flat[i0 : i0 + rows]).astype(np.float64)
+
+
+def cluster_patterns(
+    self,
+    patterns=None,
+    step=1,
+    n_clusters=None,
+    distance_threshold=None,
+    method="average",
+    centre=None,
+    units="calibrated",
+    radial_range=None,
+    delta_r=1.0,
+    n_theta=None,
+    delta_theta=None,
+    direct_beam_radius="auto",
+    intensity_transform_function=None,
+    normalize="pearson",
+    radial_weighting="r",
+    mirror=False,
+    max_patterns=4096,
+):
+    """Rotation-invariant clustering of the patterns of the probe positions.
+
+    The similarity and hierarchical clustering of
+    :meth:`cluster_diffraction`, applied to diffraction patterns instead of
+    decomposition components: the patterns of this signal's navigation
+    positions (every ``step``-th position along each navigation axis), or
+    any stack of patterns passed as ``patterns``. The number of pairs grows as
+    the square of the number of patterns; keep it to a few thousand
+    (``max_patterns``) by subsampling with ``step``.
+
+    Parameters
+    ----------
+    self : STEM4D or LazySTEM4D
+    patterns : array_like or BaseSignal, optional
+        A stack ``(..., qy, qx)`` of patterns with this signal's detector
+        shape (and calibration), or a signal with the same signal shape.
+        When given, the results are returned only (not stored).
+    step : int or tuple of int, default 1
+        Subsampling of the navigation axes (HyperSpy axis order, ``x`` first)
+        when ``patterns`` is None.
+    n_clusters, distance_threshold, method
+        See :meth:`cluster_diffraction`. Raw patterns share the matrix (halo,
+        direct beam), so the pseudo-distances between phases are smaller
+        than between NMF components (0.1-0.2 on the simulated
+        precipitates): give ``n_clusters`` or choose the cut on
+        :meth:`plot_cluster_dendrogram` ``(source="patterns")``.
+    centre, units, radial_range, delta_r, n_theta, delta_theta, direct_beam_radius
+        See :meth:`cluster_diffraction`; the automatic centre and direct-beam
+        radius use the mean of the clustered patterns.
+    intensity_transform_function, normalize, radial_weighting, mirror
+        See :meth:`cluster_diffraction`.
+    max_patterns : int, default 4096
+        Refuse to cluster more patterns than this (memory and time grow as
+        its square).
+
+    Returns
+    -------
+    dict
+        Signals ``"labels"`` (cluster of each clustered pattern, numbered by
+        decreasing size), ``"rotation"`` (deg, onto the cluster reference),
+        ``"pseudo_distance"``, ``"linkage"``, ``"merged_factors"``
+        (rotation-aligned *mean* pattern per cluster) and, for this signal's
+        own patterns, ``"position_labels"`` (every navigation position).
+
+    Notes
+    -----
+    For this signal's own patterns the results are stored with the prefix
+    ``cpat_`` in ``learning_results`` and HyperSpy's ``cluster_*`` fields are
+    filled for *every* navigation position: the clustered positions keep
+    their hierarchical label; with ``step > 1`` the other positions get the
+    cluster whose aligned mean pattern they correlate best with (after the
+    best rotation). ``cluster_distances`` is ``1 - max CC`` of each position
+    with each cluster's mean pattern, ``cluster_sum_signals`` the aligned
+    sum of the member patterns, ``cluster_centroid_signals`` the reference
+    (medoid) pattern.
+
+    Examples
+    --------
+    >>> from hyperspy_cnmf.data import simulated_precipitates
+    >>> s = simulated_precipitates(scan_shape=(24, 24), n_grains=2)
+    >>> res = s.cluster_patterns(step=2, n_clusters=3)  # doctest: +SKIP
+    >>> s.get_cluster_labels(merged=True).plot()  # doctest: +SKIP
+    """
+    _check_4dstem_signal_axes(self)
+    (qy, qx), _, _, _ = _signal_geometry(self)
+    own = patterns is None
+    if own:
+        slices, steps = _nav_step_slices(self, step)
+        nav_shape = tuple(self.axes_manager._navigation_shape_in_array)
+        positions = (
+            np.arange(int(np.prod(nav_shape))).reshape(nav_shape)[slices].ravel()
+        )
+        n = positions.size
+        if n > max_patterns:
+            raise ValueError(
+                f"{n} patterns to cluster (> max_patterns={max_patterns}); "
+                "increase `step` (or `max_patterns`)."
+            )
+        stack = _compute(self.data[slices + (Ellipsis,)]).reshape(-1, qy, qx)
+    else:
+        if isinstance(patterns, BaseSignal):
+            if patterns.axes_manager.signal_shape != self.axes_manager.signal_shape:
+                raise ValueError(
+                    "`patterns` must have the signal shape of this signal."
+                )
+            arr = _compute(patterns.data)
+        else:
+            arr = _compute(patterns)
+        if arr.shape[-2:] != (qy, qx):
+            raise ValueError(
+                f"`patterns` must have the detector shape {(qy, qx)}, got {arr.shape[-2:]}."
+            )
+        stack = arr.reshape(-1, qy, qx)
+        n = stack.shape[0]
+        if n > max_patterns:
+            raise ValueError(
+                f"{n} patterns to cluster (> max_patterns={max_patterns})."
+            )
+    stack = np.asarray(stack, dtype=np.float64)
+    if n < 2:
+        raise ValueError(f"At least 2 patterns are needed to cluster, got {n}.")
+    with np.errstate(invalid="ignore"):
+        mean = np.nanmean(stack, axis=0)
+    cpx, rr, dbr = _resolve_geometry(
+        self, centre, units, radial_range, direct_beam_radius, mean
+    )
+    polar, radii, sim = _similarity(
+        stack,
+        cpx,
+        rr,
+        delta_r,
+        n_theta,
+        delta_theta,
+        dbr,
+        intensity_transform_function,
+        normalize,
+        radial_weighting,
+        mirror,
+    )
+    dist = sim.pseudo_distance
+    labels, Z, threshold = core.hierarchical_clustering(
+        dist,
+        method=method,
+        n_clusters=n_clusters,
+        distance_threshold=distance_threshold,
+    )
+    labels, _ = core.order_clusters(labels, np.bincount(labels))
+    n_c = int(labels.max()) + 1
+    refs = core.cluster_references(sim.similarity, labels)
+    rot, mir = core.align_to_references(sim, labels, refs)
+    summed = core.merge_aligned(stack, cpx, labels, rot, mir)
+    mean_c = summed / np.bincount(labels, minlength=n_c)[:, None, None]
+    params = {
+        "n_clusters": n_clusters,
+        "distance_threshold": distance_threshold,
+        "method": method,
+        "step": list(steps) if own else None,
+        "centre_px": [float(cpx[0]), float(cpx[1])],
+        "radial_range_px": [float(radii[0]), float(radii[-1])],
+        "delta_r_px": float(delta_r),
+        "n_theta": int(polar.shape[-1]),
+        "direct_beam_radius_px": None if dbr is None else float(dbr),
+        "intensity_transform_function": _transform_name(intensity_transform_function),
+        "normalize": normalize,
+        "radial_weighting": (
+            radial_weighting
+            if radial_weighting is None or isinstance(radial_weighting, str)
+            else "array"
+        ),
+        "mirror": bool(mirror),
+        "threshold": float(threshold),
+    }
+    store = {
+        "labels": labels,
+        "linkage": Z,
+        "pseudo_distance": dist,
+        "rotation": rot,
+        "mirrored": mir.astype(bool),
+        "references": refs,
+        "merged_factors": mean_c.reshape(n_c, -1).T.copy(),
+        "threshold": float(threshold),
+        "centre": np.array(cpx, dtype=np.float64),
+        "radii": radii,
+        "parameters": json.dumps(params),
+    }
+    if not own:
+        return _results_signals(self, store, source="patterns")
+    store["positions"] = positions.astype(np.int64)
+    store["step"] = np.array(steps, dtype=np.int64)
+    lr = self.learning_results
+    # every position: best rotation-invariant match to each cluster mean
+    ref_polar, _, _ = core.polar_transform(
+        mean_c,
+        centre=cpx,
+        radial_range=(radii[0], radii[-1]),
+        delta_r=delta_r,
+        n_theta=polar.shape[-1],
+        direct_beam_radius=dbr,
+    )
+    kw = dict(
+        radii=radii,
+        intensity_transform_function=intensity_transform_function,
+        normalize=normalize,
+        radial_weighting=radial_weighting,
+        mirror=mirror,
+    )
+    nav_size = int(np.prod(nav_shape))
+    distances = np.empty((n_c, nav_size))
+    for i0, block in _iter_nav_blocks(self):
+        pol, _, _ = core.polar_transform(
+            block,
+            centre=cpx,
+            radial_range=(radii[0], radii[-1]),
+            delta_r=delta_r,
+            n_theta=polar.shape[-1],
+            direct_beam_radius=dbr,
+        )
+        s_ = core.rotational_similarity(pol, polar_other=ref_polar, **kw)
+        distances[:, i0 : i0 + block.shape[0]] = 1.0 - s_.similarity.T
+    pos_labels = np.argmin(distances, axis=0)
+    pos_labels[positions] = labels
+    store["position_labels"] = pos_labels.astype(np.int64)
+    for key_, value in store.items():
+        setattr(lr, "cpat_" + key_, value)
+    centroid = stack[refs].reshape(n_c, -1)
+    _fill_hyperspy_cluster_fields(
+        lr,
+        pos_labels,
+        summed.reshape(n_c, -1),
+        centroid,
+        np.clip(distances, 0.0, 2.0),
+        "cluster_patterns",
+    )
+    return get_cluster_diffraction_results(self, source="patterns")
+
+
+def polar_transform(
+    self,
+    centre=None,
+    units="calibrated",
+    radial_range=None,
+    delta_r=1.0,
+    n_theta=None,
+    delta_theta=None,
+    direct_beam_radius=None,
+):
+    """Return the diffraction patterns in polar coordinates ``(r, phi)``.
+
+    Bilinear resampling about the direct beam, NaN-aware (missing pixels
+    stay missing), computed with a Numba kernel; lazy signals give a lazy
+    result (chunk by chunk).
+
+    Parameters
+    ----------
+    self : STEM4D or LazySTEM4D
+    centre : tuple of float, optional
+        ``(x, y)`` in ``units``. Default: the calibrated origin if it lies
+        inside the detector, else the direct beam of the mean pattern.
+    units : {"calibrated", "px"}, default "calibrated"
+        Units of ``centre``, ``radial_range`` and ``direct_beam_radius``.
+    radial_range : tuple of float, optional
+        ``(r_min, r_max)``; default from the centre to the nearest edge.
+    delta_r : float, default 1.0
+        Radial step in detector pixels.
+    n_theta : int, optional
+        Azimuthal samples; default ``8 r_max`` (px) rounded up to a fast FFT
+        length, the author's anti-aliasing convention.
+    delta_theta : float, optional
+        Azimuthal step in degrees instead of ``n_theta``.
+    direct_beam_radius : float, "auto" or None, default None
+        Rings inside this radius are set to NaN.
+
+    Returns
+    -------
+    Signal2D
+        Same navigation axes; signal axes ``phi`` (deg, from +kx towards +ky;
+        the last array axis) and ``r`` (calibrated units of the detector).
+
+    Examples
+    --------
+    >>> from hyperspy_cnmf.data import simulated_precipitates
+    >>> s = simulated_precipitates(
+    ...     scan_shape=(16, 16), n_grains=1, n_phases=1, grain_diameter=3.0
+    ... )
+    >>> p = s.polar_transform()  # doctest: +SKIP
+    >>> p.axes_manager.signal_shape  # doctest: +SKIP
+    (192, 24)
+    """
+    _check_4dstem_signal_axes(self)
+    (qy, qx), (sx, _), _, sig_units = _signal_geometry(self)
+    need_ref = (centre is None and _calibrated_origin_px(self) is None) or (
+        direct_beam_radius == "auto"
+    )
+    reference = None
+    if need_ref:
+        reference = (
+            _compute(self.mean(axis=self.axes_manager.navigation_axes).data)
+            if (self.axes_manager.navigation_dimension)
+            else _compute(self.data)
+        )
+        reference = np.asarray(reference, dtype=np.float64)
+    cpx, rr, dbr = _resolve_geometry(
+        self, centre, units, radial_range, direct_beam_radius, reference
+    )
+    # geometry of the grid (cheap call on one pattern)
+    probe = np.zeros((1, qy, qx))
+    p0, radii, theta = core.polar_transform(
+        probe,
+        centre=cpx,
+        radial_range=rr,
+        delta_r=delta_r,
+        n_theta=n_theta,
+        delta_theta=delta_theta,
+    )
+    n_r, n_t = p0.shape[-2:]
+    kw = dict(
+        centre=cpx,
+        radial_range=(radii[0], radii[-1]),
+        delta_r=delta_r,
+        n_theta=n_t,
+        direct_beam_radius=dbr,
+    )
+    data = self.data
+    if hasattr(data, "map_blocks") and not isinstance(data, np.ndarray):
+        import dask.array as da
+
+        data = data.rechunk({data.ndim - 2: -1, data.ndim - 1: -1})
+        out = da.map_blocks(
+            lambda b: core.polar_transform(b, **kw)[0],
+            data,
+            dtype=np.float64,
+            chunks=data.chunks[:-2] + ((n_r,), (n_t,)),
+        )
+    else:
+        out = core.polar_transform(data, **kw)[0]
+    axes = [dict(d) for d in self.axes_manager._get_navigation_axes_dicts()]
+    r_units = sig_units if sig_units not in ("", "<undefined>", "None") else "px"
+    axes.append(
+        {
+            "name": "r",
+            "size": n_r,
+            "scale": float(delta_r * abs(sx)),
+            "offset": float(radii[0] * abs(sx)),
+            "units": r_units,
+            "navigate": False,
+        }
+    )
+    axes.append(
+        {
+            "name": "phi",
+            "size": n_t,
+            "scale": float(360.0 / n_t),
+            "offset": 0.0,
+            "units": "deg",
+            "navigate": False,
+        }
+    )
+    result = Signal2D(out, axes=axes)
+    if not isinstance(out, np.ndarray):
+        result = result.as_lazy()
+        result.data = out
+    result.metadata.General.title = f"Polar transform of {self.metadata.General.title}"
+    result.metadata.set_item("Signal.polar_centre_px", [float(cpx[0]), float(cpx[1])])
+    return result
+
+
+def plot_cluster_dendrogram(self, source="components", ax=None, **kwargs):
+    """Plot the dendrogram of the last diffraction clustering.
+
+    Leaves are the clustered components (or patterns), coloured by cluster
+    (the colours of :meth:`plot_cluster_gallery`); the bottom axis is the
+    pseudo-distance ``1 - CC``, the top axis the cross-correlation, and the
+    dashed line marks the cut.
+
+    Parameters
+    ----------
+    self : STEM4D or LazySTEM4D
+    source : {"components", "patterns"}, default "components"
+    ax : matplotlib.axes.Axes, optional
+    **kwargs
+        Passed to :func:`hyperspy_cnmf.plotting._cluster.plot_dendrogram`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> fig = s.plot_cluster_dendrogram()  # doctest: +SKIP
+    """
+    from hyperspy_cnmf.plotting import _cluster as plotting
+
+    lr = self.learning_results
+    prefix = {"components": "cdiff_", "patterns": "cpat_"}.get(source)
+    if prefix is None:
+        raise ValueError("`source` must be 'components' or 'patterns'.")
+    if getattr(lr, prefix + "linkage", None) is None:
+        raise RuntimeError("Run `cluster_diffraction` (or `cluster_patterns`) first.")
+    if source == "components":
+        leaf_names = [str(int(i)) for i in np.asarray(lr.cdiff_components)]
+        leaf_title = "Component"
+    else:
+        leaf_names = [str(int(i)) for i in np.asarray(lr.cpat_positions)]
+        leaf_title = "Position"
+    return plotting.plot_dendrogram(
+        np.asarray(getattr(lr, prefix + "linkage")),
+        np.asarray(getattr(lr, prefix + "labels")),
+        leaf_names=leaf_names,
+        threshold=float(getattr(lr, prefix + "threshold")),
+        ax=ax,
+        leaf_title=leaf_title,
+        title=f"Diffraction clustering: {self.metadata.General.title}",
+        **kwargs,
+    )
+
+
+def plot_cluster_gallery(self, clusters=None, norm="log", cmap="inferno", **kwargs):
+    """Plot the merged diffraction and the summed map of every cluster.
+
+    One column per cluster: the rotation-aligned merged diffraction (top,
+    calibrated detector axes, logarithmic or gamma colour scale) and its
+    summed map (bottom, calibrated scan axes); a first column shows the
+    dominant cluster of every probe position in the cluster colours.
+
+    Parameters
+    ----------
+    self : STEM4D or LazySTEM4D
+    clusters : list of int, optional
+        Clusters to show; default all.
+    norm : {"log", "gamma", "linear"}, default "log"
+        Colour scale of the diffraction (``"gamma"``: power 0.3).
+    cmap : str, default "inferno"
+        Colour map of the diffraction.
+    **kwargs
+        Passed to :func:`hyperspy_cnmf.plotting._cluster.plot_gallery`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> fig = s.plot_cluster_gallery()  # doctest: +SKIP
+    """
+    from hyperspy_cnmf.plotting import _cluster as plotting
+
+    lr = self.learning_results
+    if getattr(lr, "cdiff_labels", None) is None:
+        raise RuntimeError("Run `cluster_diffraction` first.")
+    res = get_cluster_diffraction_results(self)
+    labels = np.asarray(lr.cdiff_labels)
+    comps = np.asarray(lr.cdiff_components)
+    n_c = int(labels.max()) + 1
+    members = [comps[labels == c].tolist() for c in range(n_c)]
+    pos = res.get("position_labels")
+    sig_axes = self.axes_manager.signal_axes
+    nav_axes = self.axes_manager.navigation_axes
+    return plotting.plot_gallery(
+        res["merged_factors"].data,
+        res["merged_maps"].data,
+        members=members,
+        position_labels=None if pos is None else pos.data,
+        signal_axes=[_axis_info(a) for a in sig_axes],
+        navigation_axes=[_axis_info(a) for a in nav_axes],
+        clusters=clusters,
+        norm=norm,
+        cmap=cmap,
+        title=f"Clusters of {self.metadata.General.title}",
+        **kwargs,
+    )
+
+
+def _axis_info(axis):
+    units = str(axis.units)
+    if units in ("", "<undefined>", "None"):
+        units = "px"
+    name = str(axis.name) if str(axis.name) not in ("", "<undefined>", "None") else ""
+    return {
+        "name": name,
+        "units": units,
+        "scale": float(axis.scale),
+        "offset": float(axis.offset),
+        "size": int(axis.size),
+    }

@@ -1,0 +1,491 @@
+"""Tests of the signal-level diffraction clustering (hyperspy_cnmf.signals._cluster).
+
+The methods are plain functions taking the signal first; they are called
+directly here (they become STEM4D methods once attached to the class).
+"""
+
+import json
+import time
+import warnings
+
+import hyperspy.api as hs
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from hyperspy_cnmf.clustering import rotate_patterns
+from hyperspy_cnmf.data import simulated_precipitates
+from hyperspy_cnmf.plotting import _cluster as cplot
+from hyperspy_cnmf.signals import _cluster
+
+SEED = 0
+
+
+@pytest.fixture(scope="module")
+def base_signal():
+    return simulated_precipitates(random_state=SEED)
+
+
+def split_decomposition(signal, rng=None, rotate=0.0, map_noise=0.002):
+    """An over-complete decomposition built from the simulation's ground truth.
+
+    As an NMF run with too many components would give: the matrix is split
+    into 3 components (noisy copies of its pattern, maps partitioned in
+    smooth bands) and every grain into 2 (patterns rotated by -1 and +1.5
+    degrees, map partitioned across the grain); components are shuffled and
+    scaled arbitrarily (factor x c, loading / c), maps get Gaussian noise
+    (``map_noise`` x dose; the constrained NMF gives smooth maps).
+    ``rotate`` turns every pattern by that angle (a rotation of the whole
+    dataset). Returns (factors (sig, k), loadings (nav, k), phase per
+    component).
+    """
+    rng = np.random.default_rng(1) if rng is None else rng
+    truth = signal.metadata.Simulation
+    maps, pats = truth.maps, truth.patterns
+    centre = (truth.centre_px[1], truth.centre_px[0])
+    ny, nx = maps.shape[1:]
+    yy, xx = np.indices((ny, nx), dtype=float)
+    F, L, phase = [], [], []
+    bands = [np.exp(-(((xx - x0) / 12.0) ** 2)) for x0 in (0, nx / 2, nx)]
+    for band in bands:
+        p = pats[0] * (1 + 0.05 * rng.standard_normal(pats[0].shape))
+        F.append(p)
+        L.append(maps[0] * band / sum(bands))
+        phase.append(0)
+    for c in range(1, maps.shape[0]):
+        gy, gx = np.unravel_index(np.argmax(maps[c]), maps[c].shape)
+        a = rng.uniform(0, np.pi)
+        side = 1 / (1 + np.exp(-((xx - gx) * np.cos(a) + (yy - gy) * np.sin(a)) / 1.5))
+        for part, delta in ((side, -1.0), (1 - side, 1.5)):
+            F.append(rotate_patterns(pats[c], centre, delta))
+            L.append(maps[c] * part)
+            phase.append(truth.phase_of_component[c])
+    F = np.clip(np.nan_to_num(np.array(F)), 0, None)
+    if rotate:
+        F = np.clip(np.nan_to_num(rotate_patterns(F, centre, rotate)), 0, None)
+    L = np.array(L) + map_noise * truth.dose * rng.standard_normal((len(L), ny, nx))
+    order = rng.permutation(len(F))
+    scale = rng.uniform(0.01, 100, len(F))
+    k = len(F)
+    factors = (F[order] * scale[:, None, None]).reshape(k, -1).T
+    loadings = (L[order] / scale[:, None, None]).reshape(k, -1).T
+    return factors, loadings, np.array(phase)[order]
+
+
+def with_decomposition(signal, factors, loadings):
+    s = signal.deepcopy()
+    lr = s.learning_results
+    k = factors.shape[1]
+    lr.factors, lr.loadings = factors, loadings
+    lr.decomposition_algorithm = "constrained_nmf"
+    lr.output_dimension = k
+    lr.number_significant_components = k
+    lr.explained_variance = None
+    return s
+
+
+@pytest.fixture(scope="module")
+def decomposed(base_signal):
+    factors, loadings, phase = split_decomposition(base_signal)
+    return with_decomposition(base_signal, factors, loadings), phase
+
+
+@pytest.fixture(scope="module")
+def clustered(decomposed):
+    s, phase = decomposed
+    s = s.deepcopy()
+    res = _cluster.cluster_diffraction(s)
+    return s, phase, res
+
+
+# --------------------------------------------------------------------------
+# cluster_diffraction
+# --------------------------------------------------------------------------
+def test_components_group_by_phase(clustered):
+    s, phase, res = clustered
+    lr = s.learning_results
+    assert adjusted_rand_score(phase, lr.cdiff_labels) >= 0.95
+    assert lr.cdiff_labels.max() + 1 == 3  # matrix, hexagonal, square
+    assert np.array_equal(res["labels"].data, lr.cdiff_labels)
+
+
+def test_positions_match_true_phase_map(clustered):
+    s, _, res = clustered
+    phase_map = s.metadata.Simulation.phase_map
+    labels = res["position_labels"].data
+    assert labels.shape == phase_map.shape
+    assert adjusted_rand_score(phase_map.ravel(), labels.ravel()) >= 0.95
+    # the amorphous matrix is cluster 0 (most positions), not everywhere
+    assert np.mean(labels == 0) == pytest.approx(np.mean(phase_map == 0), abs=0.05)
+
+
+def test_noisy_maps_with_map_smoothing(base_signal):
+    factors, loadings, _ = split_decomposition(base_signal, map_noise=0.01)
+    s = with_decomposition(base_signal, factors, loadings)
+    _cluster.cluster_diffraction(s, map_smoothing=1.0)
+    phase_map = s.metadata.Simulation.phase_map.ravel()
+    assert (
+        adjusted_rand_score(phase_map, s.learning_results.cdiff_position_labels) >= 0.95
+    )
+
+
+def test_rotations_align_split_and_rotated_grains(clustered):
+    s, _, res = clustered
+    lr = s.learning_results
+    truth = s.metadata.Simulation
+    merged = res["merged_factors"].data
+    # each crystalline merged pattern matches its phase reference after rotation
+    from hyperspy_cnmf.clustering import polar_transform, rotational_similarity
+
+    centre = tuple(lr.cdiff_centre)
+    pol_m, radii, _ = polar_transform(np.nan_to_num(merged), centre=centre)
+    pol_r, _, _ = polar_transform(truth.reference_patterns, centre=centre)
+    sim = rotational_similarity(pol_m, polar_other=pol_r, radii=radii).similarity
+    assert sim.max(axis=0).min() > 0.95  # every phase has a crisp merged pattern
+    # members are rotated onto their reference
+    for c, ref in enumerate(lr.cdiff_references):
+        assert lr.cdiff_labels[ref] == c and lr.cdiff_rotation[ref] == 0
+    assert np.allclose(
+        lr.cdiff_pairwise_rotation, -lr.cdiff_pairwise_rotation.T, atol=1e-9
+    )
+
+
+def test_merged_results_in_data_units(clustered):
+    s, _, res = clustered
+    lr = s.learning_results
+    model_total = np.nansum(lr.loadings.sum(0) * lr.factors.sum(0))
+    maps = res["merged_maps"].data
+    assert maps.shape == (3, 48, 48)
+    assert np.nansum(maps) == pytest.approx(model_total, rel=1e-6)
+    # rotation only moves intensity (inside the detector)
+    assert np.nansum(res["merged_factors"].data) == pytest.approx(model_total, rel=0.05)
+    assert res["merged_factors"].metadata.Signal.signal_type == "4D-STEM"
+    kx = res["merged_factors"].axes_manager.signal_axes[0]
+    assert kx.units == "1/nm" and kx.scale == pytest.approx(0.4)
+    assert res["merged_maps"].axes_manager.signal_axes[0].units == "nm"
+
+
+def test_hyperspy_cluster_fields(clustered):
+    s, _, _ = clustered
+    lr = s.learning_results
+    n_c, nav, sig = 3, 48 * 48, 48 * 48
+    assert lr.cluster_labels.shape == (n_c, nav) and lr.cluster_labels.dtype == bool
+    sizes = lr.cluster_labels.sum(1)
+    assert list(sizes) == sorted(sizes, reverse=True)  # largest first
+    assert lr.cluster_labels.sum(0).max() == 1
+    assert lr.number_of_clusters == n_c
+    assert lr.cluster_sum_signals.shape == (n_c, sig)
+    assert lr.cluster_centroid_signals.shape == (n_c, sig)
+    assert lr.cluster_distances.shape == (n_c, nav)
+    assert np.array_equal(
+        np.argmin(lr.cluster_distances, 0), np.argmax(lr.cluster_labels, 0)
+    )
+    merged = s.get_cluster_labels(merged=True)
+    assert merged.data.shape == (48, 48) and set(np.unique(merged.data)) == {0, 1, 2}
+    assert s.get_cluster_labels().data.shape == (3, 48, 48)
+    for kind in ("mean", "sum", "centroid"):
+        cs = s.get_cluster_signals(signal=kind)
+        assert cs.data.shape == (3, 48, 48)
+        assert np.all(np.isfinite(cs.data))
+    s.plot_cluster_results()
+    plt.close("all")
+    json.loads(lr.cdiff_parameters)
+
+
+def test_invariant_to_rotation_of_the_whole_dataset(base_signal, clustered):
+    s0, _, _ = clustered
+    factors, loadings, phase = split_decomposition(base_signal, rotate=33.0)
+    s = with_decomposition(base_signal, factors, loadings)
+    _cluster.cluster_diffraction(s)
+    lr, lr0 = s.learning_results, s0.learning_results
+    assert adjusted_rand_score(lr.cdiff_labels, lr0.cdiff_labels) == 1
+    assert np.array_equal(lr.cdiff_position_labels, lr0.cdiff_position_labels)
+    assert np.abs(lr.cdiff_pseudo_distance - lr0.cdiff_pseudo_distance).max() < 0.05
+
+
+def test_lazy_gives_the_same(decomposed, clustered):
+    s_eager, _, _ = clustered
+    s = decomposed[0].as_lazy()
+    assert s.learning_results.factors is not None
+    res = _cluster.cluster_diffraction(s)
+    lr, lr0 = s.learning_results, s_eager.learning_results
+    assert np.array_equal(lr.cdiff_labels, lr0.cdiff_labels)
+    assert np.allclose(
+        lr.cdiff_merged_factors, lr0.cdiff_merged_factors, equal_nan=True
+    )
+    assert not res["merged_factors"]._lazy
+    assert s.get_cluster_labels(merged=True).data.shape == (48, 48)
+
+
+def test_results_survive_save_and_load(clustered, tmp_path):
+    s, _, _ = clustered
+    lr = s.learning_results
+    fname = tmp_path / "lr.npz"
+    lr.save(fname, overwrite=True)
+    s2 = s.deepcopy()
+    s2.learning_results = type(lr)()
+    s2.learning_results.load(fname)
+    s.save(tmp_path / "s.hspy")
+    s3 = hs.load(tmp_path / "s.hspy")
+    for other in (s2, s3):
+        olr = other.learning_results
+        for name in (
+            "labels",
+            "linkage",
+            "pseudo_distance",
+            "rotation",
+            "merged_factors",
+        ):
+            assert np.allclose(
+                getattr(olr, "cdiff_" + name), getattr(lr, "cdiff_" + name)
+            )
+        assert olr.cdiff_parameters == lr.cdiff_parameters
+        assert np.array_equal(olr.cluster_labels, lr.cluster_labels)
+        res = _cluster.get_cluster_diffraction_results(other)
+        assert res["merged_maps"].data.shape == (3, 48, 48)
+        other.get_cluster_signals()
+        fig = _cluster.plot_cluster_dendrogram(other)
+        plt.close(fig)
+
+
+def test_options_and_explicit_centre(decomposed, clustered):
+    s0, _, _ = clustered
+    s = decomposed[0].deepcopy()
+    # centre in px and in calibrated units (the calibrated origin is the beam)
+    _cluster.cluster_diffraction(s, centre=(24, 24), units="px", n_clusters=3)
+    assert np.array_equal(
+        s.learning_results.cdiff_labels, s0.learning_results.cdiff_labels
+    )
+    _cluster.cluster_diffraction(
+        s,
+        centre=(0.0, 0.0),
+        radial_range=(0.8, 9.0),
+        direct_beam_radius=1.2,
+        mirror=True,
+    )
+    lr = s.learning_results
+    assert lr.cdiff_radii[[0, -1]] == pytest.approx([2.0, 22.0])  # 1/nm -> px
+    params = json.loads(lr.cdiff_parameters)
+    assert params["direct_beam_radius_px"] == pytest.approx(3.0)
+    assert adjusted_rand_score(lr.cdiff_labels, s0.learning_results.cdiff_labels) == 1
+    # subset of components, linkage method, distance threshold
+    _cluster.cluster_diffraction(s, components=[0, 1, 2, 3], distance_threshold=0.9)
+    assert s.learning_results.cdiff_components.tolist() == [0, 1, 2, 3]
+    _cluster.cluster_diffraction(s, method="complete", n_clusters=4, map_smoothing=1.0)
+    assert s.learning_results.cdiff_labels.max() == 3
+
+
+def test_centre_auto_detected_without_calibration(decomposed, clustered):
+    s = decomposed[0].deepcopy()
+    for ax in s.axes_manager.signal_axes:
+        ax.offset = 0.0  # origin on the detector corner: not a beam position
+    _cluster.cluster_diffraction(s)
+    assert s.learning_results.cdiff_centre == pytest.approx([24, 24], abs=0.3)
+    assert np.array_equal(
+        s.learning_results.cdiff_labels, clustered[0].learning_results.cdiff_labels
+    )
+
+
+def test_masked_pixels_and_positions(decomposed, clustered):
+    s = decomposed[0].deepcopy()
+    lr = s.learning_results
+    lr.factors = lr.factors.copy()
+    lr.loadings = lr.loadings.copy()
+    sig_mask = np.zeros((48, 48), dtype=bool)
+    sig_mask[20:23, 30:33] = True  # e.g. a dead detector region
+    lr.factors[sig_mask.ravel()] = np.nan
+    lr.loadings[:5] = np.nan  # masked probe positions
+    _cluster.cluster_diffraction(s)
+    assert np.array_equal(lr.cdiff_labels, clustered[0].learning_results.cdiff_labels)
+    assert (lr.cdiff_position_labels[:5] == -1).all()
+    assert not lr.cluster_labels[:, :5].any()
+    assert np.isnan(lr.cluster_distances[:, :5]).all()
+
+
+def test_errors(base_signal, decomposed):
+    s = base_signal.deepcopy()
+    with pytest.raises(RuntimeError, match="decomposition"):
+        _cluster.cluster_diffraction(s)
+    with pytest.raises(RuntimeError, match="cluster_diffraction"):
+        _cluster.get_cluster_diffraction_results(s)
+    s = decomposed[0].deepcopy()
+    with pytest.raises(ValueError, match="At least 2 components"):
+        _cluster.cluster_diffraction(s, components=1)
+    s.learning_results.output_dimension = 1
+    with pytest.raises(ValueError, match="At least 2 components"):
+        _cluster.cluster_diffraction(s)
+    s = decomposed[0].deepcopy()
+    with pytest.raises(ValueError, match="outside the pattern"):
+        _cluster.cluster_diffraction(s, centre=(12.0, 0.0))  # 1/nm, off the detector
+    with pytest.raises(ValueError, match="outside the pattern"):
+        _cluster.cluster_diffraction(s, centre=(60, 10), units="px")
+    with pytest.raises(ValueError, match="units"):
+        _cluster.cluster_diffraction(s, units="mrad")
+    with pytest.raises(ValueError, match="not both"):
+        _cluster.cluster_diffraction(s, n_clusters=2, distance_threshold=0.3)
+
+
+def test_negative_factors_warn(decomposed):
+    s = decomposed[0].deepcopy()
+    s.learning_results.factors = s.learning_results.factors - 0.5 * np.nanmax(
+        s.learning_results.factors
+    )
+    with pytest.warns(UserWarning, match="negative"):
+        _cluster.cluster_diffraction(s, n_clusters=3)
+
+
+# --------------------------------------------------------------------------
+# cluster_patterns
+# --------------------------------------------------------------------------
+def _clear_positions(signal, step):
+    maps = signal.metadata.Simulation.maps[1:]
+    g = (maps / maps.max(axis=(1, 2), keepdims=True)).max(0)[::step, ::step]
+    return ((g > 0.8) | (g < 0.05)).ravel()
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_cluster_patterns_of_positions(base_signal, lazy):
+    s = base_signal.deepcopy()
+    if lazy:
+        s = s.as_lazy()
+    res = _cluster.cluster_patterns(s, step=2, n_clusters=3)
+    truth = s.metadata.Simulation.phase_map
+    sub = truth[::2, ::2].ravel()
+    clear = _clear_positions(s, 2)
+    labels = res["labels"].data
+    assert labels.shape == (24 * 24,)
+    # grain centres and pure matrix are classified by phase
+    assert adjusted_rand_score(sub[clear], labels[clear]) >= 0.95
+    lr = s.learning_results
+    assert lr.cluster_labels.shape == (3, 48 * 48)
+    assert lr.cluster_labels.sum(0).min() == 1  # every position labelled
+    full = res["position_labels"].data
+    assert full.shape == (48, 48)
+    assert np.array_equal(full[::2, ::2].ravel(), labels)
+    clear_full = _clear_positions(s, 1)
+    assert (
+        adjusted_rand_score(truth.ravel()[clear_full], full.ravel()[clear_full]) >= 0.9
+    )
+    assert res["merged_factors"].data.shape == (3, 48, 48)
+    assert np.array_equal(
+        _cluster.get_cluster_diffraction_results(s, source="patterns")["labels"].data,
+        labels,
+    )
+    fig = _cluster.plot_cluster_dendrogram(s, source="patterns")
+    plt.close(fig)
+
+
+def test_cluster_patterns_of_a_stack_and_rotation(base_signal):
+    s = base_signal.deepcopy()
+    truth = s.metadata.Simulation
+    centre = (truth.centre_px[1], truth.centre_px[0])
+    # the true component patterns, each in 3 random rotations, as a signal
+    rng = np.random.default_rng(0)
+    pats = np.concatenate(
+        [rotate_patterns(truth.patterns, centre, a) for a in rng.uniform(0, 360, 3)]
+    )
+    phase = np.tile(truth.phase_of_component, 3)
+    res = _cluster.cluster_patterns(s, patterns=np.nan_to_num(pats))
+    assert adjusted_rand_score(phase, res["labels"].data) >= 0.95
+    assert getattr(s.learning_results, "cpat_labels", None) is None  # not stored
+    stack = hs.signals.Signal2D(np.nan_to_num(pats))
+    res2 = _cluster.cluster_patterns(s, patterns=stack)
+    assert np.array_equal(res2["labels"].data, res["labels"].data)
+    with pytest.raises(ValueError, match="detector shape"):
+        _cluster.cluster_patterns(s, patterns=np.zeros((3, 10, 10)))
+    with pytest.raises(ValueError, match="max_patterns"):
+        _cluster.cluster_patterns(s, step=1, max_patterns=100)
+
+
+# --------------------------------------------------------------------------
+# polar transform of the signal
+# --------------------------------------------------------------------------
+def test_polar_transform_signal_eager_and_lazy(base_signal):
+    s = base_signal.inav[:4, :3]
+    p = _cluster.polar_transform(s)
+    assert p.data.shape == (3, 4, 24, 192)
+    r_ax, phi_ax = p.axes_manager.signal_axes[1], p.axes_manager.signal_axes[0]
+    assert phi_ax.units == "deg" and phi_ax.size == 192
+    assert r_ax.units == "1/nm" and r_ax.scale == pytest.approx(0.4)
+    pl = _cluster.polar_transform(s.as_lazy())
+    assert pl._lazy
+    assert np.allclose(pl.data.compute(), p.data, equal_nan=True)
+    pm = _cluster.polar_transform(s, radial_range=(1.0, 8.0), direct_beam_radius=2.0)
+    assert pm.axes_manager.signal_axes[1].offset == pytest.approx(1.0 - 0.0, abs=0.4)
+    assert np.isnan(pm.data[..., 0, :]).all()
+
+
+# --------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------
+def test_figures(clustered, tmp_path):
+    s, _, _ = clustered
+    lr = s.learning_results
+    fig = _cluster.plot_cluster_dendrogram(s)
+    ax = fig.axes[0]
+    leaves = [t.get_text() for t in ax.get_yticklabels()]
+    assert sorted(int(v) for v in leaves) == list(range(lr.cdiff_labels.size))
+    palette = cplot.cluster_colors(3)
+    for t in ax.get_yticklabels():
+        assert t.get_color() == palette[lr.cdiff_labels[int(t.get_text())]]
+    assert "1 − CC" in ax.get_xlabel()
+    fig.savefig(tmp_path / "dendrogram.png")
+    fig = _cluster.plot_cluster_gallery(s)
+    labels = " ".join(a.get_xlabel() for a in fig.axes)
+    assert "1/nm" in labels and "nm" in labels
+    fig.savefig(tmp_path / "gallery.png")
+    fig = _cluster.plot_cluster_gallery(s, clusters=[1, 2], norm="gamma")
+    plt.close("all")
+    with pytest.raises(RuntimeError):
+        _cluster.plot_cluster_gallery(s.deepcopy().__class__(np.zeros((2, 2, 4, 4))))
+
+
+# --------------------------------------------------------------------------
+# Integration with the constrained NMF
+# --------------------------------------------------------------------------
+def _nmf_available(signal):
+    try:
+        sm = signal.inav[:6, :6].deepcopy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sm.decomposition(
+                algorithm="constrained_nmf",
+                output_dimension=2,
+                max_iter=2,
+                print_info=False,
+            )
+        return sm.learning_results.factors is not None
+    except Exception:  # pragma: no cover - the solver is not there yet
+        return False
+
+
+def test_with_constrained_nmf(base_signal):
+    if not _nmf_available(base_signal):
+        pytest.skip("constrained_nmf decomposition not available")
+    s = base_signal.deepcopy()
+    truth = s.metadata.Simulation
+    k = 2 * truth.n_components  # deliberately over-complete
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s.decomposition(
+            algorithm="constrained_nmf",
+            output_dimension=k,
+            random_state=0,
+            print_info=False,
+        )
+    _cluster.cluster_diffraction(s)
+    lr = s.learning_results
+    assert time.perf_counter() - t0 < 60
+    assert lr.cdiff_labels.max() + 1 == 3
+    # components whose map is clearly one true component's: label by its phase
+    maps = lr.loadings.T
+    corr = np.corrcoef(np.vstack([maps, truth.maps.reshape(truth.n_components, -1)]))
+    corr = corr[:k, k:]
+    clear = corr.max(1) > 0.9
+    phase = truth.phase_of_component[corr.argmax(1)]
+    assert clear.sum() >= truth.n_components
+    assert adjusted_rand_score(phase[clear], lr.cdiff_labels[clear]) >= 0.95
+    ari = adjusted_rand_score(truth.phase_map.ravel(), lr.cdiff_position_labels)
+    assert ari >= 0.9  # limited by the NMF maps at the grain edges (~0.95)
