@@ -74,8 +74,11 @@ def electron_wavelength(beam_energy_kev):
     >>> round(electron_wavelength(200.0) * 1e3, 3)  # pm
     2.508
     """
+    v = float(beam_energy_kev)
+    if not np.isfinite(v) or v <= 0:
+        raise ValueError(f"the beam energy must be positive (keV), got {beam_energy_kev}")
     h, m0, e, c = 6.62607015e-34, 9.1093837015e-31, 1.602176634e-19, 2.99792458e8
-    v = float(beam_energy_kev) * 1e3
+    v *= 1e3
     return h / np.sqrt(2 * m0 * e * v * (1 + e * v / (2 * m0 * c**2))) * 1e9
 
 

@@ -25,6 +25,8 @@ Coordinate conventions
 
 import numpy as np
 
+from hyperspy_cnmf.constraints import AIRY_FWHM, electron_wavelength
+
 __all__ = [
     "electron_wavelength",
     "convergence_angle",
@@ -36,14 +38,8 @@ __all__ = [
     "PHASE_NAMES",
 ]
 
-#: h c in eV nm.
-_HC_EV_NM = 1239.84198
-#: Electron rest energy m c^2 in eV.
-_ELECTRON_REST_EV = 510998.95
 #: FWHM = _FWHM_PER_SIGMA * sigma for a Gaussian.
 _FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
-#: Diffraction-limited probe: FWHM d = 0.514 lambda / alpha.
-_PROBE_FACTOR = 0.514
 
 #: Half width (1/nm) of the reciprocal field of view across the smaller
 #: detector side; 48 px -> 0.4 1/nm per pixel.
@@ -87,31 +83,6 @@ _PHASE_BASES = (
 # --------------------------------------------------------------------------
 # Physics helpers
 # --------------------------------------------------------------------------
-def electron_wavelength(energy_kev):
-    """Relativistic electron wavelength.
-
-    Parameters
-    ----------
-    energy_kev : float
-        Beam energy (accelerating voltage) in keV.
-
-    Returns
-    -------
-    float
-        Wavelength in nm.
-
-    Examples
-    --------
-    >>> round(electron_wavelength(200.0) * 1e3, 3)  # pm
-    2.508
-    """
-    energy_kev = float(energy_kev)
-    if not np.isfinite(energy_kev) or energy_kev <= 0:
-        raise ValueError(f"energy_kev must be positive, got {energy_kev}")
-    e = energy_kev * 1e3
-    return float(_HC_EV_NM / np.sqrt(e * (e + 2.0 * _ELECTRON_REST_EV)))
-
-
 def convergence_angle(probe_fwhm_nm, energy_kev=200.0):
     """Convergence semi-angle of a diffraction-limited probe.
 
@@ -129,7 +100,7 @@ def convergence_angle(probe_fwhm_nm, energy_kev=200.0):
     float
         Convergence semi-angle in rad.
     """
-    return _PROBE_FACTOR * electron_wavelength(energy_kev) / float(probe_fwhm_nm)
+    return AIRY_FWHM * electron_wavelength(energy_kev) / float(probe_fwhm_nm)
 
 
 def reciprocal_scale(detector_shape):
