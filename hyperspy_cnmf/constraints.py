@@ -207,7 +207,14 @@ def azimuthal_closing(patterns, centre, half, r_min=None, valid=None):
     """Grey-scale closing of a stack of patterns along the azimuth.
 
     The closing runs on circles about ``centre`` (see
-    :func:`hyperspy_cnmf.nmf._kernels.azimuthal_closing_stack`).
+    :func:`hyperspy_cnmf.nmf._kernels.azimuthal_closing_stack`). The circles
+    are sampled bilinearly, which keeps real features intact (on the
+    noise-free simulated patterns a 1-px closing moves no pixel by more than
+    0.7 % of its pattern's maximum) but makes the operator not exactly
+    idempotent: on pure noise a second application still raises the mean by
+    a third of the first rise. A closing on the nearest pixels of each arc is
+    idempotent but was measured to raise Bragg-spot flanks by up to 50 % of
+    the spot maximum, so it was not adopted.
 
     Parameters
     ----------

@@ -144,3 +144,43 @@ def test_argument_errors(lowrank, kwargs, match):
 def test_all_masked_is_an_error(lowrank):
     with pytest.raises(ValueError, match="all data are masked"):
         constrained_nmf(DenseOperator(lowrank, row_scale=np.zeros(600)), 2)
+
+
+def test_n_init_keeps_the_best_start(lowrank):
+    """Extra random starts never end worse than the first one alone."""
+    one = _fit(lowrank, n_init=1, separate=False, max_iter=100)
+    many = _fit(lowrank, n_init=4, separate=False, max_iter=100)
+    assert 0 <= many.best_init < 4
+    assert many.loss[-1] <= one.loss[-1] * (1 + 1e-6)
+    with pytest.raises(ValueError, match="n_init"):
+        _fit(lowrank, n_init=0)
+
+
+def test_max_exact_iter_caps_the_data_reads(lowrank):
+    r = _fit(lowrank, sketch=True, max_exact_iter=2, tol=0, separate=False)
+    assert r.n_iter == 2 and r.n_iter_sketch > 0
+    assert not r.converged
+
+
+def test_separation_moves_a_shared_pattern_back():
+    """A component holding a share of another's pattern is cleaned exactly."""
+    rng = np.random.default_rng(3)
+    H = np.zeros((2, 40))
+    H[0, :20] = rng.random(20) + 0.5  # the "matrix" pattern
+    H[1, 25:35] = rng.random(10) + 0.5  # a "grain" pattern, disjoint
+    W = rng.random((30, 2)) + 0.1
+    W[:, 0] += 0.5  # the matrix is present everywhere
+    X = W @ H
+    # the same product with 0.4 of the matrix inside the grain's pattern
+    mixed_H = H.copy()
+    mixed_H[1] += 0.4 * H[0]
+    mixed_W = W.copy()
+    mixed_W[:, 0] -= 0.4 * W[:, 1]
+    assert mixed_W.min() >= 0  # still a valid NMF of X
+    np.testing.assert_allclose(mixed_W @ mixed_H, X)
+    from hyperspy_cnmf.nmf._solver import _separate
+
+    Wt, Ht = mixed_W.copy(), mixed_H.T.copy()
+    _separate(Wt, Ht, np.ones(40))
+    np.testing.assert_allclose(Ht, H.T, atol=1e-12)
+    np.testing.assert_allclose(Wt @ Ht.T, X, atol=1e-12)

@@ -55,6 +55,8 @@ def test_public_api():
         "to_py4dstem",
         "load_py4dstem",
         "as_signal",
+        "load",
+        "load_fpd_hdf5",
     }
     for name in hio.__all__:
         assert getattr(hio, name).__doc__

@@ -444,25 +444,7 @@ def test_figures(clustered, tmp_path):
 # --------------------------------------------------------------------------
 # Integration with the constrained NMF
 # --------------------------------------------------------------------------
-def _nmf_available(signal):
-    try:
-        sm = signal.inav[:6, :6].deepcopy()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            sm.decomposition(
-                algorithm="constrained_nmf",
-                output_dimension=2,
-                max_iter=2,
-                print_info=False,
-            )
-        return sm.learning_results.factors is not None
-    except Exception:  # pragma: no cover - the solver is not there yet
-        return False
-
-
 def test_with_constrained_nmf(base_signal):
-    if not _nmf_available(base_signal):
-        pytest.skip("constrained_nmf decomposition not available")
     s = base_signal.deepcopy()
     truth = s.metadata.Simulation
     k = 2 * truth.n_components  # deliberately over-complete
@@ -474,6 +456,7 @@ def test_with_constrained_nmf(base_signal):
             output_dimension=k,
             random_state=0,
             print_info=False,
+            normalize_poissonian_noise=True,
         )
     _cluster.cluster_diffraction(s)
     lr = s.learning_results
@@ -488,4 +471,7 @@ def test_with_constrained_nmf(base_signal):
     assert clear.sum() >= truth.n_components
     assert adjusted_rand_score(phase[clear], lr.cdiff_labels[clear]) >= 0.95
     ari = adjusted_rand_score(truth.phase_map.ravel(), lr.cdiff_position_labels)
-    assert ari >= 0.9  # limited by the NMF maps at the grain edges (~0.95)
+    # measured 0.92 here (seeds 0-2: 0.89-0.93 at k = 14, 0.84-0.93 at k = 7);
+    # the true maps themselves score 0.98: the dominant-cluster rule and the
+    # half-maximum grain outline of the truth differ at the grain edges
+    assert ari >= 0.9

@@ -24,6 +24,7 @@ from hyperspy_cnmf.clustering._hierarchical import (
     largest_gap_threshold,
     merge_aligned,
     order_clusters,
+    polar_similarity,
 )
 from hyperspy_cnmf.clustering._polar import (
     default_n_theta,
@@ -55,6 +56,7 @@ __all__ = [
     "largest_gap_threshold",
     "merge_aligned",
     "order_clusters",
+    "polar_similarity",
     "polar_transform",
     "prepare_polar",
     "radial_profile",

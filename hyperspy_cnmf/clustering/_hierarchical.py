@@ -32,6 +32,7 @@ __all__ = [
     "largest_gap_threshold",
     "merge_aligned",
     "order_clusters",
+    "polar_similarity",
 ]
 
 LINKAGE_METHODS = (
@@ -448,6 +449,51 @@ def align_to_references(sim_result, labels, references):
     return sim_result.rotation[ref_of, idx], sim_result.mirrored[ref_of, idx]
 
 
+def polar_similarity(
+    patterns,
+    centre,
+    radial_range=None,
+    delta_r=1.0,
+    n_theta=None,
+    delta_theta=None,
+    direct_beam_radius=None,
+    intensity_transform_function=None,
+    normalize="pearson",
+    radial_weighting="r",
+    mirror=False,
+):
+    """Polar transform of a stack of patterns and their pairwise similarity.
+
+    :func:`~hyperspy_cnmf.clustering.polar_transform` followed by
+    :func:`~hyperspy_cnmf.clustering.rotational_similarity` of the polar
+    images with themselves (the first two steps of :func:`cluster_patterns`).
+
+    Returns
+    -------
+    polar : ndarray, shape (n, n_r, n_theta)
+    radii : ndarray, shape (n_r,)
+    sim : SimilarityResult
+    """
+    polar, radii, _ = polar_transform(
+        patterns,
+        centre=centre,
+        radial_range=radial_range,
+        delta_r=delta_r,
+        n_theta=n_theta,
+        delta_theta=delta_theta,
+        direct_beam_radius=direct_beam_radius,
+    )
+    sim = rotational_similarity(
+        polar,
+        radii=radii,
+        intensity_transform_function=intensity_transform_function,
+        normalize=normalize,
+        radial_weighting=radial_weighting,
+        mirror=mirror,
+    )
+    return polar, radii, sim
+
+
 def cluster_patterns(
     patterns,
     centre=None,
@@ -511,7 +557,7 @@ def cluster_patterns(
     if centre is None:
         with np.errstate(invalid="ignore"):
             centre = find_direct_beam(np.nanmean(stack, axis=0))
-    polar, radii, _ = polar_transform(
+    polar, radii, sim = polar_similarity(
         stack,
         centre=centre,
         radial_range=radial_range,
@@ -519,10 +565,6 @@ def cluster_patterns(
         n_theta=n_theta,
         delta_theta=delta_theta,
         direct_beam_radius=direct_beam_radius,
-    )
-    sim = rotational_similarity(
-        polar,
-        radii=radii,
         intensity_transform_function=intensity_transform_function,
         normalize=normalize,
         radial_weighting=radial_weighting,

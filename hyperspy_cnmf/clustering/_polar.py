@@ -17,8 +17,8 @@ import math
 
 import numpy as np
 from scipy import fft as sp_fft
-from scipy import ndimage
 
+from hyperspy_cnmf._beam import locate_direct_beam
 from hyperspy_cnmf.clustering import _kernels
 
 __all__ = [
@@ -90,27 +90,23 @@ def default_n_theta(r_max):
     )
 
 
-def find_direct_beam(pattern, sigma=1.0, radius=None, n_iter=5):
-    """Locate the direct beam as the centre of mass of the brightest disk.
+def find_direct_beam(pattern, sigma=0.7):
+    """Locate the direct beam: the centre of the brightest disk.
 
-    The pattern is smoothed with a Gaussian (``sigma`` px), its maximum is
-    taken as a first guess, then refined by ``n_iter`` iterations of the
-    centre of mass of the background-subtracted intensity (values above the
-    median of the window) inside a disk of ``radius`` px about the current
-    guess.
+    The direct-beam finder of the package
+    (:func:`hyperspy_cnmf._beam.locate_direct_beam`): the disk is the
+    half-maximum region around the brightest pixel of the smoothed pattern,
+    its centre the centre of mass of the intensity above that level, so it
+    is found for disks of any size, flat-topped or Gaussian.
 
     Parameters
     ----------
     pattern : array_like, shape (qy, qx)
         A representative pattern (e.g. the mean pattern, or the weighted sum of
-        the NMF factors). NaN pixels are ignored.
-    sigma : float, default 1.0
+        the NMF factors). NaN pixels take the value of their nearest valid
+        neighbour.
+    sigma : float, default 0.7
         Gaussian smoothing before the search, in px.
-    radius : float, optional
-        Radius of the centre-of-mass window in px. Default:
-        ``max(3, min(qy, qx) / 16)``.
-    n_iter : int, default 5
-        Number of centre-of-mass refinements.
 
     Returns
     -------
@@ -127,32 +123,8 @@ def find_direct_beam(pattern, sigma=1.0, radius=None, n_iter=5):
     >>> round(x, 1), round(y, 1)
     (30.3, 33.6)
     """
-    img = np.asarray(pattern, dtype=np.float64)
-    if img.ndim != 2:
-        raise ValueError("`pattern` must be a 2D array (qy, qx).")
-    valid = np.isfinite(img)
-    if not valid.any():
-        raise ValueError("`pattern` has no finite value.")
-    img = np.where(valid, img, np.nanmedian(img))
-    ny, nx = img.shape
-    if radius is None:
-        radius = max(3.0, min(ny, nx) / 16.0)
-    smooth = ndimage.gaussian_filter(img, sigma) if sigma else img
-    y0, x0 = np.unravel_index(np.argmax(smooth), smooth.shape)
-    cx, cy = float(x0), float(y0)
-    yy, xx = np.mgrid[:ny, :nx]
-    for _ in range(int(n_iter)):
-        disk = (xx - cx) ** 2 + (yy - cy) ** 2 <= radius**2
-        vals = img[disk]
-        w = np.clip(vals - np.median(vals), 0.0, None)
-        if w.sum() <= 0:
-            break
-        nx_, ny_ = (w * xx[disk]).sum() / w.sum(), (w * yy[disk]).sum() / w.sum()
-        if abs(nx_ - cx) < 1e-3 and abs(ny_ - cy) < 1e-3:
-            cx, cy = nx_, ny_
-            break
-        cx, cy = nx_, ny_
-    return float(cx), float(cy)
+    beam = locate_direct_beam(pattern, sigma=sigma)
+    return beam.x, beam.y
 
 
 def radial_profile(pattern, centre, r_max=None):

@@ -286,24 +286,18 @@ def rotational_similarity(
     >>> round(float(res.similarity[0, 1]), 2), round(float(res.rotation[1, 0]), 0)
     (1.0, 17.0)
     """
-    a, _ = prepare_polar(
-        polar,
+    prep = dict(
         radii=radii,
         intensity_transform_function=intensity_transform_function,
         normalize=normalize,
         radial_weighting=radial_weighting,
     )
+    a, _ = prepare_polar(polar, **prep)
     square = polar_other is None
     if square:
         b = a
     else:
-        b, _ = prepare_polar(
-            polar_other,
-            radii=radii,
-            intensity_transform_function=intensity_transform_function,
-            normalize=normalize,
-            radial_weighting=radial_weighting,
-        )
+        b, _ = prepare_polar(polar_other, **prep)
         if b.shape[1:] != a.shape[1:]:
             raise ValueError(
                 "`polar` and `polar_other` must have the same (n_r, n_theta)."

@@ -13,6 +13,11 @@ and ``Ht`` the diffraction patterns (one column per component).
 import numba
 import numpy as np
 
+#: Rows updated side by side by :func:`hals_rows` (SIMD lanes across rows).
+_HALS_LANES = 8
+#: Floating-point reordering allowed in the block products (vectorized sums).
+_FAST = {"reassoc", "contract"}
+
 
 @numba.njit(nogil=True, cache=True)
 def hals_rows(A, R, G, skip, n_inner, inner_tol):
@@ -23,6 +28,11 @@ def hals_rows(A, R, G, skip, n_inner, inner_tol):
     ``G = W^T W``. Rows are independent, so each row gets its own inner
     iterations (accelerated HALS, Gillis & Glineur 2012), stopped when a sweep
     changes the row by less than ``inner_tol`` times the first sweep.
+
+    Rows are processed ``_HALS_LANES`` at a time in a transposed local buffer
+    so that the sweeps vectorize across rows; a row that has met its stopping
+    criterion is frozen while the others of its group continue, so the result
+    is exactly (bitwise) that of updating the rows one after the other.
 
     Parameters
     ----------
@@ -42,31 +52,66 @@ def hals_rows(A, R, G, skip, n_inner, inner_tol):
     n, k = A.shape
     has_skip = skip.shape[0] == n
     tol2 = inner_tol * inner_tol
-    for i in range(n):
-        if has_skip and skip[i]:
+    L = _HALS_LANES
+    a = np.zeros((k, L))
+    r = np.zeros((k, L))
+    s = np.empty(L)
+    change = np.empty(L)
+    first = np.zeros(L)
+    active = np.zeros(L, dtype=np.bool_)
+    for i0 in range(0, n, L):
+        nb = min(L, n - i0)
+        n_active = 0
+        for t in range(L):
+            active[t] = t < nb and not (has_skip and skip[i0 + t])
+            if active[t]:
+                n_active += 1
+                for j in range(k):
+                    a[j, t] = A[i0 + t, j]
+                    r[j, t] = np.float64(R[i0 + t, j])
+            else:
+                for j in range(k):
+                    a[j, t] = 0.0
+                    r[j, t] = 0.0
+        if n_active == 0:
             continue
-        first = 0.0
         for it in range(n_inner):
-            change = 0.0
+            for t in range(L):
+                change[t] = 0.0
             for j in range(k):
                 gjj = G[j, j]
                 if gjj <= 0.0:
                     continue
-                s = np.float64(R[i, j])
+                for t in range(L):
+                    s[t] = r[j, t]
                 for m in range(k):
-                    s -= A[i, m] * G[m, j]
-                new = A[i, j] + s / gjj
-                if new < 0.0:
-                    new = 0.0
-                d = new - A[i, j]
-                change += d * d
-                A[i, j] = new
-            if it == 0:
-                first = change
-                if first == 0.0:
-                    break
-            elif change <= tol2 * first:
+                    gmj = G[m, j]
+                    for t in range(L):
+                        s[t] -= a[m, t] * gmj
+                for t in range(L):
+                    old = a[j, t]
+                    new = old + s[t] / gjj
+                    new = new if new > 0.0 else 0.0
+                    d = new - old
+                    act = active[t]
+                    change[t] += d * d if act else 0.0
+                    a[j, t] = new if act else old
+            for t in range(L):
+                if active[t]:
+                    if it == 0:
+                        first[t] = change[t]
+                        if change[t] == 0.0:
+                            active[t] = False
+                            n_active -= 1
+                    elif change[t] <= tol2 * first[t]:
+                        active[t] = False
+                        n_active -= 1
+            if n_active == 0:
                 break
+        for t in range(nb):
+            if not (has_skip and skip[i0 + t]):
+                for j in range(k):
+                    A[i0 + t, j] = a[j, t]
 
 
 @numba.njit(nogil=True, cache=True)
@@ -92,6 +137,159 @@ def mu_rows(A, R, G, skip, eps):
             if r < 0.0:
                 r = 0.0
             A[i, j] = A[i, j] * r / den[j]
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_FAST)
+def block_right(X, HcT, row_scale, R):
+    """``R = diag(row_scale) @ X @ HcT.T`` for a block of rows, in place.
+
+    The product of a data block with the (scaled) patterns, accumulated in the
+    data's precision (float32 data: float32 sums, like BLAS ``sgemm``) and
+    written as float64. Two rows times four components are accumulated side
+    by side (register blocking); the sums over pixels are vectorized.
+
+    Parameters
+    ----------
+    X : ndarray, shape (n, m), C-contiguous
+        A block of rows of the data.
+    HcT : ndarray, shape (k, m), same dtype as ``X``, C-contiguous
+        Column-scaled patterns, transposed.
+    row_scale : ndarray, shape (n,), float64
+    R : ndarray, shape (n, k), float64
+        Output.
+    """
+    n, m = X.shape
+    k = HcT.shape[0]
+    zero = np.zeros(1, dtype=X.dtype)[0]  # sums in the data's precision
+    for i in range(0, n, 2):
+        i1 = i + 1 if i + 1 < n else i  # odd n: the last row twice (same values)
+        r0 = row_scale[i]
+        r1 = row_scale[i1]
+        if r0 == 0.0 and r1 == 0.0:
+            for j in range(k):
+                R[i, j] = 0.0
+                R[i1, j] = 0.0
+            continue
+        x0 = X[i]
+        x1 = X[i1]
+        j = 0
+        while j + 4 <= k:
+            h0 = HcT[j]
+            h1 = HcT[j + 1]
+            h2 = HcT[j + 2]
+            h3 = HcT[j + 3]
+            s00 = s01 = s02 = s03 = zero
+            s10 = s11 = s12 = s13 = zero
+            for p in range(m):
+                a = x0[p]
+                b = x1[p]
+                q0 = h0[p]
+                q1 = h1[p]
+                q2 = h2[p]
+                q3 = h3[p]
+                s00 += a * q0
+                s01 += a * q1
+                s02 += a * q2
+                s03 += a * q3
+                s10 += b * q0
+                s11 += b * q1
+                s12 += b * q2
+                s13 += b * q3
+            R[i, j] = s00 * r0
+            R[i, j + 1] = s01 * r0
+            R[i, j + 2] = s02 * r0
+            R[i, j + 3] = s03 * r0
+            R[i1, j] = s10 * r1
+            R[i1, j + 1] = s11 * r1
+            R[i1, j + 2] = s12 * r1
+            R[i1, j + 3] = s13 * r1
+            j += 4
+        while j < k:
+            h0 = HcT[j]
+            s00 = s10 = zero
+            for p in range(m):
+                s00 += x0[p] * h0[p]
+                s10 += x1[p] * h0[p]
+            R[i, j] = s00 * r0
+            R[i1, j] = s10 * r1
+            j += 1
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_FAST)
+def block_left(X, Wr, AccT):
+    """``AccT += Wr.T @ X`` for a block of rows, in place.
+
+    Accumulates the transposed-data product with the (row-scaled) maps in the
+    data's precision. Four rows times four components at a time; the updates
+    along the pixels are vectorized.
+
+    Parameters
+    ----------
+    X : ndarray, shape (n, m), C-contiguous
+        A block of rows of the data.
+    Wr : ndarray, shape (n, k), same dtype as ``X``
+        Row-scaled maps of the block.
+    AccT : ndarray, shape (k, m), same dtype as ``X``, C-contiguous
+        Accumulator.
+    """
+    n, m = X.shape
+    k = Wr.shape[1]
+    if n == 0:
+        return
+    zero = np.zeros(1, dtype=Wr.dtype)[0]
+    for i in range(0, n, 4):
+        # rows past the end repeat the last one with weight zero (finite data)
+        ok1 = i + 1 < n
+        ok2 = i + 2 < n
+        ok3 = i + 3 < n
+        i1 = i + 1 if ok1 else i
+        i2 = i + 2 if ok2 else i
+        i3 = i + 3 if ok3 else i
+        x0 = X[i]
+        x1 = X[i1]
+        x2 = X[i2]
+        x3 = X[i3]
+        j = 0
+        while j + 4 <= k:
+            a = AccT[j]
+            b = AccT[j + 1]
+            c = AccT[j + 2]
+            d = AccT[j + 3]
+            w0 = Wr[i, j]
+            w1 = Wr[i1, j] if ok1 else zero
+            w2 = Wr[i2, j] if ok2 else zero
+            w3 = Wr[i3, j] if ok3 else zero
+            v0 = Wr[i, j + 1]
+            v1 = Wr[i1, j + 1] if ok1 else zero
+            v2 = Wr[i2, j + 1] if ok2 else zero
+            v3 = Wr[i3, j + 1] if ok3 else zero
+            u0 = Wr[i, j + 2]
+            u1 = Wr[i1, j + 2] if ok1 else zero
+            u2 = Wr[i2, j + 2] if ok2 else zero
+            u3 = Wr[i3, j + 2] if ok3 else zero
+            z0 = Wr[i, j + 3]
+            z1 = Wr[i1, j + 3] if ok1 else zero
+            z2 = Wr[i2, j + 3] if ok2 else zero
+            z3 = Wr[i3, j + 3] if ok3 else zero
+            for p in range(m):
+                y0 = x0[p]
+                y1 = x1[p]
+                y2 = x2[p]
+                y3 = x3[p]
+                a[p] += w0 * y0 + w1 * y1 + w2 * y2 + w3 * y3
+                b[p] += v0 * y0 + v1 * y1 + v2 * y2 + v3 * y3
+                c[p] += u0 * y0 + u1 * y1 + u2 * y2 + u3 * y3
+                d[p] += z0 * y0 + z1 * y1 + z2 * y2 + z3 * y3
+            j += 4
+        while j < k:
+            a = AccT[j]
+            w0 = Wr[i, j]
+            w1 = Wr[i1, j] if ok1 else zero
+            w2 = Wr[i2, j] if ok2 else zero
+            w3 = Wr[i3, j] if ok3 else zero
+            for p in range(m):
+                a[p] += w0 * x0[p] + w1 * x1[p] + w2 * x2[p] + w3 * x3[p]
+            j += 1
 
 
 @numba.njit(nogil=True, cache=True)
@@ -309,3 +507,4 @@ def azimuthal_closing_stack(stack, valid, cy, cx, half, r_min):
                 if best != np.inf and best > out[c, y, x]:
                     out[c, y, x] = best
     return out
+

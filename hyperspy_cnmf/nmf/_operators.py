@@ -26,11 +26,20 @@ Every operator provides:
   and returns ``Xe.T @ W`` computed with the *updated* maps.
 """
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
 import numpy as np
 
-from hyperspy_cnmf.nmf._kernels import block_row_col_sums, block_stats
+from hyperspy_cnmf.nmf._kernels import (
+    block_left,
+    block_right,
+    block_row_col_sums,
+    block_stats,
+)
 
-_BLOCK_BYTES = 8 * 2**20
+_BLOCK_BYTES = 2 * 2**20
 
 
 def _scale_vector(scale, n, name):
@@ -45,6 +54,14 @@ def _scale_vector(scale, n, name):
 class DenseOperator:
     """An in-memory data matrix, read in blocks of rows.
 
+    For C-contiguous float32/float64 data the products with the factors are
+    Numba kernels (:func:`~hyperspy_cnmf.nmf._kernels.block_right`,
+    :func:`~hyperspy_cnmf.nmf._kernels.block_left`) run by ``n_threads``
+    threads, each on its own contiguous range of rows; other layouts use
+    BLAS. In :meth:`fused_pass` the ``update`` of a block is called by the
+    thread that owns the block (blocks of different threads are disjoint), so
+    ``update`` must only touch the rows it is given.
+
     Parameters
     ----------
     X : ndarray, shape (n_rows, n_cols), float32 or float64
@@ -52,11 +69,14 @@ class DenseOperator:
     row_scale, col_scale : array-like or None
         Per-row and per-column scales (0 = masked); None means all ones.
     block_rows : int or None
-        Rows per block of the fused pass; None picks about 8 MiB blocks, which
+        Rows per block of the fused pass; None picks about 2 MiB blocks, which
         stay in cache between the two products of a block.
+    n_threads : int or None
+        Threads for the products; None: Numba's thread count
+        (``numba.get_num_threads()``, i.e. ``NUMBA_NUM_THREADS``).
     """
 
-    def __init__(self, X, row_scale=None, col_scale=None, block_rows=None):
+    def __init__(self, X, row_scale=None, col_scale=None, block_rows=None, n_threads=None):
         if X.ndim != 2:
             raise ValueError("the data operator needs a 2D (positions x pixels) array")
         self.X = X
@@ -67,6 +87,10 @@ class DenseOperator:
         if block_rows is None:
             block_rows = max(1, _BLOCK_BYTES // max(1, X.shape[1] * X.itemsize))
         self.block_rows = int(block_rows)
+        if n_threads is None:
+            n_threads = numba.get_num_threads()
+        self.n_threads = max(1, int(n_threads))
+        self._kernels = X.flags.c_contiguous and X.dtype in (np.float32, np.float64)
         self._stats = None
         self.n_passes = 0
 
@@ -74,6 +98,20 @@ class DenseOperator:
         n = self.shape[0]
         for start in range(0, n, self.block_rows):
             yield slice(start, min(n, start + self.block_rows))
+
+    def _thread_blocks(self):
+        """The row blocks, split into one contiguous run of blocks per thread."""
+        blocks = list(self._blocks())
+        n_t = min(self.n_threads, len(blocks))
+        bounds = np.linspace(0, len(blocks), n_t + 1).round().astype(int)
+        return [blocks[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def _map_threads(self, work):
+        """Run ``work(blocks)`` for every thread's blocks; results in order."""
+        parts = self._thread_blocks()
+        if len(parts) == 1:
+            return [work(parts[0])]
+        return list(_pool(len(parts)).map(work, parts))
 
     def stats(self):
         """Sums over the unmasked effective data (computed once, cached)."""
@@ -93,7 +131,7 @@ class DenseOperator:
 
     def rescaled(self, row_scale, col_scale):
         """The same data with other row/column scales (no copy)."""
-        return DenseOperator(self.X, row_scale, col_scale, self.block_rows)
+        return DenseOperator(self.X, row_scale, col_scale, self.block_rows, self.n_threads)
 
     def row_col_sums(self, row_valid, col_valid):
         """Raw row sums over valid columns and column sums over valid rows."""
@@ -109,31 +147,100 @@ class DenseOperator:
     def mean_pattern(self, row_valid):
         """Mean raw pattern over the valid rows (masked pixels included)."""
         self.n_passes += 1
-        return np.asarray(self.X[row_valid].mean(axis=0), dtype=np.float64)
+        row_valid = np.asarray(row_valid, dtype=bool)
+        X = self.X if row_valid.all() else self.X[row_valid]  # no copy when nothing is masked
+        return np.asarray(X.mean(axis=0), dtype=np.float64)
+
+    def _scaled_patterns_t(self, A):
+        """``(diag(col_scale) @ A).T`` in the data's dtype, C-contiguous."""
+        return np.ascontiguousarray((A * self.col_scale[:, None]).T, dtype=self.dtype)
+
+    def _right_blocks(self, HcT, out, blocks):
+        for sl in blocks:
+            block_right(self.X[sl], HcT, self.row_scale[sl], out[sl])
+
+    def _left_blocks(self, B, blocks):
+        acc = np.zeros((B.shape[1], self.shape[1]))
+        accb = np.empty((B.shape[1], self.shape[1]), dtype=self.dtype)
+        for sl in blocks:
+            accb.fill(0)
+            Br = (B[sl] * self.row_scale[sl, None]).astype(self.dtype)
+            block_left(self.X[sl], Br, accb)
+            acc += accb
+        return acc
 
     def right(self, A):
         self.n_passes += 1
-        Ac = (A * self.col_scale[:, None]).astype(self.dtype)
-        return (self.X @ Ac).astype(np.float64) * self.row_scale[:, None]
+        if not self._kernels:
+            Ac = (A * self.col_scale[:, None]).astype(self.dtype)
+            return (self.X @ Ac).astype(np.float64) * self.row_scale[:, None]
+        HcT = self._scaled_patterns_t(A)
+        out = np.empty((self.shape[0], A.shape[1]))
+        self._map_threads(lambda blocks: self._right_blocks(HcT, out, blocks))
+        return out
 
     def left_t(self, B):
         self.n_passes += 1
-        Br = (B * self.row_scale[:, None]).astype(self.dtype)
-        return (self.X.T @ Br).astype(np.float64) * self.col_scale[:, None]
+        if not self._kernels:
+            Br = (B * self.row_scale[:, None]).astype(self.dtype)
+            return (self.X.T @ Br).astype(np.float64) * self.col_scale[:, None]
+        parts = self._map_threads(lambda blocks: self._left_blocks(B, blocks))
+        return _sum_parts(parts).T * self.col_scale[:, None]
 
     def fused_pass(self, W, Ht, update):
         self.n_passes += 1
-        Hc = (Ht * self.col_scale[:, None]).astype(self.dtype)
         skip = self.row_scale == 0
-        XtW = np.zeros(Ht.shape)
-        for sl in self._blocks():
-            Xb = self.X[sl]
-            r = self.row_scale[sl, None]
-            Rb = (Xb @ Hc).astype(np.float64) * r
-            update(W[sl], Rb, skip[sl])
-            XtW += Xb.T @ (W[sl] * r).astype(self.dtype)
+        if not self._kernels:
+            Hc = (Ht * self.col_scale[:, None]).astype(self.dtype)
+            XtW = np.zeros(Ht.shape)
+            for sl in self._blocks():
+                Xb = self.X[sl]
+                r = self.row_scale[sl, None]
+                Rb = (Xb @ Hc).astype(np.float64) * r
+                update(W[sl], Rb, skip[sl])
+                XtW += Xb.T @ (W[sl] * r).astype(self.dtype)
+            XtW *= self.col_scale[:, None]
+            return XtW
+        HcT = self._scaled_patterns_t(Ht)
+        k, m = HcT.shape
+
+        def work(blocks):
+            acc = np.zeros((k, m))
+            accb = np.empty((k, m), dtype=self.dtype)
+            for sl in blocks:
+                Xb = self.X[sl]
+                r = self.row_scale[sl]
+                Rb = np.empty((Xb.shape[0], k))
+                block_right(Xb, HcT, r, Rb)
+                update(W[sl], Rb, skip[sl])
+                accb.fill(0)
+                block_left(Xb, (W[sl] * r[:, None]).astype(self.dtype), accb)
+                acc += accb
+            return acc
+
+        XtW = _sum_parts(self._map_threads(work)).T
         XtW *= self.col_scale[:, None]
         return XtW
+
+
+def _sum_parts(parts):
+    total = parts[0]
+    for p in parts[1:]:
+        total += p
+    return total
+
+
+_POOLS = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(n):
+    """A persistent pool of ``n`` worker threads (the kernels release the GIL)."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get(n)
+        if pool is None:
+            pool = _POOLS[n] = ThreadPoolExecutor(n, thread_name_prefix="cnmf-dense")
+        return pool
 
 
 class SketchOperator:

@@ -42,7 +42,7 @@ class NMFResult:
         Diffraction patterns (effective-data units).
     loss : ndarray
         Mean squared error of the effective data after every iteration
-        (sketch iterations first, then exact ones, then the final refit).
+        (sketch iterations first, then exact ones).
     n_iter : int
         Exact iterations (each one read of the data).
     n_iter_sketch : int
@@ -51,6 +51,10 @@ class NMFResult:
         Whether the relative loss change fell below ``tol``.
     n_passes : int
         Reads of the data, all phases included.
+    phases : list of str
+        The phase of every entry of ``loss``: "sketch" or "exact".
+    best_init : int
+        Which of the ``n_init`` starts was kept (0 = ``init``).
     """
 
     W: np.ndarray
@@ -61,6 +65,7 @@ class NMFResult:
     converged: bool
     n_passes: int = 0
     phases: list = field(default_factory=list)
+    best_init: int = 0
 
 
 def _update(solver, A, R, G, skip, n_inner, inner_tol):
@@ -112,8 +117,54 @@ def _loss(sq_norm, XtW, WtW, Ht, n_valid):
     return max(value, 0.0) / n_valid
 
 
+def _projected_update(solver, A, R, G, skip, project, n_inner, inner_tol):
+    """Update ``A`` (in place) on the set allowed by a column constraint.
+
+    The constraint couples all rows of a column (a map is filtered over the
+    whole scan, a pattern closed over the whole detector), so the update
+    needs the full ``R``. For HALS each column's sub-problem
+    ``min ||R_j - A G_j||`` is isotropic in ``a_j``: its constrained solution
+    is the projection of the unconstrained one, so every column step is
+    followed by ``project`` and the sweeps descend on the constrained
+    problem. MU and ALS update all columns, then project.
+    """
+    has_skip = skip.shape[0] == A.shape[0] and skip.any()
+    if solver != "hals":
+        _update(solver, A, R, G, skip, n_inner, inner_tol)  # leaves A >= 0
+        A[:] = project(A)
+        if has_skip:
+            A[skip] = 0.0
+        return
+    k = A.shape[1]
+    first = None
+    for sweep in range(max(1, n_inner)):
+        change = 0.0
+        for j in range(k):
+            if G[j, j] <= 0:
+                continue
+            step = (R[:, j] - A @ G[:, j]) / G[j, j]
+            new = project(np.maximum(A[:, j] + step, 0.0)[:, None])[:, 0]
+            if has_skip:
+                new[skip] = 0.0
+            change += float(np.sum((new - A[:, j]) ** 2))
+            A[:, j] = new
+        if first is None:
+            first = change
+        elif change <= inner_tol * first:
+            break
+
+
 def _iterate(op, W, Ht, *, solver, max_iter, tol, map_c, diff_c, n_inner, inner_tol, callback, phase):
+    """Alternate map and pattern updates until the loss settles.
+
+    Without a map constraint one iteration is one read of the data
+    (``fused_pass``). With it the maps are updated on the full ``Xe @ Ht``
+    (one read) and projected column by column, then ``Xe.T @ W`` is read
+    again: two reads per iteration, but every iterate satisfies the
+    constraint, so the loss reported is that of constrained factors.
+    """
     valid_rows = op.row_scale != 0
+    skip_rows = ~valid_rows
     skip_cols = op.col_scale == 0
     n_valid = max(1, int(valid_rows.sum()) * int((~skip_cols).sum()))
     sq_norm = op.stats()["sq_norm"]
@@ -121,24 +172,84 @@ def _iterate(op, W, Ht, *, solver, max_iter, tol, map_c, diff_c, n_inner, inner_
     converged = False
     for it in range(max_iter):
         G = Ht.T @ Ht
-        XtW = op.fused_pass(W, Ht, lambda A, R, skip: _update(solver, A, R, G, skip, n_inner, inner_tol))
+        if map_c is None:
+            XtW = op.fused_pass(W, Ht, lambda A, R, skip: _update(solver, A, R, G, skip, n_inner, inner_tol))
+        else:
+            _projected_update(solver, W, op.right(Ht), G, skip_rows, map_c, n_inner, inner_tol)
+            XtW = op.left_t(W)
         Wv = W[valid_rows]
         WtW = Wv.T @ Wv
-        _update(solver, Ht, XtW, WtW, skip_cols, n_inner, inner_tol)
-        if diff_c is not None:
-            Ht[:] = diff_c(Ht)
-            Ht[skip_cols] = 0.0
+        if diff_c is None:
+            _update(solver, Ht, XtW, WtW, skip_cols, n_inner, inner_tol)
+        else:
+            _projected_update(solver, Ht, XtW, WtW, skip_cols, diff_c, n_inner, inner_tol)
         loss = _loss(sq_norm, XtW, WtW, Ht, n_valid)
         losses.append(loss)
         _balance(W, Ht)
-        if map_c is not None:
-            W[:] = map_c(W)
         if callback is not None:
             callback(phase, it, loss)
         if it > 0 and abs(losses[-2] - loss) <= tol * max(losses[-2], _EPS):
             converged = True
             break
     return losses, converged
+
+
+def _separate(W, Ht, col_scale, support=0.1, max_moves=None):
+    """Move shared pattern content to the component that owns it (in place).
+
+    NMF is not unique: for components i, j, ``(W_j + a W_i, H_i - a H_j)``
+    fits the data exactly as well as ``(W_j, H_i)`` while ``H_i >= a H_j``.
+    Solvers stop anywhere in that family, typically with a grain's pattern
+    still holding a share of the matrix pattern (direct beam, halos). This
+    picks the member in which each pattern holds as little of another as
+    non-negativity allows: ``a`` is the smallest ratio ``H_i / H_j`` over
+    the pixels where ``H_j`` is strong (``>= support * max H_j``), so that
+    counting noise in weak pixels does not decide it. Maps only grow, so the
+    map constraint (a linear filter) still holds; the data fit is unchanged
+    up to the clipping of the few pixels below ``a H_j``.
+    """
+    k = W.shape[1]
+    if max_moves is None:
+        max_moves = 4 * k * k
+    wsum = W.sum(axis=0)
+    # "Strong" is judged on the patterns in data units (the effective ones
+    # carry the Poisson weights, which flatten the direct beam).
+    unit = np.where(col_scale > 0, col_scale, np.inf)[:, None]
+    Hd = Ht / unit
+    strong = Hd >= support * Hd.max(axis=0, keepdims=True)
+    for _ in range(max_moves):
+        best, gain = None, 0.0
+        for j in range(k):
+            mask = strong[:, j]
+            if not mask.any():
+                continue
+            ratio = Ht[mask] / Ht[mask, j : j + 1]
+            a = ratio.min(axis=0)
+            a[j] = 0.0
+            moved = a * Ht[:, j].sum() * wsum
+            i = int(np.argmax(moved))
+            if moved[i] > gain:
+                best, gain = (i, j, a[i]), moved[i]
+        if best is None or gain <= 1e-3 * float((wsum * Ht.sum(axis=0)).sum()):
+            break
+        i, j, a = best
+        Ht[:, i] = np.maximum(Ht[:, i] - a * Ht[:, j], 0.0)
+        W[:, j] += a * W[:, i]
+        wsum = W.sum(axis=0)
+        Hd[:, i] = Ht[:, i] / unit[:, 0]
+        strong[:, i] = Hd[:, i] >= support * Hd[:, i].max()
+
+
+def _start(W0, Ht0, op, map_c, diff_c):
+    """Copies of the initial factors, masked and projected on the constraints."""
+    W, Ht = W0.copy(), Ht0.copy()
+    Ht[op.col_scale == 0] = 0.0
+    W[op.row_scale == 0] = 0.0
+    if map_c is not None:
+        W[:] = map_c(W)
+    if diff_c is not None:
+        Ht[:] = diff_c(Ht)
+    return W, Ht
 
 
 def _initial_factors(op, k, init, rng, n_power_iter, oversample):
@@ -190,6 +301,9 @@ def constrained_nmf(
     n_power_iter=2,
     n_inner=10,
     inner_tol=0.1,
+    n_init=1,
+    max_exact_iter=None,
+    separate=True,
     callback=None,
 ):
     """Non-negative matrix factorization with projection constraints.
@@ -233,6 +347,18 @@ def constrained_nmf(
     n_inner, inner_tol : int, float
         Maximum inner HALS sweeps per update and their relative stopping
         threshold (``solver="hals"`` only).
+    n_init : int
+        Number of starts. The first uses ``init``, the others random factors
+        (from ``random_state``); each is iterated to convergence and the one
+        with the lowest loss is kept. With ``sketch=True`` the starts run on
+        the sketch, so extra starts cost no data reads: they guard against
+        NMF's local minima (a grain absorbed into the matrix, one grain split
+        in two) at the price of CPU time only.
+    max_exact_iter : int or None
+        Cap on the exact iterations after the sketch phase (``None``:
+        ``max_iter``). A small cap bounds the number of data reads, e.g. for
+        out-of-core data. If the cap is reached before ``tol``, the result is
+        flagged as not converged (and a :class:`ConvergenceWarning` raised).
     callback : callable or None
         ``callback(phase, iteration, loss)`` after every iteration; it may
         raise to interrupt the fit.
@@ -255,48 +381,60 @@ def constrained_nmf(
             f"the number of components ({k}) must be between 1 and min(unmasked positions, "
             f"unmasked pixels) = {min(n_rows, n_cols)}"
         )
+    n_init = int(n_init)
+    if n_init < 1:
+        raise ValueError(f"n_init must be a positive integer, got {n_init}")
+    if max_exact_iter is None:
+        max_exact_iter = max_iter
     rng = np.random.default_rng(random_state)
     passes0 = getattr(op, "n_passes", 0)
-    W, Ht, sketch_basis = _initial_factors(op, k, init, rng, n_power_iter, sketch_oversample)
-    Ht[op.col_scale == 0] = 0.0
-    W[op.row_scale == 0] = 0.0
     map_c = _physical(map_constraint, op.row_scale)
     diff_c = _physical(diffraction_constraint, op.col_scale)
-    if map_c is not None:
-        W[:] = map_c(W)
-    if diff_c is not None:
-        Ht[:] = diff_c(Ht)
-
     common = dict(solver=solver, map_c=map_c, diff_c=diff_c, n_inner=n_inner,
                   inner_tol=inner_tol, callback=callback)
-    losses = []
-    n_sketch = 0
-    phases = []
+
+    W0, Ht0, sketch_basis = _initial_factors(op, k, init, rng, n_power_iter, sketch_oversample)
+    if sketch and sketch_basis is None:
+        sketch_basis = randomized_range(op, k + sketch_oversample, n_power_iter, rng)
+    first_op = SketchOperator(*sketch_basis, op) if sketch else op
+    first_phase = "sketch" if sketch else "exact"
+    first_cap = max_iter if sketch else max_exact_iter
+    mean = op.stats()["total"] / max(1, n_rows * n_cols)
+
+    best = None
+    for start in range(n_init):
+        if start > 0:
+            W0, Ht0 = random_init(op.shape[0], op.shape[1], k, mean, rng)
+        W, Ht = _start(W0, Ht0, op, map_c, diff_c)
+        run_losses, run_conv = _iterate(first_op, W, Ht, max_iter=first_cap, tol=tol,
+                                        phase=first_phase, **common)
+        if best is None or run_losses[-1] < best[2][-1]:
+            best = (W, Ht, run_losses, run_conv, start)
+    W, Ht, first_losses, converged, best_start = best
+
+    losses = list(first_losses)
+    phases = [first_phase] * len(first_losses)
+    n_sketch = len(first_losses) if sketch else 0
+    n_exact = 0 if sketch else len(first_losses)
     if sketch:
-        if sketch_basis is None:
-            sketch_basis = randomized_range(op, k + sketch_oversample, n_power_iter, rng)
-        sk = SketchOperator(*sketch_basis, op)
-        sk_losses, _ = _iterate(sk, W, Ht, max_iter=max_iter, tol=tol, phase="sketch", **common)
-        losses += sk_losses
-        n_sketch = len(sk_losses)
-        phases += ["sketch"] * n_sketch
-    ex_losses, converged = _iterate(op, W, Ht, max_iter=max_iter, tol=tol, phase="exact", **common)
-    losses += ex_losses
-    phases += ["exact"] * len(ex_losses)
-    if map_c is not None:
-        # The last map update was followed by the map constraint: refit the
-        # patterns once to the constrained maps so that (W, Ht) is consistent.
-        valid_rows = op.row_scale != 0
-        XtW = op.left_t(W)
-        Wv = W[valid_rows]
-        WtW = Wv.T @ Wv
-        _update(solver, Ht, XtW, WtW, op.col_scale == 0, max(n_inner, 50), inner_tol * 0.1)
+        ex_losses, converged = _iterate(op, W, Ht, max_iter=max_exact_iter, tol=tol, phase="exact", **common)
+        losses += ex_losses
+        phases += ["exact"] * len(ex_losses)
+        n_exact = len(ex_losses)
+    if separate and k > 1:
+        # Last, since further iterations drift back into the mixed members
+        # of the family (they fit a little more noise); one read for the
+        # loss of the final factors.
+        _separate(W, Ht, op.col_scale)
         if diff_c is not None:
+            # The subtraction leaves noise-deep holes where the other
+            # pattern is strong: close them again.
             Ht[:] = diff_c(Ht)
             Ht[op.col_scale == 0] = 0.0
-        n_valid = max(1, n_rows * n_cols)
-        losses.append(_loss(op.stats()["sq_norm"], XtW, WtW, Ht, n_valid))
-        phases.append("refit")
+        XtW = op.left_t(W)
+        Wv = W[op.row_scale != 0]
+        losses.append(_loss(op.stats()["sq_norm"], XtW, Wv.T @ Wv, Ht, max(1, n_rows * n_cols)))
+        phases.append("separate")
     if not converged:
         warnings.warn(
             f"constrained NMF stopped at max_iter={max_iter} before the relative loss "
@@ -308,9 +446,10 @@ def constrained_nmf(
         W=W,
         Ht=Ht,
         loss=np.asarray(losses),
-        n_iter=len(ex_losses),
+        n_iter=n_exact,
         n_iter_sketch=n_sketch,
         converged=converged,
         n_passes=getattr(op, "n_passes", 0) - passes0,
         phases=phases,
+        best_init=best_start,
     )

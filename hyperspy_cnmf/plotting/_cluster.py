@@ -199,6 +199,20 @@ def _axis_label(info, default):
     return f"{name} ({info['units']})"
 
 
+def pixel_axes(shape, names=("x", "y")):
+    """Uncalibrated axis descriptions ``[x, y]`` for an image of ``shape`` (ny, nx)."""
+    return [
+        {"name": name, "units": "px", "scale": 1.0, "offset": 0.0, "size": int(size)}
+        for name, size in zip(names, (shape[1], shape[0]))
+    ]
+
+
+def label_axes(ax, axes_info, defaults=("x", "y")):
+    """Calibrated axis labels ``name (units)`` of an image panel."""
+    ax.set_xlabel(_axis_label(axes_info[0], defaults[0]))
+    ax.set_ylabel(_axis_label(axes_info[1], defaults[1]))
+
+
 def _diffraction_norm(img, norm, gamma=0.3, dynamic_range=1e-3):
     finite = img[np.isfinite(img)]
     vmax = float(np.percentile(finite, 99.9)) if finite.size else 1.0
@@ -277,39 +291,9 @@ def plot_gallery(
     palette = cluster_colors(n_c)
     show = list(range(n_c)) if clusters is None else [int(c) for c in clusters]
     if signal_axes is None:
-        signal_axes = [
-            {
-                "name": "kx",
-                "units": "px",
-                "scale": 1.0,
-                "offset": 0.0,
-                "size": F.shape[2],
-            },
-            {
-                "name": "ky",
-                "units": "px",
-                "scale": 1.0,
-                "offset": 0.0,
-                "size": F.shape[1],
-            },
-        ]
+        signal_axes = pixel_axes(F.shape[1:], ("kx", "ky"))
     if navigation_axes is None:
-        navigation_axes = [
-            {
-                "name": "x",
-                "units": "px",
-                "scale": 1.0,
-                "offset": 0.0,
-                "size": M.shape[2],
-            },
-            {
-                "name": "y",
-                "units": "px",
-                "scale": 1.0,
-                "offset": 0.0,
-                "size": M.shape[1],
-            },
-        ]
+        navigation_axes = pixel_axes(M.shape[1:], ("x", "y"))
     sig_ext = _extent(signal_axes)
     nav_ext = _extent(navigation_axes)
     has_overview = position_labels is not None
@@ -343,8 +327,7 @@ def plot_gallery(
             interpolation="nearest",
         )
         axes[r, c].set_title("Dominant cluster", fontsize="medium")
-        axes[r, c].set_xlabel(_axis_label(navigation_axes[0], "x"))
-        axes[r, c].set_ylabel(_axis_label(navigation_axes[1], "y"))
+        label_axes(axes[r, c], navigation_axes)
         leg = axes[r + 1, c]
         leg.set_axis_off()
         counts = np.bincount(lab[lab >= 0].ravel(), minlength=n_c)
@@ -383,8 +366,7 @@ def plot_gallery(
             txt = ", ".join(str(m) for m in mem[:8]) + (", …" if len(mem) > 8 else "")
             head += f"\ncomponents {txt}"
         ax_d.set_title(head, color=palette[k], fontsize="medium", fontweight="bold")
-        ax_d.set_xlabel(_axis_label(signal_axes[0], "kx"))
-        ax_d.set_ylabel(_axis_label(signal_axes[1], "ky"))
+        label_axes(ax_d, signal_axes, ("kx", "ky"))
         cb = fig.colorbar(im, ax=ax_d, shrink=0.8, pad=0.02)
         cb.set_label("counts (sum over scan)", fontsize="small")
         if isinstance(im.norm, mcolors.PowerNorm):
@@ -396,8 +378,7 @@ def plot_gallery(
             spine.set_linewidth(2)
         im2 = ax_m.imshow(M[k], cmap=map_cmap, extent=nav_ext, interpolation="nearest")
         ax_m.set_title("Summed map", fontsize="small")
-        ax_m.set_xlabel(_axis_label(navigation_axes[0], "x"))
-        ax_m.set_ylabel(_axis_label(navigation_axes[1], "y"))
+        label_axes(ax_m, navigation_axes)
         cb2 = fig.colorbar(im2, ax=ax_m, shrink=0.8, pad=0.02)
         cb2.set_label("counts per position", fontsize="small")
     fig.suptitle(title or "Merged diffraction (rotation-aligned) and map per cluster")

@@ -3,8 +3,8 @@
 import warnings
 
 import numpy as np
-from scipy import ndimage
 
+from hyperspy_cnmf._beam import locate_direct_beam
 from hyperspy_cnmf.constraints import (
     AIRY_FWHM,
     electron_wavelength,
@@ -29,9 +29,12 @@ def _units(axis):
 def find_beam_disk(pattern):
     """Centre and radius (pixels) of the direct-beam disk of a mean pattern.
 
-    The disk is the connected region around the brightest pixel (after a
-    light smoothing) that is brighter than halfway between the pattern's
-    median and that maximum; its radius is ``sqrt(area / pi)``.
+    Array-order wrapper of :func:`hyperspy_cnmf._beam.locate_direct_beam`
+    (the package's one direct-beam finder): the disk is the connected region
+    around the brightest pixel (after a light smoothing) that is brighter
+    than halfway between the pattern's median and that maximum; its radius
+    is ``sqrt(area / pi)``, its centre the centre of mass of the intensity
+    above that level.
 
     Parameters
     ----------
@@ -40,16 +43,10 @@ def find_beam_disk(pattern):
     Returns
     -------
     (cy, cx, radius) : tuple of float
+        Row, column and radius in px.
     """
-    p = np.nan_to_num(np.asarray(pattern, dtype=np.float64))
-    smooth = ndimage.gaussian_filter(p, 0.7)
-    peak = np.unravel_index(np.argmax(smooth), smooth.shape)
-    level = 0.5 * (np.median(smooth) + smooth[peak])
-    labels, _ = ndimage.label(smooth >= level)
-    region = labels == labels[peak]
-    w = np.where(region, p, 0.0)
-    cy, cx = ndimage.center_of_mass(w) if w.sum() > 0 else peak
-    return float(cy), float(cx), float(np.sqrt(region.sum() / np.pi))
+    beam = locate_direct_beam(pattern)
+    return beam.y, beam.x, beam.radius
 
 
 def beam_energy_and_convergence(signal):

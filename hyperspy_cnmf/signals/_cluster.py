@@ -244,37 +244,69 @@ def _matrix_signal(matrix, axis_name, title):
 # --------------------------------------------------------------------------
 # Shared pieces
 # --------------------------------------------------------------------------
-def _similarity(
-    patterns,
-    centre,
-    radial_range,
+def _prefix(source):
+    """``learning_results`` prefix of a clustering ``source``."""
+    prefix = {"components": "cdiff_", "patterns": "cpat_"}.get(source)
+    if prefix is None:
+        raise ValueError("`source` must be 'components' or 'patterns'.")
+    return prefix
+
+
+def _polar_kwargs(cpx, radii, delta_r, n_theta, dbr):
+    """Polar-transform arguments that reproduce a clustering's polar grid."""
+    return dict(
+        centre=cpx,
+        radial_range=(radii[0], radii[-1]),
+        delta_r=delta_r,
+        n_theta=n_theta,
+        direct_beam_radius=dbr,
+    )
+
+
+def _geometry_params(
+    cpx,
+    radii,
     delta_r,
     n_theta,
-    delta_theta,
-    direct_beam_radius,
+    dbr,
     intensity_transform_function,
     normalize,
     radial_weighting,
     mirror,
 ):
-    polar, radii, _ = core.polar_transform(
-        patterns,
-        centre=centre,
-        radial_range=radial_range,
-        delta_r=delta_r,
-        n_theta=n_theta,
-        delta_theta=delta_theta,
-        direct_beam_radius=direct_beam_radius,
-    )
-    sim = core.rotational_similarity(
-        polar,
-        radii=radii,
-        intensity_transform_function=intensity_transform_function,
-        normalize=normalize,
-        radial_weighting=radial_weighting,
-        mirror=mirror,
-    )
-    return polar, radii, sim
+    """JSON-ready polar-geometry and similarity parameters of a clustering."""
+    return {
+        "centre_px": [float(cpx[0]), float(cpx[1])],
+        "radial_range_px": [float(radii[0]), float(radii[-1])],
+        "delta_r_px": float(delta_r),
+        "n_theta": int(n_theta),
+        "direct_beam_radius_px": None if dbr is None else float(dbr),
+        "intensity_transform_function": _transform_name(intensity_transform_function),
+        "normalize": normalize,
+        "radial_weighting": (
+            radial_weighting
+            if radial_weighting is None or isinstance(radial_weighting, str)
+            else "array"
+        ),
+        "mirror": bool(mirror),
+    }
+
+
+def _clustering_store(labels, Z, dist, rot, mir, refs, merged, threshold, cpx, radii, params):
+    """The stored arrays shared by both clusterings (keys without prefix)."""
+    return {
+        "labels": np.asarray(labels).astype(np.int64),
+        "linkage": Z,
+        "pseudo_distance": dist,
+        "rotation": rot,
+        "mirrored": np.asarray(mir).astype(bool),
+        "references": np.asarray(refs).astype(np.int64),
+        "merged_factors": merged.reshape(merged.shape[0], -1).T.copy(),
+        "threshold": float(threshold),
+        "centre": np.array(cpx, dtype=np.float64),
+        "radii": radii,
+        "parameters": json.dumps(params),
+    }
 
 
 def _fill_hyperspy_cluster_fields(
@@ -537,18 +569,18 @@ def cluster_diffraction(
     cpx, rr, dbr = _resolve_geometry(
         self, centre, units, radial_range, direct_beam_radius, reference
     )
-    polar, radii, sim = _similarity(
+    polar, radii, sim = core.polar_similarity(
         factors,
         cpx,
-        rr,
-        delta_r,
-        n_theta,
-        delta_theta,
-        dbr,
-        intensity_transform_function,
-        normalize,
-        radial_weighting,
-        mirror,
+        radial_range=rr,
+        delta_r=delta_r,
+        n_theta=n_theta,
+        delta_theta=delta_theta,
+        direct_beam_radius=dbr,
+        intensity_transform_function=intensity_transform_function,
+        normalize=normalize,
+        radial_weighting=radial_weighting,
+        mirror=mirror,
     )
     dist = sim.pseudo_distance
     labels, Z, threshold = core.hierarchical_clustering(
@@ -587,42 +619,32 @@ def cluster_diffraction(
         "distance_threshold": distance_threshold,
         "method": method,
         "components": idx.tolist(),
-        "centre_px": [float(cpx[0]), float(cpx[1])],
-        "radial_range_px": [float(radii[0]), float(radii[-1])],
-        "delta_r_px": float(delta_r),
-        "n_theta": int(polar.shape[-1]),
-        "direct_beam_radius_px": None if dbr is None else float(dbr),
-        "intensity_transform_function": _transform_name(intensity_transform_function),
-        "normalize": normalize,
-        "radial_weighting": (
-            radial_weighting
-            if radial_weighting is None or isinstance(radial_weighting, str)
-            else "array"
+        **_geometry_params(
+            cpx,
+            radii,
+            delta_r,
+            polar.shape[-1],
+            dbr,
+            intensity_transform_function,
+            normalize,
+            radial_weighting,
+            mirror,
         ),
-        "mirror": bool(mirror),
         "dominance_percentiles": [float(p) for p in dominance_percentiles],
         "map_smoothing": map_smoothing,
         "threshold": float(threshold),
     }
-    store = {
-        "components": idx.astype(np.int64),
-        "labels": labels.astype(np.int64),
-        "linkage": Z,
-        "pseudo_distance": dist,
-        "pairwise_rotation": sim.rotation,
-        "pairwise_mirrored": sim.mirrored,
-        "rotation": rot,
-        "mirrored": mir.astype(bool),
-        "references": refs.astype(np.int64),
-        "merged_factors": merged.reshape(n_c, -1).T.copy(),
-        "merged_maps": maps.T.copy(),
-        "normalised_maps": norm_maps.T.copy(),
-        "position_labels": pos_labels.astype(np.int64),
-        "threshold": float(threshold),
-        "centre": np.array(cpx, dtype=np.float64),
-        "radii": radii,
-        "parameters": json.dumps(params),
-    }
+    store = _clustering_store(
+        labels, Z, dist, rot, mir, refs, merged, threshold, cpx, radii, params
+    )
+    store.update(
+        components=idx.astype(np.int64),
+        pairwise_rotation=sim.rotation,
+        pairwise_mirrored=sim.mirrored,
+        merged_maps=maps.T.copy(),
+        normalised_maps=norm_maps.T.copy(),
+        position_labels=pos_labels.astype(np.int64),
+    )
     for key_, value in store.items():
         setattr(lr, "cdiff_" + key_, value)
     with np.errstate(invalid="ignore"):
@@ -683,9 +705,7 @@ def get_cluster_diffraction_results(self, source="components"):
     >>> res["merged_factors"]  # doctest: +SKIP
     <STEM4D, title: Merged diffraction of clusters of ..., dimensions: (3|48, 48)>
     """
-    prefix = {"components": "cdiff_", "patterns": "cpat_"}.get(source)
-    if prefix is None:
-        raise ValueError("`source` must be 'components' or 'patterns'.")
+    prefix = _prefix(source)
     lr = self.learning_results
     if getattr(lr, prefix + "labels", None) is None:
         raise RuntimeError(
@@ -904,79 +924,63 @@ def cluster_patterns(
     cpx, rr, dbr = _resolve_geometry(
         self, centre, units, radial_range, direct_beam_radius, mean
     )
-    polar, radii, sim = _similarity(
+    res = core.cluster_patterns(
         stack,
-        cpx,
-        rr,
-        delta_r,
-        n_theta,
-        delta_theta,
-        dbr,
-        intensity_transform_function,
-        normalize,
-        radial_weighting,
-        mirror,
-    )
-    dist = sim.pseudo_distance
-    labels, Z, threshold = core.hierarchical_clustering(
-        dist,
-        method=method,
+        centre=cpx,
         n_clusters=n_clusters,
         distance_threshold=distance_threshold,
+        method=method,
+        radial_range=rr,
+        delta_r=delta_r,
+        n_theta=n_theta,
+        delta_theta=delta_theta,
+        direct_beam_radius=dbr,
+        intensity_transform_function=intensity_transform_function,
+        normalize=normalize,
+        radial_weighting=radial_weighting,
+        mirror=mirror,
     )
-    labels, _ = core.order_clusters(labels, np.bincount(labels))
-    n_c = int(labels.max()) + 1
-    refs = core.cluster_references(sim.similarity, labels)
-    rot, mir = core.align_to_references(sim, labels, refs)
-    summed = core.merge_aligned(stack, cpx, labels, rot, mir)
-    mean_c = summed / np.bincount(labels, minlength=n_c)[:, None, None]
+    labels, radii, refs, mean_c = res.labels, res.radii, res.references, res.merged
+    n_c = mean_c.shape[0]
     params = {
         "n_clusters": n_clusters,
         "distance_threshold": distance_threshold,
         "method": method,
         "step": list(steps) if own else None,
-        "centre_px": [float(cpx[0]), float(cpx[1])],
-        "radial_range_px": [float(radii[0]), float(radii[-1])],
-        "delta_r_px": float(delta_r),
-        "n_theta": int(polar.shape[-1]),
-        "direct_beam_radius_px": None if dbr is None else float(dbr),
-        "intensity_transform_function": _transform_name(intensity_transform_function),
-        "normalize": normalize,
-        "radial_weighting": (
-            radial_weighting
-            if radial_weighting is None or isinstance(radial_weighting, str)
-            else "array"
+        **_geometry_params(
+            cpx,
+            radii,
+            delta_r,
+            res.n_theta,
+            dbr,
+            intensity_transform_function,
+            normalize,
+            radial_weighting,
+            mirror,
         ),
-        "mirror": bool(mirror),
-        "threshold": float(threshold),
+        "threshold": float(res.threshold),
     }
-    store = {
-        "labels": labels,
-        "linkage": Z,
-        "pseudo_distance": dist,
-        "rotation": rot,
-        "mirrored": mir.astype(bool),
-        "references": refs,
-        "merged_factors": mean_c.reshape(n_c, -1).T.copy(),
-        "threshold": float(threshold),
-        "centre": np.array(cpx, dtype=np.float64),
-        "radii": radii,
-        "parameters": json.dumps(params),
-    }
+    store = _clustering_store(
+        labels,
+        res.linkage,
+        res.pseudo_distance,
+        res.rotation,
+        res.mirrored,
+        refs,
+        mean_c,
+        res.threshold,
+        cpx,
+        radii,
+        params,
+    )
     if not own:
         return _results_signals(self, store, source="patterns")
     store["positions"] = positions.astype(np.int64)
     store["step"] = np.array(steps, dtype=np.int64)
     lr = self.learning_results
     # every position: best rotation-invariant match to each cluster mean
-    ref_polar, _, _ = core.polar_transform(
-        mean_c,
-        centre=cpx,
-        radial_range=(radii[0], radii[-1]),
-        delta_r=delta_r,
-        n_theta=polar.shape[-1],
-        direct_beam_radius=dbr,
-    )
+    polar_kw = _polar_kwargs(cpx, radii, delta_r, res.n_theta, dbr)
+    ref_polar, _, _ = core.polar_transform(mean_c, **polar_kw)
     kw = dict(
         radii=radii,
         intensity_transform_function=intensity_transform_function,
@@ -987,14 +991,7 @@ def cluster_patterns(
     nav_size = int(np.prod(nav_shape))
     distances = np.empty((n_c, nav_size))
     for i0, block in _iter_nav_blocks(self):
-        pol, _, _ = core.polar_transform(
-            block,
-            centre=cpx,
-            radial_range=(radii[0], radii[-1]),
-            delta_r=delta_r,
-            n_theta=polar.shape[-1],
-            direct_beam_radius=dbr,
-        )
+        pol, _, _ = core.polar_transform(block, **polar_kw)
         s_ = core.rotational_similarity(pol, polar_other=ref_polar, **kw)
         distances[:, i0 : i0 + block.shape[0]] = 1.0 - s_.similarity.T
     pos_labels = np.argmin(distances, axis=0)
@@ -1003,10 +1000,11 @@ def cluster_patterns(
     for key_, value in store.items():
         setattr(lr, "cpat_" + key_, value)
     centroid = stack[refs].reshape(n_c, -1)
+    counts = np.bincount(labels, minlength=n_c)[:, None]
     _fill_hyperspy_cluster_fields(
         lr,
         pos_labels,
-        summed.reshape(n_c, -1),
+        mean_c.reshape(n_c, -1) * counts,
         centroid,
         np.clip(distances, 0.0, 2.0),
         "cluster_patterns",
@@ -1093,13 +1091,7 @@ def polar_transform(
         delta_theta=delta_theta,
     )
     n_r, n_t = p0.shape[-2:]
-    kw = dict(
-        centre=cpx,
-        radial_range=(radii[0], radii[-1]),
-        delta_r=delta_r,
-        n_theta=n_t,
-        direct_beam_radius=dbr,
-    )
+    kw = _polar_kwargs(cpx, radii, delta_r, n_t, dbr)
     data = self.data
     if hasattr(data, "map_blocks") and not isinstance(data, np.ndarray):
         import dask.array as da
@@ -1171,9 +1163,7 @@ def plot_cluster_dendrogram(self, source="components", ax=None, **kwargs):
     from hyperspy_cnmf.plotting import _cluster as plotting
 
     lr = self.learning_results
-    prefix = {"components": "cdiff_", "patterns": "cpat_"}.get(source)
-    if prefix is None:
-        raise ValueError("`source` must be 'components' or 'patterns'.")
+    prefix = _prefix(source)
     if getattr(lr, prefix + "linkage", None) is None:
         raise RuntimeError("Run `cluster_diffraction` (or `cluster_patterns`) first.")
     if source == "components":

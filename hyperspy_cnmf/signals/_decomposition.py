@@ -43,10 +43,16 @@ def _mask_vector(mask, size, shape, name):
 
 
 def _unfolded_data(signal):
-    """The data as a (positions, pixels) float array, without modifying the signal."""
+    """The data as a (positions, pixels) float array, without modifying the signal.
+
+    For a lazy signal: the dask array itself (navigation axes then signal
+    axes), unfolded and cast chunk by chunk by :class:`DaskOperator`.
+    """
     data = signal.data
     if np.iscomplexobj(data):
         raise TypeError("constrained NMF needs real, non-negative data; got complex data")
+    if signal._lazy:
+        return data
     if not np.issubdtype(data.dtype, np.floating) or data.dtype.itemsize < 4:
         # Integer counts (and float16) are analysed as float32; the signal keeps its dtype.
         data = data.astype(np.float32)
@@ -56,22 +62,30 @@ def _unfolded_data(signal):
 
 
 def _make_operator(signal, row_scale, col_scale):
+    """In-memory data: a DenseOperator; lazy data: a DaskOperator over the chunks."""
     if signal._lazy:
-        raise NotImplementedError(
-            "constrained NMF on lazy (out-of-core) signals is not available yet; "
-            "load the data with s.compute() or hs.load(..., lazy=False)"
-        )
+        from hyperspy_cnmf.chunked import DaskOperator
+
+        return DaskOperator(_unfolded_data(signal), row_scale=row_scale, col_scale=col_scale,
+                            signal_ndim=signal.axes_manager.signal_dimension)
     return DenseOperator(_unfolded_data(signal), row_scale=row_scale, col_scale=col_scale)
 
 
 def _with_clean_masked_entries(signal, op, nav_mask, sig_mask):
-    """Eager data with NaN only in masked entries: analyse a cleaned copy."""
+    """Eager data with NaN in masked entries: analyse a copy with those set to 0.
+
+    Only masked entries are cleaned: NaN outside the masks stay, so that the
+    caller reports them. Lazy data are cleaned chunk by chunk by the
+    DaskOperator itself (never a copy of the whole array).
+    """
     if signal._lazy or not (nav_mask.any() or sig_mask.any()):
         return op
     X = op.X
     if np.all(np.isfinite(X[nav_mask])) and np.all(np.isfinite(X[:, sig_mask])):
         return op
-    clean = np.where(np.isfinite(X), X, 0).astype(X.dtype)
+    clean = np.array(X, copy=True)
+    clean[nav_mask] = np.nan_to_num(clean[nav_mask], nan=0.0, posinf=0.0, neginf=0.0)
+    clean[:, sig_mask] = np.nan_to_num(clean[:, sig_mask], nan=0.0, posinf=0.0, neginf=0.0)
     return DenseOperator(clean, row_scale=op.row_scale, col_scale=op.col_scale)
 
 
@@ -128,6 +142,9 @@ def constrained_nmf_decomposition(
     signal_mask=None,
     normalize_poissonian_noise=False,
     sketch=True,
+    n_init=1,
+    max_exact_iter=None,
+    separate_components=True,
     print_info=True,
     return_info=False,
     show_progressbar=None,
@@ -188,6 +205,8 @@ def constrained_nmf_decomposition(
         algorithm=ALGORITHM, solver=solver, max_iter=int(max_iter), tol=float(tol),
         random_state=None if random_state is None else int(random_state) if np.isscalar(random_state) else "Generator",
         normalize_poissonian_noise=bool(normalize_poissonian_noise), sketch=bool(sketch),
+        n_init=int(n_init), max_exact_iter=None if max_exact_iter is None else int(max_exact_iter),
+        separate_components=bool(separate_components),
         init=init if isinstance(init, str) else "custom",
     )
 
@@ -213,7 +232,7 @@ def constrained_nmf_decomposition(
         if isinstance(diffraction_constraint_size, str):
             if diffraction_constraint_size != "auto":
                 raise ValueError("diffraction_constraint_size must be 'auto' or a radius in pixels")
-            dip_radius = float(np.ceil(beam[2]) + 1.0)
+            dip_radius = float(max(1.0, np.round(beam[2])))
         else:
             dip_radius = float(diffraction_constraint_size)
         diff_c = DiffractionDipConstraint(
@@ -221,6 +240,7 @@ def constrained_nmf_decomposition(
             centre=beam[:2], mode=diffraction_constraint_mode, r_min=beam[2] + 2 * dip_radius,
         )
     settings.update(diffraction_constraint=bool(diffraction_constraint), diffraction_constraint_size=float(dip_radius),
+                    diffraction_constraint_mode=diffraction_constraint_mode,
                     diffraction_constraint_strength=float(diffraction_constraint_strength) if diff_c else float("nan"))
 
     if isinstance(init, tuple):
@@ -233,7 +253,8 @@ def constrained_nmf_decomposition(
     try:
         result = constrained_nmf(
             op, k, solver=solver, init=init, max_iter=max_iter, tol=tol, random_state=random_state,
-            map_constraint=map_c, diffraction_constraint=diff_c, sketch=sketch, callback=callback,
+            map_constraint=map_c, diffraction_constraint=diff_c, sketch=sketch, n_init=n_init,
+            max_exact_iter=max_exact_iter, separate=separate_components, callback=callback,
         )
     finally:
         close()

@@ -2,7 +2,7 @@
 
 from hyperspy.signals import Signal2D
 
-from hyperspy_cnmf.signals import _cluster, _decomposition
+from hyperspy_cnmf.signals import _cluster, _decomposition, _diagnostics
 from hyperspy_cnmf.signals._axes import set_default_axes
 
 
@@ -36,6 +36,10 @@ class STEM4D(Signal2D):
     polar_transform = _cluster.polar_transform
     plot_cluster_dendrogram = _cluster.plot_cluster_dendrogram
     plot_cluster_gallery = _cluster.plot_cluster_gallery
+    plot_map_spectra = _diagnostics.plot_map_spectra
+    get_map_power_beyond = _diagnostics.get_map_power_beyond
+    get_dip_measure = _diagnostics.get_dip_measure
+    plot_dip_measure = _diagnostics.plot_dip_measure
 
     def decomposition(self, normalize_poissonian_noise=False, algorithm="SVD", output_dimension=None, *args, **kwargs):
         """Decompose the dataset; adds ``algorithm="constrained_nmf"``.
@@ -87,11 +91,20 @@ class STEM4D(Signal2D):
         map_filter : {"tukey", "hard", "gaussian"}, default "tukey"
             Shape of the low-pass filter at the cutoff.
         diffraction_constraint : bool, default True
-            Forbid downward-convex dips in the patterns (a grey-scale closing
-            with a disk after every pattern update); False switches it off.
+            Forbid downward-convex dips in the patterns: after every pattern
+            update a grey-scale closing along the arcs of constant scattering
+            angle about the direct beam (``diffraction_constraint_mode=
+            "azimuthal"``) or with a disk (``"isotropic"``); False switches
+            it off.
         diffraction_constraint_size : "auto" or float, default "auto"
-            Radius in detector pixels of the disk; holes narrower than the
-            disk are filled. ``"auto"``: the direct-beam disk radius + 1 px.
+            Half-length in detector pixels of the closing's structuring
+            element; holes narrower than ``2 * size + 1`` px are filled.
+            ``"auto"``: the direct-beam disk radius (rounded, at least 1 px),
+            i.e. holes up to one Bragg disk wide, the shape NMF carves where
+            another component has a spot. Larger sizes also lift the
+            counting-noise floor between spots and bias the patterns
+            (measured on the simulated data: matched cosine 0.90-0.93 at
+            2-3 px against >= 0.97 at 1 px).
         diffraction_constraint_strength : float, default 1.0
             Fraction in (0, 1] of the closing applied per iteration.
         navigation_mask, signal_mask : bool array or signal, optional
@@ -102,6 +115,20 @@ class STEM4D(Signal2D):
         sketch : bool, default True
             Converge first on a randomized low-rank sketch of the data, then
             refine on the exact data until ``tol``: far fewer data reads.
+        n_init : int, default 1
+            Number of starts (the first from ``init``, the others random);
+            the one with the lowest loss is kept. With ``sketch=True`` the
+            starts run on the sketch and cost no extra data reads.
+        max_exact_iter : int or None, default None
+            Cap on the exact iterations after the sketch (None: ``max_iter``),
+            to bound the number of data reads on large lazy data.
+        separate_components : bool, default True
+            NMF is not unique: a grain's pattern can keep a share of the
+            matrix pattern (direct beam, halos) while the matrix map dips
+            under the grain, at the same fit. At the end, move such shared
+            content back to the component that owns it, as far as
+            non-negativity allows (then re-apply the diffraction constraint).
+            Turn off for plain NMF output.
         print_info : bool, default True
             Print a summary of the run.
         return_info : bool, default False

@@ -1,0 +1,589 @@
+"""Out-of-core data operator: dask navigation chunks through the NMF kernels.
+
+:class:`DaskOperator` gives the solver (:func:`hyperspy_cnmf.nmf.constrained_nmf`)
+exactly the interface of :class:`hyperspy_cnmf.nmf.DenseOperator`, for data
+that live in a dask array (a lazy HyperSpy signal, a ``.zspy``/``.hspy`` file
+opened lazily, ...). It follows LiberTEM's process + merge model: every method
+is **one read of the data**, i.e. one ``dask.compute`` in which each
+navigation chunk is processed by the same per-block code as the in-memory
+operator (the Numba kernels of :mod:`hyperspy_cnmf.nmf._kernels` and BLAS
+products), and the partial ``X.T @ B`` sums are merged by a tree reduction.
+Only small arrays (factor blocks, per-pixel sums) travel back to the driver.
+
+No scheduler is chosen here: ``dask.compute`` uses whatever is active (the
+threaded scheduler by default, or a ``distributed.Client`` created by the
+user). All block functions and the solver's update closures pickle, so they
+run on distributed workers too.
+
+Reads are combined where the interface allows it:
+
+- ``stats()``, ``mean_pattern()`` and ``row_col_sums()`` share **one** read
+  (the first one asked computes all three, and the statistics of the
+  Poisson-normalised data as well, so ``rescaled()`` with the Poisson scales
+  costs no read);
+- ``right(A)`` also accumulates ``Xe.T @ (Xe @ A)`` in the same read, so that a
+  following ``left_t(B)`` with ``B`` in the span of ``Xe @ A`` (the
+  orthonormalised range-finder basis, as in
+  :func:`hyperspy_cnmf.nmf._operators.randomized_range`) needs no read: the
+  randomized range finder costs ``n_power_iter + 1`` reads instead of
+  ``2 n_power_iter + 2``.
+
+This module knows dask, not HyperSpy.
+"""
+
+import functools
+import itertools
+import operator
+import uuid
+
+import dask
+import dask.array as da
+import numba
+import numpy as np
+
+from hyperspy_cnmf.nmf._kernels import block_row_col_sums, block_stats
+from hyperspy_cnmf.nmf._operators import _scale_vector
+
+__all__ = ["DaskOperator"]
+
+#: Largest block (bytes, in the analysis dtype) of one task; larger chunks
+#: are split along the navigation axes (never merged).
+MAX_BLOCK_BYTES = 64 * 2**20
+#: Fan-in of the tree reduction of the partial sums.
+SPLIT_EVERY = 4
+#: ``left_t(B)`` reuses the cached ``Xe.T @ Y`` when ``B`` lies in the span of
+#: ``Y`` to this relative accuracy.
+SPAN_RTOL = 1e-8
+_SLAB_BYTES = 4 * 2**20
+
+
+# --------------------------------------------------------------------------
+# block functions (module level: they pickle by reference for distributed)
+# --------------------------------------------------------------------------
+
+
+class _Shared:
+    """Arguments common to all block tasks of one read (one graph key, sent once)."""
+
+    def __init__(self, **kwargs):
+        self.__dict__.update(kwargs)
+
+
+def _prepare(block, shape, dtype, row_scale, col_masked):
+    """A chunk as a 2D float block, with non-finite masked entries set to 0.
+
+    The chunk is never modified (it may be a view of the user's array).
+    """
+    X = np.asarray(block).reshape(shape)
+    owned = False
+    if X.dtype != dtype:
+        X = X.astype(dtype)
+        owned = True
+    row_masked = row_scale == 0
+    for sel in (row_masked, col_masked):
+        if not sel.any():
+            continue
+        sub = X[sel] if sel is row_masked else X[:, sel]
+        bad = ~np.isfinite(sub)
+        if bad.any():
+            if not owned:
+                X = X.copy()
+                owned = True
+            sub[bad] = 0
+            if sel is row_masked:
+                X[sel] = sub
+            else:
+                X[:, sel] = sub
+    return X
+
+
+@numba.njit(nogil=True, cache=True)
+def _summary_kernel(X, row_scale, col_scale):
+    """Everything the wrapper and solver need before iterating, in one sweep.
+
+    For the rows and columns with a non-zero scale: the statistics of
+    :func:`hyperspy_cnmf.nmf._kernels.block_stats`, the raw row and column
+    sums of :func:`~hyperspy_cnmf.nmf._kernels.block_row_col_sums`, and the
+    raw pattern sum over the valid rows (masked pixels included). With
+    ``rho_i = 1 / sqrt(row sum)`` (the Poisson row scale), also per column
+    ``sum_i rho_i x_ij``, ``sum_i (rho_i x_ij)^2``, the number of non-finite
+    entries and the smallest entry over the rows with ``rho_i > 0``: the
+    statistics of the Poisson-normalised data then follow for any column
+    scale without another read.
+    """
+    n, m = X.shape
+    total = 0.0
+    sq = 0.0
+    mn = np.inf
+    n_bad = 0
+    n_rows = 0
+    rows = np.zeros(n)
+    cols = np.zeros(m)
+    pattern = np.zeros(m)
+    p_sum = np.zeros(m)
+    p_sq = np.zeros(m)
+    p_bad = np.zeros(m, dtype=np.int64)
+    p_min = np.full(m, np.inf)
+    for i in range(n):
+        r = row_scale[i]
+        if r == 0.0:
+            continue
+        n_rows += 1
+        rs = 0.0
+        for j in range(m):
+            v = np.float64(X[i, j])
+            pattern[j] += v
+            c = col_scale[j]
+            if c == 0.0:
+                continue
+            rs += v
+            cols[j] += v
+            if not np.isfinite(v):
+                n_bad += 1
+                continue
+            if v < mn:
+                mn = v
+            w = v * r * c
+            total += w
+            sq += w * w
+        rows[i] = rs
+        if not rs > 0.0:
+            continue
+        rho = 1.0 / np.sqrt(rs)
+        for j in range(m):
+            if col_scale[j] == 0.0:
+                continue
+            v = np.float64(X[i, j])
+            if not np.isfinite(v):
+                p_bad[j] += 1
+                continue
+            if v < p_min[j]:
+                p_min[j] = v
+            w = v * rho
+            p_sum[j] += w
+            p_sq[j] += w * w
+    return total, sq, mn, n_bad, n_rows, rows, cols, pattern, p_sum, p_sq, p_bad, p_min
+
+
+def _summary_block(block, rows, shape, row_scale, sh):
+    X = _prepare(block, shape, sh.dtype, row_scale, sh.col_masked)
+    out = _summary_kernel(X, row_scale, sh.col_scale)
+    keys = ("total", "sq_norm", "minimum", "n_bad", "n_rows", "rows", "cols", "pattern",
+            "p_sum", "p_sq", "p_bad", "p_min")
+    part = dict(zip(keys, out))
+    return part.pop("rows"), part
+
+
+def _sums_block(block, rows, shape, row_scale, row_valid, sh):
+    X = _prepare(block, shape, sh.dtype, row_scale, sh.col_masked)
+    r, c = block_row_col_sums(X, row_valid, sh.col_valid)
+    return r, {"cols": c}
+
+
+def _pattern_block(block, rows, shape, row_scale, row_valid, sh):
+    X = _prepare(block, shape, sh.dtype, row_scale, sh.col_masked)
+    return {"pattern": X[row_valid].sum(axis=0, dtype=np.float64), "n_rows": int(row_valid.sum())}
+
+
+def _stats_block(block, rows, shape, row_scale, sh):
+    X = _prepare(block, shape, sh.dtype, row_scale, sh.col_masked)
+    t, s, m, b = block_stats(X, row_scale, sh.col_scale)
+    return {"total": t, "sq_norm": s, "minimum": m, "n_bad": b}
+
+
+def _right_block(block, rows, shape, row_scale, sh):
+    X = _prepare(block, shape, sh.dtype, row_scale, sh.col_masked)
+    Y = (X @ sh.A).astype(np.float64) * row_scale[:, None]
+    if not sh.speculative:
+        return Y, {}
+    # Xe.T @ Y in float64: Y may be ill-conditioned and left_t multiplies this
+    # by its inverse. Row slabs keep the float64 copy of the block small.
+    Yr = Y * row_scale[:, None]
+    P = np.zeros((X.shape[1], Y.shape[1]))
+    step = max(1, _SLAB_BYTES // max(1, 8 * X.shape[1]))
+    for i in range(0, X.shape[0], step):
+        P += X[i:i + step].T.astype(np.float64, copy=False) @ Yr[i:i + step]
+    return Y, {"P": P}
+
+
+def _left_t_block(block, rows, shape, row_scale, B, sh):
+    X = _prepare(block, shape, sh.dtype, row_scale, sh.col_masked)
+    return {"P": X.T @ (B * row_scale[:, None]).astype(sh.dtype)}
+
+
+def _fused_block(block, rows, shape, row_scale, W, sh):
+    X = _prepare(block, shape, sh.dtype, row_scale, sh.col_masked)
+    r = row_scale[:, None]
+    R = (X @ sh.Hc).astype(np.float64) * r
+    sh.update(W, R, row_scale == 0)
+    return W, {"P": X.T @ (W * r).astype(sh.dtype)}
+
+
+_MERGE = {"total": "sum", "sq_norm": "sum", "minimum": "min", "n_bad": "sum", "n_rows": "sum",
+          "cols": "sum", "pattern": "sum", "p_sum": "sum", "p_sq": "sum", "p_bad": "sum",
+          "p_min": "min", "P": "sum"}
+
+
+def _merge(parts):
+    """Combine partial results (dicts) of several blocks."""
+    out = {}
+    for key in parts[0]:
+        values = [p[key] for p in parts]
+        fn = np.minimum if _MERGE[key] == "min" else operator.add
+        out[key] = functools.reduce(fn, values[1:], values[0])
+    return out
+
+
+# --------------------------------------------------------------------------
+# the operator
+# --------------------------------------------------------------------------
+
+
+def _mean(part):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return part["pattern"] / part["n_rows"]
+
+
+def _split(chunks, limit):
+    """Split every chunk size into near-equal parts of at most ``limit``."""
+    out = []
+    for c in chunks:
+        n = -(-c // limit)
+        out += [c // n + (1 if i < c % n else 0) for i in range(n)]
+    return tuple(out)
+
+
+class _Layout:
+    """Blocks of whole patterns of a dask array, with their global row indices."""
+
+    def __init__(self, darray, signal_ndim, max_block_bytes):
+        if not isinstance(darray, da.Array):
+            darray = da.asarray(darray)
+        nd = darray.ndim
+        if signal_ndim is None:
+            signal_ndim = 1 if nd == 2 else 2
+        if nd < 2 or not 1 <= signal_ndim < nd:
+            raise ValueError(
+                "the data must have navigation axes followed by signal axes, e.g. a 2D "
+                f"(positions, pixels) or 4D (ny, nx, qy, qx) array; got shape {darray.shape} "
+                f"with signal_ndim={signal_ndim}"
+            )
+        if np.issubdtype(darray.dtype, np.complexfloating) or not (
+            np.issubdtype(darray.dtype, np.number) or darray.dtype == bool
+        ):
+            raise TypeError(f"the data must be real numbers, got dtype {darray.dtype}")
+        nav_nd = nd - signal_ndim
+        self.nav_shape = tuple(int(n) for n in darray.shape[:nav_nd])
+        n_rows = int(np.prod(self.nav_shape))
+        n_cols = int(np.prod(darray.shape[nav_nd:]))
+        self.shape = (n_rows, n_cols)
+        dtype = np.dtype(darray.dtype)
+        is_f64 = np.issubdtype(dtype, np.floating) and dtype.itemsize >= 8
+        self.dtype = np.dtype(np.float64 if is_f64 else np.float32)
+
+        # Whole patterns in every block (merging signal chunks is lazy: each
+        # block task reads the chunks of its own navigation region), and at
+        # most ``max_block_bytes`` per block (navigation chunks are only split).
+        chunks = [tuple(c) for c in darray.chunks]
+        max_rows = max(1, int(max_block_bytes) // max(1, n_cols * self.dtype.itemsize))
+        for a in range(nav_nd):
+            if np.prod([max(c) for c in chunks[:nav_nd]]) <= max_rows:
+                break
+            inner = int(np.prod([max(c) for c in chunks[a + 1:nav_nd]]))
+            chunks[a] = _split(chunks[a], max(1, max_rows // inner))
+        for a in range(nav_nd, nd):
+            chunks[a] = (darray.shape[a],)
+        if tuple(chunks) != tuple(darray.chunks):
+            darray = darray.rechunk(tuple(chunks))
+        self.darray = darray
+        self.chunks = tuple(chunks)
+
+        delayed = darray.to_delayed()
+        grid = np.arange(n_rows).reshape(self.nav_shape)
+        bounds = [np.cumsum((0,) + c) for c in chunks[:nav_nd]]
+        self.blocks = []
+        for idx in itertools.product(*(range(len(c)) for c in chunks[:nav_nd])):
+            sl = tuple(slice(b[i], b[i + 1]) for b, i in zip(bounds, idx))
+            rows = grid[sl].ravel()
+            if rows.size and rows[-1] - rows[0] + 1 == rows.size:
+                rows = slice(int(rows[0]), int(rows[-1]) + 1)
+            self.blocks.append((delayed[idx + (0,) * signal_ndim], rows))
+
+    def row_count(self, rows):
+        return rows.stop - rows.start if isinstance(rows, slice) else rows.size
+
+
+class DaskOperator:
+    """A data matrix held in a dask array, read chunk by chunk.
+
+    Provides the operator interface of
+    :class:`~hyperspy_cnmf.nmf.DenseOperator` (see
+    :mod:`hyperspy_cnmf.nmf._operators`) for out-of-core data: every method
+    reads the data at most once (one ``dask.compute``), never holds more
+    than a few navigation chunks in memory, and gives the same numbers as
+    the in-memory operator.
+
+    Parameters
+    ----------
+    darray : dask.array.Array or array-like
+        The data: navigation axes first, then ``signal_ndim`` signal axes,
+        e.g. 2D ``(positions, pixels)`` or 4D ``(ny, nx, qy, qx)``. Rows of the
+        unfolded matrix are the navigation positions in C order, columns the
+        signal pixels in C order. Never copied, never modified, never
+        materialised as a whole. Integer and float16 chunks are analysed as
+        float32 (cast chunk by chunk); NaN or infinite values in masked
+        entries (scale 0) are read as 0.
+    row_scale, col_scale : array-like or None
+        Per-row and per-column scales (0 = masked); None means all ones.
+    signal_ndim : int or None
+        Number of trailing signal axes; None means 1 for 2D data, else 2.
+    max_block_bytes : int, default :data:`MAX_BLOCK_BYTES`
+        Navigation chunks whose whole patterns would exceed this size (in the
+        analysis dtype) are split into smaller blocks; signal-chunked inputs
+        are merged along the signal axes lazily, inside each block's task.
+    speculative : bool, default True
+        Let ``right(A)`` also accumulate ``Xe.T @ (Xe @ A)`` in its read, so
+        that the randomized range finder needs about half the reads. The
+        first ``left_t`` that cannot use it turns speculation off for this
+        operator (the caller is then not a range finder, and the extra
+        product would be wasted work).
+
+    Attributes
+    ----------
+    n_passes : int
+        Reads of the data so far.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> import numpy as np
+    >>> from hyperspy_cnmf.chunked import DaskOperator
+    >>> from hyperspy_cnmf.nmf import constrained_nmf
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.poisson(20 * rng.random((64, 3)) @ rng.random((3, 100)))
+    >>> op = DaskOperator(da.from_array(X.reshape(8, 8, 10, 10), chunks=(2, 8, 10, 10)))
+    >>> op.shape, op.dtype
+    ((64, 100), dtype('float32'))
+    >>> result = constrained_nmf(op, 3, random_state=0, max_iter=50, tol=1e-4)  # doctest: +SKIP
+    """
+
+    def __init__(self, darray, row_scale=None, col_scale=None, *, signal_ndim=None,
+                 max_block_bytes=MAX_BLOCK_BYTES, speculative=True, _layout=None, _base=None):
+        self._layout = _layout if _layout is not None else _Layout(darray, signal_ndim, max_block_bytes)
+        self.shape = self._layout.shape
+        self.dtype = self._layout.dtype
+        self.row_scale = _scale_vector(row_scale, self.shape[0], "row_scale")
+        self.col_scale = _scale_vector(col_scale, self.shape[1], "col_scale")
+        self.speculative = bool(speculative)
+        self.n_passes = 0
+        self._summary = None
+        self._base = _base  # summary of the operator this one was rescaled from
+        self._stats = None
+        self._range_cache = None
+        self._missed = False
+
+    def __repr__(self):
+        return (f"<DaskOperator shape={self.shape} dtype={self.dtype} "
+                f"blocks={len(self._layout.blocks)} passes={self.n_passes}>")
+
+    @property
+    def darray(self):
+        """The (re)chunked dask array that is read."""
+        return self._layout.darray
+
+    # -- the engine ---------------------------------------------------------
+
+    def _shared(self, **kwargs):
+        name = f"cnmf-shared-{uuid.uuid4().hex}"
+        sh = _Shared(dtype=self.dtype, col_scale=self.col_scale, col_masked=self.col_scale == 0, **kwargs)
+        return dask.delayed(sh, name=name, traverse=False)
+
+    def _read(self, func, *args, per_block=None, local=False, **shared):
+        """One read: ``func`` on every block, partial dicts merged by a tree.
+
+        ``func(block, rows, shape, row_scale, *per_block_args, *args, shared)``
+        returns a dict of partial results, or ``(local, dict)`` if ``local``:
+        the local parts come back to the driver block by block.
+        """
+        token = uuid.uuid4().hex
+        sh = self._shared(**shared)
+        n_cols = self.shape[1]
+        locals_, parts = [], []
+        for b, (blk, rows) in enumerate(self._layout.blocks):
+            shape = (self._layout.row_count(rows), n_cols)
+            extra = per_block(rows) if per_block is not None else ()
+            task = dask.delayed(func, pure=True, nout=2 if local else None)(
+                blk, rows, shape, self.row_scale[rows], *extra, *args, sh,
+                dask_key_name=f"cnmf-{func.__name__}-{token}-{b}")
+            if local:
+                locals_.append(task[0])
+                parts.append(task[1])
+            else:
+                parts.append(task)
+        level = 0
+        while len(parts) > 1:
+            parts = [dask.delayed(_merge, pure=True)(parts[i:i + SPLIT_EVERY],
+                                                     dask_key_name=f"cnmf-merge-{token}-{level}-{i}")
+                     for i in range(0, len(parts), SPLIT_EVERY)]
+            level += 1
+        self.n_passes += 1
+        got_locals, merged = dask.compute(locals_, parts[0])
+        return got_locals, merged
+
+    def _scatter(self, blocks, width):
+        out = np.zeros((self.shape[0], width))
+        for (_, rows), value in zip(self._layout.blocks, blocks):
+            out[rows] = value
+        return out
+
+    # -- statistics (one shared read) --------------------------------------
+
+    def _summarize(self):
+        if self._summary is None:
+            rows, s = self._read(_summary_block, local=True)
+            s["rows"] = self._scatter([r[:, None] for r in rows], 1)[:, 0]
+            s["row_valid"] = self.row_scale != 0
+            s["col_valid"] = self.col_scale != 0
+            self._summary = s
+        return self._summary
+
+    def _known(self):
+        """The summaries (own, or of the operator this one was rescaled from)."""
+        return [s for s in (self._summary, self._base) if s is not None]
+
+    def stats(self):
+        """Sums over the unmasked effective data (computed once, cached).
+
+        Returns
+        -------
+        dict
+            ``total``, ``sq_norm`` (of the scaled entries), ``minimum`` (of
+            the raw entries) and ``n_bad`` (non-finite raw entries).
+        """
+        if self._stats is None and self._base is not None:
+            self._stats = self._stats_from_base()
+        if self._stats is None:
+            s = self._summarize()
+            self._stats = {k: s[k] for k in ("total", "sq_norm", "minimum", "n_bad")}
+        return dict(self._stats)
+
+    def _stats_from_base(self):
+        s = self._base
+        c = self.col_scale
+        if np.array_equal(self.row_scale, s["row_scale"]) and np.array_equal(c, s["col_scale"]):
+            return {k: s[k] for k in ("total", "sq_norm", "minimum", "n_bad")}
+        rows = s["rows"]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rho = np.where(s["row_valid"] & (rows > 0), 1.0 / np.sqrt(np.where(rows > 0, rows, 1.0)), 0.0)
+        on = c != 0
+        if not (np.allclose(self.row_scale, rho, rtol=1e-12, atol=0) and not np.any(on & ~s["col_valid"])):
+            return None
+        p_min = s["p_min"][on]
+        return dict(total=float(np.dot(c[on], s["p_sum"][on])),
+                    sq_norm=float(np.dot(c[on] ** 2, s["p_sq"][on])),
+                    minimum=float(p_min.min()) if p_min.size else np.inf,
+                    n_bad=int(s["p_bad"][on].sum()))
+
+    def rescaled(self, row_scale, col_scale):
+        """The same data with other row/column scales (no copy, no read).
+
+        Scale-independent sums already read (mean pattern, row/column sums)
+        are reused, and so are the statistics when the new scales are the
+        Poisson (Keenan-Kotula) scales built from :meth:`row_col_sums`.
+        """
+        base = self._summary if self._summary is not None else self._base
+        if base is not None:
+            base = dict(base, row_scale=self.row_scale, col_scale=self.col_scale) \
+                if base is self._summary else base
+        return DaskOperator(None, row_scale, col_scale, speculative=self.speculative,
+                            _layout=self._layout, _base=base)
+
+    def row_col_sums(self, row_valid, col_valid):
+        """Raw row sums over valid columns and column sums over valid rows."""
+        row_valid = np.asarray(row_valid, dtype=bool)
+        col_valid = np.asarray(col_valid, dtype=bool)
+        if not self._known() and np.array_equal(row_valid, self.row_scale != 0) \
+                and np.array_equal(col_valid, self.col_scale != 0):
+            self._summarize()
+        for s in self._known():
+            if np.array_equal(row_valid, s["row_valid"]) and np.array_equal(col_valid, s["col_valid"]):
+                return s["rows"].copy(), s["cols"].copy()
+        rows, part = self._read(_sums_block, local=True, per_block=lambda r: (row_valid[r],),
+                                col_valid=col_valid)
+        return self._scatter([r[:, None] for r in rows], 1)[:, 0], part["cols"]
+
+    def mean_pattern(self, row_valid):
+        """Mean raw pattern over the valid rows (masked pixels included)."""
+        row_valid = np.asarray(row_valid, dtype=bool)
+        if not self._known() and np.array_equal(row_valid, self.row_scale != 0):
+            self._summarize()
+        for s in self._known():
+            if np.array_equal(row_valid, s["row_valid"]):
+                return _mean(s)
+        _, part = self._read(_pattern_block, per_block=lambda r: (row_valid[r],))
+        return _mean(part)
+
+    # -- products -----------------------------------------------------------
+
+    def right(self, A):
+        """``Xe @ A`` for ``A`` of shape (n_cols, r), in one read."""
+        A = np.asarray(A, dtype=np.float64)
+        Ac = (A * self.col_scale[:, None]).astype(self.dtype)
+        speculate = self.speculative and not self._missed
+        Y, part = self._read(_right_block, local=True, A=Ac, speculative=speculate)
+        Y = self._scatter(Y, A.shape[1])
+        self._range_cache = (Y, part["P"] * self.col_scale[:, None], None) if speculate else None
+        return Y
+
+    def _left_t_cached(self, B):
+        if self._range_cache is None:
+            return None
+        Y, P, svd = self._range_cache
+        if B.shape[0] != Y.shape[0]:
+            return None
+        if svd is None:
+            U, S, Vt = np.linalg.svd(Y, full_matrices=False)
+            keep = S > S[0] * 1e-12 if S.size and S[0] > 0 else np.zeros(S.shape, bool)
+            svd = U[:, keep], S[keep], Vt[keep]
+            self._range_cache = (Y, P, svd)
+        U, S, Vt = svd
+        C = U.T @ B
+        resid = B - U @ C
+        if np.linalg.norm(resid) > SPAN_RTOL * max(np.linalg.norm(B), np.finfo(float).tiny):
+            return None
+        # B = Y M with M = V S^-1 U^T B, so Xe^T B = (Xe^T Y) M
+        return P @ (Vt.T @ (C / S[:, None]))
+
+    def left_t(self, B):
+        """``Xe.T @ B`` for ``B`` of shape (n_rows, r), in one read (or none).
+
+        No read is needed when ``B`` lies in the span of the last
+        :meth:`right` product (see ``speculative``).
+        """
+        B = np.asarray(B, dtype=np.float64)
+        cached = self._left_t_cached(B)
+        if cached is not None:
+            return cached
+        if self._range_cache is not None:
+            # The caller is not a range finder (e.g. the solver's projected
+            # map update, right(Ht) then left_t(W)): stop speculating.
+            self._missed = True
+            self._range_cache = None
+        _, part = self._read(_left_t_block, per_block=lambda r: (B[r],))
+        return part["P"].astype(np.float64) * self.col_scale[:, None]
+
+    def fused_pass(self, W, Ht, update):
+        """Update the maps block by block and return ``Xe.T @ W`` (updated maps).
+
+        One read: every block computes ``R = (Xe @ Ht)_block``, calls
+        ``update(W_block, R, skip_block)`` on its own copy of the map rows,
+        and returns the updated rows and its share of ``Xe.T @ W``. ``W`` is
+        updated in place on the driver.
+        """
+        Hc = (np.asarray(Ht, np.float64) * self.col_scale[:, None]).astype(self.dtype)
+        Wb, part = self._read(_fused_block, local=True, per_block=lambda r: (np.array(W[r], dtype=np.float64),),
+                              Hc=Hc, update=update)
+        for (_, rows), value in zip(self._layout.blocks, Wb):
+            W[rows] = value
+        self._range_cache = None
+        return part["P"].astype(np.float64) * self.col_scale[:, None]

@@ -1,0 +1,213 @@
+"""``load``: open any supported 4D-STEM file as a ``STEM4D`` / ``LazySTEM4D``.
+
+Used by the ``hyperspy-cnmf run`` command. Dispatch:
+
+- HDF5 files of the ``fpd`` package (``fpd_expt/fpd_data/data``):
+  :func:`~hyperspy_cnmf.io.load_fpd_hdf5`;
+- py4DSTEM EMD 1.0 files (root attribute ``emd_group_type = "file"``):
+  :func:`~hyperspy_cnmf.io.load_py4dstem` (py4DSTEM imported only then);
+- anything else (``.hspy``, ``.zspy``, ``.mib``, ``.blo``, ``.emd``, ``.dm4``,
+  ...): RosettaSciIO through ``hyperspy.api.load``.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+#: Files (uncompressed data) larger than this are opened lazily by default.
+LAZY_THRESHOLD_BYTES = 2 * 2**30
+
+_HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".emd", ".he5")
+
+
+def _is_hdf5(path):
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(8) == b"\x89HDF\r\n\x1a\n"
+    except (OSError, IsADirectoryError):
+        return False
+
+
+def _is_py4dstem_emd1(path):
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("emd_group_type") not in ("file", b"file"):
+                return False
+            # py4DSTEM/emdfile trees carry python_class attributes
+            found = []
+
+            def visit(name, obj):
+                if "python_class" in obj.attrs:
+                    found.append(name)
+                    return True
+                return None
+
+            f.visititems(visit)
+            return bool(found)
+    except (OSError, ValueError):
+        return False
+
+
+def _path_size(path):
+    p = Path(path)
+    if p.is_dir():  # e.g. .zspy folders
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    return p.stat().st_size
+
+
+def _fpd_size(path):
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        d = f["fpd_expt/fpd_data/data"]
+        return int(np.prod(d.shape)) * d.dtype.itemsize
+
+
+def _pick_4d(obj, path):
+    """One 4-dimensional signal out of what ``hs.load`` returned."""
+    if isinstance(obj, (list, tuple)):
+        cands = [s for s in obj if s.data.ndim == 4]
+        if len(cands) != 1:
+            shapes = ", ".join(str(tuple(s.data.shape)) for s in obj) or "none"
+            raise ValueError(
+                f"{path!r} holds {len(obj)} datasets ({shapes}) and "
+                f"{'none' if not cands else len(cands)} of them is 4-dimensional; "
+                "expected exactly one 4D-STEM dataset"
+            )
+        return cands[0]
+    return obj
+
+
+def as_stem4d(signal, source="the data"):
+    """Check that ``signal`` is 2+2 dimensional and make it a 4D-STEM signal.
+
+    A 4-dimensional signal with another signal dimension (e.g. a 4D array
+    loaded as ``Signal1D``) is transposed to 2 navigation + 2 signal axes.
+
+    Raises
+    ------
+    ValueError
+        For data that are not 4-dimensional.
+    """
+    am = signal.axes_manager
+    if signal.data.ndim != 4:
+        raise ValueError(
+            f"{source} is not 4D-STEM data: it has {signal.data.ndim} dimension(s) "
+            f"(shape {tuple(signal.data.shape)}, {am._get_dimension_str()}); expected "
+            "2 scan + 2 detector dimensions"
+        )
+    if am.signal_dimension != 2:
+        signal = signal.transpose(signal_axes=2)
+    if np.iscomplexobj(signal.data):
+        raise ValueError(f"{source} is complex; 4D-STEM intensities must be real")
+    signal.set_signal_type("4D-STEM")
+    return signal
+
+
+def bin_detector(signal, factor):
+    """Sum ``factor x factor`` detector pixels (crop the remainder), lazily if lazy.
+
+    Parameters
+    ----------
+    signal : STEM4D or LazySTEM4D
+    factor : int
+
+    Returns
+    -------
+    STEM4D or LazySTEM4D
+        A new signal (the input is returned unchanged for ``factor == 1``).
+    """
+    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 1:
+        raise ValueError(f"the binning factor must be a positive integer, got {factor!r}")
+    factor = int(factor)
+    if factor == 1:
+        return signal
+    sig = signal.axes_manager.signal_axes
+    if factor > min(a.size for a in sig):
+        raise ValueError(
+            f"binning factor {factor} is larger than the detector "
+            f"({' x '.join(str(a.size) for a in sig)})"
+        )
+    dtype = None
+    if np.dtype(signal.data.dtype).kind in "ub":
+        dtype = np.uint32
+    out = signal.rebin(scale=(1, 1, factor, factor), crop=True, dtype=dtype)
+    out.set_signal_type("4D-STEM")
+    return out
+
+
+def load(path, lazy=None, bin_signal=1, **kwargs):
+    """Open a 4D-STEM file as a calibrated ``STEM4D`` (or ``LazySTEM4D``).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file (or ``.zspy`` folder).
+    lazy : bool or None, default None
+        Keep the data on disk (dask). None: lazily when the (uncompressed)
+        data are larger than :data:`LAZY_THRESHOLD_BYTES` (2 GiB).
+    bin_signal : int, default 1
+        Sum ``bin_signal x bin_signal`` detector pixels.
+    **kwargs
+        Passed to ``hyperspy.api.load`` (RosettaSciIO formats only).
+
+    Returns
+    -------
+    STEM4D or LazySTEM4D
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If the file cannot be read or does not hold 4D (2 scan + 2 detector)
+        data.
+    ImportError
+        For a py4DSTEM file when py4DSTEM is not installed.
+
+    Examples
+    --------
+    >>> from hyperspy_cnmf.io import load
+    >>> s = load("scan.hspy")  # doctest: +SKIP
+    >>> s = load("FPD_HDF5.hdf5", bin_signal=4)  # doctest: +SKIP
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No such file: {path!r}")
+    suffix = Path(path).suffix.lower()
+    kind = "hyperspy"
+    if suffix not in (".hspy", ".zspy") and _is_hdf5(path):
+        from hyperspy_cnmf.io._fpd import is_fpd_hdf5
+
+        if is_fpd_hdf5(path):
+            kind = "fpd"
+        elif _is_py4dstem_emd1(path):
+            kind = "py4dstem"
+    if lazy is None:
+        size = _fpd_size(path) if kind == "fpd" else _path_size(path)
+        lazy = size > LAZY_THRESHOLD_BYTES
+    lazy = bool(lazy)
+
+    if kind == "fpd":
+        from hyperspy_cnmf.io._fpd import load_fpd_hdf5
+
+        return load_fpd_hdf5(path, bin_signal=bin_signal, lazy=lazy)
+    if kind == "py4dstem":
+        from hyperspy_cnmf.io._py4dstem import load_py4dstem
+
+        s = load_py4dstem(path, lazy=lazy)
+    else:
+        import hyperspy.api as hs
+
+        try:
+            s = hs.load(path, lazy=lazy, **kwargs)
+        except ImportError:
+            raise
+        except Exception as err:  # RosettaSciIO raises many types
+            raise ValueError(f"cannot read {path!r}: {err}") from None
+        s = _pick_4d(s, path)
+    s = as_stem4d(s, source=repr(path))
+    return bin_detector(s, bin_signal)

@@ -1,0 +1,412 @@
+"""Measured numbers, figures and a Markdown report of a decomposition run.
+
+Used by the ``hyperspy-cnmf`` command line (``demo`` and ``run``) and the
+notebooks. Every figure has calibrated axes (the signal's own axes), axis
+labels with units, colour bars and titles; every number is computed from
+``learning_results`` and the data, nothing is hard-coded.
+"""
+
+import os
+
+import numpy as np
+
+# --------------------------------------------------------------------------
+# Arrays and numbers
+# --------------------------------------------------------------------------
+
+
+def axis_info(axis):
+    """``{"name", "units", "scale", "offset", "size"}`` of a HyperSpy axis."""
+    units = str(axis.units)
+    if units in ("", "<undefined>", "None"):
+        units = "px"
+    name = str(axis.name) if str(axis.name) not in ("", "<undefined>", "None") else ""
+    return {
+        "name": name,
+        "units": units,
+        "scale": float(axis.scale),
+        "offset": float(axis.offset),
+        "size": int(axis.size),
+    }
+
+
+def components(signal):
+    """Factors and loadings of the last decomposition as image stacks.
+
+    Returns
+    -------
+    factors : ndarray, shape (k, qy, qx)
+        Diffraction patterns.
+    loadings : ndarray, shape (k, ny, nx)
+        Maps.
+    """
+    lr = signal.learning_results
+    if lr.factors is None:
+        raise RuntimeError("the signal has no decomposition yet")
+    am = signal.axes_manager
+    k = lr.factors.shape[1]
+    F = np.asarray(lr.factors, dtype=np.float64).T.reshape((k,) + tuple(am._signal_shape_in_array))
+    L = np.asarray(lr.loadings, dtype=np.float64).T.reshape((k,) + tuple(am._navigation_shape_in_array))
+    return F, L
+
+
+def reconstruction_mse(signal, n_components=None, signal_mask=None):
+    """Mean squared error of the decomposition model, per data entry.
+
+    ``mean((X - loadings @ factors.T)^2)`` over the (unmasked) data, plus the
+    ``mean`` of a centred decomposition when there is one. Lazy signals are
+    computed chunk by chunk (one read of the data).
+
+    Parameters
+    ----------
+    signal : STEM4D or LazySTEM4D
+    n_components : int, optional
+        Use only the first components (e.g. PCA truncated to k).
+    signal_mask : bool array (qy, qx), optional
+        Detector pixels left out (True = excluded).
+    """
+    lr = signal.learning_results
+    am = signal.axes_manager
+    n_nav = int(np.prod(am._navigation_shape_in_array))
+    n_sig = int(np.prod(am._signal_shape_in_array))
+    k = lr.factors.shape[1] if n_components is None else int(n_components)
+    W = np.nan_to_num(np.asarray(lr.loadings[:, :k], dtype=np.float64))
+    H = np.nan_to_num(np.asarray(lr.factors[:, :k], dtype=np.float64))
+    valid = np.ones(n_sig, bool) if signal_mask is None else ~np.asarray(signal_mask, bool).ravel()
+    mean = getattr(lr, "mean", None)
+    offset = 0.0 if mean is None else np.asarray(mean, dtype=np.float64).ravel()[valid]
+    if signal._lazy:
+        import dask.array as da
+
+        X = signal.data.reshape(n_nav, n_sig).astype(np.float64)[:, valid]
+        model = da.from_array(W, chunks=(X.chunks[0], -1)) @ H[valid].T + offset
+        return float(((X - model) ** 2).mean().compute())
+    X = np.asarray(signal.data, dtype=np.float64).reshape(n_nav, n_sig)[:, valid]
+    total = 0.0
+    for start in range(0, n_nav, 4096):
+        r = X[start:start + 4096] - (W[start:start + 4096] @ H[valid].T + offset)
+        total += float(np.sum(r * r))
+    return total / X.size
+
+
+def mean_pattern_mse(signal):
+    """MSE of the rank-1 baseline ``X[p] ~ total(p) * mean pattern``.
+
+    A decomposition with more components should do better than this model,
+    which knows only the intensity at each probe position.
+    """
+    am = signal.axes_manager
+    n_nav = int(np.prod(am._navigation_shape_in_array))
+    n_sig = int(np.prod(am._signal_shape_in_array))
+    data = signal.data
+    if signal._lazy:
+        data = data.compute()
+    X = np.asarray(data, dtype=np.float64).reshape(n_nav, n_sig)
+    totals = X.sum(axis=1, keepdims=True)
+    pattern = X.sum(axis=0) / max(X.sum(), 1e-300)
+    return float(np.mean((X - totals * pattern) ** 2))
+
+
+def negative_fraction(stack):
+    """Fraction of each pattern's (absolute) intensity that is negative."""
+    a = np.nan_to_num(np.asarray(stack, dtype=np.float64)).reshape(len(stack), -1)
+    neg = np.clip(-a, 0, None).sum(axis=1)
+    tot = np.abs(a).sum(axis=1)
+    return neg / np.where(tot > 0, tot, 1.0)
+
+
+def matched_cosine(estimated, truth):
+    """Cosine similarity of each true pattern to its matched estimate.
+
+    Estimated and true patterns are paired one to one by the Hungarian
+    assignment maximising the total cosine (sign-free: ``|cos|``, so PCA
+    factors of either sign are matched); true patterns left without a
+    partner (fewer estimates) get 0.
+
+    Returns
+    -------
+    ndarray, shape (n_true,)
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    E = np.nan_to_num(np.asarray(estimated, dtype=np.float64)).reshape(len(estimated), -1)
+    T = np.nan_to_num(np.asarray(truth, dtype=np.float64)).reshape(len(truth), -1)
+    En = E / np.maximum(np.linalg.norm(E, axis=1, keepdims=True), 1e-300)
+    Tn = T / np.maximum(np.linalg.norm(T, axis=1, keepdims=True), 1e-300)
+    C = np.abs(Tn @ En.T)
+    rows, cols = linear_sum_assignment(-C)
+    out = np.zeros(len(T))
+    out[rows] = C[rows, cols]
+    return out
+
+
+def adjusted_rand_index(labels_a, labels_b):
+    """Adjusted Rand index of two labellings (1: identical partitions, ~0: chance)."""
+    a = np.asarray(labels_a).ravel()
+    b = np.asarray(labels_b).ravel()
+    if a.size != b.size:
+        raise ValueError("the two labellings have different sizes")
+    _, ai = np.unique(a, return_inverse=True)
+    _, bi = np.unique(b, return_inverse=True)
+    table = np.zeros((ai.max() + 1, bi.max() + 1))
+    np.add.at(table, (ai, bi), 1)
+
+    def comb2(x):
+        return x * (x - 1) / 2.0
+
+    index = comb2(table).sum()
+    sa, sb = comb2(table.sum(axis=1)).sum(), comb2(table.sum(axis=0)).sum()
+    expected = sa * sb / max(comb2(a.size), 1e-300)
+    maximum = 0.5 * (sa + sb)
+    if maximum == expected:
+        return 1.0
+    return float((index - expected) / (maximum - expected))
+
+
+def nav_scale(signal):
+    """Scan steps ``(row, column)`` = ``(y, x)`` in navigation units."""
+    ax_x, ax_y = signal.axes_manager.navigation_axes
+    return abs(float(ax_y.scale)), abs(float(ax_x.scale))
+
+
+# --------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------
+
+
+def _extent(ax_x, ax_y):
+    x0 = ax_x["offset"] - 0.5 * ax_x["scale"]
+    y0 = ax_y["offset"] - 0.5 * ax_y["scale"]
+    return [x0, x0 + ax_x["size"] * ax_x["scale"], y0 + ax_y["size"] * ax_y["scale"], y0]
+
+
+def _label(info):
+    name = info["name"] or ""
+    return f"{name} ({info['units']})" if info["units"] else name
+
+
+def plot_components(signal, title, dips=None, power=None, diverging=None, max_components=None):
+    """Grid of the decomposition: diffraction patterns (top) over maps (bottom).
+
+    Patterns are shown on a square-root scale (``sign(x) sqrt|x|`` with a
+    diverging colour map centred on 0 when there are negative values, as for
+    PCA), maps with their own colour bar; axes are calibrated.
+
+    Parameters
+    ----------
+    signal : STEM4D or LazySTEM4D
+        With a decomposition.
+    title : str
+    dips, power : array_like, optional
+        Per-component dip measure and map power beyond the resolution
+        circle, shown in the panel titles.
+    diverging : bool, optional
+        Force (or forbid) the diverging display; default when any value is
+        negative.
+    max_components : int, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib.pyplot as plt
+
+    F, L = components(signal)
+    k = F.shape[0] if max_components is None else min(F.shape[0], int(max_components))
+    sx, sy = (axis_info(a) for a in signal.axes_manager.signal_axes)
+    nx_, ny_ = (axis_info(a) for a in signal.axes_manager.navigation_axes)
+    fig, axes = plt.subplots(2, k, figsize=(2.6 * k + 0.6, 5.6), layout="constrained", squeeze=False)
+    for j in range(k):
+        f, m = np.nan_to_num(F[j]), np.nan_to_num(L[j])
+        neg = diverging if diverging is not None else bool((f < -1e-3 * np.abs(f).max()).any())
+        if neg:
+            v = np.sign(f) * np.sqrt(np.abs(f))
+            lim = float(np.percentile(np.abs(v), 99.9)) or 1.0
+            im = axes[0, j].imshow(v, cmap="RdBu_r", vmin=-lim, vmax=lim, extent=_extent(sx, sy))
+            cb_label = "sign·sqrt(intensity)"
+        else:
+            v = np.sqrt(np.clip(f, 0, None))
+            im = axes[0, j].imshow(v, cmap="inferno", vmin=0,
+                                   vmax=float(np.percentile(v, 99.9)) or None, extent=_extent(sx, sy))
+            cb_label = "sqrt(intensity)"
+        fig.colorbar(im, ax=axes[0, j], shrink=0.8, label=cb_label if j == k - 1 else None)
+        t = f"#{j}"
+        if neg:
+            t += f"  neg {negative_fraction(f[None])[0]:.0%}"
+        if dips is not None:
+            t += f"  dip {dips[j]:.3f}"
+        axes[0, j].set_title(t, fontsize=9)
+        mneg = bool((m < -1e-3 * np.abs(m).max()).any())
+        if mneg:
+            lim = float(np.abs(m).max()) or 1.0
+            im = axes[1, j].imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim, extent=_extent(nx_, ny_))
+        else:
+            im = axes[1, j].imshow(m, cmap="viridis", extent=_extent(nx_, ny_))
+        fig.colorbar(im, ax=axes[1, j], shrink=0.8, label="counts" if j == k - 1 else None)
+        axes[1, j].set_title(f"map #{j}" + ("" if power is None else f"  HF {power[j]:.2f}"), fontsize=9)
+        axes[0, j].set_xlabel(_label(sx), fontsize=8)
+        axes[1, j].set_xlabel(_label(nx_), fontsize=8)
+        if j == 0:
+            axes[0, j].set_ylabel(_label(sy), fontsize=8)
+            axes[1, j].set_ylabel(_label(ny_), fontsize=8)
+        for a in axes[:, j]:
+            a.tick_params(labelsize=7)
+    fig.suptitle(title)
+    return fig
+
+
+def plot_map_spectra(maps_by_method, scale, resolution, units="nm", max_components=None):
+    """Power spectra of the maps with the resolution circle ``|f| = 1/resolution``.
+
+    One row per method, one column per component: ``log10`` of the
+    Hann-windowed power spectrum (:func:`~hyperspy_cnmf.constraints.map_power_spectra`)
+    with the circle drawn dashed; power outside it is finer than the probe
+    and can only be noise.
+
+    Parameters
+    ----------
+    maps_by_method : dict of str to ndarray (k, ny, nx)
+    scale : tuple of float
+        Scan steps ``(y, x)``.
+    resolution : float
+        Probe FWHM in the same units.
+    units : str
+        Length unit of ``scale``.
+    """
+    import matplotlib.pyplot as plt
+
+    from hyperspy_cnmf.constraints import map_power_beyond, map_power_spectra
+
+    names = list(maps_by_method)
+    k = max(len(m) for m in maps_by_method.values())
+    if max_components is not None:
+        k = min(k, int(max_components))
+    fig, axes = plt.subplots(len(names), k, figsize=(2.4 * k + 0.8, 2.5 * len(names) + 0.6),
+                             layout="constrained", squeeze=False)
+    fc = 1.0 / float(resolution)
+    for i, name in enumerate(names):
+        maps = np.asarray(maps_by_method[name])
+        power, fy, fx = map_power_spectra(maps, scale)
+        beyond = map_power_beyond(maps, resolution, scale)
+        ext = [fx[0] - 0.5 * (fx[1] - fx[0]), fx[-1] + 0.5 * (fx[1] - fx[0]),
+               fy[-1] + 0.5 * (fy[1] - fy[0]), fy[0] - 0.5 * (fy[1] - fy[0])]
+        for j in range(k):
+            a = axes[i, j]
+            if j >= len(maps):
+                a.set_axis_off()
+                continue
+            p = np.log10(power[j] / max(power[j].max(), 1e-300) + 1e-8)
+            im = a.imshow(p, cmap="magma", vmin=-6, vmax=0, extent=ext)
+            a.add_patch(plt.Circle((0, 0), fc, fill=False, ls="--", lw=1.0, color="cyan"))
+            a.set_title(f"{name} #{j}\nbeyond circle {beyond[j]:.1%}", fontsize=8)
+            a.tick_params(labelsize=7)
+            if i == len(names) - 1:
+                a.set_xlabel(f"f_x (1/{units})", fontsize=8)
+            if j == 0:
+                a.set_ylabel(f"f_y (1/{units})", fontsize=8)
+        fig.colorbar(im, ax=axes[i, :], shrink=0.8, label="log10 power (rel.)")
+    fig.suptitle(f"Map power spectra; dashed circle |f| = 1/probe FWHM = 1/({resolution:.3g} {units})")
+    return fig
+
+
+def plot_dips(dips_by_method):
+    """Bar chart of the dip measure of every component, per method."""
+    import matplotlib.pyplot as plt
+
+    names = list(dips_by_method)
+    k = max(len(d) for d in dips_by_method.values())
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * k + 2), 3.4), layout="constrained")
+    width = 0.8 / max(len(names), 1)
+    for i, name in enumerate(names):
+        d = np.asarray(dips_by_method[name])
+        ax.bar(np.arange(len(d)) + (i - (len(names) - 1) / 2) * width, d, width, label=name)
+    ax.set_xlabel("component")
+    ax.set_ylabel("dip measure (missing intensity fraction)")
+    ax.set_xticks(np.arange(k))
+    ax.set_title("Downward-convex dips in the diffraction patterns")
+    ax.legend()
+    return fig
+
+
+def plot_loss(losses):
+    """Loss (mean squared error) per iteration, one line per run."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.0, 3.4), layout="constrained")
+    for name, loss in losses.items():
+        if loss is not None and len(loss):
+            ax.plot(np.arange(1, len(loss) + 1), loss, label=name)
+    ax.set_xlabel("iteration (sketch, then exact)")
+    ax.set_ylabel("mean squared error")
+    ax.set_yscale("log")
+    ax.set_title("Convergence")
+    ax.legend()
+    return fig
+
+
+def save_figure(fig, path, dpi=100):
+    """Save and close a figure; return the path."""
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------
+# Markdown
+# --------------------------------------------------------------------------
+
+
+def _fmt(v):
+    if v is None:
+        return "–"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    v = float(v)
+    if not np.isfinite(v):
+        return "–"
+    if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
+        return f"{v:.3e}"
+    return f"{v:.4g}"
+
+
+def markdown_table(header, rows):
+    """A Markdown table from a header and rows of values (numbers formatted)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(v) for v in r) + " |")
+    return "\n".join(lines)
+
+
+def write_report(path, title, sections):
+    """Write a Markdown report.
+
+    Parameters
+    ----------
+    path : path-like
+        The ``.md`` file; figure paths are written relative to its folder.
+    title : str
+    sections : list of (heading, body)
+        ``body`` is Markdown text, or a list of items: strings (paragraphs)
+        and figure paths (``pathlib.Path``, embedded as images).
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    out = [f"# {title}", ""]
+    for heading, body in sections:
+        out += [f"## {heading}", ""]
+        items = body if isinstance(body, list) else [body]
+        for item in items:
+            if isinstance(item, Path):
+                rel = os.path.relpath(item, path.parent)
+                out += [f"![{item.stem}]({rel})", ""]
+            else:
+                out += [str(item), ""]
+    path.write_text("\n".join(out), encoding="utf-8")
+    return path

@@ -1,0 +1,346 @@
+"""Diagnostics of a decomposition: the 4D-STEM signal methods.
+
+Plain functions taking the signal as first argument, attached to
+:class:`~hyperspy_cnmf.signals.STEM4D` (and inherited by the lazy class) as
+methods. They read ``learning_results`` only (no pass over the data), so they
+work identically on lazy signals and for any decomposition algorithm:
+
+- :func:`get_map_power_beyond` / :func:`plot_map_spectra`: power of every
+  map beyond the resolution circle ``|f| = 1 / resolution`` and the maps
+  with their Fourier transforms (the paper's Fig. 1);
+- :func:`get_dip_measure` / :func:`plot_dip_measure`: the fraction of every
+  factor's intensity missing in downward-convex dips.
+"""
+
+import json
+
+import numpy as np
+
+from hyperspy_cnmf.constraints import (
+    DiffractionDipConstraint,
+    dip_measure,
+    map_power_beyond,
+)
+from hyperspy_cnmf.signals._calibration import estimate_probe_fwhm, find_beam_disk
+
+
+def _check_decomposition(signal):
+    lr = signal.learning_results
+    if lr.factors is None or lr.loadings is None:
+        raise RuntimeError(
+            "No decomposition found: run `decomposition` first (e.g. "
+            "`s.decomposition(algorithm='constrained_nmf', output_dimension=8)`)."
+        )
+    am = signal.axes_manager
+    if am.navigation_dimension != 2 or am.signal_dimension != 2:
+        raise ValueError("the diagnostics need 2 navigation (scan) and 2 signal (detector) dimensions")
+    return lr
+
+
+def _component_indices(lr, components):
+    n_total = lr.factors.shape[1]
+    if components is None:
+        n = lr.output_dimension or n_total
+        return np.arange(min(int(n), n_total))
+    if np.ndim(components) == 0:
+        return np.arange(min(int(components), n_total))
+    idx = np.asarray(components, dtype=np.int64).ravel()
+    if idx.size == 0 or idx.min() < -n_total or idx.max() >= n_total:
+        raise ValueError(f"`components` must be indices in [0, {n_total}).")
+    return idx % n_total
+
+
+def _maps(signal, idx):
+    ny, nx = signal.axes_manager._navigation_shape_in_array
+    return np.asarray(signal.learning_results.loadings[:, idx], dtype=np.float64).T.reshape(-1, ny, nx)
+
+
+def _factors(signal, idx):
+    qy, qx = signal.axes_manager._signal_shape_in_array
+    return np.asarray(signal.learning_results.factors[:, idx], dtype=np.float64).T.reshape(-1, qy, qx)
+
+
+def _model_pattern(signal):
+    """Sum of the modelled patterns, ``factors @ sum(loadings)``: the mean
+    pattern (times the number of positions) without reading the data."""
+    lr = signal.learning_results
+    qy, qx = signal.axes_manager._signal_shape_in_array
+    weights = np.nansum(np.asarray(lr.loadings, dtype=np.float64), axis=0)
+    return (np.nan_to_num(np.asarray(lr.factors, dtype=np.float64)) @ weights).reshape(qy, qx)
+
+
+def _nav_scale(signal):
+    ax_x, ax_y = signal.axes_manager.navigation_axes
+    return abs(float(ax_y.scale)), abs(float(ax_x.scale))
+
+
+def _cnmf_settings(lr):
+    text = getattr(lr, "cnmf_parameters", None)
+    if getattr(lr, "decomposition_algorithm", None) != "constrained_nmf" or not text:
+        return {}
+    try:
+        return json.loads(str(text))
+    except ValueError:
+        return {}
+
+
+def _resolution(signal, resolution):
+    """Probe size for the diagnostics: given, the run's, or estimated."""
+    if resolution is not None:
+        resolution = float(resolution)
+        if not np.isfinite(resolution) or resolution <= 0:
+            raise ValueError(f"`resolution` must be a positive length, got {resolution}.")
+        return resolution
+    lr = signal.learning_results
+    if _cnmf_settings(lr):
+        stored = getattr(lr, "cnmf_map_resolution", None)
+        if stored is not None and np.isfinite(float(stored)) and float(stored) > 0:
+            return float(stored)
+    value, _ = estimate_probe_fwhm(signal, _model_pattern(signal))
+    return float(value)
+
+
+def _dip_constraint(signal, radius, mode):
+    """The closing that defines a dip: the run's diffraction constraint by default."""
+    lr = signal.learning_results
+    settings = _cnmf_settings(lr)
+    sig_shape = tuple(signal.axes_manager._signal_shape_in_array)
+    if mode is None:
+        mode = settings.get("diffraction_constraint_mode", "azimuthal")
+    beam = find_beam_disk(_model_pattern(signal))
+    if radius is None:
+        stored = getattr(lr, "cnmf_diffraction_constraint_size", None) if settings else None
+        if stored is not None and np.isfinite(float(stored)):
+            radius = float(stored)
+        else:  # the default of decomposition(diffraction_constraint_size="auto")
+            radius = float(np.ceil(beam[2]) + 1.0)
+    radius = float(radius)
+    valid = None if lr.signal_mask is None else ~np.asarray(lr.signal_mask, bool).reshape(sig_shape)
+    return DiffractionDipConstraint(
+        sig_shape, radius, valid=valid, centre=beam[:2], mode=mode, r_min=beam[2] + 2 * radius
+    )
+
+
+def _frequency_units(signal):
+    units = str(signal.axes_manager.navigation_axes[0].units)
+    return "px" if units in ("", "<undefined>", "None") else units
+
+
+def get_map_power_beyond(self, resolution=None, components=None):
+    """Fraction of each map's power beyond the resolution circle.
+
+    The maps (``learning_results.loadings``) are Fourier transformed (mean
+    removed, Hann window) and the fraction of their power at spatial
+    frequencies ``|f| > 1 / resolution`` is returned
+    (:func:`~hyperspy_cnmf.constraints.map_power_beyond`). A map that obeys
+    the probe's resolution gives almost 0; noise gives about the area
+    fraction of frequency space outside the circle.
+
+    Parameters
+    ----------
+    self : STEM4D or LazySTEM4D
+        A signal with a decomposition (any algorithm).
+    resolution : float, optional
+        Probe size (FWHM) in the navigation axes' units. Default: the
+        ``map_resolution`` of a constrained NMF run
+        (``learning_results.cnmf_map_resolution``), else (map constraint off,
+        or another algorithm) estimated as ``decomposition(map_resolution=
+        "auto")`` does
+        (:func:`~hyperspy_cnmf.signals._calibration.estimate_probe_fwhm`).
+    components : int or list of int, optional
+        The first ``components`` components, or these indices; default all.
+
+    Returns
+    -------
+    ndarray, shape (k,)
+
+    Raises
+    ------
+    RuntimeError
+        If there is no decomposition.
+
+    Examples
+    --------
+    >>> from hyperspy_cnmf.data import simulated_precipitates
+    >>> s = simulated_precipitates(scan_shape=(24, 24), n_grains=2)
+    >>> s.decomposition(algorithm="constrained_nmf", output_dimension=4,
+    ...                 print_info=False)  # doctest: +SKIP
+    >>> s.get_map_power_beyond()  # doctest: +SKIP
+    array([2.7e-04, 8.2e-05, 1.7e-05, 1.1e-05])
+    """
+    lr = _check_decomposition(self)
+    idx = _component_indices(lr, components)
+    return map_power_beyond(_maps(self, idx), _resolution(self, resolution), _nav_scale(self))
+
+
+def plot_map_spectra(self, components=None, resolution=None, **kwargs):
+    """Plot every map with its Fourier transform and the resolution circle.
+
+    As in Fig. 1 of Kimoto et al. (2025): for each component its map
+    (calibrated scan axes) and below it the logarithm of the map's power
+    spectrum (zero frequency at the centre, axes in ``1/<navigation unit>``)
+    with the dotted circle ``|f| = 1 / resolution``. Power outside the circle
+    is finer than the probe, i.e. noise: present in PCA and primitive NMF
+    maps, absent from constrained ones. Each spectrum's title gives the
+    fraction of power beyond the circle (:meth:`get_map_power_beyond`).
+
+    Parameters
+    ----------
+    self : STEM4D or LazySTEM4D
+        A signal with a decomposition (any algorithm).
+    components : int or list of int, optional
+        The first ``components`` components, or these indices; default all.
+    resolution : float, optional
+        Probe size (FWHM) in the navigation axes' units; default as in
+        :meth:`get_map_power_beyond`.
+    **kwargs
+        Passed to :func:`hyperspy_cnmf.plotting.plot_map_spectra`
+        (``per_row``, ``cmap``, ``spectrum_cmap``, ``dynamic_range``, ...).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    RuntimeError
+        If there is no decomposition.
+
+    Examples
+    --------
+    >>> from hyperspy_cnmf.data import simulated_precipitates
+    >>> s = simulated_precipitates(scan_shape=(24, 24), n_grains=2)
+    >>> s.decomposition(algorithm="constrained_nmf", output_dimension=4,
+    ...                 print_info=False)  # doctest: +SKIP
+    >>> fig = s.plot_map_spectra()  # doctest: +SKIP
+    >>> fig.savefig("map_spectra.png")  # doctest: +SKIP
+    """
+    from hyperspy_cnmf.plotting import _diagnostics as plotting
+    from hyperspy_cnmf.signals._cluster import _axis_info
+
+    lr = _check_decomposition(self)
+    idx = _component_indices(lr, components)
+    res = _resolution(self, resolution)
+    kwargs.setdefault("names", [f"Component {i}" for i in idx])
+    kwargs.setdefault(
+        "title",
+        f"Maps of {self.metadata.General.title} and their Fourier transforms "
+        f"(dotted: |f| = 1/d, d = {res:.3g} {_frequency_units(self)})",
+    )
+    return plotting.plot_map_spectra(
+        _maps(self, idx),
+        res,
+        navigation_axes=[_axis_info(a) for a in self.axes_manager.navigation_axes],
+        **kwargs,
+    )
+
+
+def get_dip_measure(self, radius=None, components=None, mode=None):
+    """Fraction of each factor's intensity missing in downward-convex dips.
+
+    ``sum(closing(p) - p) / sum(p)`` for every factor ``p``
+    (:func:`~hyperspy_cnmf.constraints.dip_measure`), with the closing of the
+    diffraction constraint of ``decomposition(algorithm="constrained_nmf")``:
+    centred on the direct beam, which is found on the modelled sum pattern
+    ``factors @ sum(loadings)`` (no pass over the data).
+
+    Parameters
+    ----------
+    self : STEM4D or LazySTEM4D
+        A signal with a decomposition (any algorithm).
+    radius : float, optional
+        Size (px) of the dips to measure. Default: the run's
+        ``diffraction_constraint_size``, else (constraint off, another
+        algorithm) the default of the decomposition, the direct-beam disk
+        radius + 1 px.
+    components : int or list of int, optional
+        The first ``components`` components, or these indices; default all.
+    mode : {"azimuthal", "isotropic"}, optional
+        Closing along circles about the direct beam (the decomposition's
+        default) or with a disk; default the run's.
+
+    Returns
+    -------
+    ndarray, shape (k,)
+
+    Raises
+    ------
+    RuntimeError
+        If there is no decomposition.
+
+    Examples
+    --------
+    >>> from hyperspy_cnmf.data import simulated_precipitates
+    >>> s = simulated_precipitates(scan_shape=(24, 24), n_grains=2)
+    >>> s.decomposition(algorithm="constrained_nmf", output_dimension=4,
+    ...                 print_info=False)  # doctest: +SKIP
+    >>> s.get_dip_measure()  # doctest: +SKIP
+    """
+    lr = _check_decomposition(self)
+    idx = _component_indices(lr, components)
+    return dip_measure(_factors(self, idx), _dip_constraint(self, radius, mode))
+
+
+def plot_dip_measure(self, others=None, radius=None, components=None, mode=None, labels=None, n_show=3, **kwargs):
+    """Plot the per-factor dip measure, optionally against other runs.
+
+    A bar per factor of :meth:`get_dip_measure`; with ``others``, the
+    factors of other decompositions of the same data (e.g. a primitive NMF,
+    ``diffraction_constraint=False``) side by side, measured with the same
+    closing. Below, for every run, the ``n_show`` factors with the largest
+    dips, their dips outlined.
+
+    Parameters
+    ----------
+    self : STEM4D or LazySTEM4D
+        A signal with a decomposition.
+    others : signal, array or dict, optional
+        Other runs: a signal with a decomposition (or a list/dict of them),
+        or factors as arrays ``(k, qy, qx)``; a dict maps run names to them.
+    radius, components, mode
+        See :meth:`get_dip_measure` (``components`` applies to this signal).
+    labels : list of str, optional
+        Run names (this signal first); default its title, then ``"Run i"``.
+    n_show : int, default 3
+        Factors shown per run (0: the bar chart only).
+    **kwargs
+        Passed to :func:`hyperspy_cnmf.plotting.plot_dip_measure`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> from hyperspy_cnmf.data import simulated_precipitates
+    >>> s = simulated_precipitates(scan_shape=(24, 24), n_grains=2)
+    >>> p = s.deepcopy()
+    >>> s.decomposition(algorithm="constrained_nmf", output_dimension=4,
+    ...                 print_info=False)  # doctest: +SKIP
+    >>> p.decomposition(algorithm="constrained_nmf", output_dimension=4, map_resolution=None,
+    ...                 diffraction_constraint=False, print_info=False)  # doctest: +SKIP
+    >>> fig = s.plot_dip_measure({"primitive": p})  # doctest: +SKIP
+    """
+    from hyperspy_cnmf.plotting import _diagnostics as plotting
+    from hyperspy_cnmf.signals._cluster import _axis_info
+
+    lr = _check_decomposition(self)
+    idx = _component_indices(lr, components)
+    constraint = _dip_constraint(self, radius, mode)
+    if others is None:
+        others = {}
+    elif not isinstance(others, dict):
+        others = list(others) if isinstance(others, (list, tuple)) else [others]
+        names = list(labels[1:]) if labels else []
+        names += [f"Run {i}" for i in range(len(names) + 1, len(others) + 1)]
+        others = dict(zip(names, others))
+    first = (labels[0] if labels else None) or self.metadata.General.title or "This run"
+    runs = {first: _factors(self, idx)}
+    qy, qx = self.axes_manager._signal_shape_in_array
+    for name, other in others.items():
+        if hasattr(other, "learning_results"):
+            _check_decomposition(other)
+            other = _factors(other, _component_indices(other.learning_results, None))
+        runs[str(name)] = np.asarray(getattr(other, "data", other), dtype=np.float64).reshape(-1, qy, qx)
+    kwargs.setdefault("signal_axes", [_axis_info(a) for a in self.axes_manager.signal_axes])
+    return plotting.plot_dip_measure(runs, constraint, n_show=n_show, **kwargs)

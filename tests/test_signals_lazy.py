@@ -1,0 +1,209 @@
+"""decomposition(algorithm="constrained_nmf") on lazy (dask-backed) signals."""
+
+import threading
+import tracemalloc
+
+import dask.array as da
+import hyperspy.api as hs
+import numpy as np
+import pytest
+
+from hyperspy_cnmf.data import simulated_precipitates
+from hyperspy_cnmf.signals import STEM4D, LazySTEM4D, _decomposition
+
+K = 3
+SHAPE = (24, 24, 24, 24)
+
+
+@pytest.fixture(scope="module")
+def small():
+    """A small float64 simulated dataset (24 x 24 scan, 24 x 24 detector)."""
+    return simulated_precipitates(scan_shape=SHAPE[:2], detector_shape=SHAPE[2:], n_grains=2,
+                                  grain_diameter=3.0, random_state=0, dtype="float64")
+
+
+def _lazy(s, chunks):
+    lazy = s.as_lazy()
+    lazy.data = lazy.data.rechunk(chunks)
+    return lazy
+
+
+def _fit(s, **kw):
+    kw.setdefault("random_state", 0)
+    kw.setdefault("max_iter", 8)
+    kw.setdefault("tol", 0)
+    kw.setdefault("print_info", False)
+    with pytest.warns(UserWarning, match="max_iter"):
+        return s.decomposition(algorithm="constrained_nmf", output_dimension=K, return_info=True, **kw)
+
+
+def _assert_same_results(a, b, rtol=1e-6):
+    la, lb = a.learning_results, b.learning_results
+    for name in ("factors", "loadings"):
+        x, y = getattr(la, name), getattr(lb, name)
+        assert isinstance(y, np.ndarray) and x.shape == y.shape
+        np.testing.assert_array_equal(np.isnan(x), np.isnan(y))
+        np.testing.assert_allclose(np.nan_to_num(y), np.nan_to_num(x), rtol=rtol,
+                                   atol=rtol * np.nanmax(x), err_msg=name)
+    np.testing.assert_allclose(lb.cnmf_loss, la.cnmf_loss, rtol=rtol)
+    assert lb.decomposition_algorithm == la.decomposition_algorithm == "constrained_nmf"
+    assert lb.cnmf_parameters == la.cnmf_parameters
+
+
+def _masks():
+    nav = np.zeros(SHAPE[:2], bool)
+    nav[:2, :5] = True
+    sig = np.zeros(SHAPE[2:], bool)
+    sig[0, :] = True
+    return nav, sig
+
+
+def _custom_init(n_nav, n_sig):
+    rng = np.random.default_rng(7)
+    return rng.random((n_nav, K)) * 100, rng.random((n_sig, K)) / n_sig
+
+
+NAV_TILES, SIGNAL_CHUNKED = (5, 7, 24, 24), (8, 24, 12, 12)
+CASES = {
+    "default-nav-tiles": ({}, NAV_TILES),
+    "custom-init-signal-chunked": ({"init": "custom"}, SIGNAL_CHUNKED),
+    "masks-signal-chunked": ({"masks": True}, SIGNAL_CHUNKED),
+    "poisson-nav-tiles": ({"normalize_poissonian_noise": True, "init": "custom"}, NAV_TILES),
+    "primitive-mu": ({"solver": "mu", "map_resolution": None, "diffraction_constraint": False}, NAV_TILES),
+    "no-sketch-random": ({"sketch": False, "init": "random"}, SIGNAL_CHUNKED),
+}
+
+
+@pytest.mark.parametrize("options, chunks", CASES.values(), ids=CASES.keys())
+def test_lazy_decomposition_equals_eager(small, options, chunks):
+    kw = dict(options)
+    if kw.pop("masks", False):
+        nav, sig = _masks()
+        kw.update(navigation_mask=nav, signal_mask=sig)
+    if kw.get("init") == "custom":
+        kw["init"] = _custom_init(24 * 24, 24 * 24)
+    eager, lazy = small.deepcopy(), _lazy(small, chunks)
+    data = lazy.data
+    info_e = _fit(eager, **kw)
+    info_l = _fit(lazy, **kw)
+    assert isinstance(lazy, LazySTEM4D) and lazy.data is data  # signal untouched
+    _assert_same_results(eager, lazy)
+    assert info_l["n_passes"] <= info_e["n_passes"]
+
+
+def test_lazy_masks_and_integer_counts(small):
+    counts = STEM4D(np.round(small.data).astype(np.uint16))
+    nav, sig = _masks()
+    kw = dict(navigation_mask=hs.signals.BaseSignal(nav).T.as_lazy(),
+              signal_mask=hs.signals.Signal2D(sig).as_lazy(), map_resolution=2.0)
+    eager, lazy = counts.deepcopy(), _lazy(counts, (6, 12, 24, 24))
+    _fit(eager, **kw)
+    _fit(lazy, **kw)
+    assert lazy.data.dtype == np.uint16
+    _assert_same_results(eager, lazy, rtol=1e-4)  # float32 sums in other orders
+
+
+def test_nan_in_masked_entries_of_lazy_data(small):
+    s = small.deepcopy()
+    nav, sig = _masks()
+    s.data[nav] = np.nan
+    s.data[..., sig] = np.inf
+    lazy = _lazy(s, (6, 24, 24, 24))
+    _fit(lazy, navigation_mask=nav, signal_mask=sig)
+    assert np.all(np.isfinite(lazy.learning_results.factors[~sig.ravel()]))
+    s.data[5, 5, 5, 5] = np.nan  # outside the masks: refused
+    with pytest.raises(ValueError, match="NaN"):
+        _lazy(s, (6, 24, 24, 24)).decomposition(algorithm="constrained_nmf", output_dimension=K,
+                                                navigation_mask=nav, signal_mask=sig)
+
+
+class _Source:
+    """An array-like that records every read (and can fail on request)."""
+
+    def __init__(self, array, fail_after=None):
+        self.array = array
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+        self.sizes = []
+        self.fail_after = fail_after
+        self._lock = threading.Lock()
+
+    def __getitem__(self, key):
+        with self._lock:
+            self.sizes.append(self.array[key].size)
+            if self.fail_after is not None and len(self.sizes) > self.fail_after:
+                raise RuntimeError("disk went away")
+        return self.array[key]
+
+
+def test_the_whole_array_is_never_materialised():
+    """Fails if any step holds (a copy of) the whole dataset in memory."""
+    s = simulated_precipitates(scan_shape=(48, 48), detector_shape=(24, 24), n_grains=2,
+                               grain_diameter=3.0, random_state=1, dtype="float64")
+    chunk = (8, 48, 24, 24)
+    _fit(_lazy(s, chunk), max_iter=2)  # compile and warm up outside the measurement
+    source = _Source(s.data)
+    lazy = s.as_lazy()
+    lazy.data = da.from_array(source, chunks=chunk, asarray=False)
+    tracemalloc.start()
+    try:
+        _fit(lazy, max_iter=2)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert max(source.sizes) <= np.prod(chunk)
+    assert peak < 0.3 * s.data.nbytes, f"peak {peak / 2**20:.1f} MiB for {s.data.nbytes / 2**20:.1f} MiB of data"
+    assert isinstance(lazy.learning_results.factors, np.ndarray)
+
+
+@pytest.mark.parametrize("ext", ["zspy", "hspy"])
+def test_lazy_load_from_file(small, tmp_path, ext):
+    path = tmp_path / f"data.{ext}"
+    small.save(path, chunks=(6, 24, 24, 24))
+    lazy = hs.load(path, lazy=True)
+    assert isinstance(lazy, LazySTEM4D)
+    eager = small.deepcopy()
+    _fit(eager)
+    _fit(lazy)
+    _assert_same_results(eager, lazy)
+    del lazy
+
+
+def test_distributed_client_gives_the_same_result(small):
+    distributed = pytest.importorskip("distributed")
+    eager = small.deepcopy()
+    _fit(eager, max_iter=5)
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster):
+        lazy = _lazy(small, (6, 24, 24, 24))
+        _fit(lazy, max_iter=5)
+    _assert_same_results(eager, lazy)
+
+
+def test_interruption_leaves_the_signal_and_results_untouched(small, monkeypatch):
+    lazy = _lazy(small, (6, 24, 24, 24))
+    data = lazy.data
+
+    def interrupt(phase, iteration, loss):
+        if phase == "exact" and iteration == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(_decomposition, "_progress_callback", lambda *args: (interrupt, lambda: None))
+    with pytest.raises(KeyboardInterrupt):
+        lazy.decomposition(algorithm="constrained_nmf", output_dimension=K, print_info=False)
+    lr = lazy.learning_results
+    assert lr.factors is None and lr.loadings is None and lr.decomposition_algorithm is None
+    assert lazy.data is data and isinstance(lazy, LazySTEM4D)
+    np.testing.assert_array_equal(lazy.data.compute(), small.data)
+
+
+def test_failing_read_mid_fit_keeps_earlier_results(small):
+    lazy = _lazy(small, (6, 24, 24, 24))
+    _fit(lazy, max_iter=3)
+    before = lazy.learning_results.factors.copy()
+    source = _Source(small.data, fail_after=4 * 8)  # fails in the 9th read
+    lazy.data = da.from_array(source, chunks=(6, 24, 24, 24), asarray=False)
+    with pytest.raises(RuntimeError, match="disk went away"):
+        lazy.decomposition(algorithm="constrained_nmf", output_dimension=K + 1, print_info=False)
+    lr = lazy.learning_results
+    np.testing.assert_array_equal(lr.factors, before)
+    assert lr.output_dimension == K
