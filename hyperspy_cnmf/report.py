@@ -10,24 +10,11 @@ import os
 
 import numpy as np
 
+from hyperspy_cnmf.signals._axes import axis_info
+
 # --------------------------------------------------------------------------
 # Arrays and numbers
 # --------------------------------------------------------------------------
-
-
-def axis_info(axis):
-    """``{"name", "units", "scale", "offset", "size"}`` of a HyperSpy axis."""
-    units = str(axis.units)
-    if units in ("", "<undefined>", "None"):
-        units = "px"
-    name = str(axis.name) if str(axis.name) not in ("", "<undefined>", "None") else ""
-    return {
-        "name": name,
-        "units": units,
-        "scale": float(axis.scale),
-        "offset": float(axis.offset),
-        "size": int(axis.size),
-    }
 
 
 def components(signal):

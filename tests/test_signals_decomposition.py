@@ -245,3 +245,9 @@ def test_bad_data_errors(sim):
     three_d.set_signal_type("4D-STEM")
     with pytest.raises(ValueError, match="2 navigation"):
         STEM4D.decomposition(three_d, algorithm="constrained_nmf", output_dimension=2)
+
+
+def test_poisson_weighted_loss_reads_as_reduced_chi_square(fitted):
+    """With Poisson weighting a fit at the noise level has a loss near 1."""
+    _, info = fitted
+    assert 0.9 < info["final_loss"] < 1.1

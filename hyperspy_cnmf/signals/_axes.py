@@ -26,3 +26,21 @@ def set_default_axes(signal):
                 axis.name = name
             if _is_undefined(axis.units) and getattr(axis, "scale", None) == 1:
                 axis.units = "px"
+
+
+def axis_info(axis):
+    """``{"name", "units", "scale", "offset", "size"}`` of a HyperSpy axis.
+
+    Undefined units read ``"px"``, an undefined name ``""``.
+    """
+    units = str(axis.units)
+    if units in ("", "<undefined>", "None"):
+        units = "px"
+    name = str(axis.name) if str(axis.name) not in ("", "<undefined>", "None") else ""
+    return {
+        "name": name,
+        "units": units,
+        "scale": float(axis.scale),
+        "offset": float(axis.offset),
+        "size": int(axis.size),
+    }

@@ -55,6 +55,7 @@ from hyperspy.signals import Signal1D, Signal2D
 from scipy import ndimage
 
 from hyperspy_cnmf import clustering as core
+from hyperspy_cnmf.signals._axes import axis_info
 
 _UNITS = ("calibrated", "px")
 _CDIFF_KEYS = (
@@ -1230,25 +1231,11 @@ def plot_cluster_gallery(self, clusters=None, norm="log", cmap="inferno", **kwar
         res["merged_maps"].data,
         members=members,
         position_labels=None if pos is None else pos.data,
-        signal_axes=[_axis_info(a) for a in sig_axes],
-        navigation_axes=[_axis_info(a) for a in nav_axes],
+        signal_axes=[axis_info(a) for a in sig_axes],
+        navigation_axes=[axis_info(a) for a in nav_axes],
         clusters=clusters,
         norm=norm,
         cmap=cmap,
         title=f"Clusters of {self.metadata.General.title}",
         **kwargs,
     )
-
-
-def _axis_info(axis):
-    units = str(axis.units)
-    if units in ("", "<undefined>", "None"):
-        units = "px"
-    name = str(axis.name) if str(axis.name) not in ("", "<undefined>", "None") else ""
-    return {
-        "name": name,
-        "units": units,
-        "scale": float(axis.scale),
-        "offset": float(axis.offset),
-        "size": int(axis.size),
-    }

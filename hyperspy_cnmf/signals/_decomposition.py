@@ -90,10 +90,19 @@ def _with_clean_masked_entries(signal, op, nav_mask, sig_mask):
 
 
 def _poisson_scales(op, nav_valid, sig_valid):
+    """Keenan-Kotula weights ``1 / sqrt(row sum * column sum)``, times ``sqrt(total)``.
+
+    For Poisson counts with a (nearly) separable mean ``row * col / total``
+    the scaled residual ``(X - WH) * sqrt(total / (row * col))`` has unit
+    variance, so the loss (the mean squared scaled residual) reads as a
+    reduced chi-square: about 1 for a fit at the noise level. The constant
+    factor changes nothing else (HyperSpy's own scaling omits it).
+    """
     rows, cols = op.row_col_sums(nav_valid, sig_valid)
     r = np.where(nav_valid & (rows > 0), 1.0 / np.sqrt(np.where(rows > 0, rows, 1.0)), 0.0)
     c = np.where(sig_valid & (cols > 0), 1.0 / np.sqrt(np.where(cols > 0, cols, 1.0)), 0.0)
-    return r, c
+    total = float(cols[sig_valid].sum())
+    return r * np.sqrt(max(total, 1.0)), c
 
 
 def _progress_callback(show_progressbar, max_iter):
@@ -314,8 +323,11 @@ def _summary(info, k):
         f"  algorithm=constrained_nmf  output_dimension={k}  solver={info['solver']}",
         f"  normalize_poissonian_noise={info['normalize_poissonian_noise']}",
         f"  map constraint: resolution={info['map_resolution']:.4g} ({info['map_resolution_method']}), filter={info['map_filter']}",
-        f"  diffraction constraint: {info['diffraction_constraint']} (disk radius {info['diffraction_constraint_size']:g} px)",
+        f"  diffraction constraint: {info['diffraction_constraint']} "
+        f"({info['diffraction_constraint_mode']} closing, size {info['diffraction_constraint_size']:g} px)",
         f"  iterations: {info['n_iter_sketch']} on the sketch + {info['n_iter']} exact "
-        f"({info['n_passes']} data reads), converged={info['converged']}, final MSE={info['final_loss']:.6g}",
+        f"({info['n_passes']} data reads), converged={info['converged']}",
+        (f"  final loss={info['final_loss']:.6g} (Poisson-weighted: a reduced chi-square, ~1 at the noise level)"
+         if info["normalize_poissonian_noise"] else f"  final MSE={info['final_loss']:.6g}"),
     ]
     return "\n".join(lines)
