@@ -184,3 +184,20 @@ def test_separation_moves_a_shared_pattern_back():
     _separate(Wt, Ht, np.ones(40))
     np.testing.assert_allclose(Ht, H.T, atol=1e-12)
     np.testing.assert_allclose(Wt @ Ht.T, X, atol=1e-12)
+
+
+def test_separation_does_not_inflate_the_model():
+    """A pattern lacking the other's weak tails is not over-subtracted."""
+    from hyperspy_cnmf.nmf._solver import _separate
+
+    hj = np.r_[np.full(5, 10.0), np.full(34, 0.9), 0.0]  # strong "beam" + weak tails
+    hi = np.r_[np.full(5, 4.0), np.zeros(34), 10.0]  # a spot; shares the beam, not the tails
+    totals = []
+    for max_clip in (10.0, 0.1):  # unchecked, default
+        Ht = np.stack([hi, hj], axis=1)
+        W = np.ones((10, 2))
+        before = (W @ Ht.T).sum()
+        _separate(W, Ht, np.ones(40), max_clip=max_clip)
+        totals.append((W @ Ht.T).sum() / before)
+    assert totals[0] > 1.1  # the unchecked move (a = 0.4) inflates the model
+    assert totals[1] <= 1.05

@@ -194,7 +194,34 @@ def _iterate(op, W, Ht, *, solver, max_iter, tol, map_c, diff_c, n_inner, inner_
     return losses, converged
 
 
-def _separate(W, Ht, col_scale, support=0.1, max_moves=None):
+def _safe_share(hi, hj, a, max_clip):
+    """Largest ``x <= a`` such that ``hi - x hj`` loses at most ``max_clip`` to clipping.
+
+    The loss is ``sum(max(x hj - hi, 0)) / (x sum(hj))``: the part of the
+    moved intensity that would be added to the model without being taken
+    from ``hi``. It does not decrease with ``x``, so bisection finds the
+    bound.
+    """
+    total = hj.sum()
+    if total <= 0 or a <= 0:
+        return 0.0
+
+    def clipped(x):
+        return np.maximum(x * hj - hi, 0.0).sum() / (x * total)
+
+    if clipped(a) <= max_clip:
+        return a
+    lo, up = 0.0, a
+    for _ in range(30):
+        mid = 0.5 * (lo + up)
+        if clipped(mid) <= max_clip:
+            lo = mid
+        else:
+            up = mid
+    return lo
+
+
+def _separate(W, Ht, col_scale, support=0.1, max_clip=0.1, max_moves=None):
     """Move shared pattern content to the component that owns it (in place).
 
     NMF is not unique: for components i, j, ``(W_j + a W_i, H_i - a H_j)``
@@ -202,11 +229,16 @@ def _separate(W, Ht, col_scale, support=0.1, max_moves=None):
     Solvers stop anywhere in that family, typically with a grain's pattern
     still holding a share of the matrix pattern (direct beam, halos). This
     picks the member in which each pattern holds as little of another as
-    non-negativity allows: ``a`` is the smallest ratio ``H_i / H_j`` over
-    the pixels where ``H_j`` is strong (``>= support * max H_j``), so that
-    counting noise in weak pixels does not decide it. Maps only grow, so the
-    map constraint (a linear filter) still holds; the data fit is unchanged
-    up to the clipping of the few pixels below ``a H_j``.
+    non-negativity allows. The candidate ``a`` is the smallest ratio
+    ``H_i / H_j`` over the pixels where ``H_j`` is strong
+    (``>= support * max H_j``), so that counting noise in weak pixels does
+    not decide it; it is then lowered until at most ``max_clip`` of the
+    moved intensity falls on pixels where ``H_i`` has less than ``a H_j``
+    (clipped, it would be added to the model: on the sparse NIST scan an
+    unchecked move inflated the model's total counts by 50 %, with
+    ``max_clip=0.1`` they stay within 4 %, while 0.02 was measured to stop
+    the separation on the simulated data). Maps only grow, so the map
+    constraint (a linear filter) still holds.
     """
     k = W.shape[1]
     if max_moves is None:
@@ -217,6 +249,8 @@ def _separate(W, Ht, col_scale, support=0.1, max_moves=None):
     unit = np.where(col_scale > 0, col_scale, np.inf)[:, None]
     Hd = Ht / unit
     strong = Hd >= support * Hd.max(axis=0, keepdims=True)
+    exhausted = np.eye(k, dtype=bool)
+    floor = 1e-3 * float((wsum * Ht.sum(axis=0)).sum())
     for _ in range(max_moves):
         best, gain = None, 0.0
         for j in range(k):
@@ -225,14 +259,18 @@ def _separate(W, Ht, col_scale, support=0.1, max_moves=None):
                 continue
             ratio = Ht[mask] / Ht[mask, j : j + 1]
             a = ratio.min(axis=0)
-            a[j] = 0.0
+            a[exhausted[:, j]] = 0.0
             moved = a * Ht[:, j].sum() * wsum
             i = int(np.argmax(moved))
             if moved[i] > gain:
                 best, gain = (i, j, a[i]), moved[i]
-        if best is None or gain <= 1e-3 * float((wsum * Ht.sum(axis=0)).sum()):
+        if best is None or gain <= floor:
             break
         i, j, a = best
+        a = _safe_share(Ht[:, i], Ht[:, j], a, max_clip)
+        if a * Ht[:, j].sum() * wsum[i] <= floor:
+            exhausted[i, j] = True
+            continue
         Ht[:, i] = np.maximum(Ht[:, i] - a * Ht[:, j], 0.0)
         W[:, j] += a * W[:, i]
         wsum = W.sum(axis=0)
