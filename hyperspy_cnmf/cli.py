@@ -140,7 +140,7 @@ def _demo(args):
         max_iter = 200
     T = s.metadata.Simulation
     k = int(T.n_components)
-    k_cluster = args.components or k + 2
+    k_cluster = args.components or 2 * k  # deliberately over-complete, as in the paper
     print(f"Simulated 4D-STEM: {s} with {k} true components "
           f"({T.phase_names.split(',')[0]} matrix + {k - 1} grains of {len(set(T.phase_of_component)) - 1} phases)")
     scale = rp.nav_scale(s)

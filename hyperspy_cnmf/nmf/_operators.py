@@ -102,6 +102,8 @@ class DenseOperator:
     def _thread_blocks(self):
         """The row blocks, split into one contiguous run of blocks per thread."""
         blocks = list(self._blocks())
+        if not blocks:
+            return [[]]
         n_t = min(self.n_threads, len(blocks))
         bounds = np.linspace(0, len(blocks), n_t + 1).round().astype(int)
         return [blocks[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
