@@ -1,5 +1,7 @@
 """The fpd HDF5 reader and the ``load`` helper on tiny synthetic files."""
 
+import warnings
+
 import h5py
 import numpy as np
 import pytest
@@ -143,3 +145,50 @@ def test_load_hspy_and_errors(tmp_path):
     (tmp_path / "c.hspy").write_text("garbage")
     with pytest.raises(ValueError, match="cannot read"):
         load(tmp_path / "c.hspy")
+
+
+def _write_mib(path, data):
+    """A minimal single-chip Quantum Detectors Merlin .mib file (U16 frames)."""
+    ny, nx, qy, qx = data.shape
+    with open(path, "wb") as f:
+        for i, frame in enumerate(data.reshape(-1, qy, qx)):
+            head = ",".join(["MQ1", f"{i + 1:06d}", "00384", "01", f"{qx:04d}", f"{qy:04d}", "U16", "   1x1",
+                             "01", "2020-01-01T00:00:00.000000000Z", "1000000ns", "0", "0"])
+            f.write(head.encode().ljust(384, b"\0"))
+            f.write(frame.astype(">u2").tobytes())
+
+
+def test_load_merlin_mib_and_emd(tmp_path):
+    """RosettaSciIO formats reach the same loader: .mib (Merlin) and .emd."""
+    import hyperspy.api as hs
+
+    d = np.random.default_rng(0).poisson(3, (4, 5, 8, 8)).astype("uint16")
+    _write_mib(tmp_path / "scan.mib", d)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s = load(tmp_path / "scan.mib", navigation_shape=(5, 4))
+    assert type(s).__name__ == "STEM4D" and s.data.shape == (4, 5, 8, 8)
+    np.testing.assert_array_equal(np.asarray(s.data)[:, :, ::-1], d)  # RosettaSciIO flips Merlin rows
+    s.decomposition(algorithm="constrained_nmf", output_dimension=2, max_iter=5, print_info=False,
+                    map_resolution=None, show_progressbar=False)
+    assert s.learning_results.factors.shape == (64, 2)
+
+    hs.signals.Signal2D(d).save(tmp_path / "scan.emd")
+    t = load(tmp_path / "scan.emd")
+    assert type(t).__name__ == "STEM4D"
+    np.testing.assert_array_equal(t.data, d)
+    lazy = load(tmp_path / "scan.emd", lazy=True)
+    assert type(lazy).__name__ == "LazySTEM4D"
+
+
+def test_load_blockfile(tmp_path):
+    """NanoMegas/ASTAR .blo through RosettaSciIO (needs scikit-image)."""
+    import hyperspy.api as hs
+
+    d = np.random.default_rng(1).poisson(3, (4, 5, 8, 8)).astype("uint8")
+    hs.signals.Signal2D(d).save(tmp_path / "scan.blo")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s = load(tmp_path / "scan.blo")
+    assert type(s).__name__ == "STEM4D"
+    np.testing.assert_array_equal(s.data, d)

@@ -216,7 +216,7 @@ def plot_map_spectra(self, components=None, resolution=None, **kwargs):
     >>> fig.savefig("map_spectra.png")  # doctest: +SKIP
     """
     from hyperspy_cnmf.plotting import _diagnostics as plotting
-    from hyperspy_cnmf.signals._cluster import _axis_info
+    from hyperspy_cnmf.signals._axes import axis_info
 
     lr = _check_decomposition(self)
     idx = _component_indices(lr, components)
@@ -230,7 +230,7 @@ def plot_map_spectra(self, components=None, resolution=None, **kwargs):
     return plotting.plot_map_spectra(
         _maps(self, idx),
         res,
-        navigation_axes=[_axis_info(a) for a in self.axes_manager.navigation_axes],
+        navigation_axes=[axis_info(a) for a in self.axes_manager.navigation_axes],
         **kwargs,
     )
 
@@ -322,7 +322,7 @@ def plot_dip_measure(self, others=None, radius=None, components=None, mode=None,
     >>> fig = s.plot_dip_measure({"primitive": p})  # doctest: +SKIP
     """
     from hyperspy_cnmf.plotting import _diagnostics as plotting
-    from hyperspy_cnmf.signals._cluster import _axis_info
+    from hyperspy_cnmf.signals._axes import axis_info
 
     lr = _check_decomposition(self)
     idx = _component_indices(lr, components)
@@ -342,5 +342,5 @@ def plot_dip_measure(self, others=None, radius=None, components=None, mode=None,
             _check_decomposition(other)
             other = _factors(other, _component_indices(other.learning_results, None))
         runs[str(name)] = np.asarray(getattr(other, "data", other), dtype=np.float64).reshape(-1, qy, qx)
-    kwargs.setdefault("signal_axes", [_axis_info(a) for a in self.axes_manager.signal_axes])
+    kwargs.setdefault("signal_axes", [axis_info(a) for a in self.axes_manager.signal_axes])
     return plotting.plot_dip_measure(runs, constraint, n_show=n_show, **kwargs)
