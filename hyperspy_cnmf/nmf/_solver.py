@@ -52,7 +52,8 @@ class NMFResult:
     n_passes : int
         Reads of the data, all phases included.
     phases : list of str
-        The phase of every entry of ``loss``: "sketch" or "exact".
+        The phase of every entry of ``loss``: "sketch", "exact" or
+        "separate" (the loss after the component separation).
     best_init : int
         Which of the ``n_init`` starts was kept (0 = ``init``).
     """
@@ -393,14 +394,20 @@ def constrained_nmf(
         Number of starts. The first uses ``init``, the others random factors
         (from ``random_state``); each is iterated to convergence and the one
         with the lowest loss is kept. With ``sketch=True`` the starts run on
-        the sketch, so extra starts cost no data reads: they guard against
-        NMF's local minima (a grain absorbed into the matrix, one grain split
-        in two) at the price of CPU time only.
+        the sketch, so extra starts cost CPU time but no data reads. The
+        lowest loss is not always the physically right solution (a split
+        matrix component can fit more noise than a missed small grain), so
+        this is no substitute for Poisson weighting.
     max_exact_iter : int or None
         Cap on the exact iterations after the sketch phase (``None``:
         ``max_iter``). A small cap bounds the number of data reads, e.g. for
         out-of-core data. If the cap is reached before ``tol``, the result is
         flagged as not converged (and a :class:`ConvergenceWarning` raised).
+    separate : bool
+        After the iterations, move pattern content shared between components
+        to the component that owns it (see :func:`_separate`): NMF's
+        solutions are not unique, and this picks the one with the least
+        mixed patterns. One more data read (for the final loss).
     callback : callable or None
         ``callback(phase, iteration, loss)`` after every iteration; it may
         raise to interrupt the fit.
@@ -479,8 +486,9 @@ def constrained_nmf(
         phases.append("separate")
     if not converged:
         warnings.warn(
-            f"constrained NMF stopped at max_iter={max_iter} before the relative loss "
-            f"change fell below tol={tol}; increase max_iter or tol",
+            f"constrained NMF stopped at its iteration cap (max_iter={max_iter}, "
+            f"max_exact_iter={max_exact_iter}) before the relative loss change fell below "
+            f"tol={tol}; increase the cap or tol",
             ConvergenceWarning,
             stacklevel=2,
         )
