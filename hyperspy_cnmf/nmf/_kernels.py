@@ -420,6 +420,75 @@ def block_row_col_sums(X, row_valid, col_valid):
 
 
 @numba.njit(nogil=True, cache=True)
+def block_summary(X, row_scale, col_scale):
+    """Everything the wrapper and solver need before iterating, in one sweep.
+
+    For the rows and columns with a non-zero scale: the statistics of
+    :func:`block_stats`, the raw row and column sums of
+    :func:`block_row_col_sums`, and the
+    raw pattern sum over the valid rows (masked pixels included). With
+    ``rho_i = 1 / sqrt(row sum)`` (the Poisson row scale), also per column
+    ``sum_i rho_i x_ij``, ``sum_i (rho_i x_ij)^2``, the number of non-finite
+    entries and the smallest entry over the rows with ``rho_i > 0``: the
+    statistics of the Poisson-normalised data then follow for any column
+    scale without another read. Used by :class:`hyperspy_cnmf.chunked.DaskOperator`,
+    whose first read of the data gathers all of this at once.
+    """
+    n, m = X.shape
+    total = 0.0
+    sq = 0.0
+    mn = np.inf
+    n_bad = 0
+    n_rows = 0
+    rows = np.zeros(n)
+    cols = np.zeros(m)
+    pattern = np.zeros(m)
+    p_sum = np.zeros(m)
+    p_sq = np.zeros(m)
+    p_bad = np.zeros(m, dtype=np.int64)
+    p_min = np.full(m, np.inf)
+    for i in range(n):
+        r = row_scale[i]
+        if r == 0.0:
+            continue
+        n_rows += 1
+        rs = 0.0
+        for j in range(m):
+            v = np.float64(X[i, j])
+            pattern[j] += v
+            c = col_scale[j]
+            if c == 0.0:
+                continue
+            rs += v
+            cols[j] += v
+            if not np.isfinite(v):
+                n_bad += 1
+                continue
+            if v < mn:
+                mn = v
+            w = v * r * c
+            total += w
+            sq += w * w
+        rows[i] = rs
+        if not rs > 0.0:
+            continue
+        rho = 1.0 / np.sqrt(rs)
+        for j in range(m):
+            if col_scale[j] == 0.0:
+                continue
+            v = np.float64(X[i, j])
+            if not np.isfinite(v):
+                p_bad[j] += 1
+                continue
+            if v < p_min[j]:
+                p_min[j] = v
+            w = v * rho
+            p_sum[j] += w
+            p_sq[j] += w * w
+    return total, sq, mn, n_bad, n_rows, rows, cols, pattern, p_sum, p_sq, p_bad, p_min
+
+
+@numba.njit(nogil=True, cache=True)
 def _bilinear(img, valid, y, x):
     """Bilinear sample of ``img`` at (y, x); NaN outside or on masked pixels."""
     ny, nx = img.shape
