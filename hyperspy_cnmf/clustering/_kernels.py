@@ -18,45 +18,6 @@ import numpy as np
 
 
 @numba.njit(nogil=True, cache=True)
-def _bilinear_nan(image, x, y):
-    """Bilinear value of ``image`` at ``(x, y)``, NaN-aware (see module doc)."""
-    ny, nx = image.shape
-    if not (x >= 0.0 and y >= 0.0 and x <= nx - 1 and y <= ny - 1):
-        return np.nan
-    x0 = int(math.floor(x))
-    y0 = int(math.floor(y))
-    if x0 > nx - 2:
-        x0 = nx - 2 if nx > 1 else 0
-    if y0 > ny - 2:
-        y0 = ny - 2 if ny > 1 else 0
-    fx = x - x0
-    fy = y - y0
-    acc = 0.0
-    wsum = 0.0
-    for dy in range(2):
-        yy = y0 + dy
-        if yy >= ny:
-            continue
-        wy = fy if dy == 1 else 1.0 - fy
-        for dx in range(2):
-            xx = x0 + dx
-            if xx >= nx:
-                continue
-            wx = fx if dx == 1 else 1.0 - fx
-            w = wx * wy
-            if w <= 0.0:
-                continue
-            v = image[yy, xx]
-            if math.isnan(v):
-                continue
-            acc += w * v
-            wsum += w
-    if wsum < 0.5:
-        return np.nan
-    return acc / wsum
-
-
-@numba.njit(nogil=True, cache=True)
 def bilinear_table(xs, ys, ny, nx):
     """Neighbour indices and weights of bilinear samples at ``(xs, ys)``.
 
@@ -160,10 +121,11 @@ def rotate_resample(images, cx, cy, angles, mirror, out):
         Filled in place.
     """
     n, ny, nx = images.shape
+    xs = np.empty(ny * nx)
+    ys = np.empty(ny * nx)
     for i in range(n):
         c = math.cos(angles[i])
         s = math.sin(angles[i])
-        img = images[i]
         for iy in range(ny):
             dy = iy - cy
             for ix in range(nx):
@@ -173,4 +135,7 @@ def rotate_resample(images, cx, cy, angles, mirror, out):
                 sy = -dx * s + dy * c
                 if mirror[i]:
                     sy = -sy
-                out[i, iy, ix] = _bilinear_nan(img, cx + sx, cy + sy)
+                xs[iy * nx + ix] = cx + sx
+                ys[iy * nx + ix] = cy + sy
+        index, weight = bilinear_table(xs, ys, ny, nx)
+        apply_table(images[i].reshape(1, ny * nx), index, weight, out[i].reshape(1, ny * nx))
