@@ -305,6 +305,75 @@ def test_order_references_and_dominance():
     assert (cl.dominant_labels(maps)[0][:3] == -1).all()
 
 
+def test_dominant_labels_particles_set_the_outline():
+    # the matrix dips twice as deep as the grain displaces it and slopes
+    # across the scan: plain rescaling widens the grain, the particle rule
+    # keeps its half-maximum outline
+    x = np.linspace(-1, 1, 201)
+    grain = np.clip(1 - (x / 0.4) ** 2, 0, None)
+    matrix = 1 + 0.3 * x - 0.6 * grain
+    maps = np.stack([matrix, grain])
+    outline = grain >= 0.5
+    plain = cl.dominant_labels(maps)[0] == 1
+    assert plain.sum() > outline.sum()
+    labels, score = cl.dominant_labels(maps, extended=[True, False])
+    assert np.array_equal(labels == 1, outline)
+    assert np.array_equal(labels, np.argmax(score, axis=0))
+    assert np.nanmax(score[0]) <= 0.5 and np.nanmin(score[1][outline]) >= 0.5
+    # only one kind: plain rescaling
+    assert np.array_equal(cl.dominant_labels(maps, extended=[True, True])[0], plain * 1)
+    with pytest.raises(ValueError, match="extended"):
+        cl.dominant_labels(maps, extended=[True])
+
+
+def blob(shape, centre, sigma):
+    yy, xx = np.indices(shape)
+    return np.exp(-((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2) / (2 * sigma**2))
+
+
+def test_map_objects_joins_tiles_not_grains():
+    shape = (40, 40)
+    yy, xx = np.indices(shape)
+    grain_a = blob(shape, (10, 10), 3)
+    side = 1 / (1 + np.exp(-(xx - 10) / 1.5))
+    grain_b = blob(shape, (30, 28), 3)  # same phase, elsewhere
+    matrix = 1 - 0.3 * (grain_a + grain_b)
+    bands = [matrix * w for w in (xx < 20, xx >= 20)]  # matrix in two tiles
+    bump = 0.1 * blob(shape, (25, 10), 4)  # a modulation inside the matrix
+    maps = np.stack([grain_a * side, grain_a * (1 - side), grain_b, *bands, bump])
+    labels = [1, 1, 1, 0, 0, 0]
+    obj = cl.map_objects(maps.reshape(6, -1), labels, shape)
+    assert obj.tolist() == [0, 0, 1, 2, 2, 3]
+    # different clusters are never joined; 1-D default geometry
+    assert cl.map_objects(maps.reshape(6, -1), [1, 2, 3, 0, 0, 0], shape)[:3].tolist() == [0, 1, 2]
+    assert cl.map_objects(np.eye(8)[[0, 3, 6]], [0, 0, 0]).tolist() == [0, 1, 2]
+    assert cl.map_objects(np.array([[0, 1, 0, 0], [0, 0, 1, 0.0]]), [0, 0]).tolist() == [0, 0]
+    # NaN positions and flat maps
+    m = maps.reshape(6, -1).copy()
+    m[:, :40] = np.nan
+    m[5] = 1.0
+    assert cl.map_objects(m, labels, shape).tolist() == [0, 0, 1, 2, 2, 3]
+    with pytest.raises(ValueError, match="nav_shape"):
+        cl.map_objects(maps.reshape(6, -1), labels, (40, 41))
+    with pytest.raises(ValueError, match="maps"):
+        cl.map_objects(maps, labels, shape)
+
+
+def test_attach_by_map():
+    maps = np.array([[1.0, 1, 1, 2], [0, 0, 5, 0], [1.1, 1, 0.9, 2.2], [0, 0.1, 4, 0]])
+    # 2 and 3 are detached and alone in their clusters: they follow their maps
+    assert cl.attach_by_map([0, 1, 2, 3], [0, 0, 1, 1], maps).tolist() == [0, 1, 0, 1]
+    # a detached member of a regular cluster stays
+    assert cl.attach_by_map([0, 1, 1, 2], [0, 0, 1, 1], maps).tolist() == [0, 1, 1, 1]
+    # all detached: unchanged; NaN positions ignored
+    assert cl.attach_by_map([0, 1, 2, 3], [1, 1, 1, 1], maps).tolist() == [0, 1, 2, 3]
+    m = maps.copy()
+    m[:, 0] = np.nan
+    assert cl.attach_by_map([2, 1, 0, 3], [0, 0, 1, 1], m).tolist() == [0, 1, 0, 1]
+    with pytest.raises(ValueError, match="same items"):
+        cl.attach_by_map([0, 1], [0, 1, 1], maps)
+
+
 def test_merge_aligned_reproduces_reference():
     base = spots([5.0, 95.0, 215.0])
     stack = np.stack([cl.rotate_patterns(base, (32, 32), a) for a in (0, 25, -60)])

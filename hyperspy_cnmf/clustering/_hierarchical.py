@@ -1,15 +1,17 @@
 """Hierarchical clustering on the rotation-invariant pseudo-distance.
 
 Also: choice of a reference member per cluster, rotation-aligned merging of
-the members, and the "dominant cluster" labelling of navigation positions
-from per-cluster maps.
+the members, the attachment of direct-beam-only components, and the
+"dominant cluster" labelling of navigation positions from the component maps.
 """
 
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 from scipy.cluster import hierarchy
+from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import squareform
 
 from hyperspy_cnmf.clustering._polar import (
@@ -25,11 +27,13 @@ __all__ = [
     "LINKAGE_METHODS",
     "PatternClustering",
     "align_to_references",
+    "attach_by_map",
     "cluster_patterns",
     "cluster_references",
     "dominant_labels",
     "hierarchical_clustering",
     "largest_gap_threshold",
+    "map_objects",
     "merge_aligned",
     "order_clusters",
     "polar_similarity",
@@ -335,39 +339,204 @@ def merge_aligned(patterns, centre, labels, rotation, mirrored=None, weights=Non
     return out
 
 
-def dominant_labels(maps, percentiles=(1.0, 99.0)):
-    """Label each navigation position with the cluster that dominates it.
+def attach_by_map(labels, detached, maps):
+    """Move the members of clusters made only of ``detached`` items by their maps.
 
-    Maps are in data units, and a matrix (e.g. amorphous) cluster is strong
-    everywhere, also inside the precipitates (at ~70 % of its full strength
-    when a precipitate replaces 30 % of the thickness), so a plain argmax of
-    the maps would give it every position. Each cluster map is therefore first
-    rescaled to its own robust range,
+    Components whose diffraction holds (almost) nothing outside the masked
+    direct beam (NMF makes them from thickness-driven variations of the beam
+    intensity) have no pattern to compare: their pseudo-distance to every
+    other component is large, so they would form clusters of their own that
+    stand for no phase. Such a cluster is dissolved and each of its members
+    joins the cluster (with at least one regular member) whose summed map
+    correlates best (Pearson, over the positions where all maps are finite)
+    with the member's map. Clusters holding a regular member keep their
+    detached members. Nothing changes when every item is detached.
+
+    Parameters
+    ----------
+    labels : array_like of int, shape (n,)
+    detached : array_like of bool, shape (n,)
+    maps : array_like, shape (n, n_positions)
+        The items' maps (e.g. loadings in data units).
+
+    Returns
+    -------
+    ndarray of int, shape (n,)
+        Labels, clusters renumbered ``0 .. c - 1`` in order of first member.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hyperspy_cnmf.clustering import attach_by_map
+    >>> maps = np.array([[1., 1, 1, 2], [0., 0, 5, 0], [1.1, 1, 0.9, 2.2]])
+    >>> attach_by_map([0, 1, 2], [False, False, True], maps).tolist()
+    [0, 1, 0]
+    """
+    labels = np.asarray(labels, dtype=np.int64).copy()
+    detached = np.asarray(detached, dtype=bool)
+    m = np.asarray(maps, dtype=np.float64)
+    if labels.shape != detached.shape or m.shape[0] != labels.size:
+        raise ValueError("`labels`, `detached` and `maps` must describe the same items.")
+    regular = np.unique(labels[~detached])
+    if regular.size == 0:
+        return labels
+    finite = np.all(np.isfinite(m), axis=0)
+    m = m[:, finite]
+    cluster_maps = np.stack([m[labels == c].sum(axis=0) for c in regular])
+
+    def _standard(x):
+        x = x - x.mean(axis=-1, keepdims=True)
+        norm = np.linalg.norm(x, axis=-1, keepdims=True)
+        return x / np.where(norm > 0, norm, 1.0)
+
+    corr = _standard(m) @ _standard(cluster_maps).T  # (n, n_regular)
+    for c in np.unique(labels):
+        members = labels == c
+        if np.all(detached[members]):
+            labels[members] = regular[np.argmax(corr[members], axis=1)]
+    first = {}
+    for lab in labels:
+        first.setdefault(int(lab), len(first))
+    return np.array([first[int(lab)] for lab in labels], dtype=np.int64)
+
+
+def map_objects(maps, labels, nav_shape=None, threshold=0.5, max_overlap=0.3):
+    """Group the components of each cluster whose maps tile one object.
+
+    An over-complete NMF may split one grain into pieces (each holding part
+    of the grain, e.g. the two halves of a bent grain with slightly rotated
+    patterns) or the matrix into regions; within one cluster these pieces
+    must be joined before their maps are compared with those of other
+    objects, while distinct grains of one phase must stay apart (each is
+    judged against its own peak, so a weak grain is not lost next to a
+    strong one). A component's *region* is where its map exceeds
+    ``threshold`` of its range (``(M - min) / (max - min)``, the half-maximum
+    area by default). Two components of the same cluster are joined when
+    their regions touch (adjacent or overlapping positions) while overlapping
+    by at most ``max_overlap`` of the smaller region: tiles of one object lie
+    side by side; a component whose region lies inside another's is a
+    modulation of that object (e.g. a weak thickness variation on top of the
+    matrix), not a piece of it, and is kept apart like a separate grain.
+    Objects are the connected groups of joined components.
+
+    Parameters
+    ----------
+    maps : array_like, shape (n, n_positions)
+        Component maps (NaN: masked positions), positions in C order of
+        ``nav_shape``.
+    labels : array_like of int, shape (n,)
+        Cluster of each component.
+    nav_shape : tuple of int, optional
+        Navigation shape for the adjacency; default: one dimension.
+    threshold : float, default 0.5
+    max_overlap : float, default 0.3
+
+    Returns
+    -------
+    ndarray of int, shape (n,)
+        Object of each component, ``0 .. n_objects - 1`` in order of first
+        member.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hyperspy_cnmf.clustering import map_objects
+    >>> x = np.arange(12.)
+    >>> left = np.exp(-((x - 2) / 1.5) ** 2)     # left half of grain A
+    >>> right = np.exp(-((x - 5) / 1.5) ** 2)    # its right half
+    >>> other = np.exp(-((x - 10) / 1.5) ** 2)   # grain B, same phase
+    >>> map_objects(np.stack([left, right, other]), [0, 0, 0]).tolist()
+    [0, 0, 1]
+    """
+    m = np.asarray(maps, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if m.ndim != 2 or m.shape[0] != labels.size:
+        raise ValueError("`maps` must have shape (n_components, n_positions).")
+    shape = (m.shape[1],) if nav_shape is None else tuple(int(n) for n in nav_shape)
+    if int(np.prod(shape)) != m.shape[1]:
+        raise ValueError(f"`nav_shape` {shape} does not match {m.shape[1]} positions.")
+    n = labels.size
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo = np.nanmin(m, axis=1, keepdims=True)
+        span = np.nanmax(m, axis=1, keepdims=True) - lo
+        with np.errstate(invalid="ignore", divide="ignore"):
+            region = np.nan_to_num((m - lo) / span, nan=-1.0) >= threshold
+    region &= (np.isfinite(span) & (span > 0))
+    near = np.stack(
+        [ndimage.binary_dilation(r.reshape(shape)).ravel() if r.any() else r for r in region]
+    )
+    size = region.sum(axis=1)
+    joined = np.eye(n, dtype=bool)
+    for a in range(n):
+        for b in range(a + 1, n):
+            if labels[a] != labels[b] or not (size[a] and size[b]):
+                continue
+            if not np.any(near[a] & region[b]):
+                continue
+            shared = np.count_nonzero(region[a] & region[b]) / min(size[a], size[b])
+            joined[a, b] = joined[b, a] = shared <= max_overlap
+    _, raw = connected_components(joined, directed=False)
+    first = {}
+    for lab in raw:
+        first.setdefault(int(lab), len(first))
+    return np.array([first[int(lab)] for lab in raw], dtype=np.int64)
+
+
+def dominant_labels(maps, percentiles=(0.0, 100.0), extended=None, threshold=0.5):
+    """Label each navigation position with the map that dominates it.
+
+    The maps are those of clusters or of objects (:func:`map_objects`), in
+    data units. A matrix (e.g. amorphous) map is strong everywhere, also
+    inside the precipitates (at ~70 % of its full strength when a
+    precipitate replaces 30 % of the thickness), so a plain argmax of the
+    maps would give it every position. Each map is therefore first rescaled
+    to its own range,
 
     ``n_c = (M_c - lo_c) / (hi_c - lo_c)``,
 
     with ``lo_c`` and ``hi_c`` the ``percentiles`` of ``M_c`` over the
     positions (``hi_c`` is raised to at least ``lo_c + (max M_c - lo_c) / 2``
-    for clusters covering less than ``100 - percentiles[1]`` % of the scan),
-    and each position gets the cluster with the largest ``n_c``: the one that
-    is closest to its full local strength relative to its own contrast. When
+    for maps covering less than ``100 - percentiles[1]`` % of the scan), and
+    each position gets the map with the largest ``n_c``: the one that is
+    closest to its full local strength relative to its own contrast. When
     the maps sum to a constant (a precipitate displaces the matrix) the
     boundary between a precipitate and the matrix falls where the
-    precipitate map is at half its maximum. Positions where every map is NaN
-    are unlabelled (-1).
+    precipitate map is at half its maximum, the usual outline of a particle.
+    Positions where every map is NaN are unlabelled (-1).
+
+    That balance needs the matrix map to dip in proportion to the
+    precipitates, which an NMF does not guarantee (its grain components often
+    carry part of the amorphous halo, so the matrix map dips deeper and
+    varies more, and the grains spread). With ``extended`` marking the
+    background maps (e.g. the matrix cluster, see
+    :func:`cluster_diffraction <hyperspy_cnmf.signals._cluster.cluster_diffraction>`),
+    the outline is set by the particles alone: a particle (non-extended) map
+    claims the positions where it reaches ``threshold`` of its range, the
+    largest such map wins, and the rest goes to the background map with the
+    largest ``n_c``. As scores: a particle scores ``n_c`` where
+    ``n_c >= threshold`` and 0 elsewhere, a background ``threshold * n_c``.
 
     Parameters
     ----------
-    maps : array_like, shape (n_clusters, n_positions)
-    percentiles : tuple of float, default (1.0, 99.0)
-        Robust minimum and maximum, in percent.
+    maps : array_like, shape (n_maps, n_positions)
+    percentiles : tuple of float, default (0.0, 100.0)
+        Minimum and maximum, in percent. The full range suits the smooth
+        maps of the constrained NMF (a precipitate object covers a few % of
+        the scan, so any upper percentile below 100 lies under its peak and
+        widens it); for noisy maps smooth them first or use e.g. (1, 99).
+    extended : array_like of bool, shape (n_maps,), optional
+        Background maps; ignored unless there are both kinds.
+    threshold : float, default 0.5
+        Fraction of its range at which a particle map claims a position.
 
     Returns
     -------
     labels : ndarray of int, shape (n_positions,)
-        Cluster index, -1 for unlabelled positions.
-    normalised : ndarray, shape (n_clusters, n_positions)
-        The rescaled maps ``n_c`` (NaN where the map is NaN).
+        Index of the dominant map, -1 for unlabelled positions.
+    score : ndarray, shape (n_maps, n_positions)
+        The rescaled maps ``n_c`` (the scores above with ``extended``; NaN
+        where the map is NaN); each label is the largest score.
 
     Examples
     --------
@@ -377,10 +546,12 @@ def dominant_labels(maps, percentiles=(1.0, 99.0)):
     >>> grain = np.array([0., 0, 2, 3])        # only in the precipitate
     >>> dominant_labels(np.stack([matrix, grain]))[0].tolist()
     [0, 0, 1, 1]
+    >>> dominant_labels(np.stack([matrix, grain]), extended=[True, False])[0].tolist()
+    [0, 0, 1, 1]
     """
     m = np.asarray(maps, dtype=np.float64)
     if m.ndim != 2:
-        raise ValueError("`maps` must have shape (n_clusters, n_positions).")
+        raise ValueError("`maps` must have shape (n_maps, n_positions).")
     p_lo, p_hi = (float(p) for p in percentiles)
     if not 0 <= p_lo < p_hi <= 100:
         raise ValueError("`percentiles` must satisfy 0 <= low < high <= 100.")
@@ -395,6 +566,15 @@ def dominant_labels(maps, percentiles=(1.0, 99.0)):
     norm[ok] = (m[ok] - lo[ok, None]) / span[ok, None]
     # flat maps: only where nothing else is defined
     norm[~ok] = np.where(np.isfinite(m[~ok]), -np.inf, np.nan)
+    if extended is not None:
+        ext = np.asarray(extended, dtype=bool)
+        if ext.shape != (m.shape[0],):
+            raise ValueError("`extended` must have one entry per map.")
+        if ext.any() and not ext.all():
+            finite = np.isfinite(norm)
+            particle = np.where(norm >= threshold, norm, 0.0)
+            score = np.where(ext[:, None], threshold * norm, particle)
+            norm = np.where(finite, score, norm)
     filled = np.where(np.isnan(norm), -np.inf, norm)
     labels = np.argmax(filled, axis=0).astype(np.int64)
     labels[np.all(np.isnan(norm), axis=0)] = -1

@@ -27,8 +27,13 @@ Stored by :func:`cluster_diffraction` (``k`` clustered components,
                                  the scan)
 ``cdiff_merged_maps``            (nav_size, c) summed maps, data units
                                  (counts per probe position)
-``cdiff_normalised_maps``        (nav_size, c) maps on their robust range,
-                                 used for the dominant-cluster labels
+``cdiff_normalised_maps``        (nav_size, c) dominance scores (per
+                                 cluster, the largest of its objects'; see
+                                 :func:`cluster_diffraction`, Notes)
+``cdiff_objects``                (k,) int, object of each component (pieces
+                                 of one grain or of the matrix joined)
+``cdiff_beam_only``              (k,) bool, direct-beam-only components
+                                 (attached to a cluster by their maps)
 ``cdiff_position_labels``        (nav_size,) int, dominant cluster of each
                                  probe position (-1: none, e.g. masked)
 ``cdiff_threshold``              float, pseudo-distance of the cut
@@ -72,6 +77,8 @@ _CDIFF_KEYS = (
     "merged_factors",
     "merged_maps",
     "normalised_maps",
+    "objects",
+    "beam_only",
     "threshold",
     "centre",
     "radii",
@@ -377,7 +384,8 @@ def cluster_diffraction(
     normalize="pearson",
     radial_weighting="r",
     mirror=False,
-    dominance_percentiles=(1.0, 99.0),
+    min_structure_fraction=0.1,
+    dominance_percentiles=(0.0, 100.0),
     map_smoothing=None,
 ):
     """Group the decomposition components by rotation-invariant diffraction similarity.
@@ -464,13 +472,22 @@ def cluster_diffraction(
         correlation of one pattern with the rotated other.
     mirror : bool, default False
         Also match mirrored patterns (``phi -> -phi``).
-    dominance_percentiles : tuple of float, default (1, 99)
-        Robust minimum and maximum of each cluster map for the
-        dominant-cluster labels (see Notes).
+    min_structure_fraction : float, default 0.1
+        Components with less than this fraction of their intensity inside
+        the compared annulus (outside the masked direct beam, within the
+        radial range) have no diffraction to compare: an over-complete NMF
+        makes such direct-beam-only components from thickness variations.
+        They take part in the tree, but a cluster made only of them is
+        dissolved and each joins the cluster whose map correlates best with
+        its own (:func:`~hyperspy_cnmf.clustering.attach_by_map`); they are
+        flagged in ``cdiff_beam_only``. 0 switches this off.
+    dominance_percentiles : tuple of float, default (0, 100)
+        Range of each object map for the dominant-cluster labels (see Notes
+        and :func:`~hyperspy_cnmf.clustering.dominant_labels`).
     map_smoothing : float, optional
-        Gaussian sigma (navigation pixels) applied to the cluster maps before
-        the dominant-cluster labelling only (useful for noisy maps of an
-        unconstrained NMF); the stored maps are not smoothed.
+        Gaussian sigma (navigation pixels) applied to the component maps
+        before the dominant-cluster labelling only (useful for noisy maps of
+        an unconstrained NMF); the stored maps are not smoothed.
 
     Returns
     -------
@@ -517,13 +534,30 @@ def cluster_diffraction(
     :meth:`get_cluster_labels` and :meth:`get_cluster_signals` work, the
     navigation positions are labelled with their *dominant* cluster. A plain
     argmax of the maps (data units) would give every position to the matrix,
-    which is strong everywhere, also inside precipitates. Each cluster map is
-    instead rescaled to its robust range, ``(M - P1) / (P99 - P1)``, and a
-    position gets the cluster with the largest rescaled value (for maps that
-    sum to a constant, a precipitate takes the positions where its map
-    exceeds half its maximum); see
-    :func:`~hyperspy_cnmf.clustering.dominant_labels`. Then, with clusters
-    numbered by decreasing number of dominated positions:
+    which is strong everywhere, also inside precipitates. Instead:
+
+    1. the components of each cluster are grouped into *objects*, the pieces
+       of one grain (or of the matrix) whose half-maximum regions lie side by
+       side (:func:`~hyperspy_cnmf.clustering.map_objects`), and each object
+       map is rescaled to its own range, ``n = (M - min) / (max - min)``;
+    2. clusters whose summed map is above half its range on most of the scan
+       are *extended* (the matrix); the others are particles;
+    3. a particle object claims the positions where it reaches half its own
+       maximum (the usual outline of a particle; the largest ``n`` wins
+       where particles overlap), and every other position goes to the
+       extended object with the largest ``n``
+       (:func:`~hyperspy_cnmf.clustering.dominant_labels` with ``extended``).
+       Without both kinds, the largest ``n`` wins everywhere.
+
+    Rescaling per object judges every grain against its own peak (with one
+    range per cluster the tails of all the grains of a phase add up), and
+    letting the particles set the outline makes it independent of how deep
+    the matrix map dips, which the NMF does not fix (grain components often
+    carry part of the amorphous halo). On six simulated datasets, with
+    constrained NMF at k = 14 and 21 (8 runs), the position ARI against the
+    true phase map was 0.69-0.94 with one range per cluster and is
+    0.957-0.980 with these rules (0.944-0.974 at k = 7, the true count).
+    Then, with clusters numbered by decreasing number of dominated positions:
 
     - ``cluster_labels`` (c, nav_size) bool: the dominant-cluster
       membership; masked positions belong to no cluster;
@@ -533,8 +567,11 @@ def cluster_diffraction(
       dominated positions;
     - ``cluster_centroid_signals`` (c, sig_size): the reference component's
       factor scaled by its mean loading over the dominated positions;
-    - ``cluster_distances`` (c, nav_size): ``1 - rescaled map`` clipped to
-      [0, 1]; the smallest is the label (HyperSpy: distance to the centroid);
+    - ``cluster_distances`` (c, nav_size): ``1 - score`` clipped to
+      [0, 1], the score being the rescaled map of step 3 (a particle: ``n``
+      where ``n >= 0.5``, else 0; the matrix: ``n / 2``), the largest over
+      the cluster's objects; the smallest is the label (HyperSpy: distance
+      to the centroid);
     - ``cluster_centers``: the mean signals, ``number_of_clusters``,
       ``cluster_algorithm = "cluster_diffraction"``.
 
@@ -590,12 +627,27 @@ def cluster_diffraction(
         n_clusters=n_clusters,
         distance_threshold=distance_threshold,
     )
-    n_c = int(labels.max()) + 1
     # cluster maps in data units (counts per position)
     contrib = loadings * factor_sum[:, None]
+    beam_only = _beam_only(factors, cpx, radii, dbr, min_structure_fraction)
+    if beam_only.any():
+        n_tree = int(labels.max()) + 1
+        labels = core.attach_by_map(labels, beam_only, contrib)
+        if n_clusters is not None and labels.max() + 1 < n_tree:
+            warnings.warn(
+                f"{n_tree - labels.max() - 1} cluster(s) made only of "
+                "direct-beam components were joined to the clusters with the "
+                "most similar maps, leaving fewer than `n_clusters`; pass "
+                "min_structure_fraction=0 to keep them.",
+                UserWarning,
+                stacklevel=2,
+            )
+    n_c = int(labels.max()) + 1
     maps = np.stack([contrib[labels == c].sum(axis=0) for c in range(n_c)])
     maps[:, np.all(np.isnan(loadings), axis=0)] = np.nan
-    pos_labels, norm_maps = _dominance(self, maps, dominance_percentiles, map_smoothing)
+    objects, pos_labels, norm_maps = _dominance(
+        self, contrib, labels, dominance_percentiles, map_smoothing
+    )
     # order clusters: most dominated positions first, then total intensity
     counts = np.bincount(pos_labels[pos_labels >= 0], minlength=n_c)
     key = counts + np.nansum(maps, axis=1) / (np.nansum(maps) + 1e-300)
@@ -604,10 +656,14 @@ def cluster_diffraction(
     inverse = np.empty_like(order)
     inverse[order] = np.arange(n_c)
     pos_labels = np.where(pos_labels >= 0, inverse[np.maximum(pos_labels, 0)], -1)
+    # a direct-beam-only component is never a cluster's reference (unless
+    # the cluster has nothing else) and is merged unrotated
+    similarity = np.where(beam_only[:, None], -1e3, sim.similarity)
     refs = core.cluster_references(
-        sim.similarity, labels, weights=np.abs(factor_sum * loading_sum)
+        similarity, labels, weights=np.abs(factor_sum * loading_sum)
     )
     rot, mir = core.align_to_references(sim, labels, refs)
+    rot, mir = np.where(beam_only, 0.0, rot), mir & ~beam_only
     merged = core.merge_aligned(factors, cpx, labels, rot, mir, weights=loading_sum)
     # centroid: reference factor x its mean loading over the dominated positions
     centroid = np.empty_like(merged)
@@ -631,6 +687,7 @@ def cluster_diffraction(
             radial_weighting,
             mirror,
         ),
+        "min_structure_fraction": float(min_structure_fraction),
         "dominance_percentiles": [float(p) for p in dominance_percentiles],
         "map_smoothing": map_smoothing,
         "threshold": float(threshold),
@@ -644,6 +701,8 @@ def cluster_diffraction(
         pairwise_mirrored=sim.mirrored,
         merged_maps=maps.T.copy(),
         normalised_maps=norm_maps.T.copy(),
+        objects=objects.astype(np.int64),
+        beam_only=beam_only.copy(),
         position_labels=pos_labels.astype(np.int64),
     )
     for key_, value in store.items():
@@ -661,18 +720,56 @@ def cluster_diffraction(
     return get_cluster_diffraction_results(self)
 
 
-def _dominance(signal, maps, percentiles, smoothing):
-    m = maps
+def _beam_only(factors, centre, radii, beam_radius, min_fraction):
+    """Components with < ``min_fraction`` of their intensity in the compared annulus."""
+    if not min_fraction:
+        return np.zeros(factors.shape[0], dtype=bool)
+    yy, xx = np.indices(factors.shape[1:], dtype=np.float64)
+    r = np.hypot(xx - centre[0], yy - centre[1])
+    inner = max(float(radii[0]), float(beam_radius or 0.0))
+    annulus = (r >= inner) & (r <= float(radii[-1]))
+    total = np.nansum(np.abs(factors), axis=(1, 2))
+    inside = np.nansum(np.abs(factors[:, annulus]), axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, inside / total, 0.0) < float(min_fraction)
+
+
+def _dominance(signal, contrib, labels, percentiles, smoothing):
+    """Objects, dominant-cluster labels and per-cluster rescaled maps."""
+    nav_shape = tuple(signal.axes_manager._navigation_shape_in_array)
+    m = contrib
+    nan = np.isnan(m)
     if smoothing:
-        nav_shape = signal.axes_manager._navigation_shape_in_array
-        m = maps.reshape((maps.shape[0],) + tuple(nav_shape))
-        nan = np.isnan(m)
-        sm = np.stack(
-            [ndimage.gaussian_filter(np.nan_to_num(x), float(smoothing)) for x in m]
+        m = np.stack(
+            [
+                ndimage.gaussian_filter(np.nan_to_num(x).reshape(nav_shape), float(smoothing)).ravel()
+                for x in m
+            ]
         )
-        sm[nan] = np.nan
-        m = sm.reshape(maps.shape)
-    return core.dominant_labels(m, percentiles=percentiles)
+        m[nan] = np.nan
+    objects = core.map_objects(m, labels, nav_shape)
+    n_o, n_c = int(objects.max()) + 1, int(labels.max()) + 1
+    obj_cluster = np.array([labels[objects == o][0] for o in range(n_o)])
+    masked = np.all(nan, axis=0)
+    obj_maps = np.stack([m[objects == o].sum(axis=0) for o in range(n_o)])
+    obj_maps[:, masked] = np.nan
+    # extended (background, e.g. matrix) clusters: above half their range on
+    # most of the scan
+    cl_maps = np.stack([m[labels == c].sum(axis=0) for c in range(n_c)])
+    cl_maps[:, masked] = np.nan
+    _, cl_norm = core.dominant_labels(cl_maps, percentiles=percentiles)
+    with np.errstate(invalid="ignore"):
+        extended = np.sum(cl_norm >= 0.5, axis=1) > 0.5 * np.count_nonzero(~masked)
+    obj_labels, obj_score = core.dominant_labels(
+        obj_maps, percentiles=percentiles, extended=extended[obj_cluster]
+    )
+    pos_labels = np.where(obj_labels >= 0, obj_cluster[np.maximum(obj_labels, 0)], -1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        norm_maps = np.stack(
+            [np.nanmax(obj_score[obj_cluster == c], axis=0) for c in range(n_c)]
+        )
+    return objects, pos_labels, norm_maps
 
 
 def get_cluster_diffraction_results(self, source="components"):
