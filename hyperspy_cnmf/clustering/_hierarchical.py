@@ -60,6 +60,14 @@ _EUCLIDEAN_ONLY = ("ward", "centroid", "median")
 DEFAULT_DISTANCE_THRESHOLD = 0.3
 
 
+def _in_order_of_first(raw):
+    """Relabel ``0 .. c - 1`` in order of first appearance (deterministic)."""
+    first = {}
+    for lab in raw:
+        first.setdefault(int(lab), len(first))
+    return np.array([first[int(lab)] for lab in raw], dtype=np.int64)
+
+
 def _check_distance(distance):
     d = np.asarray(distance, dtype=np.float64)
     if d.ndim != 2 or d.shape[0] != d.shape[1]:
@@ -205,11 +213,7 @@ def hierarchical_clustering(
                 raise ValueError(f"`distance_threshold` must be >= 0, got {t}.")
         raw = hierarchy.fcluster(Z, t, criterion="distance")
     # relabel in order of first appearance (deterministic, independent of scipy)
-    first = {}
-    for lab in raw:
-        first.setdefault(int(lab), len(first))
-    labels = np.array([first[int(lab)] for lab in raw], dtype=np.int64)
-    return labels, Z, t
+    return _in_order_of_first(raw), Z, t
 
 
 def order_clusters(labels, key):
@@ -394,10 +398,7 @@ def attach_by_map(labels, detached, maps):
         members = labels == c
         if np.all(detached[members]):
             labels[members] = regular[np.argmax(corr[members], axis=1)]
-    first = {}
-    for lab in labels:
-        first.setdefault(int(lab), len(first))
-    return np.array([first[int(lab)] for lab in labels], dtype=np.int64)
+    return _in_order_of_first(labels)
 
 
 def map_objects(maps, labels, nav_shape=None, threshold=0.5, max_overlap=0.3):
@@ -477,10 +478,7 @@ def map_objects(maps, labels, nav_shape=None, threshold=0.5, max_overlap=0.3):
             shared = np.count_nonzero(region[a] & region[b]) / min(size[a], size[b])
             joined[a, b] = joined[b, a] = shared <= max_overlap
     _, raw = connected_components(joined, directed=False)
-    first = {}
-    for lab in raw:
-        first.setdefault(int(lab), len(first))
-    return np.array([first[int(lab)] for lab in raw], dtype=np.int64)
+    return _in_order_of_first(raw)
 
 
 def dominant_labels(maps, percentiles=(0.0, 100.0), extended=None, threshold=0.5):
