@@ -6,9 +6,18 @@ that live in a dask array (a lazy HyperSpy signal, a ``.zspy``/``.hspy`` file
 opened lazily, ...). It follows LiberTEM's process + merge model: every method
 is **one read of the data**, i.e. one ``dask.compute`` in which each
 navigation chunk is processed by the same per-block code as the in-memory
-operator (the Numba kernels of :mod:`hyperspy_cnmf.nmf._kernels` and BLAS
-products), and the partial ``X.T @ B`` sums are merged by a tree reduction.
-Only small arrays (factor blocks, per-pixel sums) travel back to the driver.
+operator (the Numba kernels of :mod:`hyperspy_cnmf.nmf._kernels`:
+``block_right`` for ``X @ A``, ``block_left`` for ``X.T @ B``), and the
+partial ``X.T @ B`` sums are merged by a tree reduction. Only small arrays
+(factor blocks, per-pixel sums) travel back to the driver.
+
+The products are single-threaded Numba kernels on purpose: the scheduler's
+threads (or worker processes) are the parallelism. Multi-threaded BLAS calls
+inside the block tasks oversubscribe the cores (two dask threads times two
+OpenBLAS threads on a 2-core machine), which was measured to make every read
+of the 2.1 GB benchmark file 1.2-1.8x slower; the kernels are also faster
+than single-threaded BLAS for the few components of NMF (k = 7: 6 ms against
+12 ms for ``X @ A`` on a 2048 x 8100 float32 block).
 
 No scheduler is chosen here: ``dask.compute`` uses whatever is active (the
 threaded scheduler by default, or a ``distributed.Client`` created by the
@@ -21,10 +30,8 @@ Reads are combined where the interface allows it:
   (the first one asked computes all three, and the statistics of the
   Poisson-normalised data as well, so ``rescaled()`` with the Poisson scales
   costs no read);
-- ``right(A)`` also accumulates ``Xe.T @ (Xe @ A)`` in the same read, so that a
-  following ``left_t(B)`` with ``B`` in the span of ``Xe @ A`` (the
-  orthonormalised range-finder basis, as in
-  :func:`hyperspy_cnmf.nmf._operators.randomized_range`) needs no read: the
+- ``right_gram(A)`` returns ``Xe @ A`` and ``Xe.T @ (Xe @ A)`` from one read,
+  which :func:`hyperspy_cnmf.nmf._operators.randomized_range` uses: the
   randomized range finder costs ``n_power_iter + 1`` reads instead of
   ``2 n_power_iter + 2``.
 
@@ -40,20 +47,29 @@ import dask
 import dask.array as da
 import numpy as np
 
-from hyperspy_cnmf.nmf._kernels import block_row_col_sums, block_stats, block_summary
-from hyperspy_cnmf.nmf._operators import _scale_vector
+from hyperspy_cnmf.nmf._kernels import (
+    block_left,
+    block_right,
+    block_row_col_sums,
+    block_stats,
+    block_summary,
+)
+from hyperspy_cnmf.nmf._operators import FLUSH_ROWS, _scale_vector
 
 __all__ = ["DaskOperator"]
 
 #: Largest block (bytes, in the analysis dtype) of one task; larger chunks
-#: are split along the navigation axes (never merged).
-MAX_BLOCK_BYTES = 64 * 2**20
+#: are split along the navigation axes (never merged). Splitting a chunk costs
+#: a rechunk on every read (measured +0.2 s, 20 %, per read of the 2.1 GB
+#: benchmark file with its 132 MB chunks at a 64 MiB limit) and does not lower
+#: the peak memory, since the whole chunk is decompressed anyway; the limit
+#: only bounds the float copies of integer chunks.
+MAX_BLOCK_BYTES = 256 * 2**20
 #: Fan-in of the tree reduction of the partial sums.
 SPLIT_EVERY = 4
-#: ``left_t(B)`` reuses the cached ``Xe.T @ Y`` when ``B`` lies in the span of
-#: ``Y`` to this relative accuracy.
-SPAN_RTOL = 1e-8
-_SLAB_BYTES = 4 * 2**20
+#: Rows whose ``X.T @ B`` products are summed in the data's precision before
+#: they are added to the float64 total (as in the in-memory operator).
+_SLAB_ROWS = FLUSH_ROWS
 
 
 # --------------------------------------------------------------------------
@@ -73,7 +89,7 @@ def _prepare(block, shape, dtype, row_scale, col_masked):
 
     The chunk is never modified (it may be a view of the user's array).
     """
-    X = np.asarray(block).reshape(shape)
+    X = np.ascontiguousarray(block).reshape(shape)
     owned = False
     if X.dtype != dtype:
         X = X.astype(dtype)
@@ -98,11 +114,28 @@ def _prepare(block, shape, dtype, row_scale, col_masked):
 
 def _summary_block(block, rows, shape, row_scale, sh):
     X = _prepare(block, shape, sh.dtype, row_scale, sh.col_masked)
-    out = block_summary(X, row_scale, sh.col_scale)
+    out = block_summary(X, row_scale, sh.col_scale, sh.poisson)
     keys = ("total", "sq_norm", "minimum", "n_bad", "n_rows", "rows", "cols", "pattern",
             "p_sum", "p_sq", "p_bad", "p_min")
     part = dict(zip(keys, out))
-    return part.pop("rows"), part
+    rows_sum = part.pop("rows")
+    if sh.AcT is None:
+        return (rows_sum, None), part
+    # the expected range-finder product (right_gram), while the block is in memory
+    Y, gram = _gram(X, row_scale, sh.AcT)
+    part.update(gram)
+    return (rows_sum, Y), part
+
+
+def _gram(X, row_scale, AcT):
+    """``Y = diag(r) X AcT.T`` and ``(Xe.T @ Y).T`` (float64 sums, no column scale)."""
+    Y = np.empty((X.shape[0], AcT.shape[0]))
+    block_right(X, AcT, row_scale, Y)
+    # float64: Y may be ill-conditioned and the range finder multiplies this
+    # by the inverse of its R factor.
+    P = np.zeros((Y.shape[1], X.shape[1]))
+    block_left(X, Y * row_scale[:, None], P)
+    return Y, {"P": P}
 
 
 def _sums_block(block, rows, shape, row_scale, row_valid, sh):
@@ -124,30 +157,35 @@ def _stats_block(block, rows, shape, row_scale, sh):
 
 def _right_block(block, rows, shape, row_scale, sh):
     X = _prepare(block, shape, sh.dtype, row_scale, sh.col_masked)
-    Y = (X @ sh.A).astype(np.float64) * row_scale[:, None]
-    if not sh.speculative:
-        return Y, {}
-    # Xe.T @ Y in float64: Y may be ill-conditioned and left_t multiplies this
-    # by its inverse. Row slabs keep the float64 copy of the block small.
-    Yr = Y * row_scale[:, None]
-    P = np.zeros((X.shape[1], Y.shape[1]))
-    step = max(1, _SLAB_BYTES // max(1, 8 * X.shape[1]))
-    for i in range(0, X.shape[0], step):
-        P += X[i:i + step].T.astype(np.float64, copy=False) @ Yr[i:i + step]
-    return Y, {"P": P}
+    if sh.gram:
+        return _gram(X, row_scale, sh.AcT)
+    Y = np.empty((X.shape[0], sh.AcT.shape[0]))
+    block_right(X, sh.AcT, row_scale, Y)
+    return Y, {}
+
+
+def _left(X, Br):
+    """``(X.T @ Br).T`` in float64, summed over row slabs computed in ``Br``'s dtype."""
+    total = np.zeros((Br.shape[1], X.shape[1]))
+    acc = np.empty((Br.shape[1], X.shape[1]), dtype=Br.dtype)
+    for i in range(0, X.shape[0], _SLAB_ROWS):
+        acc.fill(0)
+        block_left(X[i:i + _SLAB_ROWS], Br[i:i + _SLAB_ROWS], acc)
+        total += acc
+    return total
 
 
 def _left_t_block(block, rows, shape, row_scale, B, sh):
     X = _prepare(block, shape, sh.dtype, row_scale, sh.col_masked)
-    return {"P": X.T @ (B * row_scale[:, None]).astype(sh.dtype)}
+    return {"P": _left(X, (B * row_scale[:, None]).astype(sh.dtype))}
 
 
 def _fused_block(block, rows, shape, row_scale, W, sh):
     X = _prepare(block, shape, sh.dtype, row_scale, sh.col_masked)
-    r = row_scale[:, None]
-    R = (X @ sh.Hc).astype(np.float64) * r
+    R = np.empty((X.shape[0], sh.HcT.shape[0]))
+    block_right(X, sh.HcT, row_scale, R)
     sh.update(W, R, row_scale == 0)
-    return W, {"P": X.T @ (W * r).astype(sh.dtype)}
+    return W, {"P": _left(X, (W * row_scale[:, None]).astype(sh.dtype))}
 
 
 _MERGE = {"total": "sum", "sq_norm": "sum", "minimum": "min", "n_bad": "sum", "n_rows": "sum",
@@ -272,12 +310,13 @@ class DaskOperator:
         Navigation chunks whose whole patterns would exceed this size (in the
         analysis dtype) are split into smaller blocks; signal-chunked inputs
         are merged along the signal axes lazily, inside each block's task.
-    speculative : bool, default True
-        Let ``right(A)`` also accumulate ``Xe.T @ (Xe @ A)`` in its read, so
-        that the randomized range finder needs about half the reads. The
-        first ``left_t`` that cannot use it turns speculation off for this
-        operator (the caller is then not a range finder, and the extra
-        product would be wasted work).
+    poisson_stats : bool, default True
+        Let the first read also gather the per-pixel sums from which the
+        statistics of the Poisson-normalised data follow (so that
+        :meth:`rescaled` with the Poisson scales needs no read). False makes
+        that read cheaper (measured: 38 ms instead of 59 ms of kernel time
+        per 4096 x 8100 float32 block); such a rescaled operator then reads
+        its statistics again.
 
     Attributes
     ----------
@@ -299,19 +338,18 @@ class DaskOperator:
     """
 
     def __init__(self, darray, row_scale=None, col_scale=None, *, signal_ndim=None,
-                 max_block_bytes=MAX_BLOCK_BYTES, speculative=True, _layout=None, _base=None):
+                 max_block_bytes=MAX_BLOCK_BYTES, poisson_stats=True, _layout=None, _base=None):
         self._layout = _layout if _layout is not None else _Layout(darray, signal_ndim, max_block_bytes)
         self.shape = self._layout.shape
         self.dtype = self._layout.dtype
         self.row_scale = _scale_vector(row_scale, self.shape[0], "row_scale")
         self.col_scale = _scale_vector(col_scale, self.shape[1], "col_scale")
-        self.speculative = bool(speculative)
         self.n_passes = 0
+        self.poisson_stats = bool(poisson_stats)
         self._summary = None
         self._base = _base  # summary of the operator this one was rescaled from
         self._stats = None
-        self._range_cache = None
-        self._missed = False
+        self._expected = None  # (A, AcT) of an expected right_gram, then (A, Y, P)
 
     def __repr__(self):
         return (f"<DaskOperator shape={self.shape} dtype={self.dtype} "
@@ -371,12 +409,35 @@ class DaskOperator:
 
     def _summarize(self):
         if self._summary is None:
-            rows, s = self._read(_summary_block, local=True)
-            s["rows"] = self._scatter([r[:, None] for r in rows], 1)[:, 0]
+            expected = self._expected if self._expected is not None and len(self._expected) == 2 else None
+            local, s = self._read(_summary_block, local=True, AcT=None if expected is None else expected[1],
+                                  poisson=self.poisson_stats)
+            s["rows"] = self._scatter([r[:, None] for r, _ in local], 1)[:, 0]
             s["row_valid"] = self.row_scale != 0
             s["col_valid"] = self.col_scale != 0
+            s["poisson"] = self.poisson_stats
+            if expected is not None:
+                A = expected[0]
+                Y = self._scatter([y for _, y in local], A.shape[1])
+                self._expected = (A, Y, s.pop("P").T * self.col_scale[:, None])
             self._summary = s
         return self._summary
+
+    def expect_right_gram(self, A):
+        """Compute ``right_gram(A)`` in the first read of the statistics.
+
+        The first read (``stats``, ``mean_pattern``, ``row_col_sums``) then
+        also multiplies every block by ``A``, and a later ``right_gram`` with
+        an equal ``A`` returns that result without reading the data again:
+        the randomized range finder's first product (see
+        :func:`hyperspy_cnmf.nmf._operators.range_test_matrix`) shares the
+        read that the checks before a fit need anyway. No effect once the
+        statistics have been read.
+        """
+        if self._summary is None:
+            A = np.array(A, dtype=np.float64)
+            AcT = np.ascontiguousarray((A * self.col_scale[:, None]).T, dtype=self.dtype)
+            self._expected = (A, AcT)
 
     def _known(self):
         """The summaries (own, or of the operator this one was rescaled from)."""
@@ -403,15 +464,20 @@ class DaskOperator:
         c = self.col_scale
         if np.array_equal(self.row_scale, s["row_scale"]) and np.array_equal(c, s["col_scale"]):
             return {k: s[k] for k in ("total", "sq_norm", "minimum", "n_bad")}
+        if not s["poisson"]:
+            return None
         rows = s["rows"]
         with np.errstate(divide="ignore", invalid="ignore"):
             rho = np.where(s["row_valid"] & (rows > 0), 1.0 / np.sqrt(np.where(rows > 0, rows, 1.0)), 0.0)
         on = c != 0
-        if not (np.allclose(self.row_scale, rho, rtol=1e-12, atol=0) and not np.any(on & ~s["col_valid"])):
+        # Poisson row scales up to a constant factor (the wrapper's sqrt(total))
+        lit = rho > 0
+        alpha = float(self.row_scale[lit][0] / rho[lit][0]) if lit.any() else 1.0
+        if not (np.allclose(self.row_scale, alpha * rho, rtol=1e-12, atol=0) and not np.any(on & ~s["col_valid"])):
             return None
         p_min = s["p_min"][on]
-        return dict(total=float(np.dot(c[on], s["p_sum"][on])),
-                    sq_norm=float(np.dot(c[on] ** 2, s["p_sq"][on])),
+        return dict(total=alpha * float(np.dot(c[on], s["p_sum"][on])),
+                    sq_norm=alpha**2 * float(np.dot(c[on] ** 2, s["p_sq"][on])),
                     minimum=float(p_min.min()) if p_min.size else np.inf,
                     n_bad=int(s["p_bad"][on].sum()))
 
@@ -426,7 +492,7 @@ class DaskOperator:
         if base is not None:
             base = dict(base, row_scale=self.row_scale, col_scale=self.col_scale) \
                 if base is self._summary else base
-        return DaskOperator(None, row_scale, col_scale, speculative=self.speculative,
+        return DaskOperator(None, row_scale, col_scale, poisson_stats=self.poisson_stats,
                             _layout=self._layout, _base=base)
 
     def row_col_sums(self, row_valid, col_valid):
@@ -458,50 +524,35 @@ class DaskOperator:
 
     def right(self, A):
         """``Xe @ A`` for ``A`` of shape (n_cols, r), in one read."""
-        A = np.asarray(A, dtype=np.float64)
-        Ac = (A * self.col_scale[:, None]).astype(self.dtype)
-        speculate = self.speculative and not self._missed
-        Y, part = self._read(_right_block, local=True, A=Ac, speculative=speculate)
-        Y = self._scatter(Y, A.shape[1])
-        self._range_cache = (Y, part["P"] * self.col_scale[:, None], None) if speculate else None
-        return Y
+        return self._right(A, gram=False)[0]
 
-    def _left_t_cached(self, B):
-        if self._range_cache is None:
-            return None
-        Y, P, svd = self._range_cache
-        if B.shape[0] != Y.shape[0]:
-            return None
-        if svd is None:
-            U, S, Vt = np.linalg.svd(Y, full_matrices=False)
-            keep = S > S[0] * 1e-12 if S.size and S[0] > 0 else np.zeros(S.shape, bool)
-            svd = U[:, keep], S[keep], Vt[keep]
-            self._range_cache = (Y, P, svd)
-        U, S, Vt = svd
-        C = U.T @ B
-        resid = B - U @ C
-        if np.linalg.norm(resid) > SPAN_RTOL * max(np.linalg.norm(B), np.finfo(float).tiny):
-            return None
-        # B = Y M with M = V S^-1 U^T B, so Xe^T B = (Xe^T Y) M
-        return P @ (Vt.T @ (C / S[:, None]))
+    def right_gram(self, A):
+        """``Y = Xe @ A`` and ``Xe.T @ Y`` (float64 sums), in one read.
+
+        The range finder's step: each block multiplies its rows of ``Y`` back
+        while it is in memory, so that the following ``Xe.T @ Q`` (``Q`` the
+        orthonormalised ``Y``) needs no read.
+        """
+        A = np.asarray(A, dtype=np.float64)
+        if self._expected is not None and len(self._expected) == 3:
+            A0, Y, P = self._expected
+            if A0.shape == A.shape and np.array_equal(A0, A):
+                self._expected = None
+                return Y, P
+        return self._right(A, gram=True)
+
+    def _right(self, A, gram):
+        A = np.asarray(A, dtype=np.float64)
+        AcT = np.ascontiguousarray((A * self.col_scale[:, None]).T, dtype=self.dtype)
+        Y, part = self._read(_right_block, local=True, AcT=AcT, gram=gram)
+        Y = self._scatter(Y, A.shape[1])
+        return Y, (part["P"].T * self.col_scale[:, None] if gram else None)
 
     def left_t(self, B):
-        """``Xe.T @ B`` for ``B`` of shape (n_rows, r), in one read (or none).
-
-        No read is needed when ``B`` lies in the span of the last
-        :meth:`right` product (see ``speculative``).
-        """
+        """``Xe.T @ B`` for ``B`` of shape (n_rows, r), in one read."""
         B = np.asarray(B, dtype=np.float64)
-        cached = self._left_t_cached(B)
-        if cached is not None:
-            return cached
-        if self._range_cache is not None:
-            # The caller is not a range finder (e.g. the solver's projected
-            # map update, right(Ht) then left_t(W)): stop speculating.
-            self._missed = True
-            self._range_cache = None
         _, part = self._read(_left_t_block, per_block=lambda r: (B[r],))
-        return part["P"].astype(np.float64) * self.col_scale[:, None]
+        return part["P"].T * self.col_scale[:, None]
 
     def fused_pass(self, W, Ht, update):
         """Update the maps block by block and return ``Xe.T @ W`` (updated maps).
@@ -511,10 +562,9 @@ class DaskOperator:
         and returns the updated rows and its share of ``Xe.T @ W``. ``W`` is
         updated in place on the driver.
         """
-        Hc = (np.asarray(Ht, np.float64) * self.col_scale[:, None]).astype(self.dtype)
+        HcT = np.ascontiguousarray((np.asarray(Ht, np.float64) * self.col_scale[:, None]).T, dtype=self.dtype)
         Wb, part = self._read(_fused_block, local=True, per_block=lambda r: (np.array(W[r], dtype=np.float64),),
-                              Hc=Hc, update=update)
+                              HcT=HcT, update=update)
         for (_, rows), value in zip(self._layout.blocks, Wb):
             W[rows] = value
-        self._range_cache = None
-        return part["P"].astype(np.float64) * self.col_scale[:, None]
+        return part["P"].T * self.col_scale[:, None]

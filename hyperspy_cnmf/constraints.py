@@ -23,8 +23,14 @@ update, then clips negatives. Design choices:
   avoids the ringing of a hard circular mask (``filter="hard"`` is available,
   as is ``filter="gaussian"``, a positive kernel that never creates negatives
   but attenuates inside the circle);
-* maps are mirror-extended before the FFT, so the scan edges do not create the
-  high-frequency cross of a periodic discontinuity;
+* maps are mirror-extended before filtering, so the scan edges do not create
+  the high-frequency cross of a periodic discontinuity. The filter of the
+  mirror-extended map is computed exactly, without the extension, in the basis
+  of the type-II discrete cosine transform (the DCT-II is the Fourier
+  transform of the half-sample mirror extension), as four small matrix
+  products that skip the frequencies the filter removes: a single map costs
+  about a third of the FFT of its extension, which matters because the HALS
+  update filters one map after every column step;
 * frequencies are calibrated: the cutoff is given as a length in the
   navigation axes' units and anisotropic scan steps are honoured.
 
@@ -54,7 +60,12 @@ the radius or switch the constraint off.
 
 import numpy as np
 
-from hyperspy_cnmf.nmf._kernels import azimuthal_closing_stack, grey_closing_stack
+from hyperspy_cnmf.nmf._kernels import (
+    azimuthal_closing_apply,
+    azimuthal_closing_stack,
+    azimuthal_table,
+    grey_closing_stack,
+)
 
 #: Full width at half maximum of the diffraction-limited (Airy) probe, in
 #: units of lambda / alpha.
@@ -91,15 +102,87 @@ def probe_fwhm_from_convergence(convergence_angle_mrad, beam_energy_kev):
     return AIRY_FWHM * electron_wavelength(beam_energy_kev) / (convergence_angle_mrad * 1e-3)
 
 
-def _radial_frequency(shape, scale, rfft=True):
-    fy = np.fft.fftfreq(shape[0], d=scale[0])[:, None]
-    fx = (np.fft.rfftfreq if rfft else np.fft.fftfreq)(shape[1], d=scale[1])[None, :]
-    return np.sqrt(fy**2 + fx**2)
+def _dct_matrix(n):
+    """Orthonormal DCT-II matrix: ``C @ x`` is the DCT-II of ``x``, ``C.T`` its inverse."""
+    k = np.arange(n)[:, None]
+    m = np.arange(n)[None, :]
+    C = np.sqrt(2.0 / n) * np.cos(np.pi * k * (2 * m + 1) / (2 * n))
+    C[0] /= np.sqrt(2.0)
+    return C
 
 
-def _mirror_extend(stack):
-    ext = np.concatenate([stack, stack[:, ::-1, :]], axis=1)
-    return np.concatenate([ext, ext[:, :, ::-1]], axis=2)
+class _HalfDCT:
+    """Truncated orthonormal DCT-II along one axis, by its even/odd symmetry.
+
+    Row ``k`` of the DCT-II matrix is symmetric about the middle of the axis
+    for even ``k`` and antisymmetric for odd ``k``, so the transform of ``x``
+    is the product of the even rows' first halves with ``x + x[::-1]`` and of
+    the odd rows' with ``x - x[::-1]``: half the multiplications of the full
+    matrix product (measured 2 ms -> 1 ms per 256 x 256 map filter). The
+    coefficients come out permuted: the even frequencies ``0, 2, 4, ...``
+    first, then the odd ones; :attr:`order` gives the frequency of each.
+
+    Parameters
+    ----------
+    n : int
+        Axis length.
+    k : int
+        Number of leading frequencies kept (``<= n``).
+    """
+
+    def __init__(self, n, k):
+        C = _dct_matrix(n)
+        self.n, self.h = n, n // 2
+        odd_n = n % 2
+        ke = np.arange(0, k, 2)
+        ko = np.arange(1, k, 2)
+        self.order = np.concatenate([ke, ko])
+        self.ke = ke.size
+        self.ce = np.ascontiguousarray(C[ke, : self.h + odd_n])  # even rows, first half (+ middle)
+        self.co = np.ascontiguousarray(C[ko, : self.h])  # odd rows, first half
+        self.cet = np.ascontiguousarray(self.ce.T)
+        self.cot = np.ascontiguousarray(self.co.T)
+
+    def _fold(self, x, axis):
+        """``(x + mirror, x - mirror)`` over the first half of ``axis`` (middle kept in the sum)."""
+        n, h = self.n, self.h
+        if axis == 0:
+            top, bot = x[:h], x[n - 1 : n - 1 - h : -1] if h else x[:0]
+            u = top + bot
+            if n % 2:
+                u = np.concatenate([u, x[h : h + 1]], axis=0)
+            return u, top - bot
+        top, bot = x[:, :h], x[:, n - 1 : n - 1 - h : -1] if h else x[:, :0]
+        u = top + bot
+        if n % 2:
+            u = np.concatenate([u, x[:, h : h + 1]], axis=1)
+        return u, top - bot
+
+    def forward(self, x, axis):
+        """Kept DCT-II coefficients of ``x`` (2D) along ``axis``, in :attr:`order`."""
+        u, w = self._fold(x, axis)
+        if axis == 0:
+            return np.concatenate([self.ce @ u, self.co @ w], axis=0)
+        return np.concatenate([u @ self.cet, w @ self.cot], axis=1)
+
+    def inverse(self, c, axis):
+        """The inverse of :meth:`forward` (missing frequencies taken as zero)."""
+        n, h, ke = self.n, self.h, self.ke
+        if axis == 0:
+            a, b = self.cet @ c[:ke], self.cot @ c[ke:]
+            out = np.empty((n,) + c.shape[1:])
+            out[:h] = a[:h] + b
+            out[n - h :] = (a[:h] - b)[::-1]
+            if n % 2:
+                out[h] = a[h]
+            return out
+        a, b = c[:, :ke] @ self.ce, c[:, ke:] @ self.co
+        out = np.empty(c.shape[:1] + (n,))
+        out[:, :h] = a[:, :h] + b
+        out[:, n - h :] = (a[:, :h] - b)[:, ::-1]
+        if n % 2:
+            out[:, h] = a[:, h]
+        return out
 
 
 class MapResolutionConstraint:
@@ -143,9 +226,20 @@ class MapResolutionConstraint:
         self.cutoff = 1.0 / resolution
         self.filter = filter
         self.taper = taper
-        ext = (2 * self.nav_shape[0], 2 * self.nav_shape[1])
-        self.transfer = self.transfer_function(_radial_frequency(ext, self.scale))
-        self._ext_shape = ext
+        # DCT-II frequency index k of an axis of n samples is the frequency
+        # k / (2 n) cycles per sample of the mirror-extended map.
+        ny, nx = self.nav_shape
+        fy = np.arange(ny)[:, None] / (2 * ny * self.scale[0])
+        fx = np.arange(nx)[None, :] / (2 * nx * self.scale[1])
+        self.transfer = self.transfer_function(np.sqrt(fy**2 + fx**2))
+        # Keep only the frequencies the filter passes (the others are zeroed).
+        pass_y = np.nonzero(np.any(self.transfer > 0, axis=1))[0]
+        pass_x = np.nonzero(np.any(self.transfer > 0, axis=0))[0]
+        ky = int(pass_y[-1]) + 1 if pass_y.size else 1
+        kx = int(pass_x[-1]) + 1 if pass_x.size else 1
+        self._dy = _HalfDCT(ny, ky)
+        self._dx = _HalfDCT(nx, kx)
+        self._t = np.ascontiguousarray(self.transfer[np.ix_(self._dy.order, self._dx.order)])
 
     def transfer_function(self, f):
         """Filter transfer at the spatial frequencies ``f`` (cycles / length)."""
@@ -168,13 +262,16 @@ class MapResolutionConstraint:
     def __call__(self, W):
         """Filter the maps (columns of ``W``) and clip negatives; returns a new array."""
         ny, nx = self.nav_shape
+        W = np.asarray(W, dtype=np.float64)
         k = W.shape[1]
-        maps = np.ascontiguousarray(W.T).reshape(k, ny, nx)
-        spec = np.fft.rfft2(_mirror_extend(maps), axes=(1, 2))
-        spec *= self.transfer
-        out = np.fft.irfft2(spec, s=self._ext_shape, axes=(1, 2))[:, :ny, :nx]
+        out = np.empty((k, ny * nx))
+        for j in range(k):
+            m = W[:, j].reshape(ny, nx)  # a copy only for a strided column
+            spec = self._dx.forward(self._dy.forward(m, 0), 1)
+            spec *= self._t
+            out[j] = self._dy.inverse(self._dx.inverse(spec, 1), 0).ravel()
         np.maximum(out, 0.0, out=out)
-        return out.reshape(k, ny * nx).T.copy()
+        return out.T.copy()
 
 
 def disk_offsets(radius):
@@ -293,12 +390,19 @@ class DiffractionDipConstraint:
             centre = ((self.sig_shape[0] - 1) / 2, (self.sig_shape[1] - 1) / 2)
         self.centre = (float(centre[0]), float(centre[1]))
         self.r_min = 2 * radius + 1 if r_min is None else float(r_min)
+        self._table = None
 
     def close(self, stack):
         """The closing of a stack of patterns, shape (k, qy, qx)."""
         if self.mode == "isotropic":
             return closing(stack, self.radius, self.valid)
-        return azimuthal_closing(stack, self.centre, int(round(self.radius)), self.r_min, self.valid)
+        half = int(round(self.radius))
+        if self._table is None:
+            # The sampling geometry is fixed: computed once, reused by every
+            # closing of the iterations (the same numbers as azimuthal_closing).
+            self._table = azimuthal_table(self.valid, self.centre[0], self.centre[1], half, self.r_min)
+        stack = np.ascontiguousarray(stack, dtype=np.float64)
+        return azimuthal_closing_apply(stack, *self._table, half)
 
     def __call__(self, Ht):
         """Apply the closing to the patterns (columns of ``Ht``); returns a new array."""

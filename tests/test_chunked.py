@@ -10,7 +10,7 @@ import pytest
 
 from hyperspy_cnmf.chunked import DaskOperator
 from hyperspy_cnmf.nmf import DenseOperator, constrained_nmf
-from hyperspy_cnmf.nmf._operators import randomized_range
+from hyperspy_cnmf.nmf._operators import randomized_range, range_test_matrix
 from hyperspy_cnmf.nmf._solver import _update
 
 NAV, SIG = (12, 10), (6, 8)
@@ -112,15 +112,51 @@ def test_poisson_rescaling_and_range_finder_cost_fewer_reads(chunks):
     np.testing.assert_allclose(B1, B2, atol=1e-10 * np.abs(B2).max())
 
 
-def test_speculation_stops_after_a_miss():
+def test_right_gram_is_one_read_and_equals_two_dense_products():
     op, dense, _ = _pair(CHUNKINGS["nav-rows"])
     rng = np.random.default_rng(2)
-    A, B = rng.random((M, 3)), rng.random((N, 3))
+    A = rng.random((M, 3))
+    Y, P = op.right_gram(A)
+    assert op.n_passes == 1
+    np.testing.assert_allclose(Y, dense.right(A), rtol=1e-12)
+    np.testing.assert_allclose(P, dense.left_t(dense.right(A)), rtol=1e-10)
     op.right(A)
-    np.testing.assert_allclose(op.left_t(B), dense.left_t(B), rtol=1e-12)  # not in the span: a read
-    assert op.n_passes == 2 and op._missed
-    op.right(A)
-    assert op._range_cache is None
+    op.left_t(Y)
+    assert op.n_passes == 3  # plain products: one read each, nothing cached
+
+
+@pytest.mark.parametrize("chunks", [CHUNKINGS["nav-tiles"], CHUNKINGS["signal-chunked"]])
+def test_expected_range_product_comes_with_the_first_read(chunks):
+    op, dense, _ = _pair(chunks)
+    op.expect_right_gram(range_test_matrix(op, 9, np.random.default_rng(3)))
+    _assert_stats_equal(op.stats(), dense.stats())
+    assert op.n_passes == 1
+    Q1, B1 = randomized_range(op, 9, n_power_iter=2, rng=3)
+    Q2, B2 = randomized_range(dense, 9, n_power_iter=2, rng=3)
+    assert op.n_passes == 1 + 2  # the first product came with the statistics
+    np.testing.assert_allclose(Q1, Q2, atol=1e-10)
+    np.testing.assert_allclose(B1, B2, atol=1e-10 * np.abs(B2).max())
+    # another matrix, or a second call: a read of its own
+    op.right_gram(range_test_matrix(op, 9, np.random.default_rng(3)))
+    assert op.n_passes == 4
+
+
+def test_statistics_without_poisson_sums_still_rescale_correctly():
+    _, dense, _ = _pair(CHUNKINGS["nav-rows"])
+    X4, clean, rs, cs = _data()
+    op = DaskOperator(da.from_array(X4, chunks=(3, 7, 6, 8)), rs, cs, poisson_stats=False)
+    r, c = _poisson(op, rs, cs)
+    op2, dense2 = op.rescaled(r, c), dense.rescaled(r, c)
+    _assert_stats_equal(op2.stats(), dense2.stats())
+    assert op.n_passes == 1 and op2.n_passes == 1  # the rescaled statistics needed a read
+
+
+def test_non_finite_entries_outside_the_masks_are_counted():
+    X4, clean, rs, cs = _data()
+    X4[1, 2, 3, 3] = np.nan  # a valid entry
+    op = DaskOperator(da.from_array(X4, chunks=(3, 7, 6, 8)), rs, cs)
+    assert op.stats()["n_bad"] == 1
+    assert np.isfinite(op.stats()["total"])
 
 
 def test_integer_and_float16_chunks_are_analysed_as_float32():

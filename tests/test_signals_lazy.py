@@ -91,6 +91,18 @@ def test_lazy_decomposition_equals_eager(small, options, chunks):
     assert info_l["n_passes"] <= info_e["n_passes"]
 
 
+def test_first_range_product_shares_the_statistics_read(small):
+    # n_power_iter (2) reads for the range finder, whose first product came
+    # with the statistics read, plus 2 for the exact iteration; no read for
+    # the final loss after the component separation
+    info = _fit(_lazy(small, NAV_TILES), max_exact_iter=1)
+    assert info["n_passes"] == 2 + 2
+    # Poisson weighting: the scales come from the first read, so the range
+    # finder reads n_power_iter + 1 times
+    info = _fit(_lazy(small, NAV_TILES), max_exact_iter=1, normalize_poissonian_noise=True)
+    assert info["n_passes"] == 3 + 2
+
+
 def test_lazy_masks_and_integer_counts(small):
     counts = STEM4D(np.round(small.data).astype(np.uint16))
     nav, sig = _masks()

@@ -21,6 +21,8 @@ from hyperspy_cnmf.nmf._kernels import hals_rows, mu_rows
 from hyperspy_cnmf.nmf._operators import SketchOperator, randomized_range
 
 SOLVERS = ("hals", "mu", "als")
+#: Default extra rank of the randomized sketch beyond ``k``.
+SKETCH_OVERSAMPLE = 10
 INITS = ("nndsvda", "nndsvd", "spa", "random")
 _EPS = 1e-12
 _NO_SKIP = np.zeros(0, dtype=bool)
@@ -105,7 +107,8 @@ def _balance(W, Ht):
     """Rescale each component so that its map and pattern have equal norms.
 
     ``W Ht^T`` is unchanged; this only removes NMF's scaling freedom, which
-    otherwise lets the factors drift towards over/underflow.
+    otherwise lets the factors drift towards over/underflow. Returns the
+    factors ``d`` by which the maps were multiplied.
     """
     nw = np.sqrt(np.einsum("ij,ij->j", W, W))
     nh = np.sqrt(np.einsum("ij,ij->j", Ht, Ht))
@@ -114,6 +117,7 @@ def _balance(W, Ht):
     d[ok] = np.sqrt(nh[ok] / nw[ok])
     W *= d
     Ht /= d
+    return d
 
 
 def _loss(sq_norm, XtW, WtW, Ht, n_valid):
@@ -140,23 +144,32 @@ def _projected_update(solver, A, R, G, skip, project, n_inner, inner_tol):
         if has_skip:
             A[skip] = 0.0
         return
-    k = A.shape[1]
+    # Columns as contiguous rows: every column step reads and writes whole
+    # columns, which in the (n, k) C layout would be strided passes over A.
+    At = np.ascontiguousarray(A.T)
+    Rt = np.ascontiguousarray(np.asarray(R, dtype=np.float64).T)
+    k = At.shape[0]
     first = None
     for sweep in range(max(1, n_inner)):
         change = 0.0
         for j in range(k):
             if G[j, j] <= 0:
                 continue
-            step = (R[:, j] - A @ G[:, j]) / G[j, j]
-            new = project(np.maximum(A[:, j] + step, 0.0)[:, None])[:, 0]
+            step = Rt[j] - G[:, j] @ At
+            step /= G[j, j]
+            step += At[j]
+            np.maximum(step, 0.0, out=step)
+            new = project(step[:, None])[:, 0]
             if has_skip:
                 new[skip] = 0.0
-            change += float(np.sum((new - A[:, j]) ** 2))
-            A[:, j] = new
+            diff = new - At[j]
+            change += float(diff @ diff)
+            At[j] = new
         if first is None:
             first = change
         elif change <= inner_tol * first:
             break
+    A[:] = At.T
 
 
 def _iterate(op, W, Ht, *, solver, max_iter, tol, map_c, diff_c, n_inner, inner_tol, callback, phase):
@@ -167,6 +180,9 @@ def _iterate(op, W, Ht, *, solver, max_iter, tol, map_c, diff_c, n_inner, inner_
     (one read) and projected column by column, then ``Xe.T @ W`` is read
     again: two reads per iteration, but every iterate satisfies the
     constraint, so the loss reported is that of constrained factors.
+
+    Returns the losses, whether ``tol`` was reached, and ``op.left_t(W)`` for
+    the final factors (None without iterations).
     """
     valid_rows = op.row_scale != 0
     skip_rows = ~valid_rows
@@ -175,6 +191,7 @@ def _iterate(op, W, Ht, *, solver, max_iter, tol, map_c, diff_c, n_inner, inner_
     sq_norm = op.stats()["sq_norm"]
     losses = []
     converged = False
+    XtW = None
     for it in range(max_iter):
         G = Ht.T @ Ht
         if map_c is None:
@@ -190,13 +207,13 @@ def _iterate(op, W, Ht, *, solver, max_iter, tol, map_c, diff_c, n_inner, inner_
             _projected_update(solver, Ht, XtW, WtW, skip_cols, diff_c, n_inner, inner_tol)
         loss = _loss(sq_norm, XtW, WtW, Ht, n_valid)
         losses.append(loss)
-        _balance(W, Ht)
+        XtW *= _balance(W, Ht)  # Xe.T @ W of the balanced maps
         if callback is not None:
             callback(phase, it, loss)
         if it > 0 and abs(losses[-2] - loss) <= tol * max(losses[-2], _EPS):
             converged = True
             break
-    return losses, converged
+    return losses, converged, XtW
 
 
 def _safe_share(hi, hj, a, max_clip):
@@ -244,8 +261,13 @@ def _separate(W, Ht, col_scale, support=0.1, max_clip=0.1, max_moves=None):
     ``max_clip=0.1`` they stay within 4 %, while 0.02 was measured to stop
     the separation on the simulated data). Maps only grow, so the map
     constraint (a linear filter) still holds.
+
+    Returns the ``(k, k)`` matrix ``M`` with ``W_after = W_before @ M`` (the
+    moves are column operations on ``W``), so that ``Xe.T @ W`` of the
+    separated maps follows from the one of the fit without a data read.
     """
     k = W.shape[1]
+    M = np.eye(k)
     if max_moves is None:
         max_moves = 4 * k * k
     wsum = W.sum(axis=0)
@@ -278,9 +300,11 @@ def _separate(W, Ht, col_scale, support=0.1, max_clip=0.1, max_moves=None):
             continue
         Ht[:, i] = np.maximum(Ht[:, i] - a * Ht[:, j], 0.0)
         W[:, j] += a * W[:, i]
+        M[:, j] += a * M[:, i]
         wsum = W.sum(axis=0)
         Hd[:, i] = Ht[:, i] / unit[:, 0]
         strong[:, i] = Hd[:, i] >= support * Hd[:, i].max()
+    return M
 
 
 def _start(W0, Ht0, op, map_c, diff_c):
@@ -340,7 +364,7 @@ def constrained_nmf(
     map_constraint=None,
     diffraction_constraint=None,
     sketch=False,
-    sketch_oversample=10,
+    sketch_oversample=SKETCH_OVERSAMPLE,
     n_power_iter=2,
     n_inner=10,
     inner_tol=0.1,
@@ -407,7 +431,9 @@ def constrained_nmf(
         After the iterations, move pattern content shared between components
         to the component that owns it (see :func:`_separate`): NMF's
         solutions are not unique, and this picks the one with the least
-        mixed patterns. One more data read (for the final loss).
+        mixed patterns. It needs no data read after exact iterations
+        (the loss of the separated factors follows from the last one's
+        products), else one.
     callback : callable or None
         ``callback(phase, iteration, loss)`` after every iteration; it may
         raise to interrupt the fit.
@@ -455,32 +481,37 @@ def constrained_nmf(
         if start > 0:
             W0, Ht0 = random_init(op.shape[0], op.shape[1], k, mean, rng)
         W, Ht = _start(W0, Ht0, op, map_c, diff_c)
-        run_losses, run_conv = _iterate(first_op, W, Ht, max_iter=first_cap, tol=tol,
-                                        phase=first_phase, **common)
+        run_losses, run_conv, run_xtw = _iterate(first_op, W, Ht, max_iter=first_cap, tol=tol,
+                                                 phase=first_phase, **common)
         if best is None or run_losses[-1] < best[2][-1]:
-            best = (W, Ht, run_losses, run_conv, start)
-    W, Ht, first_losses, converged, best_start = best
+            best = (W, Ht, run_losses, run_conv, start, run_xtw)
+    W, Ht, first_losses, converged, best_start, XtW = best
+    if sketch:
+        XtW = None  # products with the sketch, not the data
 
     losses = list(first_losses)
     phases = [first_phase] * len(first_losses)
     n_sketch = len(first_losses) if sketch else 0
     n_exact = 0 if sketch else len(first_losses)
     if sketch:
-        ex_losses, converged = _iterate(op, W, Ht, max_iter=max_exact_iter, tol=tol, phase="exact", **common)
+        ex_losses, converged, ex_xtw = _iterate(op, W, Ht, max_iter=max_exact_iter, tol=tol, phase="exact",
+                                                **common)
+        XtW = ex_xtw
         losses += ex_losses
         phases += ["exact"] * len(ex_losses)
         n_exact = len(ex_losses)
     if separate and k > 1:
         # Last, since further iterations drift back into the mixed members
-        # of the family (they fit a little more noise); one read for the
-        # loss of the final factors.
-        _separate(W, Ht, op.col_scale)
+        # of the family (they fit a little more noise). The moves are column
+        # operations on the maps, so the loss of the final factors needs no
+        # read when the last iteration was exact.
+        M = _separate(W, Ht, op.col_scale)
         if diff_c is not None:
             # The subtraction leaves noise-deep holes where the other
             # pattern is strong: close them again.
             Ht[:] = diff_c(Ht)
             Ht[op.col_scale == 0] = 0.0
-        XtW = op.left_t(W)
+        XtW = op.left_t(W) if XtW is None else XtW @ M
         Wv = W[op.row_scale != 0]
         losses.append(_loss(op.stats()["sq_norm"], XtW, Wv.T @ Wv, Ht, max(1, n_rows * n_cols)))
         phases.append("separate")

@@ -12,6 +12,8 @@ import numpy as np
 
 from hyperspy_cnmf.constraints import DiffractionDipConstraint, MapResolutionConstraint
 from hyperspy_cnmf.nmf import INITS, SOLVERS, DenseOperator, constrained_nmf
+from hyperspy_cnmf.nmf._operators import range_test_matrix
+from hyperspy_cnmf.nmf._solver import SKETCH_OVERSAMPLE
 from hyperspy_cnmf.signals._calibration import estimate_probe_fwhm, find_beam_disk
 
 ALGORITHM = "constrained_nmf"
@@ -61,13 +63,13 @@ def _unfolded_data(signal):
     return data.reshape(int(np.prod(nav)), int(np.prod(sig)))
 
 
-def _make_operator(signal, row_scale, col_scale):
+def _make_operator(signal, row_scale, col_scale, poisson=True):
     """In-memory data: a DenseOperator; lazy data: a DaskOperator over the chunks."""
     if signal._lazy:
         from hyperspy_cnmf.chunked import DaskOperator
 
         return DaskOperator(_unfolded_data(signal), row_scale=row_scale, col_scale=col_scale,
-                            signal_ndim=signal.axes_manager.signal_dimension)
+                            signal_ndim=signal.axes_manager.signal_dimension, poisson_stats=poisson)
     return DenseOperator(_unfolded_data(signal), row_scale=row_scale, col_scale=col_scale)
 
 
@@ -87,6 +89,54 @@ def _with_clean_masked_entries(signal, op, nav_mask, sig_mask):
     clean[nav_mask] = np.nan_to_num(clean[nav_mask], nan=0.0, posinf=0.0, neginf=0.0)
     clean[:, sig_mask] = np.nan_to_num(clean[:, sig_mask], nan=0.0, posinf=0.0, neginf=0.0)
     return DenseOperator(clean, row_scale=op.row_scale, col_scale=op.col_scale)
+
+
+def _single_threaded_blas():
+    """BLAS limited to one thread during the fit (``threadpoolctl``, a dependency).
+
+    The large products of a fit are Numba kernels, threaded by the in-memory
+    operator itself or run by the dask scheduler's threads; BLAS only serves
+    the small products between reads (the sketch, the map filter's DCT
+    matrices of :class:`~hyperspy_cnmf.constraints.MapResolutionConstraint`,
+    the Gram matrices). Threading those gains little and costs much, as
+    measured on the 2-core benchmark machine: OpenBLAS threads left spinning
+    after the small products take the cores from the Numba-threaded data
+    passes (one exact in-memory iteration of the eager benchmark: 83 ms with
+    two BLAS threads, 52 ms with one); with other processes busy on the
+    machine a two-thread 256 x 256 map filter took 5.5 ms per call inside a
+    fit (load 1.7-2.5) instead of 1.1 ms idle, and two lazy fits that take
+    11.5 s took 88 and 104 s (load 3.8). The limit is process-wide while the
+    fit runs and restored afterwards.
+    """
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _expect_range_product(op, k, init, sketch, poisson, random_state):
+    """Let an out-of-core operator compute the range finder's first product in its first read.
+
+    The solver's first use of its random generator is the test matrix of
+    the randomized range finder (:func:`~hyperspy_cnmf.nmf._operators.range_test_matrix`)
+    when it initialises from the sketch (``nndsvd*``, ``spa``) or sketches
+    after a custom init. The same matrix, drawn here from the same seed, is
+    handed to the operator, whose statistics read (needed anyway for the
+    input checks) then multiplies the data by it: one read of the whole
+    dataset less per fit. Not with the Poisson weighting (the scales, hence
+    the product, are only known after that read) or a ``Generator``
+    ``random_state`` (drawing from it here would change the solver's draws).
+
+    Returns the seed to give the solver: ``random_state``, or for ``None``
+    a fresh integer seed (the same randomness, but known here).
+    """
+    if random_state is None:
+        random_state = int(np.random.SeedSequence().generate_state(1)[0])
+    first_draw_is_range = isinstance(init, str) and init != "random" or (isinstance(init, tuple) and sketch)
+    if (hasattr(op, "expect_right_gram") and not poisson and first_draw_is_range
+            and isinstance(random_state, (int, np.integer))):
+        omega = range_test_matrix(op, k + SKETCH_OVERSAMPLE, np.random.default_rng(random_state))
+        op.expect_right_gram(omega)
+    return random_state
 
 
 def _poisson_scales(op, nav_valid, sig_valid):
@@ -185,8 +235,10 @@ def constrained_nmf_decomposition(
         raise ValueError("all data are masked: nothing to factorize")
     nav_valid, sig_valid = ~nav_mask, ~sig_mask
 
-    op = _make_operator(signal, nav_valid.astype(float), sig_valid.astype(float))
+    op = _make_operator(signal, nav_valid.astype(float), sig_valid.astype(float),
+                        poisson=bool(normalize_poissonian_noise))
     op = _with_clean_masked_entries(signal, op, nav_mask, sig_mask)
+    seed = _expect_range_product(op, k, init, sketch, normalize_poissonian_noise, random_state)
     stats = op.stats()
     if stats["n_bad"]:
         raise ValueError(
@@ -260,11 +312,12 @@ def constrained_nmf_decomposition(
 
     callback, close = _progress_callback(show_progressbar, max_iter)
     try:
-        result = constrained_nmf(
-            op, k, solver=solver, init=init, max_iter=max_iter, tol=tol, random_state=random_state,
-            map_constraint=map_c, diffraction_constraint=diff_c, sketch=sketch, n_init=n_init,
-            max_exact_iter=max_exact_iter, separate=separate_components, callback=callback,
-        )
+        with _single_threaded_blas():
+            result = constrained_nmf(
+                op, k, solver=solver, init=init, max_iter=max_iter, tol=tol, random_state=seed,
+                map_constraint=map_c, diffraction_constraint=diff_c, sketch=sketch, n_init=n_init,
+                max_exact_iter=max_exact_iter, separate=separate_components, callback=callback,
+            )
     finally:
         close()
 
