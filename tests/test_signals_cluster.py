@@ -527,5 +527,6 @@ def test_with_constrained_nmf(base_signal):
     assert clear.sum() >= truth.n_components
     assert adjusted_rand_score(phase[clear], lr.cdiff_labels[clear]) >= 0.95
     ari = adjusted_rand_score(truth.phase_map.ravel(), lr.cdiff_position_labels)
-    # measured 0.963 here; 0.957-0.980 over seeds 0-5 at k = 14 and 21
+    # measured 0.963 here; 0.957-0.982 over seeds 0-5 at k = 14 and 21
+    # (benchmarks/quality_clustering.py)
     assert ari >= 0.95

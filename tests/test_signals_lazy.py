@@ -33,6 +33,7 @@ def _fit(s, **kw):
     kw.setdefault("max_iter", 8)
     kw.setdefault("tol", 0)
     kw.setdefault("print_info", False)
+    kw.setdefault("max_exact_iter", None)  # as in memory ("auto": 1 exact iteration when lazy)
     with pytest.warns(UserWarning, match="max_iter"):
         return s.decomposition(algorithm="constrained_nmf", output_dimension=K, return_info=True, **kw)
 
@@ -101,6 +102,28 @@ def test_first_range_product_shares_the_statistics_read(small):
     # finder reads n_power_iter + 1 times
     info = _fit(_lazy(small, NAV_TILES), max_exact_iter=1, normalize_poissonian_noise=True)
     assert info["n_passes"] == 3 + 2
+
+
+def test_auto_exact_iterations_lazy_and_eager(small):
+    """``max_exact_iter="auto"``: lazy data get one exact refinement of the converged sketch."""
+    import warnings
+
+    from hyperspy_cnmf.signals._decomposition import LAZY_EXACT_ITER
+
+    kw = dict(algorithm="constrained_nmf", output_dimension=K, random_state=0, tol=1e-4,
+              max_iter=300, print_info=False, return_info=True)
+    lazy, eager = _lazy(small, NAV_TILES), small.deepcopy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a refinement budget is no convergence failure
+        info_l = lazy.decomposition(**kw)
+    info_e = eager.decomposition(**kw)
+    assert info_l["max_exact_iter"] == LAZY_EXACT_ITER == info_l["n_iter"]
+    assert info_l["n_iter_sketch"] < 300 and info_l["sketch_converged"] and not info_l["converged"]
+    assert info_e["max_exact_iter"] is None and info_e["converged"] and info_e["n_iter"] > 1
+    # the refined sketch fit is as good as the exact fit to tol
+    assert info_l["final_loss"] == pytest.approx(info_e["final_loss"], rel=0.01)
+    with pytest.raises(ValueError, match="max_exact_iter"):
+        lazy.decomposition(algorithm="constrained_nmf", output_dimension=K, max_exact_iter="few")
 
 
 def test_lazy_masks_and_integer_counts(small):
@@ -196,7 +219,7 @@ def test_interruption_leaves_the_signal_and_results_untouched(small, monkeypatch
     data = lazy.data
 
     def interrupt(phase, iteration, loss):
-        if phase == "exact" and iteration == 1:
+        if phase == "exact" and iteration == 0:  # mid-fit: the sketch phase is done
             raise KeyboardInterrupt
 
     monkeypatch.setattr(_decomposition, "_progress_callback", lambda *args: (interrupt, lambda: None))
@@ -212,7 +235,7 @@ def test_failing_read_mid_fit_keeps_earlier_results(small):
     lazy = _lazy(small, (6, 24, 24, 24))
     _fit(lazy, max_iter=3)
     before = lazy.learning_results.factors.copy()
-    source = _Source(small.data, fail_after=4 * 8)  # fails in the 9th read
+    source = _Source(small.data, fail_after=4 * 3)  # fails in the 4th read (the exact phase)
     lazy.data = da.from_array(source, chunks=(6, 24, 24, 24), asarray=False)
     with pytest.raises(RuntimeError, match="disk went away"):
         lazy.decomposition(algorithm="constrained_nmf", output_dimension=K + 1, print_info=False)

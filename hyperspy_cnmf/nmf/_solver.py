@@ -58,6 +58,9 @@ class NMFResult:
         "separate" (the loss after the component separation).
     best_init : int
         Which of the ``n_init`` starts was kept (0 = ``init``).
+    sketch_converged : bool
+        The sketch phase reached ``tol`` (``sketch=True`` only); with a
+        capped exact phase the result is then a refined sketch fit.
     """
 
     W: np.ndarray
@@ -69,6 +72,7 @@ class NMFResult:
     n_passes: int = 0
     phases: list = field(default_factory=list)
     best_init: int = 0
+    sketch_converged: bool = False
 
 
 def _update(solver, A, R, G, skip, n_inner, inner_tol):
@@ -426,7 +430,9 @@ def constrained_nmf(
         Cap on the exact iterations after the sketch phase (``None``:
         ``max_iter``). A small cap bounds the number of data reads, e.g. for
         out-of-core data. If the cap is reached before ``tol``, the result is
-        flagged as not converged (and a :class:`ConvergenceWarning` raised).
+        flagged as not converged; a :class:`ConvergenceWarning` is raised
+        unless the cap is a refinement budget (``sketch=True``, the sketch
+        phase reached ``tol`` and ``max_exact_iter < max_iter``).
     separate : bool
         After the iterations, move pattern content shared between components
         to the component that owns it (see :func:`_separate`): NMF's
@@ -486,6 +492,7 @@ def constrained_nmf(
         if best is None or run_losses[-1] < best[2][-1]:
             best = (W, Ht, run_losses, run_conv, start, run_xtw)
     W, Ht, first_losses, converged, best_start, XtW = best
+    sketch_converged = bool(sketch and converged)
     if sketch:
         XtW = None  # products with the sketch, not the data
 
@@ -515,7 +522,8 @@ def constrained_nmf(
         Wv = W[op.row_scale != 0]
         losses.append(_loss(op.stats()["sq_norm"], XtW, Wv.T @ Wv, Ht, max(1, n_rows * n_cols)))
         phases.append("separate")
-    if not converged:
+    refinement_budget = sketch_converged and max_exact_iter < max_iter
+    if not converged and not refinement_budget:
         warnings.warn(
             f"constrained NMF stopped at its iteration cap (max_iter={max_iter}, "
             f"max_exact_iter={max_exact_iter}) before the relative loss change fell below "
@@ -533,4 +541,5 @@ def constrained_nmf(
         n_passes=getattr(op, "n_passes", 0) - passes0,
         phases=phases,
         best_init=best_start,
+        sketch_converged=sketch_converged,
     )

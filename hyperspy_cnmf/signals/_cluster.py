@@ -553,10 +553,11 @@ def cluster_diffraction(
     range per cluster the tails of all the grains of a phase add up), and
     letting the particles set the outline makes it independent of how deep
     the matrix map dips, which the NMF does not fix (grain components often
-    carry part of the amorphous halo). On six simulated datasets, with
-    constrained NMF at k = 14 and 21 (8 runs), the position ARI against the
-    true phase map was 0.69-0.94 with one range per cluster and is
-    0.957-0.980 with these rules (0.944-0.974 at k = 7, the true count).
+    carry part of the amorphous halo). On six simulated datasets with
+    constrained NMF at k = 14 and 21, the position ARI against the true
+    phase map was 0.69-0.94 with one range per cluster (8 runs) and is
+    0.957-0.982 with these rules (12 runs; 0.944-0.972 at k = 7, the true
+    count), measured by ``benchmarks/quality_clustering.py``.
     Then, with clusters numbered by decreasing number of dominated positions:
 
     - ``cluster_labels`` (c, nav_size) bool: the dominant-cluster

@@ -123,9 +123,15 @@ class STEM4D(Signal2D):
             Number of starts (the first from ``init``, the others random);
             the one with the lowest loss is kept. With ``sketch=True`` the
             starts run on the sketch and cost no extra data reads.
-        max_exact_iter : int or None, default None
-            Cap on the exact iterations after the sketch (None: ``max_iter``),
-            to bound the number of data reads on large lazy data.
+        max_exact_iter : int, None or "auto", default "auto"
+            Cap on the exact iterations after the sketch (None: ``max_iter``,
+            i.e. until ``tol``). ``"auto"``: None for in-memory data; 1 for
+            lazy data with ``sketch=True``, because out of core each exact
+            iteration reads the whole dataset once or twice: the sketch phase
+            runs to ``tol`` and one exact iteration refines it (on a 2.1 GB
+            file: 9.5 times one ``sum()`` pass instead of 13.4, factors within
+            cosine 0.9999 of the fully converged fit, loss 6e-4 higher).
+            Pass None to iterate the exact phase to ``tol`` as in memory.
         separate_components : bool, default True
             NMF is not unique: a grain's pattern can keep a share of the
             matrix pattern (direct beam, halos) while the matrix map dips
