@@ -39,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 
 def evaluate(seed, k):
     from hyperspy_cnmf.data import simulated_precipitates
+    from hyperspy_cnmf.report import clear_component_phases
 
     s = simulated_precipitates(random_state=seed)
     truth = s.metadata.Simulation
@@ -56,11 +57,9 @@ def evaluate(seed, k):
         s.cluster_diffraction()
     dt = time.perf_counter() - t0
     lr = s.learning_results
-    maps = np.asarray(lr.loadings, dtype=np.float64).T
-    true_maps = np.asarray(truth.maps).reshape(truth.n_components, -1)
-    corr = np.corrcoef(np.vstack([maps, true_maps]))[:k, k:]
-    clear = corr.max(axis=1) > 0.9
-    phase = np.asarray(truth.phase_of_component)[corr.argmax(axis=1)]
+    clear, phase = clear_component_phases(
+        np.asarray(lr.loadings).T, truth.maps, truth.phase_of_component
+    )
     labels = np.asarray(lr.cdiff_labels)
     return {
         "seed": seed,

@@ -100,23 +100,6 @@ def _setup_matplotlib():
 # --------------------------------------------------------------------------
 # demo
 # --------------------------------------------------------------------------
-def _clear_component_phases(loadings, truth_maps, phase_of_component, min_corr=0.9):
-    """Phase of the components whose map is clearly one true component's.
-
-    An over-complete NMF also makes pieces (of the matrix, or direct-beam
-    components) that are no single true component; they have no true phase
-    to compare with. A component is *clear* when its map correlates
-    (Pearson) above ``min_corr`` with one true map; it then takes that
-    component's phase. Returns ``(clear mask, phases)``.
-    """
-    import numpy as np
-
-    L = np.nan_to_num(np.asarray(loadings, dtype=np.float64))
-    M = np.asarray(truth_maps, dtype=np.float64).reshape(len(truth_maps), -1)
-    corr = np.corrcoef(np.vstack([L, M]))[: len(L), len(L):]
-    return corr.max(axis=1) > min_corr, np.asarray(phase_of_component)[corr.argmax(axis=1)]
-
-
 def _demo(args):
     _setup_matplotlib()
     import numpy as np
@@ -207,7 +190,7 @@ def _demo(args):
     dt_cluster = time.perf_counter() - t0
     lr = c.learning_results
     _, Lc = rp.components(c)
-    clear, comp_phase = _clear_component_phases(
+    clear, comp_phase = rp.clear_component_phases(
         Lc.reshape(len(Lc), -1)[np.asarray(lr.cdiff_components)], T.maps, T.phase_of_component)
     ari_comp = rp.adjusted_rand_index(np.asarray(lr.cdiff_labels)[clear], comp_phase[clear])
     ari_pos = rp.adjusted_rand_index(np.asarray(lr.cdiff_position_labels), np.asarray(T.phase_map))

@@ -150,6 +150,36 @@ def adjusted_rand_index(labels_a, labels_b):
     return float((index - expected) / (maximum - expected))
 
 
+def clear_component_phases(loadings, truth_maps, phase_of_component, min_corr=0.9):
+    """True phase of the components whose map is clearly one true component's.
+
+    An over-complete NMF also makes pieces (of the matrix, or direct-beam
+    components) that are no single true component; they have no true phase
+    to compare with. A component is *clear* when its map correlates
+    (Pearson) above ``min_corr`` with one true map, and then takes that true
+    component's phase.
+
+    Parameters
+    ----------
+    loadings : array_like, shape (k, n_positions)
+        Estimated maps.
+    truth_maps : array_like, shape (n_true, ...)
+        True maps (``metadata.Simulation.maps``).
+    phase_of_component : array_like of int, shape (n_true,)
+    min_corr : float, default 0.9
+
+    Returns
+    -------
+    clear : ndarray of bool, shape (k,)
+    phases : ndarray of int, shape (k,)
+        Phase of the best-correlated true component (meaningful where clear).
+    """
+    L = np.nan_to_num(np.asarray(loadings, dtype=np.float64))
+    M = np.asarray(truth_maps, dtype=np.float64).reshape(len(truth_maps), -1)
+    corr = np.corrcoef(np.vstack([L, M]))[: len(L), len(L):]
+    return corr.max(axis=1) > min_corr, np.asarray(phase_of_component)[corr.argmax(axis=1)]
+
+
 def nav_scale(signal):
     """Scan steps ``(row, column)`` = ``(y, x)`` in navigation units."""
     ax_x, ax_y = signal.axes_manager.navigation_axes
