@@ -294,6 +294,7 @@ def _run(args):
     from hyperspy_cnmf import report as rp
     from hyperspy_cnmf.constraints import (
         DiffractionDipConstraint,
+        default_dip_radius,
         dip_measure,
         map_power_beyond,
     )
@@ -341,8 +342,8 @@ def _run(args):
     baseline = rp.mean_pattern_mse(s) if signal_mask is None else None
     cy, cx, r_beam = find_beam_disk(mean_pattern) if beam is None else beam
     dip_r = float(lr.cnmf_diffraction_constraint_size)
-    if not np.isfinite(dip_r):
-        dip_r = float(np.ceil(r_beam) + 1)
+    if not np.isfinite(dip_r):  # constraint off: the decomposition's default size
+        dip_r = default_dip_radius(r_beam)
     valid = None if signal_mask is None else ~signal_mask
     dip_c = DiffractionDipConstraint(am._signal_shape_in_array, dip_r, valid=valid, centre=(cy, cx),
                                      r_min=r_beam + 2 * dip_r)

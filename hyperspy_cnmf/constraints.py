@@ -47,7 +47,9 @@ grey-scale morphological *closing* with a disk of radius ``r``:
   Bragg disk's size: holes carved by another component's Bragg disk have the
   size of that disk, which is the size of the direct-beam disk (same
   convergence angle). The default radius is therefore the measured radius of
-  the direct-beam disk plus one pixel;
+  the direct-beam disk, rounded and at least 1 px (:func:`default_dip_radius`;
+  on simulated data the matched cosines were 0.90-0.93 with the disk radius
+  + 1-2 px and >= 0.97 with the disk radius);
 * masked detector pixels (``signal_mask``) take no part;
 * ``strength`` in (0, 1] blends ``H + strength * (closing(H) - H)``, a softer
   constraint.
@@ -82,7 +84,7 @@ def electron_wavelength(beam_energy_kev):
 
     Examples
     --------
-    >>> round(electron_wavelength(200.0) * 1e3, 3)  # pm
+    >>> round(float(electron_wavelength(200.0)) * 1e3, 3)  # pm
     2.508
     """
     v = float(beam_energy_kev)
@@ -100,6 +102,20 @@ def probe_fwhm_from_convergence(convergence_angle_mrad, beam_energy_kev):
     lower bound; used as a cutoff it errs on the side of keeping detail.
     """
     return AIRY_FWHM * electron_wavelength(beam_energy_kev) / (convergence_angle_mrad * 1e-3)
+
+
+def default_dip_radius(beam_radius):
+    """Default closing half-length (px) for a direct-beam disk of radius ``beam_radius`` (px).
+
+    The disk radius, rounded, at least 1 px: holes up to one Bragg disk wide
+    are filled (see the module docstring).
+
+    Examples
+    --------
+    >>> default_dip_radius(2.4), default_dip_radius(0.3)
+    (2.0, 1.0)
+    """
+    return float(max(1.0, np.round(float(beam_radius))))
 
 
 def _dct_matrix(n):
@@ -368,7 +384,7 @@ class DiffractionDipConstraint:
     --------
     >>> p = np.ones((1, 21, 21)); p[0, 3, 10] = 0.0  # a one-pixel hole
     >>> c = DiffractionDipConstraint((21, 21), radius=1)
-    >>> float(c(p.reshape(1, -1).T).min())
+    >>> round(float(c(p.reshape(1, -1).T).min()), 2)  # filled (bilinear samples)
     1.0
     """
 

@@ -10,7 +10,11 @@ import json
 
 import numpy as np
 
-from hyperspy_cnmf.constraints import DiffractionDipConstraint, MapResolutionConstraint
+from hyperspy_cnmf.constraints import (
+    DiffractionDipConstraint,
+    MapResolutionConstraint,
+    default_dip_radius,
+)
 from hyperspy_cnmf.nmf import INITS, SOLVERS, DenseOperator, constrained_nmf
 from hyperspy_cnmf.nmf._operators import range_test_matrix
 from hyperspy_cnmf.nmf._solver import SKETCH_OVERSAMPLE
@@ -306,7 +310,7 @@ def constrained_nmf_decomposition(
         if isinstance(diffraction_constraint_size, str):
             if diffraction_constraint_size != "auto":
                 raise ValueError("diffraction_constraint_size must be 'auto' or a radius in pixels")
-            dip_radius = float(max(1.0, np.round(beam[2])))
+            dip_radius = default_dip_radius(beam[2])
         else:
             dip_radius = float(diffraction_constraint_size)
         diff_c = DiffractionDipConstraint(

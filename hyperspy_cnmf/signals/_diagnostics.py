@@ -18,6 +18,7 @@ import numpy as np
 
 from hyperspy_cnmf.constraints import (
     DiffractionDipConstraint,
+    default_dip_radius,
     dip_measure,
     map_power_beyond,
 )
@@ -113,7 +114,7 @@ def _dip_constraint(signal, radius, mode):
         if stored is not None and np.isfinite(float(stored)):
             radius = float(stored)
         else:  # the default of decomposition(diffraction_constraint_size="auto")
-            radius = float(np.ceil(beam[2]) + 1.0)
+            radius = default_dip_radius(beam[2])
     radius = float(radius)
     valid = None if lr.signal_mask is None else ~np.asarray(lr.signal_mask, bool).reshape(sig_shape)
     return DiffractionDipConstraint(
@@ -252,7 +253,7 @@ def get_dip_measure(self, radius=None, components=None, mode=None):
         Size (px) of the dips to measure. Default: the run's
         ``diffraction_constraint_size``, else (constraint off, another
         algorithm) the default of the decomposition, the direct-beam disk
-        radius + 1 px.
+        radius (rounded, at least 1 px).
     components : int or list of int, optional
         The first ``components`` components, or these indices; default all.
     mode : {"azimuthal", "isotropic"}, optional
