@@ -54,7 +54,7 @@ from hyperspy_cnmf.nmf._kernels import (
     block_stats,
     block_summary,
 )
-from hyperspy_cnmf.nmf._operators import FLUSH_ROWS, _scale_vector
+from hyperspy_cnmf.nmf._operators import FLUSH_ROWS, _scale_vector, flushed_left
 
 __all__ = ["DaskOperator"]
 
@@ -67,9 +67,6 @@ __all__ = ["DaskOperator"]
 MAX_BLOCK_BYTES = 256 * 2**20
 #: Fan-in of the tree reduction of the partial sums.
 SPLIT_EVERY = 4
-#: Rows whose ``X.T @ B`` products are summed in the data's precision before
-#: they are added to the float64 total (as in the in-memory operator).
-_SLAB_ROWS = FLUSH_ROWS
 
 
 # --------------------------------------------------------------------------
@@ -166,13 +163,8 @@ def _right_block(block, rows, shape, row_scale, sh):
 
 def _left(X, Br):
     """``(X.T @ Br).T`` in float64, summed over row slabs computed in ``Br``'s dtype."""
-    total = np.zeros((Br.shape[1], X.shape[1]))
-    acc = np.empty((Br.shape[1], X.shape[1]), dtype=Br.dtype)
-    for i in range(0, X.shape[0], _SLAB_ROWS):
-        acc.fill(0)
-        block_left(X[i:i + _SLAB_ROWS], Br[i:i + _SLAB_ROWS], acc)
-        total += acc
-    return total
+    slabs = ((X[i:i + FLUSH_ROWS], Br[i:i + FLUSH_ROWS]) for i in range(0, X.shape[0], FLUSH_ROWS))
+    return flushed_left(slabs, Br.shape[1], X.shape[1], Br.dtype)
 
 
 def _left_t_block(block, rows, shape, row_scale, B, sh):

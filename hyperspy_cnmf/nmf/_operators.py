@@ -176,19 +176,8 @@ class DenseOperator:
             block_right(self.X[sl], HcT, self.row_scale[sl], out[sl])
 
     def _left_blocks(self, B, blocks):
-        acc = np.zeros((B.shape[1], self.shape[1]))
-        accb = np.zeros((B.shape[1], self.shape[1]), dtype=self.dtype)
-        pending = 0
-        for sl in blocks:
-            Br = (B[sl] * self.row_scale[sl, None]).astype(self.dtype)
-            block_left(self.X[sl], Br, accb)
-            pending += sl.stop - sl.start
-            if pending >= FLUSH_ROWS:
-                acc += accb
-                accb.fill(0)
-                pending = 0
-        acc += accb
-        return acc
+        pairs = ((self.X[sl], (B[sl] * self.row_scale[sl, None]).astype(self.dtype)) for sl in blocks)
+        return flushed_left(pairs, B.shape[1], self.shape[1], self.dtype)
 
     def right(self, A):
         self.n_passes += 1
@@ -225,28 +214,44 @@ class DenseOperator:
         HcT = self._scaled_patterns_t(Ht)
         k, m = HcT.shape
 
-        def work(blocks):
-            acc = np.zeros((k, m))
-            accb = np.zeros((k, m), dtype=self.dtype)
-            pending = 0
+        def pairs(blocks):
             for sl in blocks:
                 Xb = self.X[sl]
                 r = self.row_scale[sl]
                 Rb = np.empty((Xb.shape[0], k))
                 block_right(Xb, HcT, r, Rb)
                 update(W[sl], Rb, skip[sl])
-                block_left(Xb, (W[sl] * r[:, None]).astype(self.dtype), accb)
-                pending += Xb.shape[0]
-                if pending >= FLUSH_ROWS:
-                    acc += accb
-                    accb.fill(0)
-                    pending = 0
-            acc += accb
-            return acc
+                yield Xb, (W[sl] * r[:, None]).astype(self.dtype)
+
+        def work(blocks):
+            return flushed_left(pairs(blocks), k, m, self.dtype)
 
         XtW = _sum_parts(self._map_threads(work)).T
         XtW *= self.col_scale[:, None]
         return XtW
+
+
+def flushed_left(pairs, k, m, dtype):
+    """``sum(Xb.T @ Br)`` over ``(Xb, Br)`` row blocks, transposed: shape (k, m), float64.
+
+    The products are summed in ``dtype`` (the data's precision, as
+    :func:`~hyperspy_cnmf.nmf._kernels.block_left` computes them) and added to
+    the float64 total every :data:`FLUSH_ROWS` rows and at the end. Used by
+    the in-memory operator and by the out-of-core blocks, so both sum in the
+    same order.
+    """
+    total = np.zeros((k, m))
+    part = np.zeros((k, m), dtype=dtype)
+    pending = 0
+    for Xb, Br in pairs:
+        block_left(Xb, Br, part)
+        pending += Xb.shape[0]
+        if pending >= FLUSH_ROWS:
+            total += part
+            part.fill(0)
+            pending = 0
+    total += part
+    return total
 
 
 def _sum_parts(parts):
