@@ -133,6 +133,14 @@ def test_errors_without_decomposition():
     for method in (s.plot_map_spectra, s.get_map_power_beyond, s.get_dip_measure, s.plot_dip_measure):
         with pytest.raises(RuntimeError, match="No decomposition"):
             method()
+    # a decomposition of data that are not 2+2 dimensional: a clear error
+    from hyperspy_cnmf.signals import _diagnostics
+
+    flat = s.inav[0]  # one navigation dimension left
+    flat.learning_results.factors = np.ones((4, 2))
+    flat.learning_results.loadings = np.ones((4, 2))
+    with pytest.raises(ValueError, match="computing the diagnostics needs 4D-STEM data"):
+        _diagnostics._check_decomposition(flat)
 
 
 def test_other_algorithm_uses_estimated_resolution():

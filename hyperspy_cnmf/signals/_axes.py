@@ -9,6 +9,17 @@ def _is_undefined(value):
     return value is None or str(value) in ("", "<undefined>", "Undefined")
 
 
+def check_4d(signal, purpose="constrained NMF"):
+    """Raise a clear error unless the signal is 2+2 dimensional."""
+    am = signal.axes_manager
+    if am.navigation_dimension != 2 or am.signal_dimension != 2:
+        raise ValueError(
+            f"{purpose} needs 4D-STEM data with 2 navigation (scan) and 2 signal "
+            f"(detector) dimensions; this signal has {am.navigation_dimension} navigation "
+            f"and {am.signal_dimension} signal dimension(s) ({am._get_dimension_str()})"
+        )
+
+
 def set_default_axes(signal):
     """Give undefined axis names and units of a 4D-STEM signal sensible defaults.
 

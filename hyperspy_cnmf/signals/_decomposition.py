@@ -18,6 +18,7 @@ from hyperspy_cnmf.constraints import (
 from hyperspy_cnmf.nmf import INITS, SOLVERS, DenseOperator, constrained_nmf
 from hyperspy_cnmf.nmf._operators import range_test_matrix
 from hyperspy_cnmf.nmf._solver import SKETCH_OVERSAMPLE
+from hyperspy_cnmf.signals._axes import check_4d
 from hyperspy_cnmf.signals._calibration import estimate_probe_fwhm, find_beam_disk
 
 ALGORITHM = "constrained_nmf"
@@ -26,21 +27,10 @@ ALGORITHM = "constrained_nmf"
 #: reads of the whole dataset (two with the map constraint), while the sketch
 #: iterations cost none; the sketch phase runs to ``tol`` and one exact
 #: iteration refines it. Measured on the 2.1 GB benchmark file
-#: (``benchmarks/bench_lazy.py``): 9.4-9.6 times one ``sum()`` pass, against
-#: 13.4 for exact iterations to ``tol``, with factor cosines >= 0.9999 and a
+#: (``benchmarks/bench_lazy.py``): 9.4-9.9 times one ``sum()`` pass, against
+#: 13.4-13.9 for exact iterations to ``tol``, with factor cosines >= 0.9999 and a
 #: loss 6e-4 (relative) above the fully converged fit.
 LAZY_EXACT_ITER = 1
-
-
-def check_4d(signal):
-    """Raise a clear error unless the signal is 2+2 dimensional."""
-    am = signal.axes_manager
-    if am.navigation_dimension != 2 or am.signal_dimension != 2:
-        raise ValueError(
-            "constrained NMF needs 4D-STEM data with 2 navigation (scan) and 2 signal "
-            f"(detector) dimensions; this signal has {am.navigation_dimension} navigation "
-            f"and {am.signal_dimension} signal dimension(s) ({am._get_dimension_str()})"
-        )
 
 
 def _mask_vector(mask, size, shape, name):

@@ -22,6 +22,7 @@ from hyperspy_cnmf.constraints import (
     dip_measure,
     map_power_beyond,
 )
+from hyperspy_cnmf.signals._axes import check_4d
 from hyperspy_cnmf.signals._calibration import estimate_probe_fwhm, find_beam_disk
 
 
@@ -32,9 +33,7 @@ def _check_decomposition(signal):
             "No decomposition found: run `decomposition` first (e.g. "
             "`s.decomposition(algorithm='constrained_nmf', output_dimension=8)`)."
         )
-    am = signal.axes_manager
-    if am.navigation_dimension != 2 or am.signal_dimension != 2:
-        raise ValueError("the diagnostics need 2 navigation (scan) and 2 signal (detector) dimensions")
+    check_4d(signal, "computing the diagnostics")
     return lr
 
 
