@@ -110,6 +110,30 @@ def test_components_group_by_phase(clustered):
     assert np.array_equal(res["labels"].data, lr.cdiff_labels)
 
 
+def test_signal_method_stores_the_core_result(clustered):
+    # cluster_diffraction = units to px + one core call + storage
+    from hyperspy_cnmf._schema import stored_fields
+    from hyperspy_cnmf.clustering import ComponentClustering, cluster_components
+    from hyperspy_cnmf.signals._store import from_learning_results
+
+    s, _, _ = clustered
+    lr = s.learning_results
+    k = lr.factors.shape[1]
+    core = cluster_components(
+        lr.factors.T.reshape(k, 48, 48), lr.loadings.T, (24.0, 24.0), nav_shape=(48, 48)
+    )
+    back = from_learning_results(
+        lr, ComponentClustering, "cdiff_", shapes={"merged_factors": (48, 48)}
+    )
+    for f in stored_fields(ComponentClustering):
+        a, b = getattr(core, f.name), getattr(back, f.name)
+        if f.name == "parameters":
+            assert a == b
+        else:
+            assert np.array_equal(a, b, equal_nan=np.asarray(a).dtype.kind == "f"), f.name
+    assert np.array_equal(lr.cluster_distances, core.distances, equal_nan=True)
+
+
 def test_positions_match_true_phase_map(clustered):
     s, _, res = clustered
     phase_map = s.metadata.Simulation.phase_map

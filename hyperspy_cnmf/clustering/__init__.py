@@ -7,11 +7,23 @@ cross-correlation along the azimuth maximised over the rotation
 (pseudo-distance ``1 - CC``), and grouped by hierarchical clustering; the
 members of each cluster are rotated onto a reference and summed.
 
+Two pipelines on plain arrays: :func:`cluster_components` (decomposition
+components: factors and loadings, with the beam-only attachment, the map
+objects and the dominant cluster of every probe position) and
+:func:`cluster_patterns` (a stack of patterns). Their results,
+:class:`ComponentClustering` and :class:`PatternClustering`, declare the
+fields that the signal methods store in ``learning_results``
+(:mod:`hyperspy_cnmf._schema`).
+
 This sub-package works on plain NumPy arrays (``(..., qy, qx)``) and depends on
 numpy, numba and scipy only. The HyperSpy methods live in
 :mod:`hyperspy_cnmf.signals`.
 """
 
+from hyperspy_cnmf.clustering._components import (
+    ComponentClustering,
+    cluster_components,
+)
 from hyperspy_cnmf.clustering._hierarchical import (
     DEFAULT_DISTANCE_THRESHOLD,
     LINKAGE_METHODS,
@@ -45,10 +57,12 @@ from hyperspy_cnmf.clustering._similarity import (
 __all__ = [
     "DEFAULT_DISTANCE_THRESHOLD",
     "LINKAGE_METHODS",
+    "ComponentClustering",
     "PatternClustering",
     "SimilarityResult",
     "align_to_references",
     "attach_by_map",
+    "cluster_components",
     "cluster_patterns",
     "cluster_references",
     "default_n_theta",

@@ -14,8 +14,11 @@ from scipy.cluster import hierarchy
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import squareform
 
+from hyperspy_cnmf._schema import stored, transient
 from hyperspy_cnmf.clustering._polar import (
     _as_stack,
+    _check_centre,
+    estimate_direct_beam_radius,
     find_direct_beam,
     polar_transform,
     rotate_patterns,
@@ -584,40 +587,81 @@ def dominant_labels(maps, percentiles=(0.0, 100.0), extended=None, threshold=0.5
 class PatternClustering:
     """Result of :func:`cluster_patterns`.
 
+    The stored fields are written to ``learning_results`` with the prefix
+    ``cpat_`` by :meth:`~hyperspy_cnmf.signals.STEM4D.cluster_patterns` (see
+    :mod:`hyperspy_cnmf._schema`); ``n`` clustered patterns, ``c`` clusters,
+    ``N`` labelled patterns (``all_patterns``), ``n_r`` radii.
+
     Attributes
     ----------
-    labels : ndarray of int, shape (n,)
+    positions : ndarray of int64, shape (n,)
+        Index of each clustered pattern among ``all_patterns`` (e.g. the flat
+        navigation index); None if not given.
+    position_labels : ndarray of int64, shape (N,)
+        Cluster of every pattern of ``all_patterns`` (the clustered ones keep
+        their hierarchical label); None without ``all_patterns``.
+    step : ndarray of int64, shape (n_axes,)
+        Subsampling step that selected the patterns (recorded only); None if
+        not given.
+    labels : ndarray of int64, shape (n,)
         Cluster of each pattern, clusters numbered by decreasing size.
-    linkage : ndarray, shape (n - 1, 4)
-    threshold : float
-        Pseudo-distance at which the tree was cut.
-    pseudo_distance : ndarray, shape (n, n)
-    similarity : ndarray, shape (n, n)
-    rotation : ndarray, shape (n,)
+    linkage : ndarray of float64, shape (n - 1, 4)
+        SciPy linkage matrix.
+    pseudo_distance : ndarray of float64, shape (n, n)
+        ``1 - max CC`` over the rotation.
+    rotation : ndarray of float64, shape (n,)
         Degrees: rotation of each pattern onto its cluster reference.
     mirrored : ndarray of bool, shape (n,)
-    references : ndarray of int, shape (n_clusters,)
-    merged : ndarray, shape (n_clusters, qy, qx)
-        Rotation-aligned *mean* pattern of each cluster.
+    references : ndarray of int64, shape (c,)
+        Reference (medoid) pattern of each cluster, an index into the
+        clustered patterns.
+    merged_factors : ndarray of float64, shape (c, qy, qx)
+        Rotation-aligned *mean* pattern of each cluster (also available as
+        ``merged``). Stored as ``(qy * qx, c)``.
+    threshold : float
+        Pseudo-distance at which the tree was cut.
     centre : tuple of float
-        ``(x, y)`` in px.
-    radii : ndarray
+        ``(x, y)`` in px (stored as a float64 array).
+    radii : ndarray of float64, shape (n_r,)
         Radii of the polar grid, px.
+    parameters : dict
+        Every parameter of the call, geometry in px (stored as JSON).
+    similarity : ndarray of float64, shape (n, n)
+        Not stored. ``max CC`` over the rotation.
     n_theta : int
+        Not stored. Azimuthal samples of the polar grid.
+    centroids : ndarray of float64, shape (c, qy, qx)
+        Not stored (HyperSpy's ``cluster_centroid_signals``): the reference
+        pattern of each cluster.
+    distances : ndarray of float64, shape (c, N)
+        Not stored (HyperSpy's ``cluster_distances``): ``1 - max CC`` of every
+        pattern of ``all_patterns`` with each cluster's mean pattern, clipped
+        to [0, 2]; None without ``all_patterns``.
     """
 
-    labels: np.ndarray
-    linkage: np.ndarray
-    threshold: float
-    pseudo_distance: np.ndarray
-    similarity: np.ndarray
-    rotation: np.ndarray
-    mirrored: np.ndarray
-    references: np.ndarray
-    merged: np.ndarray
-    centre: tuple
-    radii: np.ndarray
-    n_theta: int
+    positions: np.ndarray = stored(dtype=np.int64)
+    position_labels: np.ndarray = stored(dtype=np.int64)
+    step: np.ndarray = stored(dtype=np.int64)
+    labels: np.ndarray = stored(dtype=np.int64)
+    linkage: np.ndarray = stored()
+    pseudo_distance: np.ndarray = stored()
+    rotation: np.ndarray = stored()
+    mirrored: np.ndarray = stored(dtype=bool)
+    references: np.ndarray = stored(dtype=np.int64)
+    merged_factors: np.ndarray = stored(columns=True)
+    threshold: float = stored("float")
+    centre: tuple = stored(dtype=np.float64)
+    radii: np.ndarray = stored()
+    parameters: dict = stored("json")
+    similarity: np.ndarray = transient()
+    n_theta: int = transient()
+    centroids: np.ndarray = transient()
+    distances: np.ndarray = transient()
+
+    @property
+    def merged(self):
+        """Alias of :attr:`merged_factors` (the aligned mean patterns)."""
+        return self.merged_factors
 
 
 def align_to_references(sim_result, labels, references):
@@ -672,6 +716,83 @@ def polar_similarity(
     return polar, radii, sim
 
 
+def _transform_name(f):
+    if f is None or isinstance(f, str):
+        return f
+    return getattr(f, "__name__", repr(f))
+
+
+def _similarity_parameters(
+    centre,
+    radii,
+    delta_r,
+    n_theta,
+    direct_beam_radius,
+    intensity_transform_function,
+    normalize,
+    radial_weighting,
+    mirror,
+):
+    """JSON-ready polar-geometry (px) and similarity parameters of a clustering."""
+    dbr = direct_beam_radius
+    return {
+        "centre_px": [float(centre[0]), float(centre[1])],
+        "radial_range_px": [float(radii[0]), float(radii[-1])],
+        "delta_r_px": float(delta_r),
+        "n_theta": int(n_theta),
+        "direct_beam_radius_px": None if dbr is None else float(dbr),
+        "intensity_transform_function": _transform_name(intensity_transform_function),
+        "normalize": normalize,
+        "radial_weighting": (
+            radial_weighting
+            if radial_weighting is None or isinstance(radial_weighting, str)
+            else "array"
+        ),
+        "mirror": bool(mirror),
+    }
+
+
+def _resolve_pattern_beam(stack, centre, direct_beam_radius):
+    """Centre ``(x, y)`` and direct-beam radius in px (found on the mean pattern)."""
+    with np.errstate(invalid="ignore"):
+        mean = np.nanmean(stack, axis=0)
+    if centre is None:
+        with np.errstate(invalid="ignore"):
+            centre = find_direct_beam(mean)
+    else:
+        centre = _check_centre(centre, stack.shape[1:])
+    if isinstance(direct_beam_radius, str):
+        if direct_beam_radius != "auto":
+            raise ValueError("`direct_beam_radius` must be a number, 'auto' or None.")
+        direct_beam_radius = estimate_direct_beam_radius(mean, centre)
+    elif direct_beam_radius is not None:
+        direct_beam_radius = float(direct_beam_radius)
+    return centre, direct_beam_radius
+
+
+def _label_all(all_patterns, positions, labels, merged, polar_kwargs, similarity_kwargs):
+    """Label every pattern with the cluster whose aligned mean it matches best.
+
+    ``all_patterns`` is an iterable of blocks ``(m_i, qy, qx)``; the patterns
+    at ``positions`` keep their hierarchical ``labels``. Returns the labels
+    (N,) and ``1 - max CC`` (c, N) clipped to [0, 2], or (None, None)
+    without ``all_patterns``.
+    """
+    if all_patterns is None:
+        return None, None
+    ref_polar, _, _ = polar_transform(merged, **polar_kwargs)
+    distances = []
+    for block in all_patterns:
+        pol, _, _ = polar_transform(block, **polar_kwargs)
+        s_ = rotational_similarity(pol, polar_other=ref_polar, **similarity_kwargs)
+        distances.append(1.0 - s_.similarity.T)
+    distances = np.concatenate(distances, axis=1)
+    pos_labels = np.argmin(distances, axis=0)
+    if positions is not None:
+        pos_labels[np.asarray(positions)] = labels
+    return pos_labels, np.clip(distances, 0.0, 2.0)
+
+
 def cluster_patterns(
     patterns,
     centre=None,
@@ -687,13 +808,19 @@ def cluster_patterns(
     normalize="pearson",
     radial_weighting="r",
     mirror=False,
+    *,
+    positions=None,
+    all_patterns=None,
+    step=None,
 ):
     """Rotation-invariant hierarchical clustering of a stack of patterns.
 
     The whole pipeline for plain arrays: polar transform, pairwise
     rotation-maximised normalised cross-correlation, pseudo-distance
     ``1 - CC``, hierarchical clustering, alignment of every member on its
-    cluster reference and aligned mean per cluster.
+    cluster reference and aligned mean per cluster; optionally, every pattern
+    of a larger set (e.g. all probe positions, read block by block) is
+    labelled with the cluster whose aligned mean it correlates best with.
 
     Parameters
     ----------
@@ -704,13 +831,29 @@ def cluster_patterns(
     n_clusters, distance_threshold, method
         See :func:`hierarchical_clustering`.
     radial_range, delta_r, n_theta, delta_theta, direct_beam_radius
-        See :func:`~hyperspy_cnmf.clustering.polar_transform` (px).
+        See :func:`~hyperspy_cnmf.clustering.polar_transform` (px);
+        ``direct_beam_radius="auto"`` is estimated on the mean pattern.
     intensity_transform_function, normalize, radial_weighting, mirror
         See :func:`~hyperspy_cnmf.clustering.rotational_similarity`.
+    positions : array_like of int, shape (n,), optional
+        Index of each of ``patterns`` among ``all_patterns``: these keep their
+        hierarchical label in ``position_labels``.
+    all_patterns : iterable of array_like, optional
+        Blocks ``(m_i, qy, qx)`` of every pattern to label, in order (e.g. a
+        generator reading a lazy dataset), filling ``position_labels`` and
+        ``distances``.
+    step : sequence of int, optional
+        Subsampling step that selected ``patterns`` (recorded only).
 
     Returns
     -------
     PatternClustering
+
+    Raises
+    ------
+    ValueError
+        For a stack that is not (n, qy, qx), fewer than 2 patterns, a centre
+        outside the pattern or inconsistent clustering arguments.
 
     Examples
     --------
@@ -732,9 +875,13 @@ def cluster_patterns(
         raise ValueError("`patterns` must have shape (n, qy, qx).")
     if stack.shape[0] < 2:
         raise ValueError(f"At least 2 patterns are needed, got {stack.shape[0]}.")
-    if centre is None:
-        with np.errstate(invalid="ignore"):
-            centre = find_direct_beam(np.nanmean(stack, axis=0))
+    centre, dbr = _resolve_pattern_beam(stack, centre, direct_beam_radius)
+    similarity_kwargs = dict(
+        intensity_transform_function=intensity_transform_function,
+        normalize=normalize,
+        radial_weighting=radial_weighting,
+        mirror=mirror,
+    )
     polar, radii, sim = polar_similarity(
         stack,
         centre=centre,
@@ -742,15 +889,11 @@ def cluster_patterns(
         delta_r=delta_r,
         n_theta=n_theta,
         delta_theta=delta_theta,
-        direct_beam_radius=direct_beam_radius,
-        intensity_transform_function=intensity_transform_function,
-        normalize=normalize,
-        radial_weighting=radial_weighting,
-        mirror=mirror,
+        direct_beam_radius=dbr,
+        **similarity_kwargs,
     )
-    dist = sim.pseudo_distance
     labels, Z, threshold = hierarchical_clustering(
-        dist,
+        sim.pseudo_distance,
         method=method,
         n_clusters=n_clusters,
         distance_threshold=distance_threshold,
@@ -760,17 +903,48 @@ def cluster_patterns(
     rot, mir = align_to_references(sim, labels, refs)
     merged = merge_aligned(stack, centre, labels, rot, mir)
     merged /= np.bincount(labels)[:, None, None]
+    polar_kwargs = dict(
+        centre=centre,
+        radial_range=(radii[0], radii[-1]),
+        delta_r=delta_r,
+        n_theta=polar.shape[-1],
+        direct_beam_radius=dbr,
+    )
+    pos_labels, distances = _label_all(
+        all_patterns,
+        positions,
+        labels,
+        merged,
+        polar_kwargs,
+        dict(radii=radii, **similarity_kwargs),
+    )
+    parameters = {
+        "n_clusters": n_clusters,
+        "distance_threshold": distance_threshold,
+        "method": method,
+        "step": None if step is None else [int(s) for s in step],
+        **_similarity_parameters(
+            centre, radii, delta_r, polar.shape[-1], dbr, **similarity_kwargs
+        ),
+        "threshold": float(threshold),
+    }
     return PatternClustering(
+        positions=None if positions is None else np.asarray(positions),
+        position_labels=pos_labels,
+        step=None if step is None else np.asarray(step),
         labels=labels,
         linkage=Z,
         threshold=threshold,
-        pseudo_distance=dist,
+        pseudo_distance=sim.pseudo_distance,
         similarity=sim.similarity,
         rotation=rot,
         mirrored=mir,
         references=refs,
-        merged=merged,
+        merged_factors=merged,
         centre=tuple(float(c) for c in centre),
         radii=radii,
         n_theta=polar.shape[-1],
+        parameters=parameters,
+        centroids=stack[refs],
+        distances=distances,
     )

@@ -7,99 +7,33 @@ call the numerical core :mod:`hyperspy_cnmf.clustering` and store the results
 in ``learning_results`` (arrays and strings only, so that they survive
 ``learning_results.save``/``load`` and ``s.save`` / ``hs.load``).
 
-Stored by :func:`cluster_diffraction` (``k`` clustered components,
-``c`` clusters; sizes in the layout of HyperSpy's ``factors``/``loadings``):
-
-===============================  ===========================================
-``cdiff_components``             (k,) int, indices of the clustered components
-``cdiff_labels``                 (k,) int, cluster of each component
-``cdiff_linkage``                (k-1, 4) scipy linkage matrix
-``cdiff_pseudo_distance``        (k, k) ``1 - max CC``
-``cdiff_pairwise_rotation``      (k, k) deg, best rotation of j onto i
-``cdiff_pairwise_mirrored``      (k, k) bool
-``cdiff_rotation``               (k,) deg, rotation of each component onto
-                                 its cluster reference
-``cdiff_mirrored``               (k,) bool
-``cdiff_references``             (c,) int, reference component per cluster
-                                 (an index into the *clustered* components)
-``cdiff_merged_factors``         (sig_size, c) rotation-aligned merged
-                                 diffraction, data units (counts summed over
-                                 the scan)
-``cdiff_merged_maps``            (nav_size, c) summed maps, data units
-                                 (counts per probe position)
-``cdiff_normalised_maps``        (nav_size, c) dominance scores (per
-                                 cluster, the largest of its objects'; see
-                                 :func:`cluster_diffraction`, Notes)
-``cdiff_objects``                (k,) int, object of each component (pieces
-                                 of one grain or of the matrix joined)
-``cdiff_beam_only``              (k,) bool, direct-beam-only components
-                                 (attached to a cluster by their maps)
-``cdiff_position_labels``        (nav_size,) int, dominant cluster of each
-                                 probe position (-1: none, e.g. masked)
-``cdiff_threshold``              float, pseudo-distance of the cut
-``cdiff_centre``                 (2,) float, ``(x, y)`` centre in px
-``cdiff_radii``                  (n_r,) float, polar radii in px
-``cdiff_parameters``             str, JSON of every parameter
-===============================  ===========================================
-
-:func:`cluster_patterns` stores the corresponding quantities for the
-patterns of the navigation positions with the prefix ``cpat_``
-(``cpat_positions``: flat navigation index of each clustered pattern,
-``cpat_step``, ``cpat_merged_factors``: aligned *mean* pattern per cluster,
-``cpat_position_labels``: every position). Both also fill HyperSpy's own
-``cluster_*`` fields (the last run wins); see :func:`cluster_diffraction`,
-Notes.
+The stored fields are declared once, with their shapes, dtypes and units, in
+the result dataclasses of the core: :class:`~hyperspy_cnmf.clustering.ComponentClustering`
+(:func:`cluster_diffraction`, prefix ``cdiff_``, e.g. ``cdiff_labels``,
+``cdiff_position_labels``) and :class:`~hyperspy_cnmf.clustering.PatternClustering`
+(:func:`cluster_patterns`, prefix ``cpat_``); :mod:`hyperspy_cnmf.signals._store`
+copies them to and from ``learning_results``. Both methods also fill
+HyperSpy's own ``cluster_*`` fields (the last run wins); see
+:func:`cluster_diffraction`, Notes.
 """
 
-import json
 import warnings
 
 import numpy as np
 from hyperspy.signal import BaseSignal
 from hyperspy.signals import Signal1D, Signal2D
-from scipy import ndimage
 
 from hyperspy_cnmf import clustering as core
+from hyperspy_cnmf._schema import from_stored, to_stored
 from hyperspy_cnmf.signals._axes import axis_info
+from hyperspy_cnmf.signals._store import from_learning_results, to_learning_results
 
 _UNITS = ("calibrated", "px")
-_CDIFF_KEYS = (
-    "components",
-    "position_labels",
-    "labels",
-    "linkage",
-    "pseudo_distance",
-    "pairwise_rotation",
-    "pairwise_mirrored",
-    "rotation",
-    "mirrored",
-    "references",
-    "merged_factors",
-    "merged_maps",
-    "normalised_maps",
-    "objects",
-    "beam_only",
-    "threshold",
-    "centre",
-    "radii",
-    "parameters",
-)
-_CPAT_KEYS = (
-    "positions",
-    "position_labels",
-    "step",
-    "labels",
-    "linkage",
-    "pseudo_distance",
-    "rotation",
-    "mirrored",
-    "references",
-    "merged_factors",
-    "threshold",
-    "centre",
-    "radii",
-    "parameters",
-)
+#: learning_results prefix and result class of each clustering ``source``
+_SOURCES = {
+    "components": ("cdiff_", core.ComponentClustering),
+    "patterns": ("cpat_", core.PatternClustering),
+}
 
 
 # --------------------------------------------------------------------------
@@ -155,30 +89,25 @@ def _calibrated_origin_px(signal):
     return None
 
 
-def _resolve_centre(signal, centre, units, reference_pattern):
-    """Centre ``(x, y)`` in px (explicit, calibrated origin, or direct beam)."""
+def _geometry_to_px(signal, centre, units, radial_range, direct_beam_radius):
+    """Centre ``(x, y)``, radial range and beam radius converted to px.
+
+    The centre is the explicit one, else the calibrated origin when it lies
+    inside the detector, else None (found by the core); a ``"auto"`` beam
+    radius is passed on (estimated by the core).
+    """
     _check_units(units)
-    shape, (sx, sy), (ox, oy), _ = _signal_geometry(signal)
     if centre is None:
-        c = _calibrated_origin_px(signal)
-        if c is None:
-            with np.errstate(invalid="ignore"):
-                c = core.find_direct_beam(reference_pattern)
-        return c
-    try:
-        x, y = (float(v) for v in centre)
-    except (TypeError, ValueError):
-        raise ValueError(f"`centre` must be a pair (x, y), got {centre!r}.") from None
-    if units == "calibrated":
-        x, y = (x - ox) / sx, (y - oy) / sy
-    return core._polar._check_centre((x, y), shape)
-
-
-def _resolve_geometry(
-    signal, centre, units, radial_range, direct_beam_radius, reference_pattern
-):
-    _check_units(units)
-    cpx = _resolve_centre(signal, centre, units, reference_pattern)
+        cpx = _calibrated_origin_px(signal)
+    else:
+        try:
+            x, y = (float(v) for v in centre)
+        except (TypeError, ValueError):
+            raise ValueError(f"`centre` must be a pair (x, y), got {centre!r}.") from None
+        if units == "calibrated":
+            _, (sx, sy), (ox, oy), _ = _signal_geometry(signal)
+            x, y = (x - ox) / sx, (y - oy) / sy
+        cpx = (x, y)
     rr = None
     if radial_range is not None:
         try:
@@ -186,20 +115,25 @@ def _resolve_geometry(
         except (TypeError, ValueError):
             raise ValueError("`radial_range` must be a pair (r_min, r_max).") from None
         rr = (_length_to_px(signal, r0, units), _length_to_px(signal, r1, units))
-    dbr = direct_beam_radius
+    return cpx, rr, _length_to_px(signal, direct_beam_radius, units)
+
+
+def _resolve_geometry(
+    signal, centre, units, radial_range, direct_beam_radius, reference_pattern
+):
+    """As :func:`_geometry_to_px`, with the centre and beam radius resolved."""
+    cpx, rr, dbr = _geometry_to_px(signal, centre, units, radial_range, direct_beam_radius)
+    shape = _signal_geometry(signal)[0]
+    if cpx is None:
+        with np.errstate(invalid="ignore"):
+            cpx = core.find_direct_beam(reference_pattern)
+    elif centre is not None:
+        cpx = core._polar._check_centre(cpx, shape)
     if isinstance(dbr, str):
         if dbr != "auto":
             raise ValueError("`direct_beam_radius` must be a number, 'auto' or None.")
         dbr = core.estimate_direct_beam_radius(reference_pattern, cpx)
-    else:
-        dbr = _length_to_px(signal, dbr, units)
     return cpx, rr, dbr
-
-
-def _transform_name(f):
-    if f is None or isinstance(f, str):
-        return f
-    return getattr(f, "__name__", repr(f))
 
 
 # --------------------------------------------------------------------------
@@ -252,16 +186,23 @@ def _matrix_signal(matrix, axis_name, title):
 # --------------------------------------------------------------------------
 # Shared pieces
 # --------------------------------------------------------------------------
-def _prefix(source):
-    """``learning_results`` prefix of a clustering ``source``."""
-    prefix = {"components": "cdiff_", "patterns": "cpat_"}.get(source)
-    if prefix is None:
+def _source(source):
+    """``learning_results`` prefix and result class of a clustering ``source``."""
+    if source not in _SOURCES:
         raise ValueError("`source` must be 'components' or 'patterns'.")
-    return prefix
+    return _SOURCES[source]
+
+
+def _read_clustering(signal, source):
+    """The stored clustering of ``source`` (merged factors as (c, qy, qx)), or None."""
+    prefix, cls = _source(source)
+    shapes = {"merged_factors": _signal_geometry(signal)[0]}
+    res = from_learning_results(signal.learning_results, cls, prefix, shapes=shapes)
+    return None if res is None or res.labels is None else res
 
 
 def _polar_kwargs(cpx, radii, delta_r, n_theta, dbr):
-    """Polar-transform arguments that reproduce a clustering's polar grid."""
+    """Polar-transform arguments that reproduce a polar grid."""
     return dict(
         centre=cpx,
         radial_range=(radii[0], radii[-1]),
@@ -269,52 +210,6 @@ def _polar_kwargs(cpx, radii, delta_r, n_theta, dbr):
         n_theta=n_theta,
         direct_beam_radius=dbr,
     )
-
-
-def _geometry_params(
-    cpx,
-    radii,
-    delta_r,
-    n_theta,
-    dbr,
-    intensity_transform_function,
-    normalize,
-    radial_weighting,
-    mirror,
-):
-    """JSON-ready polar-geometry and similarity parameters of a clustering."""
-    return {
-        "centre_px": [float(cpx[0]), float(cpx[1])],
-        "radial_range_px": [float(radii[0]), float(radii[-1])],
-        "delta_r_px": float(delta_r),
-        "n_theta": int(n_theta),
-        "direct_beam_radius_px": None if dbr is None else float(dbr),
-        "intensity_transform_function": _transform_name(intensity_transform_function),
-        "normalize": normalize,
-        "radial_weighting": (
-            radial_weighting
-            if radial_weighting is None or isinstance(radial_weighting, str)
-            else "array"
-        ),
-        "mirror": bool(mirror),
-    }
-
-
-def _clustering_store(labels, Z, dist, rot, mir, refs, merged, threshold, cpx, radii, params):
-    """The stored arrays shared by both clusterings (keys without prefix)."""
-    return {
-        "labels": np.asarray(labels).astype(np.int64),
-        "linkage": Z,
-        "pseudo_distance": dist,
-        "rotation": rot,
-        "mirrored": np.asarray(mir).astype(bool),
-        "references": np.asarray(refs).astype(np.int64),
-        "merged_factors": merged.reshape(merged.shape[0], -1).T.copy(),
-        "threshold": float(threshold),
-        "centre": np.array(cpx, dtype=np.float64),
-        "radii": radii,
-        "parameters": json.dumps(params),
-    }
 
 
 def _fill_hyperspy_cluster_fields(
@@ -593,24 +488,16 @@ def cluster_diffraction(
     k = idx.size
     factors = np.asarray(lr.factors[:, idx], dtype=np.float64).T.reshape(k, qy, qx)
     loadings = np.asarray(lr.loadings[:, idx], dtype=np.float64).T
-    if np.nanmin(factors) < -1e-3 * max(np.nanmax(np.abs(factors)), 1e-300):
-        warnings.warn(
-            "The factors have negative values: the clustering is meant for "
-            "non-negative (NMF) components; negatives are clipped to 0 by the "
-            "'sqrt'/'log' transforms.",
-            UserWarning,
-            stacklevel=2,
-        )
-    factor_sum = np.nansum(factors, axis=(1, 2))
-    loading_sum = np.nansum(loadings, axis=1)
-    reference = np.nansum(factors * loading_sum[:, None, None], axis=0)
-    reference[np.all(np.isnan(factors), axis=0)] = np.nan
-    cpx, rr, dbr = _resolve_geometry(
-        self, centre, units, radial_range, direct_beam_radius, reference
-    )
-    polar, radii, sim = core.polar_similarity(
+    cpx, rr, dbr = _geometry_to_px(self, centre, units, radial_range, direct_beam_radius)
+    res = core.cluster_components(
         factors,
+        loadings,
         cpx,
+        nav_shape=tuple(self.axes_manager._navigation_shape_in_array),
+        components=idx,
+        n_clusters=n_clusters,
+        distance_threshold=distance_threshold,
+        method=method,
         radial_range=rr,
         delta_r=delta_r,
         n_theta=n_theta,
@@ -620,157 +507,21 @@ def cluster_diffraction(
         normalize=normalize,
         radial_weighting=radial_weighting,
         mirror=mirror,
+        min_structure_fraction=min_structure_fraction,
+        dominance_percentiles=dominance_percentiles,
+        map_smoothing=map_smoothing,
     )
-    dist = sim.pseudo_distance
-    labels, Z, threshold = core.hierarchical_clustering(
-        dist,
-        method=method,
-        n_clusters=n_clusters,
-        distance_threshold=distance_threshold,
-    )
-    # cluster maps in data units (counts per position)
-    contrib = loadings * factor_sum[:, None]
-    beam_only = _beam_only(factors, cpx, radii, dbr, min_structure_fraction)
-    if beam_only.any():
-        n_tree = int(labels.max()) + 1
-        labels = core.attach_by_map(labels, beam_only, contrib)
-        if n_clusters is not None and labels.max() + 1 < n_tree:
-            warnings.warn(
-                f"{n_tree - labels.max() - 1} cluster(s) made only of "
-                "direct-beam components were joined to the clusters with the "
-                "most similar maps, leaving fewer than `n_clusters`; pass "
-                "min_structure_fraction=0 to keep them.",
-                UserWarning,
-                stacklevel=2,
-            )
-    n_c = int(labels.max()) + 1
-    maps = np.stack([contrib[labels == c].sum(axis=0) for c in range(n_c)])
-    maps[:, np.all(np.isnan(loadings), axis=0)] = np.nan
-    objects, pos_labels, norm_maps = _dominance(
-        self, contrib, labels, dominance_percentiles, map_smoothing
-    )
-    # order clusters: most dominated positions first, then total intensity
-    counts = np.bincount(pos_labels[pos_labels >= 0], minlength=n_c)
-    key = counts + np.nansum(maps, axis=1) / (np.nansum(maps) + 1e-300)
-    labels, order = core.order_clusters(labels, key)
-    maps, norm_maps = maps[order], norm_maps[order]
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(n_c)
-    pos_labels = np.where(pos_labels >= 0, inverse[np.maximum(pos_labels, 0)], -1)
-    # a direct-beam-only component is never a cluster's reference (unless
-    # the cluster has nothing else) and is merged unrotated
-    similarity = np.where(beam_only[:, None], -1e3, sim.similarity)
-    refs = core.cluster_references(
-        similarity, labels, weights=np.abs(factor_sum * loading_sum)
-    )
-    rot, mir = core.align_to_references(sim, labels, refs)
-    rot, mir = np.where(beam_only, 0.0, rot), mir & ~beam_only
-    merged = core.merge_aligned(factors, cpx, labels, rot, mir, weights=loading_sum)
-    # centroid: reference factor x its mean loading over the dominated positions
-    centroid = np.empty_like(merged)
-    for c in range(n_c):
-        dominated = pos_labels == c
-        scale = np.nanmean(loadings[refs[c], dominated]) if dominated.any() else 0.0
-        centroid[c] = factors[refs[c]] * scale
-    params = {
-        "n_clusters": n_clusters,
-        "distance_threshold": distance_threshold,
-        "method": method,
-        "components": idx.tolist(),
-        **_geometry_params(
-            cpx,
-            radii,
-            delta_r,
-            polar.shape[-1],
-            dbr,
-            intensity_transform_function,
-            normalize,
-            radial_weighting,
-            mirror,
-        ),
-        "min_structure_fraction": float(min_structure_fraction),
-        "dominance_percentiles": [float(p) for p in dominance_percentiles],
-        "map_smoothing": map_smoothing,
-        "threshold": float(threshold),
-    }
-    store = _clustering_store(
-        labels, Z, dist, rot, mir, refs, merged, threshold, cpx, radii, params
-    )
-    store.update(
-        components=idx.astype(np.int64),
-        pairwise_rotation=sim.rotation,
-        pairwise_mirrored=sim.mirrored,
-        merged_maps=maps.T.copy(),
-        normalised_maps=norm_maps.T.copy(),
-        objects=objects.astype(np.int64),
-        beam_only=beam_only.copy(),
-        position_labels=pos_labels.astype(np.int64),
-    )
-    for key_, value in store.items():
-        setattr(lr, "cdiff_" + key_, value)
-    with np.errstate(invalid="ignore"):
-        distances = 1.0 - np.clip(norm_maps, 0.0, 1.0)
+    to_learning_results(lr, res, "cdiff_")
+    n_c = res.references.size
     _fill_hyperspy_cluster_fields(
         lr,
-        pos_labels,
-        merged.reshape(n_c, -1),
-        centroid.reshape(n_c, -1),
-        distances,
+        res.position_labels,
+        res.merged_factors.reshape(n_c, -1),
+        res.centroids.reshape(n_c, -1),
+        res.distances,
         "cluster_diffraction",
     )
     return get_cluster_diffraction_results(self)
-
-
-def _beam_only(factors, centre, radii, beam_radius, min_fraction):
-    """Components with < ``min_fraction`` of their intensity in the compared annulus."""
-    if not min_fraction:
-        return np.zeros(factors.shape[0], dtype=bool)
-    yy, xx = np.indices(factors.shape[1:], dtype=np.float64)
-    r = np.hypot(xx - centre[0], yy - centre[1])
-    inner = max(float(radii[0]), float(beam_radius or 0.0))
-    annulus = (r >= inner) & (r <= float(radii[-1]))
-    total = np.nansum(np.abs(factors), axis=(1, 2))
-    inside = np.nansum(np.abs(factors[:, annulus]), axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, inside / total, 0.0) < float(min_fraction)
-
-
-def _dominance(signal, contrib, labels, percentiles, smoothing):
-    """Objects, dominant-cluster labels and per-cluster rescaled maps."""
-    nav_shape = tuple(signal.axes_manager._navigation_shape_in_array)
-    m = contrib
-    nan = np.isnan(m)
-    if smoothing:
-        m = np.stack(
-            [
-                ndimage.gaussian_filter(np.nan_to_num(x).reshape(nav_shape), float(smoothing)).ravel()
-                for x in m
-            ]
-        )
-        m[nan] = np.nan
-    objects = core.map_objects(m, labels, nav_shape)
-    n_o, n_c = int(objects.max()) + 1, int(labels.max()) + 1
-    obj_cluster = np.array([labels[objects == o][0] for o in range(n_o)])
-    masked = np.all(nan, axis=0)
-    obj_maps = np.stack([m[objects == o].sum(axis=0) for o in range(n_o)])
-    obj_maps[:, masked] = np.nan
-    # extended (background, e.g. matrix) clusters: above half their range on
-    # most of the scan
-    cl_maps = np.stack([m[labels == c].sum(axis=0) for c in range(n_c)])
-    cl_maps[:, masked] = np.nan
-    _, cl_norm = core.dominant_labels(cl_maps, percentiles=percentiles)
-    with np.errstate(invalid="ignore"):
-        extended = np.sum(cl_norm >= 0.5, axis=1) > 0.5 * np.count_nonzero(~masked)
-    obj_labels, obj_score = core.dominant_labels(
-        obj_maps, percentiles=percentiles, extended=extended[obj_cluster]
-    )
-    pos_labels = np.where(obj_labels >= 0, obj_cluster[np.maximum(obj_labels, 0)], -1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        norm_maps = np.stack(
-            [np.nanmax(obj_score[obj_cluster == c], axis=0) for c in range(n_c)]
-        )
-    return objects, pos_labels, norm_maps
 
 
 def get_cluster_diffraction_results(self, source="components"):
@@ -804,9 +555,8 @@ def get_cluster_diffraction_results(self, source="components"):
     >>> res["merged_factors"]  # doctest: +SKIP
     <STEM4D, title: Merged diffraction of clusters of ..., dimensions: (3|48, 48)>
     """
-    prefix = _prefix(source)
-    lr = self.learning_results
-    if getattr(lr, prefix + "labels", None) is None:
+    res = _read_clustering(self, source)
+    if res is None:
         raise RuntimeError(
             "No diffraction clustering found: run "
             + (
@@ -816,34 +566,28 @@ def get_cluster_diffraction_results(self, source="components"):
             )
             + " first."
         )
-    store = {k: getattr(lr, prefix + k, None) for k in _CDIFF_KEYS + _CPAT_KEYS}
-    return _results_signals(self, store, source)
+    return _results_signals(self, res, source)
 
 
-def _results_signals(signal, store, source):
-    """Signals from a dict of stored arrays (keys without prefix)."""
-
-    def get(name):
-        return np.asarray(store[name])
-
-    (qy, qx), _, _, _ = _signal_geometry(signal)
+def _results_signals(signal, res, source):
+    """Signals from a clustering result (merged factors as (c, qy, qx))."""
     item = "Component index" if source == "components" else "Pattern index"
     what = "component" if source == "components" else "pattern"
-    merged = get("merged_factors").T.reshape(-1, qy, qx)
+    merged = np.asarray(res.merged_factors)
     n_c = merged.shape[0]
     title = signal.metadata.General.title
-    res = {
-        "labels": _vector_signal(get("labels"), item, f"Cluster of each {what}"),
+    out = {
+        "labels": _vector_signal(res.labels, item, f"Cluster of each {what}"),
         "rotation": _vector_signal(
-            get("rotation"),
+            res.rotation,
             item,
             "Rotation onto the cluster reference",
             "Rotation (deg)",
         ),
         "pseudo_distance": _matrix_signal(
-            get("pseudo_distance"), item, "Pseudo-distance 1 - CC"
+            res.pseudo_distance, item, "Pseudo-distance 1 - CC"
         ),
-        "linkage": BaseSignal(get("linkage")),
+        "linkage": BaseSignal(np.asarray(res.linkage)),
         "merged_factors": _pattern_stack_signal(
             signal,
             merged,
@@ -852,19 +596,19 @@ def _results_signals(signal, store, source):
             + f" of clusters of {title}",
         ),
     }
-    res["linkage"].metadata.General.title = "Linkage matrix"
+    out["linkage"].metadata.General.title = "Linkage matrix"
     nav_shape = tuple(signal.axes_manager._navigation_shape_in_array)
     if source == "components":
-        maps = get("merged_maps").T.reshape((n_c,) + nav_shape)
-        res["merged_maps"] = _nav_stack_signal(
+        maps = np.asarray(res.merged_maps).reshape((n_c,) + nav_shape)
+        out["merged_maps"] = _nav_stack_signal(
             signal, maps, "Cluster index", f"Summed maps of clusters of {title}"
         )
-    if store.get("position_labels") is not None:
-        pos = get("position_labels").reshape(nav_shape)
+    if res.position_labels is not None:
+        pos = np.asarray(res.position_labels).reshape(nav_shape)
         sig = signal._get_navigation_signal(pos)
         sig.metadata.General.title = f"Dominant cluster of {title}"
-        res["position_labels"] = sig
-    return res
+        out["position_labels"] = sig
+    return out
 
 
 def _nav_step_slices(signal, step):
@@ -888,13 +632,50 @@ def _compute(a):
 
 
 def _iter_nav_blocks(signal, rows=256):
-    """Yield (start, patterns (n, qy, qx)) over the flattened navigation."""
+    """Yield the patterns (n, qy, qx), float64, of the flattened navigation in blocks."""
     data = signal.data
     qy, qx = data.shape[-2:]
     flat = data.reshape((-1, qy, qx))
     n = flat.shape[0]
     for i0 in range(0, n, rows):
-        yield i0, _compute(flat[i0 : i0 + rows]).astype(np.float64)
+        yield _compute(flat[i0 : i0 + rows]).astype(np.float64)
+
+
+def _own_patterns(signal, step, max_patterns):
+    """Every ``step``-th pattern of the scan: (stack (n, qy, qx), flat indices, steps)."""
+    (qy, qx), _, _, _ = _signal_geometry(signal)
+    slices, steps = _nav_step_slices(signal, step)
+    nav_shape = tuple(signal.axes_manager._navigation_shape_in_array)
+    positions = np.arange(int(np.prod(nav_shape))).reshape(nav_shape)[slices].ravel()
+    n = positions.size
+    if n > max_patterns:
+        raise ValueError(
+            f"{n} patterns to cluster (> max_patterns={max_patterns}); "
+            "increase `step` (or `max_patterns`)."
+        )
+    stack = _compute(signal.data[slices + (Ellipsis,)]).reshape(-1, qy, qx)
+    return np.asarray(stack, dtype=np.float64), positions, steps
+
+
+def _given_patterns(signal, patterns, max_patterns):
+    """A user stack (array or signal) with this detector shape, (n, qy, qx) float64."""
+    (qy, qx), _, _, _ = _signal_geometry(signal)
+    if isinstance(patterns, BaseSignal):
+        if patterns.axes_manager.signal_shape != signal.axes_manager.signal_shape:
+            raise ValueError("`patterns` must have the signal shape of this signal.")
+        arr = _compute(patterns.data)
+    else:
+        arr = _compute(patterns)
+    if arr.shape[-2:] != (qy, qx):
+        raise ValueError(
+            f"`patterns` must have the detector shape {(qy, qx)}, got {arr.shape[-2:]}."
+        )
+    stack = arr.reshape(-1, qy, qx)
+    if stack.shape[0] > max_patterns:
+        raise ValueError(
+            f"{stack.shape[0]} patterns to cluster (> max_patterns={max_patterns})."
+        )
+    return np.asarray(stack, dtype=np.float64)
 
 
 def cluster_patterns(
@@ -984,45 +765,13 @@ def cluster_patterns(
     (qy, qx), _, _, _ = _signal_geometry(self)
     own = patterns is None
     if own:
-        slices, steps = _nav_step_slices(self, step)
-        nav_shape = tuple(self.axes_manager._navigation_shape_in_array)
-        positions = (
-            np.arange(int(np.prod(nav_shape))).reshape(nav_shape)[slices].ravel()
-        )
-        n = positions.size
-        if n > max_patterns:
-            raise ValueError(
-                f"{n} patterns to cluster (> max_patterns={max_patterns}); "
-                "increase `step` (or `max_patterns`)."
-            )
-        stack = _compute(self.data[slices + (Ellipsis,)]).reshape(-1, qy, qx)
+        stack, positions, steps = _own_patterns(self, step, max_patterns)
     else:
-        if isinstance(patterns, BaseSignal):
-            if patterns.axes_manager.signal_shape != self.axes_manager.signal_shape:
-                raise ValueError(
-                    "`patterns` must have the signal shape of this signal."
-                )
-            arr = _compute(patterns.data)
-        else:
-            arr = _compute(patterns)
-        if arr.shape[-2:] != (qy, qx):
-            raise ValueError(
-                f"`patterns` must have the detector shape {(qy, qx)}, got {arr.shape[-2:]}."
-            )
-        stack = arr.reshape(-1, qy, qx)
-        n = stack.shape[0]
-        if n > max_patterns:
-            raise ValueError(
-                f"{n} patterns to cluster (> max_patterns={max_patterns})."
-            )
-    stack = np.asarray(stack, dtype=np.float64)
+        stack, positions, steps = _given_patterns(self, patterns, max_patterns), None, None
+    n = stack.shape[0]
     if n < 2:
         raise ValueError(f"At least 2 patterns are needed to cluster, got {n}.")
-    with np.errstate(invalid="ignore"):
-        mean = np.nanmean(stack, axis=0)
-    cpx, rr, dbr = _resolve_geometry(
-        self, centre, units, radial_range, direct_beam_radius, mean
-    )
+    cpx, rr, dbr = _geometry_to_px(self, centre, units, radial_range, direct_beam_radius)
     res = core.cluster_patterns(
         stack,
         centre=cpx,
@@ -1038,74 +787,24 @@ def cluster_patterns(
         normalize=normalize,
         radial_weighting=radial_weighting,
         mirror=mirror,
+        positions=positions,
+        all_patterns=_iter_nav_blocks(self) if own else None,
+        step=steps,
     )
-    labels, radii, refs, mean_c = res.labels, res.radii, res.references, res.merged
-    n_c = mean_c.shape[0]
-    params = {
-        "n_clusters": n_clusters,
-        "distance_threshold": distance_threshold,
-        "method": method,
-        "step": list(steps) if own else None,
-        **_geometry_params(
-            cpx,
-            radii,
-            delta_r,
-            res.n_theta,
-            dbr,
-            intensity_transform_function,
-            normalize,
-            radial_weighting,
-            mirror,
-        ),
-        "threshold": float(res.threshold),
-    }
-    store = _clustering_store(
-        labels,
-        res.linkage,
-        res.pseudo_distance,
-        res.rotation,
-        res.mirrored,
-        refs,
-        mean_c,
-        res.threshold,
-        cpx,
-        radii,
-        params,
-    )
-    if not own:
-        return _results_signals(self, store, source="patterns")
-    store["positions"] = positions.astype(np.int64)
-    store["step"] = np.array(steps, dtype=np.int64)
+    if not own:  # returned only: as it would read back from learning_results
+        shapes = {"merged_factors": (qy, qx)}
+        stored = from_stored(core.PatternClustering, to_stored(res), shapes)
+        return _results_signals(self, stored, source="patterns")
     lr = self.learning_results
-    # every position: best rotation-invariant match to each cluster mean
-    polar_kw = _polar_kwargs(cpx, radii, delta_r, res.n_theta, dbr)
-    ref_polar, _, _ = core.polar_transform(mean_c, **polar_kw)
-    kw = dict(
-        radii=radii,
-        intensity_transform_function=intensity_transform_function,
-        normalize=normalize,
-        radial_weighting=radial_weighting,
-        mirror=mirror,
-    )
-    nav_size = int(np.prod(nav_shape))
-    distances = np.empty((n_c, nav_size))
-    for i0, block in _iter_nav_blocks(self):
-        pol, _, _ = core.polar_transform(block, **polar_kw)
-        s_ = core.rotational_similarity(pol, polar_other=ref_polar, **kw)
-        distances[:, i0 : i0 + block.shape[0]] = 1.0 - s_.similarity.T
-    pos_labels = np.argmin(distances, axis=0)
-    pos_labels[positions] = labels
-    store["position_labels"] = pos_labels.astype(np.int64)
-    for key_, value in store.items():
-        setattr(lr, "cpat_" + key_, value)
-    centroid = stack[refs].reshape(n_c, -1)
-    counts = np.bincount(labels, minlength=n_c)[:, None]
+    to_learning_results(lr, res, "cpat_")
+    n_c = res.references.size
+    counts = np.bincount(res.labels, minlength=n_c)[:, None]
     _fill_hyperspy_cluster_fields(
         lr,
-        pos_labels,
-        mean_c.reshape(n_c, -1) * counts,
-        centroid,
-        np.clip(distances, 0.0, 2.0),
+        res.position_labels,
+        res.merged_factors.reshape(n_c, -1) * counts,
+        res.centroids.reshape(n_c, -1),
+        res.distances,
         "cluster_patterns",
     )
     return get_cluster_diffraction_results(self, source="patterns")
@@ -1261,21 +960,20 @@ def plot_cluster_dendrogram(self, source="components", ax=None, **kwargs):
     """
     from hyperspy_cnmf.plotting import _cluster as plotting
 
-    lr = self.learning_results
-    prefix = _prefix(source)
-    if getattr(lr, prefix + "linkage", None) is None:
+    res = _read_clustering(self, source)
+    if res is None or res.linkage is None:
         raise RuntimeError("Run `cluster_diffraction` (or `cluster_patterns`) first.")
     if source == "components":
-        leaf_names = [str(int(i)) for i in np.asarray(lr.cdiff_components)]
+        leaf_names = [str(int(i)) for i in res.components]
         leaf_title = "Component"
     else:
-        leaf_names = [str(int(i)) for i in np.asarray(lr.cpat_positions)]
+        leaf_names = [str(int(i)) for i in res.positions]
         leaf_title = "Position"
     return plotting.plot_dendrogram(
-        np.asarray(getattr(lr, prefix + "linkage")),
-        np.asarray(getattr(lr, prefix + "labels")),
+        res.linkage,
+        res.labels,
         leaf_names=leaf_names,
-        threshold=float(getattr(lr, prefix + "threshold")),
+        threshold=res.threshold,
         ax=ax,
         leaf_title=leaf_title,
         title=f"Diffraction clustering: {self.metadata.General.title}",
@@ -1313,12 +1011,11 @@ def plot_cluster_gallery(self, clusters=None, norm="log", cmap="inferno", **kwar
     """
     from hyperspy_cnmf.plotting import _cluster as plotting
 
-    lr = self.learning_results
-    if getattr(lr, "cdiff_labels", None) is None:
+    stored = _read_clustering(self, "components")
+    if stored is None:
         raise RuntimeError("Run `cluster_diffraction` first.")
-    res = get_cluster_diffraction_results(self)
-    labels = np.asarray(lr.cdiff_labels)
-    comps = np.asarray(lr.cdiff_components)
+    res = _results_signals(self, stored, "components")
+    labels, comps = stored.labels, stored.components
     n_c = int(labels.max()) + 1
     members = [comps[labels == c].tolist() for c in range(n_c)]
     pos = res.get("position_labels")

@@ -1,0 +1,518 @@
+"""Rotation-invariant clustering of decomposition components (plain arrays).
+
+:func:`cluster_components` is the numerical part of
+:meth:`~hyperspy_cnmf.signals.STEM4D.cluster_diffraction`: the components
+of an (over-complete) NMF, factors ``(k, qy, qx)`` and loadings
+``(k, n_positions)``, are grouped by the rotation-invariant similarity of
+their diffraction, and every probe position is labelled with its dominant
+cluster. It runs as a sequence of small named stages, each its own function:
+
+1. :func:`_resolve_beam`: centre and direct-beam radius (px);
+2. :func:`_similarity` and :func:`_cut`: pairwise rotation-maximised
+   correlation of the polar factors and the hierarchical cut of ``1 - CC``;
+3. :func:`_beam_only` and :func:`_attach_beam_only`: components without
+   diffraction beyond the direct beam join the cluster with the most similar
+   map;
+4. :func:`_cluster_maps` and :func:`_dominance`: summed maps in data units,
+   the objects (pieces of one grain joined) and the dominant cluster of each
+   position;
+5. :func:`_order`: clusters numbered by decreasing dominated area;
+6. :func:`_align`: a reference per cluster and the rotation of every member
+   onto it;
+7. :func:`~hyperspy_cnmf.clustering.merge_aligned`: merged diffraction;
+8. :func:`_centroids`: the HyperSpy centroid signals.
+
+Everything is in detector pixels and data units; the calibrated geometry is
+converted by the signal method. numpy/scipy (and the Numba kernels) only.
+"""
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from hyperspy_cnmf._schema import stored, transient
+from hyperspy_cnmf.clustering._hierarchical import (
+    _similarity_parameters,
+    align_to_references,
+    attach_by_map,
+    cluster_references,
+    dominant_labels,
+    hierarchical_clustering,
+    map_objects,
+    merge_aligned,
+    order_clusters,
+    polar_similarity,
+)
+from hyperspy_cnmf.clustering._polar import (
+    _check_centre,
+    estimate_direct_beam_radius,
+    find_direct_beam,
+)
+
+__all__ = ["ComponentClustering", "cluster_components"]
+
+
+@dataclass
+class ComponentClustering:
+    """Result of :func:`cluster_components`.
+
+    The stored fields are written to ``learning_results`` with the prefix
+    ``cdiff_`` by :meth:`~hyperspy_cnmf.signals.STEM4D.cluster_diffraction`
+    (see :mod:`hyperspy_cnmf._schema`); ``k`` clustered components, ``c``
+    clusters, ``n_positions`` probe positions, ``n_r`` radii.
+
+    Attributes
+    ----------
+    components : ndarray of int64, shape (k,)
+        Index of each clustered component (in the caller's numbering, e.g.
+        the columns of HyperSpy's ``factors``).
+    labels : ndarray of int64, shape (k,)
+        Cluster of each component, clusters numbered by decreasing number of
+        dominated positions (then total intensity).
+    linkage : ndarray of float64, shape (k - 1, 4)
+        SciPy linkage matrix of the tree (before the beam-only attachment).
+    pseudo_distance : ndarray of float64, shape (k, k)
+        ``1 - max CC`` over the rotation.
+    pairwise_rotation : ndarray of float64, shape (k, k)
+        Degrees: the best rotation of component ``j`` onto component ``i``.
+    pairwise_mirrored : ndarray of bool, shape (k, k)
+        Whether that best match mirrors ``j`` (``phi -> -phi``).
+    rotation : ndarray of float64, shape (k,)
+        Degrees, from +kx towards +ky: rotation of each component onto its
+        cluster reference (0 for the reference and beam-only components).
+    mirrored : ndarray of bool, shape (k,)
+    references : ndarray of int64, shape (c,)
+        Reference component of each cluster (an index into the *clustered*
+        components, never a beam-only one unless the cluster has nothing
+        else).
+    merged_factors : ndarray of float64, shape (c, qy, qx)
+        Rotation-aligned merged diffraction, data units (counts of the
+        cluster summed over the scan). Stored as ``(qy * qx, c)``.
+    merged_maps : ndarray of float64, shape (c, n_positions)
+        Summed maps, data units (counts per probe position; NaN where every
+        loading is NaN). Stored as ``(n_positions, c)``.
+    normalised_maps : ndarray of float64, shape (c, n_positions)
+        Dominance score of each cluster (the largest of its objects'; see
+        :func:`cluster_components`, Notes). Stored as ``(n_positions, c)``.
+    objects : ndarray of int64, shape (k,)
+        Object of each component (pieces of one grain or of the matrix
+        joined), see :func:`~hyperspy_cnmf.clustering.map_objects`.
+    beam_only : ndarray of bool, shape (k,)
+        Direct-beam-only components (attached to a cluster by their maps).
+    position_labels : ndarray of int64, shape (n_positions,)
+        Dominant cluster of each probe position (-1: none, e.g. masked).
+    threshold : float
+        Pseudo-distance of the cut.
+    centre : ndarray of float64, shape (2,)
+        ``(x, y)`` centre of the polar grid, px.
+    radii : ndarray of float64, shape (n_r,)
+        Radii of the polar grid, px.
+    parameters : dict
+        Every parameter of the call, geometry in px (stored as JSON).
+    similarity : ndarray of float64, shape (k, k)
+        Not stored. ``max CC`` over the rotation.
+    n_theta : int
+        Not stored. Azimuthal samples of the polar grid.
+    centroids : ndarray of float64, shape (c, qy, qx)
+        Not stored (HyperSpy's ``cluster_centroid_signals``): the reference
+        factor scaled by its mean loading over the dominated positions.
+    distances : ndarray of float64, shape (c, n_positions)
+        Not stored (HyperSpy's ``cluster_distances``): ``1 - score`` clipped
+        to [0, 1], NaN at masked positions.
+    """
+
+    components: np.ndarray = stored(dtype=np.int64)
+    labels: np.ndarray = stored(dtype=np.int64)
+    linkage: np.ndarray = stored()
+    pseudo_distance: np.ndarray = stored()
+    pairwise_rotation: np.ndarray = stored()
+    pairwise_mirrored: np.ndarray = stored()
+    rotation: np.ndarray = stored()
+    mirrored: np.ndarray = stored(dtype=bool)
+    references: np.ndarray = stored(dtype=np.int64)
+    merged_factors: np.ndarray = stored(columns=True)
+    merged_maps: np.ndarray = stored(columns=True)
+    normalised_maps: np.ndarray = stored(columns=True)
+    objects: np.ndarray = stored(dtype=np.int64)
+    beam_only: np.ndarray = stored(dtype=bool)
+    position_labels: np.ndarray = stored(dtype=np.int64)
+    threshold: float = stored("float")
+    centre: np.ndarray = stored(dtype=np.float64)
+    radii: np.ndarray = stored()
+    parameters: dict = stored("json")
+    similarity: np.ndarray = transient()
+    n_theta: int = transient()
+    centroids: np.ndarray = transient()
+    distances: np.ndarray = transient()
+
+
+# --------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------
+def _check_inputs(factors, loadings, components, nav_shape):
+    """Float64 factors (k, qy, qx), loadings (k, n), indices (k,), nav shape."""
+    factors = np.asarray(factors, dtype=np.float64)
+    loadings = np.asarray(loadings, dtype=np.float64)
+    if factors.ndim != 3:
+        raise ValueError(f"`factors` must have shape (k, qy, qx), got {factors.shape}.")
+    k = factors.shape[0]
+    if loadings.ndim != 2 or loadings.shape[0] != k:
+        raise ValueError(
+            f"`loadings` must have shape ({k}, n_positions), got {loadings.shape}."
+        )
+    if k < 2:
+        raise ValueError(f"At least 2 components are needed to cluster, got {k}.")
+    nav_shape = (loadings.shape[1],) if nav_shape is None else tuple(nav_shape)
+    if int(np.prod(nav_shape)) != loadings.shape[1]:
+        raise ValueError(
+            f"`nav_shape` {nav_shape} does not match {loadings.shape[1]} positions."
+        )
+    components = np.arange(k) if components is None else np.asarray(components)
+    if components.shape != (k,):
+        raise ValueError(f"`components` must have {k} indices.")
+    if np.nanmin(factors) < -1e-3 * max(np.nanmax(np.abs(factors)), 1e-300):
+        warnings.warn(
+            "The factors have negative values: the clustering is meant for "
+            "non-negative (NMF) components; negatives are clipped to 0 by the "
+            "'sqrt'/'log' transforms.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return factors, loadings, components, nav_shape
+
+
+def _resolve_beam(factors, loading_sum, centre, direct_beam_radius):
+    """Centre ``(x, y)`` and direct-beam radius in px (found on the weighted sum)."""
+    reference = np.nansum(factors * loading_sum[:, None, None], axis=0)
+    reference[np.all(np.isnan(factors), axis=0)] = np.nan
+    if centre is None:
+        with np.errstate(invalid="ignore"):
+            centre = find_direct_beam(reference)
+    else:
+        centre = _check_centre(centre, factors.shape[1:])
+    if isinstance(direct_beam_radius, str):
+        if direct_beam_radius != "auto":
+            raise ValueError("`direct_beam_radius` must be a number, 'auto' or None.")
+        direct_beam_radius = estimate_direct_beam_radius(reference, centre)
+    elif direct_beam_radius is not None:
+        direct_beam_radius = float(direct_beam_radius)
+    return centre, direct_beam_radius
+
+
+def _beam_only(factors, centre, radii, beam_radius, min_fraction):
+    """Components with < ``min_fraction`` of their intensity in the compared annulus."""
+    if not min_fraction:
+        return np.zeros(factors.shape[0], dtype=bool)
+    yy, xx = np.indices(factors.shape[1:], dtype=np.float64)
+    r = np.hypot(xx - centre[0], yy - centre[1])
+    inner = max(float(radii[0]), float(beam_radius or 0.0))
+    annulus = (r >= inner) & (r <= float(radii[-1]))
+    total = np.nansum(np.abs(factors), axis=(1, 2))
+    inside = np.nansum(np.abs(factors[:, annulus]), axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, inside / total, 0.0) < float(min_fraction)
+
+
+def _attach_beam_only(labels, beam_only, contrib, n_clusters):
+    """Dissolve clusters made only of beam-only components (join by map)."""
+    if not beam_only.any():
+        return labels
+    n_tree = int(labels.max()) + 1
+    labels = attach_by_map(labels, beam_only, contrib)
+    if n_clusters is not None and labels.max() + 1 < n_tree:
+        warnings.warn(
+            f"{n_tree - labels.max() - 1} cluster(s) made only of "
+            "direct-beam components were joined to the clusters with the "
+            "most similar maps, leaving fewer than `n_clusters`; pass "
+            "min_structure_fraction=0 to keep them.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return labels
+
+
+def _cluster_maps(contrib, labels, masked):
+    """Summed map of each cluster (c, n_positions), NaN at masked positions."""
+    n_c = int(labels.max()) + 1
+    maps = np.stack([contrib[labels == c].sum(axis=0) for c in range(n_c)])
+    maps[:, masked] = np.nan
+    return maps
+
+
+def _smooth_maps(maps, nav_shape, sigma):
+    """Gaussian smoothing (navigation px) of each map; NaN stays NaN."""
+    if not sigma:
+        return maps
+    nan = np.isnan(maps)
+    out = np.stack(
+        [
+            ndimage.gaussian_filter(
+                np.nan_to_num(m).reshape(nav_shape), float(sigma)
+            ).ravel()
+            for m in maps
+        ]
+    )
+    out[nan] = np.nan
+    return out
+
+
+def _extended_clusters(maps, labels, masked, percentiles):
+    """Clusters above half their range on most of the scan (e.g. the matrix)."""
+    cl_maps = _cluster_maps(maps, labels, masked)
+    _, cl_norm = dominant_labels(cl_maps, percentiles=percentiles)
+    with np.errstate(invalid="ignore"):
+        return np.sum(cl_norm >= 0.5, axis=1) > 0.5 * np.count_nonzero(~masked)
+
+
+def _dominance(contrib, labels, nav_shape, percentiles, smoothing):
+    """Objects (k,), dominant cluster per position and per-cluster scores."""
+    masked = np.all(np.isnan(contrib), axis=0)
+    m = _smooth_maps(contrib, nav_shape, smoothing)
+    objects = map_objects(m, labels, nav_shape)
+    n_o, n_c = int(objects.max()) + 1, int(labels.max()) + 1
+    obj_cluster = np.array([labels[objects == o][0] for o in range(n_o)])
+    obj_maps = np.stack([m[objects == o].sum(axis=0) for o in range(n_o)])
+    obj_maps[:, masked] = np.nan
+    extended = _extended_clusters(m, labels, masked, percentiles)
+    obj_labels, obj_score = dominant_labels(
+        obj_maps, percentiles=percentiles, extended=extended[obj_cluster]
+    )
+    pos_labels = np.where(obj_labels >= 0, obj_cluster[np.maximum(obj_labels, 0)], -1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        norm_maps = np.stack(
+            [np.nanmax(obj_score[obj_cluster == c], axis=0) for c in range(n_c)]
+        )
+    return objects, pos_labels, norm_maps
+
+
+def _order(labels, maps, norm_maps, pos_labels):
+    """Renumber clusters: most dominated positions first, then total intensity."""
+    n_c = maps.shape[0]
+    counts = np.bincount(pos_labels[pos_labels >= 0], minlength=n_c)
+    key = counts + np.nansum(maps, axis=1) / (np.nansum(maps) + 1e-300)
+    labels, order = order_clusters(labels, key)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(n_c)
+    pos_labels = np.where(pos_labels >= 0, inverse[np.maximum(pos_labels, 0)], -1)
+    return labels, maps[order], norm_maps[order], pos_labels
+
+
+def _align(sim, labels, beam_only, weights):
+    """References (c,), rotation (k,) and mirror (k,) of each member onto its own.
+
+    A beam-only component is never a reference (unless its cluster has
+    nothing else) and is merged unrotated.
+    """
+    similarity = np.where(beam_only[:, None], -1e3, sim.similarity)
+    refs = cluster_references(similarity, labels, weights=weights)
+    rot, mir = align_to_references(sim, labels, refs)
+    return refs, np.where(beam_only, 0.0, rot), mir & ~beam_only
+
+
+def _centroids(factors, loadings, refs, pos_labels):
+    """Reference factor x its mean loading over the dominated positions (c, qy, qx)."""
+    out = np.empty((refs.size,) + factors.shape[1:])
+    for c, ref in enumerate(refs):
+        dominated = pos_labels == c
+        scale = np.nanmean(loadings[ref, dominated]) if dominated.any() else 0.0
+        out[c] = factors[ref] * scale
+    return out
+
+
+# --------------------------------------------------------------------------
+# Pipeline
+# --------------------------------------------------------------------------
+def cluster_components(
+    factors,
+    loadings,
+    centre=None,
+    *,
+    nav_shape=None,
+    components=None,
+    n_clusters=None,
+    distance_threshold=None,
+    method="average",
+    radial_range=None,
+    delta_r=1.0,
+    n_theta=None,
+    delta_theta=None,
+    direct_beam_radius="auto",
+    intensity_transform_function=None,
+    normalize="pearson",
+    radial_weighting="r",
+    mirror=False,
+    min_structure_fraction=0.1,
+    dominance_percentiles=(0.0, 100.0),
+    map_smoothing=None,
+):
+    """Group decomposition components by rotation-invariant diffraction similarity.
+
+    The clustering of Kimoto et al., *Sci. Rep.* 15, 39143 (2025) on plain
+    arrays, all in px and data units: polar transform of the factors, the
+    pairwise correlation maximised over the rotation, a hierarchical cut of
+    ``1 - CC``, direct-beam-only components attached by their maps, the
+    dominant cluster of every position, and the rotation-aligned merged
+    diffraction of each cluster. The user-facing method is
+    :meth:`~hyperspy_cnmf.signals.STEM4D.cluster_diffraction` (whose Notes
+    give the units, rotation convention and dominance rules in full).
+
+    Parameters
+    ----------
+    factors : array_like, shape (k, qy, qx)
+        Diffraction pattern of each component (non-negative expected; NaN:
+        masked detector pixels).
+    loadings : array_like, shape (k, n_positions)
+        Map of each component, positions in C order of ``nav_shape`` (NaN:
+        masked positions). Component ``i`` contributes
+        ``loadings[i, p] * factors[i]`` to the data.
+    centre : tuple of float, optional
+        ``(x, y)`` of the direct beam, px. Default: found with
+        :func:`~hyperspy_cnmf.clustering.find_direct_beam` on the
+        loading-weighted sum of the factors.
+    nav_shape : tuple of int, optional
+        Navigation (scan) shape in array order, for the adjacency of the
+        map objects and ``map_smoothing``; default one dimension.
+    components : array_like of int, shape (k,), optional
+        Index of each component in the caller's numbering (recorded only);
+        default ``0 .. k-1``.
+    n_clusters, distance_threshold, method
+        See :func:`~hyperspy_cnmf.clustering.hierarchical_clustering`.
+    radial_range, delta_r, n_theta, delta_theta
+        Polar grid, px; see :func:`~hyperspy_cnmf.clustering.polar_transform`.
+    direct_beam_radius : float, "auto" or None, default "auto"
+        Rings inside this radius (px) are left out of the correlation;
+        ``"auto"``: :func:`~hyperspy_cnmf.clustering.estimate_direct_beam_radius`
+        of the loading-weighted sum of the factors.
+    intensity_transform_function, normalize, radial_weighting, mirror
+        See :func:`~hyperspy_cnmf.clustering.rotational_similarity`.
+    min_structure_fraction : float, default 0.1
+        Components with less than this fraction of their intensity inside the
+        compared annulus are *beam-only*: a cluster made only of them is
+        dissolved and each joins the cluster whose map correlates best with
+        its own (:func:`~hyperspy_cnmf.clustering.attach_by_map`). 0: off.
+    dominance_percentiles : tuple of float, default (0, 100)
+        Range of each object map for the dominant-cluster labels
+        (:func:`~hyperspy_cnmf.clustering.dominant_labels`).
+    map_smoothing : float, optional
+        Gaussian sigma (navigation px) of the maps used for the objects and
+        the dominant-cluster labels only (``merged_maps`` is not smoothed).
+
+    Returns
+    -------
+    ComponentClustering
+
+    Raises
+    ------
+    ValueError
+        For inconsistent shapes, fewer than 2 components, a centre outside
+        the pattern or inconsistent clustering arguments.
+
+    Warns
+    -----
+    UserWarning
+        For negative factors, or when beam-only clusters were dissolved below
+        ``n_clusters``.
+
+    Notes
+    -----
+    Positions are labelled by their *dominant* cluster: the components of a
+    cluster are grouped into objects (:func:`~hyperspy_cnmf.clustering.map_objects`),
+    each object map is rescaled to its own range, clusters above half their
+    range on most of the scan are *extended* (the matrix), and
+    :func:`~hyperspy_cnmf.clustering.dominant_labels` lets particles claim
+    their half-maximum outline and the extended objects the rest.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hyperspy_cnmf.clustering import cluster_components, rotate_patterns
+    >>> yy, xx = np.mgrid[:49, :49] - 24.0
+    >>> def ring(r, n):
+    ...     a = np.deg2rad(np.arange(n) * 360.0 / n)
+    ...     return sum(np.exp(-((xx - r * np.cos(t)) ** 2 + (yy - r * np.sin(t)) ** 2) / 4)
+    ...                for t in a)
+    >>> a, b = ring(10, 6), ring(18, 4)
+    >>> f = np.nan_to_num(rotate_patterns(np.stack([a, a, b, b]), (24, 24), [0, 20, 0, 35]))
+    >>> maps = np.zeros((4, 8, 8)); maps[:2, :, :4] = 1; maps[2:, :, 4:] = 1
+    >>> res = cluster_components(f, maps.reshape(4, -1), (24, 24), nav_shape=(8, 8),
+    ...                          direct_beam_radius=None)
+    >>> res.labels.tolist(), res.merged_factors.shape
+    ([0, 0, 1, 1], (2, 49, 49))
+    """
+    factors, loadings, components, nav_shape = _check_inputs(
+        factors, loadings, components, nav_shape
+    )
+    grid = dict(
+        radial_range=radial_range, delta_r=delta_r, n_theta=n_theta, delta_theta=delta_theta
+    )
+    similarity_kwargs = dict(
+        intensity_transform_function=intensity_transform_function,
+        normalize=normalize,
+        radial_weighting=radial_weighting,
+        mirror=mirror,
+    )
+    factor_sum = np.nansum(factors, axis=(1, 2))
+    loading_sum = np.nansum(loadings, axis=1)
+    cpx, dbr = _resolve_beam(factors, loading_sum, centre, direct_beam_radius)
+    polar, radii, sim = polar_similarity(
+        factors, cpx, direct_beam_radius=dbr, **grid, **similarity_kwargs
+    )
+    labels, Z, threshold = hierarchical_clustering(
+        sim.pseudo_distance,
+        method=method,
+        n_clusters=n_clusters,
+        distance_threshold=distance_threshold,
+    )
+    contrib = loadings * factor_sum[:, None]  # data units: counts per position
+    beam_only = _beam_only(factors, cpx, radii, dbr, min_structure_fraction)
+    labels = _attach_beam_only(labels, beam_only, contrib, n_clusters)
+    maps = _cluster_maps(contrib, labels, np.all(np.isnan(loadings), axis=0))
+    objects, pos_labels, norm_maps = _dominance(
+        contrib, labels, nav_shape, dominance_percentiles, map_smoothing
+    )
+    labels, maps, norm_maps, pos_labels = _order(labels, maps, norm_maps, pos_labels)
+    refs, rot, mir = _align(sim, labels, beam_only, np.abs(factor_sum * loading_sum))
+    merged = merge_aligned(factors, cpx, labels, rot, mir, weights=loading_sum)
+    with np.errstate(invalid="ignore"):
+        distances = 1.0 - np.clip(norm_maps, 0.0, 1.0)
+    parameters = {
+        "n_clusters": n_clusters,
+        "distance_threshold": distance_threshold,
+        "method": method,
+        "components": np.asarray(components).tolist(),
+        **_similarity_parameters(
+            cpx, radii, delta_r, polar.shape[-1], dbr, **similarity_kwargs
+        ),
+        "min_structure_fraction": float(min_structure_fraction),
+        "dominance_percentiles": [float(p) for p in dominance_percentiles],
+        "map_smoothing": map_smoothing,
+        "threshold": float(threshold),
+    }
+    return ComponentClustering(
+        components=components,
+        labels=labels,
+        linkage=Z,
+        pseudo_distance=sim.pseudo_distance,
+        pairwise_rotation=sim.rotation,
+        pairwise_mirrored=sim.mirrored,
+        rotation=rot,
+        mirrored=mir,
+        references=refs,
+        merged_factors=merged,
+        merged_maps=maps,
+        normalised_maps=norm_maps,
+        objects=objects,
+        beam_only=beam_only,
+        position_labels=pos_labels,
+        threshold=float(threshold),
+        centre=np.array(cpx, dtype=np.float64),
+        radii=radii,
+        parameters=parameters,
+        similarity=sim.similarity,
+        n_theta=int(polar.shape[-1]),
+        centroids=_centroids(factors, loadings, refs, pos_labels),
+        distances=distances,
+    )

@@ -1,0 +1,272 @@
+"""Tests of clustering.cluster_components on plain arrays (no HyperSpy).
+
+A small synthetic over-complete decomposition: an amorphous matrix split into
+two tiles, hexagonal and square grains (one hexagonal grain split into two
+halves with slightly rotated patterns), and a direct-beam-only component
+whose map follows the matrix, as an over-complete NMF makes from thickness
+variations.
+"""
+
+import json
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from hyperspy_cnmf import clustering as cl
+from hyperspy_cnmf.data._simulate import render_bragg_pattern, render_matrix_pattern
+
+SHAPE = (48, 48)  # detector (qy, qx)
+CENTRE = (24.0, 24.0)  # (x, y) px
+SCAN = (20, 24)  # navigation (ny, nx), non-square
+GRAINS = (  # (row, column) centre, radius (px), phase, rotation (deg)
+    ((5.0, 6.0), 3.5, 1, 10.0),
+    ((13.0, 17.0), 4.0, 2, 30.0),
+    ((14.0, 5.0), 3.0, 1, 47.0),
+)
+
+
+def _pattern(phase, rotation):
+    if phase == 0:
+        return render_matrix_pattern(SHAPE, CENTRE, 0.4, 1.0)
+    return render_bragg_pattern(SHAPE, CENTRE, 0.4, 1.0, phase, rotation)
+
+
+def _disc(centre, radius):
+    yy, xx = np.indices(SCAN, dtype=float)
+    r = np.hypot(yy - centre[0], xx - centre[1])
+    return np.clip((radius + 1.0 - r) / 2.0, 0.0, 1.0)  # soft edge
+
+
+def synthetic(beam=True, map_noise=0.0, seed=0):
+    """factors (k, qy, qx), loadings (k, n), phase per component, true phase map."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.indices(SCAN, dtype=float)
+    grains = [_disc(c, r) for c, r, _, _ in GRAINS]
+    matrix_map = 1.0 - 0.7 * np.sum(grains, axis=0)
+    left = 1 / (1 + np.exp((xx - SCAN[1] / 2) / 2.0))
+    F, L, phase = [], [], []
+    for part in (left, 1 - left):  # the matrix in two tiles
+        F.append(_pattern(0, 0))
+        L.append(matrix_map * part)
+        phase.append(0)
+    for i, ((gy, gx), _, ph, rot) in enumerate(GRAINS):
+        if i == 0:  # split grain: two halves, patterns 2.5 deg apart
+            side = 1 / (1 + np.exp(-(xx - gx) / 1.0))
+            for part, delta in ((side, -1.0), (1 - side, 1.5)):
+                F.append(_pattern(ph, rot + delta))
+                L.append(grains[i] * part)
+                phase.append(ph)
+        else:
+            F.append(_pattern(ph, rot))
+            L.append(grains[i])
+            phase.append(ph)
+    if beam:
+        r = np.hypot(*(np.indices(SHAPE) - np.array(CENTRE)[::-1, None, None]))
+        F.append(np.where(r <= 2.0, F[0].max(), 0.0))
+        L.append(0.3 * matrix_map * (1 + 0.1 * (xx / SCAN[1] - 0.5)))
+        phase.append(-1)
+    F = np.clip(np.array(F), 0, None)
+    L = np.array(L) + map_noise * rng.standard_normal((len(L),) + SCAN)
+    scale = rng.uniform(0.1, 10.0, len(F))  # the NMF scale is arbitrary
+    truth = np.zeros(SCAN, dtype=int)
+    for (c, r, ph, _), g in zip(GRAINS, grains):
+        truth[g >= 0.5] = ph
+    return (
+        F * scale[:, None, None],
+        L.reshape(len(L), -1) / scale[:, None],
+        np.array(phase),
+        truth,
+    )
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic()
+
+
+@pytest.fixture(scope="module")
+def result(data):
+    factors, loadings, _, _ = data
+    return cl.cluster_components(factors, loadings, CENTRE, nav_shape=SCAN)
+
+
+def test_core_does_not_import_hyperspy_or_dask():
+    code = (
+        "import sys, numpy as np\n"
+        "from hyperspy_cnmf.clustering import cluster_components\n"
+        "import hyperspy_cnmf._schema\n"
+        "bad = [m for m in ('hyperspy', 'dask', 'py4DSTEM') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_components_group_by_phase(result, data):
+    _, _, phase, _ = data
+    crystal = phase >= 0
+    assert result.labels.max() + 1 == 3
+    assert adjusted_rand_score(phase[crystal], result.labels[crystal]) == 1
+    assert result.labels.dtype == np.int64 and result.components.tolist() == list(
+        range(phase.size)
+    )
+    k = phase.size
+    assert result.pseudo_distance.shape == result.similarity.shape == (k, k)
+    assert result.linkage.shape == (k - 1, 4)
+    assert np.allclose(result.pairwise_rotation, -result.pairwise_rotation.T, atol=1e-9)
+
+
+def test_beam_only_component_attached_by_map(result, data):
+    _, _, phase, _ = data
+    beam = phase == -1
+    assert result.beam_only.tolist() == beam.tolist()
+    matrix = result.labels[np.flatnonzero(phase == 0)[0]]
+    assert result.labels[beam][0] == matrix
+    assert result.rotation[beam][0] == 0 and not result.mirrored[beam][0]
+    assert not result.beam_only[result.references].any()
+
+
+def test_beam_only_switched_off_and_warning(data):
+    factors, loadings, phase, _ = data
+    res = cl.cluster_components(
+        factors, loadings, CENTRE, nav_shape=SCAN, min_structure_fraction=0
+    )
+    assert not res.beam_only.any()
+    assert res.labels.max() + 1 == 4  # the beam component is a cluster of its own
+    with pytest.warns(UserWarning, match="direct-beam"):
+        res = cl.cluster_components(
+            factors, loadings, CENTRE, nav_shape=SCAN, n_clusters=4
+        )
+    assert res.labels.max() + 1 == 3
+
+
+def test_split_grain_and_matrix_tiles_form_one_object_each(result, data):
+    _, _, phase, _ = data
+    # matrix tiles (+ beam component) -> 1 object; split grain halves -> 1
+    assert result.objects.tolist()[:4] == [0, 0, 1, 1]
+    assert result.objects.max() + 1 == 1 + len(GRAINS) + 1  # + the beam map
+    assert len(set(result.objects[4:6])) == 2  # distinct grains stay apart
+
+
+def test_position_labels_match_the_phase_map(result, data):
+    _, _, _, truth = data
+    pos = result.position_labels
+    assert pos.shape == (SCAN[0] * SCAN[1],) and pos.dtype == np.int64
+    assert adjusted_rand_score(truth.ravel(), pos) >= 0.9
+    assert np.mean(pos == 0) == pytest.approx(np.mean(truth == 0), abs=0.05)
+    assert np.array_equal(np.argmin(result.distances, axis=0), pos)
+    n_c = result.references.size
+    counts = np.bincount(pos, minlength=n_c)
+    assert list(counts) == sorted(counts, reverse=True)  # ordered by dominated area
+
+
+def test_merged_results_in_data_units(result, data):
+    factors, loadings, _, _ = data
+    total = np.sum(loadings.sum(1) * factors.sum((1, 2)))
+    n_c = result.references.size
+    assert result.merged_maps.shape == (n_c, SCAN[0] * SCAN[1])
+    assert np.nansum(result.merged_maps) == pytest.approx(total, rel=1e-9)
+    assert result.merged_factors.shape == (n_c,) + SHAPE
+    assert np.nansum(result.merged_factors) == pytest.approx(total, rel=0.05)
+    assert result.centroids.shape == (n_c,) + SHAPE
+    for c, ref in enumerate(result.references):
+        assert result.labels[ref] == c and result.rotation[ref] == 0
+
+
+def test_parameters_and_geometry(result, data):
+    params = json.loads(json.dumps(result.parameters))
+    assert params["centre_px"] == list(CENTRE)
+    assert params["direct_beam_radius_px"] > 0  # "auto" resolved
+    assert params["threshold"] == result.threshold == cl.DEFAULT_DISTANCE_THRESHOLD
+    assert result.centre.tolist() == list(CENTRE)
+    assert result.radii[0] == 0 and result.radii[-1] == 23
+    assert result.n_theta == params["n_theta"]
+    # the centre found on the weighted sum of the factors
+    factors, loadings, _, _ = data
+    auto = cl.cluster_components(factors, loadings, nav_shape=SCAN)
+    assert auto.centre == pytest.approx(CENTRE, abs=0.3)
+    assert np.array_equal(auto.labels, result.labels)
+    sub = cl.cluster_components(
+        factors[:4], loadings[:4], CENTRE, nav_shape=SCAN, components=[3, 5, 7, 9]
+    )
+    assert sub.components.tolist() == [3, 5, 7, 9]
+    assert sub.parameters["components"] == [3, 5, 7, 9]
+
+
+def test_noisy_maps_with_map_smoothing(data):
+    _, _, _, truth = data
+    factors, loadings, _, _ = synthetic(map_noise=0.15, seed=1)
+    res = cl.cluster_components(
+        factors, loadings, CENTRE, nav_shape=SCAN, map_smoothing=1.0
+    )
+    assert adjusted_rand_score(truth.ravel(), res.position_labels) >= 0.85
+    # the stored maps are not smoothed
+    plain = cl.cluster_components(factors, loadings, CENTRE, nav_shape=SCAN)
+    assert np.array_equal(res.labels, plain.labels)
+    assert np.array_equal(res.merged_maps, plain.merged_maps)
+
+
+def test_masked_positions_and_pixels(result, data):
+    factors, loadings, _, _ = data
+    factors, loadings = factors.copy(), loadings.copy()
+    factors[:, 20:23, 30:33] = np.nan
+    loadings[:, :5] = np.nan
+    res = cl.cluster_components(factors, loadings, CENTRE, nav_shape=SCAN)
+    assert np.array_equal(res.labels, result.labels)
+    assert (res.position_labels[:5] == -1).all()
+    assert np.isnan(res.distances[:, :5]).all()
+    assert np.isnan(res.merged_maps[:, :5]).all()
+
+
+def test_errors(data):
+    factors, loadings, _, _ = data
+    with pytest.raises(ValueError, match="k, qy, qx"):
+        cl.cluster_components(factors[0], loadings, CENTRE)
+    with pytest.raises(ValueError, match="loadings"):
+        cl.cluster_components(factors, loadings[:3], CENTRE)
+    with pytest.raises(ValueError, match="At least 2"):
+        cl.cluster_components(factors[:1], loadings[:1], CENTRE)
+    with pytest.raises(ValueError, match="nav_shape"):
+        cl.cluster_components(factors, loadings, CENTRE, nav_shape=(5, 5))
+    with pytest.raises(ValueError, match="outside the pattern"):
+        cl.cluster_components(factors, loadings, (60.0, 10.0), nav_shape=SCAN)
+    with pytest.raises(ValueError, match="direct_beam_radius"):
+        cl.cluster_components(factors, loadings, CENTRE, direct_beam_radius="big")
+    with pytest.raises(ValueError, match="components"):
+        cl.cluster_components(factors, loadings, CENTRE, components=[0, 1])
+    with pytest.raises(ValueError, match="not both"):
+        cl.cluster_components(
+            factors, loadings, CENTRE, n_clusters=2, distance_threshold=0.3
+        )
+    with pytest.warns(UserWarning, match="negative"):
+        cl.cluster_components(factors - 0.5 * factors.max(), loadings, CENTRE, n_clusters=3)
+
+
+def test_invariant_to_rotation_of_all_factors(result, data):
+    factors, loadings, _, _ = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        turned = np.clip(np.nan_to_num(cl.rotate_patterns(factors, CENTRE, 33.0)), 0, None)
+    res = cl.cluster_components(turned, loadings, CENTRE, nav_shape=SCAN)
+    assert adjusted_rand_score(res.labels, result.labels) == 1
+    assert np.array_equal(res.position_labels, result.position_labels)
+
+
+def test_pattern_clustering_labels_all_patterns():
+    factors, _, phase, _ = synthetic(beam=False)
+    stack = factors / factors.sum((1, 2), keepdims=True)
+    picked = [0, 2, 4, 5]  # one per object
+    blocks = (stack[i : i + 3] for i in range(0, len(stack), 3))
+    res = cl.cluster_patterns(
+        stack[picked], centre=CENTRE, positions=picked, all_patterns=blocks, step=(2,)
+    )
+    assert res.position_labels.shape == (len(stack),)
+    assert adjusted_rand_score(phase, res.position_labels) == 1
+    assert np.array_equal(res.position_labels[picked], res.labels)
+    assert res.distances.shape == (res.references.size, len(stack))
+    assert res.parameters["step"] == [2] and res.step.tolist() == [2]
+    assert res.merged is res.merged_factors
+    assert res.centroids.shape == (res.references.size,) + SHAPE
