@@ -6,10 +6,9 @@ chunks), the constraints and the progress bar, runs the core solver and writes
 modified.
 """
 
-import json
-
 import numpy as np
 
+from hyperspy_cnmf._schema import DecompositionRecord
 from hyperspy_cnmf.constraints import (
     DiffractionDipConstraint,
     MapResolutionConstraint,
@@ -20,6 +19,7 @@ from hyperspy_cnmf.nmf._operators import range_test_matrix
 from hyperspy_cnmf.nmf._solver import SKETCH_OVERSAMPLE
 from hyperspy_cnmf.signals._axes import check_4d
 from hyperspy_cnmf.signals._calibration import estimate_probe_fwhm, find_beam_disk
+from hyperspy_cnmf.signals._store import to_learning_results
 
 ALGORITHM = "constrained_nmf"
 #: Exact (full-data) iterations after the sketch phase for lazy signals with
@@ -360,13 +360,16 @@ def constrained_nmf_decomposition(
     lr.bss_algorithm = None
     lr.bss_factors = None
     lr.bss_loadings = None
-    lr.cnmf_loss = np.asarray(result.loss, dtype=np.float64)
-    lr.cnmf_n_iter = int(result.n_iter)
-    lr.cnmf_n_iter_sketch = int(result.n_iter_sketch)
-    lr.cnmf_converged = bool(result.converged)
-    lr.cnmf_map_resolution = float(res_value)
-    lr.cnmf_diffraction_constraint_size = float(dip_radius)
-    lr.cnmf_parameters = json.dumps(settings)
+    record = DecompositionRecord(
+        loss=result.loss,
+        n_iter=result.n_iter,
+        n_iter_sketch=result.n_iter_sketch,
+        converged=result.converged,
+        map_resolution=res_value,
+        diffraction_constraint_size=dip_radius,
+        parameters=settings,
+    )
+    to_learning_results(lr, record, "cnmf_")
 
     info = dict(settings, loss=result.loss, n_iter=result.n_iter, n_iter_sketch=result.n_iter_sketch,
                 converged=result.converged, sketch_converged=result.sketch_converged,
