@@ -30,6 +30,8 @@ Reads are combined where the interface allows it:
   (the first one asked computes all three, and the statistics of the
   Poisson-normalised data as well, so ``rescaled()`` with the Poisson scales
   costs no read);
+- the same read measures the direct-beam centre of every pattern
+  (:meth:`DaskOperator.beam_positions`, 2D detectors only);
 - ``right_gram(A)`` returns ``Xe @ A`` and ``Xe.T @ (Xe @ A)`` from one read,
   which :func:`hyperspy_cnmf.nmf._operators.randomized_range` uses: the
   randomized range finder costs ``n_power_iter + 1`` reads instead of
@@ -48,13 +50,19 @@ import dask.array as da
 import numpy as np
 
 from hyperspy_cnmf.nmf._kernels import (
+    block_beam_centres,
     block_left,
     block_right,
     block_row_col_sums,
     block_stats,
     block_summary,
 )
-from hyperspy_cnmf.nmf._operators import FLUSH_ROWS, _scale_vector, flushed_left
+from hyperspy_cnmf.nmf._operators import (
+    FLUSH_ROWS,
+    _beam_shape,
+    _scale_vector,
+    flushed_left,
+)
 
 __all__ = ["DaskOperator"]
 
@@ -116,12 +124,16 @@ def _summary_block(block, rows, shape, row_scale, sh):
             "p_sum", "p_sq", "p_bad", "p_min")
     part = dict(zip(keys, out))
     rows_sum = part.pop("rows")
+    beam = None
+    if sh.beam_shape is not None:  # the direct beam of every pattern, while the block is in memory
+        beam = np.empty((X.shape[0], 2))
+        block_beam_centres(X, *sh.beam_shape, row_scale != 0, np.ones(X.shape[1], dtype=bool), beam)
     if sh.AcT is None:
-        return (rows_sum, None), part
+        return (rows_sum, None, beam), part
     # the expected range-finder product (right_gram), while the block is in memory
     Y, gram = _gram(X, row_scale, sh.AcT)
     part.update(gram)
-    return (rows_sum, Y), part
+    return (rows_sum, Y, beam), part
 
 
 def _gram(X, row_scale, AcT):
@@ -235,6 +247,7 @@ class _Layout:
             raise TypeError(f"the data must be real numbers, got dtype {darray.dtype}")
         nav_nd = nd - signal_ndim
         self.nav_shape = tuple(int(n) for n in darray.shape[:nav_nd])
+        self.signal_shape = tuple(int(n) for n in darray.shape[nav_nd:])
         n_rows = int(np.prod(self.nav_shape))
         n_cols = int(np.prod(darray.shape[nav_nd:]))
         self.shape = (n_rows, n_cols)
@@ -402,15 +415,17 @@ class DaskOperator:
     def _summarize(self):
         if self._summary is None:
             expected = self._expected if self._expected is not None and len(self._expected) == 2 else None
+            beam_shape = _beam_shape(self._layout.signal_shape, self.shape[1])
             local, s = self._read(_summary_block, local=True, AcT=None if expected is None else expected[1],
-                                  poisson=self.poisson_stats)
-            s["rows"] = self._scatter([r[:, None] for r, _ in local], 1)[:, 0]
+                                  poisson=self.poisson_stats, beam_shape=beam_shape)
+            s["rows"] = self._scatter([r[:, None] for r, _, _ in local], 1)[:, 0]
+            s["beam"] = None if beam_shape is None else self._scatter([b for _, _, b in local], 2)
             s["row_valid"] = self.row_scale != 0
             s["col_valid"] = self.col_scale != 0
             s["poisson"] = self.poisson_stats
             if expected is not None:
                 A = expected[0]
-                Y = self._scatter([y for _, y in local], A.shape[1])
+                Y = self._scatter([y for _, y, _ in local], A.shape[1])
                 self._expected = (A, Y, s.pop("P").T * self.col_scale[:, None])
             self._summary = s
         return self._summary
@@ -472,6 +487,31 @@ class DaskOperator:
                     sq_norm=alpha**2 * float(np.dot(c[on] ** 2, s["p_sq"][on])),
                     minimum=float(p_min.min()) if p_min.size else np.inf,
                     n_bad=int(s["p_bad"][on].sum()))
+
+    def beam_positions(self):
+        """Direct-beam centre of every pattern, measured in the statistics read.
+
+        The first read of the data (``stats``, ``mean_pattern``,
+        ``row_col_sums``) runs :func:`~hyperspy_cnmf.nmf._kernels.block_beam_centres`
+        on every block while it is in memory: no read of its own once the
+        statistics are known (an operator from :meth:`rescaled` reuses the
+        measurement of the one it came from when the same rows are
+        unmasked).
+
+        Returns
+        -------
+        ndarray, shape (n_rows, 2), or None
+            ``(x, y)`` (detector column, row) in px over all finite pixels
+            (masks of detector pixels are ignored: a mask over the direct
+            beam itself is common); NaN for masked rows. None unless the data
+            have two signal axes.
+        """
+        if _beam_shape(self._layout.signal_shape, self.shape[1]) is None:
+            return None
+        for s in self._known():
+            if s.get("beam") is not None and np.array_equal(s["row_valid"], self.row_scale != 0):
+                return s["beam"].copy()
+        return self._summarize()["beam"].copy()  # own rows differ from those read: read (once)
 
     def rescaled(self, row_scale, col_scale):
         """The same data with other row/column scales (no copy, no read).

@@ -732,3 +732,118 @@ def azimuthal_closing_stack(stack, valid, cy, cx, half, r_min):
     """
     pix, kind, idx, frac = azimuthal_table(valid, cy, cx, half, r_min)
     return azimuthal_closing_apply(stack, pix, kind, idx, frac, half)
+
+
+#: Margin (px) added to the half-maximum radius of the direct beam for the
+#: integration disk of :func:`block_beam_centres`.
+BEAM_DISK_MARGIN = 2.0
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_FAST)
+def block_beam_centres(X, ny, nx, row_valid, col_valid, out):
+    """Direct-beam centre ``(x, y)`` (px) of every row (pattern) of a block.
+
+    Needs only the row itself, so it runs inside any read of the data (no
+    calibration or mean pattern known in advance). For each valid row:
+
+    1. the thresholded centre of mass: weights ``max(v - vmax / 2, 0)`` over
+       the valid, finite pixels, where ``vmax`` is the row's largest value
+       (the spirit of :func:`hyperspy_cnmf._beam.locate_direct_beam`); the
+       number ``a`` of pixels above ``vmax / 2`` gives the half-maximum radius
+       ``sqrt(a / pi)``;
+    2. twice, the plain centre of mass of the raw values in the disk of
+       radius ``sqrt(a / pi) + BEAM_DISK_MARGIN`` about the previous centre:
+       linear in the beam's intensity, so the sub-pixel position carries no
+       threshold (pixel-locking) bias.
+
+    Parameters
+    ----------
+    X : ndarray, shape (n, ny * nx)
+        Rows of the unfolded data (C order pixels: row ``y`` then column ``x``).
+    ny, nx : int
+        Detector shape (rows, columns).
+    row_valid : ndarray of bool, shape (n,)
+        Rows to measure; others get NaN.
+    col_valid : ndarray of bool, shape (ny * nx,)
+        Pixels used (masked pixels, e.g. hot pixels, are ignored).
+    out : ndarray, shape (n, 2), float64
+        Receives ``(x, y)`` (column, row) in px; NaN where a row has no
+        positive valid value.
+
+    Notes
+    -----
+    Two sweeps of each row (its maximum, then the thresholded sums) plus the
+    small disk. Measured on a 4096 x 8100 float32 block (90 x 90 detector,
+    one core): 55-60 ms, against 47-50 ms for :func:`block_summary` on the
+    same block; the first sweep reads the block from memory, as the summary
+    does.
+    """
+    n = X.shape[0]
+    cvalid = np.empty(ny * nx)
+    for j in range(ny * nx):
+        cvalid[j] = 1.0 if col_valid[j] else 0.0
+    for i in range(n):
+        out[i, 0] = np.nan
+        out[i, 1] = np.nan
+        if not row_valid[i]:
+            continue
+        x = X[i]
+        vmax = 0.0
+        for j in range(ny * nx):
+            v = np.float64(x[j]) * cvalid[j]
+            vmax = v if v > vmax else vmax  # NaN never wins
+        if not vmax > 0.0:
+            continue
+        level = 0.5 * vmax
+        s = 0.0
+        sx = 0.0
+        sy = 0.0
+        area = 0.0
+        for yy in range(ny):
+            srow = 0.0
+            sxrow = 0.0
+            arow = 0.0
+            for xx in range(nx):
+                j = yy * nx + xx
+                w = (np.float64(x[j]) - level) * cvalid[j]
+                w = w if w > 0.0 else 0.0  # NaN: 0
+                srow += w
+                sxrow += w * xx
+                arow += 1.0 if w > 0.0 else 0.0
+            s += srow
+            sx += sxrow
+            sy += srow * yy
+            area += arow
+        if not s > 0.0:
+            continue
+        cx = sx / s
+        cy = sy / s
+        rad = np.sqrt(area / np.pi) + BEAM_DISK_MARGIN
+        for _ in range(2):
+            y0 = max(0, int(np.floor(cy - rad)))
+            y1 = min(ny - 1, int(np.ceil(cy + rad)))
+            s = 0.0
+            sx = 0.0
+            sy = 0.0
+            for yy in range(y0, y1 + 1):
+                half = rad * rad - (yy - cy) ** 2
+                if half < 0.0:
+                    continue
+                half = np.sqrt(half)
+                srow = 0.0
+                sxrow = 0.0
+                for xx in range(max(0, int(np.ceil(cx - half))), min(nx - 1, int(np.floor(cx + half))) + 1):
+                    j = yy * nx + xx
+                    v = np.float64(x[j])
+                    if col_valid[j] and np.isfinite(v):
+                        srow += v
+                        sxrow += v * xx
+                s += srow
+                sx += sxrow
+                sy += srow * yy
+            if not s > 0.0:
+                break
+            cx = sx / s
+            cy = sy / s
+        out[i, 0] = cx
+        out[i, 1] = cy

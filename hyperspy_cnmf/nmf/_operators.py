@@ -18,6 +18,10 @@ Every operator provides:
 - ``row_col_sums(row_valid, col_valid)``, ``mean_pattern(row_valid)``: raw
   sums for the Poisson normalisation and the calibration helpers;
 - ``stats()``: ``dict(total, sq_norm, minimum, n_bad)`` over unmasked entries;
+- ``beam_positions()``: the direct-beam centre ``(x, y)`` in px of every row
+  (pattern), measured in the same read as ``stats()``
+  (:func:`~hyperspy_cnmf.nmf._kernels.block_beam_centres`), or None when the
+  detector shape is not known (``signal_shape`` not given);
 - ``right(A)``: ``Xe @ A`` for ``A`` of shape (n_cols, r);
 - ``left_t(B)``: ``Xe.T @ B`` for ``B`` of shape (n_rows, r);
 - ``n_passes``: reads of the data so far (0 for a sketch);
@@ -43,6 +47,7 @@ import numba
 import numpy as np
 
 from hyperspy_cnmf.nmf._kernels import (
+    block_beam_centres,
     block_left,
     block_right,
     block_row_col_sums,
@@ -54,6 +59,16 @@ _BLOCK_BYTES = 2 * 2**20
 #: the float64 total (fewer float64 flushes: measured 3 ms of a 52 ms exact
 #: iteration at 128 rows; the out-of-core operator sums its slabs the same way).
 FLUSH_ROWS = 512
+
+
+def _beam_shape(signal_shape, n_cols):
+    """``(ny, nx)`` of a 2D detector with ``n_cols`` pixels, or None."""
+    if signal_shape is None or len(signal_shape) != 2:
+        return None
+    ny, nx = (int(v) for v in signal_shape)
+    if ny * nx != n_cols:
+        raise ValueError(f"signal_shape {tuple(signal_shape)} does not match the {n_cols} columns of the data")
+    return ny, nx
 
 
 def _scale_vector(scale, n, name):
@@ -88,9 +103,13 @@ class DenseOperator:
     n_threads : int or None
         Threads for the products; None: Numba's thread count
         (``numba.get_num_threads()``, i.e. ``NUMBA_NUM_THREADS``).
+    signal_shape : tuple of int or None
+        Detector shape ``(ny, nx)`` of a row (C order), e.g. ``(qy, qx)``; with
+        it :meth:`stats` also measures the direct beam of every row
+        (:meth:`beam_positions`).
     """
 
-    def __init__(self, X, row_scale=None, col_scale=None, block_rows=None, n_threads=None):
+    def __init__(self, X, row_scale=None, col_scale=None, block_rows=None, n_threads=None, signal_shape=None):
         if X.ndim != 2:
             raise ValueError("the data operator needs a 2D (positions x pixels) array")
         self.X = X
@@ -106,6 +125,8 @@ class DenseOperator:
         self.n_threads = max(1, int(n_threads))
         self._kernels = X.flags.c_contiguous and X.dtype in (np.float32, np.float64)
         self._stats = None
+        self._beam = None
+        self.signal_shape = _beam_shape(signal_shape, X.shape[1])
         self.n_passes = 0
 
     def _blocks(self):
@@ -130,24 +151,58 @@ class DenseOperator:
         return list(_pool(len(parts)).map(work, parts))
 
     def stats(self):
-        """Sums over the unmasked effective data (computed once, cached)."""
+        """Sums over the unmasked effective data (computed once, cached).
+
+        With a ``signal_shape``, the same read measures the direct beam of
+        every row (see :meth:`beam_positions`).
+        """
         if self._stats is None:
             self.n_passes += 1
             total = sq = 0.0
             mn = np.inf
             n_bad = 0
+            beam = self._beam is None and self.signal_shape is not None
+            if beam:
+                self._beam = np.empty((self.shape[0], 2))
+                # every finite pixel: a mask over the direct beam itself is common
+                row_valid, col_valid = self.row_scale != 0, np.ones(self.shape[1], dtype=bool)
             for sl in self._blocks():
                 t, s, m, b = block_stats(self.X[sl], self.row_scale[sl], self.col_scale)
                 total += t
                 sq += s
                 mn = min(mn, m)
                 n_bad += b
+                if beam:
+                    block_beam_centres(self.X[sl], *self.signal_shape, row_valid[sl], col_valid, self._beam[sl])
             self._stats = dict(total=total, sq_norm=sq, minimum=mn, n_bad=n_bad)
         return self._stats
 
+    def beam_positions(self):
+        """Direct-beam centre of every row, measured in the statistics read.
+
+        Returns
+        -------
+        ndarray, shape (n_rows, 2), or None
+            ``(x, y)`` (detector column, row) in px, from
+            :func:`~hyperspy_cnmf.nmf._kernels.block_beam_centres` over all
+            finite pixels (masks of detector pixels are ignored: a mask
+            over the direct beam itself is common); NaN for masked rows. None without a
+            ``signal_shape``. Computed by :meth:`stats` (no read of its own
+            once the statistics are known).
+        """
+        if self.signal_shape is None:
+            return None
+        if self._beam is None:
+            self._stats = None
+            self.stats()
+        return self._beam.copy()
+
     def rescaled(self, row_scale, col_scale):
         """The same data with other row/column scales (no copy)."""
-        return DenseOperator(self.X, row_scale, col_scale, self.block_rows, self.n_threads)
+        op = DenseOperator(self.X, row_scale, col_scale, self.block_rows, self.n_threads, self.signal_shape)
+        if self._beam is not None and np.array_equal(op.row_scale != 0, self.row_scale != 0):
+            op._beam = self._beam  # same rows: same measurement, not read again
+        return op
 
     def row_col_sums(self, row_valid, col_valid):
         """Raw row sums over valid columns and column sums over valid rows."""

@@ -18,6 +18,7 @@ from hyperspy_cnmf.nmf import INITS, SOLVERS, DenseOperator, constrained_nmf
 from hyperspy_cnmf.nmf._operators import range_test_matrix
 from hyperspy_cnmf.nmf._solver import SKETCH_OVERSAMPLE
 from hyperspy_cnmf.signals._axes import check_4d
+from hyperspy_cnmf.signals._beam_shift import warn_if_beam_moves
 from hyperspy_cnmf.signals._calibration import estimate_probe_fwhm, find_beam_disk
 from hyperspy_cnmf.signals._store import to_learning_results
 
@@ -73,7 +74,8 @@ def _make_operator(signal, row_scale, col_scale, poisson=True):
 
         return DaskOperator(_unfolded_data(signal), row_scale=row_scale, col_scale=col_scale,
                             signal_ndim=signal.axes_manager.signal_dimension, poisson_stats=poisson)
-    return DenseOperator(_unfolded_data(signal), row_scale=row_scale, col_scale=col_scale)
+    return DenseOperator(_unfolded_data(signal), row_scale=row_scale, col_scale=col_scale,
+                         signal_shape=signal.axes_manager._signal_shape_in_array)
 
 
 def _with_clean_masked_entries(signal, op, nav_mask, sig_mask):
@@ -91,7 +93,7 @@ def _with_clean_masked_entries(signal, op, nav_mask, sig_mask):
     clean = np.array(X, copy=True)
     clean[nav_mask] = np.nan_to_num(clean[nav_mask], nan=0.0, posinf=0.0, neginf=0.0)
     clean[:, sig_mask] = np.nan_to_num(clean[:, sig_mask], nan=0.0, posinf=0.0, neginf=0.0)
-    return DenseOperator(clean, row_scale=op.row_scale, col_scale=op.col_scale)
+    return DenseOperator(clean, row_scale=op.row_scale, col_scale=op.col_scale, signal_shape=op.signal_shape)
 
 
 def _single_threaded_blas():
@@ -257,6 +259,9 @@ def constrained_nmf_decomposition(
             f"NMF needs non-negative data, but the minimum (outside the masks) is "
             f"{stats['minimum']:g}; remove the offset (e.g. s.data.clip(0)) or mask those pixels"
         )
+    # The direct beam of every position, measured in the statistics read: warn on descan.
+    beam_positions = op.beam_positions()
+    warn_if_beam_moves(beam_positions, nav_shape, stacklevel=4)
     if k > min(nav_valid.sum(), sig_valid.sum()):
         raise ValueError(
             f"output_dimension={k} is larger than min(unmasked positions, unmasked pixels) = "
@@ -373,7 +378,7 @@ def constrained_nmf_decomposition(
 
     info = dict(settings, loss=result.loss, n_iter=result.n_iter, n_iter_sketch=result.n_iter_sketch,
                 converged=result.converged, sketch_converged=result.sketch_converged,
-                n_passes=result.n_passes, final_loss=float(result.loss[-1]))
+                n_passes=result.n_passes, final_loss=float(result.loss[-1]), beam_positions=beam_positions)
     if print_info:
         print(_summary(info, k))
     if return_info:

@@ -2,7 +2,7 @@
 
 from hyperspy.signals import Signal2D
 
-from hyperspy_cnmf.signals import _cluster, _decomposition, _diagnostics
+from hyperspy_cnmf.signals import _beam_shift, _cluster, _decomposition, _diagnostics
 from hyperspy_cnmf.signals._axes import set_default_axes
 
 
@@ -40,6 +40,8 @@ class STEM4D(Signal2D):
     get_map_power_beyond = _diagnostics.get_map_power_beyond
     get_dip_measure = _diagnostics.get_dip_measure
     plot_dip_measure = _diagnostics.plot_dip_measure
+    center_direct_beam = _beam_shift.center_direct_beam
+    get_direct_beam_position = _beam_shift.get_direct_beam_position
 
     def decomposition(self, normalize_poissonian_noise=False, algorithm="SVD", output_dimension=None, *args, **kwargs):
         """Decompose the dataset; adds ``algorithm="constrained_nmf"``.
