@@ -40,10 +40,33 @@ def decomposed(nist):
     s = nist.deepcopy()
     # no convergence angle in the file and detector pixels uncalibrated:
     # map_resolution="auto" falls back to 2 scan steps, with a warning
+    # the direct beam is fitted here (direct_beam_mask=False), so that the model's
+    # total counts can be checked against the measured ones
+    with pytest.warns(UserWarning, match="could not determine the probe size"):
+        info = s.decomposition(algorithm="constrained_nmf", output_dimension=5, random_state=0,
+                               max_iter=50, print_info=False, return_info=True, direct_beam_mask=False)
+    return s, info
+
+
+def test_default_leaves_the_direct_beam_out(nist):
+    """Default call: the beam disk takes no part; the model matches the counts outside it."""
+    from hyperspy_cnmf import report
+
+    s = nist.deepcopy()
     with pytest.warns(UserWarning, match="could not determine the probe size"):
         info = s.decomposition(algorithm="constrained_nmf", output_dimension=5, random_state=0,
                                max_iter=50, print_info=False, return_info=True)
-    return s, info
+    beam_mask = np.asarray(s.learning_results.signal_mask)
+    assert info["normalize_poissonian_noise"] and info["direct_beam_mask"] == "auto"
+    x, y, r = info["direct_beam_x_px"], info["direct_beam_y_px"], info["direct_beam_mask_radius_px"]
+    assert abs(y - BEAM_ROW_COL[0] / BIN) <= 1.5 and abs(x - BEAM_ROW_COL[1] / BIN) <= 1.5
+    yy, xx = np.indices(beam_mask.shape)
+    np.testing.assert_array_equal(beam_mask, np.hypot(yy - y, xx - x) <= r)
+    F, L = report.components(s)
+    assert np.isnan(F[:, beam_mask]).all() and np.isfinite(F[:, ~beam_mask]).all()
+    outside = nist.data[..., ~beam_mask].sum()
+    # measured 1.10: the component separation may add at most 10 % of what it moves
+    assert 0.9 < L.sum() / outside < 1.15
 
 
 def test_reader_calibration_and_metadata(nist):

@@ -6,15 +6,14 @@ that need it fail on CI (``CI`` set) and are skipped elsewhere, with the path.
 """
 
 import json
-import os
 import warnings
-from pathlib import Path
 
 import dask
 import dask.array as da
 import hyperspy.api as hs
 import numpy as np
 import pytest
+from _abtem import abtem_path
 from test_beam_positions import shifted_disks
 
 from hyperspy_cnmf.signals import STEM4D, LazySTEM4D
@@ -30,15 +29,7 @@ NO_DESCAN = ("zrcual_2phase_40x40_48x48_seed101.npz", "zrcual_3phase_64x64_40x40
 
 
 def _abtem(name):
-    env = os.environ.get("HYPERSPY_CNMF_ABTEM")
-    folder = Path(env) if env else Path(__file__).resolve().parents[2] / "shared/data/abtem_dev"
-    path = folder / name
-    if not path.is_file():
-        msg = f"abTEM test file not found at {path} (set HYPERSPY_CNMF_ABTEM to its folder)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return np.load(path)
+    return np.load(abtem_path(name))
 
 
 def _signal(data, meta=None):

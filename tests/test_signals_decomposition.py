@@ -46,8 +46,9 @@ def test_constrained_beats_primitive_on_the_artifacts_of_the_paper(sim, fitted):
     s, _ = fitted
     T = sim.metadata.Simulation
     prim = sim.deepcopy()
-    # the paper's primitive NMF: plain least squares, no constraint, no separation
-    _run(prim, map_resolution=None, diffraction_constraint=False, separate_components=False)
+    # the paper's primitive NMF: plain least squares on every pixel, no constraint, no separation
+    _run(prim, map_resolution=None, diffraction_constraint=False, separate_components=False,
+         normalize_poissonian_noise=False, direct_beam_mask=False)
     scale = (T.scan_step_nm, T.scan_step_nm)
 
     def maps(sig):
@@ -72,11 +73,15 @@ def test_constrained_beats_primitive_on_the_artifacts_of_the_paper(sim, fitted):
 
 
 def _matched_cosines(truth_patterns, factors):
-    """Cosine of every true pattern with its match (Hungarian assignment)."""
+    """Cosine of every true pattern with its match (Hungarian assignment).
+
+    Over the fitted pixels only: the direct-beam disk, left out of the fit by default, is NaN.
+    """
     from scipy.optimize import linear_sum_assignment
 
-    P = truth_patterns.reshape(truth_patterns.shape[0], -1)
-    F = np.nan_to_num(factors.T)
+    fitted = np.isfinite(factors).all(axis=1)
+    P = truth_patterns.reshape(truth_patterns.shape[0], -1)[:, fitted]
+    F = factors[fitted].T
     cos = (P / np.linalg.norm(P, axis=1, keepdims=True)) @ (F / np.linalg.norm(F, axis=1, keepdims=True)).T
     rows, cols = linear_sum_assignment(-cos)
     return cos[rows, cols]
@@ -107,8 +112,9 @@ def test_every_grain_recovered_on_other_datasets(seed):
 def test_separation_keeps_the_fit(sim):
     """Moving shared content between components costs (almost) no fit."""
     a, b = sim.deepcopy(), sim.deepcopy()
-    ia = _run(a, normalize_poissonian_noise=True, separate_components=False)
-    ib = _run(b, normalize_poissonian_noise=True)
+    # the beam fitted too (direct_beam_mask=False): its share in the grains is what moves
+    ia = _run(a, normalize_poissonian_noise=True, separate_components=False, direct_beam_mask=False)
+    ib = _run(b, normalize_poissonian_noise=True, direct_beam_mask=False)
     assert ib["final_loss"] <= ia["final_loss"] * 1.03  # measured: +1.7 %
     # and removes the matrix (direct beam) share from the grains' patterns
     centre = tuple(int(round(c)) for c in sim.metadata.Simulation.centre_px)
@@ -134,8 +140,12 @@ def test_hyperspy_tools_work_on_the_result(fitted, tmp_path):
     assert loadings.axes_manager.signal_shape == (48, 48)
     model = s.get_decomposition_model()
     assert model.data.shape == s.data.shape
-    rel = np.linalg.norm(model.data - s.data) / np.linalg.norm(s.data)
-    assert rel < 0.2
+    fitted_px = ~np.asarray(s.learning_results.signal_mask)  # the direct beam is left out
+    X, M = s.data[..., fitted_px], model.data[..., fitted_px]
+    # better than the counts-per-position baseline (each position's total times the mean pattern)
+    mean = X.mean(axis=(0, 1))
+    baseline = X.sum(axis=-1, keepdims=True) * mean / mean.sum()
+    assert np.linalg.norm(M - X) < 0.9 * np.linalg.norm(baseline - X)
     s.plot_decomposition_results()
     s.plot_decomposition_factors(comp_ids=3)
     s.plot_decomposition_loadings(comp_ids=3)

@@ -1,5 +1,6 @@
 """decomposition(algorithm="constrained_nmf") on lazy (dask-backed) signals."""
 
+import json
 import threading
 import tracemalloc
 
@@ -48,7 +49,10 @@ def _assert_same_results(a, b, rtol=1e-6):
                                    atol=rtol * np.nanmax(x), err_msg=name)
     np.testing.assert_allclose(lb.cnmf_loss, la.cnmf_loss, rtol=rtol)
     assert lb.decomposition_algorithm == la.decomposition_algorithm == "constrained_nmf"
-    assert lb.cnmf_parameters == la.cnmf_parameters
+    pa, pb = json.loads(la.cnmf_parameters), json.loads(lb.cnmf_parameters)
+    assert pa.keys() == pb.keys()
+    for key, value in pa.items():  # the beam centre is measured on float32 sums in other orders
+        assert pb[key] == (pytest.approx(value, rel=rtol, nan_ok=True) if isinstance(value, float) else value), key
 
 
 def _masks():
@@ -96,32 +100,29 @@ def test_first_range_product_shares_the_statistics_read(small):
     # n_power_iter (2) reads for the range finder, whose first product came
     # with the statistics read, plus 2 for the exact iteration; no read for
     # the final loss after the component separation
-    info = _fit(_lazy(small, NAV_TILES), max_exact_iter=1)
+    # (plain least squares on every pixel: the direct-beam mask, like the Poisson
+    # scales, is known only after the statistics read)
+    info = _fit(_lazy(small, NAV_TILES), max_exact_iter=1, normalize_poissonian_noise=False,
+                direct_beam_mask=False)
     assert info["n_passes"] == 2 + 2
-    # Poisson weighting: the scales come from the first read, so the range
-    # finder reads n_power_iter + 1 times
-    info = _fit(_lazy(small, NAV_TILES), max_exact_iter=1, normalize_poissonian_noise=True)
+    # Poisson weighting (the default): the scales come from the first read, so the
+    # range finder reads n_power_iter + 1 times
+    info = _fit(_lazy(small, NAV_TILES), max_exact_iter=1)
     assert info["n_passes"] == 3 + 2
 
 
 def test_auto_exact_iterations_lazy_and_eager(small):
-    """``max_exact_iter="auto"``: lazy data get one exact refinement of the converged sketch."""
-    import warnings
-
-    from hyperspy_cnmf.signals._decomposition import LAZY_EXACT_ITER
-
+    """``max_exact_iter="auto"``: exact iterations to ``tol`` lazily too, so lazy = in memory."""
     kw = dict(algorithm="constrained_nmf", output_dimension=K, random_state=0, tol=1e-4,
               max_iter=300, print_info=False, return_info=True)
     lazy, eager = _lazy(small, NAV_TILES), small.deepcopy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a refinement budget is no convergence failure
-        info_l = lazy.decomposition(**kw)
+    info_l = lazy.decomposition(**kw)
     info_e = eager.decomposition(**kw)
-    assert info_l["max_exact_iter"] == LAZY_EXACT_ITER == info_l["n_iter"]
-    assert info_l["n_iter_sketch"] < 300 and info_l["sketch_converged"] and not info_l["converged"]
-    assert info_e["max_exact_iter"] is None and info_e["converged"] and info_e["n_iter"] > 1
-    # the refined sketch fit is as good as the exact fit to tol
-    assert info_l["final_loss"] == pytest.approx(info_e["final_loss"], rel=0.01)
+    assert info_l["max_exact_iter"] is None and info_e["max_exact_iter"] is None
+    assert info_l["converged"] and info_l["n_iter"] == info_e["n_iter"] > 1
+    F_l, F_e = np.nan_to_num(lazy.learning_results.factors), np.nan_to_num(eager.learning_results.factors)
+    cos = (F_l * F_e).sum(0) / np.linalg.norm(F_l, axis=0) / np.linalg.norm(F_e, axis=0)
+    assert cos.min() > 0.999
     with pytest.raises(ValueError, match="max_exact_iter"):
         lazy.decomposition(algorithm="constrained_nmf", output_dimension=K, max_exact_iter="few")
 
@@ -145,7 +146,9 @@ def test_nan_in_masked_entries_of_lazy_data(small):
     s.data[..., sig] = np.inf
     lazy = _lazy(s, (6, 24, 24, 24))
     _fit(lazy, navigation_mask=nav, signal_mask=sig)
-    assert np.all(np.isfinite(lazy.learning_results.factors[~sig.ravel()]))
+    fitted = ~np.asarray(lazy.learning_results.signal_mask).ravel()  # user mask + direct beam
+    assert not fitted[sig.ravel()].any()
+    assert np.all(np.isfinite(lazy.learning_results.factors[fitted]))
     s.data[5, 5, 5, 5] = np.nan  # outside the masks: refused
     with pytest.raises(ValueError, match="NaN"):
         _lazy(s, (6, 24, 24, 24)).decomposition(algorithm="constrained_nmf", output_dimension=K,

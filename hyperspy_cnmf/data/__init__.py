@@ -6,10 +6,12 @@
   :class:`~hyperspy_cnmf.signals.STEM4D` with the linear-mixing ground truth
   (maps and patterns) in ``metadata.Simulation``.
 - :func:`electron_wavelength`: relativistic electron wavelength (nm).
+- :func:`load_multislice_case`: a multislice (abTEM) test case with its truth, calibrated.
 """
 
 import numpy as np
 
+from hyperspy_cnmf.data._multislice import load_multislice_case
 from hyperspy_cnmf.data._simulate import (
     HALO_1,
     HALO_2,
@@ -18,7 +20,7 @@ from hyperspy_cnmf.data._simulate import (
     simulate_precipitates,
 )
 
-__all__ = ["simulated_precipitates", "electron_wavelength"]
+__all__ = ["simulated_precipitates", "electron_wavelength", "load_multislice_case"]
 
 _BEAM_ENERGY_KEV = 200.0
 #: Target size (bytes) of one dask chunk of the lazy signal.

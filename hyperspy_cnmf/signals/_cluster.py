@@ -17,6 +17,7 @@ HyperSpy's own ``cluster_*`` fields (the last run wins); see
 :func:`cluster_diffraction`, Notes.
 """
 
+import json
 import warnings
 
 import numpy as np
@@ -89,6 +90,53 @@ def _calibrated_origin_px(signal):
     return None
 
 
+#: Largest distance (px) between the calibrated origin and the direct beam measured on the
+#: data that is taken as agreement (issue 11, item 3: 1 px off already changed the clusters).
+CENTRE_TOLERANCE_PX = 0.5
+
+
+def _measured_beam_px(signal):
+    """``(x, y)`` px of the direct beam measured by the last constrained NMF, or None."""
+    lr = signal.learning_results
+    if getattr(lr, "decomposition_algorithm", None) != "constrained_nmf":
+        return None
+    try:
+        params = json.loads(getattr(lr, "cnmf_parameters", None) or "{}")
+    except (TypeError, ValueError):
+        return None
+    if "direct_beam_x_px" not in params:
+        return None
+    return float(params["direct_beam_x_px"]), float(params["direct_beam_y_px"])
+
+
+def _default_centre_px(signal):
+    """The direct beam measured on the data, checked against the calibrated origin.
+
+    One centre for the decomposition and the clustering: the beam that the
+    constrained NMF measured on the mean pattern (recorded in
+    ``cnmf_parameters``). A calibrated origin inside the detector that lies
+    more than :data:`CENTRE_TOLERANCE_PX` from it is reported and not used.
+    Without such a record: the calibrated origin, else None (the core finds
+    the beam on the factors).
+    """
+    origin = _calibrated_origin_px(signal)
+    beam = _measured_beam_px(signal)
+    if beam is None:
+        return origin
+    if origin is not None:
+        off = float(np.hypot(origin[0] - beam[0], origin[1] - beam[1]))
+        if off > CENTRE_TOLERANCE_PX:
+            warnings.warn(
+                f"The calibrated origin of the signal axes ({origin[0]:.2f}, {origin[1]:.2f}) px is "
+                f"{off:.2f} px from the direct beam measured on the data ({beam[0]:.2f}, "
+                f"{beam[1]:.2f}) px; the measured beam is used. Set the signal axes' offsets so that "
+                "(0, 0) is on the beam, or pass `centre` explicitly.",
+                UserWarning,
+                stacklevel=4,
+            )
+    return beam
+
+
 def _geometry_to_px(signal, centre, units, radial_range, direct_beam_radius):
     """Centre ``(x, y)``, radial range and beam radius converted to px.
 
@@ -98,7 +146,7 @@ def _geometry_to_px(signal, centre, units, radial_range, direct_beam_radius):
     """
     _check_units(units)
     if centre is None:
-        cpx = _calibrated_origin_px(signal)
+        cpx = _default_centre_px(signal)
     else:
         try:
             x, y = (float(v) for v in centre)
@@ -326,10 +374,13 @@ def cluster_diffraction(
         ``output_dimension`` (or ``number_significant_components``)
         components.
     centre : tuple of float, optional
-        Direct-beam position ``(x, y)`` in ``units``. Default: the calibrated
-        origin ``(0, 0)`` of the signal axes when it lies inside the detector
-        (at least 1 px from the border), otherwise the direct beam found in
-        the intensity-weighted sum of the factors
+        Direct-beam position ``(x, y)`` in ``units``. Default: the beam that
+        the constrained NMF measured on the mean pattern (the decomposition's
+        centre; a calibrated origin more than 0.5 px away from it is reported
+        with a ``UserWarning`` and not used); after another decomposition
+        algorithm, the calibrated origin ``(0, 0)`` of the signal axes when it
+        lies inside the detector (at least 1 px from the border), otherwise
+        the direct beam found in the intensity-weighted sum of the factors
         (:func:`~hyperspy_cnmf.clustering.find_direct_beam`). A centre outside
         the pattern raises ``ValueError``.
     units : {"calibrated", "px"}, default "calibrated"

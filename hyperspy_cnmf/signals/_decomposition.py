@@ -23,15 +23,6 @@ from hyperspy_cnmf.signals._calibration import estimate_probe_fwhm, find_beam_di
 from hyperspy_cnmf.signals._store import to_learning_results
 
 ALGORITHM = "constrained_nmf"
-#: Exact (full-data) iterations after the sketch phase for lazy signals with
-#: ``max_exact_iter="auto"``. Out of core every exact iteration is one or two
-#: reads of the whole dataset (two with the map constraint), while the sketch
-#: iterations cost none; the sketch phase runs to ``tol`` and one exact
-#: iteration refines it. Measured on the 2.1 GB benchmark file
-#: (``benchmarks/bench_lazy.py``): 9.4-9.9 times one ``sum()`` pass, against
-#: 13.4-13.9 for exact iterations to ``tol``, with factor cosines >= 0.9999 and a
-#: loss 6e-4 (relative) above the fully converged fit.
-LAZY_EXACT_ITER = 1
 
 
 def _mask_vector(mask, size, shape, name):
@@ -187,6 +178,37 @@ def _progress_callback(show_progressbar, max_iter):
     return callback, close
 
 
+#: Margin (px) added to the direct beam's half-maximum radius by ``direct_beam_mask="auto"``: the
+#: disk's blurred edge falls to the background within about 1 px of the half-maximum contour
+#: (measured on the multislice cases of ../shared/data/abtem_dev), plus 0.5 px for the centre.
+BEAM_MASK_MARGIN = 1.5
+
+
+def _check_direct_beam_mask(value):
+    if value is None or isinstance(value, bool) or value == "auto":
+        return
+    if isinstance(value, str) or not np.isscalar(value) or not np.isfinite(value) or value <= 0:
+        raise ValueError(
+            f"direct_beam_mask must be 'auto', False/None or a positive radius in pixels, got {value!r}"
+        )
+
+
+def _mask_radius(value, beam):
+    """Radius (px) of the direct-beam disk left out of the fit; 0 when it is fitted."""
+    if value is None or value is False:
+        return 0.0
+    if value is True or value == "auto":
+        return float(beam[2]) + BEAM_MASK_MARGIN
+    return float(value)
+
+
+def _direct_beam_disk(value, beam, sig_shape):
+    """Flat boolean mask of the detector pixels within the direct-beam mask radius."""
+    radius = _mask_radius(value, beam)
+    yy, xx = np.indices(sig_shape)
+    return (np.hypot(yy - beam[0], xx - beam[1]) <= radius).ravel()
+
+
 def constrained_nmf_decomposition(
     signal,
     output_dimension=None,
@@ -204,7 +226,8 @@ def constrained_nmf_decomposition(
     diffraction_constraint_mode="azimuthal",
     navigation_mask=None,
     signal_mask=None,
-    normalize_poissonian_noise=False,
+    normalize_poissonian_noise=True,
+    direct_beam_mask="auto",
     sketch=True,
     n_init=1,
     max_exact_iter="auto",
@@ -218,13 +241,16 @@ def constrained_nmf_decomposition(
     if isinstance(max_exact_iter, str):
         if max_exact_iter != "auto":
             raise ValueError(f"max_exact_iter must be 'auto', None or an integer, got {max_exact_iter!r}")
-        max_exact_iter = LAZY_EXACT_ITER if signal._lazy and sketch else None
+        # In memory and out of core alike: exact iterations to ``tol``, so that a lazy fit
+        # gives the in-memory result (issue 10, item 7); the few-read fit is max_exact_iter=1.
+        max_exact_iter = None
     if output_dimension is None:
         raise ValueError("output_dimension (the number of components k) must be given for algorithm='constrained_nmf'")
     if isinstance(output_dimension, bool) or not isinstance(output_dimension, (int, np.integer)) or output_dimension < 1:
         raise ValueError(f"output_dimension must be a positive integer, got {output_dimension!r}")
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
+    _check_direct_beam_mask(direct_beam_mask)
     am = signal.axes_manager
     nav_shape = am._navigation_shape_in_array
     sig_shape = am._signal_shape_in_array
@@ -268,12 +294,24 @@ def constrained_nmf_decomposition(
             f"{min(nav_valid.sum(), sig_valid.sum())}"
         )
 
-    row_scale, col_scale = nav_valid.astype(float), sig_valid.astype(float)
-    if normalize_poissonian_noise:
-        row_scale, col_scale = _poisson_scales(op, nav_valid, sig_valid)
-        op = op.rescaled(row_scale, col_scale)
-
     mean_pattern = op.mean_pattern(nav_valid).reshape(sig_shape)
+    beam = find_beam_disk(mean_pattern)
+    beam_mask = _direct_beam_disk(direct_beam_mask, beam, sig_shape) & sig_valid
+    fit_valid = sig_valid & ~beam_mask
+    if k > fit_valid.sum():
+        raise ValueError(
+            f"output_dimension={k} is larger than the {int(fit_valid.sum())} detector pixels left "
+            "outside the direct-beam mask; pass a smaller direct_beam_mask radius or direct_beam_mask=False"
+        )
+    row_scale, col_scale = nav_valid.astype(float), fit_valid.astype(float)
+    if normalize_poissonian_noise:
+        # Row sums over all unmasked pixels (the statistics read, no extra pass); the
+        # direct beam then takes no part in the fit through its zero column scale.
+        row_scale, col_scale = _poisson_scales(op, nav_valid, sig_valid)
+        col_scale = np.where(beam_mask, 0.0, col_scale)
+    if normalize_poissonian_noise or beam_mask.any():
+        op = op.rescaled(row_scale, col_scale)
+    sig_mask, sig_valid = sig_mask | beam_mask, fit_valid
     settings = dict(
         algorithm=ALGORITHM, solver=solver, max_iter=int(max_iter), tol=float(tol),
         random_state=None if random_state is None else int(random_state) if np.isscalar(random_state) else "Generator",
@@ -281,6 +319,10 @@ def constrained_nmf_decomposition(
         n_init=int(n_init), max_exact_iter=None if max_exact_iter is None else int(max_exact_iter),
         separate_components=bool(separate_components),
         init=init if isinstance(init, str) else "custom",
+        direct_beam_mask=direct_beam_mask if isinstance(direct_beam_mask, str) or direct_beam_mask is None
+        else bool(direct_beam_mask) if isinstance(direct_beam_mask, bool) else float(direct_beam_mask),
+        direct_beam_x_px=float(beam[1]), direct_beam_y_px=float(beam[0]), direct_beam_radius_px=float(beam[2]),
+        direct_beam_mask_radius_px=_mask_radius(direct_beam_mask, beam),
     )
 
     map_c = None
@@ -300,7 +342,6 @@ def constrained_nmf_decomposition(
 
     diff_c = None
     dip_radius = np.nan
-    beam = find_beam_disk(mean_pattern)
     if diffraction_constraint:
         if isinstance(diffraction_constraint_size, str):
             if diffraction_constraint_size != "auto":

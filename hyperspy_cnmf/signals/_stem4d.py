@@ -43,7 +43,7 @@ class STEM4D(Signal2D):
     center_direct_beam = _beam_shift.center_direct_beam
     get_direct_beam_position = _beam_shift.get_direct_beam_position
 
-    def decomposition(self, normalize_poissonian_noise=False, algorithm="SVD", output_dimension=None, *args, **kwargs):
+    def decomposition(self, normalize_poissonian_noise=None, algorithm="SVD", output_dimension=None, *args, **kwargs):
         """Decompose the dataset; adds ``algorithm="constrained_nmf"``.
 
         Every other algorithm is HyperSpy's own (see
@@ -59,13 +59,32 @@ class STEM4D(Signal2D):
 
         Parameters
         ----------
-        normalize_poissonian_noise : bool, default False
+        normalize_poissonian_noise : bool or None, default None
             Keenan-Kotula scaling of the data before the fit (exactly undone
-            afterwards); the constraints act on the unscaled factors.
-            Recommended for counting data: without it the fit is dominated
-            by the direct beam's noise (on the simulated data a matrix
-            component then splits and a grain is lost on one dataset in
-            six; with it every grain is found on all six).
+            afterwards); the constraints act on the unscaled factors. None:
+            True for ``algorithm="constrained_nmf"`` (unlike HyperSpy's
+            default, False for its own algorithms, which is kept for them).
+            4D-STEM data are counts whose variance equals their mean, and the
+            direct beam and the amorphous halo are hundreds of times brighter
+            than the Bragg spots of small precipitates: an unweighted
+            least-squares fit spends its components on the noise of the bright
+            pixels. Measured on the multislice cases of
+            ``../shared/data/abtem_dev`` (``benchmarks/quality_physics.py``):
+            unweighted, nearly every component was a direct-beam variation and
+            the position ARI against the true phase map was about 0.
+        direct_beam_mask : "auto", float, False or None, default "auto"
+            Leave the direct-beam disk out of the fit: it carries ~95 % of the
+            counts and only thickness and descan, no structure, and a fit that
+            includes it spends components on it. ``"auto"``: the disk found on
+            the mean pattern (half-maximum radius) plus
+            ``BEAM_MASK_MARGIN`` = 1.5 px; a number: that radius in detector
+            pixels about the same centre; False/None: fit the beam too (the
+            paper's setting). The masked pixels come back as NaN in the
+            factors and are added to ``learning_results.signal_mask``; the
+            beam's centre and radius are recorded in ``cnmf_parameters``
+            (``direct_beam_x_px``, ``direct_beam_y_px``,
+            ``direct_beam_radius_px``, ``direct_beam_mask_radius_px``) and used
+            by :meth:`cluster_diffraction` as the centre of the polar transform.
         algorithm : str or object, default "SVD"
             ``"constrained_nmf"`` or any HyperSpy algorithm.
         output_dimension : int
@@ -126,14 +145,16 @@ class STEM4D(Signal2D):
             the one with the lowest loss is kept. With ``sketch=True`` the
             starts run on the sketch and cost no extra data reads.
         max_exact_iter : int, None or "auto", default "auto"
-            Cap on the exact iterations after the sketch (None: ``max_iter``,
-            i.e. until ``tol``). ``"auto"``: None for in-memory data; 1 for
-            lazy data with ``sketch=True``, because out of core each exact
-            iteration reads the whole dataset once or twice: the sketch phase
-            runs to ``tol`` and one exact iteration refines it (on a 2.1 GB
-            file: 9.5 times one ``sum()`` pass instead of 13.4, factors within
-            cosine 0.9999 of the fully converged fit, loss 6e-4 higher).
-            Pass None to iterate the exact phase to ``tol`` as in memory.
+            Cap on the exact iterations after the sketch. None or ``"auto"``:
+            ``max_iter``, i.e. until ``tol``, in memory and lazily alike, so
+            that a lazy signal gives the in-memory result (measured on the
+            multislice cases of ``benchmarks/quality_physics.py``: identical
+            labels and factor cosines 1.0000). Out of core each exact
+            iteration reads the whole dataset once or twice; ``1`` gives the
+            few-read fit (the sketch to ``tol`` and one exact refinement: 9.4-9.9
+            ``sum()`` passes on the 2.1 GB file of ``benchmarks/bench_lazy.py``
+            against 13.4-13.9), whose factors can differ from the converged
+            fit when k is large.
         separate_components : bool, default True
             NMF is not unique: a grain's pattern can keep a share of the
             matrix pattern (direct beam, halos) while the matrix map dips
@@ -178,9 +199,11 @@ class STEM4D(Signal2D):
             if args:
                 raise TypeError("pass the constrained_nmf options by keyword")
             return _decomposition.constrained_nmf_decomposition(
-                self, output_dimension, normalize_poissonian_noise=normalize_poissonian_noise, **kwargs
+                self, output_dimension,
+                normalize_poissonian_noise=True if normalize_poissonian_noise is None else normalize_poissonian_noise,
+                **kwargs,
             )
-        return super().decomposition(normalize_poissonian_noise, algorithm, output_dimension, *args, **kwargs)
+        return super().decomposition(bool(normalize_poissonian_noise), algorithm, output_dimension, *args, **kwargs)
 
     def export_decomposition_results(self, comp_ids=None, folder=None, calibrate=True, factor_prefix="factor",
                                      factor_format="hspy", loading_prefix="loading", loading_format="hspy",

@@ -1,0 +1,152 @@
+"""The main job on multislice (abTEM) simulations with full truth (issue 10, item 1).
+
+For every case in ``../shared/data/abtem_dev`` (independent of the package's own simulator:
+Zr-Cu-Al glass with B2-CuZr, fcc-Cu and CuZr2 grains, frozen phonons, Poisson counts) and the
+embedded default (``simulated_precipitates()``), in memory and lazily, at k = the true number
+of distinct patterns (glass + one per grain), 2x that and 30, runs the default call
+
+    s.decomposition(algorithm="constrained_nmf", output_dimension=k)
+    s.cluster_diffraction()
+
+and reports the position ARI against the true phase map (``cdiff_position_labels``), the
+clusters found against the true phases, the grains found (a grain is found when most of its
+positions carry the cluster matched to its phase; clusters are matched to phases by the
+Hungarian rule on the contingency table), the ARI between the lazy and the in-memory labels,
+the wall time and the data reads of the decomposition.
+
+    python benchmarks/quality_physics.py                    # all cases, k = true, 2x, 30
+    python benchmarks/quality_physics.py --cases 2phase --k true --no-lazy
+
+The table (markdown) goes to ``benchmarks/results/quality_physics.md``.
+"""
+
+import argparse
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from sklearn.metrics import adjusted_rand_score
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent.parent / "shared" / "data" / "abtem_dev"
+
+
+def cases(selection=None):
+    """``(name, loader)`` pairs; a loader returns ``(signal, truth)`` for ``lazy``."""
+    from hyperspy_cnmf.data import load_multislice_case, simulated_precipitates
+
+    def embedded(lazy):
+        s = simulated_precipitates(lazy=lazy)
+        sim = s.metadata.Simulation
+        maps = np.asarray(sim.maps)
+        phase = np.asarray(sim.phase_of_component)
+        grains = [i for i in range(len(phase)) if phase[i] != 0]
+        labels = np.zeros(maps.shape[1:], dtype=int)
+        for g, i in enumerate(grains, 1):
+            labels[maps[i] >= 0.5 * maps[i].max()] = g
+        truth = {"phase_map": np.asarray(sim.phase_map), "labels": labels,
+                 "grain_phase": np.r_[0, phase[grains]], "n_grains": len(grains)}
+        truth["n_phases"] = int(np.unique(truth["phase_map"]).size)
+        return s, truth
+
+    out = [(p.stem, lambda lazy, p=p: load_multislice_case(p, lazy=lazy)) for p in sorted(DATA.glob("*.npz"))]
+    out.append(("embedded default", embedded))
+    if selection:
+        out = [c for c in out if any(sel in c[0] for sel in selection)]
+    return out
+
+
+def grains_found(truth, labels):
+    phase_map = truth["phase_map"].ravel()
+    clusters = np.unique(labels[labels >= 0])
+    phases = np.unique(phase_map)
+    table = np.array([[np.sum((labels == c) & (phase_map == p)) for p in phases] for c in clusters])
+    rows, cols = linear_sum_assignment(-table)
+    cluster_phase = {clusters[r]: phases[c] for r, c in zip(rows, cols)}
+    mapped = np.array([cluster_phase.get(c, -1) for c in labels])
+    grain_labels = truth["labels"].ravel()
+    found = 0
+    for g in range(1, truth["n_grains"] + 1):
+        inside = grain_labels == g
+        if inside.any() and np.mean(mapped[inside] == truth["grain_phase"][g]) > 0.5:
+            found += 1
+    return found
+
+
+def run(loader, k, lazy, seed=0):
+    s, truth = loader(lazy)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        info = s.decomposition(algorithm="constrained_nmf", output_dimension=k, random_state=seed,
+                               print_info=False, show_progressbar=False, return_info=True)
+        t_fit = time.perf_counter() - t0
+        s.cluster_diffraction()
+    wall = time.perf_counter() - t0
+    labels = np.asarray(s.learning_results.cdiff_position_labels).ravel()
+    return {
+        "ari": adjusted_rand_score(truth["phase_map"].ravel(), labels),
+        "clusters": int(len(np.unique(labels[labels >= 0]))),
+        "phases": truth["n_phases"],
+        "grains": f"{grains_found(truth, labels)}/{truth['n_grains']}",
+        "labels": labels,
+        "wall": wall,
+        "fit": t_fit,
+        "passes": info["n_passes"],
+    }
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", nargs="+", help="substrings of case names (default: all)")
+    p.add_argument("--k", nargs="+", default=["true", "2x", "30"], help="'true', '2x' or integers")
+    p.add_argument("--no-lazy", action="store_true", help="in memory only")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(HERE / "results" / "quality_physics.md"))
+    args = p.parse_args(argv)
+    if not DATA.is_dir():
+        print(f"note: {DATA} not found; only the embedded default runs")
+    rows = []
+    for name, loader in cases(args.cases):
+        _, truth = loader(False)
+        k_true = truth["n_grains"] + 1
+        for kk in args.k:
+            k = {"true": k_true, "2x": 2 * k_true}.get(kk) or int(kk)
+            eager = run(loader, k, False, args.seed)
+            lazy = None if args.no_lazy else run(loader, k, True, args.seed)
+            row = {"case": name, "k": k, "eager": eager, "lazy": lazy,
+                   "agree": None if lazy is None else adjusted_rand_score(eager["labels"], lazy["labels"])}
+            rows.append(row)
+            print(f"{name} k={k}: ARI {eager['ari']:.3f}, {eager['clusters']}/{eager['phases']} clusters, "
+                  f"grains {eager['grains']}, {eager['wall']:.1f} s"
+                  + ("" if lazy is None else f"; lazy ARI {lazy['ari']:.3f}, {lazy['clusters']} clusters, "
+                     f"{lazy['passes']} reads, lazy-vs-eager ARI {row['agree']:.3f}"), flush=True)
+    lines = [
+        "# The main job on multislice simulations (benchmarks/quality_physics.py)",
+        "",
+        f"Command: `python benchmarks/quality_physics.py{' --cases ' + ' '.join(args.cases) if args.cases else ''}"
+        f" --k {' '.join(args.k)}{' --no-lazy' if args.no_lazy else ''} --seed {args.seed}`",
+        "",
+        "Default call: `decomposition(algorithm=\"constrained_nmf\", output_dimension=k, random_state=seed)` then "
+        "`cluster_diffraction()`. ARI: position labels against the true phase map. k true = glass + one per grain.",
+        "",
+        "| case | k | ARI | clusters / true phases | grains found | wall (s) | reads "
+        "| lazy ARI | lazy clusters | lazy reads | lazy wall (s) | lazy vs eager labels (ARI) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        e, z = r["eager"], r["lazy"]
+        lazy_cols = ("– | – | – | – | –" if z is None else
+                     f"{z['ari']:.3f} | {z['clusters']} | {z['passes']} | {z['wall']:.1f} | {r['agree']:.3f}")
+        lines.append(f"| {r['case']} | {r['k']} | {e['ari']:.3f} | {e['clusters']} / {e['phases']} | {e['grains']} "
+                     f"| {e['wall']:.1f} | {e['passes']} | {lazy_cols} |")
+    text = "\n".join(lines) + "\n"
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
