@@ -18,7 +18,7 @@ from hyperspy_cnmf.nmf import INITS, SOLVERS, DenseOperator, constrained_nmf
 from hyperspy_cnmf.nmf._operators import range_test_matrix
 from hyperspy_cnmf.nmf._solver import SKETCH_OVERSAMPLE
 from hyperspy_cnmf.signals._axes import check_4d
-from hyperspy_cnmf.signals._beam_shift import warn_if_beam_moves
+from hyperspy_cnmf.signals._beam_shift import beam_motion, warn_if_beam_moves
 from hyperspy_cnmf.signals._calibration import estimate_probe_fwhm, find_beam_disk
 from hyperspy_cnmf.signals._store import to_learning_results
 
@@ -193,18 +193,22 @@ def _check_direct_beam_mask(value):
         )
 
 
-def _mask_radius(value, beam):
-    """Radius (px) of the direct-beam disk left out of the fit; 0 when it is fitted."""
+def _mask_radius(value, beam, excursion=0.0):
+    """Radius (px) of the direct-beam disk left out of the fit; 0 when it is fitted.
+
+    ``"auto"``: the half-maximum radius of the mean pattern's disk plus
+    :data:`BEAM_MASK_MARGIN` plus ``excursion``, half the beam's measured motion over
+    the scan (descan), so that the moving disk stays inside the mask.
+    """
     if value is None or value is False:
         return 0.0
     if value is True or value == "auto":
-        return float(beam[2]) + BEAM_MASK_MARGIN
+        return float(beam[2]) + BEAM_MASK_MARGIN + float(excursion)
     return float(value)
 
 
-def _direct_beam_disk(value, beam, sig_shape):
-    """Flat boolean mask of the detector pixels within the direct-beam mask radius."""
-    radius = _mask_radius(value, beam)
+def _direct_beam_disk(radius, beam, sig_shape):
+    """Flat boolean mask of the detector pixels within ``radius`` (px) of the beam centre."""
     yy, xx = np.indices(sig_shape)
     return (np.hypot(yy - beam[0], xx - beam[1]) <= radius).ravel()
 
@@ -288,6 +292,7 @@ def constrained_nmf_decomposition(
     # The direct beam of every position, measured in the statistics read: warn on descan.
     beam_positions = op.beam_positions()
     warn_if_beam_moves(beam_positions, nav_shape, stacklevel=4)
+    beam_excursion = 0.5 * float(np.max(beam_motion(beam_positions, nav_shape)))
     if k > min(nav_valid.sum(), sig_valid.sum()):
         raise ValueError(
             f"output_dimension={k} is larger than min(unmasked positions, unmasked pixels) = "
@@ -296,7 +301,8 @@ def constrained_nmf_decomposition(
 
     mean_pattern = op.mean_pattern(nav_valid).reshape(sig_shape)
     beam = find_beam_disk(mean_pattern)
-    beam_mask = _direct_beam_disk(direct_beam_mask, beam, sig_shape) & sig_valid
+    mask_radius = _mask_radius(direct_beam_mask, beam, beam_excursion)
+    beam_mask = _direct_beam_disk(mask_radius, beam, sig_shape) & sig_valid
     fit_valid = sig_valid & ~beam_mask
     if k > fit_valid.sum():
         raise ValueError(
@@ -322,7 +328,7 @@ def constrained_nmf_decomposition(
         direct_beam_mask=direct_beam_mask if isinstance(direct_beam_mask, str) or direct_beam_mask is None
         else bool(direct_beam_mask) if isinstance(direct_beam_mask, bool) else float(direct_beam_mask),
         direct_beam_x_px=float(beam[1]), direct_beam_y_px=float(beam[0]), direct_beam_radius_px=float(beam[2]),
-        direct_beam_mask_radius_px=_mask_radius(direct_beam_mask, beam),
+        direct_beam_mask_radius_px=mask_radius,
     )
 
     map_c = None

@@ -77,7 +77,8 @@ class STEM4D(Signal2D):
             counts and only thickness and descan, no structure, and a fit that
             includes it spends components on it. ``"auto"``: the disk found on
             the mean pattern (half-maximum radius) plus
-            ``BEAM_MASK_MARGIN`` = 1.5 px; a number: that radius in detector
+            ``BEAM_MASK_MARGIN`` = 1.5 px plus half the beam's motion over the
+            scan (descan, measured in the statistics read); a number: that radius in detector
             pixels about the same centre; False/None: fit the beam too (the
             paper's setting). The masked pixels come back as NaN in the
             factors and are added to ``learning_results.signal_mask``; the
