@@ -36,9 +36,10 @@ def _pattern(phase, rotation):
 
 
 def _disc(centre, radius):
+    """Projected thickness of a sphere, ``sqrt(1 - (r / R)^2)``: zero at the rim."""
     yy, xx = np.indices(SCAN, dtype=float)
     r = np.hypot(yy - centre[0], xx - centre[1])
-    return np.clip((radius + 1.0 - r) / 2.0, 0.0, 1.0)  # soft edge
+    return np.sqrt(np.clip(1.0 - (r / (radius + 0.5)) ** 2, 0.0, None))
 
 
 def synthetic(beam=True, map_noise=0.0, seed=0):
@@ -74,7 +75,7 @@ def synthetic(beam=True, map_noise=0.0, seed=0):
     scale = rng.uniform(0.1, 10.0, len(F))  # the NMF scale is arbitrary
     truth = np.zeros(SCAN, dtype=int)
     for (c, r, ph, _), g in zip(GRAINS, grains):
-        truth[g >= 0.5] = ph
+        truth[g > 0] = ph  # geometric: the probe position inside the projected disk
     return (
         F * scale[:, None, None],
         L.reshape(len(L), -1) / scale[:, None],

@@ -354,15 +354,20 @@ def test_phase_symmetries(clean):
 def test_phase_map_consistent_with_maps(default):
     t = default.metadata.Simulation
     grains = t.maps[1:]
+    # geometric: the probe position inside a grain's projected disk
+    ny, nx = t.phase_map.shape
+    yy, xx = np.indices((ny, nx)) * t.scan_step_nm
+    disks = np.stack([np.hypot(yy - cy, xx - cx) < d / 2
+                      for (cy, cx), d in zip(t.grain_centres_nm, t.grain_diameters_nm)])
+    assert not np.any(disks.sum(axis=0) > 1)  # non-overlapping grains
     above = grains > 0.5 * grains.max(axis=(1, 2), keepdims=True)
-    assert not np.any(above.sum(axis=0) > 1)  # non-overlapping grains
     for c in range(1, t.n_components):
-        mask = above[c - 1]
-        assert mask.sum() > 10
+        mask = disks[c - 1]
+        assert mask.sum() > 10 and np.all(mask[above[c - 1]])  # the half-maximum lies inside
         assert np.all(t.phase_map[mask] == t.phase_of_component[c])
         assert np.all(t.grain_map[mask] == c)
-    assert np.all(t.phase_map[~above.any(axis=0)] == 0)
-    assert np.all(t.grain_map[~above.any(axis=0)] == 0)
+    assert np.all(t.phase_map[~disks.any(axis=0)] == 0)
+    assert np.all(t.grain_map[~disks.any(axis=0)] == 0)
     # Grains are disks of about grain_diameter (+-20 %) inside the field.
     d = t.grain_diameters_nm
     assert np.all((d >= 0.8 * 6.0) & (d <= 1.2 * 6.0))

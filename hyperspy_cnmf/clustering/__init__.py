@@ -21,6 +21,7 @@ numpy, numba and scipy only. The HyperSpy methods live in
 """
 
 from hyperspy_cnmf.clustering._components import (
+    PARTICLE_THRESHOLD,
     ComponentClustering,
     cluster_components,
 )
@@ -55,6 +56,7 @@ from hyperspy_cnmf.clustering._similarity import (
 )
 
 __all__ = [
+    "PARTICLE_THRESHOLD",
     "DEFAULT_DISTANCE_THRESHOLD",
     "LINKAGE_METHODS",
     "ComponentClustering",

@@ -484,7 +484,7 @@ def map_objects(maps, labels, nav_shape=None, threshold=0.5, max_overlap=0.3):
     return _in_order_of_first(raw)
 
 
-def dominant_labels(maps, percentiles=(0.0, 100.0), extended=None, threshold=0.5):
+def dominant_labels(maps, percentiles=(0.0, 100.0), extended=None, threshold=0.5, particle_baseline=None):
     """Label each navigation position with the map that dominates it.
 
     The maps are those of clusters or of objects (:func:`map_objects`), in
@@ -530,6 +530,12 @@ def dominant_labels(maps, percentiles=(0.0, 100.0), extended=None, threshold=0.5
         Background maps; ignored unless there are both kinds.
     threshold : float, default 0.5
         Fraction of its range at which a particle map claims a position.
+    particle_baseline : {None, "median"}, default None
+        With ``extended``: ``"median"`` rescales each particle map from its
+        median over the scan (the level away from the particle, which covers
+        a small part of the scan) instead of its low percentile, so that map
+        noise below that level does not lift the background towards
+        ``threshold``.
 
     Returns
     -------
@@ -559,6 +565,11 @@ def dominant_labels(maps, percentiles=(0.0, 100.0), extended=None, threshold=0.5
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         lo = np.nanpercentile(m, p_lo, axis=1)
+        if particle_baseline == "median" and extended is not None:
+            particle = ~np.asarray(extended, dtype=bool)
+            lo[particle] = np.nanmedian(m[particle], axis=1)
+        elif particle_baseline is not None:
+            raise ValueError("`particle_baseline` must be None or 'median'.")
         hi = np.nanpercentile(m, p_hi, axis=1)
         hi = np.fmax(hi, lo + 0.5 * (np.nanmax(m, axis=1) - lo))
     span = hi - lo

@@ -142,8 +142,9 @@ def simulated_precipitates(
         ``reference_patterns`` : ndarray, shape (n_phases, qy, qx), float64
             Unit-sum Bragg pattern of phases 1..n_phases at rotation 0.
         ``phase_map`` : ndarray, shape (ny, nx), int
-            Phase of the dominant grain where that grain's map exceeds half
-            its maximum, else 0 (amorphous).
+            Phase of the grain whose projected disk holds the probe centre
+            (the thickest one where disks overlap), else 0 (amorphous): the
+            geometric convention of the multislice test cases.
         ``grain_map`` : ndarray, shape (ny, nx), int
             Component index of that dominant grain, else 0.
         ``grain_centres_nm`` : ndarray, shape (n_grains, 2), float

@@ -530,9 +530,10 @@ def simulate_precipitates(
         ]
     )
 
-    # Phase map: dominant grain where it exceeds half its own maximum.
-    above = grain_maps > 0.5 * grain_maps.max(axis=(1, 2), keepdims=True)
-    dominant = np.argmax(np.where(above, grain_maps, -np.inf), axis=0)
+    # Phase map: the grain whose projected disk holds the probe centre (the thickest one
+    # where disks overlap), the geometric convention of the multislice test cases.
+    above = thickness > 0
+    dominant = np.argmax(np.where(above, thickness, -np.inf), axis=0)
     has_grain = above.any(axis=0)
     grain_map = np.where(has_grain, dominant + 1, 0).astype(np.int64)
     phase_map = np.where(has_grain, phases[dominant], 0).astype(np.int64)
