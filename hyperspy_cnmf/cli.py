@@ -13,8 +13,10 @@
     EMD 1.0, ...). Writes the factors, loadings, learning results, cluster
     signals, figures and ``report.md``.
 
-Errors in the input (missing file, data that are not 4D-STEM, bad options)
-end with exit status 2 and a one-line message.
+Errors in the input (missing file, data that are not 4D-STEM, a damaged file,
+bad options, an output folder that cannot be written) end with exit status 2
+and a one-line message; Ctrl-C ends with one line and exit status 130. Set
+``HYPERSPY_CNMF_DEBUG=1`` for the traceback.
 """
 
 import argparse
@@ -91,6 +93,67 @@ def _threshold(text):
         raise argparse.ArgumentTypeError(f"expected 'gap' or a positive pseudo-distance, got {text!r}") from None
 
 
+def _check_output(folder):
+    """Check, before any data are read, that ``folder`` can be created and written to.
+
+    Nothing is left behind: an existing folder is tested with a temporary file,
+    a new one through its nearest existing parent with a temporary folder.
+    """
+    import tempfile
+
+    out = Path(folder)
+    base = out
+    while not base.exists() and base.parent != base:
+        base = base.parent
+    if base.exists() and not base.is_dir():
+        what = "is a file" if base == out else f"cannot be created: {str(base)!r} is a file"
+        raise _UsageError(f"output folder {str(folder)!r} {what}, not a folder")
+    try:
+        if base == out:
+            with tempfile.TemporaryFile(dir=out):
+                pass
+        else:
+            os.rmdir(tempfile.mkdtemp(dir=base))
+    except OSError as err:
+        verb = "written to" if base == out else "created"
+        raise _UsageError(f"output folder {str(folder)!r} cannot be {verb}: "
+                          f"{err.strerror or err} ({str(base)!r})") from None
+    return out
+
+
+#: Modules whose frames in a traceback mean that the data file was being read.
+_READER_MODULES = ("zarr", "numcodecs", "h5py", "rsciio", "hdf5plugin", "tifffile", "blosc", "blosc2")
+
+
+def _reading_error(err):
+    """True if ``err`` was raised while the data were read (zarr, numcodecs, h5py, ...), not written."""
+    tb, reading = err.__traceback__, False
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        module = str(tb.tb_frame.f_globals.get("__name__", ""))
+        if code.co_name in ("file_writer", "save"):  # HyperSpy's and RosettaSciIO's writers
+            return False
+        reading = reading or module.split(".")[0] in _READER_MODULES
+        tb = tb.tb_next
+    return reading
+
+
+def _error_message(err, args):
+    """The one-line message for ``err``, or None for an unexpected error (traceback)."""
+    text = str(err).splitlines()[0] if str(err).strip() else ""
+    file = getattr(args, "file", None)
+    if file is not None and not isinstance(err, _UsageError) and _reading_error(err):
+        return (f"cannot read the data of {file!r} (damaged or incomplete file?): "
+                f"{type(err).__name__}: {text or 'no message'}")
+    if isinstance(err, (_UsageError, FileNotFoundError, ValueError, ImportError, NotImplementedError, TypeError)):
+        if isinstance(err, FileNotFoundError) and not text:
+            return "file not found"
+        return text or type(err).__name__
+    if isinstance(err, (OSError, RuntimeError)):
+        return f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return None
+
+
 def _setup_matplotlib():
     import matplotlib
 
@@ -113,7 +176,7 @@ def _demo(args):
     from hyperspy_cnmf.data import simulated_precipitates
 
     t_start = time.perf_counter()
-    out = Path(args.output)
+    out = _check_output(args.output)
     out.mkdir(parents=True, exist_ok=True)
     if args.quick:
         import warnings
@@ -302,6 +365,7 @@ def _run(args):
     from hyperspy_cnmf.signals._calibration import find_beam_disk
 
     t_start = time.perf_counter()
+    out = _check_output(args.output)  # before the data are read
     lazy = {"lazy": True, "eager": False}.get(args.mode)
     s = load(args.file, lazy=lazy, bin_signal=args.bin)
     am = s.axes_manager
@@ -312,7 +376,6 @@ def _run(args):
         raise _UsageError(f"--components {k} is larger than min(probe positions, detector pixels) = "
                           f"{min(n_pos, n_pix)}")
     print(f"Loaded {s} ({'lazy' if s._lazy else 'in memory'}, dtype {s.data.dtype})")
-    out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
 
     signal_mask, beam = None, None
@@ -486,9 +549,11 @@ def main(argv=None):
     Returns
     -------
     int
-        0 on success, 2 for input errors (one-line message on stderr).
+        0 on success, 2 for input, file and output-folder errors (one-line
+        message on stderr), 130 after Ctrl-C (one line).
     """
     parser = _parser()
+    args = None
     try:
         try:
             args = parser.parse_args(argv)
@@ -497,12 +562,15 @@ def main(argv=None):
         if args.command == "demo":
             return _demo(args)
         return _run(args)
-    except (_UsageError, FileNotFoundError, ValueError, ImportError, NotImplementedError, TypeError) as err:
+    except KeyboardInterrupt:
         if os.environ.get("HYPERSPY_CNMF_DEBUG"):
             raise
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if isinstance(err, FileNotFoundError) and not str(err):
-            msg = "file not found"
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        msg = None if os.environ.get("HYPERSPY_CNMF_DEBUG") else _error_message(err, args)
+        if msg is None:
+            raise
         print(f"{PROG}: error: {msg}", file=sys.stderr)
         return 2
 

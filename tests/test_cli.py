@@ -117,3 +117,216 @@ def test_demo_quick(tmp_path, capsys):
     assert "PCA (SVD)" in text and "ARI" in text
     printed = capsys.readouterr().out
     assert "constrained NMF" in printed
+
+
+def _one_error_line(err):
+    # progress bars (tqdm, on stderr) aside
+    lines = [line for line in err.splitlines() if line.strip() and "it/s]" not in line]
+    assert len(lines) == 1 and lines[0].startswith("hyperspy-cnmf: error:"), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_run_one_component(tiny_file, tmp_path):
+    import hyperspy.api as hs
+
+    # export_decomposition_results failed for k = 1 after the whole fit
+    out = tmp_path / "k1"
+    assert _run(["run", str(tiny_file), "-k", "1", "--max-iter", "5", "--output", str(out)]) == 0
+    assert hs.load(out / "factors.hspy").data.shape == (1, 24, 24)
+    loadings = hs.load(out / "loadings.hspy")
+    assert loadings.data.shape == (1, 16, 16)
+    assert [a.units for a in loadings.axes_manager.signal_axes] == ["nm", "nm"]
+    assert (out / "report.md").is_file() and (out / "learning_results.npz").is_file()
+
+
+def test_export_decomposition_results_one_component(tiny_file, tmp_path):
+    from hyperspy_cnmf.io import load
+
+    s = load(tiny_file)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s.decomposition(algorithm="constrained_nmf", output_dimension=1, max_iter=3, print_info=False)
+    files = s.export_decomposition_results(folder=tmp_path / "e")
+    import hyperspy.api as hs
+
+    f = hs.load(files[0])
+    assert f.data.shape == (1, 24, 24)
+    np.testing.assert_allclose(f.data[0], s.learning_results.factors[:, 0].reshape(24, 24), rtol=1e-6)
+    with pytest.raises(ValueError, match="out of range for 1 component"):
+        s.export_decomposition_results(comp_ids=[1], folder=tmp_path / "e")
+
+
+@pytest.fixture(scope="module")
+def tiny_zspy(tiny_file, tmp_path_factory):
+    import hyperspy.api as hs
+
+    s = hs.load(tiny_file)
+    s.metadata.General.title = "tiny"
+    path = tmp_path_factory.mktemp("zspy") / "tiny.zspy"
+    s.save(path, chunks=(8, 8, 24, 24))
+    return path
+
+
+def _damaged_copy(tiny_zspy, tmp_path, name, how):
+    import shutil
+
+    dst = tmp_path / name
+    shutil.copytree(tiny_zspy, dst)
+    chunk = dst / "Experiments" / "tiny" / "data" / "1" / "0" / "0" / "0"
+    assert chunk.is_file()
+    if how == "missing":
+        chunk.unlink()
+    else:
+        chunk.write_bytes(b"garbage garbage garbage")
+    return dst
+
+
+@pytest.mark.parametrize("mode", ["--eager", "--lazy"])
+def test_run_missing_zspy_chunk(tiny_zspy, tmp_path, capsys, mode):
+    # before: analysed as zeros, rc 0
+    path = _damaged_copy(tiny_zspy, tmp_path, "lost.zspy", "missing")
+    out = tmp_path / "out"
+    assert _run(["run", str(path), "-k", "2", "--max-iter", "3", mode, "--output", str(out)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "lost.zspy" in line and "chunk (1, 0, 0, 0)" in line and "is missing" in line
+    assert not (out / "factors.hspy").exists()
+
+
+@pytest.mark.parametrize("mode", ["--eager", "--lazy"])
+def test_run_corrupted_zspy_chunk(tiny_zspy, tmp_path, capsys, mode):
+    # before: a raw decompression traceback (lazy) / a "please report" line (eager)
+    path = _damaged_copy(tiny_zspy, tmp_path, "bad.zspy", "corrupted")
+    out = tmp_path / "out"
+    assert _run(["run", str(path), "-k", "2", "--max-iter", "3", mode, "--output", str(out)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "bad.zspy" in line and ("damaged" in line)
+    if mode == "--eager":
+        assert "chunk (1, 0, 0, 0)" in line
+    else:
+        assert "decompression" in line
+
+
+@pytest.mark.parametrize(
+    "name, make, message",
+    [
+        ("notes.py", lambda p: p.write_text("print(1)\n"), "'.py' is not a format"),
+        ("cube.h5", "h5", "'data' (4, 5, 6) float64"),
+    ],
+)
+def test_run_unreadable_inputs_one_clear_line(tmp_path, capsys, name, make, message):
+    path = tmp_path / name
+    if make == "h5":
+        import h5py
+
+        with h5py.File(path, "w") as f:
+            f["data"] = np.ones((4, 5, 6))
+    else:
+        make(path)
+    assert _run(["run", str(path), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    line = _one_error_line(err)
+    assert message in line and "select" not in line and "please report" not in err
+
+
+@pytest.fixture
+def no_load(monkeypatch):
+    """Fail the test if the data are read."""
+    import hyperspy_cnmf.io
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the data were read before the output folder was checked")
+
+    monkeypatch.setattr(hyperspy_cnmf.io, "load", fail)
+
+
+@pytest.mark.parametrize("where", ["file", "below_file"])
+def test_output_folder_is_a_file_checked_before_loading(tiny_file, tmp_path, capsys, no_load, where):
+    f = tmp_path / "taken"
+    f.write_text("x")
+    out = f if where == "file" else f / "sub"
+    assert _run(["run", str(tiny_file), "--output", str(out)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert str(out) in line and "is a file" in line
+
+
+@pytest.mark.parametrize("how", ["chmod", "simulated"])
+def test_read_only_output_folder_checked_before_loading(tiny_file, tmp_path, capsys, no_load, monkeypatch, how):
+    import os
+    import tempfile
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if how == "chmod":
+        if not hasattr(os, "geteuid") or os.geteuid() == 0:
+            pytest.skip("root can write to read-only folders")
+    else:  # what a read-only folder (or file system) answers
+
+        def denied(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(tempfile, "TemporaryFile", denied)
+        monkeypatch.setattr(tempfile, "mkdtemp", denied)
+    ro.chmod(0o555)
+    try:
+        for out in (ro, ro / "new"):
+            assert _run(["run", str(tiny_file), "--output", str(out)]) == 2
+            line = _one_error_line(capsys.readouterr().err)
+            assert str(out) in line and "Permission denied" in line
+    finally:
+        ro.chmod(0o755)
+
+
+def test_os_and_runtime_errors_mid_run_one_line(tiny_file, tmp_path, capsys, monkeypatch):
+    from hyperspy_cnmf.signals import STEM4D
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "out" / "factors.hspy"))
+
+    monkeypatch.setattr(STEM4D, "export_decomposition_results", denied)
+    assert _run(["run", str(tiny_file), "-k", "2", "--max-iter", "3", "--output", str(tmp_path / "out")]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "PermissionError" in line and "Permission denied" in line and "factors.hspy" in line
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("disk went away")
+
+    monkeypatch.setattr(STEM4D, "export_decomposition_results", broken)
+    assert _run(["run", str(tiny_file), "-k", "2", "--max-iter", "3", "--output", str(tmp_path / "out")]) == 2
+    assert "RuntimeError: disk went away" in _one_error_line(capsys.readouterr().err)
+
+
+def test_ctrl_c_one_line_exit_130(tiny_file, tmp_path, capsys, monkeypatch):
+    import hyperspy_cnmf.io
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hyperspy_cnmf.io, "load", interrupted)
+    try:
+        rc = _run(["run", str(tiny_file), "--output", str(tmp_path / "out")])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped main(): a traceback instead of one line")
+    assert rc == 130
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line.strip()] == ["hyperspy-cnmf: interrupted"]
+
+
+def test_sigint_in_a_real_process(tiny_file, tmp_path):
+    import subprocess
+    import sys
+
+    # SIGINT delivered by the OS while the decomposition runs, as Ctrl-C does
+    code = (
+        "import os, signal, sys, warnings; warnings.simplefilter('ignore')\n"
+        "from hyperspy_cnmf import cli\n"
+        "from hyperspy_cnmf.signals import STEM4D\n"
+        "def decomposition(self, *a, **k):\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    import time; time.sleep(30)\n"
+        "STEM4D.decomposition = decomposition\n"
+        f"sys.exit(cli.main(['run', {str(tiny_file)!r}, '--output', {str(tmp_path / 'out')!r}]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 130, proc.stderr
+    assert [line for line in proc.stderr.splitlines() if line.strip()] == ["hyperspy-cnmf: interrupted"]

@@ -100,12 +100,12 @@ def test_from_py4dstem_rejects_non_datacube():
 
 
 def test_to_py4dstem_import_error_hint(no_py4dstem):
-    with pytest.raises(ImportError, match=r'pip install "hyperspy_cnmf\[py4dstem\]"'):
+    with pytest.raises(ImportError, match=r'pip install "py4dstem>=0\.14\.18,<0\.15"'):
         hio.to_py4dstem(_make_signal())
 
 
 def test_load_py4dstem_import_error_hint(no_py4dstem, tmp_path):
-    with pytest.raises(ImportError, match=r'pip install "hyperspy_cnmf\[py4dstem\]"'):
+    with pytest.raises(ImportError, match=r'pip install "py4dstem>=0\.14\.18,<0\.15"'):
         hio.load_py4dstem(tmp_path / "missing.h5")
 
 

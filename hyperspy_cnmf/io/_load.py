@@ -51,6 +51,16 @@ def _is_py4dstem_emd1(path):
         return False
 
 
+def _is_hspy(path):
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("file_format") in ("HyperSpy", b"HyperSpy")
+    except (OSError, ValueError):
+        return False
+
+
 def _path_size(path):
     p = Path(path)
     if p.is_dir():  # e.g. .zspy folders
@@ -79,6 +89,89 @@ def _pick_4d(obj, path):
             )
         return cands[0]
     return obj
+
+
+class _DropLogRecords:
+    """Logging filter: drop HyperSpy's "please report" and reader-guess records.
+
+    ``load`` turns a failed read into one error of its own, which says what the
+    file is and what is needed.
+    """
+
+    _TEXT = ("please report this error", "Unable to infer file type")
+
+    def filter(self, record):
+        msg = record.getMessage()
+        return not any(t in msg for t in self._TEXT)
+
+
+class _quiet_hyperspy_io:
+    def __enter__(self):
+        import logging
+
+        self._logger = logging.getLogger("hyperspy.io")
+        self._filter = _DropLogRecords()
+        self._logger.addFilter(self._filter)
+
+    def __exit__(self, *exc):
+        self._logger.removeFilter(self._filter)
+        return False
+
+
+def _known_extension(suffix):
+    try:
+        from rsciio import IO_PLUGINS
+    except ImportError:  # pragma: no cover - HyperSpy needs RosettaSciIO
+        return True
+    ext = suffix.lstrip(".").lower()
+    return any(ext in [e.lower() for e in p.get("file_extensions", ())] for p in IO_PLUGINS)
+
+
+def _hdf5_contents(path, limit=6):
+    """Datasets of an HDF5 file as ``"name" (shape) dtype`` text; only the metadata is read."""
+    import h5py
+
+    found = []
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset):
+            found.append(f"{name!r} {tuple(obj.shape)} {obj.dtype}")
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(visit)
+    except (OSError, ValueError) as err:
+        return f"no readable datasets ({err})"
+    if not found:
+        return "no datasets"
+    more = f" and {len(found) - limit} more" if len(found) > limit else ""
+    return f"{len(found)} dataset(s): " + ", ".join(found[:limit]) + more
+
+
+def _read_error(path, err, lazy):
+    """One clear sentence for a file that ``hs.load`` could not read."""
+    suffix = Path(path).suffix.lower()
+    supported = ".hspy, .zspy, .mib, .blo, .emd, .dm4, ... (RosettaSciIO), fpd HDF5 or py4DSTEM EMD 1.0"
+    generic = "multiple file readers" in str(err) or not _known_extension(suffix)  # e.g. .h5, .hdf5
+    if suffix not in (".hspy", ".zspy") and generic and _is_hdf5(path):
+        return (
+            f"cannot read {path!r}: it is an HDF5 file in none of the layouts read here (HyperSpy .hspy, fpd, "
+            f"py4DSTEM EMD 1.0, RosettaSciIO's EMD/NeXus/USID/...); it holds {_hdf5_contents(path)}. Needed: one "
+            "4-dimensional dataset (2 scan + 2 detector dimensions) in one of these formats, e.g. "
+            "hs.signals.Signal2D(h5py.File(path)[name][()]).save('scan.zspy')"
+        )
+    if suffix != ".zspy" and not os.path.isdir(path) and not _known_extension(suffix):
+        return (
+            f"cannot read {path!r}: {suffix or 'a file without extension'!r} is not a format that "
+            f"HyperSpy/RosettaSciIO reads ({err}); supported: {supported}"
+        )
+    if suffix == ".zspy" and not lazy:
+        from hyperspy_cnmf.io._zspy import describe_corrupt_chunk
+
+        detail = describe_corrupt_chunk(path)
+        if detail:
+            return f"cannot read {path!r}: the file is damaged: {detail}"
+    return f"cannot read {path!r}: {err}"
 
 
 def as_stem4d(signal, source="the data"):
@@ -186,6 +279,8 @@ def load(path, lazy=None, bin_signal=1, **kwargs):
             kind = "fpd"
         elif _is_py4dstem_emd1(path):
             kind = "py4dstem"
+        elif "reader" not in kwargs and _is_hspy(path):  # a HyperSpy file named .h5, .hdf5, ...
+            kwargs["reader"] = "hspy"
     if lazy is None:
         size = _fpd_size(path) if kind == "fpd" else _path_size(path)
         lazy = size > LAZY_THRESHOLD_BYTES
@@ -202,12 +297,17 @@ def load(path, lazy=None, bin_signal=1, **kwargs):
     else:
         import hyperspy.api as hs
 
+        if suffix == ".zspy":  # a lost chunk would be read as zeros
+            from hyperspy_cnmf.io._zspy import check_zspy_chunks
+
+            check_zspy_chunks(path)
         try:
-            s = hs.load(path, lazy=lazy, **kwargs)
+            with _quiet_hyperspy_io():
+                s = hs.load(path, lazy=lazy, **kwargs)
         except ImportError:
             raise
         except Exception as err:  # RosettaSciIO raises many types
-            raise ValueError(f"cannot read {path!r}: {err}") from None
+            raise ValueError(_read_error(path, err, lazy)) from None
         s = _pick_4d(s, path)
     s = as_stem4d(s, source=repr(path))
     return bin_detector(s, bin_signal)

@@ -1,6 +1,6 @@
 """Bridge between py4DSTEM ``DataCube`` objects and HyperSpy 4D-STEM signals.
 
-py4DSTEM is an optional dependency (``pip install "hyperspy_cnmf[py4dstem]"``;
+py4DSTEM is an optional dependency (``pip install "py4dstem>=0.14.18,<0.15"``;
 py4DSTEM 0.14 pins ``numpy<2``, so it usually lives in its own environment).
 It is imported only inside the functions that need it, never when this module
 is imported, and :func:`from_py4dstem` / :func:`as_signal` do not import it at
@@ -84,7 +84,9 @@ import numpy as np
 
 __all__ = ["from_py4dstem", "to_py4dstem", "load_py4dstem", "as_signal"]
 
-INSTALL_HINT = 'pip install "hyperspy_cnmf[py4dstem]"'
+#: The PyPI name is ``py4DSTEM`` (pip normalises it to ``py4dstem``); the range is
+#: this package's ``[py4dstem]`` extra. hyperspy_cnmf itself is not on PyPI.
+INSTALL_HINT = 'pip install "py4dstem>=0.14.18,<0.15"'
 
 _METADATA_NODE = "Signal.py4DSTEM"
 
@@ -149,8 +151,9 @@ def _import_py4dstem():
     except ImportError as err:
         raise ImportError(
             "This feature needs py4DSTEM (0.14.x), which is not installed or "
-            f"cannot be imported ({err}). Install it with: {INSTALL_HINT} "
-            "(py4DSTEM 0.14 needs numpy<2: use a separate environment)."
+            f"cannot be imported ({err}). Install it with: {INSTALL_HINT} (or, in a "
+            'source checkout of hyperspy_cnmf: pip install -e ".[py4dstem]"); '
+            "py4DSTEM 0.14 needs numpy<2: use a separate environment."
         ) from err
     return py4DSTEM
 
@@ -599,7 +602,7 @@ def to_py4dstem(signal):
         If it is not 2+2 dimensional, has non-uniform axes, different scales
         or units within a space, or signal units unknown to py4DSTEM.
     ImportError
-        If py4DSTEM is not installed (``pip install "hyperspy_cnmf[py4dstem]"``).
+        If py4DSTEM is not installed (``pip install "py4dstem>=0.14.18,<0.15"``).
 
     Examples
     --------
@@ -752,7 +755,7 @@ def load_py4dstem(filename, lazy=False, datapath=None, chunks=None, **kwargs):
         If the file holds no DataCube, or several and ``datapath`` is not
         given, or ``datapath`` is not a DataCube.
     ImportError
-        If py4DSTEM is not installed (``pip install "hyperspy_cnmf[py4dstem]"``).
+        If py4DSTEM is not installed (``pip install "py4dstem>=0.14.18,<0.15"``).
 
     Examples
     --------

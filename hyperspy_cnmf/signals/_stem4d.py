@@ -249,14 +249,29 @@ class STEM4D(Signal2D):
             ids = list(range(int(comp_ids)))
         else:
             ids = [int(i) for i in comp_ids]
+        if any(not -n <= i < n for i in ids):
+            raise ValueError(f"comp_ids {comp_ids!r} is out of range for {n} component(s)")
         out = Path(folder or ".")
         out.mkdir(parents=True, exist_ok=True)
         from hyperspy.utils import stack
 
-        all_factors = self.get_decomposition_factors()
-        all_loadings = self.get_decomposition_loadings()
-        factors = stack([all_factors.inav[i] for i in ids], show_progressbar=False)
-        loadings = stack([all_loadings.inav[i] for i in ids], show_progressbar=False)
+        def pick(signal, axes):
+            # always a component axis, also for one component
+            if signal.axes_manager.navigation_dimension == 0:
+                # k = 1: HyperSpy's loadings come without it (and with a renamed scan axis)
+                dicts = [{"size": len(ids), "navigate": True, "name": "Decomposition component index"}]
+                for axis in axes[::-1]:
+                    dicts.append(dict(axis.get_axis_dictionary(), navigate=False))
+                one = type(signal)(np.repeat(signal.data[np.newaxis], len(ids), axis=0), axes=dicts)
+                one.metadata.General.title = signal.metadata.General.title
+                return one
+            if len(ids) == 1:  # stack() would return the one signal as it is, without the axis
+                return signal.inav[ids[0] % n:ids[0] % n + 1]
+            return stack([signal.inav[i] for i in ids], show_progressbar=False)
+
+        am = self.axes_manager
+        factors = pick(self.get_decomposition_factors(), am.signal_axes)
+        loadings = pick(self.get_decomposition_loadings(), am.navigation_axes)
         files = [out / f"{factor_prefix}s.{factor_format}", out / f"{loading_prefix}s.{loading_format}"]
         factors.save(files[0], overwrite=True)
         loadings.save(files[1], overwrite=True)
