@@ -5,7 +5,7 @@ amorphous matrix and 6 grains of 2 phases, 7 true components) and each number
 of components ``k``, runs the paper's workflow,
 
     s.decomposition(algorithm="constrained_nmf", output_dimension=k,
-                    normalize_poissonian_noise=True, random_state=0)
+                    random_state=0)   # Poisson-weighted, direct beam left out (defaults)
     s.cluster_diffraction()
 
 and reports:
@@ -17,7 +17,7 @@ and reports:
   their true phase;
 - the ARI of the position labels (``cdiff_position_labels``) against the true
   phase map (``metadata.Simulation.phase_map``: the phase of the grain whose
-  map exceeds half its maximum, else the matrix);
+  projected disk holds the probe centre, else the matrix);
 - the direct-beam-only components found and the number of map objects.
 
     python benchmarks/quality_clustering.py                      # seeds 0-5, k = 7, 14, 21

@@ -207,11 +207,14 @@ def _demo(args):
     pca.decomposition(algorithm="SVD", output_dimension=k, print_info=False)
     pca.learning_results.crop_decomposition_dimension(k)
     runs["PCA (SVD)"] = (pca, time.perf_counter() - t0)
+    # Both fit every detector pixel (direct_beam_mask=False), as PCA does, so that the MSE and the
+    # matched cosines against the true patterns (beam included) compare like with like.
     for name, kw in (
         # the paper's primitive NMF: plain least squares, no constraint
-        ("primitive NMF", dict(map_resolution=None, diffraction_constraint=False, separate_components=False)),
-        # counting data: Poisson weighting (see the README's guide)
-        ("constrained NMF", dict(normalize_poissonian_noise=True)),
+        ("primitive NMF", dict(map_resolution=None, diffraction_constraint=False, separate_components=False,
+                               normalize_poissonian_noise=False, direct_beam_mask=False)),
+        # counting data: Poisson weighting (the default; see the README's guide)
+        ("constrained NMF", dict(normalize_poissonian_noise=True, direct_beam_mask=False)),
     ):
         print(f"{name} ...")
         t0 = time.perf_counter()
@@ -248,7 +251,7 @@ def _demo(args):
     t0 = time.perf_counter()
     c = s.deepcopy()
     c.decomposition(algorithm="constrained_nmf", output_dimension=k_cluster, random_state=0, max_iter=max_iter,
-                    print_info=False, show_progressbar=True, normalize_poissonian_noise=True)
+                    print_info=False, show_progressbar=True)  # the defaults: Poisson-weighted, beam left out
     res = c.cluster_diffraction()
     dt_cluster = time.perf_counter() - t0
     lr = c.learning_results
@@ -402,7 +405,7 @@ def _run(args):
 
     # measured numbers
     mse = rp.reconstruction_mse(s, signal_mask=signal_mask)
-    baseline = rp.mean_pattern_mse(s) if signal_mask is None else None
+    baseline = rp.mean_pattern_mse(s, signal_mask=lr.signal_mask)
     cy, cx, r_beam = find_beam_disk(mean_pattern) if beam is None else beam
     dip_r = float(lr.cnmf_diffraction_constraint_size)
     if not np.isfinite(dip_r):  # constraint off: the decomposition's default size

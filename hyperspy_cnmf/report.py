@@ -50,7 +50,9 @@ def reconstruction_mse(signal, n_components=None, signal_mask=None):
     n_components : int, optional
         Use only the first components (e.g. PCA truncated to k).
     signal_mask : bool array (qy, qx), optional
-        Detector pixels left out (True = excluded).
+        Detector pixels left out (True = excluded). Pixels that the
+        decomposition left out (NaN in every factor, e.g. the direct beam of
+        ``direct_beam_mask="auto"``) are always left out.
     """
     lr = signal.learning_results
     am = signal.axes_manager
@@ -60,6 +62,7 @@ def reconstruction_mse(signal, n_components=None, signal_mask=None):
     W = np.nan_to_num(np.asarray(lr.loadings[:, :k], dtype=np.float64))
     H = np.nan_to_num(np.asarray(lr.factors[:, :k], dtype=np.float64))
     valid = np.ones(n_sig, bool) if signal_mask is None else ~np.asarray(signal_mask, bool).ravel()
+    valid &= ~np.all(np.isnan(np.asarray(lr.factors[:, :k], dtype=np.float64)), axis=1)
     mean = getattr(lr, "mean", None)
     offset = 0.0 if mean is None else np.asarray(mean, dtype=np.float64).ravel()[valid]
     if signal._lazy:
@@ -76,11 +79,19 @@ def reconstruction_mse(signal, n_components=None, signal_mask=None):
     return total / X.size
 
 
-def mean_pattern_mse(signal):
+def mean_pattern_mse(signal, signal_mask=None):
     """MSE of the rank-1 baseline ``X[p] ~ total(p) * mean pattern``.
 
     A decomposition with more components should do better than this model,
     which knows only the intensity at each probe position.
+
+    Parameters
+    ----------
+    signal : STEM4D or LazySTEM4D
+    signal_mask : bool array (qy, qx), optional
+        Detector pixels left out (True = excluded), e.g.
+        ``learning_results.signal_mask`` to compare with
+        :func:`reconstruction_mse` on the same pixels.
     """
     am = signal.axes_manager
     n_nav = int(np.prod(am._navigation_shape_in_array))
@@ -89,6 +100,8 @@ def mean_pattern_mse(signal):
     if signal._lazy:
         data = data.compute()
     X = np.asarray(data, dtype=np.float64).reshape(n_nav, n_sig)
+    if signal_mask is not None:
+        X = X[:, ~np.asarray(signal_mask, bool).ravel()]
     totals = X.sum(axis=1, keepdims=True)
     pattern = X.sum(axis=0) / max(X.sum(), 1e-300)
     return float(np.mean((X - totals * pattern) ** 2))
