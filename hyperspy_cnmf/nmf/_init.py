@@ -7,9 +7,11 @@ def nndsvd_from_svd(U, S, Vt, k, mean, fill="average", rng=None):
     """Non-negative double SVD initialisation (Boutsidis & Gallopoulos 2008).
 
     Each singular triplet is split into its positive and negative parts and
-    the dominant part kept. Zeros are then filled with the data mean
-    (``fill="average"``: NNDSVDa, the scikit-learn default) so that
-    multiplicative updates can move them.
+    the dominant part kept. Entries below ``1e-6 sqrt(S[0])`` are zeroed and,
+    with ``fill="average"`` (NNDSVDa, as in scikit-learn), zeros are filled
+    with ``sqrt(mean)`` so that multiplicative updates can move them.
+    Threshold and fill scale with the data: the factors of ``c X`` are
+    ``sqrt(c)`` times those of ``X``.
 
     Parameters
     ----------
@@ -47,12 +49,18 @@ def nndsvd_from_svd(U, S, Vt, k, mean, fill="average", rng=None):
         lbd = np.sqrt(S[j] * sigma)
         W[:, j] = lbd * u
         Ht[:, j] = lbd * v
-    eps = 1e-6
+    # Relative threshold and fill, so that the data times ``c`` give the same
+    # factors times ``sqrt(c)`` (scale equivariance): both scale with the data.
+    eps = 1e-6 * np.sqrt(S[0]) if S[0] > 0 else 0.0
     W[W < eps] = 0.0
     Ht[Ht < eps] = 0.0
     if fill == "average":
-        W[W == 0] = mean
-        Ht[Ht == 0] = mean
+        # ``sqrt(mean)``: a filled map entry times a filled pattern entry is the
+        # data mean, the product scikit-learn's fill aims at; its fill with the
+        # mean itself is not equivariant (W and Ht scale as sqrt(data)).
+        avg = np.sqrt(max(mean, 0.0))
+        W[W == 0] = avg
+        Ht[Ht == 0] = avg
     return W, Ht
 
 
@@ -111,7 +119,7 @@ def spa_from_svd(U, S, Vt, k, valid_rows=None):
     # Maps: clipped least squares of the low-rank data on those patterns.
     G = Ht.T @ Ht
     rhs = (R @ Vt) @ Ht
-    reg = 1e-12 * max(np.trace(G), 1.0)
+    reg = max(1e-12 * np.trace(G), np.finfo(np.float64).tiny)  # relative: scale-equivariant
     W = np.maximum(np.linalg.solve(G + reg * np.eye(k), rhs.T).T, 0.0)
     if valid_rows is not None:
         W[~valid_rows] = 0.0

@@ -24,7 +24,11 @@ SOLVERS = ("hals", "mu", "als")
 #: Default extra rank of the randomized sketch beyond ``k``.
 SKETCH_OVERSAMPLE = 10
 INITS = ("nndsvda", "nndsvd", "spa", "random")
+#: Relative floors and regularisations (times the scale of the quantity they
+#: guard): no absolute threshold, so that the data times ``c`` give the same
+#: patterns and ``c`` times the maps.
 _EPS = 1e-12
+_TINY = np.finfo(np.float64).tiny
 _NO_SKIP = np.zeros(0, dtype=bool)
 
 
@@ -83,10 +87,12 @@ def _update(solver, A, R, G, skip, n_inner, inner_tol):
         # Several multiplicative sweeps per data read: R and G are fixed
         # within an update and a sweep costs a small fraction of a read
         # (measured: 4x less wall time to a lower loss on the benchmark).
+        # The denominator ``A G`` has the units of ``R``: floored relative to it.
+        eps = max(_EPS * float(np.max(R, initial=0.0)), _TINY)
         for _ in range(max(1, n_inner // 2)):
-            mu_rows(A, R, G, skip, _EPS)
+            mu_rows(A, R, G, skip, eps)
     else:  # "als": unconstrained least squares, then clipped (the paper's ALS)
-        reg = _EPS * max(np.trace(G), 1.0) / G.shape[0]
+        reg = max(_EPS * np.trace(G) / G.shape[0], _TINY)  # relative: scale-equivariant
         sol = np.linalg.solve(G + reg * np.eye(G.shape[0]), np.asarray(R, np.float64).T).T
         np.maximum(sol, 0.0, out=sol)
         if skip.shape[0] == A.shape[0]:
@@ -100,9 +106,13 @@ def _physical(constraint, scale):
     if constraint is None or np.all((scale == 0) | (scale == 1)):
         return constraint
     safe = np.where(scale > 0, scale, 1.0)[:, None]
+    scale = np.asarray(scale, dtype=np.float64)[:, None]
 
     def wrapped(A):
-        return constraint(A / safe) * safe
+        # Rows of scale 0 (masked, or columns without counts under the Poisson
+        # weighting) come back as 0: multiplied by the fallback 1 they would mix
+        # data units into the effective ones (not scale-equivariant).
+        return constraint(A / safe) * scale
 
     return wrapped
 
@@ -210,14 +220,33 @@ def _iterate(op, W, Ht, *, solver, max_iter, tol, map_c, diff_c, n_inner, inner_
         else:
             _projected_update(solver, Ht, XtW, WtW, skip_cols, diff_c, n_inner, inner_tol)
         loss = _loss(sq_norm, XtW, WtW, Ht, n_valid)
+        if not np.isfinite(loss):
+            _raise_non_finite(W, Ht, phase, it)
         losses.append(loss)
         XtW *= _balance(W, Ht)  # Xe.T @ W of the balanced maps
         if callback is not None:
             callback(phase, it, loss)
-        if it > 0 and abs(losses[-2] - loss) <= tol * max(losses[-2], _EPS):
+        if it > 0 and abs(losses[-2] - loss) <= tol * losses[-2]:  # relative, no absolute floor
             converged = True
             break
     return losses, converged, XtW
+
+
+class NonFiniteError(FloatingPointError):
+    """The fit produced NaN or infinite factors (the data or the start overflowed)."""
+
+
+def _raise_non_finite(W, Ht, phase, it):
+    """Stop the fit with the reason instead of returning NaN/inf factors."""
+    bad = [name for name, A in (("maps", W), ("patterns", Ht)) if not np.all(np.isfinite(A))]
+    where = " and ".join(bad) if bad else "the loss (the products of the factors)"
+    big = max(float(np.max(np.abs(A), initial=0.0)) if np.all(np.isfinite(A)) else np.inf for A in (W, Ht))
+    raise NonFiniteError(
+        f"constrained NMF diverged: {where} became NaN or infinite in {phase} iteration {it + 1} "
+        f"(largest factor entry {big:.3g}). The factors over- or underflowed float64: the data or "
+        "the custom init are too large or too small in absolute value; rescale them by a constant "
+        "(the fit is scale-equivariant) or use another solver"
+    )
 
 
 def _safe_share(hi, hj, a, max_clip):
@@ -320,6 +349,9 @@ def _start(W0, Ht0, op, map_c, diff_c):
         W[:] = map_c(W)
     if diff_c is not None:
         Ht[:] = diff_c(Ht)
+    # The projections may fill masked entries; they take no part in the fit.
+    Ht[op.col_scale == 0] = 0.0
+    W[op.row_scale == 0] = 0.0
     return W, Ht
 
 
@@ -338,6 +370,12 @@ def _initial_factors(op, k, init, rng, n_power_iter, oversample):
             raise ValueError("custom init contains NaN or infinite values")
         if W0.min() < 0 or Ht0.min() < 0:
             raise ValueError("custom init must be non-negative")
+        dead = np.flatnonzero(~(np.any(W0[op.row_scale != 0] > 0, axis=0) & np.any(Ht0[op.col_scale != 0] > 0, axis=0)))
+        if dead.size:
+            raise ValueError(
+                f"custom init: component(s) {dead.tolist()} have an all-zero map or pattern "
+                "(on the unmasked entries); a component that starts at zero stays zero"
+            )
         return W0, Ht0, None
     if init == "random":
         W0, Ht0 = random_init(op.shape[0], op.shape[1], k, mean, rng)
@@ -456,7 +494,10 @@ def constrained_nmf(
     n_rows = int((op.row_scale != 0).sum())
     n_cols = int((op.col_scale != 0).sum())
     if n_rows == 0 or n_cols == 0:
-        raise ValueError("all data are masked: nothing to factorize")
+        raise ValueError(
+            "all data are masked: nothing to factorize (rows or columns of zero scale count as masked; "
+            "with the Poisson weighting, rows and columns without counts)"
+        )
     if k < 1 or k > min(n_rows, n_cols):
         raise ValueError(
             f"the number of components ({k}) must be between 1 and min(unmasked positions, "
@@ -467,6 +508,17 @@ def constrained_nmf(
         raise ValueError(f"n_init must be a positive integer, got {n_init}")
     if max_exact_iter is None:
         max_exact_iter = max_iter
+    # ``max_iter`` caps every phase, in memory and out of core alike: with
+    # ``max_iter=0`` the result is the (projected, separated) start.
+    max_exact_iter = min(int(max_exact_iter), int(max_iter))
+    sq_norm = op.stats()["sq_norm"]
+    if sq_norm == 0:
+        raise ValueError("the data are all zero (on the unmasked entries): there is nothing to factorize")
+    if not np.isfinite(sq_norm):
+        raise ValueError(
+            "the sum of squares of the (weighted) data overflows float64 "
+            f"({sq_norm}); divide the data by a constant (the fit is scale-equivariant)"
+        )
     rng = np.random.default_rng(random_state)
     passes0 = getattr(op, "n_passes", 0)
     map_c = _physical(map_constraint, op.row_scale)
