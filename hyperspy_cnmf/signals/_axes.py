@@ -10,7 +10,14 @@ def _is_undefined(value):
 
 
 def check_4d(signal, purpose="constrained NMF"):
-    """Raise a clear error unless the signal is 2+2 dimensional."""
+    """Raise a clear error unless the signal is 2+2 dimensional with uniform axes.
+
+    Everything downstream works on a regular grid: the map filter and the map
+    spectra use the scan step (``axis.scale``), the beam finder and the
+    clustering the detector's pixel size. A non-uniform axis (a HyperSpy
+    ``DataAxis`` given by an ``axis`` array, or a ``FunctionalDataAxis``) has
+    no step, so it is refused here, before any read, with the remedy.
+    """
     am = signal.axes_manager
     if am.navigation_dimension != 2 or am.signal_dimension != 2:
         raise ValueError(
@@ -18,6 +25,16 @@ def check_4d(signal, purpose="constrained NMF"):
             f"(detector) dimensions; this signal has {am.navigation_dimension} navigation "
             f"and {am.signal_dimension} signal dimension(s) ({am._get_dimension_str()})"
         )
+    for kind, axes in (("navigation", am.navigation_axes), ("signal", am.signal_axes)):
+        for axis in axes:
+            if not getattr(axis, "is_uniform", True):
+                name = axis.name if not _is_undefined(axis.name) else f"index {axis.index_in_axes_manager}"
+                raise ValueError(
+                    f"{purpose} needs uniform (evenly spaced) axes, but the {kind} axis {name!r} is "
+                    f"non-uniform ({type(axis).__name__} with an explicit axis array). If its points are "
+                    "evenly spaced, convert it with `s.axes_manager[...].convert_to_uniform_axis()`; "
+                    "otherwise resample the data onto a regular grid first"
+                )
 
 
 def set_default_axes(signal):

@@ -39,6 +39,17 @@ def _mask_vector(mask, size, shape, name):
     return data.ravel().copy()
 
 
+def _check_dtype(dtype):
+    """Real numbers only (counts or intensities), from the dtype alone: no read."""
+    if np.issubdtype(dtype, np.complexfloating):
+        raise TypeError(
+            f"constrained NMF needs real, non-negative data; got complex data (dtype {dtype}). "
+            "Decompose e.g. the intensity: s.data = abs(s.data) ** 2"
+        )
+    if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.bool_)):
+        raise TypeError(f"constrained NMF needs real numeric data; got dtype {dtype}")
+
+
 def _unfolded_data(signal):
     """The data as a (positions, pixels) float array, without modifying the signal.
 
@@ -46,13 +57,15 @@ def _unfolded_data(signal):
     axes), unfolded and cast chunk by chunk by :class:`DaskOperator`.
     """
     data = signal.data
-    if np.iscomplexobj(data):
-        raise TypeError("constrained NMF needs real, non-negative data; got complex data")
+    _check_dtype(data.dtype)
     if signal._lazy:
         return data
     if not np.issubdtype(data.dtype, np.floating) or data.dtype.itemsize < 4:
         # Integer counts (and float16) are analysed as float32; the signal keeps its dtype.
         data = data.astype(np.float32)
+    elif not data.dtype.isnative:
+        # Big-endian floats (e.g. ">f4" from a file): a native copy for the Numba kernels.
+        data = data.astype(data.dtype.newbyteorder("="))
     nav = signal.axes_manager._navigation_shape_in_array
     sig = signal.axes_manager._signal_shape_in_array
     return data.reshape(int(np.prod(nav)), int(np.prod(sig)))
@@ -148,7 +161,7 @@ def _poisson_scales(op, nav_valid, sig_valid):
     r = np.where(nav_valid & (rows > 0), 1.0 / np.sqrt(np.where(rows > 0, rows, 1.0)), 0.0)
     c = np.where(sig_valid & (cols > 0), 1.0 / np.sqrt(np.where(cols > 0, cols, 1.0)), 0.0)
     total = float(cols[sig_valid].sum())
-    return r * np.sqrt(max(total, 1.0)), c
+    return r * (np.sqrt(total) if total > 0 else 1.0), c  # no absolute floor: scale-equivariant
 
 
 def _progress_callback(show_progressbar, max_iter):
@@ -184,15 +197,6 @@ def _progress_callback(show_progressbar, max_iter):
 BEAM_MASK_MARGIN = 1.5
 
 
-def _check_direct_beam_mask(value):
-    if value is None or isinstance(value, bool) or value == "auto":
-        return
-    if isinstance(value, str) or not np.isscalar(value) or not np.isfinite(value) or value <= 0:
-        raise ValueError(
-            f"direct_beam_mask must be 'auto', False/None or a positive radius in pixels, got {value!r}"
-        )
-
-
 def _mask_radius(value, beam, excursion=0.0):
     """Radius (px) of the direct-beam disk left out of the fit; 0 when it is fitted.
 
@@ -211,6 +215,121 @@ def _direct_beam_disk(radius, beam, sig_shape):
     """Flat boolean mask of the detector pixels within ``radius`` (px) of the beam centre."""
     yy, xx = np.indices(sig_shape)
     return (np.hypot(yy - beam[0], xx - beam[1]) <= radius).ravel()
+
+
+class _Constraint:
+    """One allowed kind of value of a parameter: a test and its description."""
+
+    def __init__(self, test, text):
+        self.test, self.text = test, text
+
+    def __call__(self, value):
+        try:
+            return bool(self.test(value))
+        except (TypeError, ValueError):
+            return False
+
+
+def _options(*values):
+    return _Constraint(lambda v: isinstance(v, str) and v in values, "one of " + ", ".join(repr(v) for v in values))
+
+
+def _is_int(v):
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_real(v):
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def _integer(low):
+    return _Constraint(lambda v: _is_int(v) and v >= low, f"an integer >= {low}")
+
+
+def _real(low, high=None, low_open=False):
+    def test(v):
+        if not (_is_real(v) and np.isfinite(v)):
+            return False
+        return (v > low if low_open else v >= low) and (high is None or v <= high)
+
+    interval = f"{'(' if low_open else '['}{low:g}, {'inf)' if high is None else f'{high:g}]'}"
+    return _Constraint(test, f"a finite number in {interval}")
+
+
+_NONE = _Constraint(lambda v: v is None, "None")
+_FALSE = _Constraint(lambda v: v is False, "False")
+_BOOL = _Constraint(lambda v: isinstance(v, (bool, np.bool_)), "True or False")
+_GENERATOR = _Constraint(lambda v: isinstance(v, np.random.Generator), "a numpy.random.Generator")
+_PAIR = _Constraint(lambda v: isinstance(v, (tuple, list)), "a (loadings, factors) pair")
+
+#: The allowed values of every argument of :func:`constrained_nmf_decomposition`
+#: (scikit-learn's ``_parameter_constraints``), checked at once by :func:`_check_params`
+#: before the first read of the data. The masks are checked against the axes by
+#: :func:`_mask_vector`, a custom ``init``'s shapes by :func:`_check_custom_init`.
+_PARAMETER_CONSTRAINTS = {
+    "output_dimension": [_integer(1)],
+    "solver": [_options(*SOLVERS)],
+    "init": [_options(*INITS), _PAIR],
+    "max_iter": [_integer(0)],
+    "tol": [_real(0)],
+    "random_state": [_NONE, _integer(0), _GENERATOR],
+    "map_resolution": [_options("auto"), _NONE, _FALSE, _real(0, low_open=True)],
+    "map_filter": [_options("tukey", "hard", "gaussian")],
+    "diffraction_constraint": [_BOOL],
+    "diffraction_constraint_size": [_options("auto"), _real(1)],
+    "diffraction_constraint_strength": [_real(0, 1, low_open=True)],
+    "diffraction_constraint_mode": [_options("azimuthal", "isotropic")],
+    "normalize_poissonian_noise": [_BOOL],
+    "direct_beam_mask": [_options("auto"), _NONE, _BOOL, _real(0, low_open=True)],
+    "sketch": [_BOOL],
+    "n_init": [_integer(1)],
+    "max_exact_iter": [_options("auto"), _NONE, _integer(0)],
+    "separate_components": [_BOOL],
+    "print_info": [_BOOL],
+    "return_info": [_BOOL],
+    "show_progressbar": [_NONE, _BOOL],
+}
+
+
+def _check_params(params):
+    """Check every argument against :data:`_PARAMETER_CONSTRAINTS`: one clear error, no data read."""
+    for name, constraints in _PARAMETER_CONSTRAINTS.items():
+        value = params[name]
+        if not any(c(value) for c in constraints):
+            allowed = " or ".join(c.text for c in constraints)
+            what = f"unknown {name} {value!r}: " if isinstance(value, str) else ""
+            raise ValueError(f"{what}{name} must be {allowed}; got {value!r}")
+
+
+def _check_custom_init(init, n_nav, n_sig, k):
+    """A custom ``(loadings, factors)`` pair in HyperSpy's layout, as float64 arrays.
+
+    Shapes ``(n_nav, k)`` and ``(n_sig, k)``; NaN (masked entries of an earlier
+    run's ``learning_results``) read as 0; non-negative and finite; no component
+    whose map or pattern is all zero (the updates never move it away from zero).
+    """
+    if len(init) != 2:
+        raise ValueError("a custom init is a (loadings, factors) pair")
+    loadings, factors = (np.asarray(a, dtype=np.float64) for a in init)
+    for name, a, shape in (("loadings", loadings, (n_nav, k)), ("factors", factors, (n_sig, k))):
+        if a.shape != shape:
+            raise ValueError(
+                f"the custom init's {name} must have the shape {shape} (HyperSpy's layout: "
+                f"{'navigation' if name == 'loadings' else 'signal'} size x output_dimension), got {a.shape}"
+            )
+    loadings, factors = np.nan_to_num(loadings, nan=0.0), np.nan_to_num(factors, nan=0.0)
+    for name, a in (("loadings", loadings), ("factors", factors)):
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"the custom init's {name} contain infinite values")
+        if a.min() < 0:
+            raise ValueError(f"the custom init's {name} must be non-negative (minimum {a.min():g})")
+        dead = np.flatnonzero(~np.any(a > 0, axis=0))
+        if dead.size:
+            raise ValueError(
+                f"the custom init's {name} are all zero for component(s) {dead.tolist()}: a component "
+                "that starts at zero stays zero; give it a non-zero start"
+            )
+    return loadings, factors
 
 
 def constrained_nmf_decomposition(
@@ -241,30 +360,23 @@ def constrained_nmf_decomposition(
     show_progressbar=None,
 ):
     """Run constrained NMF on a 4D-STEM signal; see ``STEM4D.decomposition``."""
+    # Every argument, the axes and the dtype are checked here, before the first read.
     check_4d(signal)
+    if output_dimension is None:
+        raise ValueError("output_dimension (the number of components k) must be given for algorithm='constrained_nmf'")
+    _check_params(locals())
+    _check_dtype(signal.data.dtype)
     if isinstance(max_exact_iter, str):
-        if max_exact_iter != "auto":
-            raise ValueError(f"max_exact_iter must be 'auto', None or an integer, got {max_exact_iter!r}")
         # In memory and out of core alike: exact iterations to ``tol``, so that a lazy fit
         # gives the in-memory result (issue 10, item 7); the few-read fit is max_exact_iter=1.
         max_exact_iter = None
-    if output_dimension is None:
-        raise ValueError("output_dimension (the number of components k) must be given for algorithm='constrained_nmf'")
-    if isinstance(output_dimension, bool) or not isinstance(output_dimension, (int, np.integer)) or output_dimension < 1:
-        raise ValueError(f"output_dimension must be a positive integer, got {output_dimension!r}")
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
-    _check_direct_beam_mask(direct_beam_mask)
     am = signal.axes_manager
     nav_shape = am._navigation_shape_in_array
     sig_shape = am._signal_shape_in_array
     n_nav, n_sig = int(np.prod(nav_shape)), int(np.prod(sig_shape))
     k = int(output_dimension)
     if isinstance(init, (tuple, list)):
-        if len(init) != 2:
-            raise ValueError("a custom init is a (loadings, factors) pair")
-        loadings0, factors0 = (np.nan_to_num(np.asarray(a, dtype=np.float64)) for a in init)
-        init = (loadings0, factors0)
+        init = _check_custom_init(init, n_nav, n_sig, k)
     elif init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose one of {INITS} or a (loadings, factors) pair")
 
@@ -283,6 +395,10 @@ def constrained_nmf_decomposition(
         raise ValueError(
             f"the data contain {stats['n_bad']} NaN or infinite values outside the masks; "
             "exclude them with navigation_mask / signal_mask"
+        )
+    if stats["total"] == 0 and stats["minimum"] >= 0:
+        raise ValueError(
+            "the data are all zero (outside the masks): there is nothing to factorize"
         )
     if stats["minimum"] < 0:
         raise ValueError(

@@ -60,6 +60,32 @@ def _factors(signal, idx):
     return np.asarray(signal.learning_results.factors[:, idx], dtype=np.float64).T.reshape(-1, qy, qx)
 
 
+def _check_non_negative(factors, run="this decomposition"):
+    """Refuse factors with negative values (e.g. SVD/PCA): a dip "fraction" of them has no meaning.
+
+    The dip measure is ``sum(closing(p) - p) / sum(p)``: for a pattern with
+    negative values the denominator can be near 0 or negative and the result
+    is no fraction (SVD factors gave 671). Negative entries beyond rounding
+    (``1e-9`` of the largest magnitude) raise.
+    """
+    f = np.asarray(factors, dtype=np.float64)
+    if not np.any(np.isfinite(f)):
+        return factors
+    low, high = np.nanmin(f), np.nanmax(np.abs(f))
+    if low < -1e-9 * high:
+        raise ValueError(
+            f"the dip measure is meant for non-negative factors (NMF), but the factors of {run} have "
+            f"negative values (minimum {low:.3g}, largest magnitude {high:.3g}); run "
+            "decomposition(algorithm='constrained_nmf') (or 'NMF') first"
+        )
+    return factors
+
+
+def _run_name(signal):
+    algorithm = getattr(signal.learning_results, "decomposition_algorithm", None)
+    return f"this decomposition (algorithm={algorithm!r})" if algorithm else "this decomposition"
+
+
 def _model_pattern(signal):
     """Sum of the modelled patterns, ``factors @ sum(loadings)``: the mean
     pattern (times the number of positions) without reading the data."""
@@ -267,6 +293,9 @@ def get_dip_measure(self, radius=None, components=None, mode=None):
     ------
     RuntimeError
         If there is no decomposition.
+    ValueError
+        If the factors have negative values (SVD, PCA, ICA): the measure is
+        meant for non-negative factors.
 
     Examples
     --------
@@ -278,7 +307,8 @@ def get_dip_measure(self, radius=None, components=None, mode=None):
     """
     lr = _check_decomposition(self)
     idx = _component_indices(lr, components)
-    return dip_measure(_factors(self, idx), _dip_constraint(self, radius, mode))
+    factors = _check_non_negative(_factors(self, idx), _run_name(self))
+    return dip_measure(factors, _dip_constraint(self, radius, mode))
 
 
 def plot_dip_measure(self, others=None, radius=None, components=None, mode=None, labels=None, n_show=3, **kwargs):
@@ -335,12 +365,14 @@ def plot_dip_measure(self, others=None, radius=None, components=None, mode=None,
         names += [f"Run {i}" for i in range(len(names) + 1, len(others) + 1)]
         others = dict(zip(names, others))
     first = (labels[0] if labels else None) or self.metadata.General.title or "This run"
-    runs = {first: _factors(self, idx)}
+    runs = {first: _check_non_negative(_factors(self, idx), _run_name(self))}
     qy, qx = self.axes_manager._signal_shape_in_array
     for name, other in others.items():
         if hasattr(other, "learning_results"):
             _check_decomposition(other)
             other = _factors(other, _component_indices(other.learning_results, None))
-        runs[str(name)] = np.asarray(getattr(other, "data", other), dtype=np.float64).reshape(-1, qy, qx)
+        runs[str(name)] = _check_non_negative(
+            np.asarray(getattr(other, "data", other), dtype=np.float64).reshape(-1, qy, qx), f"run {name!r}"
+        )
     kwargs.setdefault("signal_axes", [axis_info(a) for a in self.axes_manager.signal_axes])
     return plotting.plot_dip_measure(runs, constraint, n_show=n_show, **kwargs)

@@ -1,0 +1,179 @@
+"""Every argument and input of decomposition(algorithm="constrained_nmf"): one clear error
+before the first read, degenerate inputs refused, and results that do not depend on units."""
+
+import warnings
+
+import dask.array as da
+import hyperspy.api as hs
+import numpy as np
+import pytest
+
+from hyperspy_cnmf.data import simulated_precipitates
+
+
+@pytest.fixture(scope="module")
+def small():
+    return simulated_precipitates(scan_shape=(24, 24), n_grains=2, random_state=0)
+
+
+def _run(s, k=4, **kw):
+    kw.setdefault("random_state", 0)
+    kw.setdefault("print_info", False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return s.decomposition(algorithm="constrained_nmf", output_dimension=k, return_info=True, **kw)
+
+
+class _ReadError(RuntimeError):
+    pass
+
+
+def _unreadable(s):
+    """A lazy copy of ``s`` whose every chunk raises when it is read."""
+
+    def fail(block):
+        raise _ReadError("the data were read")
+
+    data = da.map_blocks(fail, da.from_array(np.asarray(s.data, np.float32), chunks=(8, 8, -1, -1)),
+                         dtype=np.float32)
+    lazy = s.as_lazy()
+    lazy.data = data
+    return lazy
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(tol=-1e-3), "tol must be a finite number"),
+        (dict(tol=float("nan")), "tol must be a finite number"),
+        (dict(max_iter=-1), "max_iter must be an integer >= 0"),
+        (dict(max_iter=2.5), "max_iter must be an integer >= 0"),
+        (dict(max_iter=True), "max_iter must be an integer >= 0"),
+        (dict(random_state=-1), "random_state must be None or an integer >= 0"),
+        (dict(random_state="0"), "random_state must be None"),
+        (dict(n_init=0), "n_init must be an integer >= 1"),
+        (dict(solver="cd"), "unknown solver 'cd'"),
+        (dict(init="svd"), "unknown init 'svd'"),
+        (dict(map_filter="tukeyy"), "unknown map_filter 'tukeyy'"),
+        (dict(map_resolution=-2.0), "map_resolution must be"),
+        (dict(diffraction_constraint_strength=2), r"diffraction_constraint_strength must be a finite number in \(0, 1\]"),
+        (dict(diffraction_constraint_size=0.5), "diffraction_constraint_size must be"),
+        (dict(diffraction_constraint_mode="radial"), "unknown diffraction_constraint_mode"),
+        (dict(max_exact_iter="few"), "unknown max_exact_iter"),
+        (dict(direct_beam_mask=-3), "direct_beam_mask must be"),
+        (dict(sketch="yes"), "sketch must be True or False"),
+        (dict(init=(np.ones((5, 4)), np.ones((48 * 48, 4)))), r"loadings must have the shape \(576, 4\)"),
+        (dict(init=(np.ones((576, 4)), np.ones((48 * 48, 3)))), r"factors must have the shape \(2304, 4\)"),
+        (dict(init=(np.zeros((576, 4)), np.ones((48 * 48, 4)))), r"all zero for component\(s\) \[0, 1, 2, 3\]"),
+        (dict(output_dimension=2.0), "output_dimension must be an integer >= 1"),
+    ],
+)
+def test_bad_parameters_are_reported_before_the_first_read(small, kwargs, match):
+    s = _unreadable(small)
+    with pytest.raises(_ReadError):  # the probe: any read of this signal raises
+        s.data.compute()
+    k = kwargs.pop("output_dimension", 4)
+    with pytest.raises(ValueError, match=match):
+        _run(s, k=k, **kwargs)
+
+
+def test_a_good_call_does_read(small):
+    with pytest.raises(_ReadError):
+        _run(_unreadable(small))
+
+
+def test_complex_data_one_type_error_before_any_read(small):
+    s = _unreadable(small)
+    s.data = s.data.astype(np.complex64)  # dtype only: still unreadable
+    with pytest.raises(TypeError, match="real, non-negative data; got complex data"):
+        _run(s)
+    eager = small.deepcopy()
+    eager.data = eager.data.astype(np.complex64)
+    with pytest.raises(TypeError, match="got complex data"):
+        _run(eager)
+
+
+def test_non_uniform_navigation_axis_is_a_clear_error_before_any_read(small):
+    data = np.asarray(small.data)
+    axes = [
+        {"axis": np.arange(24) ** 1.5, "name": "y", "units": "nm"},
+        {"size": 24, "scale": 0.2, "name": "x", "units": "nm"},
+        {"size": 48}, {"size": 48},
+    ]
+    s = hs.signals.Signal2D(data, axes=axes)
+    s.set_signal_type("4D-STEM")
+    with pytest.raises(ValueError, match="navigation axis 'y' is non-uniform"):
+        _run(s)
+    lazy = _unreadable(small)
+    lazy.axes_manager.navigation_axes[0].convert_to_non_uniform_axis()
+    with pytest.raises(ValueError, match="non-uniform"):
+        _run(lazy)
+    # the diagnostics refuse it too, with the same message instead of an AttributeError
+    fitted = small.deepcopy()
+    _run(fitted)
+    fitted.axes_manager.navigation_axes[1].convert_to_non_uniform_axis()
+    with pytest.raises(ValueError, match="navigation axis 'y' is non-uniform"):
+        fitted.get_map_power_beyond()
+
+
+@pytest.mark.parametrize("poisson", [True, False])
+def test_all_zero_data_are_named(small, poisson):
+    s = small.deepcopy()
+    s.data = np.zeros_like(s.data)
+    with pytest.raises(ValueError, match="the data are all zero"):
+        _run(s, normalize_poissonian_noise=poisson)
+    lazy = s.as_lazy()
+    with pytest.raises(ValueError, match="the data are all zero"):
+        _run(lazy, normalize_poissonian_noise=poisson)
+
+
+def test_big_endian_data_fit_like_native_and_stay_untouched(small):
+    native = small.deepcopy()
+    _run(native)
+    big = small.deepcopy()
+    big.data = big.data.astype(">f4")
+    before = big.data.copy()
+    _run(big)
+    assert big.data.dtype == np.dtype(">f4")
+    np.testing.assert_array_equal(big.data, before)
+    np.testing.assert_array_equal(big.learning_results.factors, native.learning_results.factors)
+    np.testing.assert_array_equal(big.learning_results.loadings, native.learning_results.loadings)
+
+
+def test_lazy_and_eager_max_iter_0_agree(small):
+    eager, lazy = small.deepcopy(), small.as_lazy()
+    info_e = _run(eager, max_iter=0, max_exact_iter=1)
+    info_l = _run(lazy, max_iter=0, max_exact_iter=1)
+    assert info_e["n_iter"] == info_l["n_iter"] == 0
+    assert info_e["n_iter_sketch"] == info_l["n_iter_sketch"] == 0
+    np.testing.assert_allclose(lazy.learning_results.factors, eager.learning_results.factors, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("poisson", [True, False])
+def test_decomposition_is_scale_equivariant(small, poisson):
+    """decomposition(c X): the same factors and c times the loadings (the default call otherwise)."""
+    ref = small.deepcopy()
+    ref.data = ref.data.astype(np.float64)
+    _run(ref, normalize_poissonian_noise=poisson)
+    F, L = ref.learning_results.factors, ref.learning_results.loadings
+    for c in (1e-3, 10.0, 1e4):
+        s = small.deepcopy()
+        s.data = s.data.astype(np.float64) * c
+        _run(s, normalize_poissonian_noise=poisson)
+        np.testing.assert_allclose(s.learning_results.factors, F, rtol=1e-8, atol=1e-10 * np.nanmax(F))
+        np.testing.assert_allclose(s.learning_results.loadings, c * L, rtol=1e-8, atol=1e-10 * c * np.nanmax(L))
+
+
+def test_dip_measure_refuses_factors_with_negative_values(small):
+    s = small.deepcopy()
+    s.decomposition(print_info=False)  # SVD
+    with pytest.raises(ValueError, match="meant for non-negative factors.*algorithm='SVD'"):
+        s.get_dip_measure()
+    with pytest.raises(ValueError, match="meant for non-negative factors"):
+        s.plot_dip_measure()
+    nmf = small.deepcopy()
+    _run(nmf)
+    d = nmf.get_dip_measure()
+    assert np.all((d >= 0) & (d < 1))
+    with pytest.raises(ValueError, match="run 'svd'"):
+        nmf.plot_dip_measure({"svd": s})
