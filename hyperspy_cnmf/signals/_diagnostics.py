@@ -127,13 +127,22 @@ def _resolution(signal, resolution):
 
 
 def _dip_constraint(signal, radius, mode):
-    """The closing that defines a dip: the run's diffraction constraint by default."""
+    """The closing that defines a dip: the run's diffraction constraint by default.
+
+    Centred on the direct beam that the constrained NMF measured and recorded
+    (``cnmf_parameters``), the one its constraint used: the modelled sum
+    pattern has no beam when ``direct_beam_mask`` left it out. Other runs:
+    the beam found on the modelled sum pattern.
+    """
     lr = signal.learning_results
     settings = _cnmf_settings(lr)
     sig_shape = tuple(signal.axes_manager._signal_shape_in_array)
     if mode is None:
         mode = settings.get("diffraction_constraint_mode", "azimuthal")
-    beam = find_beam_disk(_model_pattern(signal))
+    if "direct_beam_x_px" in settings:  # the beam the decomposition measured and constrained about
+        beam = (settings["direct_beam_y_px"], settings["direct_beam_x_px"], settings["direct_beam_radius_px"])
+    else:
+        beam = find_beam_disk(_model_pattern(signal))
     if radius is None:
         stored = getattr(lr, "cnmf_diffraction_constraint_size", None) if settings else None
         if stored is not None and np.isfinite(float(stored)):
