@@ -137,11 +137,15 @@ def test_beam_only_switched_off_and_warning(data):
     )
     assert not res.beam_only.any()
     assert res.labels.max() + 1 == 4  # the beam component is a cluster of its own
-    with pytest.warns(UserWarning, match="direct-beam"):
-        res = cl.cluster_components(
-            factors, loadings, CENTRE, nav_shape=SCAN, n_clusters=4
-        )
-    assert res.labels.max() + 1 == 3
+    # the cut is made among the structured components: the beam takes no slot
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = cl.cluster_components(factors, loadings, CENTRE, nav_shape=SCAN, n_clusters=3)
+    assert res.labels.max() + 1 == 3 and res.beam_only[-1]
+    assert res.labels[-1] == res.labels[0]  # joined the matrix by its map
+    res = cl.cluster_components(factors, loadings, CENTRE, nav_shape=SCAN, n_clusters=4)
+    assert res.labels.max() + 1 == 4
+    assert all((~res.beam_only[res.labels == c]).any() for c in range(4))
 
 
 def test_split_grain_and_matrix_tiles_form_one_object_each(result, data):

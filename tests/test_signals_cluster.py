@@ -205,9 +205,11 @@ def test_direct_beam_component_joins_the_matrix(base_signal, decomposed):
     _cluster.cluster_diffraction(s2, min_structure_fraction=0)
     assert s2.learning_results.cdiff_labels.max() + 1 == 4
     assert not s2.learning_results.cdiff_beam_only.any()
-    with pytest.warns(UserWarning, match="direct-beam"):
-        _cluster.cluster_diffraction(s2, n_clusters=4)
-    assert s2.learning_results.cdiff_labels.max() + 1 == 3
+    # n_clusters counts structured clusters only: the beam component takes no slot
+    _cluster.cluster_diffraction(s2, n_clusters=3)
+    lr2 = s2.learning_results
+    assert lr2.cdiff_labels.max() + 1 == 3 and lr2.cdiff_beam_only[k]
+    assert adjusted_rand_score(phase, lr2.cdiff_labels[:k]) >= 0.95
 
 
 def test_rotations_align_split_and_rotated_grains(clustered):

@@ -249,6 +249,27 @@ def _attach_beam_only(labels, beam_only, contrib, n_clusters):
     return labels
 
 
+def _cut(dist, beam_only, contrib, method, n_clusters, distance_threshold):
+    """Labels (k,), linkage of all components and the cut height.
+
+    The tree of all components is kept for display, but the cut is made among
+    the structured components only, so that beam-only components never take a
+    cluster slot (nor move the ``"gap"`` cut); each then joins the cluster
+    whose map correlates best with its own
+    (:func:`~hyperspy_cnmf.clustering.attach_by_map`).
+    """
+    cut = dict(method=method, n_clusters=n_clusters, distance_threshold=distance_threshold)
+    labels, Z, threshold = hierarchical_clustering(dist, **cut)
+    structured = ~beam_only
+    if not beam_only.any() or structured.sum() < 2:
+        return _attach_beam_only(labels, beam_only, contrib, n_clusters), Z, threshold
+    sub, _, threshold = hierarchical_clustering(dist[np.ix_(structured, structured)], **cut)
+    labels = np.empty(dist.shape[0], dtype=np.int64)
+    labels[structured] = sub
+    labels[beam_only] = sub.max() + 1 + np.arange(np.count_nonzero(beam_only))
+    return attach_by_map(labels, beam_only, contrib), Z, threshold
+
+
 def _cluster_maps(contrib, labels, masked):
     """Summed map of each cluster (c, n_positions), NaN at masked positions."""
     n_c = int(labels.max()) + 1
@@ -445,9 +466,10 @@ def cluster_components(
         See :func:`~hyperspy_cnmf.clustering.rotational_similarity`.
     min_structure_fraction : float, default 0.1
         Components with less than this fraction of their intensity inside the
-        compared annulus are *beam-only*: a cluster made only of them is
-        dissolved and each joins the cluster whose map correlates best with
-        its own (:func:`~hyperspy_cnmf.clustering.attach_by_map`). 0: off.
+        compared annulus are *beam-only*: the cut is made among the other
+        components and each beam-only one joins the cluster whose map
+        correlates best with its own
+        (:func:`~hyperspy_cnmf.clustering.attach_by_map`). 0: off.
     dominance_percentiles : tuple of float, default (0, 100)
         Range of each object map for the dominant-cluster labels
         (:func:`~hyperspy_cnmf.clustering.dominant_labels`).
@@ -519,15 +541,11 @@ def cluster_components(
     polar, radii, sim = polar_similarity(
         factors, cpx, direct_beam_radius=dbr, **grid, **similarity_kwargs
     )
-    labels, Z, threshold = hierarchical_clustering(
-        sim.pseudo_distance,
-        method=method,
-        n_clusters=n_clusters,
-        distance_threshold=distance_threshold,
-    )
     contrib = loadings * factor_sum[:, None]  # data units: counts per position
     beam_only = _beam_only(factors, cpx, radii, dbr, min_structure_fraction)
-    labels = _attach_beam_only(labels, beam_only, contrib, n_clusters)
+    labels, Z, threshold = _cut(
+        sim.pseudo_distance, beam_only, contrib, method, n_clusters, distance_threshold
+    )
     maps = _cluster_maps(contrib, labels, np.all(np.isnan(loadings), axis=0))
     objects, pos_labels, norm_maps = _dominance(
         contrib, labels, nav_shape, dominance_percentiles, map_smoothing, particle_threshold

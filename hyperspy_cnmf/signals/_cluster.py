@@ -424,10 +424,13 @@ def cluster_diffraction(
         the compared annulus (outside the masked direct beam, within the
         radial range) have no diffraction to compare: an over-complete NMF
         makes such direct-beam-only components from thickness variations.
-        They take part in the tree, but a cluster made only of them is
-        dissolved and each joins the cluster whose map correlates best with
-        its own (:func:`~hyperspy_cnmf.clustering.attach_by_map`); they are
-        flagged in ``cdiff_beam_only``. 0 switches this off.
+        They are drawn in the tree, but the cut (``n_clusters``,
+        ``distance_threshold``) is made among the other components, so they
+        never take a cluster slot, and each then joins the cluster whose map
+        correlates best with its own
+        (:func:`~hyperspy_cnmf.clustering.attach_by_map`); they are flagged
+        in ``cdiff_beam_only``. 0 switches this off. With the decomposition's
+        default ``direct_beam_mask="auto"`` they rarely occur.
     dominance_percentiles : tuple of float, default (0, 100)
         Range of each object map for the dominant-cluster labels (see Notes
         and :func:`~hyperspy_cnmf.clustering.dominant_labels`).
