@@ -275,3 +275,16 @@ def test_pattern_clustering_labels_all_patterns():
     assert res.parameters["step"] == [2] and res.step.tolist() == [2]
     assert res.merged is res.merged_factors
     assert res.centroids.shape == (res.references.size,) + SHAPE
+
+
+def test_map_artefacts_flag_single_positions_and_the_scan_edge(data):
+    factors, loadings, _, _ = data
+    extra = np.zeros((2,) + SCAN)
+    extra[0, 10, 11] = 5.0  # one probe position
+    extra[1, -1, 3:9] = 5.0  # the last scan row only
+    L = np.vstack([loadings, extra.reshape(2, -1)])
+    F = np.concatenate([factors, factors[4:6]])
+    flags = cl.map_artefacts(L, SCAN)
+    assert flags.tolist() == [0] * len(loadings) + [1, 2]
+    res = cl.cluster_components(F, L, CENTRE, nav_shape=SCAN)
+    assert res.map_artefact.tolist() == flags.tolist()

@@ -558,3 +558,16 @@ def test_with_constrained_nmf(base_signal):
     # measured 0.963 here; 0.957-0.982 over seeds 0-5 at k = 14 and 21
     # (benchmarks/quality_clustering.py)
     assert ari >= 0.95
+
+
+def test_map_artefacts_are_reported(base_signal):
+    """A component that is one probe position (an over-complete NMF's noise spike) is named."""
+    factors, loadings, _ = split_decomposition(base_signal)
+    spike = np.zeros((loadings.shape[0], 1))
+    spike[100] = 1000.0
+    s = with_decomposition(base_signal, np.hstack([factors, factors[:, -1:]]),
+                           np.hstack([loadings, spike]))
+    k = factors.shape[1]
+    with pytest.warns(UserWarning, match=rf"single position: components \[{k}\]"):
+        _cluster.cluster_diffraction(s)
+    assert s.learning_results.cdiff_map_artefact.tolist() == [0] * k + [1]

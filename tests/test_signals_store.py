@@ -35,6 +35,7 @@ NAMES = {
         "pairwise_rotation", "pairwise_mirrored", "rotation", "mirrored",
         "references", "merged_factors", "merged_maps", "normalised_maps",
         "objects", "beam_only", "threshold", "centre", "radii", "parameters",
+        "map_artefact",  # added with issue 10, item 8
     )),
     "cpat_": (cl.PatternClustering, (
         "positions", "position_labels", "step", "labels", "linkage",

@@ -21,9 +21,11 @@ numpy, numba and scipy only. The HyperSpy methods live in
 """
 
 from hyperspy_cnmf.clustering._components import (
+    MAP_ARTEFACTS,
     PARTICLE_THRESHOLD,
     ComponentClustering,
     cluster_components,
+    map_artefacts,
 )
 from hyperspy_cnmf.clustering._hierarchical import (
     DEFAULT_DISTANCE_THRESHOLD,
@@ -56,7 +58,9 @@ from hyperspy_cnmf.clustering._similarity import (
 )
 
 __all__ = [
+    "MAP_ARTEFACTS",
     "PARTICLE_THRESHOLD",
+    "map_artefacts",
     "DEFAULT_DISTANCE_THRESHOLD",
     "LINKAGE_METHODS",
     "ComponentClustering",

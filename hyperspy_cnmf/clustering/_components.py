@@ -103,6 +103,12 @@ class ComponentClustering:
         Direct-beam-only components (attached to a cluster by their maps).
     position_labels : ndarray of int64, shape (n_positions,)
         Dominant cluster of each probe position (-1: none, e.g. masked).
+    map_artefact : ndarray of int64, shape (k,)
+        Components whose map is no feature of the sample (see
+        :func:`map_artefacts`): 0 none, 1 the map's half-maximum region is a
+        single probe position (a noise spike fitted by an over-complete
+        NMF), 2 it lies on the outer row or column of the scan only (scan
+        start-up or flyback).
     threshold : float
         Pseudo-distance of the cut.
     centre : ndarray of float64, shape (2,)
@@ -138,6 +144,7 @@ class ComponentClustering:
     objects: np.ndarray = stored(dtype=np.int64)
     beam_only: np.ndarray = stored(dtype=bool)
     position_labels: np.ndarray = stored(dtype=np.int64)
+    map_artefact: np.ndarray = stored(dtype=np.int64)
     threshold: float = stored("float")
     centre: np.ndarray = stored(dtype=np.float64)
     radii: np.ndarray = stored()
@@ -154,8 +161,8 @@ class ComponentClustering:
 #: blurred by the probe, so the probe centres inside the particle reach down to
 #: a small fraction of its peak. Position ARI against the geometric phase map
 #: (probe centre inside the projected disk) at k = true count, random_state 0-1
-#: (``/tmp`` scan of thresholds, reproducible with ``benchmarks/quality_physics.py``
-#: and ``cluster_diffraction(particle_threshold=...)``): multislice cases
+#: measured with ``cluster_diffraction(particle_threshold=t)`` after the default
+#: decomposition on the cases of ``benchmarks/quality_physics.py``: multislice cases
 #: (2-phase, 3-phase descan, 3-phase) 0.56 / 0.48 / 0.50 at 0.5,
 #: 0.79 / 0.73 / 0.73 at 0.25, 0.83 / 0.79 / 0.77-0.79 at 0.2,
 #: 0.86 / 0.84 / 0.83 at 0.15; the package's own simulator 0.62 at 0.5,
@@ -247,6 +254,62 @@ def _attach_beam_only(labels, beam_only, contrib, n_clusters):
             stacklevel=3,
         )
     return labels
+
+
+#: Codes of :attr:`ComponentClustering.map_artefact`.
+MAP_ARTEFACTS = {0: "none", 1: "single position", 2: "scan edge"}
+
+
+def map_artefacts(maps, nav_shape):
+    """Flag component maps that are a single probe position or the scan edge only.
+
+    The half-maximum region of each map (positions above half its maximum)
+    is inspected: one position only is a noise spike that an over-complete
+    NMF fits with a component of its own; a region on the outer row or
+    column of the scan only is a scan artefact (start-up, flyback). Neither
+    is a feature of the sample.
+
+    Parameters
+    ----------
+    maps : array_like, shape (k, n_positions)
+        Component maps (NaN: masked positions), positions in C order of
+        ``nav_shape``.
+    nav_shape : tuple of int
+        Navigation shape in array order.
+
+    Returns
+    -------
+    ndarray of int64, shape (k,)
+        0 none, 1 single position, 2 scan edge (:data:`MAP_ARTEFACTS`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hyperspy_cnmf.clustering import map_artefacts
+    >>> maps = np.zeros((3, 6, 6))
+    >>> maps[0, 2:5, 2:5] = 1  # a grain
+    >>> maps[1, 3, 1] = 1      # one position
+    >>> maps[2, 0, :] = 1      # the first scan row
+    >>> map_artefacts(maps.reshape(3, -1), (6, 6)).tolist()
+    [0, 1, 2]
+    """
+    m = np.asarray(maps, dtype=np.float64)
+    out = np.zeros(m.shape[0], dtype=np.int64)
+    edge = np.ones(tuple(nav_shape), dtype=bool)
+    if len(nav_shape) == 2 and min(nav_shape) > 2:
+        edge[1:-1, 1:-1] = False
+    edge = edge.ravel()
+    with np.errstate(invalid="ignore"):
+        peak = np.nanmax(np.where(np.isfinite(m), m, -np.inf), axis=1)
+        for i, (row, top) in enumerate(zip(m, peak)):
+            if not np.isfinite(top) or top <= 0:
+                continue
+            region = row >= 0.5 * top
+            if np.count_nonzero(region) <= 1:
+                out[i] = 1
+            elif len(nav_shape) == 2 and min(nav_shape) > 2 and not np.any(region & ~edge):
+                out[i] = 2
+    return out
 
 
 def _cut(dist, beam_only, contrib, method, n_clusters, distance_threshold):
@@ -585,6 +648,7 @@ def cluster_components(
         objects=objects,
         beam_only=beam_only,
         position_labels=pos_labels,
+        map_artefact=map_artefacts(loadings, nav_shape),
         threshold=float(threshold),
         centre=np.array(cpx, dtype=np.float64),
         radii=radii,

@@ -280,6 +280,21 @@ def _fill_hyperspy_cluster_fields(
     lr.cluster_centroids = None
 
 
+def _warn_map_artefacts(res):
+    """One warning naming the components whose map is a single position or the scan edge."""
+    flagged = {code: res.components[res.map_artefact == code].tolist()
+               for code in (1, 2) if np.any(res.map_artefact == code)}
+    if flagged:
+        what = "; ".join(f"{core.MAP_ARTEFACTS[c]}: components {v}" for c, v in flagged.items())
+        warnings.warn(
+            f"Component maps that are no feature of the sample ({what}): noise spikes or scan "
+            "artefacts fitted by too many components. Their clusters are not phases; consider a "
+            "smaller output_dimension. Flagged in learning_results.cdiff_map_artefact.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def _select_components(lr, components):
     factors = lr.factors
     if factors is None or lr.loadings is None:
@@ -581,6 +596,7 @@ def cluster_diffraction(
         map_smoothing=map_smoothing,
         particle_threshold=particle_threshold,
     )
+    _warn_map_artefacts(res)
     to_learning_results(lr, res, "cdiff_")
     n_c = res.references.size
     _fill_hyperspy_cluster_fields(
