@@ -49,6 +49,7 @@ import dask
 import dask.array as da
 import numpy as np
 
+from hyperspy_cnmf._beam import beam_search_pixels
 from hyperspy_cnmf.nmf._kernels import (
     block_beam_centres,
     block_left,
@@ -127,7 +128,7 @@ def _summary_block(block, rows, shape, row_scale, sh):
     beam = None
     if sh.beam_shape is not None:  # the direct beam of every pattern, while the block is in memory
         beam = np.empty((X.shape[0], 2))
-        block_beam_centres(X, *sh.beam_shape, row_scale != 0, np.ones(X.shape[1], dtype=bool), beam)
+        block_beam_centres(X, *sh.beam_shape, row_scale != 0, sh.beam_pixels, beam)
     if sh.AcT is None:
         return (rows_sum, None, beam), part
     # the expected range-finder product (right_gram), while the block is in memory
@@ -416,8 +417,11 @@ class DaskOperator:
         if self._summary is None:
             expected = self._expected if self._expected is not None and len(self._expected) == 2 else None
             beam_shape = _beam_shape(self._layout.signal_shape, self.shape[1])
+            # masked pixels take no part in the beam finding, except a masked region that may hold the beam
+            beam_pixels = None if beam_shape is None else beam_search_pixels(
+                (self.col_scale == 0).reshape(beam_shape)).ravel()
             local, s = self._read(_summary_block, local=True, AcT=None if expected is None else expected[1],
-                                  poisson=self.poisson_stats, beam_shape=beam_shape)
+                                  poisson=self.poisson_stats, beam_shape=beam_shape, beam_pixels=beam_pixels)
             s["rows"] = self._scatter([r[:, None] for r, _, _ in local], 1)[:, 0]
             s["beam"] = None if beam_shape is None else self._scatter([b for _, _, b in local], 2)
             s["row_valid"] = self.row_scale != 0
@@ -501,9 +505,10 @@ class DaskOperator:
         Returns
         -------
         ndarray, shape (n_rows, 2), or None
-            ``(x, y)`` (detector column, row) in px over all finite pixels
-            (masks of detector pixels are ignored: a mask over the direct
-            beam itself is common); NaN for masked rows. None unless the data
+            ``(x, y)`` (detector column, row) in px over the finite unmasked
+            pixels (a masked region large enough to hold the direct beam is
+            read: a mask over the direct beam itself is common;
+            :func:`~hyperspy_cnmf._beam.beam_search_pixels`); NaN for masked rows. None unless the data
             have two signal axes.
         """
         if _beam_shape(self._layout.signal_shape, self.shape[1]) is None:

@@ -750,7 +750,13 @@ def block_beam_centres(X, ny, nx, row_valid, col_valid, out):
        the valid, finite pixels, where ``vmax`` is the row's largest value
        (the spirit of :func:`hyperspy_cnmf._beam.locate_direct_beam`); the
        number ``a`` of pixels above ``vmax / 2`` gives the half-maximum radius
-       ``sqrt(a / pi)``;
+       ``sqrt(a / pi)``. A single bright pixel is not a beam: when the
+       brightest pixel stands alone (neither left/right neighbour reaches
+       half of it), each pixel counts for ``vmax`` at most as much as its
+       brighter left/right neighbour, and a pixel above the level with
+       neither neighbour above it takes no part (an unmasked hot pixel
+       brighter than the beam cannot move it; measured cost on the realistic
+       block below: 66 ms instead of 57 ms);
     2. twice, the plain centre of mass of the raw values in the disk of
        radius ``sqrt(a / pi) + BEAM_DISK_MARGIN`` about the previous centre:
        linear in the beam's intensity, so the sub-pixel position carries no
@@ -765,7 +771,9 @@ def block_beam_centres(X, ny, nx, row_valid, col_valid, out):
     row_valid : ndarray of bool, shape (n,)
         Rows to measure; others get NaN.
     col_valid : ndarray of bool, shape (ny * nx,)
-        Pixels used (masked pixels, e.g. hot pixels, are ignored).
+        Pixels used (masked pixels, e.g. hot pixels, are ignored; the
+        operators pass :func:`hyperspy_cnmf._beam.beam_search_pixels` of the
+        user's ``signal_mask``).
     out : ndarray, shape (n, 2), float64
         Receives ``(x, y)`` (column, row) in px; NaN where a row has no
         positive valid value.
@@ -794,6 +802,28 @@ def block_beam_centres(X, ny, nx, row_valid, col_valid, out):
             vmax = v if v > vmax else vmax  # NaN never wins
         if not vmax > 0.0:
             continue
+        jmax = 0
+        while np.float64(x[jmax]) * cvalid[jmax] != vmax:
+            jmax += 1
+        xm = jmax % nx
+        nb = np.float64(x[jmax - 1]) * cvalid[jmax - 1] if xm > 0 else 0.0
+        nr = np.float64(x[jmax + 1]) * cvalid[jmax + 1] if xm < nx - 1 else 0.0
+        lone = not (nb >= 0.5 * vmax or nr >= 0.5 * vmax)
+        if lone:
+            # The brightest pixel stands alone (a hot pixel): every pixel counts at most as
+            # much as its brighter left/right neighbour, so that a single pixel never wins.
+            vmax = 0.0
+            for yy in range(ny):
+                for xx in range(nx):
+                    j = yy * nx + xx
+                    v = np.float64(x[j]) * cvalid[j]
+                    nb = np.float64(x[j - 1]) * cvalid[j - 1] if xx > 0 else 0.0
+                    nr = np.float64(x[j + 1]) * cvalid[j + 1] if xx < nx - 1 else 0.0
+                    nb = nr if nr > nb else nb
+                    v = nb if nb < v else v
+                    vmax = v if v > vmax else vmax
+            if not vmax > 0.0:
+                continue
         level = 0.5 * vmax
         s = 0.0
         sx = 0.0
@@ -807,6 +837,10 @@ def block_beam_centres(X, ny, nx, row_valid, col_valid, out):
                 j = yy * nx + xx
                 w = (np.float64(x[j]) - level) * cvalid[j]
                 w = w if w > 0.0 else 0.0  # NaN: 0
+                if lone and w > 0.0:  # an isolated pixel above the level (a hot pixel) takes no part
+                    left = xx > 0 and np.float64(x[j - 1]) * cvalid[j - 1] > level
+                    right = xx < nx - 1 and np.float64(x[j + 1]) * cvalid[j + 1] > level
+                    w = w if (left or right) else 0.0
                 srow += w
                 sxrow += w * xx
                 arow += 1.0 if w > 0.0 else 0.0

@@ -46,6 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
+from hyperspy_cnmf._beam import beam_search_pixels
 from hyperspy_cnmf.nmf._kernels import (
     block_beam_centres,
     block_left,
@@ -164,8 +165,9 @@ class DenseOperator:
             beam = self._beam is None and self.signal_shape is not None
             if beam:
                 self._beam = np.empty((self.shape[0], 2))
-                # every finite pixel: a mask over the direct beam itself is common
-                row_valid, col_valid = self.row_scale != 0, np.ones(self.shape[1], dtype=bool)
+                # masked pixels take no part, except a masked region that may hold the direct beam
+                row_valid, col_valid = self.row_scale != 0, beam_search_pixels(
+                    (self.col_scale == 0).reshape(self.signal_shape)).ravel()
             for sl in self._blocks():
                 t, s, m, b = block_stats(self.X[sl], self.row_scale[sl], self.col_scale)
                 total += t
@@ -184,9 +186,10 @@ class DenseOperator:
         -------
         ndarray, shape (n_rows, 2), or None
             ``(x, y)`` (detector column, row) in px, from
-            :func:`~hyperspy_cnmf.nmf._kernels.block_beam_centres` over all
-            finite pixels (masks of detector pixels are ignored: a mask
-            over the direct beam itself is common); NaN for masked rows. None without a
+            :func:`~hyperspy_cnmf.nmf._kernels.block_beam_centres` over the
+            finite unmasked pixels (a masked region large enough to hold the
+            direct beam is read: a mask over the direct beam itself is common;
+            :func:`~hyperspy_cnmf._beam.beam_search_pixels`); NaN for masked rows. None without a
             ``signal_shape``. Computed by :meth:`stats` (no read of its own
             once the statistics are known).
         """

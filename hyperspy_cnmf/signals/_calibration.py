@@ -4,21 +4,19 @@ import warnings
 
 import numpy as np
 
-from hyperspy_cnmf._beam import locate_direct_beam
+from hyperspy_cnmf._beam import beam_search_pixels, defect_pixels, locate_direct_beam
 from hyperspy_cnmf.constraints import (
     AIRY_FWHM,
     electron_wavelength,
     probe_fwhm_from_convergence,
 )
 
-#: Length units understood on the navigation axes, as nanometres per unit.
-LENGTH_TO_NM = {"nm": 1.0, "Å": 0.1, "A": 0.1, "angstrom": 0.1, "µm": 1e3, "um": 1e3, "μm": 1e3, "pm": 1e-3}
-#: Reciprocal-length units understood on the signal axes, as 1/nm per unit.
-RECIPROCAL_TO_INV_NM = {
-    "1/nm": 1.0, "nm^-1": 1.0, "nm-1": 1.0, "1 / nm": 1.0,
-    "1/Å": 10.0, "Å^-1": 10.0, "1/A": 10.0, "A^-1": 10.0, "1 / Å": 10.0,
-    "1/pm": 1e3,
-}
+#: Unit strings that carry no physical calibration (pint would read "px" as 1/96 inch).
+UNCALIBRATED_UNITS = frozenset({"", "px", "pixel", "pixels", "<undefined>", "undefined", "none", "a.u.", "au",
+                                "step", "steps", "index", "channel", "channels"})
+#: Spellings common in microscopy files that pint reads otherwise ("A" is the ampere there).
+_UNIT_ALIASES = {"A": "Å", "1/A": "1/Å", "A^-1": "Å^-1", "A-1": "Å^-1", "1 / A": "1/Å", "Å-1": "Å^-1",
+                 "nm-1": "nm^-1", "pm-1": "pm^-1", "um-1": "µm^-1", "µm-1": "µm^-1"}
 
 
 def _units(axis):
@@ -26,12 +24,132 @@ def _units(axis):
     return None if u is None else str(u).strip()
 
 
-def find_beam_disk(pattern):
+def _registry():
+    """HyperSpy's own pint unit registry (the one behind ``axis.convert_to_units``)."""
+    import hyperspy.api as hs
+
+    return hs._ureg
+
+
+def unit_quantity(units):
+    """The pint quantity ``1 units``, or None for an uncalibrated axis (px, undefined).
+
+    Raises
+    ------
+    ValueError
+        If the unit is not understood.
+    """
+    if units is None or str(units).strip().lower() in UNCALIBRATED_UNITS:
+        return None
+    text = _UNIT_ALIASES.get(str(units).strip(), str(units).strip())
+    try:
+        return _registry().Quantity(1.0, text)
+    except Exception as exc:  # pint raises several kinds (UndefinedUnitError, TypeError, ...)
+        raise ValueError(f"unit {units!r} is not understood (pint: {exc})") from None
+
+
+def unit_quantity_or_none(units):
+    """:func:`unit_quantity`, with None also for a unit pint does not know."""
+    try:
+        return unit_quantity(units)
+    except ValueError:
+        return None
+
+
+def _is_uncalibrated(units):
+    return units is None or str(units).strip().lower() in UNCALIBRATED_UNITS
+
+
+def _is_angle(q):
+    return q is not None and str(q.to_base_units().units) == "radian"
+
+
+def _axis_label(axis):
+    name = str(axis.name)
+    return name if name not in ("", "<undefined>", "None") else f"index {axis.index_in_axes_manager}"
+
+
+def _common_scales(axes, kind):
+    """Steps of two axes in the units of the first; raises for units that do not convert."""
+    ax0, ax1 = axes
+    u0, u1 = _units(ax0), _units(ax1)
+    s0, s1 = abs(float(ax0.scale)), abs(float(ax1.scale))
+    if u0 == u1 or (_is_uncalibrated(u0) and _is_uncalibrated(u1)):
+        return s0, s1, u0
+    try:
+        q0, q1 = unit_quantity(u0), unit_quantity(u1)
+    except ValueError as exc:
+        q0 = q1 = None
+        why = f" ({exc})"
+    else:
+        why = ""
+    if q0 is None or q1 is None or not q1.is_compatible_with(q0) or _is_angle(q0) != _is_angle(q1):
+        raise ValueError(
+            f"the {kind} axes have incompatible units: {_axis_label(ax0)!r} in {u0!r} and "
+            f"{_axis_label(ax1)!r} in {u1!r}{why}; their steps cannot be compared. Give both one "
+            f"unit, e.g. s.axes_manager[{_axis_label(ax1)!r}].convert_to_units({u0!r}), or set "
+            "the units and scales of both axes"
+        )
+    return s0, s1 * float(q1.to(q0.units).magnitude), u0
+
+
+def navigation_scales(signal):
+    """The scan steps ``(step_y, step_x)`` in one unit, and that unit.
+
+    Both steps are expressed in the units of the x (first navigation) axis;
+    a y axis in another length unit (Å against nm, ...) is converted with
+    pint (HyperSpy's own unit registry), so that the map filter and the map
+    spectra are isotropic in space.
+
+    Raises
+    ------
+    ValueError
+        If the two axes have different units that cannot be converted into
+        each other (e.g. nm and px, or a unit pint does not know): the scan
+        geometry is then undefined.
+    """
+    sx, sy, unit = _common_scales(signal.axes_manager.navigation_axes, "navigation")
+    return sy, sx, unit
+
+
+def _length_in_nm(units):
+    """Nanometres per ``units``, or None if it is not a length (px, angle, unknown, ...)."""
+    if _is_uncalibrated(units):
+        return None
+    q = unit_quantity_or_none(units)
+    if q is None or not q.is_compatible_with("nm"):
+        return None
+    return float(q.to("nm").magnitude)
+
+
+def _reciprocal_scale_inv_nm(axes, energy):
+    """Mean detector step in 1/nm of two signal axes, or None if uncalibrated.
+
+    Reciprocal lengths (1/nm, 1/Å, Å^-1, ...) convert directly, angles (mrad,
+    rad, deg) through the electron wavelength when the beam energy is known.
+    """
+    steps = []
+    for axis in axes:
+        units = _units(axis)
+        if _is_uncalibrated(units):
+            return None
+        q = unit_quantity(units)
+        if q.is_compatible_with("1/nm") and not _is_angle(q):
+            steps.append(abs(float(axis.scale)) * float(q.to("1/nm").magnitude))
+        elif _is_angle(q) and energy:
+            steps.append(abs(float(axis.scale)) * float(q.to("rad").magnitude) / electron_wavelength(energy))
+        else:
+            return None
+    return float(np.mean(steps))
+
+
+def find_beam_disk(pattern, mask=None):
     """Centre and radius (pixels) of the direct-beam disk of a mean pattern.
 
     Array-order wrapper of :func:`hyperspy_cnmf._beam.locate_direct_beam`
     (the package's one direct-beam finder): the disk is the connected region
-    around the brightest pixel (after a light smoothing) that is brighter
+    around the brightest pixel (after a light smoothing; hot pixels left out,
+    see :func:`hyperspy_cnmf._beam.defect_pixels`) that is brighter
     than halfway between the pattern's median and that maximum; its radius
     is ``sqrt(area / pi)``, its centre the centre of mass of the intensity
     above that level.
@@ -39,14 +157,47 @@ def find_beam_disk(pattern):
     Parameters
     ----------
     pattern : ndarray, shape (qy, qx)
+    mask : ndarray of bool, shape (qy, qx), optional
+        The ``signal_mask`` (True = excluded): masked pixels take no part,
+        except a masked region that can hold the direct beam itself
+        (:func:`hyperspy_cnmf._beam.beam_search_pixels`).
 
     Returns
     -------
     (cy, cx, radius) : tuple of float
         Row, column and radius in px.
     """
-    beam = locate_direct_beam(pattern)
+    excluded = None if mask is None else ~beam_search_pixels(mask)
+    beam = locate_direct_beam(pattern, mask=excluded)
     return beam.y, beam.x, beam.radius
+
+
+def warn_defect_pixels(mean_pattern, n_positions, mask=None, stacklevel=2):
+    """Warn about hot and dead pixels of the mean pattern left outside ``mask``.
+
+    See :func:`hyperspy_cnmf._beam.defect_pixels` for the criteria. The
+    warning names the pixels (row, column) and the remedy: ``signal_mask``.
+
+    Returns
+    -------
+    hot, dead : ndarray of bool, shape (qy, qx)
+    """
+    hot, dead = defect_pixels(mean_pattern, n_positions, mask=mask)
+    for kind, found, why in (("hot", hot, "far brighter than all its neighbours in the mean pattern"),
+                             ("dead", dead, "always zero where its neighbours are not")):
+        if found.any():
+            rows, cols = np.nonzero(found)
+            where = ", ".join(f"({r}, {c})" for r, c in zip(rows[:10], cols[:10]))
+            more = f" and {len(rows) - 10} more" if len(rows) > 10 else ""
+            warnings.warn(
+                f"{len(rows)} {kind} detector pixel(s) ({why}) at (row, column) {where}{more}; "
+                "they distort the components. Exclude them with signal_mask (True = excluded), e.g. "
+                f"mask = np.zeros({tuple(found.shape)}, bool); mask[{tuple(rows[:10].tolist())}, "
+                f"{tuple(cols[:10].tolist())}] = True",
+                UserWarning,
+                stacklevel=stacklevel + 1,
+            )
+    return hot, dead
 
 
 def beam_energy_and_convergence(signal):
@@ -57,55 +208,62 @@ def beam_energy_and_convergence(signal):
     return energy, alpha
 
 
-def estimate_probe_fwhm(signal, mean_pattern):
-    """Estimate the probe FWHM in the units of the navigation axes.
+def estimate_probe_fwhm(signal, mean_pattern, beam_radius_px=None):
+    """Estimate the probe FWHM in the units of the x (first) navigation axis.
 
     Tried in order (the first that applies wins):
 
     1. ``metadata.Acquisition_instrument.TEM`` has ``convergence_angle``
        (mrad) and ``beam_energy`` (keV): diffraction-limited probe,
        ``d = 0.514 lambda / alpha``.
-    2. The signal axes are calibrated in reciprocal length (1/nm, 1/Å) or in
-       mrad with a known beam energy: the direct-beam disk of the mean
-       pattern has radius ``alpha / lambda``, so ``d = 0.514 / k_alpha``.
+    2. The signal axes are calibrated in reciprocal length (1/nm, 1/Å, Å^-1,
+       ...) or in an angle (mrad, rad, deg) with a known beam energy: the
+       direct-beam disk of the mean pattern has radius ``alpha / lambda``, so
+       ``d = 0.514 / k_alpha``.
     3. Otherwise (uncalibrated axes) a documented fallback: ``d = 2`` scan
        steps, i.e. the cutoff sits at the Nyquist frequency and only the
        corners of the map spectra beyond the sampling circle are removed. A
        warning says how to set the value.
 
-    Rules 1-2 need the navigation axes in a length unit (nm, Å, µm, pm).
-    Diffraction-limited estimates ignore aberrations, so the cutoff errs on
-    the side of keeping detail.
+    Rules 1-2 need the navigation axes in a length unit (nm, Å, µm, pm, ...).
+    Units are converted with pint (HyperSpy's unit registry), so the two
+    axes of a kind may have different units (x in nm, y in Å); units that do
+    not convert into each other raise a ``ValueError`` (see
+    :func:`navigation_scales`). Diffraction-limited estimates ignore
+    aberrations, so the cutoff errs on the side of keeping detail.
+
+    Parameters
+    ----------
+    signal : STEM4D
+    mean_pattern : ndarray, shape (qy, qx)
+        For rule 2, when ``beam_radius_px`` is not given.
+    beam_radius_px : float, optional
+        The direct-beam radius already found (e.g. with the ``signal_mask``).
 
     Returns
     -------
     fwhm : float
-        In navigation-axis units.
+        In the units of the x navigation axis (both axes are converted to it).
     how : str
         Which rule was used.
     """
-    nav = signal.axes_manager.navigation_axes
-    nav_units = {_units(a) for a in nav}
-    to_nm = LENGTH_TO_NM.get(nav_units.pop()) if len(nav_units) == 1 else None
+    step_y, step_x, nav_unit = navigation_scales(signal)
+    to_nm = _length_in_nm(nav_unit)
     energy, alpha = beam_energy_and_convergence(signal)
     if to_nm is not None:
         if energy and alpha:
             d_nm = probe_fwhm_from_convergence(alpha, energy)
             return d_nm / to_nm, "convergence_angle and beam_energy metadata (0.514 lambda/alpha)"
         sig = signal.axes_manager.signal_axes
-        sig_units = {_units(a) for a in sig}
-        scale = float(np.mean([a.scale for a in sig]))
-        _, _, radius_px = find_beam_disk(mean_pattern)
-        if len(sig_units) == 1:
-            unit = sig_units.pop()
-            k_alpha = None
-            if unit in RECIPROCAL_TO_INV_NM:
-                k_alpha = radius_px * scale * RECIPROCAL_TO_INV_NM[unit]
-            elif unit == "mrad" and energy:
-                k_alpha = radius_px * scale * 1e-3 / electron_wavelength(energy)
+        _common_scales(sig, "signal")  # one calibration for both detector axes, or a clear error
+        k_step = _reciprocal_scale_inv_nm(sig, energy)
+        if k_step:
+            if beam_radius_px is None:
+                beam_radius_px = find_beam_disk(mean_pattern)[2]
+            k_alpha = beam_radius_px * k_step
             if k_alpha:
                 return AIRY_FWHM / k_alpha / to_nm, "direct-beam disk radius in calibrated diffraction units (0.514/k_alpha)"
-    step = max(abs(a.scale) for a in nav)
+    step = max(step_x, step_y)
     warnings.warn(
         "map_resolution='auto' could not determine the probe size (needs the "
         "convergence angle and beam energy in metadata, or calibrated "

@@ -19,24 +19,55 @@ from hyperspy_cnmf.nmf._operators import range_test_matrix
 from hyperspy_cnmf.nmf._solver import SKETCH_OVERSAMPLE
 from hyperspy_cnmf.signals._axes import check_4d
 from hyperspy_cnmf.signals._beam_shift import beam_motion, warn_if_beam_moves
-from hyperspy_cnmf.signals._calibration import estimate_probe_fwhm, find_beam_disk
+from hyperspy_cnmf.signals._calibration import (
+    estimate_probe_fwhm,
+    find_beam_disk,
+    navigation_scales,
+    warn_defect_pixels,
+)
 from hyperspy_cnmf.signals._store import to_learning_results
 
 ALGORITHM = "constrained_nmf"
 
 
 def _mask_vector(mask, size, shape, name):
+    """A ``navigation_mask`` / ``signal_mask`` as a flat boolean vector in the data's (C) order.
+
+    Accepted, as by HyperSpy (True = excluded):
+
+    * a boolean array (numpy or dask) in array order, ``shape`` (rows, columns),
+      like ``s.data``; on a non-square scan or detector also in HyperSpy's
+      axes order (``navigation_shape`` / ``signal_shape``, x first), which is
+      transposed (HyperSpy 2.5's own ``decomposition`` takes that order);
+    * a boolean signal (eager or lazy) whose data have the array-order shape,
+      e.g. ``s.sum(axis=s.axes_manager.signal_axes) > t`` or ``Signal2D(mask)``.
+
+    Anything else (a flat vector, another shape) raises, naming both shapes:
+    a reshape by size alone would mask the wrong positions or pixels.
+    """
     if mask is None:
         return np.zeros(size, dtype=bool)
-    data = getattr(mask, "data", mask)
+    shape = tuple(int(n) for n in shape)
+    hs_shape = shape[::-1]
+    is_signal = hasattr(mask, "axes_manager")
+    data = mask.data if is_signal else mask
     if hasattr(data, "compute"):
         data = data.compute()
     data = np.asarray(data)
     if data.dtype != bool:
         raise TypeError(f"{name} must be a boolean array (True = excluded), got dtype {data.dtype}")
-    if data.size != size:
-        raise ValueError(f"{name} must have the shape {shape} (or {size} entries), got {data.shape}")
-    return data.ravel().copy()
+    if data.shape == shape:
+        return data.ravel().copy()
+    if data.shape == hs_shape and not is_signal:
+        return np.ascontiguousarray(data.T).ravel()
+    axes = "navigation_shape" if name.startswith("navigation") else "signal_shape"
+    if is_signal:
+        expected = f"a boolean signal whose data have the shape {shape} (array order, like s.data)"
+    elif hs_shape != shape:
+        expected = f"a boolean array of shape {shape} (array order, like s.data) or {hs_shape} ({axes}, x first)"
+    else:
+        expected = f"a boolean array of shape {shape}"
+    raise ValueError(f"{name} must be {expected}; got {'a signal with data of ' if is_signal else ''}shape {data.shape}")
 
 
 def _check_dtype(dtype):
@@ -385,6 +416,8 @@ def constrained_nmf_decomposition(
     if nav_mask.all() or sig_mask.all():
         raise ValueError("all data are masked: nothing to factorize")
     nav_valid, sig_valid = ~nav_mask, ~sig_mask
+    # The scan steps in one unit (pint), or a clear error for units that do not convert: before the read.
+    nav_steps = navigation_scales(signal) if map_resolution is not None and map_resolution is not False else None
 
     op = _make_operator(signal, nav_valid.astype(float), sig_valid.astype(float),
                         poisson=bool(normalize_poissonian_noise))
@@ -416,7 +449,10 @@ def constrained_nmf_decomposition(
         )
 
     mean_pattern = op.mean_pattern(nav_valid).reshape(sig_shape)
-    beam = find_beam_disk(mean_pattern)
+    # Hot/dead pixels left unmasked are reported; masked pixels take no part in the beam finding
+    # (except a masked region that holds the beam itself: _beam.beam_search_pixels).
+    warn_defect_pixels(mean_pattern, int(nav_valid.sum()), mask=sig_mask.reshape(sig_shape), stacklevel=3)
+    beam = find_beam_disk(mean_pattern, mask=sig_mask.reshape(sig_shape))
     mask_radius = _mask_radius(direct_beam_mask, beam, beam_excursion)
     beam_mask = _direct_beam_disk(mask_radius, beam, sig_shape) & sig_valid
     fit_valid = sig_valid & ~beam_mask
@@ -453,12 +489,11 @@ def constrained_nmf_decomposition(
         if isinstance(map_resolution, str):
             if map_resolution != "auto":
                 raise ValueError(f"map_resolution must be 'auto', a number or None, got {map_resolution!r}")
-            res_value, res_how = estimate_probe_fwhm(signal, mean_pattern)
+            res_value, res_how = estimate_probe_fwhm(signal, mean_pattern, beam_radius_px=beam[2])
         else:
             res_value, res_how = float(map_resolution), "user"
-        nav_axes = am.navigation_axes  # (x, y); array order is (y, x)
-        scale = (abs(nav_axes[1].scale), abs(nav_axes[0].scale))
-        map_c = MapResolutionConstraint(nav_shape, res_value, scale=scale, filter=map_filter)
+        # (step_y, step_x) in the x axis's units, like res_value; array order is (y, x)
+        map_c = MapResolutionConstraint(nav_shape, res_value, scale=nav_steps[:2], filter=map_filter)
     settings.update(map_resolution=float(res_value), map_resolution_method=res_how,
                     map_filter=map_filter if map_c is not None else "off")
 

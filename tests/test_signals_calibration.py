@@ -1,0 +1,131 @@
+"""Units of the axes (issue 11, item 8): converted with pint, or a clear error.
+
+The probe size (``map_resolution="auto"``) and the map filter's scan steps
+must not depend on how the calibration is spelled: x in nm and y in Å is the
+same scan as both in nm.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from hyperspy_cnmf.signals import STEM4D
+from hyperspy_cnmf.signals._calibration import (
+    estimate_probe_fwhm,
+    navigation_scales,
+    unit_quantity,
+)
+
+NAV = (6, 8)
+SIG = (24, 24)
+
+
+def _signal(nav_units=("nm", "nm"), nav_scales=(0.5, 0.5), sig_units=("1/nm", "1/nm"), sig_scales=(0.1, 0.1),
+            energy=None, alpha=None):
+    rng = np.random.default_rng(0)
+    yy, xx = np.indices(SIG, dtype=float)
+    disk = np.clip(4.5 - np.hypot(yy - 12, xx - 12), 0, 1)
+    ring = np.exp(-((np.hypot(yy - 12, xx - 12) - 9) ** 2) / 2.0)
+    w = rng.uniform(0.2, 1.0, NAV + (1, 1))
+    s = STEM4D(rng.poisson(100 * disk + 20 * w * ring + 20 * (1 - w) * ring[::-1] + 1).astype(np.float32))
+    for ax, u, sc in zip(s.axes_manager.navigation_axes, nav_units, nav_scales):
+        ax.units, ax.scale = u, sc
+    for ax, u, sc in zip(s.axes_manager.signal_axes, sig_units, sig_scales):
+        ax.units, ax.scale = u, sc
+    if energy:
+        s.metadata.set_item("Acquisition_instrument.TEM.beam_energy", energy)
+    if alpha:
+        s.metadata.set_item("Acquisition_instrument.TEM.convergence_angle", alpha)
+    return s
+
+
+def _fwhm(s):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no fallback
+        return estimate_probe_fwhm(s, s.mean(axis=s.axes_manager.navigation_axes).data)
+
+
+def test_mixed_navigation_units_are_converted():
+    ref = _signal()
+    mixed = _signal(nav_units=("nm", "Å"), nav_scales=(0.5, 5.0))  # the same 0.5 nm steps
+    assert navigation_scales(mixed) == pytest.approx((0.5, 0.5, "nm")[:2] + ("nm",))
+    assert _fwhm(mixed) == pytest.approx(_fwhm(ref))
+    # the x axis's unit is the unit of the result
+    in_angstrom = _signal(nav_units=("Å", "nm"), nav_scales=(5.0, 0.5))
+    assert _fwhm(in_angstrom)[0] == pytest.approx(10 * _fwhm(ref)[0])
+
+
+def test_mixed_units_give_the_same_decomposition():
+    kw = dict(algorithm="constrained_nmf", output_dimension=2, max_iter=10, random_state=0,
+              print_info=False, return_info=True)
+    ref, mixed = _signal(), _signal(nav_units=("nm", "Å"), nav_scales=(0.5, 5.0))
+    info_ref = ref.decomposition(**kw)
+    info = mixed.decomposition(**kw)
+    assert info["map_resolution"] == pytest.approx(info_ref["map_resolution"])
+    np.testing.assert_allclose(mixed.learning_results.factors, ref.learning_results.factors, rtol=1e-3, atol=1e-9)  # 5 Å * 0.1 = 0.5 nm up to rounding
+    # uncalibrated detector: the fallback is 2 scan steps in nm, not 2 x 5 "steps" of the Å axis
+    kw.update(map_resolution="auto")
+    mixed = _signal(nav_units=("nm", "Å"), nav_scales=(0.5, 5.0), sig_units=("px", "px"), sig_scales=(1, 1))
+    with pytest.warns(UserWarning, match="2 scan steps"):
+        info = mixed.decomposition(**kw)
+    assert info["map_resolution"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "sig_units, sig_scales, energy",
+    [
+        (("1/Å", "1/Å"), (0.01, 0.01), None),
+        (("Å^-1", "A^-1"), (0.01, 0.01), None),
+        (("nm-1", "1/nm"), (0.1, 0.1), None),
+        (("1/nm", "1/Å"), (0.1, 0.01), None),
+        (("mrad", "mrad"), (0.1 * 1e3 * 0.0025079, 0.1 * 1e3 * 0.0025079), 200.0),
+        (("rad", "mrad"), (0.1 * 0.0025079, 0.1 * 1e3 * 0.0025079), 200.0),
+    ],
+)
+def test_signal_units_spelled_any_way(sig_units, sig_scales, energy):
+    ref = _fwhm(_signal())
+    got = _fwhm(_signal(sig_units=sig_units, sig_scales=sig_scales, energy=energy))
+    assert got[0] == pytest.approx(ref[0], rel=2e-3)
+    assert got[1] == ref[1]
+
+
+def test_length_units_spelled_any_way():
+    ref = _fwhm(_signal(energy=200.0, alpha=20.0))[0]
+    for units, scale, factor in (("Å", 5.0, 10.0), ("A", 5.0, 10.0), ("angstrom", 5.0, 10.0),
+                                 ("µm", 5e-4, 1e-3), ("um", 5e-4, 1e-3), ("pm", 500.0, 1e3)):
+        s = _signal(nav_units=(units, units), nav_scales=(scale, scale), energy=200.0, alpha=20.0)
+        assert _fwhm(s)[0] == pytest.approx(ref * factor), units
+
+
+@pytest.mark.parametrize(
+    "nav_units, match",
+    [
+        (("nm", "px"), r"navigation axes have incompatible units: 'x' in 'nm' and 'y' in 'px'"),
+        (("nm", "bananas"), r"incompatible units.*not understood"),
+        (("nm", "furlong / fortnight"), r"incompatible units"),
+        (("nm", "mrad"), r"incompatible units"),
+    ],
+)
+def test_incompatible_navigation_units_raise(nav_units, match):
+    s = _signal(nav_units=nav_units)
+    with pytest.raises(ValueError, match=match):
+        navigation_scales(s)
+    with pytest.raises(ValueError, match=match):  # before the first read of the data
+        s.decomposition(algorithm="constrained_nmf", output_dimension=2)
+
+
+def test_incompatible_signal_units_raise():
+    s = _signal(sig_units=("1/nm", "px"))
+    with pytest.raises(ValueError, match=r"signal axes have incompatible units"):
+        s.decomposition(algorithm="constrained_nmf", output_dimension=2, max_iter=2, print_info=False)
+
+
+def test_uncalibrated_units_keep_the_fallback():
+    s = _signal(nav_units=("px", "<undefined>"), nav_scales=(1, 1))
+    assert navigation_scales(s) == (1.0, 1.0, "px")
+    with pytest.warns(UserWarning, match="2 scan steps"):
+        assert estimate_probe_fwhm(s, s.mean(axis=s.axes_manager.navigation_axes).data)[0] == 2.0
+    assert unit_quantity("px") is None
+    with pytest.raises(ValueError, match="not understood"):
+        unit_quantity("bananas")
