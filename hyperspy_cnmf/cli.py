@@ -223,7 +223,8 @@ def _demo(args):
                         print_info=False, show_progressbar=True, **kw)
         runs[name] = (r, time.perf_counter() - t0)
 
-    rows, figs, maps, dips_all, losses = [], [], {}, {}, {}
+    rows, figs, maps, dips_all, losses, poisson = [], [], {}, {}, {}, {}
+    print("measuring and plotting the three decompositions ...")
     for name, (r, dt) in runs.items():
         F, L = rp.components(r)
         is_nmf = name != "PCA (SVD)"
@@ -238,13 +239,14 @@ def _demo(args):
         if is_nmf:
             dips_all[name] = dips
             losses[name] = r.learning_results.cnmf_loss
+            poisson[name] = bool(r.learning_results.poissonian_noise_normalized)
         stem = name.split()[0].lower()
         fig = rp.plot_components(r, f"{name}: diffraction patterns (top) and maps (bottom)", dips=dips, power=power)
         figs.append(rp.save_figure(fig, out / f"{stem}_components.png"))
         print(f"  wrote {figs[-1]}")
     spectra = rp.save_figure(rp.plot_map_spectra(maps, scale, probe, units="nm"), out / "map_spectra.png")
     dipfig = rp.save_figure(rp.plot_dips(dips_all), out / "dips.png")
-    lossfig = rp.save_figure(rp.plot_loss(losses), out / "loss.png")
+    lossfig = rp.save_figure(rp.plot_loss(losses, poisson), out / "loss.png")
 
     # clustering of an over-complete constrained run (the paper's workflow)
     print(f"constrained NMF with {k_cluster} components for the clustering ...")
@@ -252,6 +254,7 @@ def _demo(args):
     c = s.deepcopy()
     c.decomposition(algorithm="constrained_nmf", output_dimension=k_cluster, random_state=0, max_iter=max_iter,
                     print_info=False, show_progressbar=True)  # the defaults: Poisson-weighted, beam left out
+    print("rotation-invariant clustering of the components (cluster_diffraction) ...")
     res = c.cluster_diffraction()
     dt_cluster = time.perf_counter() - t0
     lr = c.learning_results
@@ -366,6 +369,7 @@ def _run(args):
     )
     from hyperspy_cnmf.io import load
     from hyperspy_cnmf.signals._calibration import find_beam_disk
+    from hyperspy_cnmf.signals._store import loss_label
 
     t_start = time.perf_counter()
     out = _check_output(args.output)  # before the data are read
@@ -430,7 +434,8 @@ def _run(args):
             rp.plot_map_spectra({"constrained NMF": L}, scale, resolution, units=nav_units, max_components=show),
             out / "map_spectra.png"))
     figs.append(rp.save_figure(rp.plot_dips({"constrained NMF": dips}), out / "dips.png"))
-    figs.append(rp.save_figure(rp.plot_loss({"constrained NMF": lr.cnmf_loss}), out / "loss.png"))
+    figs.append(rp.save_figure(rp.plot_loss({"constrained NMF": lr.cnmf_loss},
+                                                 bool(lr.poissonian_noise_normalized)), out / "loss.png"))
 
     # results
     fmt = args.format
@@ -470,7 +475,7 @@ def _run(args):
         ["solver", args.solver],
         ["iterations (sketch + exact)", f"{info['n_iter_sketch']} + {info['n_iter']}"],
         ["converged", info["converged"]],
-        ["final loss (solver MSE)", info["final_loss"]],
+        [f"final loss ({loss_label(info['normalize_poissonian_noise'])})", info["final_loss"]],
         ["reconstruction MSE (counts²)", mse],
         ["mean-pattern model MSE (baseline)", baseline],
         ["map resolution", f"{resolution:.4g} {nav_units} ({info['map_resolution_method']})"

@@ -358,19 +358,46 @@ def plot_dips(dips_by_method):
     return fig
 
 
-def plot_loss(losses):
-    """Loss (mean squared error) per iteration, one line per run."""
+def plot_loss(losses, poisson=False):
+    """Loss per iteration, one line per run, each kind of loss on its own axis.
+
+    Parameters
+    ----------
+    losses : dict
+        Run name to its ``learning_results.cnmf_loss``.
+    poisson : bool or dict, default False
+        Whether a run was Poisson-weighted (``normalize_poissonian_noise``;
+        one value for all runs or one per name). Its loss is then a reduced
+        chi-square (dimensionless, about 1 at the noise level), else the mean
+        squared error in squared data units. The two kinds are never drawn on
+        one axis: the chi-square gets its own (right-hand) axis.
+    """
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.0, 3.4), layout="constrained")
-    for name, loss in losses.items():
+    from hyperspy_cnmf.signals._store import loss_label
+
+    kinds = {name: bool(poisson.get(name, False) if isinstance(poisson, dict) else poisson) for name in losses}
+    fig, ax = plt.subplots(figsize=(5.6, 3.4), layout="constrained")
+    used = sorted(set(kinds[n] for n, loss in losses.items() if loss is not None and len(loss)))
+    axes = {used[0] if used else False: ax}
+    if len(used) == 2:
+        axes = {False: ax, True: ax.twinx()}
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    handles = []
+    for i, (name, loss) in enumerate(losses.items()):
         if loss is not None and len(loss):
-            ax.plot(np.arange(1, len(loss) + 1), loss, label=name)
+            a = axes[kinds[name]]
+            (line,) = a.plot(np.arange(1, len(loss) + 1), loss, color=colours[i % len(colours)],
+                             ls="--" if kinds[name] and len(used) == 2 else "-",
+                             label=f"{name} ({'χ²/dof' if kinds[name] else 'MSE'})")
+            handles.append(line)
+    for kind, a in axes.items():
+        a.set_ylabel(loss_label(kind) if kind else f"{loss_label(False)} (data units²)")
+        a.set_yscale("log")
     ax.set_xlabel("iteration (sketch, then exact)")
-    ax.set_ylabel("mean squared error")
-    ax.set_yscale("log")
     ax.set_title("Convergence")
-    ax.legend()
+    if handles:
+        ax.legend(handles=handles, fontsize="small")
     return fig
 
 

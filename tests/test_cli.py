@@ -48,6 +48,8 @@ def test_run_writes_loadable_results(tiny_file, tmp_path, capsys):
     assert lr["factors"].shape == (24 * 24, 4) and "cdiff_labels" in lr.files
     report = (out / "report.md").read_text()
     assert "reconstruction MSE" in report and "![components](components.png)" in report
+    # the default fit is Poisson-weighted: its loss is a reduced chi-square, not an MSE in counts²
+    assert "final loss (reduced chi-square (Poisson-weighted))" in report and "solver MSE" not in report
 
 
 def test_run_options_zspy_mask_poisson(tiny_file, tmp_path):
@@ -120,8 +122,9 @@ def test_demo_quick(tmp_path, capsys):
 
 
 def _one_error_line(err):
-    # progress bars (tqdm, on stderr) aside
-    lines = [line for line in err.splitlines() if line.strip() and "it/s]" not in line]
+    # progress bars and phase lines (tqdm, on stderr) aside
+    lines = [line for line in err.splitlines() if line.strip() and "it/s]" not in line
+             and not line.lstrip().startswith(("constrained NMF", "primitive NMF"))]
     assert len(lines) == 1 and lines[0].startswith("hyperspy-cnmf: error:"), err
     assert "Traceback" not in err
     return lines[0]

@@ -52,7 +52,10 @@ def test_plot_map_spectra_arrays():
     rng = np.random.default_rng(0)
     maps = rng.random((3, 20, 30))
     fig = plot_map_spectra(maps, resolution=2.0, scale=(0.5, 0.25), units="nm", per_row=2)
-    assert len(fig.axes) == 6  # map + spectrum per component, unused slots removed
+    # map + spectrum per component and a colour bar for each, unused slots removed
+    assert len(fig.axes) == 12
+    labels = [a.get_ylabel() for a in fig.axes if a.get_label() == "<colorbar>"]
+    assert labels == ["loading", "power / maximum"] * 3
     expected = map_power_beyond(maps, 2.0, (0.5, 0.25))
     np.testing.assert_allclose(fig.power_beyond, expected)
     spectra = [a for a in fig.axes if "FT" in a.get_title()]
@@ -81,7 +84,9 @@ def test_signal_map_spectra_constrained_vs_primitive(runs, tmp_path):
         expected = map_power_beyond(maps, res, scale)
         np.testing.assert_allclose(s.get_map_power_beyond(resolution=res), expected)
         fig = s.plot_map_spectra(resolution=res)
-        assert len(fig.axes) == 2 * K
+        assert len(fig.axes) == 4 * K  # map, spectrum and their colour bars
+        bars = [a.get_ylabel() for a in fig.axes if a.get_label() == "<colorbar>"]
+        assert bars == ["counts per position", "power / maximum"] * K  # constrained NMF: unit-sum patterns
         spectra = [a for a in fig.axes if "FT" in a.get_title()]
         for ax, value in zip(spectra, expected):
             assert _circles(ax)[0].get_radius() == pytest.approx(1 / res)
@@ -93,7 +98,7 @@ def test_signal_map_spectra_constrained_vs_primitive(runs, tmp_path):
     # default resolution of a run without the map constraint: estimated (same probe here)
     np.testing.assert_allclose(primitive.get_map_power_beyond(), primitive.get_map_power_beyond(resolution=res))
     fig = constrained.plot_map_spectra(components=[2, 0])
-    assert len(fig.axes) == 4 and fig.axes[0].get_title() == "Component 2"
+    assert len(fig.axes) == 8 and fig.axes[0].get_title() == "Component 2"
     plt.close("all")
 
 
@@ -148,5 +153,7 @@ def test_other_algorithm_uses_estimated_resolution():
     s.decomposition(print_info=False)  # SVD: no constrained-NMF settings
     values = s.get_map_power_beyond(components=3)
     assert values.shape == (3,) and np.all((values >= 0) & (values <= 1))
-    assert len(s.plot_map_spectra(components=2).axes) == 4
+    fig = s.plot_map_spectra(components=2)
+    assert len(fig.axes) == 8  # 2 maps, 2 spectra, 4 colour bars
+    assert [a.get_ylabel() for a in fig.axes if a.get_label() == "<colorbar>"][0] == "loading (a.u.)"
     plt.close("all")

@@ -103,6 +103,7 @@ def plot_map_spectra(
     circle_color="#ff5a36",
     dynamic_range=1e-6,
     title=None,
+    map_label="loading",
 ):
     """Maps and the Fourier transforms of the maps, resolution circle dotted.
 
@@ -143,6 +144,10 @@ def plot_map_spectra(
     dynamic_range : float, default 1e-6
         The spectra span ``[dynamic_range, 1]`` times their maximum (log).
     title : str, optional
+    map_label : str, default "loading"
+        Quantity and unit of the maps, the label of their colour bars (e.g.
+        "counts per position" for constrained NMF, whose patterns sum to 1).
+        The spectra's colour bars show the power relative to its maximum.
 
     Returns
     -------
@@ -156,8 +161,8 @@ def plot_map_spectra(
     >>> from hyperspy_cnmf.plotting import plot_map_spectra
     >>> maps = np.random.default_rng(0).random((2, 32, 32))
     >>> fig = plot_map_spectra(maps, resolution=1.5, scale=0.5, units="nm")
-    >>> len(fig.axes)
-    4
+    >>> len(fig.axes)  # map and spectrum of each, and their colour bars
+    8
     """
     M = _stack(maps, "maps")
     k, ny, nx = M.shape
@@ -188,20 +193,22 @@ def plot_map_spectra(
     spec_ext = (fx[0] - dfx / 2, fx[-1] + dfx / 2, fy[-1] + dfy / 2, fy[0] - dfy / 2)
     map_ext = _extent(navigation_axes)
     funit = f"1/{units}"
-    fig, slots = _grid(k, per_row, 2, 3.0, 6.0)
+    fig, slots = _grid(k, per_row, 2, 3.8, 6.0)  # room for the colour bars
     for i, (ax_m, ax_f) in enumerate(slots):
-        ax_m.imshow(M[i], cmap=cmap, extent=map_ext, interpolation="nearest")
+        im = ax_m.imshow(M[i], cmap=cmap, extent=map_ext, interpolation="nearest")
+        fig.colorbar(im, ax=ax_m, shrink=0.8, label=map_label)
         ax_m.set_title(names[i], fontsize="medium")
         label_axes(ax_m, navigation_axes)
         p = power[i]
         vmax = float(p.max()) if p.max() > 0 else 1.0
-        ax_f.imshow(
-            np.maximum(p, vmax * dynamic_range),
+        im = ax_f.imshow(
+            np.maximum(p / vmax, dynamic_range),
             cmap=spectrum_cmap,
-            norm=mcolors.LogNorm(vmin=vmax * dynamic_range, vmax=vmax),
+            norm=mcolors.LogNorm(vmin=dynamic_range, vmax=1.0),
             extent=spec_ext,
             interpolation="nearest",
         )
+        fig.colorbar(im, ax=ax_f, shrink=0.8, label="power / maximum")
         ax_f.add_patch(
             Circle((0.0, 0.0), f_c, fill=False, ls=":", lw=1.8, color=circle_color)
         )

@@ -27,7 +27,13 @@ from hyperspy.signals import Signal1D, Signal2D
 from hyperspy_cnmf import clustering as core
 from hyperspy_cnmf._schema import from_stored, to_stored
 from hyperspy_cnmf.signals._axes import axis_info
-from hyperspy_cnmf.signals._store import from_learning_results, to_learning_results
+from hyperspy_cnmf.signals._store import (
+    clear_learning_results,
+    from_learning_results,
+    stale_clustering,
+    stamp_clustering,
+    to_learning_results,
+)
 
 _UNITS = ("calibrated", "px")
 #: learning_results prefix and result class of each clustering ``source``
@@ -597,7 +603,9 @@ def cluster_diffraction(
         particle_threshold=particle_threshold,
     )
     _warn_map_artefacts(res)
+    clear_learning_results(lr, "cdiff_")  # no field of an older clustering stays
     to_learning_results(lr, res, "cdiff_")
+    stamp_clustering(lr, "cdiff_")  # the decomposition it was made from (checked by the getters)
     n_c = res.references.size
     _fill_hyperspy_cluster_fields(
         lr,
@@ -633,7 +641,11 @@ def get_cluster_diffraction_results(self, source="components"):
     Raises
     ------
     RuntimeError
-        If no such clustering was run.
+        If no such clustering was run, or it is stale: the decomposition
+        changed after :meth:`cluster_diffraction` (a new decomposition
+        removes it; another route, e.g. ``learning_results.load``, is
+        detected by a fingerprint of the factors and loadings), or HyperSpy's
+        ``cluster_analysis`` replaced the ``cluster_*`` fields since.
 
     Examples
     --------
@@ -652,7 +664,17 @@ def get_cluster_diffraction_results(self, source="components"):
             )
             + " first."
         )
+    _check_current(self, source)
     return _results_signals(self, res, source)
+
+
+def _check_current(signal, source):
+    """Refuse a stored clustering that no longer matches ``learning_results`` (see ``_store.stale_clustering``)."""
+    prefix, _ = _source(source)
+    stale = stale_clustering(signal.learning_results, prefix,
+                             "cluster_diffraction" if source == "components" else "cluster_patterns")
+    if stale:
+        raise RuntimeError(stale)
 
 
 def _results_signals(signal, res, source):
@@ -882,6 +904,7 @@ def cluster_patterns(
         stored = from_stored(core.PatternClustering, to_stored(res), shapes)
         return _results_signals(self, stored, source="patterns")
     lr = self.learning_results
+    clear_learning_results(lr, "cpat_")  # no field of an older clustering stays
     to_learning_results(lr, res, "cpat_")
     n_c = res.references.size
     counts = np.bincount(res.labels, minlength=n_c)[:, None]
@@ -1049,6 +1072,7 @@ def plot_cluster_dendrogram(self, source="components", ax=None, **kwargs):
     res = _read_clustering(self, source)
     if res is None or res.linkage is None:
         raise RuntimeError("Run `cluster_diffraction` (or `cluster_patterns`) first.")
+    _check_current(self, source)
     if source == "components":
         leaf_names = [str(int(i)) for i in res.components]
         leaf_title = "Component"
@@ -1100,6 +1124,7 @@ def plot_cluster_gallery(self, clusters=None, norm="log", cmap="inferno", **kwar
     stored = _read_clustering(self, "components")
     if stored is None:
         raise RuntimeError("Run `cluster_diffraction` first.")
+    _check_current(self, "components")
     res = _results_signals(self, stored, "components")
     labels, comps = stored.labels, stored.components
     n_c = int(labels.max()) + 1

@@ -25,7 +25,7 @@ from hyperspy_cnmf.signals._calibration import (
     navigation_scales,
     warn_defect_pixels,
 )
-from hyperspy_cnmf.signals._store import to_learning_results
+from hyperspy_cnmf.signals._store import clear_learning_results, to_learning_results
 
 ALGORITHM = "constrained_nmf"
 
@@ -195,31 +195,92 @@ def _poisson_scales(op, nav_valid, sig_valid):
     return r * (np.sqrt(total) if total > 0 else 1.0), c  # no absolute floor: scale-equivariant
 
 
-def _progress_callback(show_progressbar, max_iter):
+def _show_progress(show_progressbar):
     if show_progressbar is None:
         from hyperspy.defaults_parser import preferences
 
         show_progressbar = preferences.General.show_progressbar
-    if not show_progressbar:
+    return bool(show_progressbar)
+
+
+def _run_label(map_resolution, diffraction_constraint):
+    """"primitive NMF" when both constraints are off (the paper's name), else "constrained NMF"."""
+    map_off = map_resolution is None or map_resolution is False
+    return "primitive NMF" if map_off and not diffraction_constraint else "constrained NMF"
+
+
+#: What the fit does in each phase reported by the solver's callback.
+_PHASES = {"sketch": "iterations on the sketch", "exact": "exact iterations"}
+
+
+def _stage_bar(show_progressbar, text):
+    """A line for a phase without iterations (e.g. the statistics read): its name and duration.
+
+    Returns a function that closes it (prints the elapsed time); a no-op
+    without progress bars.
+    """
+    if not _show_progress(show_progressbar):
+        return lambda: None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=None, desc=text, bar_format="{desc} [{elapsed}]", leave=True)
+    return bar.close
+
+
+def _progress_callback(show_progressbar, max_iter, max_exact_iter=None, label="constrained NMF"):
+    """Progress bars of a fit: one per phase, each closed at its real number of iterations.
+
+    An initialisation line runs until the first iteration; then one bar per
+    phase ("sketch", "exact", and a new one for every further start of
+    ``n_init``) whose total is the phase's cap (``max_iter`` on the sketch,
+    ``min(max_exact_iter, max_iter)`` exact); when the phase ends (converged
+    or capped) the total is set to the iterations run, so that a bar that
+    stops at 23 of 200 shows 23/23 with the final loss, not 23/200.
+
+    Returns
+    -------
+    callback : callable or None
+        ``callback(phase, iteration, loss)`` for the solver; None without
+        progress bars.
+    close : callable
+        Ends the open bar (call it in a ``finally``).
+    """
+    if not _show_progress(show_progressbar):
         return None, lambda: None
     from tqdm.auto import tqdm
 
-    state = {}
+    caps = {"sketch": int(max_iter),
+            "exact": int(max_iter if max_exact_iter is None else min(int(max_exact_iter), int(max_iter)))}
+    state = {"bar": None, "phase": None, "starts": 0,
+             "init": tqdm(total=None, desc=f"{label}: initialisation", bar_format="{desc} [{elapsed}]",
+                          leave=True)}
+
+    def finish():
+        bar = state["bar"]
+        if bar is not None:
+            bar.total = bar.n  # the real number of iterations: the bar ends full, not at n/max_iter
+            bar.refresh()
+            bar.close()
+            state["bar"] = None
+        if state["init"] is not None:
+            state["init"].close()
+            state["init"] = None
 
     def callback(phase, iteration, loss):
-        bar = state.get(phase)
-        if bar is None:
-            for other in state.values():
-                other.close()
-            bar = state[phase] = tqdm(total=max_iter, desc=f"constrained NMF ({phase})", leave=False)
+        if state["bar"] is None or phase != state["phase"] or iteration == 0:
+            finish()
+            state["starts"] = state["starts"] + 1 if phase == state["phase"] and iteration == 0 else 1
+            name = _PHASES.get(phase, phase)
+            if state["starts"] > 1:
+                name += f", start {state['starts']}"
+            state["phase"] = phase
+            state["bar"] = tqdm(total=max(1, caps.get(phase, int(max_iter))), desc=f"{label} ({name})",
+                                leave=True)
+        bar = state["bar"]
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+        bar.set_postfix(loss=f"{loss:.4g}", refresh=bar.n == 1)  # shown at once, then at tqdm's pace
 
-    def close():
-        for bar in state.values():
-            bar.close()
-
-    return callback, close
+    return callback, finish
 
 
 #: Margin (px) added to the direct beam's half-maximum radius by ``direct_beam_mask="auto"``: the
@@ -423,7 +484,12 @@ def constrained_nmf_decomposition(
                         poisson=bool(normalize_poissonian_noise))
     op = _with_clean_masked_entries(signal, op, nav_mask, sig_mask)
     seed = _expect_range_product(op, k, init, sketch, normalize_poissonian_noise, random_state)
-    stats = op.stats()
+    done = _stage_bar(show_progressbar, f"{_run_label(map_resolution, diffraction_constraint)}: reading the data "
+                      "(statistics, direct beam)")
+    try:
+        stats = op.stats()
+    finally:
+        done()
     if stats["n_bad"]:
         raise ValueError(
             f"the data contain {stats['n_bad']} NaN or infinite values outside the masks; "
@@ -520,7 +586,8 @@ def constrained_nmf_decomposition(
         c_safe = np.where(col_scale > 0, col_scale, 1.0)[:, None]
         init = (init[0] * r_safe, init[1] * c_safe)
 
-    callback, close = _progress_callback(show_progressbar, max_iter)
+    callback, close = _progress_callback(show_progressbar, max_iter, max_exact_iter,
+                                         _run_label(map_resolution, diffraction_constraint))
     try:
         with _single_threaded_blas():
             result = constrained_nmf(
@@ -548,8 +615,10 @@ def constrained_nmf_decomposition(
     lr = signal.learning_results
     lr.factors = factors
     lr.loadings = loadings
-    lr.explained_variance = None
-    lr.explained_variance_ratio = None
+    lr.explained_variance = None  # NMF has no variances; the ratio is each component's share of
+    # the modelled counts (loadings x unit-sum factors), the sort order, for HyperSpy's scree plot
+    counts = np.nansum(loadings[nav_valid], axis=0)
+    lr.explained_variance_ratio = counts / counts.sum() if counts.sum() > 0 else np.full(k, 1.0 / k)
     lr.number_significant_components = k
     lr.decomposition_algorithm = ALGORITHM
     lr.poissonian_noise_normalized = bool(normalize_poissonian_noise)
@@ -572,6 +641,7 @@ def constrained_nmf_decomposition(
         diffraction_constraint_size=dip_radius,
         parameters=settings,
     )
+    clear_learning_results(lr, "cnmf_")  # no field of an older run stays beside this one
     to_learning_results(lr, record, "cnmf_")
 
     info = dict(settings, loss=result.loss, n_iter=result.n_iter, n_iter_sketch=result.n_iter_sketch,

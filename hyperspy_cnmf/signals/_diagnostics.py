@@ -257,6 +257,12 @@ def plot_map_spectra(self, components=None, resolution=None, **kwargs):
     idx = _component_indices(lr, components)
     res = _resolution(self, resolution)
     kwargs.setdefault("names", [f"Component {i}" for i in idx])
+    quantity = self.metadata.get_item("Signal.quantity", None) or "counts"
+    kwargs.setdefault(
+        "map_label",
+        # constrained NMF patterns sum to 1: the maps are the data's units per position
+        f"{quantity} per position" if lr.decomposition_algorithm == "constrained_nmf" else "loading (a.u.)",
+    )
     kwargs.setdefault(
         "title",
         f"Maps of {self.metadata.General.title} and their Fourier transforms "

@@ -2,7 +2,13 @@
 
 from hyperspy.signals import Signal2D
 
-from hyperspy_cnmf.signals import _beam_shift, _cluster, _decomposition, _diagnostics
+from hyperspy_cnmf.signals import (
+    _beam_shift,
+    _cluster,
+    _decomposition,
+    _diagnostics,
+    _store,
+)
 from hyperspy_cnmf.signals._axes import set_default_axes
 
 
@@ -29,6 +35,13 @@ class STEM4D(Signal2D):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         set_default_axes(self)
+        lr = getattr(self, "learning_results", None)
+        if lr is not None and not isinstance(lr, _store.STEM4DLearningResults):
+            # HyperSpy's LearningResults, whose summary() also lists the constrained NMF and
+            # clustering settings; the same attributes, saved and loaded as HyperSpy's.
+            new = _store.STEM4DLearningResults()
+            new.__dict__.update(lr.__dict__)
+            self.learning_results = new
 
     cluster_diffraction = _cluster.cluster_diffraction
     cluster_patterns = _cluster.cluster_patterns
@@ -196,15 +209,77 @@ class STEM4D(Signal2D):
         ...                 print_info=False)  # doctest: +SKIP
         >>> s.plot_decomposition_results()  # doctest: +SKIP
         """
-        if isinstance(algorithm, str) and algorithm.lower() == _decomposition.ALGORITHM:
+        constrained = isinstance(algorithm, str) and algorithm.lower() == _decomposition.ALGORITHM
+        if constrained:
             if args:
                 raise TypeError("pass the constrained_nmf options by keyword")
-            return _decomposition.constrained_nmf_decomposition(
+            out = _decomposition.constrained_nmf_decomposition(
                 self, output_dimension,
                 normalize_poissonian_noise=True if normalize_poissonian_noise is None else normalize_poissonian_noise,
                 **kwargs,
             )
-        return super().decomposition(bool(normalize_poissonian_noise), algorithm, output_dimension, *args, **kwargs)
+        else:
+            out = super().decomposition(bool(normalize_poissonian_noise), algorithm, output_dimension, *args,
+                                        **kwargs)
+        # What depended on the old decomposition goes: the clustering of the components (and
+        # HyperSpy's cluster_* fields it wrote), and the cnmf_* record after another algorithm.
+        _store.forget_results_of_decomposition(self.learning_results, constrained)
+        return out
+
+    def cluster_analysis(self, *args, **kwargs):
+        """HyperSpy's ``cluster_analysis``, unchanged; see :meth:`hyperspy.api.signals.BaseSignal.cluster_analysis`.
+
+        It replaces the ``cluster_*`` fields of ``learning_results``, so the
+        results of :meth:`cluster_diffraction` and :meth:`cluster_patterns`
+        (``cdiff_*``, ``cpat_*``), which wrote those fields, are removed with
+        them: no record of an older clustering remains beside the new one.
+        """
+        out = super().cluster_analysis(*args, **kwargs)
+        if getattr(self.learning_results, "cluster_labels", None) is not None:
+            _store.clear_learning_results(self.learning_results, "cdiff_")
+            _store.clear_learning_results(self.learning_results, "cpat_")
+        return out
+
+    def plot_cluster_results(self, *args, **kwargs):
+        """HyperSpy's ``plot_cluster_results``, refused when the clustering is stale.
+
+        After :meth:`cluster_diffraction`, the ``cluster_*`` fields are checked
+        against the decomposition they were made from first (see
+        :meth:`get_cluster_diffraction_results`).
+        """
+        lr = self.learning_results
+        if getattr(lr, "cluster_algorithm", None) == "cluster_diffraction":
+            stale = _store.stale_clustering(lr, "cdiff_", "cluster_diffraction")
+            if stale:
+                raise RuntimeError(stale)
+        return super().plot_cluster_results(*args, **kwargs)
+
+    def get_scree_plot_data(self):
+        """HyperSpy's scree-plot data; for constrained NMF each component's share of the modelled counts.
+
+        NMF has no variance ordering; ``explained_variance_ratio`` of a
+        constrained NMF run is the fraction of the modelled counts (the sum of
+        ``loadings x factors`` over the unmasked data) that each component
+        carries, the order in which the components are sorted. It is what
+        :meth:`plot_scree_plot` and ``plot_explained_variance_ratio`` show.
+        """
+        s = super().get_scree_plot_data()
+        if self.learning_results.decomposition_algorithm == _decomposition.ALGORITHM:
+            s.metadata.General.title = (f"{self.metadata.General.title}\n"
+                                        "constrained NMF: share of the modelled counts")
+        return s
+
+    def plot_scree_plot(self, *args, **kwargs):
+        """HyperSpy's scree plot; for constrained NMF the share of the modelled counts per component.
+
+        See :meth:`get_scree_plot_data`.
+        """
+        ax = super().plot_scree_plot(*args, **kwargs)
+        if self.learning_results.decomposition_algorithm == _decomposition.ALGORITHM:
+            ax.set_ylabel("Share of the modelled counts")
+            if kwargs.get("fig") is None and kwargs.get("ax") is None:
+                ax.figure.tight_layout()  # HyperSpy's figure of its own: keep the label inside
+        return ax
 
     def export_decomposition_results(self, comp_ids=None, folder=None, calibrate=True, factor_prefix="factor",
                                      factor_format="hspy", loading_prefix="loading", loading_format="hspy",
