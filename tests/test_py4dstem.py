@@ -104,9 +104,17 @@ def test_to_py4dstem_import_error_hint(no_py4dstem):
         hio.to_py4dstem(_make_signal())
 
 
-def test_load_py4dstem_import_error_hint(no_py4dstem, tmp_path):
-    with pytest.raises(ImportError, match=r'pip install "py4dstem>=0\.14\.18,<0\.15"'):
+def test_load_py4dstem_needs_py4dstem_only_for_legacy_files(no_py4dstem, tmp_path):
+    # EMD 1.0 files are read with h5py (tests/test_io_emd.py); a file in another
+    # layout (py4DSTEM <= 0.13) still needs py4DSTEM.read
+    import h5py
+
+    with pytest.raises(FileNotFoundError):
         hio.load_py4dstem(tmp_path / "missing.h5")
+    with h5py.File(tmp_path / "old.h5", "w") as f:
+        f["4DSTEM_experiment/data"] = np.ones(2)
+    with pytest.raises(ImportError, match=r'pip install "py4dstem>=0\.14\.18,<0\.15"'):
+        hio.load_py4dstem(tmp_path / "old.h5")
 
 
 def test_to_py4dstem_rejects_non_signal():
@@ -544,3 +552,119 @@ def test_pick_datacube_from_tree(py4DSTEM):
         bridge._pick_datacube(dc.root, "x")
     with pytest.raises(ValueError, match="No py4DSTEM DataCube"):
         bridge._pick_datacube(["root_a", "root_b"], "x")
+
+
+# A file saved by py4DSTEM reads identically without py4DSTEM -------------------
+
+_READ_WITHOUT_PY4DSTEM = """
+import pickle, sys
+
+class _Block:  # refuse py4DSTEM and its submodules, as if not installed
+    def find_spec(self, name, path=None, target=None):
+        if name == "py4DSTEM" or name.startswith("py4DSTEM."):
+            raise ImportError("py4DSTEM blocked")
+
+sys.meta_path.insert(0, _Block())
+import numpy as np
+import hyperspy_cnmf.io as hio
+
+out = {}
+for key, (fname, datapath, lazy) in pickle.loads(bytes.fromhex(sys.argv[1])).items():
+    s = hio.load_py4dstem(fname, datapath=datapath, lazy=lazy)
+    axes = [(a.name, a.size, a.scale, a.offset, a.units, a.navigate) for a in s.axes_manager._axes]
+    out[key] = (type(s).__name__, np.asarray(s.data), axes, s.metadata.as_dictionary())
+assert not any(m.split(".")[0] == "py4DSTEM" for m in sys.modules), "py4DSTEM was imported"
+sys.stdout.write(pickle.dumps(out).hex())
+"""
+
+
+def _summary(s):
+    axes = [(a.name, a.size, a.scale, a.offset, a.units, a.navigate) for a in s.axes_manager._axes]
+    return type(s).__name__, np.asarray(s.data), axes, s.metadata.as_dictionary()
+
+
+def _assert_deep_equal(a, b, where="metadata"):
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), (where, sorted(a), sorted(b))
+        for k in a:
+            _assert_deep_equal(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        assert np.asarray(a).dtype == np.asarray(b).dtype, where
+        np.testing.assert_array_equal(a, b, err_msg=where)
+    else:
+        assert type(a) is type(b) and a == b, (where, a, b)
+
+
+def _read_without_py4dstem(cases):
+    import pickle
+
+    arg = pickle.dumps({k: (str(f), d, lazy) for k, (f, d, lazy) in cases.items()}).hex()
+    run = subprocess.run(
+        [sys.executable, "-c", _READ_WITHOUT_PY4DSTEM, arg],
+        check=True, capture_output=True, text=True,
+    )
+    return pickle.loads(bytes.fromhex(run.stdout))
+
+
+def _assert_same_summary(expected, got):
+    name, data, axes, md = expected
+    name2, data2, axes2, md2 = got
+    assert name2 == name
+    assert data2.dtype == data.dtype
+    np.testing.assert_array_equal(data2, data)
+    assert axes2 == axes  # exact scales and offsets
+    _assert_deep_equal(md, md2)
+
+
+@pytest.mark.py4dstem
+def test_file_saved_by_py4dstem_reads_identically_without_py4dstem(py4DSTEM, tmp_path):
+    from test_io_emd import _calibrated, write_emd1
+
+    files = {}
+    # a calibrated cube with per-position origin and free calibration items
+    dc = _make_datacube(py4DSTEM)
+    cal = dc.calibration
+    cal["probe_semiangle"] = 1.5
+    cal["ellipse"] = {"a": 1.0, "b": 2.0}
+    cal["center_guess"] = (2.0, 3.5)
+    cal["label"] = "test"
+    py4DSTEM.save(str(tmp_path / "rich.h5"), dc, mode="o")
+    files["rich"] = (tmp_path / "rich.h5", None)
+    # a mean origin only
+    py4DSTEM.save(str(tmp_path / "mean.h5"), _make_datacube(py4DSTEM, False), mode="o")
+    files["mean"] = (tmp_path / "mean.h5", None)
+    # uncalibrated integer counts
+    plain = py4DSTEM.DataCube(data=np.arange(2 * 2 * QX * QY, dtype="uint16").reshape(2, 2, QX, QY))
+    py4DSTEM.save(str(tmp_path / "plain.h5"), plain, mode="o")
+    files["plain"] = (tmp_path / "plain.h5", None)
+    # a tree: a second DataCube and an image attached to the first
+    dc = _make_datacube(py4DSTEM, name="first")
+    dc.attach(py4DSTEM.DataCube(data=np.full((2, 2, QX, QY), 7.0), name="second"))
+    dc.attach(py4DSTEM.RealSlice(data=np.ones((RX, RY)), name="image"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        py4DSTEM.save(str(tmp_path / "tree.h5"), dc.root, mode="o")
+    files["tree_second"] = (tmp_path / "tree.h5", "first_root/first/second")
+    files["tree_first"] = (tmp_path / "tree.h5", "first_root/first")
+    # the layout tests/test_io_emd.py writes with h5py (checks that py4DSTEM reads it alike)
+    rng = np.random.default_rng(42)
+    write_emd1(tmp_path / "h5py.h5", rng.random((RX, RY, QX, QY)).astype("float32"),
+               name="mycube", calibration=_calibrated(rng))
+    files["h5py_writer"] = (tmp_path / "h5py.h5", None)
+
+    cases = {(k, lazy): (f, d, lazy) for k, (f, d) in files.items() for lazy in (False, True)}
+    got = _read_without_py4dstem(cases)
+    for (key, lazy), (fname, datapath, _) in cases.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if datapath is None:
+                datacube = py4DSTEM.read(str(fname))
+            else:
+                datacube = py4DSTEM.read(str(fname), datapath=datapath, tree=False)
+        assert isinstance(datacube, py4DSTEM.DataCube), key
+        expected = _summary(hio.from_py4dstem(datacube, lazy=lazy))
+        _assert_same_summary(expected, got[key, lazy])
+    # the free items did travel
+    p4 = got["rich", False][3]["Signal"]["py4DSTEM"]["calibration"]
+    assert p4["probe_semiangle"] == 1.5 and p4["ellipse"] == {"a": 1.0, "b": 2.0}
+    assert p4["label"] == "test"

@@ -4,7 +4,8 @@ py4DSTEM bridge (py4DSTEM is optional and imported only when needed):
 
 - :func:`from_py4dstem`: py4DSTEM ``DataCube`` -> ``STEM4D``/``LazySTEM4D``;
 - :func:`to_py4dstem`: 2+2 dimensional HyperSpy signal -> ``DataCube``;
-- :func:`load_py4dstem`: read the DataCube of a py4DSTEM (EMD 1.0) file;
+- :func:`load_py4dstem`: read the DataCube of a py4DSTEM (EMD 1.0) file
+  with h5py alone (no py4DSTEM needed);
 - :func:`as_signal`: accept a HyperSpy signal or a DataCube wherever a signal
   is expected.
 

@@ -5,6 +5,9 @@ py4DSTEM 0.14 pins ``numpy<2``, so it usually lives in its own environment).
 It is imported only inside the functions that need it, never when this module
 is imported, and :func:`from_py4dstem` / :func:`as_signal` do not import it at
 all: an object can only be a ``DataCube`` if py4DSTEM is already imported.
+:func:`load_py4dstem` reads the EMD 1.0 files of py4DSTEM 0.14 with h5py alone
+(eagerly or lazily, also with numpy 2); only :func:`to_py4dstem` and legacy
+(py4DSTEM <= 0.13) files need py4DSTEM.
 
 Axis order
 ----------
@@ -144,13 +147,13 @@ _MAPPED_KEYS = frozenset(
 # ----------------------------------------------------------------------------
 
 
-def _import_py4dstem():
+def _import_py4dstem(what="This feature"):
     """Import py4DSTEM or raise an ImportError with the install hint."""
     try:
         import py4DSTEM
     except ImportError as err:
         raise ImportError(
-            "This feature needs py4DSTEM (0.14.x), which is not installed or "
+            f"{what} needs py4DSTEM (0.14.x), which is not installed or "
             f"cannot be imported ({err}). Install it with: {INSTALL_HINT} (or, in a "
             'source checkout of hyperspy_cnmf: pip install -e ".[py4dstem]"); '
             "py4DSTEM 0.14 needs numpy<2: use a separate environment."
@@ -256,8 +259,26 @@ def _same(a, b):
     return bool(np.isclose(a, b, rtol=1e-9, atol=1e-12))
 
 
+def _calibration_items(calibration):
+    """The stored items of a py4DSTEM Calibration as a plain dict.
+
+    ``calibration`` is a py4DSTEM ``Calibration`` (its items are what its
+    getters return) or already a dict of them, e.g. as read from a file by
+    :func:`_read_emd_calibration`.
+    """
+    if isinstance(calibration, dict):
+        return calibration
+    keys = calibration.keys  # a property in emdfile's Metadata
+    keys = keys() if callable(keys) else keys
+    return {key: calibration[key] for key in list(keys)}
+
+
 def _calibration_params(calibration):
-    """Plain dict of the calibration items of a py4DSTEM Calibration."""
+    """Plain dict of the calibration items of a py4DSTEM Calibration.
+
+    ``calibration``: a py4DSTEM ``Calibration``, a dict of its items (the same
+    mapping, without py4DSTEM) or None (uncalibrated).
+    """
     params = {
         "Q_pixel_size": 1,
         "R_pixel_size": 1,
@@ -266,23 +287,101 @@ def _calibration_params(calibration):
     }
     if calibration is None:
         return params
-    params["Q_pixel_size"] = calibration.get_Q_pixel_size()
-    params["R_pixel_size"] = calibration.get_R_pixel_size()
-    params["Q_pixel_units"] = calibration.get_Q_pixel_units()
-    params["R_pixel_units"] = calibration.get_R_pixel_units()
-    origin = calibration.get_origin()
-    if origin is not None:
-        params["qx0"], params["qy0"] = origin
-    mean = calibration.get_origin_mean()
-    if mean is not None:
-        params["qx0_mean"], params["qy0_mean"] = mean
-    keys = calibration.keys  # a property in emdfile's Metadata
-    keys = keys() if callable(keys) else keys
-    for key in list(keys):
+    items = _calibration_items(calibration)
+    for key in ("Q_pixel_size", "R_pixel_size", "Q_pixel_units", "R_pixel_units"):
+        params[key] = items.get(key)
+    # as Calibration.get_origin(): both or neither
+    qx0, qy0 = items.get("qx0"), items.get("qy0")
+    if qx0 is not None and qy0 is not None:
+        params["qx0"], params["qy0"] = qx0, qy0
+    # as Calibration.get_origin_mean(): always a pair, possibly of None
+    params["qx0_mean"], params["qy0_mean"] = items.get("qx0_mean"), items.get("qy0_mean")
+    for key, value in items.items():
         if key in _MAPPED_KEYS or key.startswith("_"):
             continue
-        params[key] = calibration[key]
+        params[key] = value
     return params
+
+
+# ----------------------------------------------------------------------------
+# EMD 1.0 files with h5py only (the layout of emdfile, which py4DSTEM 0.14 writes)
+# ----------------------------------------------------------------------------
+
+#: The items a new py4DSTEM ``Calibration`` starts with; a file's items update
+#: them (``Calibration.from_h5``).
+_CALIBRATION_DEFAULTS = {
+    "Q_pixel_size": 1,
+    "R_pixel_size": 1,
+    "Q_pixel_units": "pixels",
+    "R_pixel_units": "pixels",
+    "QR_flip": False,
+}
+
+
+def _decode_attr(value):
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _scalar(value):
+    return value.item() if isinstance(value, (np.ndarray, np.generic)) else value
+
+
+def _read_emd_item(obj):
+    """One emdfile Metadata item (dataset or group with a ``type`` attribute).
+
+    Mirrors ``emdfile.Metadata._read_item`` (emdfile 0.0.16): the value as
+    py4DSTEM holds it after ``py4DSTEM.read``.
+    """
+    kind = _decode_attr(obj.attrs.get("type"))
+    if kind == "dict":
+        return _read_emd_metadata(obj)
+    if kind == "None":
+        return None
+    if kind == "string":
+        value = _scalar(obj[()])
+        value = _decode_attr(value)
+        return None if value == "_None" else value
+    if kind in ("number", "bool"):
+        return _scalar(obj[()])
+    if kind == "array":
+        return np.array(obj)
+    if kind in ("tuple", "list"):
+        values = obj[...]
+        return tuple(values) if kind == "tuple" else list(values)
+    if kind in ("tuple_of_arrays", "list_of_arrays", "tuple_of_tuples", "tuple_of_strings",
+                "list_of_strings"):
+        out = []
+        for i in range(int(obj.attrs["length"])):
+            x = obj[str(i)][...]
+            if kind.endswith("_of_arrays"):
+                x = np.array(x)
+            elif kind.endswith("_of_strings"):
+                x = _decode_attr(x.item())
+            else:  # tuple_of_tuples
+                x = x.item() if x.ndim == 0 else tuple(x)
+            out.append(x)
+        return out if kind.startswith("list") else tuple(out)
+    raise ValueError(f"unrecognized EMD metadata item type {kind!r} at {obj.name!r}")
+
+
+def _read_emd_metadata(group):
+    """An emdfile Metadata group (or ``dict`` item) as a dict, with h5py only."""
+    return {key: _read_emd_item(obj) for key, obj in group.items()}
+
+
+def _read_emd_calibration(f, path):
+    """The Calibration items of the tree holding the node ``path`` (dict), or None.
+
+    py4DSTEM 0.14 keeps one calibration per tree, in
+    ``<root>/metadatabundle/calibration``.
+    """
+    root = path.strip("/").split("/")[0]
+    group = f.get(f"{root}/metadatabundle/calibration")
+    if group is None:
+        return None
+    items = dict(_CALIBRATION_DEFAULTS)
+    items.update(_read_emd_metadata(group))
+    return items
 
 
 # ----------------------------------------------------------------------------
@@ -387,13 +486,17 @@ def _signal_from_parts(data, params, name="datacube", lazy=False, chunks=None):
                     meta=np.empty((0,) * data.ndim, dtype=data.dtype),
                 )
             else:  # e.g. an h5py Dataset: read chunk by chunk
-                data = da.from_array(data, chunks=chunks)
+                data = da.from_array(data, chunks=chunks, lock=True)
+        if data.dtype.byteorder == ">":
+            data = data.astype(data.dtype.newbyteorder("="))
         return LazySTEM4D(data, axes=axes, metadata=metadata)
 
     from hyperspy_cnmf.signals import STEM4D
 
     if not isinstance(data, np.ndarray):
         data = np.asarray(data)  # e.g. an h5py Dataset
+    if data.dtype.byteorder == ">":
+        data = data.astype(data.dtype.newbyteorder("="))
     return STEM4D(data, axes=axes, metadata=metadata)
 
 
@@ -721,8 +824,13 @@ def load_py4dstem(filename, lazy=False, datapath=None, chunks=None, **kwargs):
     nested nodes derived from them. This function finds the DataCube groups
     (by their ``python_class`` attribute) without reading any data: with one
     DataCube in the file it is chosen, with several ``datapath`` must name
-    one. Files written by py4DSTEM <= 0.13 are read with ``py4DSTEM.read``
-    (eagerly, ``**kwargs`` passed to it) and must hold a single DataCube.
+    one. EMD 1.0 files are read with h5py alone (py4DSTEM is neither needed
+    nor imported, so this works with numpy 2); the array is
+    ``<datacube>/data`` (Rx, Ry, Qx, Qy) and the calibration is mapped exactly
+    as :func:`from_py4dstem` maps a DataCube's. Files written by
+    py4DSTEM <= 0.13 (not EMD 1.0) are read with ``py4DSTEM.read`` (eagerly,
+    ``**kwargs`` passed to it), which needs py4DSTEM, and must hold a single
+    DataCube.
 
     Parameters
     ----------
@@ -730,16 +838,16 @@ def load_py4dstem(filename, lazy=False, datapath=None, chunks=None, **kwargs):
         The ``.h5``/``.emd`` file.
     lazy : bool, default False
         If True, the data stays on disk: the HDF5 dataset is wrapped in a dask
-        array (the file is kept open while the signal uses it) and a
-        :class:`~hyperspy_cnmf.signals.LazySTEM4D` is returned. If False
-        the DataCube is read with ``py4DSTEM.read`` and converted with
-        :func:`from_py4dstem`.
+        array read chunk by chunk (the file is kept open while the signal
+        uses it) and a :class:`~hyperspy_cnmf.signals.LazySTEM4D` is
+        returned.
     datapath : str, optional
         HDF5 path of the DataCube group, e.g. ``"datacube_root/datacube"``
-        (see ``py4DSTEM.print_h5_tree(filename)``); needed when the file
-        holds several DataCubes.
+        (the error for a file with several DataCubes lists them); needed when
+        the file holds several DataCubes.
     chunks : tuple or str, optional
-        Dask chunks when ``lazy=True``; default ``("auto", "auto", -1, -1)``.
+        Dask chunks when ``lazy=True``; default ``("auto", "auto", -1, -1)``
+        (whole patterns, scan blocks aligned with the file's own chunks).
     **kwargs
         Passed to ``py4DSTEM.read`` for legacy (py4DSTEM <= 0.13) files.
 
@@ -755,21 +863,17 @@ def load_py4dstem(filename, lazy=False, datapath=None, chunks=None, **kwargs):
         If the file holds no DataCube, or several and ``datapath`` is not
         given, or ``datapath`` is not a DataCube.
     ImportError
-        If py4DSTEM is not installed (``pip install "py4dstem>=0.14.18,<0.15"``).
+        For a legacy (not EMD 1.0) file when py4DSTEM is not installed
+        (``pip install "py4dstem>=0.14.18,<0.15"``).
 
     Examples
     --------
-    >>> import numpy as np
-    >>> import py4DSTEM  # doctest: +SKIP
     >>> from hyperspy_cnmf.io import load_py4dstem
-    >>> dc = py4DSTEM.DataCube(np.random.rand(4, 5, 16, 16))  # doctest: +SKIP
-    >>> py4DSTEM.save("scan.h5", dc, mode="o")  # doctest: +SKIP
     >>> s = load_py4dstem("scan.h5")  # doctest: +SKIP
     >>> s_lazy = load_py4dstem("scan.h5", lazy=True)  # doctest: +SKIP
     >>> s_lazy  # doctest: +SKIP
     <LazySTEM4D, title: datacube, dimensions: (5, 4|16, 16)>
     """
-    py4dstem = _import_py4dstem()
     filename = os.fspath(filename)
     if not os.path.exists(filename):
         raise FileNotFoundError(f"No such file: {filename!r}")
@@ -777,6 +881,9 @@ def load_py4dstem(filename, lazy=False, datapath=None, chunks=None, **kwargs):
     is_emd1, cubes, others = _find_datacubes(filename)
     if not is_emd1:
         # legacy py4DSTEM (<= 0.13) or EMD 0.1 file: let py4DSTEM read it all
+        py4dstem = _import_py4dstem(
+            f"{filename!r} is not an EMD 1.0 file (py4DSTEM <= 0.13 or EMD 0.1?): reading it"
+        )
         obj = py4dstem.read(filename, datapath=datapath, **kwargs)
         return from_py4dstem(
             _pick_datacube(obj, repr(filename)), lazy=lazy, chunks=chunks
@@ -802,32 +909,22 @@ def load_py4dstem(filename, lazy=False, datapath=None, chunks=None, **kwargs):
             "them as `datapath`."
         )
 
-    if not lazy:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            datacube = py4dstem.read(filename, datapath=path, tree=False)
-        return from_py4dstem(_pick_datacube(datacube, repr(filename)))
-
     import h5py
-    from py4DSTEM.data import Calibration
 
-    root = path.split("/")[0]
-    f = h5py.File(filename, "r")  # kept open by the dask graph
+    f = h5py.File(filename, "r")  # with lazy=True, kept open by the dask graph
     try:
-        cal_group = f.get(f"{root}/metadatabundle/calibration")
-        calibration = Calibration.from_h5(cal_group) if cal_group is not None else None
-        params = _calibration_params(calibration)
+        params = _calibration_params(_read_emd_calibration(f, path))
         dataset = f[f"{path}/data"]
-        return _signal_from_parts(
-            dataset,
-            params,
-            name=path.split("/")[-1],
-            lazy=True,
-            chunks=chunks,
+        data = dataset if lazy else dataset[()]
+        signal = _signal_from_parts(
+            data, params, name=path.split("/")[-1], lazy=lazy, chunks=chunks
         )
     except BaseException:
         f.close()
         raise
+    if not lazy:
+        f.close()
+    return signal
 
 
 def as_signal(obj, lazy=False):
