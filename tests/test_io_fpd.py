@@ -79,6 +79,44 @@ def test_binning_sums_and_crops(fpd_file):
     assert s.data.dtype == np.uint32
 
 
+@pytest.mark.parametrize("b", [2, 3, 4])
+def test_binning_is_hyperspy_rebin_eager_and_lazy(fpd_file, b):
+    """Binning is HyperSpy's rebin on the calibrated signal, cropped first; counts conserved."""
+    path, data = fpd_file
+    full = load_fpd_hdf5(path)
+    qy, qx = data.shape[2] // b * b, data.shape[3] // b * b
+    reference = full.isig[:qx, :qy].rebin(scale=(1, 1, b, b), dtype=np.uint32)
+    cropped = data[:, :, :qy, :qx]
+    by_hand = cropped.reshape(3, 4, qy // b, b, qx // b, b).sum(axis=(3, 5), dtype=np.uint32)
+    for lazy in (False, True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the crop warning (12 x 10 by 3 or 4)
+            s = load_fpd_hdf5(path, bin_signal=b, lazy=lazy)
+        assert s._lazy == lazy
+        out = s.data.compute() if lazy else s.data
+        assert out.dtype == np.uint32
+        np.testing.assert_array_equal(out, by_hand)
+        np.testing.assert_array_equal(out, reference.data)
+        assert int(out.sum()) == int(cropped.sum())  # counts conserved
+        for ax, ref in zip(s.axes_manager._axes, reference.axes_manager._axes):
+            assert (ax.name, ax.size, ax.scale, ax.offset, ax.units) == (
+                ref.name, ref.size, ref.scale, ref.offset, ref.units)
+        assert s.metadata.Signal.signal_type == "4D-STEM"
+        assert s.metadata.Acquisition_instrument.TEM.beam_energy == 300.0
+
+
+def test_hyperspy_load_cannot_choose_and_our_load_reads_it(fpd_file):
+    """The route the README shows: hs.load stops at "multiple file readers"."""
+    import hyperspy.api as hs
+
+    path, data = fpd_file
+    with pytest.raises(ValueError, match="multiple file readers"):
+        hs.load(path)
+    s = load(path)
+    assert isinstance(s, STEM4D) and s.axes_manager.navigation_axes[0].units == "nm"
+    np.testing.assert_array_equal(s.data, data)
+
+
 def test_lazy_does_not_read_and_matches(fpd_file, monkeypatch):
     path, data = fpd_file
     reads = []
@@ -192,3 +230,21 @@ def test_load_blockfile(tmp_path):
         s = load(tmp_path / "scan.blo")
     assert type(s).__name__ == "STEM4D"
     np.testing.assert_array_equal(s.data, d)
+
+
+def test_bin_detector_crops_then_rebins_lazy_and_eager(tmp_path):
+    """A detector side that is not a multiple of the factor: cropped (HyperSpy's
+    lazy rebin refuses such a shape, and its eager one interpolates)."""
+    import hyperspy.api as hs
+
+    d = np.random.default_rng(2).poisson(3, (3, 4, 8, 7)).astype("uint16")
+    hs.signals.Signal2D(d).save(tmp_path / "odd.hspy")
+    expected = d[:, :, :6, :6].reshape(3, 4, 2, 3, 2, 3).sum(axis=(3, 5))
+    for lazy in (False, True):
+        with pytest.warns(UserWarning, match="not a multiple of the binning factor 3"):
+            s = load(tmp_path / "odd.hspy", bin_signal=3, lazy=lazy)
+        out = s.data.compute() if lazy else s.data
+        assert out.dtype == np.uint32
+        np.testing.assert_array_equal(out, expected)
+        kx, ky = s.axes_manager.signal_axes
+        assert (kx.size, ky.size, kx.scale, kx.offset) == (2, 2, 3.0, 1.0)

@@ -11,11 +11,12 @@ Merlin/Medipix scans to HDF5 with the layout (``fpd_version`` 0.1.x)::
     fpd_expt/merlin_hdr/*     Merlin acquisition header (strings)
     fpd_expt/TIA0/tags/...    tags of a simultaneous TIA (FEI) image, if any
 
-Only ``h5py`` is needed to read it; no ``fpd`` import.
+Only ``h5py`` is needed to read it; no ``fpd`` import. ``hyperspy.api.load``
+does not know this layout (it stops at "multiple file readers" for ``.hdf5``);
+:func:`hyperspy_cnmf.io.load` recognises it and calls :func:`load_fpd_hdf5`.
 """
 
 import os
-import warnings
 
 import numpy as np
 
@@ -167,21 +168,6 @@ def _acquisition_metadata(f):
     return md, original
 
 
-def _bin_array(data, factor, xp=np):
-    """Sum ``factor x factor`` detector blocks (the last two axes), cropping the rest."""
-    ny, nx, qy, qx = data.shape
-    qy2, qx2 = qy // factor, qx // factor
-    data = data[:, :, : qy2 * factor, : qx2 * factor]
-    dtype = np.uint32 if np.dtype(data.dtype).kind in "ub" else (
-        np.int64 if np.dtype(data.dtype).kind == "i" else data.dtype
-    )
-    if xp is np:
-        return data.reshape(ny, nx, qy2, factor, qx2, factor).sum(axis=(3, 5), dtype=dtype)
-    import dask.array as da
-
-    return da.coarsen(np.sum, data, {2: factor, 3: factor}, trim_excess=True, dtype=dtype).astype(dtype)
-
-
 def load_fpd_hdf5(path, bin_signal=1, lazy=False, chunks=None):
     """Read a 4D-STEM scan from an HDF5 file of the ``fpd`` package.
 
@@ -202,8 +188,9 @@ def load_fpd_hdf5(path, bin_signal=1, lazy=False, chunks=None):
     path : str or path-like
         The ``.hdf5`` file.
     bin_signal : int, default 1
-        Sum ``bin_signal x bin_signal`` detector pixels (the rows/columns left
-        over when the detector size is not a multiple are cropped). Integer
+        Sum ``bin_signal x bin_signal`` detector pixels with HyperSpy's
+        ``rebin`` (eagerly or lazily; the rows/columns left over when the
+        detector size is not a multiple are cropped, with a warning). Integer
         counts are summed as ``uint32``.
     lazy : bool, default False
         Keep the data on disk: the HDF5 dataset is wrapped with
@@ -273,20 +260,6 @@ def load_fpd_hdf5(path, bin_signal=1, lazy=False, chunks=None):
         f.close()
         raise
 
-    if b > 1:
-        for a in (aqy, aqx):
-            n = a["size"] // b
-            # the binned pixel sits at the centre of its b original pixels
-            a["offset"] = a["offset"] + 0.5 * (b - 1) * a["scale"]
-            a["scale"] = a["scale"] * b
-            a["size"] = n
-        if qy % b or qx % b:
-            warnings.warn(
-                f"The detector ({qy} x {qx}) is not a multiple of bin_signal={b}; "
-                "the last rows/columns are cropped.",
-                UserWarning,
-                stacklevel=2,
-            )
     if lazy:
         import dask.array as da
 
@@ -303,8 +276,6 @@ def load_fpd_hdf5(path, bin_signal=1, lazy=False, chunks=None):
         data = da.from_array(dset, chunks=chunks, lock=True)
         if data.dtype.byteorder == ">":
             data = data.astype(data.dtype.newbyteorder("="))
-        if b > 1:
-            data = _bin_array(data, b, xp=da)
     else:
         try:
             data = dset[()]
@@ -312,8 +283,6 @@ def load_fpd_hdf5(path, bin_signal=1, lazy=False, chunks=None):
             f.close()
         if data.dtype.byteorder == ">":
             data = data.astype(data.dtype.newbyteorder("="))
-        if b > 1:
-            data = _bin_array(data, b)
 
     axes = []
     for a, nav in ((ay, True), (ax_, True), (aqy, False), (aqx, False)):
@@ -326,5 +295,13 @@ def load_fpd_hdf5(path, bin_signal=1, lazy=False, chunks=None):
         from hyperspy_cnmf.signals import LazySTEM4D
 
         # the dask graph holds the h5py dataset, which keeps the file open
-        return LazySTEM4D(data, axes=axes, metadata=md, original_metadata=original)
-    return STEM4D(data, axes=axes, metadata=md, original_metadata=original)
+        s = LazySTEM4D(data, axes=axes, metadata=md, original_metadata=original)
+    else:
+        s = STEM4D(data, axes=axes, metadata=md, original_metadata=original)
+    if b > 1:
+        from hyperspy_cnmf.io._load import bin_detector
+
+        # HyperSpy's rebin, eager or lazy: counts summed (uint32), a binned
+        # pixel at the centre of its b x b pixels, the remainder cropped
+        s = bin_detector(s, b)
+    return s

@@ -5,7 +5,7 @@ Used by the ``hyperspy-cnmf run`` command. Dispatch:
 - HDF5 files of the ``fpd`` package (``fpd_expt/fpd_data/data``):
   :func:`~hyperspy_cnmf.io.load_fpd_hdf5`;
 - py4DSTEM EMD 1.0 files (root attribute ``emd_group_type = "file"``):
-  :func:`~hyperspy_cnmf.io.load_py4dstem` (py4DSTEM imported only then);
+  :func:`~hyperspy_cnmf.io.load_py4dstem` (h5py only, no py4DSTEM);
 - anything else (``.hspy``, ``.zspy``, ``.mib``, ``.blo``, ``.emd``, ``.dm4``,
   ...): RosettaSciIO through ``hyperspy.api.load``.
 """
@@ -201,7 +201,14 @@ def as_stem4d(signal, source="the data"):
 
 
 def bin_detector(signal, factor):
-    """Sum ``factor x factor`` detector pixels (crop the remainder), lazily if lazy.
+    """Sum ``factor x factor`` detector pixels with HyperSpy's ``rebin``, lazily if lazy.
+
+    The rows/columns left over when a detector side is not a multiple of
+    ``factor`` are cropped first (with a warning), so that ``rebin`` sums
+    whole blocks, eagerly or lazily; integer counts are summed as ``uint32``
+    (unsigned and boolean data) or ``int64`` (signed), floats in their own
+    type. A binned pixel lies at the centre of its ``factor x factor`` pixels
+    (HyperSpy's axis update).
 
     Parameters
     ----------
@@ -218,16 +225,26 @@ def bin_detector(signal, factor):
     factor = int(factor)
     if factor == 1:
         return signal
-    sig = signal.axes_manager.signal_axes
-    if factor > min(a.size for a in sig):
+    kx, ky = signal.axes_manager.signal_axes
+    if factor > min(kx.size, ky.size):
         raise ValueError(
-            f"binning factor {factor} is larger than the detector "
-            f"({' x '.join(str(a.size) for a in sig)})"
+            f"binning factor {factor} is larger than the detector ({ky.size} x {kx.size})"
         )
-    dtype = None
-    if np.dtype(signal.data.dtype).kind in "ub":
-        dtype = np.uint32
-    out = signal.rebin(scale=(1, 1, factor, factor), crop=True, dtype=dtype)
+    nx, ny = kx.size - kx.size % factor, ky.size - ky.size % factor
+    if (nx, ny) != (kx.size, ky.size):
+        import warnings
+
+        warnings.warn(
+            f"The detector ({ky.size} x {kx.size}) is not a multiple of the binning "
+            f"factor {factor}; the last rows/columns are cropped.",
+            UserWarning,
+            stacklevel=3,
+        )
+        # HyperSpy's rebin interpolates (eager) or refuses (lazy) otherwise
+        signal = signal.isig[:nx, :ny]
+    kind = np.dtype(signal.data.dtype).kind
+    dtype = np.uint32 if kind in "ub" else None  # None: NumPy's sum (int64 for signed)
+    out = signal.rebin(scale=(1, 1, factor, factor), dtype=dtype)
     out.set_signal_type("4D-STEM")
     return out
 
@@ -258,8 +275,6 @@ def load(path, lazy=None, bin_signal=1, **kwargs):
     ValueError
         If the file cannot be read or does not hold 4D (2 scan + 2 detector)
         data.
-    ImportError
-        For a py4DSTEM file when py4DSTEM is not installed.
 
     Examples
     --------
