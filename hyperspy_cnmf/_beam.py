@@ -1,9 +1,19 @@
-"""The direct-beam disk of a diffraction pattern (numpy and scipy only).
+"""The direct beam of a diffraction pattern (numpy and scipy only).
 
 The one direct-beam finder of the package: the decomposition (default size
 and centre of the diffraction constraint, probe size from calibrated
 diffraction), the calibration helpers and the rotation-invariant clustering
 (centre of the polar transform) all call :func:`locate_direct_beam`.
+
+The one beam and centre convention: a :class:`Beam`, ``(x, y, radius)`` in
+detector px, **x first** (``x`` the column, ``y`` the row of the pattern
+array). The decomposition records it (``direct_beam_x_px``, ...), the dip
+constraint is built from it
+(:meth:`~hyperspy_cnmf.constraints.DiffractionDipConstraint.from_beam`), and
+every ``centre`` the package takes or shows is ``(x, y)``; only the Numba
+kernels take array order ``(cy, cx)``, from :attr:`Beam.yx`. A centre outside
+the detector raises (:func:`check_centre`), so a swapped ``(y, x)`` on a
+non-square detector, or off its middle, is caught where it falls outside.
 """
 
 from collections import namedtuple
@@ -11,10 +21,109 @@ from collections import namedtuple
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["DirectBeam", "beam_search_pixels", "defect_pixels", "locate_direct_beam"]
+__all__ = ["Beam", "beam_search_pixels", "check_centre", "defect_pixels", "locate_direct_beam"]
 
-#: Position ``(x, y)`` (column, row) and radius of the direct-beam disk, in px.
-DirectBeam = namedtuple("DirectBeam", ["x", "y", "radius"])
+
+class Beam(namedtuple("Beam", ["x", "y", "radius"])):
+    """The direct beam on the detector: centre ``(x, y)`` and disk radius, in px.
+
+    ``x`` is the column, ``y`` the row of the pattern array (x first, as
+    HyperSpy's ``signal_shape`` and every ``centre`` of the package). A named
+    tuple of floats, so immutable and unpacked as ``x, y, radius``.
+
+    Parameters
+    ----------
+    x, y : float
+        Centre, px.
+    radius : float, default NaN
+        Radius of the disk (or of the masked disk, where that is meant), px;
+        NaN when unknown.
+
+    Examples
+    --------
+    >>> from hyperspy_cnmf._beam import Beam
+    >>> beam = Beam(30, 12.5, 4)
+    >>> beam.xy, beam.yx
+    ((30.0, 12.5), (12.5, 30.0))
+    >>> Beam.from_record(beam.record()) == beam
+    True
+    >>> beam.check((40, 24))  # (qy, qx): x = 30 is beyond the 24 columns
+    Traceback (most recent call last):
+    ...
+    ValueError: The centre (x, y) = (30, 12.5) px is outside the pattern (x in [0, 23], y in [0, 39] px).
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, x, y, radius=float("nan")):
+        return super().__new__(cls, float(x), float(y), float(radius))
+
+    @property
+    def xy(self):
+        """``(x, y)``: the centre as every ``centre`` argument of the package takes it."""
+        return (self.x, self.y)
+
+    @property
+    def yx(self):
+        """``(y, x)``: the centre in array order (row, column), for the Numba kernels only."""
+        return (self.y, self.x)
+
+    def check(self, shape):
+        """This beam, after checking that its centre lies on a detector of ``shape`` (qy, qx)."""
+        check_centre(self, shape)
+        return self
+
+    #: The fields of a decomposition record (``cnmf_parameters``) that hold a beam.
+    RECORD_KEYS = ("direct_beam_x_px", "direct_beam_y_px", "direct_beam_radius_px")
+
+    def record(self):
+        """``{"direct_beam_x_px": x, "direct_beam_y_px": y, "direct_beam_radius_px": radius}``."""
+        return dict(zip(self.RECORD_KEYS, self))
+
+    @classmethod
+    def from_record(cls, record):
+        """The beam of a :meth:`record` (e.g. the decomposition's settings), or None if absent."""
+        if not record or any(key not in record for key in cls.RECORD_KEYS):
+            return None
+        return cls(*(record[key] for key in cls.RECORD_KEYS))
+
+
+def check_centre(centre, shape):
+    """A centre ``(x, y)`` (px) checked against a pattern ``shape`` (qy, qx).
+
+    Parameters
+    ----------
+    centre : Beam or pair of float
+        ``(x, y)``: x the column, y the row.
+    shape : tuple of int
+        ``(qy, qx)``, array order.
+
+    Returns
+    -------
+    (x, y) : tuple of float
+
+    Raises
+    ------
+    ValueError
+        If ``centre`` is not a pair of finite numbers, or lies outside the
+        pattern (``x`` beyond the columns or ``y`` beyond the rows: e.g. a
+        centre given row first).
+    """
+    if isinstance(centre, Beam):
+        centre = centre.xy
+    try:
+        cx, cy = (float(c) for c in centre)
+    except (TypeError, ValueError):
+        raise ValueError(f"`centre` must be a pair (x, y), got {centre!r}.") from None
+    ny, nx = shape
+    if not (np.isfinite(cx) and np.isfinite(cy)):
+        raise ValueError(f"`centre` must be finite, got {(cx, cy)}.")
+    if not (0 <= cx <= nx - 1 and 0 <= cy <= ny - 1):
+        raise ValueError(
+            f"The centre (x, y) = ({cx:g}, {cy:g}) px is outside the pattern "
+            f"(x in [0, {nx - 1}], y in [0, {ny - 1}] px)."
+        )
+    return cx, cy
 
 
 #: A pixel of a mean pattern more than this many times brighter than the brightest of its 8
@@ -136,9 +245,8 @@ def locate_direct_beam(pattern, sigma=0.7, mask=None):
 
     Returns
     -------
-    DirectBeam
-        Named tuple ``(x, y, radius)`` in px; ``x`` is the column, ``y`` the
-        row.
+    Beam
+        ``(x, y, radius)`` in px; ``x`` is the column, ``y`` the row.
 
     Raises
     ------
@@ -180,4 +288,4 @@ def locate_direct_beam(pattern, sigma=0.7, mask=None):
         cy, cx = ndimage.center_of_mass(weights)
     else:  # flat pattern: no disk stands out
         cy, cx = peak
-    return DirectBeam(float(cx), float(cy), float(np.sqrt(region.sum() / np.pi)))
+    return Beam(float(cx), float(cy), float(np.sqrt(region.sum() / np.pi)))

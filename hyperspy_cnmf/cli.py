@@ -168,6 +168,7 @@ def _demo(args):
     import numpy as np
 
     from hyperspy_cnmf import report as rp
+    from hyperspy_cnmf._beam import Beam
     from hyperspy_cnmf.constraints import (
         DiffractionDipConstraint,
         dip_measure,
@@ -198,7 +199,8 @@ def _demo(args):
     scale = rp.nav_scale(s)
     probe = float(T.probe_fwhm_nm)
     sig_shape = s.axes_manager._signal_shape_in_array
-    dip_c = DiffractionDipConstraint(sig_shape, radius=2, centre=tuple(T.centre_px))
+    # the simulation's truth is in array order (row, column): its beam, x first
+    dip_c = DiffractionDipConstraint(sig_shape, radius=2, centre=Beam(x=T.centre_px[1], y=T.centre_px[0]))
 
     runs = {}
     # PCA: HyperSpy's own SVD, truncated to k components
@@ -311,19 +313,23 @@ def _demo(args):
 # run
 # --------------------------------------------------------------------------
 def _beam_mask(s, radius):
-    """Direct-beam disk mask (True = excluded) and ``(cy, cx, r)`` of the beam."""
+    """Direct-beam disk mask (True = excluded), the masked disk and the mean pattern.
+
+    The disk is a :class:`~hyperspy_cnmf._beam.Beam` ``(x, y, radius)`` px:
+    the beam's centre and the mask's radius.
+    """
     import numpy as np
 
     from hyperspy_cnmf.signals._calibration import find_beam_disk
 
     mean = s.mean(axis=s.axes_manager.navigation_axes)
     data = mean.data.compute() if s._lazy else mean.data
-    cy, cx, r = find_beam_disk(data)
-    rad = np.ceil(r) + 1.0 if radius == "auto" else float(radius)
+    beam = find_beam_disk(data)
+    disk = beam._replace(radius=np.ceil(beam.radius) + 1.0 if radius == "auto" else float(radius))
     qy, qx = data.shape
     yy, xx = np.mgrid[:qy, :qx]
-    mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= rad**2
-    return mask, (cy, cx, rad), data
+    mask = (yy - disk.y) ** 2 + (xx - disk.x) ** 2 <= disk.radius**2
+    return mask, disk, data
 
 
 def _plot_overview(s, mean_pattern, path):
@@ -363,7 +369,6 @@ def _run(args):
     from hyperspy_cnmf import report as rp
     from hyperspy_cnmf.constraints import (
         DiffractionDipConstraint,
-        default_dip_radius,
         dip_measure,
         map_power_beyond,
     )
@@ -388,8 +393,8 @@ def _run(args):
     signal_mask, beam = None, None
     if args.signal_mask_beam is not None:
         signal_mask, beam, mean_pattern = _beam_mask(s, args.signal_mask_beam)
-        print(f"Masking the direct beam: centre (row, col) = ({beam[0]:.1f}, {beam[1]:.1f}) px, "
-              f"radius {beam[2]:g} px ({int(signal_mask.sum())} pixels)")
+        print(f"Masking the direct beam: centre (x, y) = ({beam.x:.1f}, {beam.y:.1f}) px, "
+              f"radius {beam.radius:g} px ({int(signal_mask.sum())} pixels)")
     else:
         mean = s.mean(axis=am.navigation_axes)
         mean_pattern = mean.data.compute() if s._lazy else mean.data
@@ -410,13 +415,12 @@ def _run(args):
     # measured numbers
     mse = rp.reconstruction_mse(s, signal_mask=signal_mask)
     baseline = rp.mean_pattern_mse(s, signal_mask=lr.signal_mask)
-    cy, cx, r_beam = find_beam_disk(mean_pattern) if beam is None else beam
     dip_r = float(lr.cnmf_diffraction_constraint_size)
-    if not np.isfinite(dip_r):  # constraint off: the decomposition's default size
-        dip_r = default_dip_radius(r_beam)
     valid = None if signal_mask is None else ~signal_mask
-    dip_c = DiffractionDipConstraint(am._signal_shape_in_array, dip_r, valid=valid, centre=(cy, cx),
-                                     r_min=r_beam + 2 * dip_r)
+    dip_c = DiffractionDipConstraint.from_beam(
+        find_beam_disk(mean_pattern) if beam is None else beam, am._signal_shape_in_array,
+        dip_r if np.isfinite(dip_r) else "auto", valid=valid,  # constraint off: the decomposition's default
+    )
     dips = dip_measure(np.clip(np.nan_to_num(F), 0, None), dip_c)
     resolution = float(lr.cnmf_map_resolution)
     power = None
@@ -450,7 +454,7 @@ def _run(args):
         elif args.distance_threshold is not None:
             kw["distance_threshold"] = args.distance_threshold
         if beam is not None:
-            kw.update(centre=(beam[1], beam[0]), units="px", direct_beam_radius=beam[2])
+            kw.update(centre=beam.xy, units="px", direct_beam_radius=beam.radius)
         res = s.cluster_diffraction(**kw)
         dt_cl = time.perf_counter() - t0
         for key, stem in (("merged_factors", "cluster_merged_diffraction"), ("merged_maps", "cluster_maps"),

@@ -62,6 +62,7 @@ the radius or switch the constraint off.
 
 import numpy as np
 
+from hyperspy_cnmf._beam import Beam, check_centre
 from hyperspy_cnmf.nmf._kernels import (
     azimuthal_closing_apply,
     azimuthal_closing_stack,
@@ -332,8 +333,8 @@ def azimuthal_closing(patterns, centre, half, r_min=None, valid=None):
     Parameters
     ----------
     patterns : ndarray, shape (k, qy, qx)
-    centre : tuple of float
-        ``(cy, cx)``: the direct-beam position in pixels.
+    centre : Beam or tuple of float
+        ``(x, y)``: the direct-beam position in pixels, x (column) first.
     half : int
         Half-length (pixels) of the closing segment along the azimuth.
     r_min : float, optional
@@ -346,9 +347,8 @@ def azimuthal_closing(patterns, centre, half, r_min=None, valid=None):
         valid = np.ones(patterns.shape[1:], dtype=bool)
     if r_min is None:
         r_min = 2 * half + 1
-    return azimuthal_closing_stack(
-        patterns, np.asarray(valid, bool), float(centre[0]), float(centre[1]), int(half), float(r_min)
-    )
+    cx, cy = check_centre(centre, patterns.shape[1:])
+    return azimuthal_closing_stack(patterns, np.asarray(valid, bool), cy, cx, int(half), float(r_min))
 
 
 class DiffractionDipConstraint:
@@ -367,9 +367,11 @@ class DiffractionDipConstraint:
         In (0, 1]: fraction of the closing applied per iteration.
     valid : ndarray of bool, shape (qy, qx), optional
         False for masked detector pixels.
-    centre : tuple of float, optional
-        ``(cy, cx)`` direct-beam position in pixels (needed by
-        ``mode="azimuthal"``; default: the detector centre).
+    centre : Beam or tuple of float, optional
+        ``(x, y)`` direct-beam position in pixels, x (column) first (needed
+        by ``mode="azimuthal"``; default: the detector centre). A centre
+        outside the detector raises. Built from a measured beam by
+        :meth:`from_beam`.
     mode : {"azimuthal", "isotropic"}
         ``"azimuthal"`` (default) closes along circles about the direct beam:
         it fills holes carved into halos and backgrounds while the radial
@@ -379,6 +381,11 @@ class DiffractionDipConstraint:
     r_min : float, optional
         Radius (pixels) about the centre left unchanged (the direct-beam
         disk); default ``2 * radius + 1``.
+
+    Attributes
+    ----------
+    centre : tuple of float
+        ``(x, y)``, px.
 
     Examples
     --------
@@ -403,10 +410,42 @@ class DiffractionDipConstraint:
         self.mode = mode
         self.valid = np.ones(self.sig_shape, bool) if valid is None else np.asarray(valid, bool).reshape(self.sig_shape)
         if centre is None:
-            centre = ((self.sig_shape[0] - 1) / 2, (self.sig_shape[1] - 1) / 2)
-        self.centre = (float(centre[0]), float(centre[1]))
+            centre = ((self.sig_shape[1] - 1) / 2, (self.sig_shape[0] - 1) / 2)
+        self.centre = check_centre(centre, self.sig_shape)
         self.r_min = 2 * radius + 1 if r_min is None else float(r_min)
         self._table = None
+
+    @classmethod
+    def from_beam(cls, beam, sig_shape, radius="auto", strength=1.0, valid=None, mode="azimuthal"):
+        """The dip constraint about a measured direct beam: the package's one way to build it.
+
+        Centred on the beam, with the beam disk and two closing radii about
+        it left unchanged (``r_min = beam.radius + 2 * radius``), as the
+        decomposition, its diagnostics and the command line use it.
+
+        Parameters
+        ----------
+        beam : Beam
+            ``(x, y, radius)`` of the direct beam, px.
+        sig_shape : tuple of int
+            ``(qy, qx)``.
+        radius : float, "auto" or None, default "auto"
+            Size (px) of the dips; "auto" or None: :func:`default_dip_radius`
+            of the beam radius.
+        strength, valid, mode
+            As for the class.
+
+        Examples
+        --------
+        >>> from hyperspy_cnmf._beam import Beam
+        >>> c = DiffractionDipConstraint.from_beam(Beam(x=40, y=12, radius=3.2), (32, 48))
+        >>> c.centre, c.radius, round(c.r_min, 1)
+        ((40.0, 12.0), 3.0, 9.2)
+        """
+        if not isinstance(beam, Beam):
+            raise TypeError(f"`beam` must be a Beam (x, y, radius), got {beam!r}")
+        radius = default_dip_radius(beam.radius) if radius is None or radius == "auto" else float(radius)
+        return cls(sig_shape, radius, strength, valid=valid, centre=beam, mode=mode, r_min=beam.radius + 2 * radius)
 
     def close(self, stack):
         """The closing of a stack of patterns, shape (k, qy, qx)."""
@@ -416,7 +455,8 @@ class DiffractionDipConstraint:
         if self._table is None:
             # The sampling geometry is fixed: computed once, reused by every
             # closing of the iterations (the same numbers as azimuthal_closing).
-            self._table = azimuthal_table(self.valid, self.centre[0], self.centre[1], half, self.r_min)
+            cx, cy = self.centre  # array order for the kernel
+            self._table = azimuthal_table(self.valid, cy, cx, half, self.r_min)
         stack = np.ascontiguousarray(stack, dtype=np.float64)
         return azimuthal_closing_apply(stack, *self._table, half)
 

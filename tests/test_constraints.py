@@ -141,5 +141,5 @@ def test_dip_measure_separates_holes_from_clean_patterns():
 def test_truth_patterns_of_the_simulation_have_no_dips(sim):
     T = sim.metadata.Simulation
     P = np.asarray(T.patterns)
-    c = DiffractionDipConstraint(P.shape[1:], radius=2, centre=tuple(T.centre_px))
+    c = DiffractionDipConstraint(P.shape[1:], radius=2, centre=tuple(T.centre_px[::-1]))
     assert dip_measure(P, c).max() < 0.05

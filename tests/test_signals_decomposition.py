@@ -64,7 +64,7 @@ def test_constrained_beats_primitive_on_the_artifacts_of_the_paper(sim, fitted):
     from hyperspy_cnmf.constraints import DiffractionDipConstraint, dip_measure
 
     c = DiffractionDipConstraint((48, 48), radius=s.learning_results.cnmf_diffraction_constraint_size,
-                                 centre=tuple(T.centre_px))
+                                 centre=tuple(T.centre_px[::-1]))
     prim_dips = dip_measure(prim.learning_results.factors.T.reshape(7, 48, 48), c)
     cnmf_dips = dip_measure(s.learning_results.factors.T.reshape(7, 48, 48), c)
     truth_dips = dip_measure(np.asarray(T.patterns), c)

@@ -47,6 +47,7 @@ from hyperspy_cnmf.clustering._hierarchical import (
 )
 from hyperspy_cnmf.clustering._polar import (
     _check_centre,
+    beam_search_mask,
     estimate_direct_beam_radius,
     find_direct_beam,
 )
@@ -206,13 +207,13 @@ def _check_inputs(factors, loadings, components, nav_shape):
     return factors, loadings, components, nav_shape
 
 
-def _resolve_beam(factors, loading_sum, centre, direct_beam_radius):
+def _resolve_beam(factors, loading_sum, centre, direct_beam_radius, signal_mask=None):
     """Centre ``(x, y)`` and direct-beam radius in px (found on the weighted sum)."""
     reference = np.nansum(factors * loading_sum[:, None, None], axis=0)
     reference[np.all(np.isnan(factors), axis=0)] = np.nan
     if centre is None:
         with np.errstate(invalid="ignore"):
-            centre = find_direct_beam(reference)
+            centre = find_direct_beam(reference, mask=beam_search_mask(signal_mask))
     else:
         centre = _check_centre(centre, factors.shape[1:])
     if isinstance(direct_beam_radius, str):
@@ -460,6 +461,24 @@ def _centroids(factors, loadings, refs, pos_labels):
     return out
 
 
+def _component_parameters(args, components, cpx, radii, n_theta, dbr, similarity_kwargs, threshold):
+    """The ``parameters`` record of a :class:`ComponentClustering` (``args``: the call's arguments)."""
+    return {
+        "n_clusters": args["n_clusters"],
+        "distance_threshold": args["distance_threshold"],
+        "method": args["method"],
+        "components": np.asarray(components).tolist(),
+        **_similarity_parameters(
+            cpx, radii, args["delta_r"], n_theta, dbr, **similarity_kwargs
+        ),
+        "min_structure_fraction": float(args["min_structure_fraction"]),
+        "dominance_percentiles": [float(p) for p in args["dominance_percentiles"]],
+        "map_smoothing": args["map_smoothing"],
+        "particle_threshold": float(args["particle_threshold"]),
+        "threshold": float(threshold),
+    }
+
+
 # --------------------------------------------------------------------------
 # Pipeline
 # --------------------------------------------------------------------------
@@ -486,6 +505,7 @@ def cluster_components(
     dominance_percentiles=(0.0, 100.0),
     map_smoothing=None,
     particle_threshold=PARTICLE_THRESHOLD,
+    signal_mask=None,
 ):
     """Group decomposition components by rotation-invariant diffraction similarity.
 
@@ -507,7 +527,7 @@ def cluster_components(
         Map of each component, positions in C order of ``nav_shape`` (NaN:
         masked positions). Component ``i`` contributes
         ``loadings[i, p] * factors[i]`` to the data.
-    centre : tuple of float, optional
+    centre : Beam or tuple of float, optional
         ``(x, y)`` of the direct beam, px. Default: found with
         :func:`~hyperspy_cnmf.clustering.find_direct_beam` on the
         loading-weighted sum of the factors.
@@ -542,6 +562,11 @@ def cluster_components(
     particle_threshold : float, default :data:`PARTICLE_THRESHOLD` (0.2)
         Fraction of its own range at which a particle object claims a
         position (:func:`~hyperspy_cnmf.clustering.dominant_labels`).
+    signal_mask : ndarray of bool, shape (qy, qx), optional
+        The decomposition's masked detector pixels (True): left out of the
+        search for the direct beam when ``centre`` is None (except a masked
+        region that could hold the beam,
+        :func:`hyperspy_cnmf._beam.beam_search_pixels`).
 
     Returns
     -------
@@ -586,6 +611,7 @@ def cluster_components(
     >>> res.labels.tolist(), res.merged_factors.shape
     ([0, 0, 1, 1], (2, 49, 49))
     """
+    args = dict(locals())  # the call's arguments, for the record
     factors, loadings, components, nav_shape = _check_inputs(
         factors, loadings, components, nav_shape
     )
@@ -600,7 +626,7 @@ def cluster_components(
     )
     factor_sum = np.nansum(factors, axis=(1, 2))
     loading_sum = np.nansum(loadings, axis=1)
-    cpx, dbr = _resolve_beam(factors, loading_sum, centre, direct_beam_radius)
+    cpx, dbr = _resolve_beam(factors, loading_sum, centre, direct_beam_radius, signal_mask)
     polar, radii, sim = polar_similarity(
         factors, cpx, direct_beam_radius=dbr, **grid, **similarity_kwargs
     )
@@ -618,20 +644,9 @@ def cluster_components(
     merged = merge_aligned(factors, cpx, labels, rot, mir, weights=loading_sum)
     with np.errstate(invalid="ignore"):
         distances = 1.0 - np.clip(norm_maps, 0.0, 1.0)
-    parameters = {
-        "n_clusters": n_clusters,
-        "distance_threshold": distance_threshold,
-        "method": method,
-        "components": np.asarray(components).tolist(),
-        **_similarity_parameters(
-            cpx, radii, delta_r, polar.shape[-1], dbr, **similarity_kwargs
-        ),
-        "min_structure_fraction": float(min_structure_fraction),
-        "dominance_percentiles": [float(p) for p in dominance_percentiles],
-        "map_smoothing": map_smoothing,
-        "particle_threshold": float(particle_threshold),
-        "threshold": float(threshold),
-    }
+    parameters = _component_parameters(
+        args, components, cpx, radii, polar.shape[-1], dbr, similarity_kwargs, threshold
+    )
     return ComponentClustering(
         components=components,
         labels=labels,

@@ -18,6 +18,7 @@ from hyperspy_cnmf._schema import stored, transient
 from hyperspy_cnmf.clustering._polar import (
     _as_stack,
     _check_centre,
+    beam_search_mask,
     estimate_direct_beam_radius,
     find_direct_beam,
     polar_transform,
@@ -763,13 +764,30 @@ def _similarity_parameters(
     }
 
 
-def _resolve_pattern_beam(stack, centre, direct_beam_radius):
+def _pattern_parameters(
+    n_clusters, distance_threshold, method, step, centre, radii, delta_r, n_theta, dbr,
+    similarity_kwargs, threshold,
+):
+    """The ``parameters`` record of a :class:`PatternClustering`."""
+    return {
+        "n_clusters": n_clusters,
+        "distance_threshold": distance_threshold,
+        "method": method,
+        "step": None if step is None else [int(s) for s in step],
+        **_similarity_parameters(
+            centre, radii, delta_r, n_theta, dbr, **similarity_kwargs
+        ),
+        "threshold": float(threshold),
+    }
+
+
+def _resolve_pattern_beam(stack, centre, direct_beam_radius, signal_mask=None):
     """Centre ``(x, y)`` and direct-beam radius in px (found on the mean pattern)."""
     with np.errstate(invalid="ignore"):
         mean = np.nanmean(stack, axis=0)
     if centre is None:
         with np.errstate(invalid="ignore"):
-            centre = find_direct_beam(mean)
+            centre = find_direct_beam(mean, mask=beam_search_mask(signal_mask))
     else:
         centre = _check_centre(centre, stack.shape[1:])
     if isinstance(direct_beam_radius, str):
@@ -823,6 +841,7 @@ def cluster_patterns(
     positions=None,
     all_patterns=None,
     step=None,
+    signal_mask=None,
 ):
     """Rotation-invariant hierarchical clustering of a stack of patterns.
 
@@ -855,6 +874,11 @@ def cluster_patterns(
         ``distances``.
     step : sequence of int, optional
         Subsampling step that selected ``patterns`` (recorded only).
+    signal_mask : ndarray of bool, shape (qy, qx), optional
+        Masked detector pixels (True), e.g. a decomposition's: left out of
+        the search for the direct beam when ``centre`` is None (except a
+        masked region that could hold the beam,
+        :func:`hyperspy_cnmf._beam.beam_search_pixels`).
 
     Returns
     -------
@@ -886,7 +910,7 @@ def cluster_patterns(
         raise ValueError("`patterns` must have shape (n, qy, qx).")
     if stack.shape[0] < 2:
         raise ValueError(f"At least 2 patterns are needed, got {stack.shape[0]}.")
-    centre, dbr = _resolve_pattern_beam(stack, centre, direct_beam_radius)
+    centre, dbr = _resolve_pattern_beam(stack, centre, direct_beam_radius, signal_mask)
     similarity_kwargs = dict(
         intensity_transform_function=intensity_transform_function,
         normalize=normalize,
@@ -929,16 +953,6 @@ def cluster_patterns(
         polar_kwargs,
         dict(radii=radii, **similarity_kwargs),
     )
-    parameters = {
-        "n_clusters": n_clusters,
-        "distance_threshold": distance_threshold,
-        "method": method,
-        "step": None if step is None else [int(s) for s in step],
-        **_similarity_parameters(
-            centre, radii, delta_r, polar.shape[-1], dbr, **similarity_kwargs
-        ),
-        "threshold": float(threshold),
-    }
     return PatternClustering(
         positions=None if positions is None else np.asarray(positions),
         position_labels=pos_labels,
@@ -955,7 +969,10 @@ def cluster_patterns(
         centre=tuple(float(c) for c in centre),
         radii=radii,
         n_theta=polar.shape[-1],
-        parameters=parameters,
+        parameters=_pattern_parameters(
+            n_clusters, distance_threshold, method, step, centre, radii, delta_r,
+            polar.shape[-1], dbr, similarity_kwargs, threshold,
+        ),
         centroids=stack[refs],
         distances=distances,
     )

@@ -4,7 +4,8 @@ Conventions (used throughout :mod:`hyperspy_cnmf.clustering`):
 
 - Patterns are arrays ``(..., qy, qx)``; pixel ``(iy, ix)`` sits at the point
   ``(x, y) = (ix, iy)``. Centres are given as ``(x, y)`` in these pixel
-  coordinates.
+  coordinates, or as a :class:`~hyperspy_cnmf._beam.Beam` (the package's one
+  beam convention); a centre outside the pattern raises.
 - The azimuth ``phi`` is measured from the +x (``kx``) axis towards the +y
   (``ky``) axis, in degrees. With the usual image display (``ky`` pointing
   down) a positive angle is therefore a *clockwise* rotation on screen.
@@ -18,7 +19,7 @@ import math
 import numpy as np
 from scipy import fft as sp_fft
 
-from hyperspy_cnmf._beam import locate_direct_beam
+from hyperspy_cnmf._beam import beam_search_pixels, check_centre, locate_direct_beam
 from hyperspy_cnmf.clustering import _kernels
 
 __all__ = [
@@ -43,21 +44,9 @@ def _as_stack(patterns, name="patterns"):
     return stack, lead
 
 
-def _check_centre(centre, shape):
-    """Validate a pixel centre ``(x, y)`` against a pattern ``shape`` (qy, qx)."""
-    try:
-        cx, cy = (float(c) for c in centre)
-    except (TypeError, ValueError):
-        raise ValueError(f"`centre` must be a pair (x, y), got {centre!r}.") from None
-    ny, nx = shape
-    if not (np.isfinite(cx) and np.isfinite(cy)):
-        raise ValueError(f"`centre` must be finite, got {(cx, cy)}.")
-    if not (0 <= cx <= nx - 1 and 0 <= cy <= ny - 1):
-        raise ValueError(
-            f"The centre (x, y) = ({cx:g}, {cy:g}) px is outside the pattern "
-            f"(x in [0, {nx - 1}], y in [0, {ny - 1}] px)."
-        )
-    return cx, cy
+#: Validate a pixel centre ``(x, y)`` (or a :class:`~hyperspy_cnmf._beam.Beam`) against a
+#: pattern shape (qy, qx): the package's one check (:func:`hyperspy_cnmf._beam.check_centre`).
+_check_centre = check_centre
 
 
 def default_n_theta(r_max):
@@ -90,7 +79,7 @@ def default_n_theta(r_max):
     )
 
 
-def find_direct_beam(pattern, sigma=0.7):
+def find_direct_beam(pattern, sigma=0.7, mask=None):
     """Locate the direct beam: the centre of the brightest disk.
 
     The direct-beam finder of the package
@@ -107,6 +96,10 @@ def find_direct_beam(pattern, sigma=0.7):
         neighbour.
     sigma : float, default 0.7
         Gaussian smoothing before the search, in px.
+    mask : ndarray of bool, shape (qy, qx), optional
+        Pixels that take no part (True), e.g. a decomposition's
+        ``signal_mask`` through :func:`hyperspy_cnmf._beam.beam_search_pixels`
+        (``mask=~beam_search_pixels(signal_mask)``).
 
     Returns
     -------
@@ -123,8 +116,18 @@ def find_direct_beam(pattern, sigma=0.7):
     >>> round(x, 1), round(y, 1)
     (30.3, 33.6)
     """
-    beam = locate_direct_beam(pattern, sigma=sigma)
-    return beam.x, beam.y
+    return locate_direct_beam(pattern, sigma=sigma, mask=mask).xy
+
+
+def beam_search_mask(signal_mask):
+    """The pixels a direct-beam search leaves out, given a decomposition's ``signal_mask``.
+
+    ``~beam_search_pixels(signal_mask)``
+    (:func:`hyperspy_cnmf._beam.beam_search_pixels`: masked pixels, except a
+    masked region that could hold the beam), or None without a mask; the
+    ``mask`` of :func:`find_direct_beam`.
+    """
+    return None if signal_mask is None else ~beam_search_pixels(signal_mask)
 
 
 def radial_profile(pattern, centre, r_max=None):

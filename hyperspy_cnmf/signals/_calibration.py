@@ -146,7 +146,7 @@ def _reciprocal_scale_inv_nm(axes, energy):
 def find_beam_disk(pattern, mask=None):
     """Centre and radius (pixels) of the direct-beam disk of a mean pattern.
 
-    Array-order wrapper of :func:`hyperspy_cnmf._beam.locate_direct_beam`
+    :func:`hyperspy_cnmf._beam.locate_direct_beam` with a ``signal_mask``
     (the package's one direct-beam finder): the disk is the connected region
     around the brightest pixel (after a light smoothing; hot pixels left out,
     see :func:`hyperspy_cnmf._beam.defect_pixels`) that is brighter
@@ -164,12 +164,11 @@ def find_beam_disk(pattern, mask=None):
 
     Returns
     -------
-    (cy, cx, radius) : tuple of float
-        Row, column and radius in px.
+    Beam
+        ``(x, y, radius)`` in px, x (column) first.
     """
     excluded = None if mask is None else ~beam_search_pixels(mask)
-    beam = locate_direct_beam(pattern, mask=excluded)
-    return beam.y, beam.x, beam.radius
+    return locate_direct_beam(pattern, mask=excluded)
 
 
 def warn_defect_pixels(mean_pattern, n_positions, mask=None, stacklevel=2):
@@ -208,7 +207,7 @@ def beam_energy_and_convergence(signal):
     return energy, alpha
 
 
-def estimate_probe_fwhm(signal, mean_pattern, beam_radius_px=None):
+def estimate_probe_fwhm(signal, mean_pattern, beam_radius_px=None, stacklevel=3):
     """Estimate the probe FWHM in the units of the x (first) navigation axis.
 
     Tried in order (the first that applies wins):
@@ -239,6 +238,8 @@ def estimate_probe_fwhm(signal, mean_pattern, beam_radius_px=None):
         For rule 2, when ``beam_radius_px`` is not given.
     beam_radius_px : float, optional
         The direct-beam radius already found (e.g. with the ``signal_mask``).
+    stacklevel : int, default 3
+        Of the fallback's warning (``warnings.warn``).
 
     Returns
     -------
@@ -259,7 +260,7 @@ def estimate_probe_fwhm(signal, mean_pattern, beam_radius_px=None):
         k_step = _reciprocal_scale_inv_nm(sig, energy)
         if k_step:
             if beam_radius_px is None:
-                beam_radius_px = find_beam_disk(mean_pattern)[2]
+                beam_radius_px = find_beam_disk(mean_pattern).radius
             k_alpha = beam_radius_px * k_step
             if k_alpha:
                 return AIRY_FWHM / k_alpha / to_nm, "direct-beam disk radius in calibrated diffraction units (0.514/k_alpha)"
@@ -272,6 +273,6 @@ def estimate_probe_fwhm(signal, mean_pattern, beam_radius_px=None):
         "(Nyquist) circle. Pass map_resolution=<probe FWHM in navigation "
         "units> to set it.",
         UserWarning,
-        stacklevel=3,
+        stacklevel=stacklevel,
     )
     return 2.0 * step, "fallback: 2 scan steps (Nyquist)"

@@ -25,6 +25,7 @@ from hyperspy.signal import BaseSignal
 from hyperspy.signals import Signal1D, Signal2D
 
 from hyperspy_cnmf import clustering as core
+from hyperspy_cnmf._beam import Beam
 from hyperspy_cnmf._schema import from_stored, to_stored
 from hyperspy_cnmf.signals._axes import axis_info
 from hyperspy_cnmf.signals._store import (
@@ -102,7 +103,7 @@ CENTRE_TOLERANCE_PX = 0.5
 
 
 def _measured_beam_px(signal):
-    """``(x, y)`` px of the direct beam measured by the last constrained NMF, or None."""
+    """The :class:`~hyperspy_cnmf._beam.Beam` measured by the last constrained NMF, or None."""
     lr = signal.learning_results
     if getattr(lr, "decomposition_algorithm", None) != "constrained_nmf":
         return None
@@ -110,9 +111,19 @@ def _measured_beam_px(signal):
         params = json.loads(getattr(lr, "cnmf_parameters", None) or "{}")
     except (TypeError, ValueError):
         return None
-    if "direct_beam_x_px" not in params:
+    return Beam.from_record(params)
+
+
+def _signal_mask(signal):
+    """The decomposition's ``signal_mask`` (qy, qx), True = excluded, or None.
+
+    Passed to the clustering's direct-beam search
+    (:func:`hyperspy_cnmf._beam.beam_search_pixels`) when it must find the beam.
+    """
+    mask = getattr(signal.learning_results, "signal_mask", None)
+    if mask is None:
         return None
-    return float(params["direct_beam_x_px"]), float(params["direct_beam_y_px"])
+    return np.asarray(mask, dtype=bool).reshape(_signal_geometry(signal)[0])
 
 
 def _default_centre_px(signal):
@@ -129,6 +140,7 @@ def _default_centre_px(signal):
     beam = _measured_beam_px(signal)
     if beam is None:
         return origin
+    beam = beam.xy
     if origin is not None:
         off = float(np.hypot(origin[0] - beam[0], origin[1] - beam[1]))
         if off > CENTRE_TOLERANCE_PX:
@@ -175,12 +187,18 @@ def _geometry_to_px(signal, centre, units, radial_range, direct_beam_radius):
 def _resolve_geometry(
     signal, centre, units, radial_range, direct_beam_radius, reference_pattern
 ):
-    """As :func:`_geometry_to_px`, with the centre and beam radius resolved."""
+    """As :func:`_geometry_to_px`, with the centre and beam radius resolved.
+
+    A centre found here is found on ``reference_pattern`` outside the
+    decomposition's ``signal_mask`` (:func:`_signal_mask`).
+    """
     cpx, rr, dbr = _geometry_to_px(signal, centre, units, radial_range, direct_beam_radius)
     shape = _signal_geometry(signal)[0]
     if cpx is None:
         with np.errstate(invalid="ignore"):
-            cpx = core.find_direct_beam(reference_pattern)
+            cpx = core.find_direct_beam(
+                reference_pattern, mask=core._polar.beam_search_mask(_signal_mask(signal))
+            )
     elif centre is not None:
         cpx = core._polar._check_centre(cpx, shape)
     if isinstance(dbr, str):
@@ -601,6 +619,7 @@ def cluster_diffraction(
         dominance_percentiles=dominance_percentiles,
         map_smoothing=map_smoothing,
         particle_threshold=particle_threshold,
+        signal_mask=_signal_mask(self),
     )
     _warn_map_artefacts(res)
     clear_learning_results(lr, "cdiff_")  # no field of an older clustering stays
@@ -898,6 +917,7 @@ def cluster_patterns(
         positions=positions,
         all_patterns=_iter_nav_blocks(self) if own else None,
         step=steps,
+        signal_mask=_signal_mask(self),
     )
     if not own:  # returned only: as it would read back from learning_results
         shapes = {"merged_factors": (qy, qx)}

@@ -9,11 +9,7 @@ modified.
 import numpy as np
 
 from hyperspy_cnmf._schema import DecompositionRecord
-from hyperspy_cnmf.constraints import (
-    DiffractionDipConstraint,
-    MapResolutionConstraint,
-    default_dip_radius,
-)
+from hyperspy_cnmf.constraints import DiffractionDipConstraint, MapResolutionConstraint
 from hyperspy_cnmf.nmf import INITS, SOLVERS, DenseOperator, constrained_nmf
 from hyperspy_cnmf.nmf._operators import range_test_matrix
 from hyperspy_cnmf.nmf._solver import SKETCH_OVERSAMPLE
@@ -299,14 +295,14 @@ def _mask_radius(value, beam, excursion=0.0):
     if value is None or value is False:
         return 0.0
     if value is True or value == "auto":
-        return float(beam[2]) + BEAM_MASK_MARGIN + float(excursion)
+        return float(beam.radius) + BEAM_MASK_MARGIN + float(excursion)
     return float(value)
 
 
 def _direct_beam_disk(radius, beam, sig_shape):
     """Flat boolean mask of the detector pixels within ``radius`` (px) of the beam centre."""
     yy, xx = np.indices(sig_shape)
-    return (np.hypot(yy - beam[0], xx - beam[1]) <= radius).ravel()
+    return (np.hypot(yy - beam.y, xx - beam.x) <= radius).ravel()
 
 
 class _Constraint:
@@ -545,7 +541,7 @@ def constrained_nmf_decomposition(
         init=init if isinstance(init, str) else "custom",
         direct_beam_mask=direct_beam_mask if isinstance(direct_beam_mask, str) or direct_beam_mask is None
         else bool(direct_beam_mask) if isinstance(direct_beam_mask, bool) else float(direct_beam_mask),
-        direct_beam_x_px=float(beam[1]), direct_beam_y_px=float(beam[0]), direct_beam_radius_px=float(beam[2]),
+        **beam.record(),  # direct_beam_x_px, direct_beam_y_px, direct_beam_radius_px
         direct_beam_mask_radius_px=mask_radius,
     )
 
@@ -555,7 +551,7 @@ def constrained_nmf_decomposition(
         if isinstance(map_resolution, str):
             if map_resolution != "auto":
                 raise ValueError(f"map_resolution must be 'auto', a number or None, got {map_resolution!r}")
-            res_value, res_how = estimate_probe_fwhm(signal, mean_pattern, beam_radius_px=beam[2])
+            res_value, res_how = estimate_probe_fwhm(signal, mean_pattern, beam_radius_px=beam.radius)
         else:
             res_value, res_how = float(map_resolution), "user"
         # (step_y, step_x) in the x axis's units, like res_value; array order is (y, x)
@@ -566,16 +562,11 @@ def constrained_nmf_decomposition(
     diff_c = None
     dip_radius = np.nan
     if diffraction_constraint:
-        if isinstance(diffraction_constraint_size, str):
-            if diffraction_constraint_size != "auto":
-                raise ValueError("diffraction_constraint_size must be 'auto' or a radius in pixels")
-            dip_radius = default_dip_radius(beam[2])
-        else:
-            dip_radius = float(diffraction_constraint_size)
-        diff_c = DiffractionDipConstraint(
-            sig_shape, dip_radius, diffraction_constraint_strength, valid=sig_valid,
-            centre=beam[:2], mode=diffraction_constraint_mode, r_min=beam[2] + 2 * dip_radius,
+        diff_c = DiffractionDipConstraint.from_beam(
+            beam, sig_shape, diffraction_constraint_size, diffraction_constraint_strength,
+            valid=sig_valid, mode=diffraction_constraint_mode,
         )
+        dip_radius = diff_c.radius
     settings.update(diffraction_constraint=bool(diffraction_constraint), diffraction_constraint_size=float(dip_radius),
                     diffraction_constraint_mode=diffraction_constraint_mode,
                     diffraction_constraint_strength=float(diffraction_constraint_strength) if diff_c else float("nan"))

@@ -16,9 +16,9 @@ import json
 
 import numpy as np
 
+from hyperspy_cnmf._beam import Beam
 from hyperspy_cnmf.constraints import (
     DiffractionDipConstraint,
-    default_dip_radius,
     dip_measure,
     map_power_beyond,
 )
@@ -126,34 +126,37 @@ def _resolution(signal, resolution):
     return float(value)
 
 
+def _beam(signal):
+    """The direct beam of a decomposition, :class:`~hyperspy_cnmf._beam.Beam` ``(x, y, radius)`` px.
+
+    The beam that the constrained NMF measured on the mean pattern and
+    recorded (``cnmf_parameters``), the one its constraint used: the
+    modelled sum pattern has no beam when ``direct_beam_mask`` left it out.
+    Other runs: the beam found on the modelled sum pattern.
+    """
+    beam = Beam.from_record(_cnmf_settings(signal.learning_results))
+    return find_beam_disk(_model_pattern(signal)) if beam is None else beam
+
+
 def _dip_constraint(signal, radius, mode):
     """The closing that defines a dip: the run's diffraction constraint by default.
 
-    Centred on the direct beam that the constrained NMF measured and recorded
-    (``cnmf_parameters``), the one its constraint used: the modelled sum
-    pattern has no beam when ``direct_beam_mask`` left it out. Other runs:
-    the beam found on the modelled sum pattern.
+    Built as the decomposition builds it
+    (:meth:`~hyperspy_cnmf.constraints.DiffractionDipConstraint.from_beam`),
+    about the run's beam (:func:`_beam`).
     """
     lr = signal.learning_results
     settings = _cnmf_settings(lr)
     sig_shape = tuple(signal.axes_manager._signal_shape_in_array)
     if mode is None:
         mode = settings.get("diffraction_constraint_mode", "azimuthal")
-    if "direct_beam_x_px" in settings:  # the beam the decomposition measured and constrained about
-        beam = (settings["direct_beam_y_px"], settings["direct_beam_x_px"], settings["direct_beam_radius_px"])
-    else:
-        beam = find_beam_disk(_model_pattern(signal))
     if radius is None:
         stored = getattr(lr, "cnmf_diffraction_constraint_size", None) if settings else None
         if stored is not None and np.isfinite(float(stored)):
             radius = float(stored)
-        else:  # the default of decomposition(diffraction_constraint_size="auto")
-            radius = default_dip_radius(beam[2])
-    radius = float(radius)
+        # else the default of decomposition(diffraction_constraint_size="auto")
     valid = None if lr.signal_mask is None else ~np.asarray(lr.signal_mask, bool).reshape(sig_shape)
-    return DiffractionDipConstraint(
-        sig_shape, radius, valid=valid, centre=beam[:2], mode=mode, r_min=beam[2] + 2 * radius
-    )
+    return DiffractionDipConstraint.from_beam(_beam(signal), sig_shape, radius, valid=valid, mode=mode)
 
 
 def _frequency_units(signal):
