@@ -6,6 +6,8 @@ chunks), the constraints and the progress bar, runs the core solver and writes
 modified.
 """
 
+from types import SimpleNamespace
+
 import numpy as np
 
 from hyperspy_cnmf._schema import DecompositionRecord
@@ -447,41 +449,100 @@ def constrained_nmf_decomposition(
     return_info=False,
     show_progressbar=None,
 ):
-    """Run constrained NMF on a 4D-STEM signal; see ``STEM4D.decomposition``."""
-    # Every argument, the axes and the dtype are checked here, before the first read.
+    """Run constrained NMF on a 4D-STEM signal; see ``STEM4D.decomposition``.
+
+    The stages, each a function of this module: every argument checked before
+    the first read (:func:`_checked_arguments`); the statistics read
+    (:func:`_read_statistics`); the direct beam and the fit's pixels and
+    scales (:func:`_measure_beam`, :func:`_scaled_operator`); the
+    constraints (:func:`_build_constraints`); the fit (:func:`_fit`); back to
+    data units (:func:`_to_data_units`); the results written to
+    ``learning_results`` (:func:`_write_results`).
+    """
+    p = _checked_arguments(signal, locals())
+    op, seed, beam_positions, excursion = _read_statistics(signal, p)
+    mean_pattern, beam, mask_radius, beam_mask = _measure_beam(op, p, excursion)
+    op, row_scale, col_scale = _scaled_operator(op, p, beam_mask)
+    sig_mask, sig_valid = p.sig_mask | beam_mask, ~p.sig_mask & ~beam_mask
+    settings = _settings(p, beam, mask_radius)
+    map_c, diff_c, res_value, dip_radius = _build_constraints(signal, p, beam, mean_pattern, sig_valid, settings)
+    result = _fit(op, p, seed, row_scale, col_scale, map_c, diff_c)
+    loadings, factors = _to_data_units(result, row_scale, col_scale, ~p.nav_mask, sig_valid, p.nav_mask, sig_mask)
+    record = DecompositionRecord(
+        loss=result.loss,
+        n_iter=result.n_iter,
+        n_iter_sketch=result.n_iter_sketch,
+        converged=result.converged,
+        map_resolution=res_value,
+        diffraction_constraint_size=dip_radius,
+        parameters=settings,
+    )
+    _write_results(signal.learning_results, p, loadings, factors, sig_mask, record)
+    info = dict(settings, loss=result.loss, n_iter=result.n_iter, n_iter_sketch=result.n_iter_sketch,
+                converged=result.converged, sketch_converged=result.sketch_converged,
+                n_passes=result.n_passes, final_loss=float(result.loss[-1]), beam_positions=beam_positions)
+    if print_info:
+        print(_summary(info, p.k))
+    if return_info:
+        return info
+    return None
+
+
+def _checked_arguments(signal, params):
+    """Stage 1: every argument, the axes and the dtype checked, before the first read.
+
+    Returns the arguments as a namespace, with ``k``, the custom ``init`` as
+    arrays, ``max_exact_iter`` resolved, the array-order shapes ``nav_shape``
+    and ``sig_shape``, the masks as flat vectors ``nav_mask`` and ``sig_mask``
+    (True = excluded) and the scan steps ``nav_steps`` (pint-converted).
+    """
     check_4d(signal)
-    if output_dimension is None:
+    if params["output_dimension"] is None:
         raise ValueError("output_dimension (the number of components k) must be given for algorithm='constrained_nmf'")
-    _check_params(locals())
+    _check_params(params)
     _check_dtype(signal.data.dtype)
-    if isinstance(max_exact_iter, str):
+    p = SimpleNamespace(**{name: params[name] for name in _PARAMETER_CONSTRAINTS})
+    if isinstance(p.max_exact_iter, str):
         # In memory and out of core alike: exact iterations to ``tol``, so that a lazy fit
         # gives the in-memory result (issue 10, item 7); the few-read fit is max_exact_iter=1.
-        max_exact_iter = None
+        p.max_exact_iter = None
     am = signal.axes_manager
-    nav_shape = am._navigation_shape_in_array
-    sig_shape = am._signal_shape_in_array
-    n_nav, n_sig = int(np.prod(nav_shape)), int(np.prod(sig_shape))
-    k = int(output_dimension)
-    if isinstance(init, (tuple, list)):
-        init = _check_custom_init(init, n_nav, n_sig, k)
-    elif init not in INITS:
-        raise ValueError(f"unknown init {init!r}; choose one of {INITS} or a (loadings, factors) pair")
+    p.nav_shape = am._navigation_shape_in_array
+    p.sig_shape = am._signal_shape_in_array
+    n_nav, n_sig = int(np.prod(p.nav_shape)), int(np.prod(p.sig_shape))
+    p.k = int(p.output_dimension)
+    if isinstance(p.init, (tuple, list)):
+        p.init = _check_custom_init(p.init, n_nav, n_sig, p.k)
+    elif p.init not in INITS:
+        raise ValueError(f"unknown init {p.init!r}; choose one of {INITS} or a (loadings, factors) pair")
 
-    nav_mask = _mask_vector(navigation_mask, n_nav, nav_shape, "navigation_mask")
-    sig_mask = _mask_vector(signal_mask, n_sig, sig_shape, "signal_mask")
-    if nav_mask.all() or sig_mask.all():
+    p.nav_mask = _mask_vector(params["navigation_mask"], n_nav, p.nav_shape, "navigation_mask")
+    p.sig_mask = _mask_vector(params["signal_mask"], n_sig, p.sig_shape, "signal_mask")
+    if p.nav_mask.all() or p.sig_mask.all():
         raise ValueError("all data are masked: nothing to factorize")
-    nav_valid, sig_valid = ~nav_mask, ~sig_mask
     # The scan steps in one unit (pint), or a clear error for units that do not convert: before the read.
-    nav_steps = navigation_scales(signal) if map_resolution is not None and map_resolution is not False else None
+    p.nav_steps = navigation_scales(signal) if _map_constraint_on(p.map_resolution) else None
+    p.label = _run_label(p.map_resolution, p.diffraction_constraint)
+    return p
 
+
+def _map_constraint_on(map_resolution):
+    return map_resolution is not None and map_resolution is not False
+
+
+def _read_statistics(signal, p):
+    """Stage 2: the data operator and its statistics read, with the checks that need it.
+
+    Returns the operator, the solver's seed, the direct-beam position of
+    every scan position and half the beam's motion over the scan (px); warns
+    on descan.
+    """
+    nav_valid, sig_valid = ~p.nav_mask, ~p.sig_mask
     op = _make_operator(signal, nav_valid.astype(float), sig_valid.astype(float),
-                        poisson=bool(normalize_poissonian_noise))
-    op = _with_clean_masked_entries(signal, op, nav_mask, sig_mask)
-    seed = _expect_range_product(op, k, init, sketch, normalize_poissonian_noise, random_state)
-    done = _stage_bar(show_progressbar, f"{_run_label(map_resolution, diffraction_constraint)}: reading the data "
-                      "(statistics, direct beam)")
+                        poisson=bool(p.normalize_poissonian_noise))
+    op = _with_clean_masked_entries(signal, op, p.nav_mask, p.sig_mask)
+    seed = _expect_range_product(op, p.k, p.init, p.sketch, p.normalize_poissonian_noise, p.random_state)
+    done = _stage_bar(p.show_progressbar, f"{p.label}: reading the data (statistics, direct beam)")
     try:
         stats = op.stats()
     finally:
@@ -502,94 +563,138 @@ def constrained_nmf_decomposition(
         )
     # The direct beam of every position, measured in the statistics read: warn on descan.
     beam_positions = op.beam_positions()
-    warn_if_beam_moves(beam_positions, nav_shape, stacklevel=4)
-    beam_excursion = 0.5 * float(np.max(beam_motion(beam_positions, nav_shape)))
-    if k > min(nav_valid.sum(), sig_valid.sum()):
+    warn_if_beam_moves(beam_positions, p.nav_shape, stacklevel=5)
+    excursion = 0.5 * float(np.max(beam_motion(beam_positions, p.nav_shape)))
+    if p.k > min(nav_valid.sum(), sig_valid.sum()):
         raise ValueError(
-            f"output_dimension={k} is larger than min(unmasked positions, unmasked pixels) = "
+            f"output_dimension={p.k} is larger than min(unmasked positions, unmasked pixels) = "
             f"{min(nav_valid.sum(), sig_valid.sum())}"
         )
+    return op, seed, beam_positions, excursion
 
-    mean_pattern = op.mean_pattern(nav_valid).reshape(sig_shape)
-    # Hot/dead pixels left unmasked are reported; masked pixels take no part in the beam finding
-    # (except a masked region that holds the beam itself: _beam.beam_search_pixels).
-    warn_defect_pixels(mean_pattern, int(nav_valid.sum()), mask=sig_mask.reshape(sig_shape), stacklevel=3)
-    beam = find_beam_disk(mean_pattern, mask=sig_mask.reshape(sig_shape))
-    mask_radius = _mask_radius(direct_beam_mask, beam, beam_excursion)
-    beam_mask = _direct_beam_disk(mask_radius, beam, sig_shape) & sig_valid
+
+def _measure_beam(op, p, excursion):
+    """Stage 3: the mean pattern, its direct beam and the direct-beam disk left out of the fit.
+
+    Hot/dead pixels left unmasked are reported; masked pixels take no part
+    in the beam finding (except a masked region that holds the beam itself:
+    :func:`hyperspy_cnmf._beam.beam_search_pixels`).
+
+    Returns
+    -------
+    mean_pattern : ndarray, shape ``sig_shape``
+    beam : Beam
+        ``(x, y, radius)`` px, x first.
+    mask_radius : float
+        Radius (px) of the direct-beam disk left out (0: none).
+    beam_mask : ndarray of bool, flat
+        Its unmasked pixels.
+    """
+    nav_valid, sig_valid = ~p.nav_mask, ~p.sig_mask
+    mean_pattern = op.mean_pattern(nav_valid).reshape(p.sig_shape)
+    warn_defect_pixels(mean_pattern, int(nav_valid.sum()), mask=p.sig_mask.reshape(p.sig_shape), stacklevel=4)
+    beam = find_beam_disk(mean_pattern, mask=p.sig_mask.reshape(p.sig_shape))
+    mask_radius = _mask_radius(p.direct_beam_mask, beam, excursion)
+    beam_mask = _direct_beam_disk(mask_radius, beam, p.sig_shape) & sig_valid
     fit_valid = sig_valid & ~beam_mask
-    if k > fit_valid.sum():
+    if p.k > fit_valid.sum():
         raise ValueError(
-            f"output_dimension={k} is larger than the {int(fit_valid.sum())} detector pixels left "
+            f"output_dimension={p.k} is larger than the {int(fit_valid.sum())} detector pixels left "
             "outside the direct-beam mask; pass a smaller direct_beam_mask radius or direct_beam_mask=False"
         )
-    row_scale, col_scale = nav_valid.astype(float), fit_valid.astype(float)
-    if normalize_poissonian_noise:
+    return mean_pattern, beam, mask_radius, beam_mask
+
+
+def _scaled_operator(op, p, beam_mask):
+    """Stage 4: the row and column scales of the fit (Poisson weights, masks), applied to the operator."""
+    nav_valid, sig_valid = ~p.nav_mask, ~p.sig_mask
+    row_scale, col_scale = nav_valid.astype(float), (sig_valid & ~beam_mask).astype(float)
+    if p.normalize_poissonian_noise:
         # Row sums over all unmasked pixels (the statistics read, no extra pass); the
         # direct beam then takes no part in the fit through its zero column scale.
         row_scale, col_scale = _poisson_scales(op, nav_valid, sig_valid)
         col_scale = np.where(beam_mask, 0.0, col_scale)
-    if normalize_poissonian_noise or beam_mask.any():
+    if p.normalize_poissonian_noise or beam_mask.any():
         op = op.rescaled(row_scale, col_scale)
-    sig_mask, sig_valid = sig_mask | beam_mask, fit_valid
-    settings = dict(
-        algorithm=ALGORITHM, solver=solver, max_iter=int(max_iter), tol=float(tol),
-        random_state=None if random_state is None else int(random_state) if np.isscalar(random_state) else "Generator",
-        normalize_poissonian_noise=bool(normalize_poissonian_noise), sketch=bool(sketch),
-        n_init=int(n_init), max_exact_iter=None if max_exact_iter is None else int(max_exact_iter),
-        separate_components=bool(separate_components),
-        init=init if isinstance(init, str) else "custom",
-        direct_beam_mask=direct_beam_mask if isinstance(direct_beam_mask, str) or direct_beam_mask is None
-        else bool(direct_beam_mask) if isinstance(direct_beam_mask, bool) else float(direct_beam_mask),
+    return op, row_scale, col_scale
+
+
+def _settings(p, beam, mask_radius):
+    """The run's settings as recorded (``cnmf_parameters``), before the constraints add theirs."""
+    dbm = p.direct_beam_mask
+    return dict(
+        algorithm=ALGORITHM, solver=p.solver, max_iter=int(p.max_iter), tol=float(p.tol),
+        random_state=None if p.random_state is None
+        else int(p.random_state) if np.isscalar(p.random_state) else "Generator",
+        normalize_poissonian_noise=bool(p.normalize_poissonian_noise), sketch=bool(p.sketch),
+        n_init=int(p.n_init), max_exact_iter=None if p.max_exact_iter is None else int(p.max_exact_iter),
+        separate_components=bool(p.separate_components),
+        init=p.init if isinstance(p.init, str) else "custom",
+        direct_beam_mask=dbm if isinstance(dbm, str) or dbm is None
+        else bool(dbm) if isinstance(dbm, bool) else float(dbm),
         **beam.record(),  # direct_beam_x_px, direct_beam_y_px, direct_beam_radius_px
         direct_beam_mask_radius_px=mask_radius,
     )
 
+
+def _build_constraints(signal, p, beam, mean_pattern, sig_valid, settings):
+    """Stage 5: the map and diffraction constraints (None when off); their settings go into ``settings``.
+
+    Returns ``(map_constraint, diffraction_constraint, map_resolution,
+    diffraction_constraint_size)``, the last two NaN when off.
+    """
     map_c = None
     res_value, res_how = np.nan, "off"
-    if map_resolution is not None and map_resolution is not False:
-        if isinstance(map_resolution, str):
-            if map_resolution != "auto":
-                raise ValueError(f"map_resolution must be 'auto', a number or None, got {map_resolution!r}")
-            res_value, res_how = estimate_probe_fwhm(signal, mean_pattern, beam_radius_px=beam.radius)
+    if _map_constraint_on(p.map_resolution):
+        if isinstance(p.map_resolution, str):
+            res_value, res_how = estimate_probe_fwhm(signal, mean_pattern, beam_radius_px=beam.radius, stacklevel=4)
         else:
-            res_value, res_how = float(map_resolution), "user"
+            res_value, res_how = float(p.map_resolution), "user"
         # (step_y, step_x) in the x axis's units, like res_value; array order is (y, x)
-        map_c = MapResolutionConstraint(nav_shape, res_value, scale=nav_steps[:2], filter=map_filter)
+        map_c = MapResolutionConstraint(p.nav_shape, res_value, scale=p.nav_steps[:2], filter=p.map_filter)
     settings.update(map_resolution=float(res_value), map_resolution_method=res_how,
-                    map_filter=map_filter if map_c is not None else "off")
+                    map_filter=p.map_filter if map_c is not None else "off")
 
     diff_c = None
     dip_radius = np.nan
-    if diffraction_constraint:
+    if p.diffraction_constraint:
         diff_c = DiffractionDipConstraint.from_beam(
-            beam, sig_shape, diffraction_constraint_size, diffraction_constraint_strength,
-            valid=sig_valid, mode=diffraction_constraint_mode,
+            beam, p.sig_shape, p.diffraction_constraint_size, p.diffraction_constraint_strength,
+            valid=sig_valid, mode=p.diffraction_constraint_mode,
         )
         dip_radius = diff_c.radius
-    settings.update(diffraction_constraint=bool(diffraction_constraint), diffraction_constraint_size=float(dip_radius),
-                    diffraction_constraint_mode=diffraction_constraint_mode,
-                    diffraction_constraint_strength=float(diffraction_constraint_strength) if diff_c else float("nan"))
+    settings.update(diffraction_constraint=bool(p.diffraction_constraint), diffraction_constraint_size=float(dip_radius),
+                    diffraction_constraint_mode=p.diffraction_constraint_mode,
+                    diffraction_constraint_strength=float(p.diffraction_constraint_strength) if diff_c else float("nan"))
+    return map_c, diff_c, res_value, dip_radius
 
+
+def _fit(op, p, seed, row_scale, col_scale, map_c, diff_c):
+    """Stage 6: the solver on the scaled operator, with progress bars and single-threaded BLAS."""
+    init = p.init
     if isinstance(init, tuple):
         # HyperSpy layout (loadings (nav, k), factors (sig, k)) in data units -> effective units
         r_safe = np.where(row_scale > 0, row_scale, 1.0)[:, None]
         c_safe = np.where(col_scale > 0, col_scale, 1.0)[:, None]
         init = (init[0] * r_safe, init[1] * c_safe)
-
-    callback, close = _progress_callback(show_progressbar, max_iter, max_exact_iter,
-                                         _run_label(map_resolution, diffraction_constraint))
+    callback, close = _progress_callback(p.show_progressbar, p.max_iter, p.max_exact_iter, p.label)
     try:
         with _single_threaded_blas():
-            result = constrained_nmf(
-                op, k, solver=solver, init=init, max_iter=max_iter, tol=tol, random_state=seed,
-                map_constraint=map_c, diffraction_constraint=diff_c, sketch=sketch, n_init=n_init,
-                max_exact_iter=max_exact_iter, separate=separate_components, callback=callback,
+            return constrained_nmf(
+                op, p.k, solver=p.solver, init=init, max_iter=p.max_iter, tol=p.tol, random_state=seed,
+                map_constraint=map_c, diffraction_constraint=diff_c, sketch=p.sketch, n_init=p.n_init,
+                max_exact_iter=p.max_exact_iter, separate=p.separate_components, callback=callback,
             )
     finally:
         close()
 
-    # Back to data units, unit-sum patterns, components sorted by total intensity.
+
+def _to_data_units(result, row_scale, col_scale, nav_valid, sig_valid, nav_mask, sig_mask):
+    """Stage 7: HyperSpy's ``(loadings, factors)`` in data units.
+
+    Unit-sum patterns (over the fitted pixels), components sorted by total
+    intensity, NaN in the masked positions and pixels.
+    """
     r_safe = np.where(row_scale > 0, row_scale, 1.0)[:, None]
     c_safe = np.where(col_scale > 0, col_scale, 1.0)[:, None]
     loadings = result.W / r_safe
@@ -602,8 +707,12 @@ def constrained_nmf_decomposition(
     loadings, factors = loadings[:, order], factors[:, order]
     loadings[nav_mask] = np.nan
     factors[sig_mask] = np.nan
+    return loadings, factors
 
-    lr = signal.learning_results
+
+def _write_results(lr, p, loadings, factors, sig_mask, record):
+    """Stage 8: ``learning_results`` as HyperSpy expects them, plus the run's record (``cnmf_*``)."""
+    nav_valid, k = ~p.nav_mask, p.k
     lr.factors = factors
     lr.loadings = loadings
     lr.explained_variance = None  # NMF has no variances; the ratio is each component's share of
@@ -612,37 +721,19 @@ def constrained_nmf_decomposition(
     lr.explained_variance_ratio = counts / counts.sum() if counts.sum() > 0 else np.full(k, 1.0 / k)
     lr.number_significant_components = k
     lr.decomposition_algorithm = ALGORITHM
-    lr.poissonian_noise_normalized = bool(normalize_poissonian_noise)
+    lr.poissonian_noise_normalized = bool(p.normalize_poissonian_noise)
     lr.output_dimension = k
     lr.unfolded = False
     lr.centre = None
     lr.mean = None
-    lr.navigation_mask = nav_mask.reshape(nav_shape) if nav_mask.any() else None
-    lr.signal_mask = sig_mask.reshape(sig_shape) if sig_mask.any() else None
+    lr.navigation_mask = p.nav_mask.reshape(p.nav_shape) if p.nav_mask.any() else None
+    lr.signal_mask = sig_mask.reshape(p.sig_shape) if sig_mask.any() else None
     lr.unmixing_matrix = None
     lr.bss_algorithm = None
     lr.bss_factors = None
     lr.bss_loadings = None
-    record = DecompositionRecord(
-        loss=result.loss,
-        n_iter=result.n_iter,
-        n_iter_sketch=result.n_iter_sketch,
-        converged=result.converged,
-        map_resolution=res_value,
-        diffraction_constraint_size=dip_radius,
-        parameters=settings,
-    )
     clear_learning_results(lr, "cnmf_")  # no field of an older run stays beside this one
     to_learning_results(lr, record, "cnmf_")
-
-    info = dict(settings, loss=result.loss, n_iter=result.n_iter, n_iter_sketch=result.n_iter_sketch,
-                converged=result.converged, sketch_converged=result.sketch_converged,
-                n_passes=result.n_passes, final_loss=float(result.loss[-1]), beam_positions=beam_positions)
-    if print_info:
-        print(_summary(info, k))
-    if return_info:
-        return info
-    return None
 
 
 def _summary(info, k):
