@@ -11,6 +11,8 @@ import os
 import numpy as np
 
 from hyperspy_cnmf.signals._axes import axis_info
+from hyperspy_cnmf.signals._calibration import navigation_scales
+from hyperspy_cnmf.signals._decomposition import _mask_vector
 
 # --------------------------------------------------------------------------
 # Arrays and numbers
@@ -50,9 +52,10 @@ def reconstruction_mse(signal, n_components=None, signal_mask=None):
     n_components : int, optional
         Use only the first components (e.g. PCA truncated to k).
     signal_mask : bool array (qy, qx), optional
-        Detector pixels left out (True = excluded). Pixels that the
-        decomposition left out (NaN in every factor, e.g. the direct beam of
-        ``direct_beam_mask="auto"``) are always left out.
+        Detector pixels left out (True = excluded), placed by shape as by
+        ``decomposition`` (array order, or ``signal_shape`` x first). Pixels
+        that the decomposition left out (NaN in every factor, e.g. the
+        direct beam of ``direct_beam_mask="auto"``) are always left out.
     """
     lr = signal.learning_results
     am = signal.axes_manager
@@ -61,7 +64,7 @@ def reconstruction_mse(signal, n_components=None, signal_mask=None):
     k = lr.factors.shape[1] if n_components is None else int(n_components)
     W = np.nan_to_num(np.asarray(lr.loadings[:, :k], dtype=np.float64))
     H = np.nan_to_num(np.asarray(lr.factors[:, :k], dtype=np.float64))
-    valid = np.ones(n_sig, bool) if signal_mask is None else ~np.asarray(signal_mask, bool).ravel()
+    valid = ~_mask_vector(signal_mask, n_sig, am._signal_shape_in_array, "signal_mask")
     valid &= ~np.all(np.isnan(np.asarray(lr.factors[:, :k], dtype=np.float64)), axis=1)
     mean = getattr(lr, "mean", None)
     offset = 0.0 if mean is None else np.asarray(mean, dtype=np.float64).ravel()[valid]
@@ -91,7 +94,8 @@ def mean_pattern_mse(signal, signal_mask=None):
     signal_mask : bool array (qy, qx), optional
         Detector pixels left out (True = excluded), e.g.
         ``learning_results.signal_mask`` to compare with
-        :func:`reconstruction_mse` on the same pixels.
+        :func:`reconstruction_mse` on the same pixels; placed by shape as by
+        ``decomposition``.
     """
     am = signal.axes_manager
     n_nav = int(np.prod(am._navigation_shape_in_array))
@@ -101,7 +105,7 @@ def mean_pattern_mse(signal, signal_mask=None):
         data = data.compute()
     X = np.asarray(data, dtype=np.float64).reshape(n_nav, n_sig)
     if signal_mask is not None:
-        X = X[:, ~np.asarray(signal_mask, bool).ravel()]
+        X = X[:, ~_mask_vector(signal_mask, n_sig, am._signal_shape_in_array, "signal_mask")]
     totals = X.sum(axis=1, keepdims=True)
     pattern = X.sum(axis=0) / max(X.sum(), 1e-300)
     return float(np.mean((X - totals * pattern) ** 2))
@@ -194,9 +198,11 @@ def clear_component_phases(loadings, truth_maps, phase_of_component, min_corr=0.
 
 
 def nav_scale(signal):
-    """Scan steps ``(row, column)`` = ``(y, x)`` in navigation units."""
-    ax_x, ax_y = signal.axes_manager.navigation_axes
-    return abs(float(ax_y.scale)), abs(float(ax_x.scale))
+    """Scan steps ``(row, column)`` = ``(y, x)``, both in the x axis's unit (pint-converted).
+
+    See :func:`hyperspy_cnmf.signals._calibration.navigation_scales`.
+    """
+    return navigation_scales(signal)[:2]
 
 
 # --------------------------------------------------------------------------

@@ -23,7 +23,11 @@ from hyperspy_cnmf.constraints import (
     map_power_beyond,
 )
 from hyperspy_cnmf.signals._axes import check_4d
-from hyperspy_cnmf.signals._calibration import estimate_probe_fwhm, find_beam_disk
+from hyperspy_cnmf.signals._calibration import (
+    estimate_probe_fwhm,
+    find_beam_disk,
+    navigation_scales,
+)
 
 
 def _check_decomposition(signal):
@@ -96,8 +100,8 @@ def _model_pattern(signal):
 
 
 def _nav_scale(signal):
-    ax_x, ax_y = signal.axes_manager.navigation_axes
-    return abs(float(ax_y.scale)), abs(float(ax_x.scale))
+    """The scan steps ``(step_y, step_x)`` in the x axis's unit (pint-converted), array order."""
+    return navigation_scales(signal)[:2]
 
 
 def _cnmf_settings(lr):
