@@ -288,3 +288,13 @@ def test_map_artefacts_flag_single_positions_and_the_scan_edge(data):
     assert flags.tolist() == [0] * len(loadings) + [1, 2]
     res = cl.cluster_components(F, L, CENTRE, nav_shape=SCAN)
     assert res.map_artefact.tolist() == flags.tolist()
+
+
+def test_direct_beam_radius_beyond_the_radial_range_raises(data):
+    """No k singleton clusters: a beam radius that masks every ring is refused."""
+    factors, loadings, _, _ = data
+    with pytest.raises(ValueError, match="masks every ring"):
+        cl.cluster_components(factors, loadings, CENTRE, nav_shape=SCAN, direct_beam_radius=30.0)
+    with pytest.raises(ValueError, match="masks every ring"):
+        cl.cluster_components(factors, loadings, CENTRE, nav_shape=SCAN, radial_range=(0, 10),
+                              direct_beam_radius=12.0)

@@ -258,6 +258,13 @@ def polar_transform(
     theta : ndarray, shape (n_theta,)
         Azimuths in degrees, from +x towards +y.
 
+    Raises
+    ------
+    ValueError
+        For a centre outside the pattern, an empty radial range, a bad
+        ``delta_r``/``n_theta``, or a ``direct_beam_radius`` that masks every
+        ring (nothing left to compare).
+
     Examples
     --------
     >>> import numpy as np
@@ -312,6 +319,12 @@ def polar_transform(
                 np.nanmean(stack, axis=0), (cx, cy)
             )
     if direct_beam_radius is not None:
+        if not np.any(radii >= float(direct_beam_radius)):
+            raise ValueError(
+                f"`direct_beam_radius` ({float(direct_beam_radius):.3g} px) masks every ring of the "
+                f"radial range ({radii[0]:.3g}-{radii[-1]:.3g} px): nothing is left to compare. "
+                "Pass a smaller direct_beam_radius or a larger radial_range (same units)."
+            )
         out[:, radii < float(direct_beam_radius), :] = np.nan
     return out.reshape(lead + (n_r, n_theta)), radii, theta
 
