@@ -340,7 +340,9 @@ class DaskOperator:
     >>> op = DaskOperator(da.from_array(X.reshape(8, 8, 10, 10), chunks=(2, 8, 10, 10)))
     >>> op.shape, op.dtype
     ((64, 100), dtype('float32'))
-    >>> result = constrained_nmf(op, 3, random_state=0, max_iter=50, tol=1e-4)  # doctest: +SKIP
+    >>> result = constrained_nmf(op, 3, random_state=0, max_iter=50, tol=1e-4)
+    >>> result.W.shape, result.Ht.shape  # maps (positions, k), patterns (pixels, k)
+    ((64, 3), (100, 3))
     """
 
     def __init__(self, darray, row_scale=None, col_scale=None, *, signal_ndim=None,

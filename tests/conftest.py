@@ -1,17 +1,9 @@
 """Shared fixtures: small deterministic synthetic data."""
 
-import matplotlib
 import numpy as np
 import pytest
 
-matplotlib.use("agg")
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _no_progressbar():
-    from hyperspy.defaults_parser import preferences
-
-    preferences.General.show_progressbar = False
+# the agg backend and the progress bars off: ../conftest.py (tests and doctests)
 
 
 @pytest.fixture

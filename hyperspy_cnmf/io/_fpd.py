@@ -215,6 +215,8 @@ def load_fpd_hdf5(path, bin_signal=1, lazy=False, chunks=None):
 
     Examples
     --------
+    Not run by the doctests (they need a file on disk):
+
     >>> from hyperspy_cnmf.io import load_fpd_hdf5
     >>> s = load_fpd_hdf5("FPD_HDF5.hdf5", bin_signal=4)  # doctest: +SKIP
     >>> s  # doctest: +SKIP

@@ -278,6 +278,8 @@ def load(path, lazy=None, bin_signal=1, **kwargs):
 
     Examples
     --------
+    Not run by the doctests (they need files on disk):
+
     >>> from hyperspy_cnmf.io import load
     >>> s = load("scan.hspy")  # doctest: +SKIP
     >>> s = load("FPD_HDF5.hdf5", bin_signal=4)  # doctest: +SKIP

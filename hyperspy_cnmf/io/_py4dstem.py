@@ -643,6 +643,10 @@ def from_py4dstem(datacube, lazy=False, chunks=None):
 
     Examples
     --------
+    The lines that need py4DSTEM (an optional dependency) are not run by the
+    doctests; ``tests/test_py4dstem.py`` tests these conversions in its own
+    environment.
+
     >>> import numpy as np
     >>> import py4DSTEM  # doctest: +SKIP
     >>> from hyperspy_cnmf.io import from_py4dstem
@@ -716,6 +720,9 @@ def to_py4dstem(signal):
     >>> s.set_signal_type("4D-STEM")
     >>> for ax in s.axes_manager.signal_axes:
     ...     ax.scale, ax.units, ax.offset = 0.02, "1/Å", -0.16
+
+    Not run by the doctests (py4DSTEM is an optional dependency):
+
     >>> dc = to_py4dstem(s)  # doctest: +SKIP
     >>> dc.calibration.get_Q_pixel_size(), dc.calibration.get_Q_pixel_units()  # doctest: +SKIP
     (0.02, 'A^-1')
@@ -868,6 +875,8 @@ def load_py4dstem(filename, lazy=False, datapath=None, chunks=None, **kwargs):
 
     Examples
     --------
+    Not run by the doctests (they need a file on disk):
+
     >>> from hyperspy_cnmf.io import load_py4dstem
     >>> s = load_py4dstem("scan.h5")  # doctest: +SKIP
     >>> s_lazy = load_py4dstem("scan.h5", lazy=True)  # doctest: +SKIP

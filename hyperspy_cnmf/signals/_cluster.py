@@ -583,11 +583,15 @@ def cluster_diffraction(
     --------
     >>> from hyperspy_cnmf.data import simulated_precipitates
     >>> s = simulated_precipitates(scan_shape=(32, 32), n_grains=3)
-    >>> s.decomposition(algorithm="constrained_nmf", output_dimension=8)  # doctest: +SKIP
-    >>> res = s.cluster_diffraction()  # doctest: +SKIP
-    >>> res["merged_factors"].plot()  # doctest: +SKIP
-    >>> s.plot_cluster_dendrogram()  # doctest: +SKIP
-    >>> s.plot_cluster_results()  # doctest: +SKIP
+    >>> s.decomposition(algorithm="constrained_nmf", output_dimension=8, print_info=False)
+    >>> res = s.cluster_diffraction()
+    >>> sorted(res)
+    ['labels', 'linkage', 'merged_factors', 'merged_maps', 'position_labels', 'pseudo_distance', 'rotation']
+    >>> res["labels"].data.shape, s.learning_results.number_of_clusters
+    ((8,), 3)
+    >>> res["merged_factors"].plot()
+    >>> fig = s.plot_cluster_dendrogram()
+    >>> s.plot_cluster_results()
     """
     _check_4dstem_signal_axes(self)
     lr = self.learning_results
@@ -668,8 +672,12 @@ def get_cluster_diffraction_results(self, source="components"):
 
     Examples
     --------
-    >>> res = s.get_cluster_diffraction_results()  # doctest: +SKIP
-    >>> res["merged_factors"]  # doctest: +SKIP
+    >>> from hyperspy_cnmf.data import simulated_precipitates
+    >>> s = simulated_precipitates(scan_shape=(32, 32), n_grains=3)
+    >>> s.decomposition(algorithm="constrained_nmf", output_dimension=8, print_info=False)
+    >>> _ = s.cluster_diffraction()
+    >>> res = s.get_cluster_diffraction_results()
+    >>> res["merged_factors"]  # doctest: +ELLIPSIS
     <STEM4D, title: Merged diffraction of clusters of ..., dimensions: (3|48, 48)>
     """
     res = _read_clustering(self, source)
@@ -885,8 +893,8 @@ def cluster_patterns(
     --------
     >>> from hyperspy_cnmf.data import simulated_precipitates
     >>> s = simulated_precipitates(scan_shape=(24, 24), n_grains=2)
-    >>> res = s.cluster_patterns(step=2, n_clusters=3)  # doctest: +SKIP
-    >>> s.get_cluster_labels(merged=True).plot()  # doctest: +SKIP
+    >>> res = s.cluster_patterns(step=2, n_clusters=3)
+    >>> s.get_cluster_labels(merged=True).plot()
     """
     _check_4dstem_signal_axes(self)
     (qy, qx), _, _, _ = _signal_geometry(self)
@@ -987,8 +995,8 @@ def polar_transform(
     >>> s = simulated_precipitates(
     ...     scan_shape=(16, 16), n_grains=1, n_phases=1, grain_diameter=3.0
     ... )
-    >>> p = s.polar_transform()  # doctest: +SKIP
-    >>> p.axes_manager.signal_shape  # doctest: +SKIP
+    >>> p = s.polar_transform()
+    >>> p.axes_manager.signal_shape
     (192, 24)
     """
     _check_4dstem_signal_axes(self)
@@ -1085,7 +1093,11 @@ def plot_cluster_dendrogram(self, source="components", ax=None, **kwargs):
 
     Examples
     --------
-    >>> fig = s.plot_cluster_dendrogram()  # doctest: +SKIP
+    >>> from hyperspy_cnmf.data import simulated_precipitates
+    >>> s = simulated_precipitates(scan_shape=(32, 32), n_grains=3)
+    >>> s.decomposition(algorithm="constrained_nmf", output_dimension=8, print_info=False)
+    >>> _ = s.cluster_diffraction()
+    >>> fig = s.plot_cluster_dendrogram()
     """
     from hyperspy_cnmf.plotting import _cluster as plotting
 
@@ -1137,7 +1149,11 @@ def plot_cluster_gallery(self, clusters=None, norm="log", cmap="inferno", **kwar
 
     Examples
     --------
-    >>> fig = s.plot_cluster_gallery()  # doctest: +SKIP
+    >>> from hyperspy_cnmf.data import simulated_precipitates
+    >>> s = simulated_precipitates(scan_shape=(32, 32), n_grains=3)
+    >>> s.decomposition(algorithm="constrained_nmf", output_dimension=8, print_info=False)
+    >>> _ = s.cluster_diffraction()
+    >>> fig = s.plot_cluster_gallery()
     """
     from hyperspy_cnmf.plotting import _cluster as plotting
 

@@ -206,8 +206,8 @@ class STEM4D(Signal2D):
         >>> from hyperspy_cnmf.data import simulated_precipitates
         >>> s = simulated_precipitates()
         >>> s.decomposition(algorithm="constrained_nmf", output_dimension=7,
-        ...                 print_info=False)  # doctest: +SKIP
-        >>> s.plot_decomposition_results()  # doctest: +SKIP
+        ...                 print_info=False)
+        >>> s.plot_decomposition_results()
         """
         constrained = isinstance(algorithm, str) and algorithm.lower() == _decomposition.ALGORITHM
         if constrained:
