@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from hyperspy_cnmf._docstrings import fill_doc
 from hyperspy_cnmf._schema import stored, transient
 from hyperspy_cnmf.clustering._hierarchical import (
     _similarity_parameters,
@@ -482,6 +483,7 @@ def _component_parameters(args, components, cpx, radii, n_theta, dbr, similarity
 # --------------------------------------------------------------------------
 # Pipeline
 # --------------------------------------------------------------------------
+@fill_doc
 def cluster_components(
     factors,
     loadings,
@@ -537,31 +539,14 @@ def cluster_components(
     components : array_like of int, shape (k,), optional
         Index of each component in the caller's numbering (recorded only);
         default ``0 .. k-1``.
-    n_clusters, distance_threshold, method
-        See :func:`~hyperspy_cnmf.clustering.hierarchical_clustering`.
-    radial_range, delta_r, n_theta, delta_theta
-        Polar grid, px; see :func:`~hyperspy_cnmf.clustering.polar_transform`.
+    %(cluster_cut)s
+    %(polar_grid)s
     direct_beam_radius : float, "auto" or None, default "auto"
         Rings inside this radius (px) are left out of the correlation;
         ``"auto"``: :func:`~hyperspy_cnmf.clustering.estimate_direct_beam_radius`
         of the loading-weighted sum of the factors.
-    intensity_transform_function, normalize, radial_weighting, mirror
-        See :func:`~hyperspy_cnmf.clustering.rotational_similarity`.
-    min_structure_fraction : float, default 0.1
-        Components with less than this fraction of their intensity inside the
-        compared annulus are *beam-only*: the cut is made among the other
-        components and each beam-only one joins the cluster whose map
-        correlates best with its own
-        (:func:`~hyperspy_cnmf.clustering.attach_by_map`). 0: off.
-    dominance_percentiles : tuple of float, default (0, 100)
-        Range of each object map for the dominant-cluster labels
-        (:func:`~hyperspy_cnmf.clustering.dominant_labels`).
-    map_smoothing : float, optional
-        Gaussian sigma (navigation px) of the maps used for the objects and
-        the dominant-cluster labels only (``merged_maps`` is not smoothed).
-    particle_threshold : float, default :data:`PARTICLE_THRESHOLD` (0.2)
-        Fraction of its own range at which a particle object claims a
-        position (:func:`~hyperspy_cnmf.clustering.dominant_labels`).
+    %(similarity)s
+    %(component_maps)s
     signal_mask : ndarray of bool, shape (qy, qx), optional
         The decomposition's masked detector pixels (True): left out of the
         search for the direct beam when ``centre`` is None (except a masked

@@ -14,6 +14,7 @@ from scipy.cluster import hierarchy
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import squareform
 
+from hyperspy_cnmf._docstrings import fill_doc
 from hyperspy_cnmf._schema import stored, transient
 from hyperspy_cnmf.clustering._polar import (
     _as_stack,
@@ -132,6 +133,7 @@ def _cut_height(linkage, n_clusters):
     return float(0.5 * (h[n - n_clusters - 1] + h[n - n_clusters]))
 
 
+@fill_doc
 def hierarchical_clustering(
     distance, method="average", n_clusters=None, distance_threshold=None
 ):
@@ -141,24 +143,9 @@ def hierarchical_clustering(
     ----------
     distance : array_like, shape (n, n)
         Symmetric pseudo-distance (``1 - similarity``), zero diagonal.
-    method : str, default "average"
-        :func:`scipy.cluster.hierarchy.linkage` method. ``"average"``
-        (UPGMA) is the default: the pseudo-distance ``1 - max CC`` is not a
-        Euclidean distance, so the methods that assume one (``"ward"``,
-        ``"centroid"``, ``"median"``; allowed, with a warning) lose their
-        meaning; ``"single"`` chains different phases through intermediate
-        (mixed, noisy) components; ``"complete"`` lets one poor member keep
-        two halves of a phase apart. With ``"average"`` a merge height is the
-        mean pseudo-distance between the two groups, i.e. one minus their mean
-        best-rotation correlation, which reads directly on the dendrogram.
-    n_clusters : int, optional
-        Cut the tree into this many clusters (``maxclust`` criterion).
-    distance_threshold : float or "gap", optional
-        Cut the tree at this pseudo-distance: groups merged at a height
-        ``<= distance_threshold`` form one cluster. ``"gap"``: in the middle
-        of the largest gap between successive merge heights
-        (:func:`largest_gap_threshold`). With neither ``n_clusters`` nor
-        ``distance_threshold``, :data:`DEFAULT_DISTANCE_THRESHOLD` (0.3).
+    %(method)s
+    %(n_clusters)s
+    %(distance_threshold)s
 
     Returns
     -------
@@ -822,6 +809,7 @@ def _label_all(all_patterns, positions, labels, merged, polar_kwargs, similarity
     return pos_labels, np.clip(distances, 0.0, 2.0)
 
 
+@fill_doc
 def cluster_patterns(
     patterns,
     centre=None,
@@ -858,13 +846,13 @@ def cluster_patterns(
         At least 2 patterns.
     centre : tuple of float, optional
         ``(x, y)`` in px; default: direct beam of the mean pattern.
-    n_clusters, distance_threshold, method
-        See :func:`hierarchical_clustering`.
-    radial_range, delta_r, n_theta, delta_theta, direct_beam_radius
-        See :func:`~hyperspy_cnmf.clustering.polar_transform` (px);
-        ``direct_beam_radius="auto"`` is estimated on the mean pattern.
-    intensity_transform_function, normalize, radial_weighting, mirror
-        See :func:`~hyperspy_cnmf.clustering.rotational_similarity`.
+    %(cluster_cut)s
+    %(polar_grid)s
+    direct_beam_radius : float, "auto" or None, default "auto"
+        Rings inside this radius (px) are left out of the correlation;
+        ``"auto"``: :func:`~hyperspy_cnmf.clustering.estimate_direct_beam_radius`
+        of the mean pattern.
+    %(similarity)s
     positions : array_like of int, shape (n,), optional
         Index of each of ``patterns`` among ``all_patterns``: these keep their
         hierarchical label in ``position_labels``.

@@ -20,6 +20,7 @@ import numpy as np
 from scipy import fft as sp_fft
 
 from hyperspy_cnmf._beam import beam_search_pixels, check_centre, locate_direct_beam
+from hyperspy_cnmf._docstrings import fill_doc
 from hyperspy_cnmf.clustering import _kernels
 
 __all__ = [
@@ -210,6 +211,7 @@ def estimate_direct_beam_radius(pattern, centre, fraction=0.1, factor=2.0, margi
     return float(min(float(factor) * r_edge + float(margin), 0.25 * edge))
 
 
+@fill_doc
 def polar_transform(
     patterns,
     centre=None,
@@ -221,6 +223,8 @@ def polar_transform(
 ):
     """Resample diffraction patterns on a polar ``(r, phi)`` grid (bilinear).
 
+    All lengths in px.
+
     Parameters
     ----------
     patterns : array_like, shape (..., qy, qx)
@@ -229,20 +233,7 @@ def polar_transform(
         ``(x, y)`` of the direct beam in pixel coordinates (column, row). If
         None it is found with :func:`find_direct_beam` on the mean pattern.
         A centre outside the pattern raises ``ValueError``.
-    radial_range : tuple of float, optional
-        ``(r_min, r_max)`` in px. Default ``(0, d)`` with ``d`` the distance
-        from the centre to the nearest detector edge (the author's
-        convention), so that every ring is complete. Larger radii are allowed;
-        the parts of the rings outside the detector are NaN.
-    delta_r : float, default 1.0
-        Radial step in px.
-    n_theta : int, optional
-        Number of azimuthal samples over 360 degrees. Default
-        :func:`default_n_theta` ``(r_max)`` (``8 r_max`` rounded up to a fast
-        FFT length), fine enough to avoid aliasing at the outer ring.
-    delta_theta : float, optional
-        Azimuthal step in degrees (alternative to ``n_theta``; it is rounded to
-        the nearest step dividing 360 degrees).
+    %(polar_grid)s
     direct_beam_radius : float or "auto", optional
         Rings with ``r < direct_beam_radius`` (px) are set to NaN (masked), so
         that the direct beam does not take part in later correlations.

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import fft as sp_fft
 
+from hyperspy_cnmf._docstrings import fill_doc
+
 __all__ = [
     "SimilarityResult",
     "prepare_polar",
@@ -201,6 +203,7 @@ def _peak(corr):
     return np.maximum(value, y0), k[..., 0] + delta
 
 
+@fill_doc
 def rotational_similarity(
     polar,
     polar_other=None,
@@ -230,34 +233,7 @@ def rotational_similarity(
         Compare ``polar`` with this second stack instead of with itself.
     radii : array_like, shape (n_r,), optional
         Radii of the rings, needed for ``radial_weighting="r"``.
-    intensity_transform_function : callable, {"sqrt", "log"} or None, default None
-        Applied to the intensities first. ``"sqrt"``: square root (the
-        variance-stabilising transform of counts); ``"log"``:
-        ``log(1 + x / m)`` with ``m`` each image's mean (scale-free); both clip
-        negative values to 0. A compressing transform raises the weight of
-        weak features (Bragg spots against a bright halo) but also of the
-        noise and of small residues, such as the halo that an NMF leaves in a
-        precipitate component. With the direct beam masked and the area
-        weighting, no transform (the default) separated the phases of the
-        simulated precipitates best, both for NMF components (margin between
-        the within-phase and between-phase merges 0.24-0.28 against
-        0.15-0.19 with ``"sqrt"``) and for raw patterns.
-    normalize : {"pearson", "azimuthal", "cosine"}, default "pearson"
-        What is subtracted before the normalised correlation. ``"pearson"``:
-        the mean of the whole polar image (Pearson correlation; radial profile
-        and anisotropic detail both count). ``"azimuthal"``: the mean of each
-        ring (only the anisotropic part counts: featureless patterns, e.g.
-        amorphous halos, then have no reproducible signal). ``"cosine"``:
-        nothing (non-negative patterns always correlate strongly).
-    radial_weighting : None, "r" or array_like, default "r"
-        Weight of each ring. ``"r"`` is the area element ``r dr dphi`` of the
-        detector: the polar correlation then equals the Cartesian correlation
-        of one pattern with the rotated other, and the oversampled centre does
-        not dominate. None weights the polar samples equally.
-    mirror : bool, default False
-        Also correlate with the mirrored pattern (``phi -> -phi``) and keep the
-        better of the two (e.g. for enantiomorphic or twin variants, or to
-        merge patterns related by a mirror).
+    %(similarity)s
     max_block_bytes : int, default 2**26
         Memory bound of one block of correlation curves (single precision);
         larger problems are processed by blocks of rows.

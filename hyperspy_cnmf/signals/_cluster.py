@@ -26,6 +26,7 @@ from hyperspy.signals import Signal1D, Signal2D
 
 from hyperspy_cnmf import clustering as core
 from hyperspy_cnmf._beam import Beam
+from hyperspy_cnmf._docstrings import fill_doc
 from hyperspy_cnmf._schema import from_stored, to_stored
 from hyperspy_cnmf.signals._axes import axis_info
 from hyperspy_cnmf.signals._store import (
@@ -349,6 +350,7 @@ def _select_components(lr, components):
 # --------------------------------------------------------------------------
 # Public methods
 # --------------------------------------------------------------------------
+@fill_doc
 def cluster_diffraction(
     self,
     n_clusters=None,
@@ -392,23 +394,7 @@ def cluster_diffraction(
     self : STEM4D or LazySTEM4D
         A signal with a decomposition (non-negative factors expected, e.g.
         ``decomposition(algorithm="constrained_nmf", output_dimension=30)``).
-    n_clusters : int, optional
-        Cut the dendrogram into this many clusters.
-    distance_threshold : float or "gap", optional
-        Cut the dendrogram at this pseudo-distance ``1 - CC``; ``"gap"``: in
-        the middle of the largest gap between successive merge heights
-        (:func:`~hyperspy_cnmf.clustering.largest_gap_threshold`). With neither
-        this nor ``n_clusters``: 0.3, i.e. groups correlating better than
-        CC = 0.7 after the best rotation are merged (the cut of the author's
-        dendrogram; on simulated precipitates with 1-3x over-complete
-        constrained NMF, merges within a phase were <= 0.2 and between
-        phases >= 0.37). Check it on :meth:`plot_cluster_dendrogram`.
-    method : str, default "average"
-        Linkage method of :func:`scipy.cluster.hierarchy.linkage`. Average
-        linkage is the default because ``1 - CC`` is not Euclidean (ruling
-        out ward/centroid/median), single linkage chains phases through mixed
-        components and complete linkage is ruled by the worst member; see
-        :func:`~hyperspy_cnmf.clustering.hierarchical_clustering`.
+    %(cluster_cut)s
     components : int or list of int, optional
         The first ``components`` components, or these indices. Default: all
         ``output_dimension`` (or ``number_significant_components``)
@@ -423,66 +409,16 @@ def cluster_diffraction(
         the direct beam found in the intensity-weighted sum of the factors
         (:func:`~hyperspy_cnmf.clustering.find_direct_beam`). A centre outside
         the pattern raises ``ValueError``.
-    units : {"calibrated", "px"}, default "calibrated"
-        Units of ``centre``, ``radial_range`` and ``direct_beam_radius``.
-    radial_range : tuple of float, optional
-        ``(r_min, r_max)`` of the polar transform. Default: from the centre to
-        the nearest detector edge (the author's convention).
-    delta_r : float, default 1.0
-        Radial step in detector pixels.
-    n_theta : int, optional
-        Azimuthal samples. Default ``8 r_max`` (in px), rounded up to a fast
-        FFT length: the author's convention, finer than one sample per pixel
-        of the outer circumference, so no aliasing.
-    delta_theta : float, optional
-        Azimuthal step in degrees, instead of ``n_theta``.
+    %(units)s
+    %(polar_grid)s
     direct_beam_radius : float, "auto" or None, default "auto"
         Rings inside this radius are left out of the correlation. The direct
         beam carries no structural information but is by far the brightest
         feature; ``"auto"`` masks the disk found on the radial profile of the
         weighted sum of the factors plus 1 px
         (:func:`~hyperspy_cnmf.clustering.estimate_direct_beam_radius`).
-    intensity_transform_function : callable, "sqrt", "log" or None, default None
-        Applied to the polar patterns before the correlation. No transform by
-        default: the NMF components already separate the weak Bragg spots from
-        the bright halo, and a compressing transform mostly raises the weight
-        of the halo residue left in precipitate components (it narrowed the
-        gap between phases on simulated data); see
-        :func:`~hyperspy_cnmf.clustering.rotational_similarity`.
-    normalize : {"pearson", "azimuthal", "cosine"}, default "pearson"
-        Pearson correlation of the whole polar images: the radial profile and
-        the spots both count, so featureless (amorphous) components still
-        match each other.
-    radial_weighting : None, "r" or array, default "r"
-        ``"r"``: area weighting, the polar correlation equals the Cartesian
-        correlation of one pattern with the rotated other.
-    mirror : bool, default False
-        Also match mirrored patterns (``phi -> -phi``).
-    min_structure_fraction : float, default 0.1
-        Components with less than this fraction of their intensity inside
-        the compared annulus (outside the masked direct beam, within the
-        radial range) have no diffraction to compare: an over-complete NMF
-        makes such direct-beam-only components from thickness variations.
-        They are drawn in the tree, but the cut (``n_clusters``,
-        ``distance_threshold``) is made among the other components, so they
-        never take a cluster slot, and each then joins the cluster whose map
-        correlates best with its own
-        (:func:`~hyperspy_cnmf.clustering.attach_by_map`); they are flagged
-        in ``cdiff_beam_only``. 0 switches this off. With the decomposition's
-        default ``direct_beam_mask="auto"`` they rarely occur.
-    dominance_percentiles : tuple of float, default (0, 100)
-        Range of each object map for the dominant-cluster labels (see Notes
-        and :func:`~hyperspy_cnmf.clustering.dominant_labels`).
-    map_smoothing : float, optional
-        Gaussian sigma (navigation pixels) applied to the component maps
-        before the dominant-cluster labelling only (useful for noisy maps of
-        an unconstrained NMF); the stored maps are not smoothed. Smoothing
-        widens the objects: raise ``particle_threshold`` with it (0.25 for
-        sigma = 1 px on the package's simulator).
-    particle_threshold : float, default 0.2
-        Fraction of its own range at which a particle object claims a probe
-        position (Notes, step 3;
-        :data:`hyperspy_cnmf.clustering.PARTICLE_THRESHOLD`).
+    %(similarity)s
+    %(component_maps)s
 
     Returns
     -------
@@ -641,6 +577,7 @@ def cluster_diffraction(
     return get_cluster_diffraction_results(self)
 
 
+@fill_doc
 def get_cluster_diffraction_results(self, source="components"):
     """Return the results of the last diffraction clustering as signals.
 
@@ -650,9 +587,7 @@ def get_cluster_diffraction_results(self, source="components"):
     Parameters
     ----------
     self : STEM4D or LazySTEM4D
-    source : {"components", "patterns"}, default "components"
-        The results of :meth:`cluster_diffraction` or of
-        :meth:`cluster_patterns`.
+    %(clustering_source)s
 
     Returns
     -------
@@ -813,6 +748,7 @@ def _given_patterns(signal, patterns, max_patterns):
     return np.asarray(stack, dtype=np.float64)
 
 
+@fill_doc
 def cluster_patterns(
     self,
     patterns=None,
@@ -841,7 +777,11 @@ def cluster_patterns(
     positions (every ``step``-th position along each navigation axis), or
     any stack of patterns passed as ``patterns``. The number of pairs grows as
     the square of the number of patterns; keep it to a few thousand
-    (``max_patterns``) by subsampling with ``step``.
+    (``max_patterns``) by subsampling with ``step``. Raw patterns share the
+    matrix (halo, direct beam), so the pseudo-distances between phases are
+    smaller than between NMF components (0.1-0.2 on the simulated
+    precipitates): give ``n_clusters`` or choose the cut on
+    :meth:`plot_cluster_dendrogram` ``(source="patterns")``.
 
     Parameters
     ----------
@@ -853,17 +793,13 @@ def cluster_patterns(
     step : int or tuple of int, default 1
         Subsampling of the navigation axes (HyperSpy axis order, ``x`` first)
         when ``patterns`` is None.
-    n_clusters, distance_threshold, method
-        See :meth:`cluster_diffraction`. Raw patterns share the matrix (halo,
-        direct beam), so the pseudo-distances between phases are smaller
-        than between NMF components (0.1-0.2 on the simulated
-        precipitates): give ``n_clusters`` or choose the cut on
-        :meth:`plot_cluster_dendrogram` ``(source="patterns")``.
-    centre, units, radial_range, delta_r, n_theta, delta_theta, direct_beam_radius
+    %(cluster_cut)s
+    centre, direct_beam_radius
         See :meth:`cluster_diffraction`; the automatic centre and direct-beam
         radius use the mean of the clustered patterns.
-    intensity_transform_function, normalize, radial_weighting, mirror
-        See :meth:`cluster_diffraction`.
+    %(units)s
+    %(polar_grid)s
+    %(similarity)s
     max_patterns : int, default 4096
         Refuse to cluster more patterns than this (memory and time grow as
         its square).
@@ -947,6 +883,7 @@ def cluster_patterns(
     return get_cluster_diffraction_results(self, source="patterns")
 
 
+@fill_doc
 def polar_transform(
     self,
     centre=None,
@@ -969,17 +906,8 @@ def polar_transform(
     centre : tuple of float, optional
         ``(x, y)`` in ``units``. Default: the calibrated origin if it lies
         inside the detector, else the direct beam of the mean pattern.
-    units : {"calibrated", "px"}, default "calibrated"
-        Units of ``centre``, ``radial_range`` and ``direct_beam_radius``.
-    radial_range : tuple of float, optional
-        ``(r_min, r_max)``; default from the centre to the nearest edge.
-    delta_r : float, default 1.0
-        Radial step in detector pixels.
-    n_theta : int, optional
-        Azimuthal samples; default ``8 r_max`` (px) rounded up to a fast FFT
-        length, the author's anti-aliasing convention.
-    delta_theta : float, optional
-        Azimuthal step in degrees instead of ``n_theta``.
+    %(units)s
+    %(polar_grid)s
     direct_beam_radius : float, "auto" or None, default None
         Rings inside this radius are set to NaN.
 
@@ -1071,6 +999,7 @@ def polar_transform(
     return result
 
 
+@fill_doc
 def plot_cluster_dendrogram(self, source="components", ax=None, **kwargs):
     """Plot the dendrogram of the last diffraction clustering.
 
@@ -1082,7 +1011,7 @@ def plot_cluster_dendrogram(self, source="components", ax=None, **kwargs):
     Parameters
     ----------
     self : STEM4D or LazySTEM4D
-    source : {"components", "patterns"}, default "components"
+    %(clustering_source)s
     ax : matplotlib.axes.Axes, optional
     **kwargs
         Passed to :func:`hyperspy_cnmf.plotting._cluster.plot_dendrogram`.

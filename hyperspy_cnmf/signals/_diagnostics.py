@@ -17,6 +17,7 @@ import json
 import numpy as np
 
 from hyperspy_cnmf._beam import Beam
+from hyperspy_cnmf._docstrings import fill_doc
 from hyperspy_cnmf.constraints import (
     DiffractionDipConstraint,
     dip_measure,
@@ -168,6 +169,7 @@ def _frequency_units(signal):
     return "px" if units in ("", "<undefined>", "None") else units
 
 
+@fill_doc
 def get_map_power_beyond(self, resolution=None, components=None):
     """Fraction of each map's power beyond the resolution circle.
 
@@ -180,17 +182,9 @@ def get_map_power_beyond(self, resolution=None, components=None):
 
     Parameters
     ----------
-    self : STEM4D or LazySTEM4D
-        A signal with a decomposition (any algorithm).
-    resolution : float, optional
-        Probe size (FWHM) in the navigation axes' units. Default: the
-        ``map_resolution`` of a constrained NMF run
-        (``learning_results.cnmf_map_resolution``), else (map constraint off,
-        or another algorithm) estimated as ``decomposition(map_resolution=
-        "auto")`` does
-        (:func:`~hyperspy_cnmf.signals._calibration.estimate_probe_fwhm`).
-    components : int or list of int, optional
-        The first ``components`` components, or these indices; default all.
+    %(decomposed_signal)s
+    %(map_resolution)s
+    %(component_subset)s
 
     Returns
     -------
@@ -216,6 +210,7 @@ def get_map_power_beyond(self, resolution=None, components=None):
     return map_power_beyond(_maps(self, idx), _resolution(self, resolution), _nav_scale(self))
 
 
+@fill_doc
 def plot_map_spectra(self, components=None, resolution=None, **kwargs):
     """Plot every map with its Fourier transform and the resolution circle.
 
@@ -229,13 +224,9 @@ def plot_map_spectra(self, components=None, resolution=None, **kwargs):
 
     Parameters
     ----------
-    self : STEM4D or LazySTEM4D
-        A signal with a decomposition (any algorithm).
-    components : int or list of int, optional
-        The first ``components`` components, or these indices; default all.
-    resolution : float, optional
-        Probe size (FWHM) in the navigation axes' units; default as in
-        :meth:`get_map_power_beyond`.
+    %(decomposed_signal)s
+    %(component_subset)s
+    %(map_resolution)s
     **kwargs
         Passed to :func:`hyperspy_cnmf.plotting.plot_map_spectra`
         (``per_row``, ``cmap``, ``spectrum_cmap``, ``dynamic_range``, ...).
@@ -287,6 +278,7 @@ def plot_map_spectra(self, components=None, resolution=None, **kwargs):
     )
 
 
+@fill_doc
 def get_dip_measure(self, radius=None, components=None, mode=None):
     """Fraction of each factor's intensity missing in downward-convex dips.
 
@@ -298,15 +290,13 @@ def get_dip_measure(self, radius=None, components=None, mode=None):
 
     Parameters
     ----------
-    self : STEM4D or LazySTEM4D
-        A signal with a decomposition (any algorithm).
+    %(decomposed_signal)s
     radius : float, optional
         Size (px) of the dips to measure. Default: the run's
         ``diffraction_constraint_size``, else (constraint off, another
         algorithm) the default of the decomposition, the direct-beam disk
         radius (rounded, at least 1 px).
-    components : int or list of int, optional
-        The first ``components`` components, or these indices; default all.
+    %(component_subset)s
     mode : {"azimuthal", "isotropic"}, optional
         Closing along circles about the direct beam (the decomposition's
         default) or with a disk; default the run's.
