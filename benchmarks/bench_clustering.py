@@ -52,7 +52,10 @@ def patterns(n, detector, seed=0):
     from hyperspy_cnmf.data import simulated_precipitates
 
     s = simulated_precipitates(
-        scan_shape=(24, 24), n_grains=2, detector_shape=(detector, detector), random_state=seed
+        scan_shape=(24, 24),
+        n_grains=2,
+        detector_shape=(detector, detector),
+        random_state=seed,
     )
     truth = s.metadata.Simulation
     rng = np.random.default_rng(seed)
@@ -138,7 +141,9 @@ def run(detector, n, repeat):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--detector", type=int, nargs="+", default=[64, 128, 256])
     p.add_argument("--n", type=int, default=100, help="number of patterns (components)")
     p.add_argument("--repeat", type=int, default=5)

@@ -44,18 +44,40 @@ REPO = HERE.parent
 # cases switch the post-fit component separation off where the wrapper has it
 # (it trades fit for interpretability); ``separate_components=None`` keeps the
 # wrapper's default.
-_PRIMITIVE = dict(algorithm="constrained_nmf", diffraction_constraint=False, map_resolution=None)
+_PRIMITIVE = dict(
+    algorithm="constrained_nmf", diffraction_constraint=False, map_resolution=None
+)
 CASES = {
     "sklearn_cd": ("HyperSpy NMF (sklearn cd)", dict(algorithm="NMF", solver="cd")),
     "sklearn_mu": ("HyperSpy NMF (sklearn mu)", dict(algorithm="NMF", solver="mu")),
-    "ours_hals": ("constrained_nmf hals, primitive, sketch (default)", dict(_PRIMITIVE, solver="hals")),
-    "ours_hals_nosketch": ("constrained_nmf hals, primitive, sketch=False", dict(_PRIMITIVE, solver="hals", sketch=False)),
-    "ours_mu": ("constrained_nmf mu, primitive, sketch (default)", dict(_PRIMITIVE, solver="mu")),
-    "ours_mu_nosketch": ("constrained_nmf mu, primitive, sketch=False", dict(_PRIMITIVE, solver="mu", sketch=False)),
-    "ours_hals_separate": ("constrained_nmf hals, primitive, sketch, component separation (wrapper default)",
-                           dict(_PRIMITIVE, solver="hals", separate_components=None)),
-    "ours_hals_constrained": ("constrained_nmf hals, both constraints (default)", dict(algorithm="constrained_nmf", solver="hals")),
-    "ours_mu_constrained": ("constrained_nmf mu, both constraints (default)", dict(algorithm="constrained_nmf", solver="mu")),
+    "ours_hals": (
+        "constrained_nmf hals, primitive, sketch (default)",
+        dict(_PRIMITIVE, solver="hals"),
+    ),
+    "ours_hals_nosketch": (
+        "constrained_nmf hals, primitive, sketch=False",
+        dict(_PRIMITIVE, solver="hals", sketch=False),
+    ),
+    "ours_mu": (
+        "constrained_nmf mu, primitive, sketch (default)",
+        dict(_PRIMITIVE, solver="mu"),
+    ),
+    "ours_mu_nosketch": (
+        "constrained_nmf mu, primitive, sketch=False",
+        dict(_PRIMITIVE, solver="mu", sketch=False),
+    ),
+    "ours_hals_separate": (
+        "constrained_nmf hals, primitive, sketch, component separation (wrapper default)",
+        dict(_PRIMITIVE, solver="hals", separate_components=None),
+    ),
+    "ours_hals_constrained": (
+        "constrained_nmf hals, both constraints (default)",
+        dict(algorithm="constrained_nmf", solver="hals"),
+    ),
+    "ours_mu_constrained": (
+        "constrained_nmf mu, both constraints (default)",
+        dict(algorithm="constrained_nmf", solver="mu"),
+    ),
 }
 SKLEARN = ("sklearn_cd", "sklearn_mu")
 
@@ -74,9 +96,14 @@ def _build_signal(scan, detector, n_grains, seed, dose):
     from hyperspy_cnmf.data import simulated_precipitates
 
     return simulated_precipitates(
-        scan_shape=tuple(scan), detector_shape=tuple(detector), n_grains=n_grains,
-        n_phases=min(2, n_grains), grain_diameter=3.0 if min(scan) < 24 else 6.0,
-        dose=dose, random_state=seed, dtype="float32",
+        scan_shape=tuple(scan),
+        detector_shape=tuple(detector),
+        n_grains=n_grains,
+        n_phases=min(2, n_grains),
+        grain_diameter=3.0 if min(scan) < 24 else 6.0,
+        dose=dose,
+        random_state=seed,
+        dtype="float32",
     )
 
 
@@ -97,8 +124,8 @@ def mse(X, loadings, factors, block=2048):
     F = np.nan_to_num(np.asarray(factors, dtype=np.float64))
     total = 0.0
     for start in range(0, X.shape[0], block):
-        Xb = np.asarray(X[start:start + block], dtype=np.float64)
-        D = Xb - L[start:start + block] @ F.T
+        Xb = np.asarray(X[start : start + block], dtype=np.float64)
+        D = Xb - L[start : start + block] @ F.T
         total += float(np.einsum("ij,ij->", D, D))
     return total / X.size
 
@@ -119,9 +146,13 @@ def machine_info():
     import sklearn
 
     info = dict(
-        python=platform.python_version(), platform=platform.platform(),
-        cpu=platform.processor() or platform.machine(), logical_cpus=os.cpu_count(),
-        numpy=np.__version__, numba=numba.__version__, sklearn=sklearn.__version__,
+        python=platform.python_version(),
+        platform=platform.platform(),
+        cpu=platform.processor() or platform.machine(),
+        logical_cpus=os.cpu_count(),
+        numpy=np.__version__,
+        numba=numba.__version__,
+        sklearn=sklearn.__version__,
         hyperspy=hyperspy.__version__,
     )
     try:
@@ -141,7 +172,9 @@ def machine_info():
         pass
     try:
         cfg = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        info["numpy_blas"] = f"{cfg.get('name')} {cfg.get('version')} ({cfg.get('openblas configuration', '').split()[-1] if cfg.get('openblas configuration') else ''})".strip()
+        info["numpy_blas"] = (
+            f"{cfg.get('name')} {cfg.get('version')} ({cfg.get('openblas configuration', '').split()[-1] if cfg.get('openblas configuration') else ''})".strip()
+        )
     except Exception:  # pragma: no cover - show_config layout differs between versions
         info["numpy_blas"] = "?"
     try:
@@ -210,7 +243,10 @@ def worker_case(args):
         kwargs.update(random_state=args.seed)
         from hyperspy_cnmf.signals._decomposition import constrained_nmf_decomposition
 
-        has_sep = "separate_components" in inspect.signature(constrained_nmf_decomposition).parameters
+        has_sep = (
+            "separate_components"
+            in inspect.signature(constrained_nmf_decomposition).parameters
+        )
         if kwargs.get("separate_components", False) is None or not has_sep:
             kwargs.pop("separate_components", None)
         elif "diffraction_constraint" in kwargs and "separate_components" not in kwargs:
@@ -230,7 +266,9 @@ def worker_case(args):
     for _ in range(args.repeat):
         timer = None if is_sk else _install_timer()
         t, c = time.perf_counter(), time.process_time()
-        info = s.decomposition(output_dimension=args.k, print_info=False, return_info=True, **kwargs)
+        info = s.decomposition(
+            output_dimension=args.k, print_info=False, return_info=True, **kwargs
+        )
         times.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
     out["loadavg_after"] = os.getloadavg()[0]
@@ -292,8 +330,16 @@ def worker_passes(args):
         for _ in range(args.repeat):
             timer = _Timer()
             with _single_threaded_blas():
-                constrained_nmf(DenseOperator(X), k, solver=solver, sketch=False, max_iter=n, tol=0,
-                                random_state=args.seed, callback=timer)
+                constrained_nmf(
+                    DenseOperator(X),
+                    k,
+                    solver=solver,
+                    sketch=False,
+                    max_iter=n,
+                    tol=0,
+                    random_state=args.seed,
+                    callback=timer,
+                )
             t_iter, _ = timer.exact_time_per_iter()
             ts = np.diff([e[3] for e in timer.events])
             best = t_iter if best is None else min(best, t_iter)
@@ -309,18 +355,29 @@ def worker_jit(args):
     warnings.simplefilter("ignore")
     t = time.perf_counter()
     import hyperspy_cnmf.nmf  # noqa: F401
+
     import_s = time.perf_counter() - t
     tiny = _tiny_signal()
     out = dict(import_s=import_s)
     for solver in ("hals", "mu"):
-        kw = dict(algorithm="constrained_nmf", output_dimension=2, solver=solver, print_info=False)
+        kw = dict(
+            algorithm="constrained_nmf",
+            output_dimension=2,
+            solver=solver,
+            print_info=False,
+        )
         t = time.perf_counter()
         tiny.decomposition(**kw)
         first = time.perf_counter() - t
         second = _best_time(lambda: tiny.decomposition(**kw), 2)
         out[f"first_{solver}_s"] = first
         out[f"second_{solver}_s"] = second
-    out["jit_s"] = out["first_hals_s"] - out["second_hals_s"] + out["first_mu_s"] - out["second_mu_s"]
+    out["jit_s"] = (
+        out["first_hals_s"]
+        - out["second_hals_s"]
+        + out["first_mu_s"]
+        - out["second_mu_s"]
+    )
     print("RESULT " + json.dumps(out), flush=True)
 
 
@@ -329,11 +386,29 @@ def worker_jit(args):
 
 
 def _run_worker(mode, args, data, extra=(), env=None):
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", mode, "--data", str(data),
-           "--k", str(args.k), "--seed", str(args.seed), "--repeat", str(args.repeat),
-           "--sk-max-iter", str(args.sk_max_iter), "--sk-tol-cd", str(args.sk_tol_cd),
-           "--sk-tol-mu", str(args.sk_tol_mu),
-           "--core-iter", str(args.core_iter), *extra]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        mode,
+        "--data",
+        str(data),
+        "--k",
+        str(args.k),
+        "--seed",
+        str(args.seed),
+        "--repeat",
+        str(args.repeat),
+        "--sk-max-iter",
+        str(args.sk_max_iter),
+        "--sk-tol-cd",
+        str(args.sk_tol_cd),
+        "--sk-tol-mu",
+        str(args.sk_tol_mu),
+        "--core-iter",
+        str(args.core_iter),
+        *extra,
+    ]
     if args.sk_random_state is not None:
         cmd += ["--sk-random-state", str(args.sk_random_state)]
     t = time.perf_counter()
@@ -354,7 +429,18 @@ def _fmt(x, nd=3):
     return f"{x:.{nd}f}"
 
 
-def report(args, cfg, info, data_info, passes, jit, results, command, total_s, info_load=float("nan")):
+def report(
+    args,
+    cfg,
+    info,
+    data_info,
+    passes,
+    jit,
+    results,
+    command,
+    total_s,
+    info_load=float("nan"),
+):
     one_pass = passes["sum_s"]
     one_pass_xh = passes["XH_s"]
     lines = [
@@ -438,7 +524,11 @@ def report(args, cfg, info, data_info, passes, jit, results, command, total_s, i
         f"Cold compile (empty `NUMBA_CACHE_DIR`, first minus second call on a tiny dataset, hals + mu): "
         f"{jit['jit_s']:.1f} s (import {jit['import_s']:.2f} s). With the on-disk cache (`cache=True`), the "
         "warm-up call of each fresh benchmark process took: "
-        + ", ".join(f"{name} {r['warmup_s']:.2f} s" for name, r in results.items() if name not in SKLEARN)
+        + ", ".join(
+            f"{name} {r['warmup_s']:.2f} s"
+            for name, r in results.items()
+            if name not in SKLEARN
+        )
         + ".",
         "",
         "## Goals (issue 2, item 4)",
@@ -473,23 +563,49 @@ def report(args, cfg, info, data_info, passes, jit, results, command, total_s, i
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small smoke run (40x40 scan, 32x32 detector)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small smoke run (40x40 scan, 32x32 detector)",
+    )
     p.add_argument("--scan", type=int, nargs=2, default=None, help="scan shape (ny nx)")
-    p.add_argument("--detector", type=int, nargs=2, default=None, help="detector shape (qy qx)")
+    p.add_argument(
+        "--detector", type=int, nargs=2, default=None, help="detector shape (qy qx)"
+    )
     p.add_argument("--n-grains", type=int, default=None)
-    p.add_argument("--dose", type=float, default=2000.0, help="mean counts per probe position")
+    p.add_argument(
+        "--dose", type=float, default=2000.0, help="mean counts per probe position"
+    )
     p.add_argument("--k", type=int, default=13, help="number of components")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeat", type=int, default=1, help="timed calls per method (best is reported)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="timed calls per method (best is reported)",
+    )
     p.add_argument("--sk-max-iter", type=int, default=1000)
-    p.add_argument("--sk-tol-cd", type=float, default=1e-3,
-                   help="sklearn cd tol (violation / initial violation); 1e-4 needs > 2000 iterations here")
-    p.add_argument("--sk-tol-mu", type=float, default=1e-4, help="sklearn mu tol (sklearn's default)")
+    p.add_argument(
+        "--sk-tol-cd",
+        type=float,
+        default=1e-3,
+        help="sklearn cd tol (violation / initial violation); 1e-4 needs > 2000 iterations here",
+    )
+    p.add_argument(
+        "--sk-tol-mu",
+        type=float,
+        default=1e-4,
+        help="sklearn mu tol (sklearn's default)",
+    )
     p.add_argument("--sk-random-state", type=int, default=None)
-    p.add_argument("--core-iter", type=int, default=20, help="iterations of the isolated core run")
+    p.add_argument(
+        "--core-iter", type=int, default=20, help="iterations of the isolated core run"
+    )
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--out", default=str(HERE / "results" / "eager.md"))
-    p.add_argument("--json", default=None, help="also write the raw numbers to this JSON file")
+    p.add_argument(
+        "--json", default=None, help="also write the raw numbers to this JSON file"
+    )
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)
     p.add_argument("--data", default=None, help=argparse.SUPPRESS)
@@ -510,15 +626,21 @@ def main(argv=None):
         cfg["detector"] = tuple(args.detector)
     if args.n_grains is not None:
         cfg["n_grains"] = args.n_grains
-    command = "python benchmarks/bench_eager.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python benchmarks/bench_eager.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
     info = machine_info()
     load0 = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="bench_eager_"))
     try:
         print(f"building the dataset {cfg} ...", flush=True)
-        s = _build_signal(cfg["scan"], cfg["detector"], cfg["n_grains"], args.seed, args.dose)
+        s = _build_signal(
+            cfg["scan"], cfg["detector"], cfg["n_grains"], args.seed, args.dose
+        )
         X = _unfolded(s)
-        data_info = dict(shape=X.shape, nbytes=int(X.nbytes), mean=float(X.mean(dtype=np.float64)))
+        data_info = dict(
+            shape=X.shape, nbytes=int(X.nbytes), mean=float(X.mean(dtype=np.float64))
+        )
         data = tmp / "data.hspy"
         s.save(data)
         del s, X
@@ -535,21 +657,45 @@ def main(argv=None):
             print(f"{name} ...", flush=True)
             results[name] = _run_worker("case", args, data, extra=["--case", name])
             r = results[name]
-            print(f"  wall {r['wall_s']:.2f} s (all {['%.2f' % t for t in r['wall_all_s']]}), "
-                  f"iterations {r.get('n_iter_sketch', 0)} + {r['n_iter']}, loss {r['loss']:.6f}", flush=True)
+            print(
+                f"  wall {r['wall_s']:.2f} s (all {['%.2f' % t for t in r['wall_all_s']]}), "
+                f"iterations {r.get('n_iter_sketch', 0)} + {r['n_iter']}, loss {r['loss']:.6f}",
+                flush=True,
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    text = report(args, cfg, info, data_info, passes, jit, results, command,
-                  time.perf_counter() - t_start, load0)
+    text = report(
+        args,
+        cfg,
+        info,
+        data_info,
+        passes,
+        jit,
+        results,
+        command,
+        time.perf_counter() - t_start,
+        load0,
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(
-            command=command, config=cfg, machine=info, data=data_info, passes=passes, jit=jit,
-            results=results,
-        ), indent=1, default=str))
+        Path(args.json).write_text(
+            json.dumps(
+                dict(
+                    command=command,
+                    config=cfg,
+                    machine=info,
+                    data=data_info,
+                    passes=passes,
+                    jit=jit,
+                    results=results,
+                ),
+                indent=1,
+                default=str,
+            )
+        )
     print(text)
     return 0
 

@@ -62,17 +62,36 @@ def make_file(path, scan, detector, chunk_rows, seed=0):
     from hyperspy_cnmf.signals import LazySTEM4D
 
     base = min(scan, 64)
-    small = simulated_precipitates(scan_shape=(base, base), detector_shape=(detector, detector),
-                                   noise=False, random_state=seed)
+    small = simulated_precipitates(
+        scan_shape=(base, base),
+        detector_shape=(detector, detector),
+        noise=False,
+        random_state=seed,
+    )
     T = small.metadata.Simulation
     reps = -(-scan // base)
     maps = np.tile(np.asarray(T.maps), (1, reps, reps))[:, :scan, :scan]
     patterns = np.asarray(T.patterns)
-    chunks = ((chunk_rows,) * (scan // chunk_rows) + ((scan % chunk_rows,) if scan % chunk_rows else ()),
-              (scan,), (detector,), (detector,))
-    data = da.map_blocks(_render, chunks=chunks, dtype=np.float32, maps=maps, patterns=patterns,
-                         dose_seed=seed, meta=np.empty((0, 0, 0, 0), np.float32))
-    axes = [ax.get_axis_dictionary() for ax in small.axes_manager._get_axes_in_natural_order()]
+    chunks = (
+        (chunk_rows,) * (scan // chunk_rows)
+        + ((scan % chunk_rows,) if scan % chunk_rows else ()),
+        (scan,),
+        (detector,),
+        (detector,),
+    )
+    data = da.map_blocks(
+        _render,
+        chunks=chunks,
+        dtype=np.float32,
+        maps=maps,
+        patterns=patterns,
+        dose_seed=seed,
+        meta=np.empty((0, 0, 0, 0), np.float32),
+    )
+    axes = [
+        ax.get_axis_dictionary()
+        for ax in small.axes_manager._get_axes_in_natural_order()
+    ]
     for ax, n in zip(axes, (scan, scan, detector, detector)):
         ax["size"] = n
         ax.pop("_type", None)
@@ -108,13 +127,25 @@ def worker(args):
         out["fit_s"] = min(t1 - t0, time.perf_counter() - t1)
     elif args.worker in ("lazy", "lazy-conv", "eager"):
         extra = json.loads(args.cnmf)
-        info = s.decomposition(algorithm="constrained_nmf", random_state=0, return_info=True,
-                               show_progressbar=False, **kw, **extra)
+        info = s.decomposition(
+            algorithm="constrained_nmf",
+            random_state=0,
+            return_info=True,
+            show_progressbar=False,
+            **kw,
+            **extra,
+        )
         out["fit_s"] = time.perf_counter() - t0
-        out.update(n_passes=info["n_passes"], n_iter=info["n_iter"], n_iter_sketch=info["n_iter_sketch"],
-                   solver_loss=info["final_loss"])
+        out.update(
+            n_passes=info["n_passes"],
+            n_iter=info["n_iter"],
+            n_iter_sketch=info["n_iter_sketch"],
+            solver_loss=info["final_loss"],
+        )
     elif args.worker == "hs-nmf":
-        s.decomposition(algorithm="NMF", **kw)  # HyperSpy prints "Learn"/"Project" bars to stderr
+        s.decomposition(
+            algorithm="NMF", **kw
+        )  # HyperSpy prints "Learn"/"Project" bars to stderr
         out["fit_s"] = time.perf_counter() - t0
     elif args.worker == "hs-ornmf":
         s.decomposition(algorithm="ORNMF", **kw)
@@ -124,8 +155,11 @@ def worker(args):
     out["peak_rss_mb"] = _peak_rss() / 2**20
     if args.worker != "sum":
         lr = s.learning_results
-        np.savez(Path(args.workdir) / f"{args.worker}.npz", loadings=np.asarray(lr.loadings),
-                 factors=np.asarray(lr.factors))
+        np.savez(
+            Path(args.workdir) / f"{args.worker}.npz",
+            loadings=np.asarray(lr.loadings),
+            factors=np.asarray(lr.factors),
+        )
     print("RESULT " + json.dumps(out))
 
 
@@ -149,29 +183,57 @@ def run_method(method, args, cnmf=None, cap_mb=None):
     """Run one method in a subprocess; its own ru_maxrss and a psutil sampler."""
     import psutil
 
-    cmd = [sys.executable, __file__, "--worker", method, "--file", str(args.file), "--k", str(args.k),
-           "--workdir", str(args.workdir), "--cnmf", json.dumps(cnmf or {})]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        method,
+        "--file",
+        str(args.file),
+        "--k",
+        str(args.k),
+        "--workdir",
+        str(args.workdir),
+        "--cnmf",
+        json.dumps(cnmf or {}),
+    ]
     if cap_mb:  # a hard address-space cap as well, where the shell allows it
-        cmd = ["bash", "-c", f"ulimit -v {int(cap_mb * 1024 * 4)} && exec " + " ".join(map(_quote, cmd))]
+        cmd = [
+            "bash",
+            "-c",
+            f"ulimit -v {int(cap_mb * 1024 * 4)} && exec " + " ".join(map(_quote, cmd)),
+        ]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     ps = psutil.Process(proc.pid)
     sampled = 0
     while proc.poll() is None:
         try:
-            sampled = max(sampled, sum(p.memory_info().rss for p in [ps] + ps.children(recursive=True)))
+            sampled = max(
+                sampled,
+                sum(p.memory_info().rss for p in [ps] + ps.children(recursive=True)),
+            )
         except psutil.Error:
             pass
         if time.perf_counter() - t0 > args.timeout:
             proc.kill()
             _, stderr = proc.communicate()
-            return {"method": method, "error": f"timeout after {args.timeout:.0f} s" + _progress(stderr),
-                    "sampled_rss_mb": sampled / 2**20, "load_after": os.getloadavg()[0]}
+            return {
+                "method": method,
+                "error": f"timeout after {args.timeout:.0f} s" + _progress(stderr),
+                "sampled_rss_mb": sampled / 2**20,
+                "load_after": os.getloadavg()[0],
+            }
         time.sleep(0.02)
     stdout, stderr = proc.communicate()
     lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
-        return {"method": method, "error": (stderr.strip().splitlines() or ["?"])[-1][:200]}
+        return {
+            "method": method,
+            "error": (stderr.strip().splitlines() or ["?"])[-1][:200],
+        }
     res = json.loads(lines[-1][7:])
     res["sampled_rss_mb"] = sampled / 2**20
     return res
@@ -181,8 +243,14 @@ def _progress(stderr):
     """The last progress-bar state printed before a timeout (HyperSpy's lazy "Learn" bar)."""
     import re
 
-    bars = re.findall(r"(\w+):\s*\d+%\|[^|\n]*\|\s*(\d+)/(\d+)", stderr.replace("\r", "\n"))
-    return f" (progress bar '{bars[-1][0]}' at {bars[-1][1]}/{bars[-1][2]} chunks)" if bars else ""
+    bars = re.findall(
+        r"(\w+):\s*\d+%\|[^|\n]*\|\s*(\d+)/(\d+)", stderr.replace("\r", "\n")
+    )
+    return (
+        f" (progress bar '{bars[-1][0]}' at {bars[-1][1]}/{bars[-1][2]} chunks)"
+        if bars
+        else ""
+    )
 
 
 def _quote(s):
@@ -220,14 +288,36 @@ def matched_cosines(A, B):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scan", type=int, default=256, help="scan side (positions), default 256")
-    p.add_argument("--detector", type=int, default=90, help="detector side (pixels), default 90 (2.1 GB)")
-    p.add_argument("--chunk-rows", type=int, default=16, help="scan rows per chunk of the file")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--scan", type=int, default=256, help="scan side (positions), default 256"
+    )
+    p.add_argument(
+        "--detector",
+        type=int,
+        default=90,
+        help="detector side (pixels), default 90 (2.1 GB)",
+    )
+    p.add_argument(
+        "--chunk-rows", type=int, default=16, help="scan rows per chunk of the file"
+    )
     p.add_argument("--k", type=int, default=7, help="number of components")
-    p.add_argument("--cap-mb", type=float, default=1024, help="memory cap (MB) for part (b)")
-    p.add_argument("--max-exact-iter", type=int, default=1, help="exact iterations of the few-read lazy fit")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
+    p.add_argument(
+        "--cap-mb", type=float, default=1024, help="memory cap (MB) for part (b)"
+    )
+    p.add_argument(
+        "--max-exact-iter",
+        type=int,
+        default=1,
+        help="exact iterations of the few-read lazy fit",
+    )
+    p.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help=f"comma-separated subset of {METHODS}",
+    )
     p.add_argument("--workdir", default="/tmp/cnmf_bench_lazy")
     p.add_argument("--timeout", type=float, default=900, help="seconds per method")
     p.add_argument("--out", default=str(HERE / "results" / "lazy.md"))
@@ -253,15 +343,19 @@ def main(argv=None):
         nbytes = 4 * args.scan**2 * args.detector**2
     write_s = time.perf_counter() - t0
     disk = sum(f.stat().st_size for f in args.file.rglob("*") if f.is_file())
-    print(f"data: {nbytes / 1e9:.2f} GB in memory terms, {disk / 1e9:.2f} GB on disk, written in {write_s:.0f} s",
-          flush=True)
+    print(
+        f"data: {nbytes / 1e9:.2f} GB in memory terms, {disk / 1e9:.2f} GB on disk, written in {write_s:.0f} s",
+        flush=True,
+    )
 
     methods = args.methods.split(",")
     few = {"max_exact_iter": args.max_exact_iter}
     results = {}
     for m in methods:
         # "lazy-conv": exact iterations to tol (the lazy default "auto" is 1)
-        cnmf = few if m == "lazy" else {"max_exact_iter": None} if m == "lazy-conv" else {}
+        cnmf = (
+            few if m == "lazy" else {"max_exact_iter": None} if m == "lazy-conv" else {}
+        )
         load = os.getloadavg()[0]
         res = run_method(m, args, cnmf=cnmf)
         res.setdefault("load_before", load)
@@ -278,8 +372,16 @@ def main(argv=None):
             with np.load(npz) as z:
                 res["mse"] = mse(args.file, z["loadings"], z["factors"])
 
-    lines = _report(args, nbytes, disk, results, workdir, platform.processor() or platform.machine(),
-                    psutil.cpu_count(), psutil.virtual_memory().total)
+    lines = _report(
+        args,
+        nbytes,
+        disk,
+        results,
+        workdir,
+        platform.processor() or platform.machine(),
+        psutil.cpu_count(),
+        psutil.virtual_memory().total,
+    )
     text = "\n".join(lines) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
@@ -288,56 +390,99 @@ def main(argv=None):
 
 def _report(args, nbytes, disk, results, workdir, cpu, ncpu, ram):
     cmd = "python benchmarks/bench_lazy.py " + " ".join(sys.argv[1:])
-    L = ["# Out-of-core constrained NMF (benchmarks/bench_lazy.py)", "",
-         f"Command: `{cmd.strip()}`", "",
-         f"Machine: {ncpu} cores ({cpu}), {ram / 2**30:.0f} GiB RAM; default dask scheduler (threads). "
-         f"Data: simulated precipitates, scan {args.scan} x {args.scan}, detector {args.detector} x "
-         f"{args.detector}, float32 Poisson counts, {nbytes / 1e9:.2f} GB ({disk / 1e9:.2f} GB compressed "
-         f".zspy), chunks of {args.chunk_rows} scan rows; k = {args.k}. Every method ran in its own "
-         "subprocess (peak RSS = the larger of its own `VmHWM` and a 20 ms psutil sampling); the MSE is the same for all: mean over all entries "
-         "of (X - loadings @ factors.T)^2, computed out of core afterwards.", ""]
+    L = [
+        "# Out-of-core constrained NMF (benchmarks/bench_lazy.py)",
+        "",
+        f"Command: `{cmd.strip()}`",
+        "",
+        f"Machine: {ncpu} cores ({cpu}), {ram / 2**30:.0f} GiB RAM; default dask scheduler (threads). "
+        f"Data: simulated precipitates, scan {args.scan} x {args.scan}, detector {args.detector} x "
+        f"{args.detector}, float32 Poisson counts, {nbytes / 1e9:.2f} GB ({disk / 1e9:.2f} GB compressed "
+        f".zspy), chunks of {args.chunk_rows} scan rows; k = {args.k}. Every method ran in its own "
+        "subprocess (peak RSS = the larger of its own `VmHWM` and a 20 ms psutil sampling); the MSE is the same for all: mean over all entries "
+        "of (X - loadings @ factors.T)^2, computed out of core afterwards.",
+        "",
+    ]
     base = results.get("sum", {}).get("fit_s")
-    L += ["| method | fit wall time (s) | pass-equivalents | data reads | peak RSS (MB) | RSS after imports (MB) "
-          "| MSE | load avg before / after |",
-          "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    names = {"sum": "one `darray.sum()` pass", "lazy": f"constrained NMF, lazy (sketch + {args.max_exact_iter} exact it.)",
-             "lazy-conv": "constrained NMF, lazy (exact phase to tol, `max_exact_iter=None`)",
-             "lazy-capped": f"same, under `ulimit -v` {4 * args.cap_mb:.0f} MB",
-             "eager": "constrained NMF, eager (defaults, converged)", "hs-nmf": "HyperSpy lazy NMF (MiniBatchNMF)",
-             "hs-ornmf": "HyperSpy lazy ORNMF"}
-    loads = lambda r: f"{r.get('load_before', float('nan')):.2f} / {r.get('load_after', float('nan')):.2f}"  # noqa: E731
+    L += [
+        "| method | fit wall time (s) | pass-equivalents | data reads | peak RSS (MB) | RSS after imports (MB) "
+        "| MSE | load avg before / after |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    names = {
+        "sum": "one `darray.sum()` pass",
+        "lazy": f"constrained NMF, lazy (sketch + {args.max_exact_iter} exact it.)",
+        "lazy-conv": "constrained NMF, lazy (exact phase to tol, `max_exact_iter=None`)",
+        "lazy-capped": f"same, under `ulimit -v` {4 * args.cap_mb:.0f} MB",
+        "eager": "constrained NMF, eager (defaults, converged)",
+        "hs-nmf": "HyperSpy lazy NMF (MiniBatchNMF)",
+        "hs-ornmf": "HyperSpy lazy ORNMF",
+    }
+    loads = lambda r: (  # noqa: E731
+        f"{r.get('load_before', float('nan')):.2f} / {r.get('load_after', float('nan')):.2f}"
+    )
     for m, r in results.items():
         if "error" in r:
-            rss = f"{r['sampled_rss_mb']:.0f} (sampled until killed)" if r.get("sampled_rss_mb") else ""
-            L.append(f"| {names.get(m, m)} | failed: {r['error']} | | | {rss} | | | {loads(r)} |")
+            rss = (
+                f"{r['sampled_rss_mb']:.0f} (sampled until killed)"
+                if r.get("sampled_rss_mb")
+                else ""
+            )
+            L.append(
+                f"| {names.get(m, m)} | failed: {r['error']} | | | {rss} | | | {loads(r)} |"
+            )
             continue
         r["peak_rss_mb"] = max(r["peak_rss_mb"], r.get("sampled_rss_mb", 0))
         pe = f"{r['fit_s'] / base:.1f}" if base else ""
-        L.append(f"| {names.get(m, m)} | {r['fit_s']:.1f} | {pe} | {r.get('n_passes', '')} | "
-                 f"{r['peak_rss_mb']:.0f} | {r['import_rss_mb']:.0f} | {r.get('mse', float('nan')):#.5g} | {loads(r)} |")
+        L.append(
+            f"| {names.get(m, m)} | {r['fit_s']:.1f} | {pe} | {r.get('n_passes', '')} | "
+            f"{r['peak_rss_mb']:.0f} | {r['import_rss_mb']:.0f} | {r.get('mse', float('nan')):#.5g} | {loads(r)} |"
+        )
     L.append("")
-    L.append("Data reads: the reads of the fit itself (`n_passes`); the first read of the statistics (input "
-             "checks, mean pattern) comes on top, shared with the range finder's first product.")
+    L.append(
+        "Data reads: the reads of the fit itself (`n_passes`); the first read of the statistics (input "
+        "checks, mean pattern) comes on top, shared with the range finder's first product."
+    )
     L.append("")
     eager = results.get("eager", {})
-    for m, what in (("lazy", "few-read lazy fit"), ("lazy-conv", "lazy fit run to tol")):
+    for m, what in (
+        ("lazy", "few-read lazy fit"),
+        ("lazy-conv", "lazy fit run to tol"),
+    ):
         lazy = results.get(m, {})
         if "mse" in lazy and "mse" in eager:
-            with np.load(workdir / f"{m}.npz") as a, np.load(workdir / "eager.npz") as b:
+            with (
+                np.load(workdir / f"{m}.npz") as a,
+                np.load(workdir / "eager.npz") as b,
+            ):
                 cf, order = matched_cosines(b["factors"], a["factors"])
-                cl = np.array([np.dot(*(np.nan_to_num(v) / np.linalg.norm(np.nan_to_num(v))
-                                         for v in (b["loadings"][:, i], a["loadings"][:, j])))
-                               for i, j in enumerate(order)])
-            L += [f"Accuracy of the {what} against the converged eager fit on the same file: "
-                  f"relative MSE difference {(lazy['mse'] - eager['mse']) / eager['mse']:+.2e}; matched factor "
-                  f"cosines min {cf.min():.4f} / mean {cf.mean():.4f}; matched loading cosines min {cl.min():.4f} / "
-                  f"mean {cl.mean():.4f}.", ""]
+                cl = np.array(
+                    [
+                        np.dot(
+                            *(
+                                np.nan_to_num(v) / np.linalg.norm(np.nan_to_num(v))
+                                for v in (b["loadings"][:, i], a["loadings"][:, j])
+                            )
+                        )
+                        for i, j in enumerate(order)
+                    ]
+                )
+            L += [
+                f"Accuracy of the {what} against the converged eager fit on the same file: "
+                f"relative MSE difference {(lazy['mse'] - eager['mse']) / eager['mse']:+.2e}; matched factor "
+                f"cosines min {cf.min():.4f} / mean {cf.mean():.4f}; matched loading cosines min {cl.min():.4f} / "
+                f"mean {cl.mean():.4f}.",
+                "",
+            ]
     lazy = results.get("lazy", {})
     if "lazy" in results and "peak_rss_mb" in lazy:
-        L += [f"Peak memory of the lazy fit: {lazy['peak_rss_mb']:.0f} MB RSS "
-              f"({lazy['peak_rss_mb'] - lazy['import_rss_mb']:.0f} MB above the interpreter with its imports) "
-              f"for {nbytes / 1e6:.0f} MB of data, i.e. {lazy['peak_rss_mb'] * 2**20 / nbytes:.2f}x "
-              f"the data size; memory cap {args.cap_mb:.0f} MB (file / cap = {nbytes / 1e6 / args.cap_mb:.1f}).", ""]
+        L += [
+            f"Peak memory of the lazy fit: {lazy['peak_rss_mb']:.0f} MB RSS "
+            f"({lazy['peak_rss_mb'] - lazy['import_rss_mb']:.0f} MB above the interpreter with its imports) "
+            f"for {nbytes / 1e6:.0f} MB of data, i.e. {lazy['peak_rss_mb'] * 2**20 / nbytes:.2f}x "
+            f"the data size; memory cap {args.cap_mb:.0f} MB (file / cap = {nbytes / 1e6 / args.cap_mb:.1f}).",
+            "",
+        ]
     return L
 
 

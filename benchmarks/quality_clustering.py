@@ -77,7 +77,9 @@ def evaluate(seed, k):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
     p.add_argument("--k", type=int, nargs="+", default=[7, 14, 21])
     p.add_argument("--out", default=str(HERE / "results" / "clustering_quality.md"))
@@ -95,7 +97,7 @@ def main(argv=None):
         f"--k {' '.join(map(str, args.k))}`",
         "",
         "7 true components (matrix + 6 grains), 3 true phases. Defaults of `decomposition"
-        "(algorithm=\"constrained_nmf\", normalize_poissonian_noise=True, random_state=0)` and "
+        '(algorithm="constrained_nmf", normalize_poissonian_noise=True, random_state=0)` and '
         "`cluster_diffraction()`.",
         "",
         "| seed | k | clusters | clear components | ARI clear components | ARI positions "

@@ -46,12 +46,19 @@ def cases(selection=None):
         labels = np.zeros(maps.shape[1:], dtype=int)
         for g, i in enumerate(grains, 1):
             labels[maps[i] >= 0.5 * maps[i].max()] = g
-        truth = {"phase_map": np.asarray(sim.phase_map), "labels": labels,
-                 "grain_phase": np.r_[0, phase[grains]], "n_grains": len(grains)}
+        truth = {
+            "phase_map": np.asarray(sim.phase_map),
+            "labels": labels,
+            "grain_phase": np.r_[0, phase[grains]],
+            "n_grains": len(grains),
+        }
         truth["n_phases"] = int(np.unique(truth["phase_map"]).size)
         return s, truth
 
-    out = [(p.stem, lambda lazy, p=p: load_multislice_case(p, lazy=lazy)) for p in sorted(DATA.glob("*.npz"))]
+    out = [
+        (p.stem, lambda lazy, p=p: load_multislice_case(p, lazy=lazy))
+        for p in sorted(DATA.glob("*.npz"))
+    ]
     out.append(("embedded default", embedded))
     if selection:
         out = [c for c in out if any(sel in c[0] for sel in selection)]
@@ -62,7 +69,9 @@ def grains_found(truth, labels):
     phase_map = truth["phase_map"].ravel()
     clusters = np.unique(labels[labels >= 0])
     phases = np.unique(phase_map)
-    table = np.array([[np.sum((labels == c) & (phase_map == p)) for p in phases] for c in clusters])
+    table = np.array(
+        [[np.sum((labels == c) & (phase_map == p)) for p in phases] for c in clusters]
+    )
     rows, cols = linear_sum_assignment(-table)
     cluster_phase = {clusters[r]: phases[c] for r, c in zip(rows, cols)}
     mapped = np.array([cluster_phase.get(c, -1) for c in labels])
@@ -80,8 +89,14 @@ def run(loader, k, lazy, seed=0):
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        info = s.decomposition(algorithm="constrained_nmf", output_dimension=k, random_state=seed,
-                               print_info=False, show_progressbar=False, return_info=True)
+        info = s.decomposition(
+            algorithm="constrained_nmf",
+            output_dimension=k,
+            random_state=seed,
+            print_info=False,
+            show_progressbar=False,
+            return_info=True,
+        )
         t_fit = time.perf_counter() - t0
         s.cluster_diffraction()
     wall = time.perf_counter() - t0
@@ -99,9 +114,13 @@ def run(loader, k, lazy, seed=0):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--cases", nargs="+", help="substrings of case names (default: all)")
-    p.add_argument("--k", nargs="+", default=["true", "2x", "30"], help="'true', '2x' or integers")
+    p.add_argument(
+        "--k", nargs="+", default=["true", "2x", "30"], help="'true', '2x' or integers"
+    )
     p.add_argument("--no-lazy", action="store_true", help="in memory only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(HERE / "results" / "quality_physics.md"))
@@ -116,20 +135,34 @@ def main(argv=None):
             k = {"true": k_true, "2x": 2 * k_true}.get(kk) or int(kk)
             eager = run(loader, k, False, args.seed)
             lazy = None if args.no_lazy else run(loader, k, True, args.seed)
-            row = {"case": name, "k": k, "eager": eager, "lazy": lazy,
-                   "agree": None if lazy is None else adjusted_rand_score(eager["labels"], lazy["labels"])}
+            row = {
+                "case": name,
+                "k": k,
+                "eager": eager,
+                "lazy": lazy,
+                "agree": None
+                if lazy is None
+                else adjusted_rand_score(eager["labels"], lazy["labels"]),
+            }
             rows.append(row)
-            print(f"{name} k={k}: ARI {eager['ari']:.3f}, {eager['clusters']}/{eager['phases']} clusters, "
-                  f"grains {eager['grains']}, {eager['wall']:.1f} s"
-                  + ("" if lazy is None else f"; lazy ARI {lazy['ari']:.3f}, {lazy['clusters']} clusters, "
-                     f"{lazy['passes']} reads, lazy-vs-eager ARI {row['agree']:.3f}"), flush=True)
+            print(
+                f"{name} k={k}: ARI {eager['ari']:.3f}, {eager['clusters']}/{eager['phases']} clusters, "
+                f"grains {eager['grains']}, {eager['wall']:.1f} s"
+                + (
+                    ""
+                    if lazy is None
+                    else f"; lazy ARI {lazy['ari']:.3f}, {lazy['clusters']} clusters, "
+                    f"{lazy['passes']} reads, lazy-vs-eager ARI {row['agree']:.3f}"
+                ),
+                flush=True,
+            )
     lines = [
         "# The main job on multislice simulations (benchmarks/quality_physics.py)",
         "",
         f"Command: `python benchmarks/quality_physics.py{' --cases ' + ' '.join(args.cases) if args.cases else ''}"
         f" --k {' '.join(args.k)}{' --no-lazy' if args.no_lazy else ''} --seed {args.seed}`",
         "",
-        "Default call: `decomposition(algorithm=\"constrained_nmf\", output_dimension=k, random_state=seed)` then "
+        'Default call: `decomposition(algorithm="constrained_nmf", output_dimension=k, random_state=seed)` then '
         "`cluster_diffraction()`. ARI: position labels against the true phase map. k true = glass + one per grain.",
         "",
         "| case | k | ARI | clusters / true phases | grains found | wall (s) | reads "
@@ -138,10 +171,15 @@ def main(argv=None):
     ]
     for r in rows:
         e, z = r["eager"], r["lazy"]
-        lazy_cols = ("– | – | – | – | –" if z is None else
-                     f"{z['ari']:.3f} | {z['clusters']} | {z['passes']} | {z['wall']:.1f} | {r['agree']:.3f}")
-        lines.append(f"| {r['case']} | {r['k']} | {e['ari']:.3f} | {e['clusters']} / {e['phases']} | {e['grains']} "
-                     f"| {e['wall']:.1f} | {e['passes']} | {lazy_cols} |")
+        lazy_cols = (
+            "– | – | – | – | –"
+            if z is None
+            else f"{z['ari']:.3f} | {z['clusters']} | {z['passes']} | {z['wall']:.1f} | {r['agree']:.3f}"
+        )
+        lines.append(
+            f"| {r['case']} | {r['k']} | {e['ari']:.3f} | {e['clusters']} / {e['phases']} | {e['grains']} "
+            f"| {e['wall']:.1f} | {e['passes']} | {lazy_cols} |"
+        )
     text = "\n".join(lines) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

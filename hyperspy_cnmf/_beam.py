@@ -21,7 +21,13 @@ from collections import namedtuple
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["Beam", "beam_search_pixels", "check_centre", "defect_pixels", "locate_direct_beam"]
+__all__ = [
+    "Beam",
+    "beam_search_pixels",
+    "check_centre",
+    "defect_pixels",
+    "locate_direct_beam",
+]
 
 
 class Beam(namedtuple("Beam", ["x", "y", "radius"])):
@@ -174,13 +180,25 @@ def defect_pixels(pattern, n_positions=1, mask=None):
     hot, dead : ndarray of bool, shape (qy, qx)
     """
     img = np.asarray(pattern, dtype=np.float64)
-    bad = ~np.isfinite(img) if mask is None else ~np.isfinite(img) | np.asarray(mask, dtype=bool)
+    bad = (
+        ~np.isfinite(img)
+        if mask is None
+        else ~np.isfinite(img) | np.asarray(mask, dtype=bool)
+    )
     img = np.where(bad, 0.0, img)
     nmax = _neighbours(img, "max")
     top = float(ndimage.median_filter(img, size=3, mode="nearest").max())
     hot = (img > HOT_PIXEL_RATIO * nmax) & (img > HOT_PIXEL_FLOOR * top) & ~bad
-    nmed = _neighbours(np.where(bad, np.nan, img), "median") if bad.any() else _neighbours(img, "median")
-    dead = (img == 0) & ~bad & (np.nan_to_num(nmed) * float(n_positions) >= DEAD_PIXEL_COUNTS)
+    nmed = (
+        _neighbours(np.where(bad, np.nan, img), "median")
+        if bad.any()
+        else _neighbours(img, "median")
+    )
+    dead = (
+        (img == 0)
+        & ~bad
+        & (np.nan_to_num(nmed) * float(n_positions) >= DEAD_PIXEL_COUNTS)
+    )
     return hot, dead
 
 
@@ -270,13 +288,21 @@ def locate_direct_beam(pattern, sigma=0.7, mask=None):
     if mask is not None:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != img.shape:
-            raise ValueError(f"`mask` must have the pattern's shape {img.shape}, got {mask.shape}")
+            raise ValueError(
+                f"`mask` must have the pattern's shape {img.shape}, got {mask.shape}"
+            )
         valid &= ~mask
     if not valid.any():
-        raise ValueError("`pattern` has no finite value." if mask is None else "`pattern` has no unmasked finite value.")
+        raise ValueError(
+            "`pattern` has no finite value."
+            if mask is None
+            else "`pattern` has no unmasked finite value."
+        )
     valid &= ~defect_pixels(img, mask=~valid)[0]
     if not valid.all():
-        nearest = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
+        nearest = ndimage.distance_transform_edt(
+            ~valid, return_distances=False, return_indices=True
+        )
         img = img[tuple(nearest)]
     smooth = ndimage.gaussian_filter(img, sigma) if sigma else img
     peak = np.unravel_index(np.argmax(smooth), smooth.shape)

@@ -91,7 +91,11 @@ def _encode(value, meta):
         return json.dumps(value)
     if kind in _SCALARS:
         return _SCALARS[kind](value)
-    arr = np.asarray(value) if meta["dtype"] is None else np.asarray(value).astype(meta["dtype"])
+    arr = (
+        np.asarray(value)
+        if meta["dtype"] is None
+        else np.asarray(value).astype(meta["dtype"])
+    )
     if meta["columns"]:
         arr = arr.reshape(arr.shape[0], -1).T.copy()
     return arr

@@ -121,12 +121,26 @@ def _prepare(block, shape, dtype, row_scale, col_masked):
 def _summary_block(block, rows, shape, row_scale, sh):
     X = _prepare(block, shape, sh.dtype, row_scale, sh.col_masked)
     out = block_summary(X, row_scale, sh.col_scale, sh.poisson)
-    keys = ("total", "sq_norm", "minimum", "n_bad", "n_rows", "rows", "cols", "pattern",
-            "p_sum", "p_sq", "p_bad", "p_min")
+    keys = (
+        "total",
+        "sq_norm",
+        "minimum",
+        "n_bad",
+        "n_rows",
+        "rows",
+        "cols",
+        "pattern",
+        "p_sum",
+        "p_sq",
+        "p_bad",
+        "p_min",
+    )
     part = dict(zip(keys, out))
     rows_sum = part.pop("rows")
     beam = None
-    if sh.beam_shape is not None:  # the direct beam of every pattern, while the block is in memory
+    if (
+        sh.beam_shape is not None
+    ):  # the direct beam of every pattern, while the block is in memory
         beam = np.empty((X.shape[0], 2))
         block_beam_centres(X, *sh.beam_shape, row_scale != 0, sh.beam_pixels, beam)
     if sh.AcT is None:
@@ -156,7 +170,10 @@ def _sums_block(block, rows, shape, row_scale, row_valid, sh):
 
 def _pattern_block(block, rows, shape, row_scale, row_valid, sh):
     X = _prepare(block, shape, sh.dtype, row_scale, sh.col_masked)
-    return {"pattern": X[row_valid].sum(axis=0, dtype=np.float64), "n_rows": int(row_valid.sum())}
+    return {
+        "pattern": X[row_valid].sum(axis=0, dtype=np.float64),
+        "n_rows": int(row_valid.sum()),
+    }
 
 
 def _stats_block(block, rows, shape, row_scale, sh):
@@ -176,7 +193,10 @@ def _right_block(block, rows, shape, row_scale, sh):
 
 def _left(X, Br):
     """``(X.T @ Br).T`` in float64, summed over row slabs computed in ``Br``'s dtype."""
-    slabs = ((X[i:i + FLUSH_ROWS], Br[i:i + FLUSH_ROWS]) for i in range(0, X.shape[0], FLUSH_ROWS))
+    slabs = (
+        (X[i : i + FLUSH_ROWS], Br[i : i + FLUSH_ROWS])
+        for i in range(0, X.shape[0], FLUSH_ROWS)
+    )
     return flushed_left(slabs, Br.shape[1], X.shape[1], Br.dtype)
 
 
@@ -193,9 +213,20 @@ def _fused_block(block, rows, shape, row_scale, W, sh):
     return W, {"P": _left(X, (W * row_scale[:, None]).astype(sh.dtype))}
 
 
-_MERGE = {"total": "sum", "sq_norm": "sum", "minimum": "min", "n_bad": "sum", "n_rows": "sum",
-          "cols": "sum", "pattern": "sum", "p_sum": "sum", "p_sq": "sum", "p_bad": "sum",
-          "p_min": "min", "P": "sum"}
+_MERGE = {
+    "total": "sum",
+    "sq_norm": "sum",
+    "minimum": "min",
+    "n_bad": "sum",
+    "n_rows": "sum",
+    "cols": "sum",
+    "pattern": "sum",
+    "p_sum": "sum",
+    "p_sq": "sum",
+    "p_bad": "sum",
+    "p_min": "min",
+    "P": "sum",
+}
 
 
 def _merge(parts):
@@ -264,7 +295,7 @@ class _Layout:
         for a in range(nav_nd):
             if np.prod([max(c) for c in chunks[:nav_nd]]) <= max_rows:
                 break
-            inner = int(np.prod([max(c) for c in chunks[a + 1:nav_nd]]))
+            inner = int(np.prod([max(c) for c in chunks[a + 1 : nav_nd]]))
             chunks[a] = _split(chunks[a], max(1, max_rows // inner))
         for a in range(nav_nd, nd):
             chunks[a] = (darray.shape[a],)
@@ -345,9 +376,23 @@ class DaskOperator:
     ((64, 3), (100, 3))
     """
 
-    def __init__(self, darray, row_scale=None, col_scale=None, *, signal_ndim=None,
-                 max_block_bytes=MAX_BLOCK_BYTES, poisson_stats=True, _layout=None, _base=None):
-        self._layout = _layout if _layout is not None else _Layout(darray, signal_ndim, max_block_bytes)
+    def __init__(
+        self,
+        darray,
+        row_scale=None,
+        col_scale=None,
+        *,
+        signal_ndim=None,
+        max_block_bytes=MAX_BLOCK_BYTES,
+        poisson_stats=True,
+        _layout=None,
+        _base=None,
+    ):
+        self._layout = (
+            _layout
+            if _layout is not None
+            else _Layout(darray, signal_ndim, max_block_bytes)
+        )
         self.shape = self._layout.shape
         self.dtype = self._layout.dtype
         self.row_scale = _scale_vector(row_scale, self.shape[0], "row_scale")
@@ -360,8 +405,10 @@ class DaskOperator:
         self._expected = None  # (A, AcT) of an expected right_gram, then (A, Y, P)
 
     def __repr__(self):
-        return (f"<DaskOperator shape={self.shape} dtype={self.dtype} "
-                f"blocks={len(self._layout.blocks)} passes={self.n_passes}>")
+        return (
+            f"<DaskOperator shape={self.shape} dtype={self.dtype} "
+            f"blocks={len(self._layout.blocks)} passes={self.n_passes}>"
+        )
 
     @property
     def darray(self):
@@ -372,7 +419,12 @@ class DaskOperator:
 
     def _shared(self, **kwargs):
         name = f"cnmf-shared-{uuid.uuid4().hex}"
-        sh = _Shared(dtype=self.dtype, col_scale=self.col_scale, col_masked=self.col_scale == 0, **kwargs)
+        sh = _Shared(
+            dtype=self.dtype,
+            col_scale=self.col_scale,
+            col_masked=self.col_scale == 0,
+            **kwargs,
+        )
         return dask.delayed(sh, name=name, traverse=False)
 
     def _read(self, func, *args, per_block=None, local=False, **shared):
@@ -390,8 +442,15 @@ class DaskOperator:
             shape = (self._layout.row_count(rows), n_cols)
             extra = per_block(rows) if per_block is not None else ()
             task = dask.delayed(func, pure=True, nout=2 if local else None)(
-                blk, rows, shape, self.row_scale[rows], *extra, *args, sh,
-                dask_key_name=f"cnmf-{func.__name__}-{token}-{b}")
+                blk,
+                rows,
+                shape,
+                self.row_scale[rows],
+                *extra,
+                *args,
+                sh,
+                dask_key_name=f"cnmf-{func.__name__}-{token}-{b}",
+            )
             if local:
                 locals_.append(task[0])
                 parts.append(task[1])
@@ -399,9 +458,13 @@ class DaskOperator:
                 parts.append(task)
         level = 0
         while len(parts) > 1:
-            parts = [dask.delayed(_merge, pure=True)(parts[i:i + SPLIT_EVERY],
-                                                     dask_key_name=f"cnmf-merge-{token}-{level}-{i}")
-                     for i in range(0, len(parts), SPLIT_EVERY)]
+            parts = [
+                dask.delayed(_merge, pure=True)(
+                    parts[i : i + SPLIT_EVERY],
+                    dask_key_name=f"cnmf-merge-{token}-{level}-{i}",
+                )
+                for i in range(0, len(parts), SPLIT_EVERY)
+            ]
             level += 1
         self.n_passes += 1
         got_locals, merged = dask.compute(locals_, parts[0])
@@ -417,15 +480,34 @@ class DaskOperator:
 
     def _summarize(self):
         if self._summary is None:
-            expected = self._expected if self._expected is not None and len(self._expected) == 2 else None
+            expected = (
+                self._expected
+                if self._expected is not None and len(self._expected) == 2
+                else None
+            )
             beam_shape = _beam_shape(self._layout.signal_shape, self.shape[1])
             # masked pixels take no part in the beam finding, except a masked region that may hold the beam
-            beam_pixels = None if beam_shape is None else beam_search_pixels(
-                (self.col_scale == 0).reshape(beam_shape)).ravel()
-            local, s = self._read(_summary_block, local=True, AcT=None if expected is None else expected[1],
-                                  poisson=self.poisson_stats, beam_shape=beam_shape, beam_pixels=beam_pixels)
+            beam_pixels = (
+                None
+                if beam_shape is None
+                else beam_search_pixels(
+                    (self.col_scale == 0).reshape(beam_shape)
+                ).ravel()
+            )
+            local, s = self._read(
+                _summary_block,
+                local=True,
+                AcT=None if expected is None else expected[1],
+                poisson=self.poisson_stats,
+                beam_shape=beam_shape,
+                beam_pixels=beam_pixels,
+            )
             s["rows"] = self._scatter([r[:, None] for r, _, _ in local], 1)[:, 0]
-            s["beam"] = None if beam_shape is None else self._scatter([b for _, _, b in local], 2)
+            s["beam"] = (
+                None
+                if beam_shape is None
+                else self._scatter([b for _, _, b in local], 2)
+            )
             s["row_valid"] = self.row_scale != 0
             s["col_valid"] = self.col_scale != 0
             s["poisson"] = self.poisson_stats
@@ -449,7 +531,9 @@ class DaskOperator:
         """
         if self._summary is None:
             A = np.array(A, dtype=np.float64)
-            AcT = np.ascontiguousarray((A * self.col_scale[:, None]).T, dtype=self.dtype)
+            AcT = np.ascontiguousarray(
+                (A * self.col_scale[:, None]).T, dtype=self.dtype
+            )
             self._expected = (A, AcT)
 
     def _known(self):
@@ -475,24 +559,35 @@ class DaskOperator:
     def _stats_from_base(self):
         s = self._base
         c = self.col_scale
-        if np.array_equal(self.row_scale, s["row_scale"]) and np.array_equal(c, s["col_scale"]):
+        if np.array_equal(self.row_scale, s["row_scale"]) and np.array_equal(
+            c, s["col_scale"]
+        ):
             return {k: s[k] for k in ("total", "sq_norm", "minimum", "n_bad")}
         if not s["poisson"]:
             return None
         rows = s["rows"]
         with np.errstate(divide="ignore", invalid="ignore"):
-            rho = np.where(s["row_valid"] & (rows > 0), 1.0 / np.sqrt(np.where(rows > 0, rows, 1.0)), 0.0)
+            rho = np.where(
+                s["row_valid"] & (rows > 0),
+                1.0 / np.sqrt(np.where(rows > 0, rows, 1.0)),
+                0.0,
+            )
         on = c != 0
         # Poisson row scales up to a constant factor (the wrapper's sqrt(total))
         lit = rho > 0
         alpha = float(self.row_scale[lit][0] / rho[lit][0]) if lit.any() else 1.0
-        if not (np.allclose(self.row_scale, alpha * rho, rtol=1e-12, atol=0) and not np.any(on & ~s["col_valid"])):
+        if not (
+            np.allclose(self.row_scale, alpha * rho, rtol=1e-12, atol=0)
+            and not np.any(on & ~s["col_valid"])
+        ):
             return None
         p_min = s["p_min"][on]
-        return dict(total=alpha * float(np.dot(c[on], s["p_sum"][on])),
-                    sq_norm=alpha**2 * float(np.dot(c[on] ** 2, s["p_sq"][on])),
-                    minimum=float(p_min.min()) if p_min.size else np.inf,
-                    n_bad=int(s["p_bad"][on].sum()))
+        return dict(
+            total=alpha * float(np.dot(c[on], s["p_sum"][on])),
+            sq_norm=alpha**2 * float(np.dot(c[on] ** 2, s["p_sq"][on])),
+            minimum=float(p_min.min()) if p_min.size else np.inf,
+            n_bad=int(s["p_bad"][on].sum()),
+        )
 
     def beam_positions(self):
         """Direct-beam centre of every pattern, measured in the statistics read.
@@ -516,9 +611,13 @@ class DaskOperator:
         if _beam_shape(self._layout.signal_shape, self.shape[1]) is None:
             return None
         for s in self._known():
-            if s.get("beam") is not None and np.array_equal(s["row_valid"], self.row_scale != 0):
+            if s.get("beam") is not None and np.array_equal(
+                s["row_valid"], self.row_scale != 0
+            ):
                 return s["beam"].copy()
-        return self._summarize()["beam"].copy()  # own rows differ from those read: read (once)
+        return self._summarize()[
+            "beam"
+        ].copy()  # own rows differ from those read: read (once)
 
     def rescaled(self, row_scale, col_scale):
         """The same data with other row/column scales (no copy, no read).
@@ -529,23 +628,41 @@ class DaskOperator:
         """
         base = self._summary if self._summary is not None else self._base
         if base is not None:
-            base = dict(base, row_scale=self.row_scale, col_scale=self.col_scale) \
-                if base is self._summary else base
-        return DaskOperator(None, row_scale, col_scale, poisson_stats=self.poisson_stats,
-                            _layout=self._layout, _base=base)
+            base = (
+                dict(base, row_scale=self.row_scale, col_scale=self.col_scale)
+                if base is self._summary
+                else base
+            )
+        return DaskOperator(
+            None,
+            row_scale,
+            col_scale,
+            poisson_stats=self.poisson_stats,
+            _layout=self._layout,
+            _base=base,
+        )
 
     def row_col_sums(self, row_valid, col_valid):
         """Raw row sums over valid columns and column sums over valid rows."""
         row_valid = np.asarray(row_valid, dtype=bool)
         col_valid = np.asarray(col_valid, dtype=bool)
-        if not self._known() and np.array_equal(row_valid, self.row_scale != 0) \
-                and np.array_equal(col_valid, self.col_scale != 0):
+        if (
+            not self._known()
+            and np.array_equal(row_valid, self.row_scale != 0)
+            and np.array_equal(col_valid, self.col_scale != 0)
+        ):
             self._summarize()
         for s in self._known():
-            if np.array_equal(row_valid, s["row_valid"]) and np.array_equal(col_valid, s["col_valid"]):
+            if np.array_equal(row_valid, s["row_valid"]) and np.array_equal(
+                col_valid, s["col_valid"]
+            ):
                 return s["rows"].copy(), s["cols"].copy()
-        rows, part = self._read(_sums_block, local=True, per_block=lambda r: (row_valid[r],),
-                                col_valid=col_valid)
+        rows, part = self._read(
+            _sums_block,
+            local=True,
+            per_block=lambda r: (row_valid[r],),
+            col_valid=col_valid,
+        )
         return self._scatter([r[:, None] for r in rows], 1)[:, 0], part["cols"]
 
     def mean_pattern(self, row_valid):
@@ -601,9 +718,16 @@ class DaskOperator:
         and returns the updated rows and its share of ``Xe.T @ W``. ``W`` is
         updated in place on the driver.
         """
-        HcT = np.ascontiguousarray((np.asarray(Ht, np.float64) * self.col_scale[:, None]).T, dtype=self.dtype)
-        Wb, part = self._read(_fused_block, local=True, per_block=lambda r: (np.array(W[r], dtype=np.float64),),
-                              HcT=HcT, update=update)
+        HcT = np.ascontiguousarray(
+            (np.asarray(Ht, np.float64) * self.col_scale[:, None]).T, dtype=self.dtype
+        )
+        Wb, part = self._read(
+            _fused_block,
+            local=True,
+            per_block=lambda r: (np.array(W[r], dtype=np.float64),),
+            HcT=HcT,
+            update=update,
+        )
         for (_, rows), value in zip(self._layout.blocks, Wb):
             W[rows] = value
         return part["P"].T * self.col_scale[:, None]

@@ -45,7 +45,9 @@ def _positive_int(text):
     try:
         v = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer, got {text!r}"
+        ) from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return v
@@ -55,7 +57,9 @@ def _positive_float(text):
     try:
         v = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a positive number, got {text!r}"
+        ) from None
     if not v > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return v
@@ -81,7 +85,9 @@ def _auto_or_float(text):
     try:
         return _positive_float(text)
     except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto' or a positive number, got {text!r}"
+        ) from None
 
 
 def _threshold(text):
@@ -90,7 +96,9 @@ def _threshold(text):
     try:
         return _positive_float(text)
     except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected 'gap' or a positive pseudo-distance, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected 'gap' or a positive pseudo-distance, got {text!r}"
+        ) from None
 
 
 def _check_output(folder):
@@ -106,7 +114,11 @@ def _check_output(folder):
     while not base.exists() and base.parent != base:
         base = base.parent
     if base.exists() and not base.is_dir():
-        what = "is a file" if base == out else f"cannot be created: {str(base)!r} is a file"
+        what = (
+            "is a file"
+            if base == out
+            else f"cannot be created: {str(base)!r} is a file"
+        )
         raise _UsageError(f"output folder {str(folder)!r} {what}, not a folder")
     try:
         if base == out:
@@ -116,13 +128,24 @@ def _check_output(folder):
             os.rmdir(tempfile.mkdtemp(dir=base))
     except OSError as err:
         verb = "written to" if base == out else "created"
-        raise _UsageError(f"output folder {str(folder)!r} cannot be {verb}: "
-                          f"{err.strerror or err} ({str(base)!r})") from None
+        raise _UsageError(
+            f"output folder {str(folder)!r} cannot be {verb}: "
+            f"{err.strerror or err} ({str(base)!r})"
+        ) from None
     return out
 
 
 #: Modules whose frames in a traceback mean that the data file was being read.
-_READER_MODULES = ("zarr", "numcodecs", "h5py", "rsciio", "hdf5plugin", "tifffile", "blosc", "blosc2")
+_READER_MODULES = (
+    "zarr",
+    "numcodecs",
+    "h5py",
+    "rsciio",
+    "hdf5plugin",
+    "tifffile",
+    "blosc",
+    "blosc2",
+)
 
 
 def _reading_error(err):
@@ -131,7 +154,10 @@ def _reading_error(err):
     while tb is not None:
         code = tb.tb_frame.f_code
         module = str(tb.tb_frame.f_globals.get("__name__", ""))
-        if code.co_name in ("file_writer", "save"):  # HyperSpy's and RosettaSciIO's writers
+        if code.co_name in (
+            "file_writer",
+            "save",
+        ):  # HyperSpy's and RosettaSciIO's writers
             return False
         reading = reading or module.split(".")[0] in _READER_MODULES
         tb = tb.tb_next
@@ -143,9 +169,21 @@ def _error_message(err, args):
     text = str(err).splitlines()[0] if str(err).strip() else ""
     file = getattr(args, "file", None)
     if file is not None and not isinstance(err, _UsageError) and _reading_error(err):
-        return (f"cannot read the data of {file!r} (damaged or incomplete file?): "
-                f"{type(err).__name__}: {text or 'no message'}")
-    if isinstance(err, (_UsageError, FileNotFoundError, ValueError, ImportError, NotImplementedError, TypeError)):
+        return (
+            f"cannot read the data of {file!r} (damaged or incomplete file?): "
+            f"{type(err).__name__}: {text or 'no message'}"
+        )
+    if isinstance(
+        err,
+        (
+            _UsageError,
+            FileNotFoundError,
+            ValueError,
+            ImportError,
+            NotImplementedError,
+            TypeError,
+        ),
+    ):
         if isinstance(err, FileNotFoundError) and not text:
             return "file not found"
         return text or type(err).__name__
@@ -185,8 +223,13 @@ def _demo(args):
         from hyperspy_cnmf.nmf import ConvergenceWarning
 
         warnings.simplefilter("ignore", ConvergenceWarning)
-        s = simulated_precipitates(scan_shape=(24, 24), detector_shape=(32, 32), n_grains=3,
-                                   grain_diameter=4.0, random_state=args.seed)
+        s = simulated_precipitates(
+            scan_shape=(24, 24),
+            detector_shape=(32, 32),
+            n_grains=3,
+            grain_diameter=4.0,
+            random_state=args.seed,
+        )
         max_iter = 30
     else:
         s = simulated_precipitates(random_state=args.seed)
@@ -194,13 +237,17 @@ def _demo(args):
     T = s.metadata.Simulation
     k = int(T.n_components)
     k_cluster = args.components or 2 * k  # deliberately over-complete, as in the paper
-    print(f"Simulated 4D-STEM: {s} with {k} true components "
-          f"({T.phase_names.split(',')[0]} matrix + {k - 1} grains of {len(set(T.phase_of_component)) - 1} phases)")
+    print(
+        f"Simulated 4D-STEM: {s} with {k} true components "
+        f"({T.phase_names.split(',')[0]} matrix + {k - 1} grains of {len(set(T.phase_of_component)) - 1} phases)"
+    )
     scale = rp.nav_scale(s)
     probe = float(T.probe_fwhm_nm)
     sig_shape = s.axes_manager._signal_shape_in_array
     # the simulation's truth is in array order (row, column): its beam, x first
-    dip_c = DiffractionDipConstraint(sig_shape, radius=2, centre=Beam(x=T.centre_px[1], y=T.centre_px[0]))
+    dip_c = DiffractionDipConstraint(
+        sig_shape, radius=2, centre=Beam(x=T.centre_px[1], y=T.centre_px[0])
+    )
 
     runs = {}
     # PCA: HyperSpy's own SVD, truncated to k components
@@ -213,16 +260,34 @@ def _demo(args):
     # matched cosines against the true patterns (beam included) compare like with like.
     for name, kw in (
         # the paper's primitive NMF: plain least squares, no constraint
-        ("primitive NMF", dict(map_resolution=None, diffraction_constraint=False, separate_components=False,
-                               normalize_poissonian_noise=False, direct_beam_mask=False)),
+        (
+            "primitive NMF",
+            dict(
+                map_resolution=None,
+                diffraction_constraint=False,
+                separate_components=False,
+                normalize_poissonian_noise=False,
+                direct_beam_mask=False,
+            ),
+        ),
         # counting data: Poisson weighting (the default; see the README's guide)
-        ("constrained NMF", dict(normalize_poissonian_noise=True, direct_beam_mask=False)),
+        (
+            "constrained NMF",
+            dict(normalize_poissonian_noise=True, direct_beam_mask=False),
+        ),
     ):
         print(f"{name} ...")
         t0 = time.perf_counter()
         r = s.deepcopy()
-        r.decomposition(algorithm="constrained_nmf", output_dimension=k, random_state=0, max_iter=max_iter,
-                        print_info=False, show_progressbar=True, **kw)
+        r.decomposition(
+            algorithm="constrained_nmf",
+            output_dimension=k,
+            random_state=0,
+            max_iter=max_iter,
+            print_info=False,
+            show_progressbar=True,
+            **kw,
+        )
         runs[name] = (r, time.perf_counter() - t0)
 
     rows, figs, maps, dips_all, losses, poisson = [], [], {}, {}, {}, {}
@@ -235,18 +300,35 @@ def _demo(args):
         cos = rp.matched_cosine(F, T.patterns)
         mse = rp.reconstruction_mse(r)
         neg = float(rp.negative_fraction(F).max())
-        rows.append([name, mse, neg, None if dips is None else float(dips.max()), float(power.max()),
-                     float(cos.mean()), float(cos.min()), dt])
+        rows.append(
+            [
+                name,
+                mse,
+                neg,
+                None if dips is None else float(dips.max()),
+                float(power.max()),
+                float(cos.mean()),
+                float(cos.min()),
+                dt,
+            ]
+        )
         maps[name] = L
         if is_nmf:
             dips_all[name] = dips
             losses[name] = r.learning_results.cnmf_loss
             poisson[name] = bool(r.learning_results.poissonian_noise_normalized)
         stem = name.split()[0].lower()
-        fig = rp.plot_components(r, f"{name}: diffraction patterns (top) and maps (bottom)", dips=dips, power=power)
+        fig = rp.plot_components(
+            r,
+            f"{name}: diffraction patterns (top) and maps (bottom)",
+            dips=dips,
+            power=power,
+        )
         figs.append(rp.save_figure(fig, out / f"{stem}_components.png"))
         print(f"  wrote {figs[-1]}")
-    spectra = rp.save_figure(rp.plot_map_spectra(maps, scale, probe, units="nm"), out / "map_spectra.png")
+    spectra = rp.save_figure(
+        rp.plot_map_spectra(maps, scale, probe, units="nm"), out / "map_spectra.png"
+    )
     dipfig = rp.save_figure(rp.plot_dips(dips_all), out / "dips.png")
     lossfig = rp.save_figure(rp.plot_loss(losses, poisson), out / "loss.png")
 
@@ -254,57 +336,110 @@ def _demo(args):
     print(f"constrained NMF with {k_cluster} components for the clustering ...")
     t0 = time.perf_counter()
     c = s.deepcopy()
-    c.decomposition(algorithm="constrained_nmf", output_dimension=k_cluster, random_state=0, max_iter=max_iter,
-                    print_info=False, show_progressbar=True)  # the defaults: Poisson-weighted, beam left out
+    c.decomposition(
+        algorithm="constrained_nmf",
+        output_dimension=k_cluster,
+        random_state=0,
+        max_iter=max_iter,
+        print_info=False,
+        show_progressbar=True,
+    )  # the defaults: Poisson-weighted, beam left out
     print("rotation-invariant clustering of the components (cluster_diffraction) ...")
     res = c.cluster_diffraction()
     dt_cluster = time.perf_counter() - t0
     lr = c.learning_results
     _, Lc = rp.components(c)
     clear, comp_phase = rp.clear_component_phases(
-        Lc.reshape(len(Lc), -1)[np.asarray(lr.cdiff_components)], T.maps, T.phase_of_component)
-    ari_comp = rp.adjusted_rand_index(np.asarray(lr.cdiff_labels)[clear], comp_phase[clear])
-    ari_pos = rp.adjusted_rand_index(np.asarray(lr.cdiff_position_labels), np.asarray(T.phase_map))
+        Lc.reshape(len(Lc), -1)[np.asarray(lr.cdiff_components)],
+        T.maps,
+        T.phase_of_component,
+    )
+    ari_comp = rp.adjusted_rand_index(
+        np.asarray(lr.cdiff_labels)[clear], comp_phase[clear]
+    )
+    ari_pos = rp.adjusted_rand_index(
+        np.asarray(lr.cdiff_position_labels), np.asarray(T.phase_map)
+    )
     n_clusters = int(np.max(lr.cdiff_labels)) + 1
     n_phases = len(set(np.asarray(T.phase_of_component).tolist()))
     dend = rp.save_figure(c.plot_cluster_dendrogram(), out / "dendrogram.png")
     gallery = rp.save_figure(c.plot_cluster_gallery(), out / "cluster_gallery.png")
     res["merged_factors"].save(out / "cluster_merged_diffraction.hspy", overwrite=True)
 
-    header = ["method", "MSE", "max negative fraction", "max dip", "max map power beyond 1/probe",
-              "mean matched cosine", "min matched cosine", "time (s)"]
+    header = [
+        "method",
+        "MSE",
+        "max negative fraction",
+        "max dip",
+        "max map power beyond 1/probe",
+        "mean matched cosine",
+        "min matched cosine",
+        "time (s)",
+    ]
     table = rp.markdown_table(header, rows)
     cl_table = rp.markdown_table(
-        ["components", "clusters", "true phases (incl. matrix)", "threshold 1-CC", "clear components",
-         "ARI clear components vs phase", "ARI positions vs phase map", "time (s)"],
-        [[k_cluster, n_clusters, n_phases, float(lr.cdiff_threshold), int(clear.sum()), ari_comp, ari_pos,
-          dt_cluster]],
+        [
+            "components",
+            "clusters",
+            "true phases (incl. matrix)",
+            "threshold 1-CC",
+            "clear components",
+            "ARI clear components vs phase",
+            "ARI positions vs phase map",
+            "time (s)",
+        ],
+        [
+            [
+                k_cluster,
+                n_clusters,
+                n_phases,
+                float(lr.cdiff_threshold),
+                int(clear.sum()),
+                ari_comp,
+                ari_pos,
+                dt_cluster,
+            ]
+        ],
     )
     print("\n" + table + "\n\n" + cl_table)
-    rp.write_report(out / "report.md", "hyperspy-cnmf demo: PCA vs primitive NMF vs constrained NMF", [
-        ("Data", f"`{s}`: {k} true components ({T.phase_names}), probe FWHM {probe} nm, "
-                 f"scan step {T.scan_step_nm} nm, dose {T.dose:g} counts/position, seed {args.seed}."
-                 + (" Quick (reduced) run." if args.quick else "")),
-        ("Measured numbers", [
-            table,
-            "MSE: mean squared reconstruction error per data entry (counts²). Negative fraction: share of a "
-            "pattern's absolute intensity that is negative (PCA's non-physical intensities). Dip: fraction of "
-            "a pattern's intensity missing in downward-convex holes (azimuthal closing, radius 2 px). Map power "
-            "beyond 1/probe: share of a map's power at spatial frequencies finer than the probe (noise). "
-            "Matched cosine: similarity of each true pattern to its Hungarian-matched estimate.",
-        ]),
-        ("Decompositions", figs),
-        ("Map Fourier spectra and the resolution circle", [spectra]),
-        ("Dips and convergence", [dipfig, lossfig]),
-        ("Rotation-invariant clustering", [
-            cl_table,
-            "ARI: adjusted Rand index (1 = identical to the truth). Components: cluster vs true phase of the "
-            "*clear* components, those whose map correlates > 0.9 with one true component's map (the others "
-            "are pieces of the matrix or direct-beam components, with no single true phase). Positions: "
-            "dominant cluster vs the true phase map.",
-            dend, gallery,
-        ]),
-    ])
+    rp.write_report(
+        out / "report.md",
+        "hyperspy-cnmf demo: PCA vs primitive NMF vs constrained NMF",
+        [
+            (
+                "Data",
+                f"`{s}`: {k} true components ({T.phase_names}), probe FWHM {probe} nm, "
+                f"scan step {T.scan_step_nm} nm, dose {T.dose:g} counts/position, seed {args.seed}."
+                + (" Quick (reduced) run." if args.quick else ""),
+            ),
+            (
+                "Measured numbers",
+                [
+                    table,
+                    "MSE: mean squared reconstruction error per data entry (counts²). Negative fraction: share of a "
+                    "pattern's absolute intensity that is negative (PCA's non-physical intensities). Dip: fraction of "
+                    "a pattern's intensity missing in downward-convex holes (azimuthal closing, radius 2 px). Map power "
+                    "beyond 1/probe: share of a map's power at spatial frequencies finer than the probe (noise). "
+                    "Matched cosine: similarity of each true pattern to its Hungarian-matched estimate.",
+                ],
+            ),
+            ("Decompositions", figs),
+            ("Map Fourier spectra and the resolution circle", [spectra]),
+            ("Dips and convergence", [dipfig, lossfig]),
+            (
+                "Rotation-invariant clustering",
+                [
+                    cl_table,
+                    "ARI: adjusted Rand index (1 = identical to the truth). Components: cluster vs true phase of the "
+                    "*clear* components, those whose map correlates > 0.9 with one true component's map (the others "
+                    "are pieces of the matrix or direct-beam components, with no single true phase). Positions: "
+                    "dominant cluster vs the true phase map.",
+                    dend,
+                    gallery,
+                ],
+            ),
+        ],
+    )
     print(f"\nwrote {out / 'report.md'} ({time.perf_counter() - t_start:.1f} s)")
     return 0
 
@@ -325,7 +460,9 @@ def _beam_mask(s, radius):
     mean = s.mean(axis=s.axes_manager.navigation_axes)
     data = mean.data.compute() if s._lazy else mean.data
     beam = find_beam_disk(data)
-    disk = beam._replace(radius=np.ceil(beam.radius) + 1.0 if radius == "auto" else float(radius))
+    disk = beam._replace(
+        radius=np.ceil(beam.radius) + 1.0 if radius == "auto" else float(radius)
+    )
     qy, qx = data.shape
     yy, xx = np.mgrid[:qy, :qx]
     mask = (yy - disk.y) ** 2 + (xx - disk.x) ** 2 <= disk.radius**2
@@ -347,8 +484,16 @@ def _plot_overview(s, mean_pattern, path):
     pos = p[p > 0]
     from matplotlib.colors import LogNorm
 
-    norm = LogNorm(vmin=max(float(np.percentile(pos, 5)) if pos.size else 1e-3, p.max() * 1e-4), vmax=p.max() or 1)
-    im = ax[0].imshow(np.clip(p, norm.vmin, None), norm=norm, cmap="inferno", extent=rp._extent(sx, sy))
+    norm = LogNorm(
+        vmin=max(float(np.percentile(pos, 5)) if pos.size else 1e-3, p.max() * 1e-4),
+        vmax=p.max() or 1,
+    )
+    im = ax[0].imshow(
+        np.clip(p, norm.vmin, None),
+        norm=norm,
+        cmap="inferno",
+        extent=rp._extent(sx, sy),
+    )
     fig.colorbar(im, ax=ax[0], label="mean counts / pixel")
     ax[0].set_title("Mean diffraction pattern (log)")
     ax[0].set_xlabel(rp._label(sx))
@@ -385,16 +530,20 @@ def _run(args):
     n_pix = int(np.prod(am._signal_shape_in_array))
     k = args.components
     if k > min(n_pos, n_pix):
-        raise _UsageError(f"--components {k} is larger than min(probe positions, detector pixels) = "
-                          f"{min(n_pos, n_pix)}")
+        raise _UsageError(
+            f"--components {k} is larger than min(probe positions, detector pixels) = "
+            f"{min(n_pos, n_pix)}"
+        )
     print(f"Loaded {s} ({'lazy' if s._lazy else 'in memory'}, dtype {s.data.dtype})")
     out.mkdir(parents=True, exist_ok=True)
 
     signal_mask, beam = None, None
     if args.signal_mask_beam is not None:
         signal_mask, beam, mean_pattern = _beam_mask(s, args.signal_mask_beam)
-        print(f"Masking the direct beam: centre (x, y) = ({beam.x:.1f}, {beam.y:.1f}) px, "
-              f"radius {beam.radius:g} px ({int(signal_mask.sum())} pixels)")
+        print(
+            f"Masking the direct beam: centre (x, y) = ({beam.x:.1f}, {beam.y:.1f}) px, "
+            f"radius {beam.radius:g} px ({int(signal_mask.sum())} pixels)"
+        )
     else:
         mean = s.mean(axis=am.navigation_axes)
         mean_pattern = mean.data.compute() if s._lazy else mean.data
@@ -402,11 +551,19 @@ def _run(args):
 
     t0 = time.perf_counter()
     info = s.decomposition(
-        algorithm="constrained_nmf", output_dimension=k, solver=args.solver, max_iter=args.max_iter,
-        map_resolution=args.map_resolution, diffraction_constraint=not args.no_diffraction_constraint,
-        diffraction_constraint_size=args.dip_size, signal_mask=signal_mask,
-        normalize_poissonian_noise=args.poisson, random_state=args.seed, print_info=True,
-        return_info=True, show_progressbar=True,
+        algorithm="constrained_nmf",
+        output_dimension=k,
+        solver=args.solver,
+        max_iter=args.max_iter,
+        map_resolution=args.map_resolution,
+        diffraction_constraint=not args.no_diffraction_constraint,
+        diffraction_constraint_size=args.dip_size,
+        signal_mask=signal_mask,
+        normalize_poissonian_noise=args.poisson,
+        random_state=args.seed,
+        print_info=True,
+        return_info=True,
+        show_progressbar=True,
     )
     dt_nmf = time.perf_counter() - t0
     lr = s.learning_results
@@ -418,8 +575,10 @@ def _run(args):
     dip_r = float(lr.cnmf_diffraction_constraint_size)
     valid = None if signal_mask is None else ~signal_mask
     dip_c = DiffractionDipConstraint.from_beam(
-        find_beam_disk(mean_pattern) if beam is None else beam, am._signal_shape_in_array,
-        dip_r if np.isfinite(dip_r) else "auto", valid=valid,  # constraint off: the decomposition's default
+        find_beam_disk(mean_pattern) if beam is None else beam,
+        am._signal_shape_in_array,
+        dip_r if np.isfinite(dip_r) else "auto",
+        valid=valid,  # constraint off: the decomposition's default
     )
     dips = dip_measure(np.clip(np.nan_to_num(F), 0, None), dip_c)
     resolution = float(lr.cnmf_map_resolution)
@@ -429,21 +588,50 @@ def _run(args):
     if np.isfinite(resolution):
         power = map_power_beyond(L, resolution, scale)
     show = min(k, 12)
-    figs.append(rp.save_figure(
-        rp.plot_components(s, f"Constrained NMF of {s.metadata.General.title}: patterns (top), maps (bottom)",
-                           dips=dips, power=power, max_components=show),
-        out / "components.png"))
+    figs.append(
+        rp.save_figure(
+            rp.plot_components(
+                s,
+                f"Constrained NMF of {s.metadata.General.title}: patterns (top), maps (bottom)",
+                dips=dips,
+                power=power,
+                max_components=show,
+            ),
+            out / "components.png",
+        )
+    )
     if power is not None:
-        figs.append(rp.save_figure(
-            rp.plot_map_spectra({"constrained NMF": L}, scale, resolution, units=nav_units, max_components=show),
-            out / "map_spectra.png"))
-    figs.append(rp.save_figure(rp.plot_dips({"constrained NMF": dips}), out / "dips.png"))
-    figs.append(rp.save_figure(rp.plot_loss({"constrained NMF": lr.cnmf_loss},
-                                                 bool(lr.poissonian_noise_normalized)), out / "loss.png"))
+        figs.append(
+            rp.save_figure(
+                rp.plot_map_spectra(
+                    {"constrained NMF": L},
+                    scale,
+                    resolution,
+                    units=nav_units,
+                    max_components=show,
+                ),
+                out / "map_spectra.png",
+            )
+        )
+    figs.append(
+        rp.save_figure(rp.plot_dips({"constrained NMF": dips}), out / "dips.png")
+    )
+    figs.append(
+        rp.save_figure(
+            rp.plot_loss(
+                {"constrained NMF": lr.cnmf_loss}, bool(lr.poissonian_noise_normalized)
+            ),
+            out / "loss.png",
+        )
+    )
 
     # results
     fmt = args.format
-    written = list(s.export_decomposition_results(folder=out, factor_format=fmt, loading_format=fmt))
+    written = list(
+        s.export_decomposition_results(
+            folder=out, factor_format=fmt, loading_format=fmt
+        )
+    )
 
     cluster_rows = []
     if k >= 2:
@@ -457,14 +645,20 @@ def _run(args):
             kw.update(centre=beam.xy, units="px", direct_beam_radius=beam.radius)
         res = s.cluster_diffraction(**kw)
         dt_cl = time.perf_counter() - t0
-        for key, stem in (("merged_factors", "cluster_merged_diffraction"), ("merged_maps", "cluster_maps"),
-                          ("position_labels", "cluster_position_labels"), ("labels", "cluster_labels")):
+        for key, stem in (
+            ("merged_factors", "cluster_merged_diffraction"),
+            ("merged_maps", "cluster_maps"),
+            ("position_labels", "cluster_position_labels"),
+            ("labels", "cluster_labels"),
+        ):
             if key in res:
                 path = out / f"{stem}.{fmt}"
                 res[key].save(path, overwrite=True)
                 written.append(path)
         figs.append(rp.save_figure(s.plot_cluster_dendrogram(), out / "dendrogram.png"))
-        figs.append(rp.save_figure(s.plot_cluster_gallery(), out / "cluster_gallery.png"))
+        figs.append(
+            rp.save_figure(s.plot_cluster_gallery(), out / "cluster_gallery.png")
+        )
         n_c = int(np.max(lr.cdiff_labels)) + 1
         cluster_rows = [[k, n_c, float(lr.cdiff_threshold), dt_cl]]
     else:
@@ -474,35 +668,62 @@ def _run(args):
     written.append(out / "learning_results.npz")
 
     rows = [
-        ["data", f"{tuple(s.data.shape)} {s.data.dtype}" + (" (lazy)" if s._lazy else "")],
+        [
+            "data",
+            f"{tuple(s.data.shape)} {s.data.dtype}" + (" (lazy)" if s._lazy else ""),
+        ],
         ["components k", k],
         ["solver", args.solver],
         ["iterations (sketch + exact)", f"{info['n_iter_sketch']} + {info['n_iter']}"],
         ["converged", info["converged"]],
-        [f"final loss ({loss_label(info['normalize_poissonian_noise'])})", info["final_loss"]],
+        [
+            f"final loss ({loss_label(info['normalize_poissonian_noise'])})",
+            info["final_loss"],
+        ],
         ["reconstruction MSE (counts²)", mse],
         ["mean-pattern model MSE (baseline)", baseline],
-        ["map resolution", f"{resolution:.4g} {nav_units} ({info['map_resolution_method']})"
-         if np.isfinite(resolution) else "off"],
-        ["max map power beyond 1/resolution", None if power is None else float(power.max())],
+        [
+            "map resolution",
+            f"{resolution:.4g} {nav_units} ({info['map_resolution_method']})"
+            if np.isfinite(resolution)
+            else "off",
+        ],
+        [
+            "max map power beyond 1/resolution",
+            None if power is None else float(power.max()),
+        ],
         ["dip constraint radius (px)", float(lr.cnmf_diffraction_constraint_size)],
         ["max dip measure", float(dips.max())],
         ["min factor / min loading", f"{np.nanmin(F):.3g} / {np.nanmin(L):.3g}"],
         ["decomposition time (s)", dt_nmf],
     ]
     sections = [
-        ("Input", f"`{args.file}` → `{s}`. Options: `{json.dumps({k_: v for k_, v in vars(args).items() if k_ != 'func'}, default=str)}`"),
+        (
+            "Input",
+            f"`{args.file}` → `{s}`. Options: `{json.dumps({k_: v for k_, v in vars(args).items() if k_ != 'func'}, default=str)}`",
+        ),
         ("Measured numbers", rp.markdown_table(["quantity", "value"], rows)),
     ]
     if cluster_rows:
-        sections.append(("Clustering", rp.markdown_table(["components", "clusters", "threshold 1-CC", "time (s)"],
-                                                         cluster_rows)))
+        sections.append(
+            (
+                "Clustering",
+                rp.markdown_table(
+                    ["components", "clusters", "threshold 1-CC", "time (s)"],
+                    cluster_rows,
+                ),
+            )
+        )
     sections.append(("Figures", figs))
     sections.append(("Files", "\n".join(f"- `{Path(p).name}`" for p in written)))
-    rp.write_report(out / "report.md", f"hyperspy-cnmf run: {Path(args.file).name}", sections)
+    rp.write_report(
+        out / "report.md", f"hyperspy-cnmf run: {Path(args.file).name}", sections
+    )
     print(rp.markdown_table(["quantity", "value"], rows))
-    print(f"\nwrote {len(written)} result files, {len(figs)} figures and {out / 'report.md'} "
-          f"({time.perf_counter() - t_start:.1f} s)")
+    print(
+        f"\nwrote {len(written)} result files, {len(figs)} figures and {out / 'report.md'} "
+        f"({time.perf_counter() - t_start:.1f} s)"
+    )
     return 0
 
 
@@ -510,43 +731,139 @@ def _run(args):
 # main
 # --------------------------------------------------------------------------
 def _parser():
-    parser = _Parser(prog=PROG, description="Constrained NMF and rotation-invariant diffraction clustering "
-                                            "for 4D-STEM (Kimoto et al., Sci. Rep. 15, 39143, 2025).")
+    parser = _Parser(
+        prog=PROG,
+        description="Constrained NMF and rotation-invariant diffraction clustering "
+        "for 4D-STEM (Kimoto et al., Sci. Rep. 15, 39143, 2025).",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    demo = sub.add_parser("demo", help="PCA vs primitive vs constrained NMF on the embedded simulated dataset")
-    demo.add_argument("--output", default="cnmf_demo", help="output folder (default: cnmf_demo)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the simulated dataset (default 0)")
-    demo.add_argument("--quick", action="store_true", help="small dataset and few iterations (tests)")
-    demo.add_argument("-k", "--components", type=_positive_int, default=None,
-                      help="components of the clustered run (default: the true number + 2)")
+    demo = sub.add_parser(
+        "demo",
+        help="PCA vs primitive vs constrained NMF on the embedded simulated dataset",
+    )
+    demo.add_argument(
+        "--output", default="cnmf_demo", help="output folder (default: cnmf_demo)"
+    )
+    demo.add_argument(
+        "--seed", type=int, default=0, help="seed of the simulated dataset (default 0)"
+    )
+    demo.add_argument(
+        "--quick", action="store_true", help="small dataset and few iterations (tests)"
+    )
+    demo.add_argument(
+        "-k",
+        "--components",
+        type=_positive_int,
+        default=None,
+        help="components of the clustered run (default: the true number + 2)",
+    )
 
     run = sub.add_parser("run", help="constrained NMF and clustering of a 4D-STEM file")
-    run.add_argument("file", help="4D-STEM file: .hspy, .zspy, .mib, .blo, .emd, fpd .hdf5, py4DSTEM .h5, ...")
-    run.add_argument("-k", "--components", type=_positive_int, default=8, help="number of components (default 8)")
-    run.add_argument("--solver", choices=("hals", "mu", "als"), default="hals", help="update rule (default hals)")
-    run.add_argument("--max-iter", type=_positive_int, default=200, help="maximum iterations (default 200)")
-    run.add_argument("--map-resolution", type=_map_resolution, default="auto",
-                     help="probe FWHM in navigation units, 'auto' (default) or 'none' (map constraint off)")
-    run.add_argument("--no-diffraction-constraint", action="store_true", help="switch the dip constraint off")
-    run.add_argument("--dip-size", type=_auto_or_float, default="auto",
-                     help="radius (detector px) of the dip constraint disk, or 'auto' (default)")
-    run.add_argument("--signal-mask-beam", nargs="?", const="auto", default=None, type=_auto_or_float,
-                     metavar="RADIUS", help="exclude the direct beam (radius in px, default: disk radius + 1)")
-    run.add_argument("--bin", type=_positive_int, default=1, help="sum BIN x BIN detector pixels (default 1)")
-    run.add_argument("--poisson", action=argparse.BooleanOptionalAction, default=True,
-                     help="Poisson (Keenan-Kotula) noise normalisation, recommended for counting data "
-                          "(default: on; --no-poisson for plain least squares)")
+    run.add_argument(
+        "file",
+        help="4D-STEM file: .hspy, .zspy, .mib, .blo, .emd, fpd .hdf5, py4DSTEM .h5, ...",
+    )
+    run.add_argument(
+        "-k",
+        "--components",
+        type=_positive_int,
+        default=8,
+        help="number of components (default 8)",
+    )
+    run.add_argument(
+        "--solver",
+        choices=("hals", "mu", "als"),
+        default="hals",
+        help="update rule (default hals)",
+    )
+    run.add_argument(
+        "--max-iter",
+        type=_positive_int,
+        default=200,
+        help="maximum iterations (default 200)",
+    )
+    run.add_argument(
+        "--map-resolution",
+        type=_map_resolution,
+        default="auto",
+        help="probe FWHM in navigation units, 'auto' (default) or 'none' (map constraint off)",
+    )
+    run.add_argument(
+        "--no-diffraction-constraint",
+        action="store_true",
+        help="switch the dip constraint off",
+    )
+    run.add_argument(
+        "--dip-size",
+        type=_auto_or_float,
+        default="auto",
+        help="radius (detector px) of the dip constraint disk, or 'auto' (default)",
+    )
+    run.add_argument(
+        "--signal-mask-beam",
+        nargs="?",
+        const="auto",
+        default=None,
+        type=_auto_or_float,
+        metavar="RADIUS",
+        help="exclude the direct beam (radius in px, default: disk radius + 1)",
+    )
+    run.add_argument(
+        "--bin",
+        type=_positive_int,
+        default=1,
+        help="sum BIN x BIN detector pixels (default 1)",
+    )
+    run.add_argument(
+        "--poisson",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Poisson (Keenan-Kotula) noise normalisation, recommended for counting data "
+        "(default: on; --no-poisson for plain least squares)",
+    )
     grp = run.add_mutually_exclusive_group()
-    grp.add_argument("--clusters", type=_positive_int, default=None, help="cut the dendrogram into N clusters")
-    grp.add_argument("--distance-threshold", type=_threshold, default=None,
-                     help="cut the dendrogram at this pseudo-distance 1-CC, or 'gap' (default 0.3)")
-    run.add_argument("--output", default="cnmf_run", help="output folder (default: cnmf_run)")
-    run.add_argument("--format", choices=("hspy", "zspy"), default="hspy", help="format of the result signals")
-    run.add_argument("--seed", type=int, default=0, help="random seed of the initialisation (default 0)")
+    grp.add_argument(
+        "--clusters",
+        type=_positive_int,
+        default=None,
+        help="cut the dendrogram into N clusters",
+    )
+    grp.add_argument(
+        "--distance-threshold",
+        type=_threshold,
+        default=None,
+        help="cut the dendrogram at this pseudo-distance 1-CC, or 'gap' (default 0.3)",
+    )
+    run.add_argument(
+        "--output", default="cnmf_run", help="output folder (default: cnmf_run)"
+    )
+    run.add_argument(
+        "--format",
+        choices=("hspy", "zspy"),
+        default="hspy",
+        help="format of the result signals",
+    )
+    run.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed of the initialisation (default 0)",
+    )
     mode = run.add_mutually_exclusive_group()
-    mode.add_argument("--lazy", dest="mode", action="store_const", const="lazy",
-                      help="keep the data on disk (default: lazily above 2 GiB)")
-    mode.add_argument("--eager", dest="mode", action="store_const", const="eager", help="load the data into memory")
+    mode.add_argument(
+        "--lazy",
+        dest="mode",
+        action="store_const",
+        const="lazy",
+        help="keep the data on disk (default: lazily above 2 GiB)",
+    )
+    mode.add_argument(
+        "--eager",
+        dest="mode",
+        action="store_const",
+        const="eager",
+        help="load the data into memory",
+    )
     return parser
 
 
@@ -580,7 +897,9 @@ def main(argv=None):
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:
-        msg = None if os.environ.get("HYPERSPY_CNMF_DEBUG") else _error_message(err, args)
+        msg = (
+            None if os.environ.get("HYPERSPY_CNMF_DEBUG") else _error_message(err, args)
+        )
         if msg is None:
             raise
         print(f"{PROG}: error: {msg}", file=sys.stderr)

@@ -90,7 +90,9 @@ def electron_wavelength(beam_energy_kev):
     """
     v = float(beam_energy_kev)
     if not np.isfinite(v) or v <= 0:
-        raise ValueError(f"the beam energy must be positive (keV), got {beam_energy_kev}")
+        raise ValueError(
+            f"the beam energy must be positive (keV), got {beam_energy_kev}"
+        )
     h, m0, e, c = 6.62607015e-34, 9.1093837015e-31, 1.602176634e-19, 2.99792458e8
     v *= 1e3
     return h / np.sqrt(2 * m0 * e * v * (1 + e * v / (2 * m0 * c**2))) * 1e9
@@ -102,7 +104,11 @@ def probe_fwhm_from_convergence(convergence_angle_mrad, beam_energy_kev):
     Aberrations and the source size make real probes larger, so this is a
     lower bound; used as a cutoff it errs on the side of keeping detail.
     """
-    return AIRY_FWHM * electron_wavelength(beam_energy_kev) / (convergence_angle_mrad * 1e-3)
+    return (
+        AIRY_FWHM
+        * electron_wavelength(beam_energy_kev)
+        / (convergence_angle_mrad * 1e-3)
+    )
 
 
 def default_dip_radius(beam_radius):
@@ -155,7 +161,9 @@ class _HalfDCT:
         ko = np.arange(1, k, 2)
         self.order = np.concatenate([ke, ko])
         self.ke = ke.size
-        self.ce = np.ascontiguousarray(C[ke, : self.h + odd_n])  # even rows, first half (+ middle)
+        self.ce = np.ascontiguousarray(
+            C[ke, : self.h + odd_n]
+        )  # even rows, first half (+ middle)
         self.co = np.ascontiguousarray(C[ko, : self.h])  # odd rows, first half
         self.cet = np.ascontiguousarray(self.ce.T)
         self.cot = np.ascontiguousarray(self.co.T)
@@ -229,12 +237,18 @@ class MapResolutionConstraint:
     True
     """
 
-    def __init__(self, nav_shape, resolution, scale=(1.0, 1.0), filter="tukey", taper=0.25):
+    def __init__(
+        self, nav_shape, resolution, scale=(1.0, 1.0), filter="tukey", taper=0.25
+    ):
         if filter not in ("tukey", "hard", "gaussian"):
-            raise ValueError(f"unknown map filter {filter!r}: use 'tukey', 'hard' or 'gaussian'")
+            raise ValueError(
+                f"unknown map filter {filter!r}: use 'tukey', 'hard' or 'gaussian'"
+            )
         resolution = float(resolution)
         if not np.isfinite(resolution) or resolution <= 0:
-            raise ValueError(f"map_resolution must be a positive length, got {resolution}")
+            raise ValueError(
+                f"map_resolution must be a positive length, got {resolution}"
+            )
         if not 0 < taper < 1:
             raise ValueError("taper must be in (0, 1)")
         self.nav_shape = tuple(int(n) for n in nav_shape)
@@ -256,7 +270,9 @@ class MapResolutionConstraint:
         kx = int(pass_x[-1]) + 1 if pass_x.size else 1
         self._dy = _HalfDCT(ny, ky)
         self._dx = _HalfDCT(nx, kx)
-        self._t = np.ascontiguousarray(self.transfer[np.ix_(self._dy.order, self._dx.order)])
+        self._t = np.ascontiguousarray(
+            self.transfer[np.ix_(self._dy.order, self._dx.order)]
+        )
 
     def transfer_function(self, f):
         """Filter transfer at the spatial frequencies ``f`` (cycles / length)."""
@@ -314,7 +330,9 @@ def closing(patterns, radius, valid=None):
     if valid is None:
         valid = np.ones(patterns.shape[1:], dtype=bool)
     dy, dx = disk_offsets(radius)
-    return grey_closing_stack(np.ascontiguousarray(patterns), np.asarray(valid, bool), dy, dx)
+    return grey_closing_stack(
+        np.ascontiguousarray(patterns), np.asarray(valid, bool), dy, dx
+    )
 
 
 def azimuthal_closing(patterns, centre, half, r_min=None, valid=None):
@@ -348,7 +366,9 @@ def azimuthal_closing(patterns, centre, half, r_min=None, valid=None):
     if r_min is None:
         r_min = 2 * half + 1
     cx, cy = check_centre(centre, patterns.shape[1:])
-    return azimuthal_closing_stack(patterns, np.asarray(valid, bool), cy, cx, int(half), float(r_min))
+    return azimuthal_closing_stack(
+        patterns, np.asarray(valid, bool), cy, cx, int(half), float(r_min)
+    )
 
 
 class DiffractionDipConstraint:
@@ -395,20 +415,39 @@ class DiffractionDipConstraint:
     1.0
     """
 
-    def __init__(self, sig_shape, radius, strength=1.0, valid=None, centre=None, mode="azimuthal", r_min=None):
+    def __init__(
+        self,
+        sig_shape,
+        radius,
+        strength=1.0,
+        valid=None,
+        centre=None,
+        mode="azimuthal",
+        r_min=None,
+    ):
         radius = float(radius)
         if not np.isfinite(radius) or radius < 1:
-            raise ValueError(f"the diffraction constraint size must be >= 1 pixel, got {radius}")
+            raise ValueError(
+                f"the diffraction constraint size must be >= 1 pixel, got {radius}"
+            )
         strength = float(strength)
         if not 0 < strength <= 1:
-            raise ValueError(f"the diffraction constraint strength must be in (0, 1], got {strength}")
+            raise ValueError(
+                f"the diffraction constraint strength must be in (0, 1], got {strength}"
+            )
         if mode not in ("azimuthal", "isotropic"):
-            raise ValueError(f"unknown diffraction constraint mode {mode!r}: use 'azimuthal' or 'isotropic'")
+            raise ValueError(
+                f"unknown diffraction constraint mode {mode!r}: use 'azimuthal' or 'isotropic'"
+            )
         self.sig_shape = tuple(int(n) for n in sig_shape)
         self.radius = radius
         self.strength = strength
         self.mode = mode
-        self.valid = np.ones(self.sig_shape, bool) if valid is None else np.asarray(valid, bool).reshape(self.sig_shape)
+        self.valid = (
+            np.ones(self.sig_shape, bool)
+            if valid is None
+            else np.asarray(valid, bool).reshape(self.sig_shape)
+        )
         if centre is None:
             centre = ((self.sig_shape[1] - 1) / 2, (self.sig_shape[0] - 1) / 2)
         self.centre = check_centre(centre, self.sig_shape)
@@ -416,7 +455,9 @@ class DiffractionDipConstraint:
         self._table = None
 
     @classmethod
-    def from_beam(cls, beam, sig_shape, radius="auto", strength=1.0, valid=None, mode="azimuthal"):
+    def from_beam(
+        cls, beam, sig_shape, radius="auto", strength=1.0, valid=None, mode="azimuthal"
+    ):
         """The dip constraint about a measured direct beam: the package's one way to build it.
 
         Centred on the beam, with the beam disk and two closing radii about
@@ -444,8 +485,20 @@ class DiffractionDipConstraint:
         """
         if not isinstance(beam, Beam):
             raise TypeError(f"`beam` must be a Beam (x, y, radius), got {beam!r}")
-        radius = default_dip_radius(beam.radius) if radius is None or radius == "auto" else float(radius)
-        return cls(sig_shape, radius, strength, valid=valid, centre=beam, mode=mode, r_min=beam.radius + 2 * radius)
+        radius = (
+            default_dip_radius(beam.radius)
+            if radius is None or radius == "auto"
+            else float(radius)
+        )
+        return cls(
+            sig_shape,
+            radius,
+            strength,
+            valid=valid,
+            centre=beam,
+            mode=mode,
+            r_min=beam.radius + 2 * radius,
+        )
 
     def close(self, stack):
         """The closing of a stack of patterns, shape (k, qy, qx)."""
@@ -499,7 +552,9 @@ def dip_measure(patterns, constraint, valid=None):
     if p.ndim == 2:
         p = p[None]
     if not isinstance(constraint, DiffractionDipConstraint):
-        constraint = DiffractionDipConstraint(p.shape[1:], constraint, valid=valid, mode="isotropic")
+        constraint = DiffractionDipConstraint(
+            p.shape[1:], constraint, valid=valid, mode="isotropic"
+        )
     valid = constraint.valid
     p = np.where(valid, np.nan_to_num(p), 0.0)
     gap = constraint.close(p) - p

@@ -34,8 +34,12 @@ def components(signal):
         raise RuntimeError("the signal has no decomposition yet")
     am = signal.axes_manager
     k = lr.factors.shape[1]
-    F = np.asarray(lr.factors, dtype=np.float64).T.reshape((k,) + tuple(am._signal_shape_in_array))
-    L = np.asarray(lr.loadings, dtype=np.float64).T.reshape((k,) + tuple(am._navigation_shape_in_array))
+    F = np.asarray(lr.factors, dtype=np.float64).T.reshape(
+        (k,) + tuple(am._signal_shape_in_array)
+    )
+    L = np.asarray(lr.loadings, dtype=np.float64).T.reshape(
+        (k,) + tuple(am._navigation_shape_in_array)
+    )
     return F, L
 
 
@@ -77,7 +81,7 @@ def reconstruction_mse(signal, n_components=None, signal_mask=None):
     X = np.asarray(signal.data, dtype=np.float64).reshape(n_nav, n_sig)[:, valid]
     total = 0.0
     for start in range(0, n_nav, 4096):
-        r = X[start:start + 4096] - (W[start:start + 4096] @ H[valid].T + offset)
+        r = X[start : start + 4096] - (W[start : start + 4096] @ H[valid].T + offset)
         total += float(np.sum(r * r))
     return total / X.size
 
@@ -105,7 +109,10 @@ def mean_pattern_mse(signal, signal_mask=None):
         data = data.compute()
     X = np.asarray(data, dtype=np.float64).reshape(n_nav, n_sig)
     if signal_mask is not None:
-        X = X[:, ~_mask_vector(signal_mask, n_sig, am._signal_shape_in_array, "signal_mask")]
+        X = X[
+            :,
+            ~_mask_vector(signal_mask, n_sig, am._signal_shape_in_array, "signal_mask"),
+        ]
     totals = X.sum(axis=1, keepdims=True)
     pattern = X.sum(axis=0) / max(X.sum(), 1e-300)
     return float(np.mean((X - totals * pattern) ** 2))
@@ -133,7 +140,9 @@ def matched_cosine(estimated, truth):
     """
     from scipy.optimize import linear_sum_assignment
 
-    E = np.nan_to_num(np.asarray(estimated, dtype=np.float64)).reshape(len(estimated), -1)
+    E = np.nan_to_num(np.asarray(estimated, dtype=np.float64)).reshape(
+        len(estimated), -1
+    )
     T = np.nan_to_num(np.asarray(truth, dtype=np.float64)).reshape(len(truth), -1)
     En = E / np.maximum(np.linalg.norm(E, axis=1, keepdims=True), 1e-300)
     Tn = T / np.maximum(np.linalg.norm(T, axis=1, keepdims=True), 1e-300)
@@ -193,8 +202,10 @@ def clear_component_phases(loadings, truth_maps, phase_of_component, min_corr=0.
     """
     L = np.nan_to_num(np.asarray(loadings, dtype=np.float64))
     M = np.asarray(truth_maps, dtype=np.float64).reshape(len(truth_maps), -1)
-    corr = np.corrcoef(np.vstack([L, M]))[: len(L), len(L):]
-    return corr.max(axis=1) > min_corr, np.asarray(phase_of_component)[corr.argmax(axis=1)]
+    corr = np.corrcoef(np.vstack([L, M]))[: len(L), len(L) :]
+    return corr.max(axis=1) > min_corr, np.asarray(phase_of_component)[
+        corr.argmax(axis=1)
+    ]
 
 
 def nav_scale(signal):
@@ -213,7 +224,12 @@ def nav_scale(signal):
 def _extent(ax_x, ax_y):
     x0 = ax_x["offset"] - 0.5 * ax_x["scale"]
     y0 = ax_y["offset"] - 0.5 * ax_y["scale"]
-    return [x0, x0 + ax_x["size"] * ax_x["scale"], y0 + ax_y["size"] * ax_y["scale"], y0]
+    return [
+        x0,
+        x0 + ax_x["size"] * ax_x["scale"],
+        y0 + ax_y["size"] * ax_y["scale"],
+        y0,
+    ]
 
 
 def _label(info):
@@ -221,7 +237,9 @@ def _label(info):
     return f"{name} ({info['units']})" if info["units"] else name
 
 
-def plot_components(signal, title, dips=None, power=None, diverging=None, max_components=None):
+def plot_components(
+    signal, title, dips=None, power=None, diverging=None, max_components=None
+):
     """Grid of the decomposition: diffraction patterns (top) over maps (bottom).
 
     Patterns are shown on a square-root scale (``sign(x) sqrt|x|`` with a
@@ -251,21 +269,36 @@ def plot_components(signal, title, dips=None, power=None, diverging=None, max_co
     k = F.shape[0] if max_components is None else min(F.shape[0], int(max_components))
     sx, sy = (axis_info(a) for a in signal.axes_manager.signal_axes)
     nx_, ny_ = (axis_info(a) for a in signal.axes_manager.navigation_axes)
-    fig, axes = plt.subplots(2, k, figsize=(2.6 * k + 0.6, 5.6), layout="constrained", squeeze=False)
+    fig, axes = plt.subplots(
+        2, k, figsize=(2.6 * k + 0.6, 5.6), layout="constrained", squeeze=False
+    )
     for j in range(k):
         f, m = np.nan_to_num(F[j]), np.nan_to_num(L[j])
-        neg = diverging if diverging is not None else bool((f < -1e-3 * np.abs(f).max()).any())
+        neg = (
+            diverging
+            if diverging is not None
+            else bool((f < -1e-3 * np.abs(f).max()).any())
+        )
         if neg:
             v = np.sign(f) * np.sqrt(np.abs(f))
             lim = float(np.percentile(np.abs(v), 99.9)) or 1.0
-            im = axes[0, j].imshow(v, cmap="RdBu_r", vmin=-lim, vmax=lim, extent=_extent(sx, sy))
+            im = axes[0, j].imshow(
+                v, cmap="RdBu_r", vmin=-lim, vmax=lim, extent=_extent(sx, sy)
+            )
             cb_label = "sign·sqrt(intensity)"
         else:
             v = np.sqrt(np.clip(f, 0, None))
-            im = axes[0, j].imshow(v, cmap="inferno", vmin=0,
-                                   vmax=float(np.percentile(v, 99.9)) or None, extent=_extent(sx, sy))
+            im = axes[0, j].imshow(
+                v,
+                cmap="inferno",
+                vmin=0,
+                vmax=float(np.percentile(v, 99.9)) or None,
+                extent=_extent(sx, sy),
+            )
             cb_label = "sqrt(intensity)"
-        fig.colorbar(im, ax=axes[0, j], shrink=0.8, label=cb_label if j == k - 1 else None)
+        fig.colorbar(
+            im, ax=axes[0, j], shrink=0.8, label=cb_label if j == k - 1 else None
+        )
         t = f"#{j}"
         if neg:
             t += f"  neg {negative_fraction(f[None])[0]:.0%}"
@@ -275,11 +308,17 @@ def plot_components(signal, title, dips=None, power=None, diverging=None, max_co
         mneg = bool((m < -1e-3 * np.abs(m).max()).any())
         if mneg:
             lim = float(np.abs(m).max()) or 1.0
-            im = axes[1, j].imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim, extent=_extent(nx_, ny_))
+            im = axes[1, j].imshow(
+                m, cmap="RdBu_r", vmin=-lim, vmax=lim, extent=_extent(nx_, ny_)
+            )
         else:
             im = axes[1, j].imshow(m, cmap="viridis", extent=_extent(nx_, ny_))
-        fig.colorbar(im, ax=axes[1, j], shrink=0.8, label="counts" if j == k - 1 else None)
-        axes[1, j].set_title(f"map #{j}" + ("" if power is None else f"  HF {power[j]:.2f}"), fontsize=9)
+        fig.colorbar(
+            im, ax=axes[1, j], shrink=0.8, label="counts" if j == k - 1 else None
+        )
+        axes[1, j].set_title(
+            f"map #{j}" + ("" if power is None else f"  HF {power[j]:.2f}"), fontsize=9
+        )
         axes[0, j].set_xlabel(_label(sx), fontsize=8)
         axes[1, j].set_xlabel(_label(nx_), fontsize=8)
         if j == 0:
@@ -291,7 +330,9 @@ def plot_components(signal, title, dips=None, power=None, diverging=None, max_co
     return fig
 
 
-def plot_map_spectra(maps_by_method, scale, resolution, units="nm", max_components=None):
+def plot_map_spectra(
+    maps_by_method, scale, resolution, units="nm", max_components=None
+):
     """Power spectra of the maps with the resolution circle ``|f| = 1/resolution``.
 
     One row per method, one column per component: ``log10`` of the
@@ -317,15 +358,24 @@ def plot_map_spectra(maps_by_method, scale, resolution, units="nm", max_componen
     k = max(len(m) for m in maps_by_method.values())
     if max_components is not None:
         k = min(k, int(max_components))
-    fig, axes = plt.subplots(len(names), k, figsize=(2.4 * k + 0.8, 2.5 * len(names) + 0.6),
-                             layout="constrained", squeeze=False)
+    fig, axes = plt.subplots(
+        len(names),
+        k,
+        figsize=(2.4 * k + 0.8, 2.5 * len(names) + 0.6),
+        layout="constrained",
+        squeeze=False,
+    )
     fc = 1.0 / float(resolution)
     for i, name in enumerate(names):
         maps = np.asarray(maps_by_method[name])
         power, fy, fx = map_power_spectra(maps, scale)
         beyond = map_power_beyond(maps, resolution, scale)
-        ext = [fx[0] - 0.5 * (fx[1] - fx[0]), fx[-1] + 0.5 * (fx[1] - fx[0]),
-               fy[-1] + 0.5 * (fy[1] - fy[0]), fy[0] - 0.5 * (fy[1] - fy[0])]
+        ext = [
+            fx[0] - 0.5 * (fx[1] - fx[0]),
+            fx[-1] + 0.5 * (fx[1] - fx[0]),
+            fy[-1] + 0.5 * (fy[1] - fy[0]),
+            fy[0] - 0.5 * (fy[1] - fy[0]),
+        ]
         for j in range(k):
             a = axes[i, j]
             if j >= len(maps):
@@ -333,7 +383,9 @@ def plot_map_spectra(maps_by_method, scale, resolution, units="nm", max_componen
                 continue
             p = np.log10(power[j] / max(power[j].max(), 1e-300) + 1e-8)
             im = a.imshow(p, cmap="magma", vmin=-6, vmax=0, extent=ext)
-            a.add_patch(plt.Circle((0, 0), fc, fill=False, ls="--", lw=1.0, color="cyan"))
+            a.add_patch(
+                plt.Circle((0, 0), fc, fill=False, ls="--", lw=1.0, color="cyan")
+            )
             a.set_title(f"{name} #{j}\nbeyond circle {beyond[j]:.1%}", fontsize=8)
             a.tick_params(labelsize=7)
             if i == len(names) - 1:
@@ -341,7 +393,9 @@ def plot_map_spectra(maps_by_method, scale, resolution, units="nm", max_componen
             if j == 0:
                 a.set_ylabel(f"f_y (1/{units})", fontsize=8)
         fig.colorbar(im, ax=axes[i, :], shrink=0.8, label="log10 power (rel.)")
-    fig.suptitle(f"Map power spectra; dashed circle |f| = 1/probe FWHM = 1/({resolution:.3g} {units})")
+    fig.suptitle(
+        f"Map power spectra; dashed circle |f| = 1/probe FWHM = 1/({resolution:.3g} {units})"
+    )
     return fig
 
 
@@ -355,7 +409,9 @@ def plot_dips(dips_by_method):
     width = 0.8 / max(len(names), 1)
     for i, name in enumerate(names):
         d = np.asarray(dips_by_method[name])
-        ax.bar(np.arange(len(d)) + (i - (len(names) - 1) / 2) * width, d, width, label=name)
+        ax.bar(
+            np.arange(len(d)) + (i - (len(names) - 1) / 2) * width, d, width, label=name
+        )
     ax.set_xlabel("component")
     ax.set_ylabel("dip measure (missing intensity fraction)")
     ax.set_xticks(np.arange(k))
@@ -382,9 +438,14 @@ def plot_loss(losses, poisson=False):
 
     from hyperspy_cnmf.signals._store import loss_label
 
-    kinds = {name: bool(poisson.get(name, False) if isinstance(poisson, dict) else poisson) for name in losses}
+    kinds = {
+        name: bool(poisson.get(name, False) if isinstance(poisson, dict) else poisson)
+        for name in losses
+    }
     fig, ax = plt.subplots(figsize=(5.6, 3.4), layout="constrained")
-    used = sorted(set(kinds[n] for n, loss in losses.items() if loss is not None and len(loss)))
+    used = sorted(
+        set(kinds[n] for n, loss in losses.items() if loss is not None and len(loss))
+    )
     axes = {used[0] if used else False: ax}
     if len(used) == 2:
         axes = {False: ax, True: ax.twinx()}
@@ -393,9 +454,13 @@ def plot_loss(losses, poisson=False):
     for i, (name, loss) in enumerate(losses.items()):
         if loss is not None and len(loss):
             a = axes[kinds[name]]
-            (line,) = a.plot(np.arange(1, len(loss) + 1), loss, color=colours[i % len(colours)],
-                             ls="--" if kinds[name] and len(used) == 2 else "-",
-                             label=f"{name} ({'χ²/dof' if kinds[name] else 'MSE'})")
+            (line,) = a.plot(
+                np.arange(1, len(loss) + 1),
+                loss,
+                color=colours[i % len(colours)],
+                ls="--" if kinds[name] and len(used) == 2 else "-",
+                label=f"{name} ({'χ²/dof' if kinds[name] else 'MSE'})",
+            )
             handles.append(line)
     for kind, a in axes.items():
         a.set_ylabel(loss_label(kind) if kind else f"{loss_label(False)} (data units²)")
@@ -440,7 +505,10 @@ def _fmt(v):
 
 def markdown_table(header, rows):
     """A Markdown table from a header and rows of values (numbers formatted)."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(v) for v in r) + " |")
     return "\n".join(lines)

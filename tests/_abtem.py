@@ -15,7 +15,11 @@ THREE_PHASE = "zrcual_3phase_64x64_40x40_seed303.npz"
 
 def abtem_path(name):
     env = os.environ.get("HYPERSPY_CNMF_ABTEM")
-    folder = Path(env) if env else Path(__file__).resolve().parents[2] / "shared/data/abtem_dev"
+    folder = (
+        Path(env)
+        if env
+        else Path(__file__).resolve().parents[2] / "shared/data/abtem_dev"
+    )
     path = folder / name
     if not path.is_file():
         msg = f"abTEM test file not found at {path} (set HYPERSPY_CNMF_ABTEM to its folder)"

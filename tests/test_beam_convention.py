@@ -33,11 +33,17 @@ def _signal(seed=0):
     phase_a = spot(9, 0) + spot(-9, 0)
     phase_b = spot(0, 8) + spot(0, -8)
     frac = np.broadcast_to(np.linspace(0, 1, NAV[1])[None, :], NAV)
-    mean = (200 * disk + 2.0 + 40 * (1 - frac)[..., None, None] * phase_a
-            + 40 * frac[..., None, None] * phase_b)
+    mean = (
+        200 * disk
+        + 2.0
+        + 40 * (1 - frac)[..., None, None] * phase_a
+        + 40 * frac[..., None, None] * phase_b
+    )
     s = STEM4D(rng.poisson(mean).astype(np.float32))
     for ax in s.axes_manager.signal_axes:
-        ax.offset = 0.0  # the calibrated origin is the corner pixel: not inside, not used
+        ax.offset = (
+            0.0  # the calibrated origin is the corner pixel: not inside, not used
+        )
     return s
 
 
@@ -55,8 +61,14 @@ def decomposed():
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            s.decomposition(algorithm="constrained_nmf", output_dimension=3, max_iter=5, random_state=0,
-                            print_info=False, show_progressbar=False)
+            s.decomposition(
+                algorithm="constrained_nmf",
+                output_dimension=3,
+                max_iter=5,
+                random_state=0,
+                print_info=False,
+                show_progressbar=False,
+            )
     finally:
         _decomposition.constrained_nmf = original
     return s, seen["diffraction_constraint"]
@@ -70,14 +82,16 @@ def test_beam_is_x_first_and_checked():
     assert Beam.from_record({"direct_beam_x_px": 1.0}) is None
     assert beam.check((40, 10)) is beam  # (qy, qx): 40 rows, 10 columns
     with pytest.raises(ValueError, match=r"outside the pattern"):
-        beam.check((10, 40))  # the same beam on the transposed detector: y = 30.5 beyond 10 rows
+        beam.check(
+            (10, 40)
+        )  # the same beam on the transposed detector: y = 30.5 beyond 10 rows
     with pytest.raises(ValueError, match=r"pair \(x, y\)"):
         check_centre("centre", (10, 10))
 
 
 def test_locate_direct_beam_returns_a_beam():
     yy, xx = np.indices(SIG, dtype=float)
-    beam = locate_direct_beam(np.exp(-np.hypot(xx - 40.0, yy - 8.0) ** 2 / 4))
+    beam = locate_direct_beam(np.exp(-(np.hypot(xx - 40.0, yy - 8.0) ** 2) / 4))
     assert isinstance(beam, Beam)
     assert beam.xy == pytest.approx((40.0, 8.0), abs=0.05)
 
@@ -94,7 +108,11 @@ def test_decomposition_diagnostics_and_clustering_share_one_centre(decomposed):
     # the diagnostics rebuild the same constraint
     again = _diagnostics._dip_constraint(s, None, None)
     assert again.centre == pytest.approx(constraint.centre, abs=1e-12)
-    assert (again.radius, again.r_min, again.mode) == (constraint.radius, constraint.r_min, constraint.mode)
+    assert (again.radius, again.r_min, again.mode) == (
+        constraint.radius,
+        constraint.r_min,
+        constraint.mode,
+    )
     # the clustering centres its polar transform on it (x first)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -124,13 +142,17 @@ def test_clustering_beam_search_leaves_the_signal_mask_out():
     """A bright bad column, masked in the decomposition's signal_mask, does not become the beam."""
     yy, xx = np.indices(SIG, dtype=float)
     x0, y0 = BEAM_XY
-    pattern = 10 * np.exp(-np.hypot(xx - x0, yy - y0) ** 2 / 4) + 0.1
-    pattern[:, 5] = 50.0  # a hot column (not a hot *pixel*: its neighbours in the column are as bright)
+    pattern = 10 * np.exp(-(np.hypot(xx - x0, yy - y0) ** 2) / 4) + 0.1
+    pattern[:, 5] = (
+        50.0  # a hot column (not a hot *pixel*: its neighbours in the column are as bright)
+    )
     mask = np.zeros(SIG, bool)
     mask[:, 5] = True
     assert clustering.find_direct_beam(pattern)[0] == pytest.approx(5.0, abs=0.5)
     found = clustering.find_direct_beam(pattern, mask=beam_search_mask(mask))
     assert found == pytest.approx(BEAM_XY, abs=0.1)
     stack = np.stack([pattern, pattern * 1.1, pattern * 0.9])
-    res = clustering.cluster_patterns(stack, signal_mask=mask, n_clusters=1, direct_beam_radius=None)
+    res = clustering.cluster_patterns(
+        stack, signal_mask=mask, n_clusters=1, direct_beam_radius=None
+    )
     assert res.centre == pytest.approx(BEAM_XY, abs=0.1)

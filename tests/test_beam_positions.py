@@ -11,7 +11,9 @@ from hyperspy_cnmf.nmf._kernels import block_beam_centres
 SIG = (32, 36)
 
 
-def shifted_disks(centres, shape=SIG, radius=4.0, counts=3000.0, background=0.3, seed=0, oversample=8):
+def shifted_disks(
+    centres, shape=SIG, radius=4.0, counts=3000.0, background=0.3, seed=0, oversample=8
+):
     """Poisson patterns of a flat disk (anti-aliased by oversampling) at the given (x, y) centres."""
     rng = np.random.default_rng(seed)
     ny, nx = shape
@@ -29,7 +31,9 @@ def shifted_disks(centres, shape=SIG, radius=4.0, counts=3000.0, background=0.3,
 
 def _centres(n, seed=1):
     rng = np.random.default_rng(seed)
-    return np.stack([17.0 + rng.uniform(-1.5, 1.5, n), 15.0 + rng.uniform(-1.5, 1.5, n)], axis=1)
+    return np.stack(
+        [17.0 + rng.uniform(-1.5, 1.5, n), 15.0 + rng.uniform(-1.5, 1.5, n)], axis=1
+    )
 
 
 def _measure(X, shape=SIG, row_valid=None, col_valid=None):
@@ -45,7 +49,7 @@ def test_kernel_finds_subpixel_disk_centres():
     truth = _centres(64)
     pos = _measure(shifted_disks(truth))
     err = pos - truth
-    assert np.sqrt((err ** 2).mean()) < 0.06
+    assert np.sqrt((err**2).mean()) < 0.06
     assert np.abs(err.mean(axis=0)).max() < 0.03  # no systematic (pixel-locking) bias
 
 
@@ -96,7 +100,9 @@ def test_dense_and_dask_operators_measure_in_the_stats_read():
     r = dop.rescaled(np.full(48, 2.0), np.ones(X.shape[1]))
     np.testing.assert_array_equal(r.beam_positions(), lazy)
     assert r.n_passes == 0
-    np.testing.assert_array_equal(op.rescaled(np.full(48, 2.0), None).beam_positions(), dense)
+    np.testing.assert_array_equal(
+        op.rescaled(np.full(48, 2.0), None).beam_positions(), dense
+    )
 
 
 def test_masks_rows_nan_pixels_ignored():
@@ -105,9 +111,13 @@ def test_masks_rows_nan_pixels_ignored():
     rows = np.ones(48)
     rows[7] = 0
     cols = np.ones(X.shape[1])
-    cols[: X.shape[1] // 2] = 0  # a mask over the beam's half does not change the measurement
+    cols[: X.shape[1] // 2] = (
+        0  # a mask over the beam's half does not change the measurement
+    )
     dense = DenseOperator(X, rows, cols, signal_shape=SIG).beam_positions()
-    lazy = DaskOperator(da.from_array(data, chunks=(3, 8) + SIG), rows, cols).beam_positions()
+    lazy = DaskOperator(
+        da.from_array(data, chunks=(3, 8) + SIG), rows, cols
+    ).beam_positions()
     ref = DenseOperator(X, signal_shape=SIG).beam_positions()
     assert np.isnan(dense[7]).all() and np.isnan(lazy[7]).all()
     keep = np.arange(48) != 7

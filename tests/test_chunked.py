@@ -55,8 +55,12 @@ def _assert_stats_equal(a, b, rtol=1e-12):
 
 def _poisson(op, rs, cs):
     rows, cols = op.row_col_sums(rs != 0, cs != 0)
-    r = np.where((rs != 0) & (rows > 0), 1.0 / np.sqrt(np.where(rows > 0, rows, 1.0)), 0.0)
-    c = np.where((cs != 0) & (cols > 0), 1.0 / np.sqrt(np.where(cols > 0, cols, 1.0)), 0.0)
+    r = np.where(
+        (rs != 0) & (rows > 0), 1.0 / np.sqrt(np.where(rows > 0, rows, 1.0)), 0.0
+    )
+    c = np.where(
+        (cs != 0) & (cols > 0), 1.0 / np.sqrt(np.where(cols > 0, cols, 1.0)), 0.0
+    )
     return r, c
 
 
@@ -66,14 +70,22 @@ def test_every_method_equals_the_dense_operator(chunks):
     _, _, rs, cs = _data()
     assert op.shape == dense.shape == (N, M) and op.dtype == dense.dtype
     _assert_stats_equal(op.stats(), dense.stats())
-    np.testing.assert_allclose(op.mean_pattern(rs != 0), dense.mean_pattern(rs != 0), rtol=1e-12)
-    for a, b in zip(op.row_col_sums(rs != 0, cs != 0), dense.row_col_sums(rs != 0, cs != 0)):
+    np.testing.assert_allclose(
+        op.mean_pattern(rs != 0), dense.mean_pattern(rs != 0), rtol=1e-12
+    )
+    for a, b in zip(
+        op.row_col_sums(rs != 0, cs != 0), dense.row_col_sums(rs != 0, cs != 0)
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-12)
     assert op.n_passes == 1  # stats, mean pattern and sums share one read
     # other masks than the operator's: a read of their own
     other = np.arange(N) % 3 == 0
-    np.testing.assert_allclose(op.mean_pattern(other), dense.mean_pattern(other), rtol=1e-12)
-    for a, b in zip(op.row_col_sums(other, cs != 0), dense.row_col_sums(other, cs != 0)):
+    np.testing.assert_allclose(
+        op.mean_pattern(other), dense.mean_pattern(other), rtol=1e-12
+    )
+    for a, b in zip(
+        op.row_col_sums(other, cs != 0), dense.row_col_sums(other, cs != 0)
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-12)
 
     rng = np.random.default_rng(1)
@@ -89,13 +101,19 @@ def test_every_method_equals_the_dense_operator(chunks):
 
     W1, W2 = W.copy(), W.copy()
     passes = op.n_passes
-    np.testing.assert_allclose(op.fused_pass(W1, Ht, update), dense.fused_pass(W2, Ht, update),
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        op.fused_pass(W1, Ht, update),
+        dense.fused_pass(W2, Ht, update),
+        rtol=1e-12,
+        atol=1e-12,
+    )
     np.testing.assert_allclose(W1, W2, rtol=1e-12, atol=1e-14)
     assert op.n_passes == passes + 1
 
 
-@pytest.mark.parametrize("chunks", [CHUNKINGS["nav-tiles"], CHUNKINGS["signal-chunked"]])
+@pytest.mark.parametrize(
+    "chunks", [CHUNKINGS["nav-tiles"], CHUNKINGS["signal-chunked"]]
+)
 def test_poisson_rescaling_and_range_finder_cost_fewer_reads(chunks):
     op, dense, _ = _pair(chunks)
     _, _, rs, cs = _data()
@@ -103,8 +121,12 @@ def test_poisson_rescaling_and_range_finder_cost_fewer_reads(chunks):
     np.testing.assert_allclose(r, _poisson(dense, rs, cs)[0], rtol=1e-13)
     op2, dense2 = op.rescaled(r, c), dense.rescaled(r, c)
     _assert_stats_equal(op2.stats(), dense2.stats())
-    np.testing.assert_allclose(op2.mean_pattern(rs != 0), dense2.mean_pattern(rs != 0), rtol=1e-12)
-    assert op.n_passes == 1 and op2.n_passes == 0  # Poisson statistics came with the first read
+    np.testing.assert_allclose(
+        op2.mean_pattern(rs != 0), dense2.mean_pattern(rs != 0), rtol=1e-12
+    )
+    assert (
+        op.n_passes == 1 and op2.n_passes == 0
+    )  # Poisson statistics came with the first read
     Q1, B1 = randomized_range(op2, 9, n_power_iter=2, rng=3)
     Q2, B2 = randomized_range(dense2, 9, n_power_iter=2, rng=3)
     assert op2.n_passes == 3  # n_power_iter + 1 instead of 2 n_power_iter + 2
@@ -125,7 +147,9 @@ def test_right_gram_is_one_read_and_equals_two_dense_products():
     assert op.n_passes == 3  # plain products: one read each, nothing cached
 
 
-@pytest.mark.parametrize("chunks", [CHUNKINGS["nav-tiles"], CHUNKINGS["signal-chunked"]])
+@pytest.mark.parametrize(
+    "chunks", [CHUNKINGS["nav-tiles"], CHUNKINGS["signal-chunked"]]
+)
 def test_expected_range_product_comes_with_the_first_read(chunks):
     op, dense, _ = _pair(chunks)
     op.expect_right_gram(range_test_matrix(op, 9, np.random.default_rng(3)))
@@ -144,11 +168,15 @@ def test_expected_range_product_comes_with_the_first_read(chunks):
 def test_statistics_without_poisson_sums_still_rescale_correctly():
     _, dense, _ = _pair(CHUNKINGS["nav-rows"])
     X4, clean, rs, cs = _data()
-    op = DaskOperator(da.from_array(X4, chunks=(3, 7, 6, 8)), rs, cs, poisson_stats=False)
+    op = DaskOperator(
+        da.from_array(X4, chunks=(3, 7, 6, 8)), rs, cs, poisson_stats=False
+    )
     r, c = _poisson(op, rs, cs)
     op2, dense2 = op.rescaled(r, c), dense.rescaled(r, c)
     _assert_stats_equal(op2.stats(), dense2.stats())
-    assert op.n_passes == 1 and op2.n_passes == 1  # the rescaled statistics needed a read
+    assert (
+        op.n_passes == 1 and op2.n_passes == 1
+    )  # the rescaled statistics needed a read
 
 
 def test_non_finite_entries_outside_the_masks_are_counted():
@@ -183,7 +211,9 @@ def test_data_are_never_modified():
 def test_2d_input_and_block_splitting():
     _, clean, rs, cs = _data()
     dense = DenseOperator(clean, rs, cs)
-    big = DaskOperator(da.from_array(clean, chunks=(60, 16)), rs, cs, max_block_bytes=10 * M * 8)
+    big = DaskOperator(
+        da.from_array(clean, chunks=(60, 16)), rs, cs, max_block_bytes=10 * M * 8
+    )
     assert big.darray.chunks[1] == (M,) and max(big.darray.chunks[0]) <= 10
     _assert_stats_equal(big.stats(), dense.stats())
     B = np.random.default_rng(0).random((N, 2))
@@ -204,7 +234,9 @@ def test_bad_input_is_refused_clearly():
 
 
 @pytest.mark.parametrize("sketch", [False, True])
-@pytest.mark.parametrize("chunks", [CHUNKINGS["nav-tiles"], CHUNKINGS["signal-chunked"]])
+@pytest.mark.parametrize(
+    "chunks", [CHUNKINGS["nav-tiles"], CHUNKINGS["signal-chunked"]]
+)
 def test_solver_gives_the_same_fit_lazy_and_eager(chunks, sketch):
     op, dense, _ = _pair(chunks)
     rng = np.random.default_rng(5)
@@ -233,7 +265,9 @@ def test_solver_with_nndsvda_init_and_constraint():
         lazy = constrained_nmf(op, 3, **kw)
     with pytest.warns(UserWarning):
         eager = constrained_nmf(dense, 3, **kw)
-    np.testing.assert_allclose(lazy.W @ lazy.Ht.T, eager.W @ eager.Ht.T, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(
+        lazy.W @ lazy.Ht.T, eager.W @ eager.Ht.T, rtol=1e-6, atol=1e-8
+    )
     assert lazy.n_passes < eager.n_passes  # the range finder reads half as often
 
 
@@ -245,5 +279,7 @@ def test_runs_on_the_synchronous_scheduler_too():
 
 def test_numerical_core_does_not_import_dask():
     code = "import sys, hyperspy_cnmf.nmf; print('dask' in sys.modules or 'hyperspy' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "False"

@@ -12,8 +12,13 @@ from hyperspy_cnmf.cli import main
 def tiny_file(tmp_path_factory):
     from hyperspy_cnmf.data import simulated_precipitates
 
-    s = simulated_precipitates(scan_shape=(16, 16), detector_shape=(24, 24), n_grains=2,
-                               grain_diameter=3.0, random_state=1)
+    s = simulated_precipitates(
+        scan_shape=(16, 16),
+        detector_shape=(24, 24),
+        n_grains=2,
+        grain_diameter=3.0,
+        random_state=1,
+    )
     path = tmp_path_factory.mktemp("data") / "tiny.hspy"
     s.save(path)
     return path
@@ -29,18 +34,48 @@ def test_run_writes_loadable_results(tiny_file, tmp_path, capsys):
     import hyperspy.api as hs
 
     out = tmp_path / "out"
-    rc = _run(["run", str(tiny_file), "-k", "4", "--max-iter", "20", "--clusters", "3", "--output", str(out),
-               "--seed", "1"])
+    rc = _run(
+        [
+            "run",
+            str(tiny_file),
+            "-k",
+            "4",
+            "--max-iter",
+            "20",
+            "--clusters",
+            "3",
+            "--output",
+            str(out),
+            "--seed",
+            "1",
+        ]
+    )
     assert rc == 0
-    for name in ("factors.hspy", "loadings.hspy", "learning_results.npz", "cluster_merged_diffraction.hspy",
-                 "cluster_maps.hspy", "cluster_position_labels.hspy", "report.md", "components.png",
-                 "map_spectra.png", "dips.png", "loss.png", "dendrogram.png", "cluster_gallery.png", "overview.png"):
+    for name in (
+        "factors.hspy",
+        "loadings.hspy",
+        "learning_results.npz",
+        "cluster_merged_diffraction.hspy",
+        "cluster_maps.hspy",
+        "cluster_position_labels.hspy",
+        "report.md",
+        "components.png",
+        "map_spectra.png",
+        "dips.png",
+        "loss.png",
+        "dendrogram.png",
+        "cluster_gallery.png",
+        "overview.png",
+    ):
         assert (out / name).is_file(), name
     factors = hs.load(out / "factors.hspy")
     assert factors.data.shape == (4, 24, 24)
     assert factors.axes_manager.signal_axes[0].units == "1/nm"
     loadings = hs.load(out / "loadings.hspy")
-    assert loadings.data.shape == (4, 16, 16) and loadings.axes_manager.signal_axes[0].units == "nm"
+    assert (
+        loadings.data.shape == (4, 16, 16)
+        and loadings.axes_manager.signal_axes[0].units == "nm"
+    )
     assert np.nanmin(factors.data) >= 0 and np.nanmin(loadings.data) >= 0
     merged = hs.load(out / "cluster_merged_diffraction.hspy")
     assert merged.data.shape == (3, 24, 24)
@@ -49,16 +84,42 @@ def test_run_writes_loadable_results(tiny_file, tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "reconstruction MSE" in report and "![components](components.png)" in report
     # the default fit is Poisson-weighted: its loss is a reduced chi-square, not an MSE in counts²
-    assert "final loss (reduced chi-square (Poisson-weighted))" in report and "solver MSE" not in report
+    assert (
+        "final loss (reduced chi-square (Poisson-weighted))" in report
+        and "solver MSE" not in report
+    )
 
 
 def test_run_options_zspy_mask_poisson(tiny_file, tmp_path):
     import hyperspy.api as hs
 
     out = tmp_path / "z"
-    rc = _run(["run", str(tiny_file), "-k", "3", "--max-iter", "10", "--format", "zspy", "--output", str(out),
-               "--signal-mask-beam", "--poisson", "--map-resolution", "none", "--no-diffraction-constraint",
-               "--bin", "2", "--eager", "--distance-threshold", "gap", "--solver", "mu"])
+    rc = _run(
+        [
+            "run",
+            str(tiny_file),
+            "-k",
+            "3",
+            "--max-iter",
+            "10",
+            "--format",
+            "zspy",
+            "--output",
+            str(out),
+            "--signal-mask-beam",
+            "--poisson",
+            "--map-resolution",
+            "none",
+            "--no-diffraction-constraint",
+            "--bin",
+            "2",
+            "--eager",
+            "--distance-threshold",
+            "gap",
+            "--solver",
+            "mu",
+        ]
+    )
     assert rc == 0
     f = hs.load(out / "factors.zspy")
     assert f.data.shape == (3, 12, 12)
@@ -68,8 +129,21 @@ def test_run_options_zspy_mask_poisson(tiny_file, tmp_path):
 
 def test_run_lazy(tiny_file, tmp_path):
     out = tmp_path / "lazy"
-    rc = _run(["run", str(tiny_file), "-k", "3", "--max-iter", "10", "--lazy", "--clusters", "2",
-               "--output", str(out)])
+    rc = _run(
+        [
+            "run",
+            str(tiny_file),
+            "-k",
+            "3",
+            "--max-iter",
+            "10",
+            "--lazy",
+            "--clusters",
+            "2",
+            "--output",
+            str(out),
+        ]
+    )
     assert rc == 0
     assert (out / "factors.hspy").is_file() and (out / "cluster_gallery.png").is_file()
     assert "(lazy)" in (out / "report.md").read_text()
@@ -81,7 +155,10 @@ def test_run_lazy(tiny_file, tmp_path):
         (["run", "{missing}"], "No such file"),
         (["run", "{file}", "-k", "0"], "positive integer"),
         (["run", "{file}", "--map-resolution", "fast"], "'auto', 'none'"),
-        (["run", "{file}", "--clusters", "2", "--distance-threshold", "0.3"], "not allowed with"),
+        (
+            ["run", "{file}", "--clusters", "2", "--distance-threshold", "0.3"],
+            "not allowed with",
+        ),
         (["run", "{file}", "--bin", "100"], "larger than the detector"),
         (["run", "{file}", "-k", "1000"], "larger than min"),
         (["run", "{three_d}"], "not 4D-STEM"),
@@ -93,7 +170,10 @@ def test_errors_exit_2_with_one_line(argv, message, tiny_file, tmp_path, capsys)
 
     three_d = tmp_path / "spectra.hspy"
     hs.signals.Signal1D(np.ones((4, 5, 6))).save(three_d)
-    argv = [a.format(missing=tmp_path / "nope.hspy", file=tiny_file, three_d=three_d) for a in argv]
+    argv = [
+        a.format(missing=tmp_path / "nope.hspy", file=tiny_file, three_d=three_d)
+        for a in argv
+    ]
     rc = _run(argv)
     err = capsys.readouterr().err
     assert rc == 2
@@ -112,8 +192,15 @@ def test_demo_quick(tmp_path, capsys):
     out = tmp_path / "demo"
     assert _run(["demo", "--quick", "--output", str(out)]) == 0
     text = (out / "report.md").read_text()
-    for name in ("pca_components.png", "primitive_components.png", "constrained_components.png",
-                 "map_spectra.png", "dips.png", "dendrogram.png", "cluster_gallery.png"):
+    for name in (
+        "pca_components.png",
+        "primitive_components.png",
+        "constrained_components.png",
+        "map_spectra.png",
+        "dips.png",
+        "dendrogram.png",
+        "cluster_gallery.png",
+    ):
         assert (out / name).is_file()
         assert f"({name})" in text
     assert "PCA (SVD)" in text and "ARI" in text
@@ -123,8 +210,13 @@ def test_demo_quick(tmp_path, capsys):
 
 def _one_error_line(err):
     # progress bars and phase lines (tqdm, on stderr) aside
-    lines = [line for line in err.splitlines() if line.strip() and "it/s]" not in line
-             and not line.lstrip().startswith(("constrained NMF", "primitive NMF"))]
+    lines = [
+        line
+        for line in err.splitlines()
+        if line.strip()
+        and "it/s]" not in line
+        and not line.lstrip().startswith(("constrained NMF", "primitive NMF"))
+    ]
     assert len(lines) == 1 and lines[0].startswith("hyperspy-cnmf: error:"), err
     assert "Traceback" not in err
     return lines[0]
@@ -135,7 +227,12 @@ def test_run_one_component(tiny_file, tmp_path):
 
     # export_decomposition_results failed for k = 1 after the whole fit
     out = tmp_path / "k1"
-    assert _run(["run", str(tiny_file), "-k", "1", "--max-iter", "5", "--output", str(out)]) == 0
+    assert (
+        _run(
+            ["run", str(tiny_file), "-k", "1", "--max-iter", "5", "--output", str(out)]
+        )
+        == 0
+    )
     assert hs.load(out / "factors.hspy").data.shape == (1, 24, 24)
     loadings = hs.load(out / "loadings.hspy")
     assert loadings.data.shape == (1, 16, 16)
@@ -149,13 +246,20 @@ def test_export_decomposition_results_one_component(tiny_file, tmp_path):
     s = load(tiny_file)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        s.decomposition(algorithm="constrained_nmf", output_dimension=1, max_iter=3, print_info=False)
+        s.decomposition(
+            algorithm="constrained_nmf",
+            output_dimension=1,
+            max_iter=3,
+            print_info=False,
+        )
     files = s.export_decomposition_results(folder=tmp_path / "e")
     import hyperspy.api as hs
 
     f = hs.load(files[0])
     assert f.data.shape == (1, 24, 24)
-    np.testing.assert_allclose(f.data[0], s.learning_results.factors[:, 0].reshape(24, 24), rtol=1e-6)
+    np.testing.assert_allclose(
+        f.data[0], s.learning_results.factors[:, 0].reshape(24, 24), rtol=1e-6
+    )
     with pytest.raises(ValueError, match="out of range for 1 component"):
         s.export_decomposition_results(comp_ids=[1], folder=tmp_path / "e")
 
@@ -190,7 +294,12 @@ def test_run_missing_zspy_chunk(tiny_zspy, tmp_path, capsys, mode):
     # before: analysed as zeros, rc 0
     path = _damaged_copy(tiny_zspy, tmp_path, "lost.zspy", "missing")
     out = tmp_path / "out"
-    assert _run(["run", str(path), "-k", "2", "--max-iter", "3", mode, "--output", str(out)]) == 2
+    assert (
+        _run(
+            ["run", str(path), "-k", "2", "--max-iter", "3", mode, "--output", str(out)]
+        )
+        == 2
+    )
     line = _one_error_line(capsys.readouterr().err)
     assert "lost.zspy" in line and "chunk (1, 0, 0, 0)" in line and "is missing" in line
     assert not (out / "factors.hspy").exists()
@@ -201,7 +310,12 @@ def test_run_corrupted_zspy_chunk(tiny_zspy, tmp_path, capsys, mode):
     # before: a raw decompression traceback (lazy) / a "please report" line (eager)
     path = _damaged_copy(tiny_zspy, tmp_path, "bad.zspy", "corrupted")
     out = tmp_path / "out"
-    assert _run(["run", str(path), "-k", "2", "--max-iter", "3", mode, "--output", str(out)]) == 2
+    assert (
+        _run(
+            ["run", str(path), "-k", "2", "--max-iter", "3", mode, "--output", str(out)]
+        )
+        == 2
+    )
     line = _one_error_line(capsys.readouterr().err)
     assert "bad.zspy" in line and ("damaged" in line)
     if mode == "--eager":
@@ -244,7 +358,9 @@ def no_load(monkeypatch):
 
 
 @pytest.mark.parametrize("where", ["file", "below_file"])
-def test_output_folder_is_a_file_checked_before_loading(tiny_file, tmp_path, capsys, no_load, where):
+def test_output_folder_is_a_file_checked_before_loading(
+    tiny_file, tmp_path, capsys, no_load, where
+):
     f = tmp_path / "taken"
     f.write_text("x")
     out = f if where == "file" else f / "sub"
@@ -254,7 +370,9 @@ def test_output_folder_is_a_file_checked_before_loading(tiny_file, tmp_path, cap
 
 
 @pytest.mark.parametrize("how", ["chmod", "simulated"])
-def test_read_only_output_folder_checked_before_loading(tiny_file, tmp_path, capsys, no_load, monkeypatch, how):
+def test_read_only_output_folder_checked_before_loading(
+    tiny_file, tmp_path, capsys, no_load, monkeypatch, how
+):
     import os
     import tempfile
 
@@ -280,22 +398,58 @@ def test_read_only_output_folder_checked_before_loading(tiny_file, tmp_path, cap
         ro.chmod(0o755)
 
 
-def test_os_and_runtime_errors_mid_run_one_line(tiny_file, tmp_path, capsys, monkeypatch):
+def test_os_and_runtime_errors_mid_run_one_line(
+    tiny_file, tmp_path, capsys, monkeypatch
+):
     from hyperspy_cnmf.signals import STEM4D
 
     def denied(self, *args, **kwargs):
-        raise PermissionError(13, "Permission denied", str(tmp_path / "out" / "factors.hspy"))
+        raise PermissionError(
+            13, "Permission denied", str(tmp_path / "out" / "factors.hspy")
+        )
 
     monkeypatch.setattr(STEM4D, "export_decomposition_results", denied)
-    assert _run(["run", str(tiny_file), "-k", "2", "--max-iter", "3", "--output", str(tmp_path / "out")]) == 2
+    assert (
+        _run(
+            [
+                "run",
+                str(tiny_file),
+                "-k",
+                "2",
+                "--max-iter",
+                "3",
+                "--output",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     line = _one_error_line(capsys.readouterr().err)
-    assert "PermissionError" in line and "Permission denied" in line and "factors.hspy" in line
+    assert (
+        "PermissionError" in line
+        and "Permission denied" in line
+        and "factors.hspy" in line
+    )
 
     def broken(self, *args, **kwargs):
         raise RuntimeError("disk went away")
 
     monkeypatch.setattr(STEM4D, "export_decomposition_results", broken)
-    assert _run(["run", str(tiny_file), "-k", "2", "--max-iter", "3", "--output", str(tmp_path / "out")]) == 2
+    assert (
+        _run(
+            [
+                "run",
+                str(tiny_file),
+                "-k",
+                "2",
+                "--max-iter",
+                "3",
+                "--output",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     assert "RuntimeError: disk went away" in _one_error_line(capsys.readouterr().err)
 
 
@@ -312,7 +466,9 @@ def test_ctrl_c_one_line_exit_130(tiny_file, tmp_path, capsys, monkeypatch):
         pytest.fail("Ctrl-C escaped main(): a traceback instead of one line")
     assert rc == 130
     err = capsys.readouterr().err
-    assert [line for line in err.splitlines() if line.strip()] == ["hyperspy-cnmf: interrupted"]
+    assert [line for line in err.splitlines() if line.strip()] == [
+        "hyperspy-cnmf: interrupted"
+    ]
 
 
 def test_sigint_in_a_real_process(tiny_file, tmp_path):
@@ -330,6 +486,10 @@ def test_sigint_in_a_real_process(tiny_file, tmp_path):
         "STEM4D.decomposition = decomposition\n"
         f"sys.exit(cli.main(['run', {str(tiny_file)!r}, '--output', {str(tmp_path / 'out')!r}]))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 130, proc.stderr
-    assert [line for line in proc.stderr.splitlines() if line.strip()] == ["hyperspy-cnmf: interrupted"]
+    assert [line for line in proc.stderr.splitlines() if line.strip()] == [
+        "hyperspy-cnmf: interrupted"
+    ]

@@ -345,9 +345,13 @@ def test_map_objects_joins_tiles_not_grains():
     obj = cl.map_objects(maps.reshape(6, -1), labels, shape)
     assert obj.tolist() == [0, 0, 1, 2, 2, 3]
     # different clusters are never joined; 1-D default geometry
-    assert cl.map_objects(maps.reshape(6, -1), [1, 2, 3, 0, 0, 0], shape)[:3].tolist() == [0, 1, 2]
+    assert cl.map_objects(maps.reshape(6, -1), [1, 2, 3, 0, 0, 0], shape)[
+        :3
+    ].tolist() == [0, 1, 2]
     assert cl.map_objects(np.eye(8)[[0, 3, 6]], [0, 0, 0]).tolist() == [0, 1, 2]
-    assert cl.map_objects(np.array([[0, 1, 0, 0], [0, 0, 1, 0.0]]), [0, 0]).tolist() == [0, 0]
+    assert cl.map_objects(
+        np.array([[0, 1, 0, 0], [0, 0, 1, 0.0]]), [0, 0]
+    ).tolist() == [0, 0]
     # NaN positions and flat maps
     m = maps.reshape(6, -1).copy()
     m[:, :40] = np.nan

@@ -140,7 +140,9 @@ def test_beam_only_switched_off_and_warning(data):
     # the cut is made among the structured components: the beam takes no slot
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        res = cl.cluster_components(factors, loadings, CENTRE, nav_shape=SCAN, n_clusters=3)
+        res = cl.cluster_components(
+            factors, loadings, CENTRE, nav_shape=SCAN, n_clusters=3
+        )
     assert res.labels.max() + 1 == 3 and res.beam_only[-1]
     assert res.labels[-1] == res.labels[0]  # joined the matrix by its map
     res = cl.cluster_components(factors, loadings, CENTRE, nav_shape=SCAN, n_clusters=4)
@@ -247,14 +249,18 @@ def test_errors(data):
             factors, loadings, CENTRE, n_clusters=2, distance_threshold=0.3
         )
     with pytest.warns(UserWarning, match="negative"):
-        cl.cluster_components(factors - 0.5 * factors.max(), loadings, CENTRE, n_clusters=3)
+        cl.cluster_components(
+            factors - 0.5 * factors.max(), loadings, CENTRE, n_clusters=3
+        )
 
 
 def test_invariant_to_rotation_of_all_factors(result, data):
     factors, loadings, _, _ = data
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        turned = np.clip(np.nan_to_num(cl.rotate_patterns(factors, CENTRE, 33.0)), 0, None)
+        turned = np.clip(
+            np.nan_to_num(cl.rotate_patterns(factors, CENTRE, 33.0)), 0, None
+        )
     res = cl.cluster_components(turned, loadings, CENTRE, nav_shape=SCAN)
     assert adjusted_rand_score(res.labels, result.labels) == 1
     assert np.array_equal(res.position_labels, result.position_labels)
@@ -294,7 +300,15 @@ def test_direct_beam_radius_beyond_the_radial_range_raises(data):
     """No k singleton clusters: a beam radius that masks every ring is refused."""
     factors, loadings, _, _ = data
     with pytest.raises(ValueError, match="masks every ring"):
-        cl.cluster_components(factors, loadings, CENTRE, nav_shape=SCAN, direct_beam_radius=30.0)
+        cl.cluster_components(
+            factors, loadings, CENTRE, nav_shape=SCAN, direct_beam_radius=30.0
+        )
     with pytest.raises(ValueError, match="masks every ring"):
-        cl.cluster_components(factors, loadings, CENTRE, nav_shape=SCAN, radial_range=(0, 10),
-                              direct_beam_radius=12.0)
+        cl.cluster_components(
+            factors,
+            loadings,
+            CENTRE,
+            nav_shape=SCAN,
+            radial_range=(0, 10),
+            direct_beam_radius=12.0,
+        )

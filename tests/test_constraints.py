@@ -19,14 +19,18 @@ def _blob_map(n=48, fwhm_px=6.0):
     disk = ((yy - 20) ** 2 + (xx - 25) ** 2 < 8**2).astype(float)
     f = np.sqrt(np.fft.fftfreq(n)[:, None] ** 2 + np.fft.fftfreq(n)[None, :] ** 2)
     sigma = fwhm_px / 2.3548
-    return np.real(np.fft.ifft2(np.fft.fft2(disk) * np.exp(-2 * np.pi**2 * sigma**2 * f**2)))
+    return np.real(
+        np.fft.ifft2(np.fft.fft2(disk) * np.exp(-2 * np.pi**2 * sigma**2 * f**2))
+    )
 
 
 def test_electron_wavelength_and_probe_size():
     assert electron_wavelength(200) == pytest.approx(2.5079e-3, rel=1e-4)
     assert electron_wavelength(300) == pytest.approx(1.9687e-3, rel=1e-4)
     # 0.514 lambda / alpha
-    assert probe_fwhm_from_convergence(1.0, 200) == pytest.approx(0.514 * 2.5079e-3 / 1e-3, rel=1e-4)
+    assert probe_fwhm_from_convergence(1.0, 200) == pytest.approx(
+        0.514 * 2.5079e-3 / 1e-3, rel=1e-4
+    )
 
 
 @pytest.mark.parametrize("filt", ["tukey", "hard", "gaussian"])
@@ -69,7 +73,11 @@ def test_map_constraint_calibrated_and_anisotropic():
 def _ring_pattern(n=64, with_spot=False, with_hole=False):
     yy, xx = np.indices((n, n)).astype(float)
     r = np.hypot(yy - 32, xx - 32)
-    p = 5 * np.exp(-0.5 * (r / 1.2) ** 2) + np.exp(-0.5 * ((r - 14) / 2.0) ** 2) + 0.3 * np.exp(-r / 20)
+    p = (
+        5 * np.exp(-0.5 * (r / 1.2) ** 2)
+        + np.exp(-0.5 * ((r - 14) / 2.0) ** 2)
+        + 0.3 * np.exp(-r / 20)
+    )
     spot = np.exp(-0.5 * ((yy - 18) ** 2 + (xx - 32) ** 2) / 0.8**2)
     if with_spot:
         p = p + 2 * spot
@@ -104,8 +112,12 @@ def test_dip_constraint_never_lowers_or_erases_bragg_spots():
     assert out[18, 32] == pytest.approx(p[18, 32])
     # a pattern made of isolated Bragg spots only is unchanged
     yy, xx = np.indices((64, 64))
-    spots = sum(np.exp(-0.5 * ((yy - 32 - 15 * np.sin(a)) ** 2 + (xx - 32 - 15 * np.cos(a)) ** 2))
-                for a in np.arange(6) * np.pi / 3)
+    spots = sum(
+        np.exp(
+            -0.5 * ((yy - 32 - 15 * np.sin(a)) ** 2 + (xx - 32 - 15 * np.cos(a)) ** 2)
+        )
+        for a in np.arange(6) * np.pi / 3
+    )
     out = c(spots.reshape(-1, 1)).reshape(spots.shape)
     assert np.abs(out - spots).max() < 5e-3 * spots.max()
 

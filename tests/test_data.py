@@ -357,13 +357,19 @@ def test_phase_map_consistent_with_maps(default):
     # geometric: the probe position inside a grain's projected disk
     ny, nx = t.phase_map.shape
     yy, xx = np.indices((ny, nx)) * t.scan_step_nm
-    disks = np.stack([np.hypot(yy - cy, xx - cx) < d / 2
-                      for (cy, cx), d in zip(t.grain_centres_nm, t.grain_diameters_nm)])
+    disks = np.stack(
+        [
+            np.hypot(yy - cy, xx - cx) < d / 2
+            for (cy, cx), d in zip(t.grain_centres_nm, t.grain_diameters_nm)
+        ]
+    )
     assert not np.any(disks.sum(axis=0) > 1)  # non-overlapping grains
     above = grains > 0.5 * grains.max(axis=(1, 2), keepdims=True)
     for c in range(1, t.n_components):
         mask = disks[c - 1]
-        assert mask.sum() > 10 and np.all(mask[above[c - 1]])  # the half-maximum lies inside
+        assert mask.sum() > 10 and np.all(
+            mask[above[c - 1]]
+        )  # the half-maximum lies inside
         assert np.all(t.phase_map[mask] == t.phase_of_component[c])
         assert np.all(t.grain_map[mask] == c)
     assert np.all(t.phase_map[~disks.any(axis=0)] == 0)

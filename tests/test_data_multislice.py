@@ -29,8 +29,13 @@ def test_loader_calibrates_as_a_user_would(two_phase):
 
 
 def _main_job(s, k, **kw):
-    s.decomposition(algorithm="constrained_nmf", output_dimension=k, random_state=0,
-                    print_info=False, **kw)
+    s.decomposition(
+        algorithm="constrained_nmf",
+        output_dimension=k,
+        random_state=0,
+        print_info=False,
+        **kw,
+    )
     s.cluster_diffraction()
     return np.asarray(s.learning_results.cdiff_position_labels)
 
@@ -47,8 +52,12 @@ def test_default_call_finds_the_phases(two_phase):
     assert len(np.unique(labels[labels >= 0])) == truth["n_phases"]
     assert adjusted_rand_score(truth["phase_map"].ravel(), labels) >= 0.7
     # the old defaults on the same data: the beam takes the components
-    old = _main_job(s.deepcopy(), truth["n_grains"] + 1, normalize_poissonian_noise=False,
-                    direct_beam_mask=False)
+    old = _main_job(
+        s.deepcopy(),
+        truth["n_grains"] + 1,
+        normalize_poissonian_noise=False,
+        direct_beam_mask=False,
+    )
     assert adjusted_rand_score(truth["phase_map"].ravel(), old) < 0.3
 
 
@@ -65,8 +74,12 @@ def test_clustering_uses_the_measured_beam_not_a_wrong_origin(two_phase):
     """One centre: a calibrated origin 2 px off the beam is reported and not used."""
     s, truth = two_phase
     s = s.deepcopy()
-    s.decomposition(algorithm="constrained_nmf", output_dimension=truth["n_grains"] + 1,
-                    random_state=0, print_info=False)
+    s.decomposition(
+        algorithm="constrained_nmf",
+        output_dimension=truth["n_grains"] + 1,
+        random_state=0,
+        print_info=False,
+    )
     s.cluster_diffraction()
     right = np.asarray(s.learning_results.cdiff_centre)
     for ax in s.axes_manager.signal_axes:

@@ -29,7 +29,9 @@ def _documented():
 
 
 def test_no_placeholder_left_unfilled():
-    left = [name for name, obj in _documented() if PLACEHOLDER.search(obj.__doc__ or "")]
+    left = [
+        name for name, obj in _documented() if PLACEHOLDER.search(obj.__doc__ or "")
+    ]
     assert left == [], f"docstrings with a placeholder but no @fill_doc: {left}"
 
 

@@ -70,7 +70,9 @@ def _save_array_node(parent, name, data, python_class, dims):
     grp = parent.create_group(name)
     grp.attrs.create("emd_group_type", "array")
     grp.attrs.create("python_class", python_class)
-    dset = grp.create_dataset("data", data=data, chunks=(1, 2) + data.shape[2:] if data.ndim == 4 else None)
+    dset = grp.create_dataset(
+        "data", data=data, chunks=(1, 2) + data.shape[2:] if data.ndim == 4 else None
+    )
     dset.attrs.create("units", "pixel intensity")
     for i, (dim_name, units, values) in enumerate(dims):
         d = grp.create_dataset(f"dim{i}", data=values)
@@ -123,15 +125,25 @@ def write_emd1(path, data, name="datacube", calibration=None, extra=None):
         for key in sorted(items):
             _save_item(grp, key, items[key])
         cube = _save_array_node(
-            root, name, data, "DataCube",
-            _cube_dims(data, cal["R_pixel_size"], cal["R_pixel_units"], cal["Q_pixel_size"],
-                       cal["Q_pixel_units"]),
+            root,
+            name,
+            data,
+            "DataCube",
+            _cube_dims(
+                data,
+                cal["R_pixel_size"],
+                cal["R_pixel_units"],
+                cal["Q_pixel_size"],
+                cal["Q_pixel_units"],
+            ),
         )
         for node_name, node_data, python_class in extra or ():
             if python_class == "DataCube":
                 dims = _cube_dims(node_data)
             else:
-                dims = [(f"dim{i}", "pixels", np.arange(2)) for i in range(node_data.ndim)]
+                dims = [
+                    (f"dim{i}", "pixels", np.arange(2)) for i in range(node_data.ndim)
+                ]
             _save_array_node(cube, node_name, node_data, python_class, dims)
 
 
@@ -219,7 +231,9 @@ def test_metadata_reader_follows_emdfile_types(emd_file):
         items = _read_emd_calibration(f, "mycube_root/mycube")
     # the values py4DSTEM.read gives (emdfile.Metadata._read_item)
     assert items["Q_pixel_units"] == "A^-1" and items["QR_flip"] is True
-    assert isinstance(items["Q_pixel_size"], float) and isinstance(items["QR_flip"], bool)
+    assert isinstance(items["Q_pixel_size"], float) and isinstance(
+        items["QR_flip"], bool
+    )
     assert items["center_guess"] == (2.0, 3.5) and items["labels"] == ("a", "b")
     assert items["nothing"] is None and items["_target_paths"] == ["/mycube"]
     np.testing.assert_array_equal(items["qy0_shift"], cal["qy0_shift"])
@@ -241,7 +255,9 @@ def test_lazy_reads_chunks_along_the_scan_only_when_computed(emd_file, monkeypat
     assert sum(reads) == 0  # nothing read yet (at most empty dask meta probes)
     assert s.data.chunks == ((1, 1, 1), (2, 2), (QX,), (QY,))
     graph = dict(s.data.__dask_graph__())
-    assert any(isinstance(v, h5py.Dataset) for v in graph.values())  # the file, not a copy
+    assert any(
+        isinstance(v, h5py.Dataset) for v in graph.values()
+    )  # the file, not a copy
     assert not any(isinstance(v, np.ndarray) and v.size for v in graph.values())
     np.testing.assert_array_equal(s.data[1].compute(), data[1])
     assert sum(reads) == RY * QX * QY  # one scan row: two of the twelve chunks
@@ -265,10 +281,15 @@ def test_uncalibrated_integer_cube_and_big_endian(tmp_path):
     for lazy in (False, True):
         s = hio.load_py4dstem(tmp_path / "plain.h5", lazy=lazy)
         assert s.metadata.General.title == "datacube"
-        assert all((ax.units, ax.scale, ax.offset) == ("px", 1, 0) for ax in s.axes_manager._axes)
+        assert all(
+            (ax.units, ax.scale, ax.offset) == ("px", 1, 0)
+            for ax in s.axes_manager._axes
+        )
         assert s.data.dtype == np.dtype("uint16") and s.data.dtype.isnative
         np.testing.assert_array_equal(np.asarray(s.data), data)
-        assert s.metadata.Signal.py4DSTEM.calibration.as_dictionary() == {"QR_flip": False}
+        assert s.metadata.Signal.py4DSTEM.calibration.as_dictionary() == {
+            "QR_flip": False
+        }
 
 
 def test_file_without_calibration_group(tmp_path):
@@ -285,8 +306,16 @@ def test_several_nodes_and_datapath(tmp_path, emd_file):
     _, data, cal = emd_file
     second = np.full((2, 2, QX, QY), 7.0)
     path = tmp_path / "two.h5"
-    write_emd1(path, data, name="first", calibration=cal,
-               extra=[("image", np.ones((RX, RY)), "RealSlice"), ("second", second, "DataCube")])
+    write_emd1(
+        path,
+        data,
+        name="first",
+        calibration=cal,
+        extra=[
+            ("image", np.ones((RX, RY)), "RealSlice"),
+            ("second", second, "DataCube"),
+        ],
+    )
     with pytest.raises(ValueError, match="Several DataCubes.*first_root/first.*second"):
         hio.load_py4dstem(path)
     with pytest.raises(ValueError, match="not a DataCube"):
@@ -305,7 +334,9 @@ def test_no_datacube(tmp_path):
     write_emd1(path, np.ones((2, 2, 2, 2)), name="cube")
     with h5py.File(path, "a") as f:
         f["cube_root/cube"].attrs["python_class"] = "RealSlice"
-    with pytest.raises(ValueError, match=r"No py4DSTEM DataCube.*cube_root/cube \(RealSlice\)"):
+    with pytest.raises(
+        ValueError, match=r"No py4DSTEM DataCube.*cube_root/cube \(RealSlice\)"
+    ):
         hio.load_py4dstem(path)
 
 
@@ -325,7 +356,9 @@ def test_legacy_file_needs_py4dstem(tmp_path):
     with h5py.File(path, "w") as f:
         f.attrs["version_major"] = 0
         f["4DSTEM_experiment/data/datacubes/datacube/data"] = np.ones((2, 2, 2, 2))
-    with pytest.raises(ImportError, match=r"not an EMD 1\.0 file.*pip install \"py4dstem"):
+    with pytest.raises(
+        ImportError, match=r"not an EMD 1\.0 file.*pip install \"py4dstem"
+    ):
         hio.load_py4dstem(path)
 
 

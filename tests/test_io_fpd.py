@@ -20,17 +20,27 @@ def write_fpd(path, shape=(3, 4, 12, 10), seed=0, with_tags=True):
     with h5py.File(path, "w") as f:
         f.attrs["fpd_version"] = "0.1.1"
         g = f.create_group("fpd_expt/fpd_data")
-        d = g.create_dataset("data", data=data, chunks=(1, 2, qy, qx), compression="gzip")
+        d = g.create_dataset(
+            "data", data=data, chunks=(1, 2, qy, qx), compression="gzip"
+        )
         d.attrs["units"] = "Counts"
-        for name, n, label, units, step in (("dim1", ny, "scanY", "nm", STEP), ("dim2", nx, "scanX", "nm", STEP),
-                                            ("dim3", qy, "detY", "pixels", 1.0), ("dim4", qx, "detX", "pixels", 1.0)):
-            v = g.create_dataset(name, data=np.arange(n) * step - (4e-8 if units == "nm" else 0))
+        for name, n, label, units, step in (
+            ("dim1", ny, "scanY", "nm", STEP),
+            ("dim2", nx, "scanX", "nm", STEP),
+            ("dim3", qy, "detY", "pixels", 1.0),
+            ("dim4", qx, "detX", "pixels", 1.0),
+        ):
+            v = g.create_dataset(
+                name, data=np.arange(n) * step - (4e-8 if units == "nm" else 0)
+            )
             v.attrs["name"], v.attrs["units"] = label, units
         hdr = f.create_group("fpd_expt/merlin_hdr")
         hdr.create_dataset("chip_type", data=b"Medipix 3RX")
         hdr.create_dataset("time_and_date_stamp", data=b"7/11/2022 2:03:28 PM")
         if with_tags:
-            desc = f.create_group("fpd_expt/TIA0/tags/ObjectInfo/ExperimentalDescription")
+            desc = f.create_group(
+                "fpd_expt/TIA0/tags/ObjectInfo/ExperimentalDescription"
+            )
             desc.create_dataset("High tension_kV", data=300.0)
             desc.create_dataset("Camera length_m", data=0.6)
             desc.create_dataset("Microscope", data=b"Microscope Titan")
@@ -87,7 +97,9 @@ def test_binning_is_hyperspy_rebin_eager_and_lazy(fpd_file, b):
     qy, qx = data.shape[2] // b * b, data.shape[3] // b * b
     reference = full.isig[:qx, :qy].rebin(scale=(1, 1, b, b), dtype=np.uint32)
     cropped = data[:, :, :qy, :qx]
-    by_hand = cropped.reshape(3, 4, qy // b, b, qx // b, b).sum(axis=(3, 5), dtype=np.uint32)
+    by_hand = cropped.reshape(3, 4, qy // b, b, qx // b, b).sum(
+        axis=(3, 5), dtype=np.uint32
+    )
     for lazy in (False, True):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the crop warning (12 x 10 by 3 or 4)
@@ -100,7 +112,12 @@ def test_binning_is_hyperspy_rebin_eager_and_lazy(fpd_file, b):
         assert int(out.sum()) == int(cropped.sum())  # counts conserved
         for ax, ref in zip(s.axes_manager._axes, reference.axes_manager._axes):
             assert (ax.name, ax.size, ax.scale, ax.offset, ax.units) == (
-                ref.name, ref.size, ref.scale, ref.offset, ref.units)
+                ref.name,
+                ref.size,
+                ref.scale,
+                ref.offset,
+                ref.units,
+            )
         assert s.metadata.Signal.signal_type == "4D-STEM"
         assert s.metadata.Acquisition_instrument.TEM.beam_energy == 300.0
 
@@ -168,13 +185,17 @@ def test_errors(tmp_path, fpd_file):
 def test_load_hspy_and_errors(tmp_path):
     import hyperspy.api as hs
 
-    s = hs.signals.Signal2D(np.random.default_rng(0).random((3, 4, 8, 8)).astype("float32"))
+    s = hs.signals.Signal2D(
+        np.random.default_rng(0).random((3, 4, 8, 8)).astype("float32")
+    )
     s.save(tmp_path / "a.hspy")
     t = load(tmp_path / "a.hspy")
     assert isinstance(t, STEM4D)
     t2 = load(tmp_path / "a.hspy", bin_signal=2, lazy=True)
     assert isinstance(t2, LazySTEM4D) and t2.data.shape == (3, 4, 4, 4)
-    np.testing.assert_allclose(t2.data.compute(), s.data.reshape(3, 4, 4, 2, 4, 2).sum(axis=(3, 5)), rtol=1e-6)
+    np.testing.assert_allclose(
+        t2.data.compute(), s.data.reshape(3, 4, 4, 2, 4, 2).sum(axis=(3, 5)), rtol=1e-6
+    )
     hs.signals.Signal2D(np.zeros((5, 8, 8))).save(tmp_path / "b.hspy")
     with pytest.raises(ValueError, match="not 4D-STEM"):
         load(tmp_path / "b.hspy")
@@ -190,8 +211,23 @@ def _write_mib(path, data):
     ny, nx, qy, qx = data.shape
     with open(path, "wb") as f:
         for i, frame in enumerate(data.reshape(-1, qy, qx)):
-            head = ",".join(["MQ1", f"{i + 1:06d}", "00384", "01", f"{qx:04d}", f"{qy:04d}", "U16", "   1x1",
-                             "01", "2020-01-01T00:00:00.000000000Z", "1000000ns", "0", "0"])
+            head = ",".join(
+                [
+                    "MQ1",
+                    f"{i + 1:06d}",
+                    "00384",
+                    "01",
+                    f"{qx:04d}",
+                    f"{qy:04d}",
+                    "U16",
+                    "   1x1",
+                    "01",
+                    "2020-01-01T00:00:00.000000000Z",
+                    "1000000ns",
+                    "0",
+                    "0",
+                ]
+            )
             f.write(head.encode().ljust(384, b"\0"))
             f.write(frame.astype(">u2").tobytes())
 
@@ -206,9 +242,17 @@ def test_load_merlin_mib_and_emd(tmp_path):
         warnings.simplefilter("ignore")
         s = load(tmp_path / "scan.mib", navigation_shape=(5, 4))
     assert type(s).__name__ == "STEM4D" and s.data.shape == (4, 5, 8, 8)
-    np.testing.assert_array_equal(np.asarray(s.data)[:, :, ::-1], d)  # RosettaSciIO flips Merlin rows
-    s.decomposition(algorithm="constrained_nmf", output_dimension=2, max_iter=5, print_info=False,
-                    map_resolution=None, show_progressbar=False)
+    np.testing.assert_array_equal(
+        np.asarray(s.data)[:, :, ::-1], d
+    )  # RosettaSciIO flips Merlin rows
+    s.decomposition(
+        algorithm="constrained_nmf",
+        output_dimension=2,
+        max_iter=5,
+        print_info=False,
+        map_resolution=None,
+        show_progressbar=False,
+    )
     assert s.learning_results.factors.shape == (64, 2)
 
     hs.signals.Signal2D(d).save(tmp_path / "scan.emd")

@@ -53,7 +53,9 @@ def test_complete_zspy_loads(zspy_file, lazy):
 
 
 @pytest.mark.parametrize("lazy", [False, True])
-def test_missing_zspy_chunk_is_an_error_naming_file_and_chunk(zspy_file, tmp_path, lazy):
+def test_missing_zspy_chunk_is_an_error_naming_file_and_chunk(
+    zspy_file, tmp_path, lazy
+):
     # zarr reads an absent chunk as the fill value: before, this loaded and was analysed as zeros
     path = _copy(zspy_file, tmp_path, "lost.zspy")
     _chunk_file(path).unlink()
@@ -74,11 +76,16 @@ def test_missing_chunk_count_and_check_reads_no_chunk(zspy_file, tmp_path):
             f.write_bytes(b"not a blosc frame")
     for idx in (MISSING, (0, 0, 0, 0), (1, 0, 0, 0)):
         _chunk_file(path, idx).unlink()
-    with pytest.raises(ValueError, match=r"chunk \(0, 0, 0, 0\).*is missing, and 2 more of its 6 chunks"):
+    with pytest.raises(
+        ValueError,
+        match=r"chunk \(0, 0, 0, 0\).*is missing, and 2 more of its 6 chunks",
+    ):
         _load(path, lazy=True)
 
 
-def test_corrupted_zspy_chunk_eager_names_file_and_chunk(zspy_file, tmp_path, capfd, caplog):
+def test_corrupted_zspy_chunk_eager_names_file_and_chunk(
+    zspy_file, tmp_path, capfd, caplog
+):
     path = _copy(zspy_file, tmp_path, "bad.zspy")
     _chunk_file(path).write_bytes(b"garbage garbage garbage")
     with caplog.at_level(logging.DEBUG), pytest.raises(ValueError) as info:
@@ -97,11 +104,16 @@ def test_python_file_one_clear_message(tmp_path, capfd, caplog):
     with caplog.at_level(logging.DEBUG), pytest.raises(ValueError) as info:
         _load(script)
     msg = str(info.value)
-    assert "'.py' is not a format that HyperSpy/RosettaSciIO reads" in msg and "analysis.py" in msg
+    assert (
+        "'.py' is not a format that HyperSpy/RosettaSciIO reads" in msg
+        and "analysis.py" in msg
+    )
     err = capfd.readouterr().err
     assert "please report" not in err and "Unable to infer file type" not in err
-    assert not any("please report" in r.getMessage() or "Unable to infer" in r.getMessage()
-                   for r in caplog.records)
+    assert not any(
+        "please report" in r.getMessage() or "Unable to infer" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 def test_non_4d_hdf5_says_what_was_found_and_what_is_needed(tmp_path):

@@ -116,7 +116,14 @@ def test_constraints_are_applied_every_iteration(lowrank):
         calls["diff"] += 1
         return np.minimum(Ht, np.percentile(Ht, 90))
 
-    r = _fit(lowrank, max_iter=10, tol=0, sketch=False, map_constraint=map_c, diffraction_constraint=diff_c)
+    r = _fit(
+        lowrank,
+        max_iter=10,
+        tol=0,
+        sketch=False,
+        map_constraint=map_c,
+        diffraction_constraint=diff_c,
+    )
     assert calls["map"] >= r.n_iter and calls["diff"] >= r.n_iter
 
 
@@ -192,7 +199,9 @@ def test_separation_does_not_inflate_the_model():
     from hyperspy_cnmf.nmf._solver import _separate
 
     hj = np.r_[np.full(5, 10.0), np.full(34, 0.9), 0.0]  # strong "beam" + weak tails
-    hi = np.r_[np.full(5, 4.0), np.zeros(34), 10.0]  # a spot; shares the beam, not the tails
+    hi = np.r_[
+        np.full(5, 4.0), np.zeros(34), 10.0
+    ]  # a spot; shares the beam, not the tails
     totals = []
     for max_clip in (10.0, 0.1):  # unchecked, default
         Ht = np.stack([hi, hj], axis=1)
@@ -212,9 +221,17 @@ def test_scale_equivariance_of_the_core(lowrank, solver, init):
     model = ref.W @ ref.Ht.T
     # Powers of two scale every float exactly: any absolute threshold would show.
     # Other factors differ by rounding, which the multiplicative updates amplify a little.
-    for c, rtol in ((2.0**-10, 1e-12), (2.0**13, 1e-12), (1e-3, 1e-5), (10.0, 1e-5), (1e4, 1e-5)):
+    for c, rtol in (
+        (2.0**-10, 1e-12),
+        (2.0**13, 1e-12),
+        (1e-3, 1e-5),
+        (10.0, 1e-5),
+        (1e4, 1e-5),
+    ):
         r = _fit(lowrank * c, solver=solver, init=init, max_iter=30)
-        np.testing.assert_allclose(r.W @ r.Ht.T, c * model, rtol=rtol, atol=rtol * c * model.max())
+        np.testing.assert_allclose(
+            r.W @ r.Ht.T, c * model, rtol=rtol, atol=rtol * c * model.max()
+        )
         np.testing.assert_allclose(r.loss, c**2 * ref.loss, rtol=rtol)
 
 

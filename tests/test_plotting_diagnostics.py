@@ -20,14 +20,20 @@ K = 4
 
 
 def _small():
-    return simulated_precipitates(scan_shape=(24, 24), detector_shape=(24, 24), n_grains=2)
+    return simulated_precipitates(
+        scan_shape=(24, 24), detector_shape=(24, 24), n_grains=2
+    )
 
 
 def _decompose(signal, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         signal.decomposition(
-            algorithm="constrained_nmf", output_dimension=K, random_state=0, print_info=False, **kw
+            algorithm="constrained_nmf",
+            output_dimension=K,
+            random_state=0,
+            print_info=False,
+            **kw,
         )
     return signal
 
@@ -41,7 +47,10 @@ def runs():
 
 
 def _title_percent(ax):
-    return float(re.search(r"power beyond 1/d: ([0-9.e+-]+) %", ax.get_title()).group(1)) / 100
+    return (
+        float(re.search(r"power beyond 1/d: ([0-9.e+-]+) %", ax.get_title()).group(1))
+        / 100
+    )
 
 
 def _circles(ax):
@@ -51,7 +60,9 @@ def _circles(ax):
 def test_plot_map_spectra_arrays():
     rng = np.random.default_rng(0)
     maps = rng.random((3, 20, 30))
-    fig = plot_map_spectra(maps, resolution=2.0, scale=(0.5, 0.25), units="nm", per_row=2)
+    fig = plot_map_spectra(
+        maps, resolution=2.0, scale=(0.5, 0.25), units="nm", per_row=2
+    )
     # map + spectrum per component and a colour bar for each, unused slots removed
     assert len(fig.axes) == 12
     labels = [a.get_ylabel() for a in fig.axes if a.get_label() == "<colorbar>"]
@@ -86,7 +97,9 @@ def test_signal_map_spectra_constrained_vs_primitive(runs, tmp_path):
         fig = s.plot_map_spectra(resolution=res)
         assert len(fig.axes) == 4 * K  # map, spectrum and their colour bars
         bars = [a.get_ylabel() for a in fig.axes if a.get_label() == "<colorbar>"]
-        assert bars == ["counts per position", "power / maximum"] * K  # constrained NMF: unit-sum patterns
+        assert (
+            bars == ["counts per position", "power / maximum"] * K
+        )  # constrained NMF: unit-sum patterns
         spectra = [a for a in fig.axes if "FT" in a.get_title()]
         for ax, value in zip(spectra, expected):
             assert _circles(ax)[0].get_radius() == pytest.approx(1 / res)
@@ -96,7 +109,9 @@ def test_signal_map_spectra_constrained_vs_primitive(runs, tmp_path):
     assert constrained.get_map_power_beyond().max() < 2e-3
     assert primitive.get_map_power_beyond(resolution=res).max() > 0.05
     # default resolution of a run without the map constraint: estimated (same probe here)
-    np.testing.assert_allclose(primitive.get_map_power_beyond(), primitive.get_map_power_beyond(resolution=res))
+    np.testing.assert_allclose(
+        primitive.get_map_power_beyond(), primitive.get_map_power_beyond(resolution=res)
+    )
     fig = constrained.plot_map_spectra(components=[2, 0])
     assert len(fig.axes) == 8 and fig.axes[0].get_title() == "Component 2"
     plt.close("all")
@@ -105,7 +120,9 @@ def test_signal_map_spectra_constrained_vs_primitive(runs, tmp_path):
 def test_dip_measure_figure_and_values(runs, tmp_path):
     constrained, primitive = runs
     d_c = constrained.get_dip_measure()
-    d_p = primitive.get_dip_measure(radius=constrained.learning_results.cnmf_diffraction_constraint_size)
+    d_p = primitive.get_dip_measure(
+        radius=constrained.learning_results.cnmf_diffraction_constraint_size
+    )
     assert d_c.shape == d_p.shape == (K,)
     assert np.all(d_c >= 0) and np.all(np.isfinite(d_p))
     assert d_p.mean() > d_c.mean()  # primitive NMF carves holes
@@ -115,7 +132,9 @@ def test_dip_measure_figure_and_values(runs, tmp_path):
     heights = np.array([b.get_height() for b in bars.patches]).reshape(2, K)
     np.testing.assert_allclose(heights[0], 100 * d_c)
     np.testing.assert_allclose(heights[1], 100 * fig.dip_measure["primitive"])
-    np.testing.assert_allclose(fig.dip_measure["primitive"], d_p, rtol=1e-3)  # beam centre of each run
+    np.testing.assert_allclose(
+        fig.dip_measure["primitive"], d_p, rtol=1e-3
+    )  # beam centre of each run
     fig.savefig(tmp_path / "dips.png")
     plt.close("all")
 
@@ -135,7 +154,12 @@ def test_plot_dip_measure_arrays():
 
 def test_errors_without_decomposition():
     s = _small()
-    for method in (s.plot_map_spectra, s.get_map_power_beyond, s.get_dip_measure, s.plot_dip_measure):
+    for method in (
+        s.plot_map_spectra,
+        s.get_map_power_beyond,
+        s.get_dip_measure,
+        s.plot_dip_measure,
+    ):
         with pytest.raises(RuntimeError, match="No decomposition"):
             method()
     # a decomposition of data that are not 2+2 dimensional: a clear error
@@ -144,7 +168,9 @@ def test_errors_without_decomposition():
     flat = s.inav[0]  # one navigation dimension left
     flat.learning_results.factors = np.ones((4, 2))
     flat.learning_results.loadings = np.ones((4, 2))
-    with pytest.raises(ValueError, match="computing the diagnostics needs 4D-STEM data"):
+    with pytest.raises(
+        ValueError, match="computing the diagnostics needs 4D-STEM data"
+    ):
         _diagnostics._check_decomposition(flat)
 
 
@@ -155,5 +181,7 @@ def test_other_algorithm_uses_estimated_resolution():
     assert values.shape == (3,) and np.all((values >= 0) & (values <= 1))
     fig = s.plot_map_spectra(components=2)
     assert len(fig.axes) == 8  # 2 maps, 2 spectra, 4 colour bars
-    assert [a.get_ylabel() for a in fig.axes if a.get_label() == "<colorbar>"][0] == "loading (a.u.)"
+    assert [a.get_ylabel() for a in fig.axes if a.get_label() == "<colorbar>"][
+        0
+    ] == "loading (a.u.)"
     plt.close("all")

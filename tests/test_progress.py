@@ -22,8 +22,13 @@ from hyperspy_cnmf.report import plot_loss
 
 @pytest.fixture(scope="module")
 def small():
-    return simulated_precipitates(scan_shape=(24, 24), detector_shape=(32, 32), n_grains=3,
-                                  grain_diameter=4.0, random_state=0)
+    return simulated_precipitates(
+        scan_shape=(24, 24),
+        detector_shape=(32, 32),
+        n_grains=3,
+        grain_diameter=4.0,
+        random_state=0,
+    )
 
 
 def _final_renders(err):
@@ -40,8 +45,15 @@ def _fit(s, capsys, **kw):
     capsys.readouterr()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        info = s.deepcopy().decomposition(algorithm="constrained_nmf", output_dimension=4, random_state=0,
-                                          print_info=False, return_info=True, show_progressbar=True, **kw)
+        info = s.deepcopy().decomposition(
+            algorithm="constrained_nmf",
+            output_dimension=4,
+            random_state=0,
+            print_info=False,
+            return_info=True,
+            show_progressbar=True,
+            **kw,
+        )
     return info, capsys.readouterr().err
 
 
@@ -50,16 +62,27 @@ def test_bars_end_at_the_real_iterations(small, capsys):
     last = _final_renders(err)
     n_sketch, n_exact = info["n_iter_sketch"], info["n_iter"]
     assert 0 < n_sketch < 200 and 0 < n_exact < 200
-    assert f"{n_sketch}/{n_sketch}" in last["constrained NMF (iterations on the sketch)"]
+    assert (
+        f"{n_sketch}/{n_sketch}" in last["constrained NMF (iterations on the sketch)"]
+    )
     assert f"{n_exact}/{n_exact}" in last["constrained NMF (exact iterations)"]
     assert "100%" in last["constrained NMF (exact iterations)"]
     assert not any("/200" in line for line in last.values())
-    assert "constrained NMF: reading the data" in err and "constrained NMF: initialisation" in err
+    assert (
+        "constrained NMF: reading the data" in err
+        and "constrained NMF: initialisation" in err
+    )
     assert "primitive" not in err
 
 
 def test_primitive_run_is_labelled_and_capped_exact_phase(small, capsys):
-    info, err = _fit(small, capsys, map_resolution=None, diffraction_constraint=False, max_exact_iter=1)
+    info, err = _fit(
+        small,
+        capsys,
+        map_resolution=None,
+        diffraction_constraint=False,
+        max_exact_iter=1,
+    )
     last = _final_renders(err)
     assert "constrained NMF" not in err
     assert "1/1" in last["primitive NMF (exact iterations)"]  # the cap, not 1/200
@@ -77,13 +100,23 @@ def test_every_start_has_its_bar(small, capsys):
 
 
 def test_loss_plot_names_each_kind_on_its_own_axis(tmp_path):
-    fig = plot_loss({"primitive NMF": np.array([2.0, 1.5, 1.4]), "constrained NMF": np.array([1.2, 1.05, 1.0])},
-                    {"primitive NMF": False, "constrained NMF": True})
+    fig = plot_loss(
+        {
+            "primitive NMF": np.array([2.0, 1.5, 1.4]),
+            "constrained NMF": np.array([1.2, 1.05, 1.0]),
+        },
+        {"primitive NMF": False, "constrained NMF": True},
+    )
     labels = sorted(a.get_ylabel() for a in fig.axes)
-    assert labels == ["mean squared error (data units²)", "reduced chi-square (Poisson-weighted)"]
+    assert labels == [
+        "mean squared error (data units²)",
+        "reduced chi-square (Poisson-weighted)",
+    ]
     fig.savefig(tmp_path / "loss.png")
     one = plot_loss({"constrained NMF": np.array([1.2, 1.0])}, True)
-    assert [a.get_ylabel() for a in one.axes] == ["reduced chi-square (Poisson-weighted)"]
+    assert [a.get_ylabel() for a in one.axes] == [
+        "reduced chi-square (Poisson-weighted)"
+    ]
     plt.close("all")
 
 
@@ -91,8 +124,13 @@ def test_summary_lists_constraints_convergence_and_clustering(small, tmp_path):
     s = small.deepcopy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        s.decomposition(algorithm="constrained_nmf", output_dimension=6, random_state=0, print_info=False,
-                        show_progressbar=False)
+        s.decomposition(
+            algorithm="constrained_nmf",
+            output_dimension=6,
+            random_state=0,
+            print_info=False,
+            show_progressbar=False,
+        )
         s.cluster_diffraction()
     lr = s.learning_results
     params = json.loads(lr.cnmf_parameters)
@@ -101,19 +139,33 @@ def test_summary_lists_constraints_convergence_and_clustering(small, tmp_path):
     assert "Constrained NMF parameters" in text
     assert f"map constraint: resolution={params['map_resolution']:.4g}" in text
     assert f"size={params['diffraction_constraint_size']:.4g} px" in text
-    assert f"iterations={lr.cnmf_n_iter_sketch} on the sketch + {lr.cnmf_n_iter} exact" in text
+    assert (
+        f"iterations={lr.cnmf_n_iter_sketch} on the sketch + {lr.cnmf_n_iter} exact"
+        in text
+    )
     assert f"converged={lr.cnmf_converged}" in text
     assert f"final reduced chi-square (Poisson-weighted)={lr.cnmf_loss[-1]:.6g}" in text
     assert "Clustering parameters (cluster_diffraction)" in text
-    assert f"number_of_clusters={int(lr.cdiff_labels.max()) + 1} of 6 components" in text
+    assert (
+        f"number_of_clusters={int(lr.cdiff_labels.max()) + 1} of 6 components" in text
+    )
     assert repr(lr) == text
     f = tmp_path / "s.hspy"
     s.save(f, overwrite=True)
     assert hs.load(f).learning_results.summary() == text  # the same after a round trip
-    s.decomposition(algorithm="constrained_nmf", output_dimension=4, map_resolution=None,
-                    diffraction_constraint=False, print_info=False, show_progressbar=False)
+    s.decomposition(
+        algorithm="constrained_nmf",
+        output_dimension=4,
+        map_resolution=None,
+        diffraction_constraint=False,
+        print_info=False,
+        show_progressbar=False,
+    )
     text = s.learning_results.summary()
-    assert "Primitive NMF (no constraint) parameters" in text and "map constraint: off" in text
+    assert (
+        "Primitive NMF (no constraint) parameters" in text
+        and "map constraint: off" in text
+    )
     assert "Clustering" not in text  # the clustering of the old components is gone
     s.decomposition(algorithm="SVD", print_info=False)
     assert "NMF" not in s.learning_results.summary()
@@ -123,10 +175,17 @@ def test_explained_variance_ratio_after_a_decomposition(small):
     s = small.deepcopy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        s.decomposition(algorithm="constrained_nmf", output_dimension=4, random_state=0, print_info=False,
-                        show_progressbar=False)
+        s.decomposition(
+            algorithm="constrained_nmf",
+            output_dimension=4,
+            random_state=0,
+            print_info=False,
+            show_progressbar=False,
+        )
     lr = s.learning_results
-    counts = np.nansum(lr.loadings, axis=0)  # unit-sum patterns: the loadings are counts
+    counts = np.nansum(
+        lr.loadings, axis=0
+    )  # unit-sum patterns: the loadings are counts
     np.testing.assert_allclose(lr.explained_variance_ratio, counts / counts.sum())
     assert np.all(np.diff(lr.explained_variance_ratio) <= 0)
     with warnings.catch_warnings():
@@ -134,5 +193,7 @@ def test_explained_variance_ratio_after_a_decomposition(small):
         ax = s.plot_explained_variance_ratio()
     assert ax.get_ylabel() == "Share of the modelled counts"
     np.testing.assert_allclose(ax.lines[0].get_ydata(), lr.explained_variance_ratio)
-    assert "share of the modelled counts" in s.get_scree_plot_data().metadata.General.title
+    assert (
+        "share of the modelled counts" in s.get_scree_plot_data().metadata.General.title
+    )
     plt.close("all")

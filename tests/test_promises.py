@@ -30,16 +30,29 @@ def _digest(folder):
 
 @pytest.fixture(scope="module")
 def scan_file(tmp_path_factory):
-    s = simulated_precipitates(scan_shape=(48, 48), detector_shape=(24, 24), n_grains=2,
-                               grain_diameter=3.0, random_state=1, dtype="float64")
+    s = simulated_precipitates(
+        scan_shape=(48, 48),
+        detector_shape=(24, 24),
+        n_grains=2,
+        grain_diameter=3.0,
+        random_state=1,
+        dtype="float64",
+    )
     path = tmp_path_factory.mktemp("promises") / "scan.zspy"
     s.save(path, chunks=CHUNKS)
     return path, s.data.nbytes
 
 
 def _main_job(s, **kw):
-    s.decomposition(algorithm="constrained_nmf", output_dimension=4, random_state=0, max_iter=5,
-                    print_info=False, show_progressbar=False, **kw)
+    s.decomposition(
+        algorithm="constrained_nmf",
+        output_dimension=4,
+        random_state=0,
+        max_iter=5,
+        print_info=False,
+        show_progressbar=False,
+        **kw,
+    )
     s.cluster_diffraction()
 
 
@@ -60,13 +73,16 @@ def test_lazy_file_never_loaded_whole_and_never_modified(scan_file):
     # measured 3.2 MiB for 10.1 MiB of data in 0.9 MiB chunks
     chunk = np.prod(CHUNKS) * 8
     assert peak < min(4 * chunk + 2**20, 0.5 * nbytes), (
-        f"peak {peak / 2**20:.1f} MiB for {nbytes / 2**20:.1f} MiB of data in {chunk / 2**20:.1f} MiB chunks")
+        f"peak {peak / 2**20:.1f} MiB for {nbytes / 2**20:.1f} MiB of data in {chunk / 2**20:.1f} MiB chunks"
+    )
     assert s.learning_results.cdiff_position_labels.shape == (48 * 48,)
     assert _digest(path) == before  # the file is untouched
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_ctrl_c_on_a_lazy_file_leaves_signal_and_results_untouched(scan_file, monkeypatch):
+def test_ctrl_c_on_a_lazy_file_leaves_signal_and_results_untouched(
+    scan_file, monkeypatch
+):
     path, _ = scan_file
     s = hs.load(path, lazy=True)
     _main_job(s)
@@ -79,7 +95,9 @@ def test_ctrl_c_on_a_lazy_file_leaves_signal_and_results_untouched(scan_file, mo
     # Ctrl-C in the middle of the fit of a second decomposition
     monkeypatch.setattr(_decomposition, "constrained_nmf", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        s.decomposition(algorithm="constrained_nmf", output_dimension=6, print_info=False)
+        s.decomposition(
+            algorithm="constrained_nmf", output_dimension=6, print_info=False
+        )
     assert s.data is data and type(s).__name__ == "LazySTEM4D"
     np.testing.assert_array_equal(s.learning_results.factors, factors)
     np.testing.assert_array_equal(s.learning_results.cdiff_position_labels, labels)

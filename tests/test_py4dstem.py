@@ -579,7 +579,10 @@ sys.stdout.write(pickle.dumps(out).hex())
 
 
 def _summary(s):
-    axes = [(a.name, a.size, a.scale, a.offset, a.units, a.navigate) for a in s.axes_manager._axes]
+    axes = [
+        (a.name, a.size, a.scale, a.offset, a.units, a.navigate)
+        for a in s.axes_manager._axes
+    ]
     return type(s).__name__, np.asarray(s.data), axes, s.metadata.as_dictionary()
 
 
@@ -598,10 +601,14 @@ def _assert_deep_equal(a, b, where="metadata"):
 def _read_without_py4dstem(cases):
     import pickle
 
-    arg = pickle.dumps({k: (str(f), d, lazy) for k, (f, d, lazy) in cases.items()}).hex()
+    arg = pickle.dumps(
+        {k: (str(f), d, lazy) for k, (f, d, lazy) in cases.items()}
+    ).hex()
     run = subprocess.run(
         [sys.executable, "-c", _READ_WITHOUT_PY4DSTEM, arg],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return pickle.loads(bytes.fromhex(run.stdout))
 
@@ -634,7 +641,9 @@ def test_file_saved_by_py4dstem_reads_identically_without_py4dstem(py4DSTEM, tmp
     py4DSTEM.save(str(tmp_path / "mean.h5"), _make_datacube(py4DSTEM, False), mode="o")
     files["mean"] = (tmp_path / "mean.h5", None)
     # uncalibrated integer counts
-    plain = py4DSTEM.DataCube(data=np.arange(2 * 2 * QX * QY, dtype="uint16").reshape(2, 2, QX, QY))
+    plain = py4DSTEM.DataCube(
+        data=np.arange(2 * 2 * QX * QY, dtype="uint16").reshape(2, 2, QX, QY)
+    )
     py4DSTEM.save(str(tmp_path / "plain.h5"), plain, mode="o")
     files["plain"] = (tmp_path / "plain.h5", None)
     # a tree: a second DataCube and an image attached to the first
@@ -648,11 +657,17 @@ def test_file_saved_by_py4dstem_reads_identically_without_py4dstem(py4DSTEM, tmp
     files["tree_first"] = (tmp_path / "tree.h5", "first_root/first")
     # the layout tests/test_io_emd.py writes with h5py (checks that py4DSTEM reads it alike)
     rng = np.random.default_rng(42)
-    write_emd1(tmp_path / "h5py.h5", rng.random((RX, RY, QX, QY)).astype("float32"),
-               name="mycube", calibration=_calibrated(rng))
+    write_emd1(
+        tmp_path / "h5py.h5",
+        rng.random((RX, RY, QX, QY)).astype("float32"),
+        name="mycube",
+        calibration=_calibrated(rng),
+    )
     files["h5py_writer"] = (tmp_path / "h5py.h5", None)
 
-    cases = {(k, lazy): (f, d, lazy) for k, (f, d) in files.items() for lazy in (False, True)}
+    cases = {
+        (k, lazy): (f, d, lazy) for k, (f, d) in files.items() for lazy in (False, True)
+    }
     got = _read_without_py4dstem(cases)
     for (key, lazy), (fname, datapath, _) in cases.items():
         with warnings.catch_warnings():

@@ -19,7 +19,12 @@ STEP_NM = 5.4826
 
 def _nist_file():
     env = os.environ.get("HYPERSPY_CNMF_NIST")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared/data/nist_merlin_aupd_16x16/FPD_HDF5.hdf5"
+    path = (
+        Path(env)
+        if env
+        else Path(__file__).resolve().parents[2]
+        / "shared/data/nist_merlin_aupd_16x16/FPD_HDF5.hdf5"
+    )
     if not path.is_file():
         msg = f"NIST test file not found at {path} (set HYPERSPY_CNMF_NIST)"
         if os.environ.get("CI"):
@@ -43,8 +48,15 @@ def decomposed(nist):
     # the direct beam is fitted here (direct_beam_mask=False), so that the model's
     # total counts can be checked against the measured ones
     with pytest.warns(UserWarning, match="could not determine the probe size"):
-        info = s.decomposition(algorithm="constrained_nmf", output_dimension=5, random_state=0,
-                               max_iter=50, print_info=False, return_info=True, direct_beam_mask=False)
+        info = s.decomposition(
+            algorithm="constrained_nmf",
+            output_dimension=5,
+            random_state=0,
+            max_iter=50,
+            print_info=False,
+            return_info=True,
+            direct_beam_mask=False,
+        )
     return s, info
 
 
@@ -54,12 +66,24 @@ def test_default_leaves_the_direct_beam_out(nist):
 
     s = nist.deepcopy()
     with pytest.warns(UserWarning, match="could not determine the probe size"):
-        info = s.decomposition(algorithm="constrained_nmf", output_dimension=5, random_state=0,
-                               max_iter=50, print_info=False, return_info=True)
+        info = s.decomposition(
+            algorithm="constrained_nmf",
+            output_dimension=5,
+            random_state=0,
+            max_iter=50,
+            print_info=False,
+            return_info=True,
+        )
     beam_mask = np.asarray(s.learning_results.signal_mask)
     assert info["normalize_poissonian_noise"] and info["direct_beam_mask"] == "auto"
-    x, y, r = info["direct_beam_x_px"], info["direct_beam_y_px"], info["direct_beam_mask_radius_px"]
-    assert abs(y - BEAM_ROW_COL[0] / BIN) <= 1.5 and abs(x - BEAM_ROW_COL[1] / BIN) <= 1.5
+    x, y, r = (
+        info["direct_beam_x_px"],
+        info["direct_beam_y_px"],
+        info["direct_beam_mask_radius_px"],
+    )
+    assert (
+        abs(y - BEAM_ROW_COL[0] / BIN) <= 1.5 and abs(x - BEAM_ROW_COL[1] / BIN) <= 1.5
+    )
     yy, xx = np.indices(beam_mask.shape)
     np.testing.assert_array_equal(beam_mask, np.hypot(yy - y, xx - x) <= r)
     F, L = report.components(s)
@@ -85,7 +109,10 @@ def test_reader_calibration_and_metadata(nist):
     assert 3000 < total.mean() < 8000
     mean = s.data.mean(axis=(0, 1))
     peak = np.unravel_index(np.argmax(mean), mean.shape)
-    assert abs(peak[0] - BEAM_ROW_COL[0] / BIN) <= 1.5 and abs(peak[1] - BEAM_ROW_COL[1] / BIN) <= 1.5
+    assert (
+        abs(peak[0] - BEAM_ROW_COL[0] / BIN) <= 1.5
+        and abs(peak[1] - BEAM_ROW_COL[1] / BIN) <= 1.5
+    )
 
 
 def test_lazy_reader_matches(nist):
@@ -118,7 +145,10 @@ def test_constrained_nmf_end_to_end(nist, decomposed):
     assert np.isfinite(lr.cnmf_loss).all() and lr.cnmf_loss[-1] <= lr.cnmf_loss[0]
     # the direct beam is found: the strongest component peaks at the beam
     peak = np.unravel_index(np.argmax(F[0]), F[0].shape)
-    assert abs(peak[0] - BEAM_ROW_COL[0] / BIN) <= 1.5 and abs(peak[1] - BEAM_ROW_COL[1] / BIN) <= 1.5
+    assert (
+        abs(peak[0] - BEAM_ROW_COL[0] / BIN) <= 1.5
+        and abs(peak[1] - BEAM_ROW_COL[1] / BIN) <= 1.5
+    )
     # maps calibrated like the scan
     maps = s.get_decomposition_loadings()
     assert maps.axes_manager.signal_axes[0].scale == pytest.approx(STEP_NM, rel=1e-4)
@@ -133,7 +163,11 @@ def test_cluster_diffraction_on_real_components(decomposed):
     k = lr.factors.shape[1]
     assert labels.shape == (k,) and 1 <= labels.max() + 1 <= k
     D = np.asarray(lr.cdiff_pseudo_distance)
-    assert D.shape == (k, k) and np.allclose(np.diag(D), 0, atol=1e-6) and np.allclose(D, D.T, atol=1e-6)
+    assert (
+        D.shape == (k, k)
+        and np.allclose(np.diag(D), 0, atol=1e-6)
+        and np.allclose(D, D.T, atol=1e-6)
+    )
     merged = res["merged_factors"]
     assert merged.data.shape[0] == labels.max() + 1
     assert np.nanmin(merged.data) >= 0

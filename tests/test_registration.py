@@ -40,9 +40,15 @@ def test_set_signal_type(name):
 
 
 def test_not_pyxem_names():
-    spec = yaml.safe_load((Path(hyperspy_cnmf.__file__).parent / "hyperspy_extension.yaml").read_text())
+    spec = yaml.safe_load(
+        (Path(hyperspy_cnmf.__file__).parent / "hyperspy_extension.yaml").read_text()
+    )
     for entry in spec["signals"].values():
-        assert entry["signal_type"] not in ("diffraction", "electron_diffraction", "polar_diffraction")
+        assert entry["signal_type"] not in (
+            "diffraction",
+            "electron_diffraction",
+            "polar_diffraction",
+        )
 
 
 def test_load_restores_class(tmp_path):
@@ -58,8 +64,19 @@ def test_version():
 
 def test_wheel_contains_the_yaml(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     wheel = next(tmp_path.glob("hyperspy_cnmf-*.whl"))

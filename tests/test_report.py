@@ -11,7 +11,9 @@ def test_adjusted_rand_index_matches_scikit_learn():
     rng = np.random.default_rng(0)
     for _ in range(5):
         a, b = rng.integers(0, 4, 50), rng.integers(0, 3, 50)
-        assert report.adjusted_rand_index(a, b) == pytest.approx(adjusted_rand_score(a, b))
+        assert report.adjusted_rand_index(a, b) == pytest.approx(
+            adjusted_rand_score(a, b)
+        )
     assert report.adjusted_rand_index([0, 0, 1], [5, 5, 2]) == 1.0
     with pytest.raises(ValueError, match="sizes"):
         report.adjusted_rand_index([0, 1], [0, 1, 2])

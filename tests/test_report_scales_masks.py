@@ -41,8 +41,15 @@ def test_report_masks_are_placed_by_shape():
     s = _signal()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        s.decomposition(algorithm="constrained_nmf", output_dimension=2, max_iter=3, random_state=0,
-                        direct_beam_mask=False, print_info=False, show_progressbar=False)
+        s.decomposition(
+            algorithm="constrained_nmf",
+            output_dimension=2,
+            max_iter=3,
+            random_state=0,
+            direct_beam_mask=False,
+            print_info=False,
+            show_progressbar=False,
+        )
     mask = np.zeros(SIG, bool)
     mask[:3, :5] = True  # not symmetric: a wrong placement changes the numbers
     for f in (report.reconstruction_mse, report.mean_pattern_mse):

@@ -25,7 +25,10 @@ from hyperspy_cnmf.signals._beam_shift import (
 )
 
 DESCAN = "zrcual_3phase_descan_32x32_40x40_seed202.npz"
-NO_DESCAN = ("zrcual_2phase_40x40_48x48_seed101.npz", "zrcual_3phase_64x64_40x40_seed303.npz")
+NO_DESCAN = (
+    "zrcual_2phase_40x40_48x48_seed101.npz",
+    "zrcual_3phase_64x64_40x40_seed303.npz",
+)
 
 
 def _abtem(name):
@@ -48,7 +51,10 @@ def _signal(data, meta=None):
 def descan():
     z = _abtem(DESCAN)
     meta = json.loads(str(z["metadata_json"]))
-    truth = z["descan_px"][..., ::-1] + np.asarray(meta["direct_beam_px"], dtype=float)[::-1]  # (x, y)
+    truth = (
+        z["descan_px"][..., ::-1]
+        + np.asarray(meta["direct_beam_px"], dtype=float)[::-1]
+    )  # (x, y)
     return _signal(z["data_noisy"], meta), truth, z["data_noisy_nodescan"]
 
 
@@ -56,7 +62,11 @@ def _ramp(ny=5, nx=6, step=0.25, seed=0):
     """A synthetic scan whose beam walks ``step`` px per scan column in x and half that per row in y."""
     iy, ix = np.mgrid[:ny, :nx]
     truth = np.stack([16.0 + step * ix, 15.0 + 0.5 * step * iy], axis=-1)
-    data = shifted_disks(truth.reshape(-1, 2), seed=seed).reshape(ny, nx, 32, 36).astype(np.float32)
+    data = (
+        shifted_disks(truth.reshape(-1, 2), seed=seed)
+        .reshape(ny, nx, 32, 36)
+        .astype(np.float32)
+    )
     return data, truth
 
 
@@ -71,7 +81,9 @@ def test_positions_match_the_abtem_descan(descan):
     s, truth, _ = descan
     pos = s.get_direct_beam_position()
     assert pos.data.shape == truth.shape
-    assert _rms(pos.data, truth) < 0.1  # measured 0.050 px per coordinate at 1500 e-/position
+    assert (
+        _rms(pos.data, truth) < 0.1
+    )  # measured 0.050 px per coordinate at 1500 e-/position
     assert [ax.units for ax in pos.axes_manager.navigation_axes] == ["nm", "nm"]
     np.testing.assert_allclose(pos.axes_manager.navigation_axes[0].scale, 0.3)
 
@@ -89,7 +101,9 @@ def test_positions_synthetic_eager_equals_lazy():
 
 def test_beam_motion_rule():
     data, truth = _ramp()
-    assert 1.0 < beam_motion(truth)[0] <= 1.25  # true 1.25; the 3x3 mean shortens a ramp by 2/3 step
+    assert (
+        1.0 < beam_motion(truth)[0] <= 1.25
+    )  # true 1.25; the 3x3 mean shortens a ramp by 2/3 step
     assert np.all(beam_motion(np.full((4, 4, 2), 3.0)) == 0)
     assert warn_if_beam_moves(None).tolist() == [0.0, 0.0]
     with pytest.warns(UserWarning, match="center_direct_beam"):
@@ -111,7 +125,9 @@ def test_center_synthetic(fit):
     c, shifts = s.center_direct_beam(fit=fit, return_shifts=True)
     np.testing.assert_array_equal(s.data, before)  # input untouched
     assert isinstance(c, STEM4D) and c is not s and c.data.shape == s.data.shape
-    assert [(a.scale, a.offset, a.units) for a in c.axes_manager.signal_axes] == [(0.5, -8.0, "mrad")] * 2
+    assert [(a.scale, a.offset, a.units) for a in c.axes_manager.signal_axes] == [
+        (0.5, -8.0, "mrad")
+    ] * 2
     assert c.metadata.General.title == "ramp"
     assert c.data.min() >= 0
     pos = c.get_direct_beam_position().data
@@ -124,13 +140,19 @@ def test_center_origin_options_and_given_shifts():
     data, truth = _ramp()
     s = _signal(data)
     c = s.center_direct_beam(origin=(18.0, 16.0))
-    np.testing.assert_allclose(np.median(c.get_direct_beam_position().data.reshape(-1, 2), axis=0),
-                               (18.0, 16.0), atol=0.1)
+    np.testing.assert_allclose(
+        np.median(c.get_direct_beam_position().data.reshape(-1, 2), axis=0),
+        (18.0, 16.0),
+        atol=0.1,
+    )
     for ax, px in zip(s.axes_manager.signal_axes, (17.0, 15.5)):
         ax.offset = -px * ax.scale
     c = s.center_direct_beam(origin="calibration")
-    np.testing.assert_allclose(np.median(c.get_direct_beam_position().data.reshape(-1, 2), axis=0),
-                               (17.0, 15.5), atol=0.1)
+    np.testing.assert_allclose(
+        np.median(c.get_direct_beam_position().data.reshape(-1, 2), axis=0),
+        (17.0, 15.5),
+        atol=0.1,
+    )
     # given shifts are used as they are: the measured offsets of the ramp from (16, 15)
     c = s.center_direct_beam(shifts=truth - (16.0, 15.0))
     assert np.abs(c.get_direct_beam_position().data - (16.0, 15.0)).max() < 0.15
@@ -163,12 +185,16 @@ def test_center_lazy_stays_lazy_reads_once_and_equals_eager():
             reads.append(block.shape)
         return block
 
-    darr = da.from_array(data, chunks=(2, 3, 32, 36)).map_blocks(count, dtype=data.dtype)
+    darr = da.from_array(data, chunks=(2, 3, 32, 36)).map_blocks(
+        count, dtype=data.dtype
+    )
     lazy = LazySTEM4D(darr)
     out = lazy.center_direct_beam()
     assert isinstance(out, LazySTEM4D) and out._lazy
     n_chunks = darr.npartitions
-    assert len(reads) == n_chunks  # positions measured in one pass, chunk by chunk; shift not run yet
+    assert (
+        len(reads) == n_chunks
+    )  # positions measured in one pass, chunk by chunk; shift not run yet
     assert max(np.prod(r) for r in reads) <= 2 * 3 * 32 * 36
     with dask.config.set(scheduler="synchronous"):
         result = out.data.compute()
@@ -183,8 +209,12 @@ def test_center_abtem_descan_removes_the_drift(descan):
     np.testing.assert_array_equal(s.data, before)
     pos = c.get_direct_beam_position().data
     assert np.max(beam_motion(pos)) < 0.15
-    plane = s.center_direct_beam()  # the plane fit leaves the file's stepwise (binned) descan residual
-    assert np.max(beam_motion(plane.get_direct_beam_position().data)) < BEAM_MOTION_LIMIT
+    plane = (
+        s.center_direct_beam()
+    )  # the plane fit leaves the file's stepwise (binned) descan residual
+    assert (
+        np.max(beam_motion(plane.get_direct_beam_position().data)) < BEAM_MOTION_LIMIT
+    )
     for a, b in zip(c.axes_manager._axes, s.axes_manager._axes):
         assert (a.scale, a.offset, a.units) == (b.scale, b.offset, b.units)
 
@@ -195,8 +225,15 @@ def test_center_abtem_descan_removes_the_drift(descan):
 def _decompose(s):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        info = s.decomposition(algorithm="constrained_nmf", output_dimension=3, max_iter=3, random_state=0,
-                               print_info=False, return_info=True, show_progressbar=False)
+        info = s.decomposition(
+            algorithm="constrained_nmf",
+            output_dimension=3,
+            max_iter=3,
+            random_state=0,
+            print_info=False,
+            return_info=True,
+            show_progressbar=False,
+        )
     return info, [w for w in caught if "direct beam moves" in str(w.message)]
 
 

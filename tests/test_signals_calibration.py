@@ -21,14 +21,24 @@ NAV = (6, 8)
 SIG = (24, 24)
 
 
-def _signal(nav_units=("nm", "nm"), nav_scales=(0.5, 0.5), sig_units=("1/nm", "1/nm"), sig_scales=(0.1, 0.1),
-            energy=None, alpha=None):
+def _signal(
+    nav_units=("nm", "nm"),
+    nav_scales=(0.5, 0.5),
+    sig_units=("1/nm", "1/nm"),
+    sig_scales=(0.1, 0.1),
+    energy=None,
+    alpha=None,
+):
     rng = np.random.default_rng(0)
     yy, xx = np.indices(SIG, dtype=float)
     disk = np.clip(4.5 - np.hypot(yy - 12, xx - 12), 0, 1)
     ring = np.exp(-((np.hypot(yy - 12, xx - 12) - 9) ** 2) / 2.0)
     w = rng.uniform(0.2, 1.0, NAV + (1, 1))
-    s = STEM4D(rng.poisson(100 * disk + 20 * w * ring + 20 * (1 - w) * ring[::-1] + 1).astype(np.float32))
+    s = STEM4D(
+        rng.poisson(100 * disk + 20 * w * ring + 20 * (1 - w) * ring[::-1] + 1).astype(
+            np.float32
+        )
+    )
     for ax, u, sc in zip(s.axes_manager.navigation_axes, nav_units, nav_scales):
         ax.units, ax.scale = u, sc
     for ax, u, sc in zip(s.axes_manager.signal_axes, sig_units, sig_scales):
@@ -48,7 +58,9 @@ def _fwhm(s):
 
 def test_mixed_navigation_units_are_converted():
     ref = _signal()
-    mixed = _signal(nav_units=("nm", "Å"), nav_scales=(0.5, 5.0))  # the same 0.5 nm steps
+    mixed = _signal(
+        nav_units=("nm", "Å"), nav_scales=(0.5, 5.0)
+    )  # the same 0.5 nm steps
     assert navigation_scales(mixed) == pytest.approx((0.5, 0.5, "nm")[:2] + ("nm",))
     assert _fwhm(mixed) == pytest.approx(_fwhm(ref))
     # the x axis's unit is the unit of the result
@@ -57,16 +69,32 @@ def test_mixed_navigation_units_are_converted():
 
 
 def test_mixed_units_give_the_same_decomposition():
-    kw = dict(algorithm="constrained_nmf", output_dimension=2, max_iter=10, random_state=0,
-              print_info=False, return_info=True)
+    kw = dict(
+        algorithm="constrained_nmf",
+        output_dimension=2,
+        max_iter=10,
+        random_state=0,
+        print_info=False,
+        return_info=True,
+    )
     ref, mixed = _signal(), _signal(nav_units=("nm", "Å"), nav_scales=(0.5, 5.0))
     info_ref = ref.decomposition(**kw)
     info = mixed.decomposition(**kw)
     assert info["map_resolution"] == pytest.approx(info_ref["map_resolution"])
-    np.testing.assert_allclose(mixed.learning_results.factors, ref.learning_results.factors, rtol=1e-3, atol=1e-9)  # 5 Å * 0.1 = 0.5 nm up to rounding
+    np.testing.assert_allclose(
+        mixed.learning_results.factors,
+        ref.learning_results.factors,
+        rtol=1e-3,
+        atol=1e-9,
+    )  # 5 Å * 0.1 = 0.5 nm up to rounding
     # uncalibrated detector: the fallback is 2 scan steps in nm, not 2 x 5 "steps" of the Å axis
     kw.update(map_resolution="auto")
-    mixed = _signal(nav_units=("nm", "Å"), nav_scales=(0.5, 5.0), sig_units=("px", "px"), sig_scales=(1, 1))
+    mixed = _signal(
+        nav_units=("nm", "Å"),
+        nav_scales=(0.5, 5.0),
+        sig_units=("px", "px"),
+        sig_scales=(1, 1),
+    )
     with pytest.warns(UserWarning, match="2 scan steps"):
         info = mixed.decomposition(**kw)
     assert info["map_resolution"] == pytest.approx(1.0)
@@ -92,16 +120,30 @@ def test_signal_units_spelled_any_way(sig_units, sig_scales, energy):
 
 def test_length_units_spelled_any_way():
     ref = _fwhm(_signal(energy=200.0, alpha=20.0))[0]
-    for units, scale, factor in (("Å", 5.0, 10.0), ("A", 5.0, 10.0), ("angstrom", 5.0, 10.0),
-                                 ("µm", 5e-4, 1e-3), ("um", 5e-4, 1e-3), ("pm", 500.0, 1e3)):
-        s = _signal(nav_units=(units, units), nav_scales=(scale, scale), energy=200.0, alpha=20.0)
+    for units, scale, factor in (
+        ("Å", 5.0, 10.0),
+        ("A", 5.0, 10.0),
+        ("angstrom", 5.0, 10.0),
+        ("µm", 5e-4, 1e-3),
+        ("um", 5e-4, 1e-3),
+        ("pm", 500.0, 1e3),
+    ):
+        s = _signal(
+            nav_units=(units, units),
+            nav_scales=(scale, scale),
+            energy=200.0,
+            alpha=20.0,
+        )
         assert _fwhm(s)[0] == pytest.approx(ref * factor), units
 
 
 @pytest.mark.parametrize(
     "nav_units, match",
     [
-        (("nm", "px"), r"navigation axes have incompatible units: 'x' in 'nm' and 'y' in 'px'"),
+        (
+            ("nm", "px"),
+            r"navigation axes have incompatible units: 'x' in 'nm' and 'y' in 'px'",
+        ),
         (("nm", "bananas"), r"incompatible units.*not understood"),
         (("nm", "furlong / fortnight"), r"incompatible units"),
         (("nm", "mrad"), r"incompatible units"),
@@ -118,14 +160,22 @@ def test_incompatible_navigation_units_raise(nav_units, match):
 def test_incompatible_signal_units_raise():
     s = _signal(sig_units=("1/nm", "px"))
     with pytest.raises(ValueError, match=r"signal axes have incompatible units"):
-        s.decomposition(algorithm="constrained_nmf", output_dimension=2, max_iter=2, print_info=False)
+        s.decomposition(
+            algorithm="constrained_nmf",
+            output_dimension=2,
+            max_iter=2,
+            print_info=False,
+        )
 
 
 def test_uncalibrated_units_keep_the_fallback():
     s = _signal(nav_units=("px", "<undefined>"), nav_scales=(1, 1))
     assert navigation_scales(s) == (1.0, 1.0, "px")
     with pytest.warns(UserWarning, match="2 scan steps"):
-        assert estimate_probe_fwhm(s, s.mean(axis=s.axes_manager.navigation_axes).data)[0] == 2.0
+        assert (
+            estimate_probe_fwhm(s, s.mean(axis=s.axes_manager.navigation_axes).data)[0]
+            == 2.0
+        )
     assert unit_quantity("px") is None
     with pytest.raises(ValueError, match="not understood"):
         unit_quantity("bananas")

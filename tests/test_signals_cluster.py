@@ -130,7 +130,9 @@ def test_signal_method_stores_the_core_result(clustered):
         if f.name == "parameters":
             assert a == b
         else:
-            assert np.array_equal(a, b, equal_nan=np.asarray(a).dtype.kind == "f"), f.name
+            assert np.array_equal(a, b, equal_nan=np.asarray(a).dtype.kind == "f"), (
+                f.name
+            )
     assert np.array_equal(lr.cluster_distances, core.distances, equal_nan=True)
 
 
@@ -565,8 +567,9 @@ def test_map_artefacts_are_reported(base_signal):
     factors, loadings, _ = split_decomposition(base_signal)
     spike = np.zeros((loadings.shape[0], 1))
     spike[100] = 1000.0
-    s = with_decomposition(base_signal, np.hstack([factors, factors[:, -1:]]),
-                           np.hstack([loadings, spike]))
+    s = with_decomposition(
+        base_signal, np.hstack([factors, factors[:, -1:]]), np.hstack([loadings, spike])
+    )
     k = factors.shape[1]
     with pytest.warns(UserWarning, match=rf"single position: components \[{k}\]"):
         _cluster.cluster_diffraction(s)

@@ -14,7 +14,9 @@ from hyperspy_cnmf.signals import STEM4D
 def _run(s, k=7, **kw):
     kw.setdefault("random_state", 0)
     kw.setdefault("print_info", False)
-    return s.decomposition(algorithm="constrained_nmf", output_dimension=k, return_info=True, **kw)
+    return s.decomposition(
+        algorithm="constrained_nmf", output_dimension=k, return_info=True, **kw
+    )
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +37,13 @@ def test_learning_results_filled_as_hyperspy_expects(fitted):
     np.testing.assert_allclose(np.nansum(lr.factors, axis=0), 1.0, rtol=1e-6)
     totals = lr.loadings.sum(axis=0)
     assert np.all(np.diff(totals) <= 0)  # sorted by total intensity
-    assert lr.cnmf_loss.ndim == 1 and lr.cnmf_loss[-1] == pytest.approx(info["final_loss"])
+    assert lr.cnmf_loss.ndim == 1 and lr.cnmf_loss[-1] == pytest.approx(
+        info["final_loss"]
+    )
     params = json.loads(lr.cnmf_parameters)
-    assert params["solver"] == "hals" and params["map_resolution"] == pytest.approx(1.5, rel=1e-3)
+    assert params["solver"] == "hals" and params["map_resolution"] == pytest.approx(
+        1.5, rel=1e-3
+    )
     assert params["map_resolution_method"].startswith("convergence_angle")
 
 
@@ -47,8 +53,14 @@ def test_constrained_beats_primitive_on_the_artifacts_of_the_paper(sim, fitted):
     T = sim.metadata.Simulation
     prim = sim.deepcopy()
     # the paper's primitive NMF: plain least squares on every pixel, no constraint, no separation
-    _run(prim, map_resolution=None, diffraction_constraint=False, separate_components=False,
-         normalize_poissonian_noise=False, direct_beam_mask=False)
+    _run(
+        prim,
+        map_resolution=None,
+        diffraction_constraint=False,
+        separate_components=False,
+        normalize_poissonian_noise=False,
+        direct_beam_mask=False,
+    )
     scale = (T.scan_step_nm, T.scan_step_nm)
 
     def maps(sig):
@@ -63,8 +75,11 @@ def test_constrained_beats_primitive_on_the_artifacts_of_the_paper(sim, fitted):
     # the diffraction constraint's own closing defines a dip
     from hyperspy_cnmf.constraints import DiffractionDipConstraint, dip_measure
 
-    c = DiffractionDipConstraint((48, 48), radius=s.learning_results.cnmf_diffraction_constraint_size,
-                                 centre=tuple(T.centre_px[::-1]))
+    c = DiffractionDipConstraint(
+        (48, 48),
+        radius=s.learning_results.cnmf_diffraction_constraint_size,
+        centre=tuple(T.centre_px[::-1]),
+    )
     prim_dips = dip_measure(prim.learning_results.factors.T.reshape(7, 48, 48), c)
     cnmf_dips = dip_measure(s.learning_results.factors.T.reshape(7, 48, 48), c)
     truth_dips = dip_measure(np.asarray(T.patterns), c)
@@ -82,14 +97,18 @@ def _matched_cosines(truth_patterns, factors):
     fitted = np.isfinite(factors).all(axis=1)
     P = truth_patterns.reshape(truth_patterns.shape[0], -1)[:, fitted]
     F = factors[fitted].T
-    cos = (P / np.linalg.norm(P, axis=1, keepdims=True)) @ (F / np.linalg.norm(F, axis=1, keepdims=True)).T
+    cos = (P / np.linalg.norm(P, axis=1, keepdims=True)) @ (
+        F / np.linalg.norm(F, axis=1, keepdims=True)
+    ).T
     rows, cols = linear_sum_assignment(-cos)
     return cos[rows, cols]
 
 
 def test_every_grain_recovered(sim, fitted):
     s, _ = fitted
-    matched = _matched_cosines(np.asarray(sim.metadata.Simulation.patterns), s.learning_results.factors)
+    matched = _matched_cosines(
+        np.asarray(sim.metadata.Simulation.patterns), s.learning_results.factors
+    )
     assert matched.min() >= 0.95, matched
 
 
@@ -102,7 +121,10 @@ def test_every_grain_recovered_on_other_datasets(seed):
     T = s.metadata.Simulation
     k = np.asarray(T.patterns).shape[0]
     _run(s, k=k, normalize_poissonian_noise=True, show_progressbar=False)
-    assert _matched_cosines(np.asarray(T.patterns), s.learning_results.factors).min() >= 0.95
+    assert (
+        _matched_cosines(np.asarray(T.patterns), s.learning_results.factors).min()
+        >= 0.95
+    )
     # the maps too: correlation of each true map with its matched loading
     maps = np.asarray(T.maps).reshape(k, -1)
     corr = np.corrcoef(np.vstack([maps, s.learning_results.loadings.T]))[:k, k:]
@@ -113,7 +135,12 @@ def test_separation_keeps_the_fit(sim):
     """Moving shared content between components costs (almost) no fit."""
     a, b = sim.deepcopy(), sim.deepcopy()
     # the beam fitted too (direct_beam_mask=False): its share in the grains is what moves
-    ia = _run(a, normalize_poissonian_noise=True, separate_components=False, direct_beam_mask=False)
+    ia = _run(
+        a,
+        normalize_poissonian_noise=True,
+        separate_components=False,
+        direct_beam_mask=False,
+    )
     ib = _run(b, normalize_poissonian_noise=True, direct_beam_mask=False)
     assert ib["final_loss"] <= ia["final_loss"] * 1.03  # measured: +1.7 %
     # and removes the matrix (direct beam) share from the grains' patterns
@@ -135,12 +162,16 @@ def test_hyperspy_tools_work_on_the_result(fitted, tmp_path):
     s, _ = fitted
     factors = s.get_decomposition_factors()
     assert isinstance(factors, STEM4D) or factors.axes_manager.signal_dimension == 2
-    assert factors.axes_manager.signal_axes[0].units == s.axes_manager.signal_axes[0].units
+    assert (
+        factors.axes_manager.signal_axes[0].units == s.axes_manager.signal_axes[0].units
+    )
     loadings = s.get_decomposition_loadings()
     assert loadings.axes_manager.signal_shape == (48, 48)
     model = s.get_decomposition_model()
     assert model.data.shape == s.data.shape
-    fitted_px = ~np.asarray(s.learning_results.signal_mask)  # the direct beam is left out
+    fitted_px = ~np.asarray(
+        s.learning_results.signal_mask
+    )  # the direct beam is left out
     X, M = s.data[..., fitted_px], model.data[..., fitted_px]
     # better than the counts-per-position baseline (each position's total times the mean pattern)
     mean = X.mean(axis=(0, 1))
@@ -153,8 +184,12 @@ def test_hyperspy_tools_work_on_the_result(fitted, tmp_path):
     files = s.export_decomposition_results(folder=str(tmp_path), comp_ids=[0, 2])
     exported = hs.load(files[0])
     assert exported.axes_manager.navigation_shape == (2,)
-    np.testing.assert_allclose(exported.data[1].ravel(), s.learning_results.factors[:, 2], rtol=1e-6)
-    s.cluster_analysis(cluster_source="decomposition", n_clusters=3, preprocessing="norm")
+    np.testing.assert_allclose(
+        exported.data[1].ravel(), s.learning_results.factors[:, 2], rtol=1e-6
+    )
+    s.cluster_analysis(
+        cluster_source="decomposition", n_clusters=3, preprocessing="norm"
+    )
     assert s.learning_results.cluster_labels.shape == (3, 48 * 48)
 
 
@@ -164,16 +199,24 @@ def test_results_survive_save_and_load(fitted, tmp_path):
     s.learning_results.save(lr_file, overwrite=True)
     t = STEM4D(np.zeros((2, 2, 3, 3)))
     t.learning_results.load(lr_file)
-    np.testing.assert_array_equal(t.learning_results.factors, s.learning_results.factors)
-    np.testing.assert_array_equal(t.learning_results.cnmf_loss, s.learning_results.cnmf_loss)
+    np.testing.assert_array_equal(
+        t.learning_results.factors, s.learning_results.factors
+    )
+    np.testing.assert_array_equal(
+        t.learning_results.cnmf_loss, s.learning_results.cnmf_loss
+    )
     assert t.learning_results.decomposition_algorithm == "constrained_nmf"
     assert t.learning_results.cnmf_parameters == s.learning_results.cnmf_parameters
     f = tmp_path / "s.hspy"
     s.save(f, overwrite=True)
     r = hs.load(f)
     assert isinstance(r, STEM4D)
-    np.testing.assert_array_equal(r.learning_results.loadings, s.learning_results.loadings)
-    np.testing.assert_array_equal(r.learning_results.cnmf_loss, s.learning_results.cnmf_loss)
+    np.testing.assert_array_equal(
+        r.learning_results.loadings, s.learning_results.loadings
+    )
+    np.testing.assert_array_equal(
+        r.learning_results.cnmf_loss, s.learning_results.cnmf_loss
+    )
     assert r.learning_results.cnmf_parameters == s.learning_results.cnmf_parameters
 
 
@@ -211,7 +254,9 @@ def test_custom_init_warm_start(fitted):
     s, _ = fitted
     t = s.deepcopy()
     lr = s.learning_results
-    info = _run(t, init=(lr.loadings, lr.factors), max_iter=20, normalize_poissonian_noise=True)
+    info = _run(
+        t, init=(lr.loadings, lr.factors), max_iter=20, normalize_poissonian_noise=True
+    )
     assert info["final_loss"] <= s.learning_results.cnmf_loss[-1] * 1.05
 
 
@@ -231,7 +276,11 @@ def test_other_algorithms_fall_through(sim):
         (dict(solver="cd"), ValueError, "unknown solver"),
         (dict(init="svd"), ValueError, "unknown init"),
         (dict(map_resolution="probe"), ValueError, "map_resolution"),
-        (dict(navigation_mask=np.ones((48, 48), bool)), ValueError, "all data are masked"),
+        (
+            dict(navigation_mask=np.ones((48, 48), bool)),
+            ValueError,
+            "all data are masked",
+        ),
         (dict(signal_mask=np.zeros((3, 3), bool)), ValueError, "signal_mask"),
         (dict(signal_mask=np.zeros((48, 48))), TypeError, "boolean"),
     ],

@@ -19,8 +19,14 @@ SHAPE = (24, 24, 24, 24)
 @pytest.fixture(scope="module")
 def small():
     """A small float64 simulated dataset (24 x 24 scan, 24 x 24 detector)."""
-    return simulated_precipitates(scan_shape=SHAPE[:2], detector_shape=SHAPE[2:], n_grains=2,
-                                  grain_diameter=3.0, random_state=0, dtype="float64")
+    return simulated_precipitates(
+        scan_shape=SHAPE[:2],
+        detector_shape=SHAPE[2:],
+        n_grains=2,
+        grain_diameter=3.0,
+        random_state=0,
+        dtype="float64",
+    )
 
 
 def _lazy(s, chunks):
@@ -34,9 +40,13 @@ def _fit(s, **kw):
     kw.setdefault("max_iter", 8)
     kw.setdefault("tol", 0)
     kw.setdefault("print_info", False)
-    kw.setdefault("max_exact_iter", None)  # as in memory ("auto": 1 exact iteration when lazy)
+    kw.setdefault(
+        "max_exact_iter", None
+    )  # as in memory ("auto": 1 exact iteration when lazy)
     with pytest.warns(UserWarning, match="max_iter"):
-        return s.decomposition(algorithm="constrained_nmf", output_dimension=K, return_info=True, **kw)
+        return s.decomposition(
+            algorithm="constrained_nmf", output_dimension=K, return_info=True, **kw
+        )
 
 
 def _assert_same_results(a, b, rtol=1e-6):
@@ -45,14 +55,26 @@ def _assert_same_results(a, b, rtol=1e-6):
         x, y = getattr(la, name), getattr(lb, name)
         assert isinstance(y, np.ndarray) and x.shape == y.shape
         np.testing.assert_array_equal(np.isnan(x), np.isnan(y))
-        np.testing.assert_allclose(np.nan_to_num(y), np.nan_to_num(x), rtol=rtol,
-                                   atol=rtol * np.nanmax(x), err_msg=name)
+        np.testing.assert_allclose(
+            np.nan_to_num(y),
+            np.nan_to_num(x),
+            rtol=rtol,
+            atol=rtol * np.nanmax(x),
+            err_msg=name,
+        )
     np.testing.assert_allclose(lb.cnmf_loss, la.cnmf_loss, rtol=rtol)
     assert lb.decomposition_algorithm == la.decomposition_algorithm == "constrained_nmf"
     pa, pb = json.loads(la.cnmf_parameters), json.loads(lb.cnmf_parameters)
     assert pa.keys() == pb.keys()
-    for key, value in pa.items():  # the beam centre is measured on float32 sums in other orders
-        assert pb[key] == (pytest.approx(value, rel=rtol, nan_ok=True) if isinstance(value, float) else value), key
+    for (
+        key,
+        value,
+    ) in pa.items():  # the beam centre is measured on float32 sums in other orders
+        assert pb[key] == (
+            pytest.approx(value, rel=rtol, nan_ok=True)
+            if isinstance(value, float)
+            else value
+        ), key
 
 
 def _masks():
@@ -73,8 +95,14 @@ CASES = {
     "default-nav-tiles": ({}, NAV_TILES),
     "custom-init-signal-chunked": ({"init": "custom"}, SIGNAL_CHUNKED),
     "masks-signal-chunked": ({"masks": True}, SIGNAL_CHUNKED),
-    "poisson-nav-tiles": ({"normalize_poissonian_noise": True, "init": "custom"}, NAV_TILES),
-    "primitive-mu": ({"solver": "mu", "map_resolution": None, "diffraction_constraint": False}, NAV_TILES),
+    "poisson-nav-tiles": (
+        {"normalize_poissonian_noise": True, "init": "custom"},
+        NAV_TILES,
+    ),
+    "primitive-mu": (
+        {"solver": "mu", "map_resolution": None, "diffraction_constraint": False},
+        NAV_TILES,
+    ),
     "no-sketch-random": ({"sketch": False, "init": "random"}, SIGNAL_CHUNKED),
 }
 
@@ -102,8 +130,12 @@ def test_first_range_product_shares_the_statistics_read(small):
     # the final loss after the component separation
     # (plain least squares on every pixel: the direct-beam mask, like the Poisson
     # scales, is known only after the statistics read)
-    info = _fit(_lazy(small, NAV_TILES), max_exact_iter=1, normalize_poissonian_noise=False,
-                direct_beam_mask=False)
+    info = _fit(
+        _lazy(small, NAV_TILES),
+        max_exact_iter=1,
+        normalize_poissonian_noise=False,
+        direct_beam_mask=False,
+    )
     assert info["n_passes"] == 2 + 2
     # Poisson weighting (the default): the scales come from the first read, so the
     # range finder reads n_power_iter + 1 times
@@ -113,25 +145,40 @@ def test_first_range_product_shares_the_statistics_read(small):
 
 def test_auto_exact_iterations_lazy_and_eager(small):
     """``max_exact_iter="auto"``: exact iterations to ``tol`` lazily too, so lazy = in memory."""
-    kw = dict(algorithm="constrained_nmf", output_dimension=K, random_state=0, tol=1e-4,
-              max_iter=300, print_info=False, return_info=True)
+    kw = dict(
+        algorithm="constrained_nmf",
+        output_dimension=K,
+        random_state=0,
+        tol=1e-4,
+        max_iter=300,
+        print_info=False,
+        return_info=True,
+    )
     lazy, eager = _lazy(small, NAV_TILES), small.deepcopy()
     info_l = lazy.decomposition(**kw)
     info_e = eager.decomposition(**kw)
     assert info_l["max_exact_iter"] is None and info_e["max_exact_iter"] is None
     assert info_l["converged"] and info_l["n_iter"] == info_e["n_iter"] > 1
-    F_l, F_e = np.nan_to_num(lazy.learning_results.factors), np.nan_to_num(eager.learning_results.factors)
+    F_l, F_e = (
+        np.nan_to_num(lazy.learning_results.factors),
+        np.nan_to_num(eager.learning_results.factors),
+    )
     cos = (F_l * F_e).sum(0) / np.linalg.norm(F_l, axis=0) / np.linalg.norm(F_e, axis=0)
     assert cos.min() > 0.999
     with pytest.raises(ValueError, match="max_exact_iter"):
-        lazy.decomposition(algorithm="constrained_nmf", output_dimension=K, max_exact_iter="few")
+        lazy.decomposition(
+            algorithm="constrained_nmf", output_dimension=K, max_exact_iter="few"
+        )
 
 
 def test_lazy_masks_and_integer_counts(small):
     counts = STEM4D(np.round(small.data).astype(np.uint16))
     nav, sig = _masks()
-    kw = dict(navigation_mask=hs.signals.BaseSignal(nav).T.as_lazy(),
-              signal_mask=hs.signals.Signal2D(sig).as_lazy(), map_resolution=2.0)
+    kw = dict(
+        navigation_mask=hs.signals.BaseSignal(nav).T.as_lazy(),
+        signal_mask=hs.signals.Signal2D(sig).as_lazy(),
+        map_resolution=2.0,
+    )
     eager, lazy = counts.deepcopy(), _lazy(counts, (6, 12, 24, 24))
     _fit(eager, **kw)
     _fit(lazy, **kw)
@@ -146,13 +193,19 @@ def test_nan_in_masked_entries_of_lazy_data(small):
     s.data[..., sig] = np.inf
     lazy = _lazy(s, (6, 24, 24, 24))
     _fit(lazy, navigation_mask=nav, signal_mask=sig)
-    fitted = ~np.asarray(lazy.learning_results.signal_mask).ravel()  # user mask + direct beam
+    fitted = ~np.asarray(
+        lazy.learning_results.signal_mask
+    ).ravel()  # user mask + direct beam
     assert not fitted[sig.ravel()].any()
     assert np.all(np.isfinite(lazy.learning_results.factors[fitted]))
     s.data[5, 5, 5, 5] = np.nan  # outside the masks: refused
     with pytest.raises(ValueError, match="NaN"):
-        _lazy(s, (6, 24, 24, 24)).decomposition(algorithm="constrained_nmf", output_dimension=K,
-                                                navigation_mask=nav, signal_mask=sig)
+        _lazy(s, (6, 24, 24, 24)).decomposition(
+            algorithm="constrained_nmf",
+            output_dimension=K,
+            navigation_mask=nav,
+            signal_mask=sig,
+        )
 
 
 class _Source:
@@ -175,8 +228,14 @@ class _Source:
 
 def test_the_whole_array_is_never_materialised():
     """Fails if any step holds (a copy of) the whole dataset in memory."""
-    s = simulated_precipitates(scan_shape=(48, 48), detector_shape=(24, 24), n_grains=2,
-                               grain_diameter=3.0, random_state=1, dtype="float64")
+    s = simulated_precipitates(
+        scan_shape=(48, 48),
+        detector_shape=(24, 24),
+        n_grains=2,
+        grain_diameter=3.0,
+        random_state=1,
+        dtype="float64",
+    )
     chunk = (8, 48, 24, 24)
     _fit(_lazy(s, chunk), max_iter=2)  # compile and warm up outside the measurement
     source = _Source(s.data)
@@ -189,7 +248,9 @@ def test_the_whole_array_is_never_materialised():
     finally:
         tracemalloc.stop()
     assert max(source.sizes) <= np.prod(chunk)
-    assert peak < 0.3 * s.data.nbytes, f"peak {peak / 2**20:.1f} MiB for {s.data.nbytes / 2**20:.1f} MiB of data"
+    assert peak < 0.3 * s.data.nbytes, (
+        f"peak {peak / 2**20:.1f} MiB for {s.data.nbytes / 2**20:.1f} MiB of data"
+    )
     assert isinstance(lazy.learning_results.factors, np.ndarray)
 
 
@@ -210,8 +271,12 @@ def test_distributed_client_gives_the_same_result(small):
     distributed = pytest.importorskip("distributed")
     eager = small.deepcopy()
     _fit(eager, max_iter=5)
-    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster):
+    with (
+        distributed.LocalCluster(
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster),
+    ):
         lazy = _lazy(small, (6, 24, 24, 24))
         _fit(lazy, max_iter=5)
     _assert_same_results(eager, lazy)
@@ -225,11 +290,19 @@ def test_interruption_leaves_the_signal_and_results_untouched(small, monkeypatch
         if phase == "exact" and iteration == 0:  # mid-fit: the sketch phase is done
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(_decomposition, "_progress_callback", lambda *args: (interrupt, lambda: None))
+    monkeypatch.setattr(
+        _decomposition, "_progress_callback", lambda *args: (interrupt, lambda: None)
+    )
     with pytest.raises(KeyboardInterrupt):
-        lazy.decomposition(algorithm="constrained_nmf", output_dimension=K, print_info=False)
+        lazy.decomposition(
+            algorithm="constrained_nmf", output_dimension=K, print_info=False
+        )
     lr = lazy.learning_results
-    assert lr.factors is None and lr.loadings is None and lr.decomposition_algorithm is None
+    assert (
+        lr.factors is None
+        and lr.loadings is None
+        and lr.decomposition_algorithm is None
+    )
     assert lazy.data is data and isinstance(lazy, LazySTEM4D)
     np.testing.assert_array_equal(lazy.data.compute(), small.data)
 
@@ -238,10 +311,14 @@ def test_failing_read_mid_fit_keeps_earlier_results(small):
     lazy = _lazy(small, (6, 24, 24, 24))
     _fit(lazy, max_iter=3)
     before = lazy.learning_results.factors.copy()
-    source = _Source(small.data, fail_after=4 * 3)  # fails in the 4th read (the exact phase)
+    source = _Source(
+        small.data, fail_after=4 * 3
+    )  # fails in the 4th read (the exact phase)
     lazy.data = da.from_array(source, chunks=(6, 24, 24, 24), asarray=False)
     with pytest.raises(RuntimeError, match="disk went away"):
-        lazy.decomposition(algorithm="constrained_nmf", output_dimension=K + 1, print_info=False)
+        lazy.decomposition(
+            algorithm="constrained_nmf", output_dimension=K + 1, print_info=False
+        )
     lr = lazy.learning_results
     np.testing.assert_array_equal(lr.factors, before)
     assert lr.output_dimension == K

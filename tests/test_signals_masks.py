@@ -32,8 +32,12 @@ def _data(nav=NAV, sig=SIG, beam=BEAM, seed=0):
     phase_a = spot(beam[0], beam[1] + 8) + spot(beam[0], beam[1] - 8)
     phase_b = spot(beam[0] + 7, beam[1]) + spot(beam[0] - 7, beam[1])
     frac = np.broadcast_to(np.linspace(0, 1, nav[1])[None, :], nav)
-    mean = (200 * disk + 2.0 + 40 * (1 - frac)[..., None, None] * phase_a
-            + 40 * frac[..., None, None] * phase_b)
+    mean = (
+        200 * disk
+        + 2.0
+        + 40 * (1 - frac)[..., None, None] * phase_a
+        + 40 * frac[..., None, None] * phase_b
+    )
     return rng.poisson(mean).astype(np.float32)
 
 
@@ -43,8 +47,18 @@ def _signal(data=None, lazy=False):
 
 
 def _fit(s, **kw):
-    kw = dict(dict(algorithm="constrained_nmf", output_dimension=2, max_iter=15, random_state=0,
-                   map_resolution=2.0, print_info=False, return_info=True), **kw)
+    kw = dict(
+        dict(
+            algorithm="constrained_nmf",
+            output_dimension=2,
+            max_iter=15,
+            random_state=0,
+            map_resolution=2.0,
+            print_info=False,
+            return_info=True,
+        ),
+        **kw,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return s.decomposition(**kw)
@@ -72,10 +86,15 @@ def _sig_mask():
 )
 def test_masks_land_on_the_right_positions_and_pixels(form, lazy):
     nav, sig = _nav_mask(), _sig_mask()
-    if form == "hyperspy_order":  # navigation_shape / signal_shape: x first, what HyperSpy 2.5 takes
+    if (
+        form == "hyperspy_order"
+    ):  # navigation_shape / signal_shape: x first, what HyperSpy 2.5 takes
         given = dict(navigation_mask=nav.T.copy(), signal_mask=sig.T.copy())
     elif form == "signal":
-        given = dict(navigation_mask=hs.signals.BaseSignal(nav).T, signal_mask=hs.signals.Signal2D(sig))
+        given = dict(
+            navigation_mask=hs.signals.BaseSignal(nav).T,
+            signal_mask=hs.signals.Signal2D(sig),
+        )
         assert given["navigation_mask"].axes_manager.navigation_shape == NAV[::-1]
     elif form == "dask":
         import dask.array as da
@@ -96,20 +115,38 @@ def test_hyperspy_order_gives_the_array_order_result():
     a, b = _signal(), _signal()
     _fit(a, navigation_mask=_nav_mask(), signal_mask=_sig_mask())
     _fit(b, navigation_mask=_nav_mask().T, signal_mask=_sig_mask().T)
-    np.testing.assert_array_equal(a.learning_results.factors, b.learning_results.factors)
-    np.testing.assert_array_equal(a.learning_results.loadings, b.learning_results.loadings)
+    np.testing.assert_array_equal(
+        a.learning_results.factors, b.learning_results.factors
+    )
+    np.testing.assert_array_equal(
+        a.learning_results.loadings, b.learning_results.loadings
+    )
 
 
 @pytest.mark.parametrize(
     "kw, match",
     [
-        (dict(navigation_mask=np.zeros(60, bool)), r"navigation_mask must be a boolean array of shape \(6, 10\)"),
-        (dict(navigation_mask=np.zeros((3, 20), bool)), r"\(6, 10\) \(array order.*\(10, 6\) \(navigation_shape"),
-        (dict(signal_mask=np.zeros(20 * 28, bool)), r"signal_mask .*\(20, 28\).*\(28, 20\) \(signal_shape"),
+        (
+            dict(navigation_mask=np.zeros(60, bool)),
+            r"navigation_mask must be a boolean array of shape \(6, 10\)",
+        ),
+        (
+            dict(navigation_mask=np.zeros((3, 20), bool)),
+            r"\(6, 10\) \(array order.*\(10, 6\) \(navigation_shape",
+        ),
+        (
+            dict(signal_mask=np.zeros(20 * 28, bool)),
+            r"signal_mask .*\(20, 28\).*\(28, 20\) \(signal_shape",
+        ),
         (dict(signal_mask=np.zeros((14, 40), bool)), r"got shape \(14, 40\)"),
-        (dict(signal_mask=hs.signals.Signal2D(np.zeros((28, 20), bool))),
-         r"signal whose data have the shape \(20, 28\).*got a signal with data of shape \(28, 20\)"),
-        (dict(navigation_mask=hs.signals.BaseSignal(np.zeros((10, 6), bool)).T), r"navigation_mask.*\(6, 10\)"),
+        (
+            dict(signal_mask=hs.signals.Signal2D(np.zeros((28, 20), bool))),
+            r"signal whose data have the shape \(20, 28\).*got a signal with data of shape \(28, 20\)",
+        ),
+        (
+            dict(navigation_mask=hs.signals.BaseSignal(np.zeros((10, 6), bool)).T),
+            r"navigation_mask.*\(6, 10\)",
+        ),
     ],
 )
 def test_masks_of_the_wrong_shape_are_refused(kw, match):
@@ -123,7 +160,9 @@ def test_square_scan_masks_are_in_array_order():
     nav[0, 7] = True  # row 0, column 7; its transpose would be row 7, column 0
     s = STEM4D(data)
     _fit(s, navigation_mask=nav)
-    assert np.isnan(s.learning_results.loadings[7, 0]) and not np.isnan(s.learning_results.loadings[56, 0])
+    assert np.isnan(s.learning_results.loadings[7, 0]) and not np.isnan(
+        s.learning_results.loadings[56, 0]
+    )
 
 
 # --------------------------------------------------------------------------
@@ -139,7 +178,11 @@ def _with_hot_pixel(factor=10.0):
 
 
 def _beam_of(info):
-    return info["direct_beam_y_px"], info["direct_beam_x_px"], info["direct_beam_radius_px"]
+    return (
+        info["direct_beam_y_px"],
+        info["direct_beam_x_px"],
+        info["direct_beam_radius_px"],
+    )
 
 
 @pytest.mark.parametrize("lazy", [False, True], ids=["eager", "lazy"])
@@ -151,15 +194,28 @@ def test_masked_hot_pixel_takes_no_part_in_the_beam_finding(lazy):
     hot = _signal(_with_hot_pixel(), lazy=lazy)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # masked: nothing to report
-        info = hot.decomposition(algorithm="constrained_nmf", output_dimension=2, max_iter=15, random_state=0,
-                                 map_resolution=2.0, print_info=False, return_info=True, signal_mask=hot_mask)
+        info = hot.decomposition(
+            algorithm="constrained_nmf",
+            output_dimension=2,
+            max_iter=15,
+            random_state=0,
+            map_resolution=2.0,
+            print_info=False,
+            return_info=True,
+            signal_mask=hot_mask,
+        )
     y, x, r = _beam_of(info)
     assert (y, x) == pytest.approx(BEAM, abs=0.1)
     assert (y, x, r) == pytest.approx(_beam_of(info_clean), abs=1e-6)
     # the dip constraint's size follows the beam radius
-    assert hot.learning_results.cnmf_diffraction_constraint_size == clean.learning_results.cnmf_diffraction_constraint_size
+    assert (
+        hot.learning_results.cnmf_diffraction_constraint_size
+        == clean.learning_results.cnmf_diffraction_constraint_size
+    )
     # per position: the masked pixel is not read by the beam kernel
-    np.testing.assert_allclose(info["beam_positions"], info_clean["beam_positions"], atol=1e-9)
+    np.testing.assert_allclose(
+        info["beam_positions"], info_clean["beam_positions"], atol=1e-9
+    )
 
 
 @pytest.mark.parametrize("lazy", [False, True], ids=["eager", "lazy"])
@@ -167,12 +223,23 @@ def test_unmasked_hot_pixel_is_reported_and_cannot_move_the_beam(lazy):
     clean = _signal(lazy=lazy)
     info_clean = _fit(clean)
     s = _signal(_with_hot_pixel(), lazy=lazy)
-    with pytest.warns(UserWarning, match=r"1 hot detector pixel.*\(3, 20\).*signal_mask"):
-        info = s.decomposition(algorithm="constrained_nmf", output_dimension=2, max_iter=15, random_state=0,
-                               map_resolution=2.0, print_info=False, return_info=True)
+    with pytest.warns(
+        UserWarning, match=r"1 hot detector pixel.*\(3, 20\).*signal_mask"
+    ):
+        info = s.decomposition(
+            algorithm="constrained_nmf",
+            output_dimension=2,
+            max_iter=15,
+            random_state=0,
+            map_resolution=2.0,
+            print_info=False,
+            return_info=True,
+        )
     assert _beam_of(info)[:2] == pytest.approx(BEAM, abs=0.1)
     assert _beam_of(info)[2] == pytest.approx(_beam_of(info_clean)[2], abs=1e-6)
-    np.testing.assert_allclose(info["beam_positions"], info_clean["beam_positions"], atol=0.05)
+    np.testing.assert_allclose(
+        info["beam_positions"], info_clean["beam_positions"], atol=0.05
+    )
 
 
 def test_auto_probe_size_ignores_a_masked_hot_pixel():
@@ -197,9 +264,16 @@ def test_auto_probe_size_ignores_a_masked_hot_pixel():
 def test_dead_pixel_is_reported():
     data = _data()
     data[..., 15, 4] = 0.0
-    with pytest.warns(UserWarning, match=r"1 dead detector pixel.*\(15, 4\).*signal_mask"):
-        STEM4D(data).decomposition(algorithm="constrained_nmf", output_dimension=2, max_iter=5,
-                                   map_resolution=2.0, print_info=False)
+    with pytest.warns(
+        UserWarning, match=r"1 dead detector pixel.*\(15, 4\).*signal_mask"
+    ):
+        STEM4D(data).decomposition(
+            algorithm="constrained_nmf",
+            output_dimension=2,
+            max_iter=5,
+            map_resolution=2.0,
+            print_info=False,
+        )
 
 
 def test_signal_mask_over_the_beam_still_finds_the_beam():
@@ -211,7 +285,9 @@ def test_signal_mask_over_the_beam_still_finds_the_beam():
     s = _signal()
     info = _fit(s, signal_mask=mask)
     assert _beam_of(info) == pytest.approx(_beam_of(info_clean), abs=1e-6)
-    np.testing.assert_allclose(info["beam_positions"], info_clean["beam_positions"], atol=1e-9)
+    np.testing.assert_allclose(
+        info["beam_positions"], info_clean["beam_positions"], atol=1e-9
+    )
 
 
 def test_beam_helpers():

@@ -26,22 +26,62 @@ from hyperspy_cnmf.signals._store import from_learning_results, to_learning_resu
 
 #: The stored attribute names of earlier versions: renaming one breaks files.
 NAMES = {
-    "cnmf_": (DecompositionRecord, (
-        "loss", "n_iter", "n_iter_sketch", "converged", "map_resolution",
-        "diffraction_constraint_size", "parameters",
-    )),
-    "cdiff_": (cl.ComponentClustering, (
-        "components", "position_labels", "labels", "linkage", "pseudo_distance",
-        "pairwise_rotation", "pairwise_mirrored", "rotation", "mirrored",
-        "references", "merged_factors", "merged_maps", "normalised_maps",
-        "objects", "beam_only", "threshold", "centre", "radii", "parameters",
-        "map_artefact",  # added with issue 10, item 8
-    )),
-    "cpat_": (cl.PatternClustering, (
-        "positions", "position_labels", "step", "labels", "linkage",
-        "pseudo_distance", "rotation", "mirrored", "references",
-        "merged_factors", "threshold", "centre", "radii", "parameters",
-    )),
+    "cnmf_": (
+        DecompositionRecord,
+        (
+            "loss",
+            "n_iter",
+            "n_iter_sketch",
+            "converged",
+            "map_resolution",
+            "diffraction_constraint_size",
+            "parameters",
+        ),
+    ),
+    "cdiff_": (
+        cl.ComponentClustering,
+        (
+            "components",
+            "position_labels",
+            "labels",
+            "linkage",
+            "pseudo_distance",
+            "pairwise_rotation",
+            "pairwise_mirrored",
+            "rotation",
+            "mirrored",
+            "references",
+            "merged_factors",
+            "merged_maps",
+            "normalised_maps",
+            "objects",
+            "beam_only",
+            "threshold",
+            "centre",
+            "radii",
+            "parameters",
+            "map_artefact",  # added with issue 10, item 8
+        ),
+    ),
+    "cpat_": (
+        cl.PatternClustering,
+        (
+            "positions",
+            "position_labels",
+            "step",
+            "labels",
+            "linkage",
+            "pseudo_distance",
+            "rotation",
+            "mirrored",
+            "references",
+            "merged_factors",
+            "threshold",
+            "centre",
+            "radii",
+            "parameters",
+        ),
+    ),
 }
 DETECTOR = (16, 16)
 SCAN = (3, 4)
@@ -127,7 +167,9 @@ def test_round_trip_in_memory(records):
         for f in dataclasses.fields(back):
             if not f.metadata["stored"]:
                 assert getattr(back, f.name) is None
-    assert from_learning_results(LearningResults(), cl.PatternClustering, "cpat_") is None
+    assert (
+        from_learning_results(LearningResults(), cl.PatternClustering, "cpat_") is None
+    )
     flat = from_stored(cl.ComponentClustering, to_stored(records["cdiff_"]))
     assert flat.merged_factors.shape == (records["cdiff_"].references.size, 256)
 
@@ -144,7 +186,9 @@ def test_round_trip_through_files(records, tmp_path):
     s2 = hs.load(tmp_path / "s.hspy")
     for other in (loaded, s2.learning_results):
         for prefix, rec in records.items():
-            back = from_learning_results(other, type(rec), prefix, shapes=_shapes(prefix))
+            back = from_learning_results(
+                other, type(rec), prefix, shapes=_shapes(prefix)
+            )
             _assert_same(rec, back)
 
 

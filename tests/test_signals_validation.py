@@ -21,7 +21,9 @@ def _run(s, k=4, **kw):
     kw.setdefault("print_info", False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return s.decomposition(algorithm="constrained_nmf", output_dimension=k, return_info=True, **kw)
+        return s.decomposition(
+            algorithm="constrained_nmf", output_dimension=k, return_info=True, **kw
+        )
 
 
 class _ReadError(RuntimeError):
@@ -34,8 +36,11 @@ def _unreadable(s):
     def fail(block):
         raise _ReadError("the data were read")
 
-    data = da.map_blocks(fail, da.from_array(np.asarray(s.data, np.float32), chunks=(8, 8, -1, -1)),
-                         dtype=np.float32)
+    data = da.map_blocks(
+        fail,
+        da.from_array(np.asarray(s.data, np.float32), chunks=(8, 8, -1, -1)),
+        dtype=np.float32,
+    )
     lazy = s.as_lazy()
     lazy.data = data
     return lazy
@@ -56,15 +61,30 @@ def _unreadable(s):
         (dict(init="svd"), "unknown init 'svd'"),
         (dict(map_filter="tukeyy"), "unknown map_filter 'tukeyy'"),
         (dict(map_resolution=-2.0), "map_resolution must be"),
-        (dict(diffraction_constraint_strength=2), r"diffraction_constraint_strength must be a finite number in \(0, 1\]"),
+        (
+            dict(diffraction_constraint_strength=2),
+            r"diffraction_constraint_strength must be a finite number in \(0, 1\]",
+        ),
         (dict(diffraction_constraint_size=0.5), "diffraction_constraint_size must be"),
-        (dict(diffraction_constraint_mode="radial"), "unknown diffraction_constraint_mode"),
+        (
+            dict(diffraction_constraint_mode="radial"),
+            "unknown diffraction_constraint_mode",
+        ),
         (dict(max_exact_iter="few"), "unknown max_exact_iter"),
         (dict(direct_beam_mask=-3), "direct_beam_mask must be"),
         (dict(sketch="yes"), "sketch must be True or False"),
-        (dict(init=(np.ones((5, 4)), np.ones((48 * 48, 4)))), r"loadings must have the shape \(576, 4\)"),
-        (dict(init=(np.ones((576, 4)), np.ones((48 * 48, 3)))), r"factors must have the shape \(2304, 4\)"),
-        (dict(init=(np.zeros((576, 4)), np.ones((48 * 48, 4)))), r"all zero for component\(s\) \[0, 1, 2, 3\]"),
+        (
+            dict(init=(np.ones((5, 4)), np.ones((48 * 48, 4)))),
+            r"loadings must have the shape \(576, 4\)",
+        ),
+        (
+            dict(init=(np.ones((576, 4)), np.ones((48 * 48, 3)))),
+            r"factors must have the shape \(2304, 4\)",
+        ),
+        (
+            dict(init=(np.zeros((576, 4)), np.ones((48 * 48, 4)))),
+            r"all zero for component\(s\) \[0, 1, 2, 3\]",
+        ),
         (dict(output_dimension=2.0), "output_dimension must be an integer >= 1"),
     ],
 )
@@ -98,7 +118,8 @@ def test_non_uniform_navigation_axis_is_a_clear_error_before_any_read(small):
     axes = [
         {"axis": np.arange(24) ** 1.5, "name": "y", "units": "nm"},
         {"size": 24, "scale": 0.2, "name": "x", "units": "nm"},
-        {"size": 48}, {"size": 48},
+        {"size": 48},
+        {"size": 48},
     ]
     s = hs.signals.Signal2D(data, axes=axes)
     s.set_signal_type("4D-STEM")
@@ -136,8 +157,12 @@ def test_big_endian_data_fit_like_native_and_stay_untouched(small):
     _run(big)
     assert big.data.dtype == np.dtype(">f4")
     np.testing.assert_array_equal(big.data, before)
-    np.testing.assert_array_equal(big.learning_results.factors, native.learning_results.factors)
-    np.testing.assert_array_equal(big.learning_results.loadings, native.learning_results.loadings)
+    np.testing.assert_array_equal(
+        big.learning_results.factors, native.learning_results.factors
+    )
+    np.testing.assert_array_equal(
+        big.learning_results.loadings, native.learning_results.loadings
+    )
 
 
 def test_lazy_and_eager_max_iter_0_agree(small):
@@ -146,7 +171,12 @@ def test_lazy_and_eager_max_iter_0_agree(small):
     info_l = _run(lazy, max_iter=0, max_exact_iter=1)
     assert info_e["n_iter"] == info_l["n_iter"] == 0
     assert info_e["n_iter_sketch"] == info_l["n_iter_sketch"] == 0
-    np.testing.assert_allclose(lazy.learning_results.factors, eager.learning_results.factors, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(
+        lazy.learning_results.factors,
+        eager.learning_results.factors,
+        rtol=1e-4,
+        atol=1e-7,
+    )
 
 
 @pytest.mark.parametrize("poisson", [True, False])
@@ -160,14 +190,20 @@ def test_decomposition_is_scale_equivariant(small, poisson):
         s = small.deepcopy()
         s.data = s.data.astype(np.float64) * c
         _run(s, normalize_poissonian_noise=poisson)
-        np.testing.assert_allclose(s.learning_results.factors, F, rtol=1e-8, atol=1e-10 * np.nanmax(F))
-        np.testing.assert_allclose(s.learning_results.loadings, c * L, rtol=1e-8, atol=1e-10 * c * np.nanmax(L))
+        np.testing.assert_allclose(
+            s.learning_results.factors, F, rtol=1e-8, atol=1e-10 * np.nanmax(F)
+        )
+        np.testing.assert_allclose(
+            s.learning_results.loadings, c * L, rtol=1e-8, atol=1e-10 * c * np.nanmax(L)
+        )
 
 
 def test_dip_measure_refuses_factors_with_negative_values(small):
     s = small.deepcopy()
     s.decomposition(print_info=False)  # SVD
-    with pytest.raises(ValueError, match="meant for non-negative factors.*algorithm='SVD'"):
+    with pytest.raises(
+        ValueError, match="meant for non-negative factors.*algorithm='SVD'"
+    ):
         s.get_dip_measure()
     with pytest.raises(ValueError, match="meant for non-negative factors"):
         s.plot_dip_measure()

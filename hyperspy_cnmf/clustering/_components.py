@@ -309,7 +309,11 @@ def map_artefacts(maps, nav_shape):
             region = row >= 0.5 * top
             if np.count_nonzero(region) <= 1:
                 out[i] = 1
-            elif len(nav_shape) == 2 and min(nav_shape) > 2 and not np.any(region & ~edge):
+            elif (
+                len(nav_shape) == 2
+                and min(nav_shape) > 2
+                and not np.any(region & ~edge)
+            ):
                 out[i] = 2
     return out
 
@@ -323,12 +327,16 @@ def _cut(dist, beam_only, contrib, method, n_clusters, distance_threshold):
     whose map correlates best with its own
     (:func:`~hyperspy_cnmf.clustering.attach_by_map`).
     """
-    cut = dict(method=method, n_clusters=n_clusters, distance_threshold=distance_threshold)
+    cut = dict(
+        method=method, n_clusters=n_clusters, distance_threshold=distance_threshold
+    )
     labels, Z, threshold = hierarchical_clustering(dist, **cut)
     structured = ~beam_only
     if not beam_only.any() or structured.sum() < 2:
         return _attach_beam_only(labels, beam_only, contrib, n_clusters), Z, threshold
-    sub, _, threshold = hierarchical_clustering(dist[np.ix_(structured, structured)], **cut)
+    sub, _, threshold = hierarchical_clustering(
+        dist[np.ix_(structured, structured)], **cut
+    )
     labels = np.empty(dist.shape[0], dtype=np.int64)
     labels[structured] = sub
     labels[beam_only] = sub.max() + 1 + np.arange(np.count_nonzero(beam_only))
@@ -395,8 +403,12 @@ def _hysteresis(score, particle, nav_shape, high=0.5):
         s = np.nan_to_num(score[o]).reshape(nav_shape)
         regions, n = ndimage.label(s > 0, structure=structure)
         if n:
-            keep = np.r_[False, ndimage.maximum(s, regions, np.arange(1, n + 1)) >= high]
-            score[o] = np.where(keep[regions].ravel() | np.isnan(score[o]), score[o], 0.0)
+            keep = np.r_[
+                False, ndimage.maximum(s, regions, np.arange(1, n + 1)) >= high
+            ]
+            score[o] = np.where(
+                keep[regions].ravel() | np.isnan(score[o]), score[o], 0.0
+            )
     filled = np.where(np.isnan(score), -np.inf, score)
     labels = np.argmax(filled, axis=0).astype(np.int64)
     labels[np.all(np.isnan(score), axis=0)] = -1
@@ -414,11 +426,16 @@ def _dominance(contrib, labels, nav_shape, percentiles, smoothing, threshold):
     obj_maps[:, masked] = np.nan
     extended = _extended_clusters(m, labels, masked, percentiles)
     obj_labels, obj_score = dominant_labels(
-        obj_maps, percentiles=percentiles, extended=extended[obj_cluster], threshold=threshold,
+        obj_maps,
+        percentiles=percentiles,
+        extended=extended[obj_cluster],
+        threshold=threshold,
         particle_baseline="median",
     )
     if extended.any() and not extended.all():
-        obj_labels, obj_score = _hysteresis(obj_score, ~extended[obj_cluster], nav_shape)
+        obj_labels, obj_score = _hysteresis(
+            obj_score, ~extended[obj_cluster], nav_shape
+        )
     pos_labels = np.where(obj_labels >= 0, obj_cluster[np.maximum(obj_labels, 0)], -1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -462,7 +479,9 @@ def _centroids(factors, loadings, refs, pos_labels):
     return out
 
 
-def _component_parameters(args, components, cpx, radii, n_theta, dbr, similarity_kwargs, threshold):
+def _component_parameters(
+    args, components, cpx, radii, n_theta, dbr, similarity_kwargs, threshold
+):
     """The ``parameters`` record of a :class:`ComponentClustering` (``args``: the call's arguments)."""
     return {
         "n_clusters": args["n_clusters"],
@@ -601,7 +620,10 @@ def cluster_components(
         factors, loadings, components, nav_shape
     )
     grid = dict(
-        radial_range=radial_range, delta_r=delta_r, n_theta=n_theta, delta_theta=delta_theta
+        radial_range=radial_range,
+        delta_r=delta_r,
+        n_theta=n_theta,
+        delta_theta=delta_theta,
     )
     similarity_kwargs = dict(
         intensity_transform_function=intensity_transform_function,
@@ -611,7 +633,9 @@ def cluster_components(
     )
     factor_sum = np.nansum(factors, axis=(1, 2))
     loading_sum = np.nansum(loadings, axis=1)
-    cpx, dbr = _resolve_beam(factors, loading_sum, centre, direct_beam_radius, signal_mask)
+    cpx, dbr = _resolve_beam(
+        factors, loading_sum, centre, direct_beam_radius, signal_mask
+    )
     polar, radii, sim = polar_similarity(
         factors, cpx, direct_beam_radius=dbr, **grid, **similarity_kwargs
     )
@@ -622,7 +646,12 @@ def cluster_components(
     )
     maps = _cluster_maps(contrib, labels, np.all(np.isnan(loadings), axis=0))
     objects, pos_labels, norm_maps = _dominance(
-        contrib, labels, nav_shape, dominance_percentiles, map_smoothing, particle_threshold
+        contrib,
+        labels,
+        nav_shape,
+        dominance_percentiles,
+        map_smoothing,
+        particle_threshold,
     )
     labels, maps, norm_maps, pos_labels = _order(labels, maps, norm_maps, pos_labels)
     refs, rot, mir = _align(sim, labels, beam_only, np.abs(factor_sum * loading_sum))

@@ -371,7 +371,9 @@ def attach_by_map(labels, detached, maps):
     detached = np.asarray(detached, dtype=bool)
     m = np.asarray(maps, dtype=np.float64)
     if labels.shape != detached.shape or m.shape[0] != labels.size:
-        raise ValueError("`labels`, `detached` and `maps` must describe the same items.")
+        raise ValueError(
+            "`labels`, `detached` and `maps` must describe the same items."
+        )
     regular = np.unique(labels[~detached])
     if regular.size == 0:
         return labels
@@ -454,9 +456,12 @@ def map_objects(maps, labels, nav_shape=None, threshold=0.5, max_overlap=0.3):
         span = np.nanmax(m, axis=1, keepdims=True) - lo
         with np.errstate(invalid="ignore", divide="ignore"):
             region = np.nan_to_num((m - lo) / span, nan=-1.0) >= threshold
-    region &= (np.isfinite(span) & (span > 0))
+    region &= np.isfinite(span) & (span > 0)
     near = np.stack(
-        [ndimage.binary_dilation(r.reshape(shape)).ravel() if r.any() else r for r in region]
+        [
+            ndimage.binary_dilation(r.reshape(shape)).ravel() if r.any() else r
+            for r in region
+        ]
     )
     size = region.sum(axis=1)
     joined = np.eye(n, dtype=bool)
@@ -472,7 +477,9 @@ def map_objects(maps, labels, nav_shape=None, threshold=0.5, max_overlap=0.3):
     return _in_order_of_first(raw)
 
 
-def dominant_labels(maps, percentiles=(0.0, 100.0), extended=None, threshold=0.5, particle_baseline=None):
+def dominant_labels(
+    maps, percentiles=(0.0, 100.0), extended=None, threshold=0.5, particle_baseline=None
+):
     """Label each navigation position with the map that dominates it.
 
     The maps are those of clusters or of objects (:func:`map_objects`), in
@@ -752,8 +759,17 @@ def _similarity_parameters(
 
 
 def _pattern_parameters(
-    n_clusters, distance_threshold, method, step, centre, radii, delta_r, n_theta, dbr,
-    similarity_kwargs, threshold,
+    n_clusters,
+    distance_threshold,
+    method,
+    step,
+    centre,
+    radii,
+    delta_r,
+    n_theta,
+    dbr,
+    similarity_kwargs,
+    threshold,
 ):
     """The ``parameters`` record of a :class:`PatternClustering`."""
     return {
@@ -786,7 +802,9 @@ def _resolve_pattern_beam(stack, centre, direct_beam_radius, signal_mask=None):
     return centre, direct_beam_radius
 
 
-def _label_all(all_patterns, positions, labels, merged, polar_kwargs, similarity_kwargs):
+def _label_all(
+    all_patterns, positions, labels, merged, polar_kwargs, similarity_kwargs
+):
     """Label every pattern with the cluster whose aligned mean it matches best.
 
     ``all_patterns`` is an iterable of blocks ``(m_i, qy, qx)``; the patterns
@@ -958,8 +976,17 @@ def cluster_patterns(
         radii=radii,
         n_theta=polar.shape[-1],
         parameters=_pattern_parameters(
-            n_clusters, distance_threshold, method, step, centre, radii, delta_r,
-            polar.shape[-1], dbr, similarity_kwargs, threshold,
+            n_clusters,
+            distance_threshold,
+            method,
+            step,
+            centre,
+            radii,
+            delta_r,
+            polar.shape[-1],
+            dbr,
+            similarity_kwargs,
+            threshold,
         ),
         centroids=stack[refs],
         distances=distances,

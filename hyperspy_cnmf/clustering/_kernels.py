@@ -138,4 +138,6 @@ def rotate_resample(images, cx, cy, angles, mirror, out):
                 xs[iy * nx + ix] = cx + sx
                 ys[iy * nx + ix] = cy + sy
         index, weight = bilinear_table(xs, ys, ny, nx)
-        apply_table(images[i].reshape(1, ny * nx), index, weight, out[i].reshape(1, ny * nx))
+        apply_table(
+            images[i].reshape(1, ny * nx), index, weight, out[i].reshape(1, ny * nx)
+        )

@@ -57,7 +57,9 @@ def load_multislice_case(path, lazy=False, key="data_noisy"):
     for ax, centre in zip(s.axes_manager.signal_axes, md["direct_beam_px"][::-1]):
         ax.scale, ax.units, ax.offset = dq, "mrad", -centre * dq
     s.metadata.set_item("Acquisition_instrument.TEM.beam_energy", md["energy_eV"] / 1e3)
-    s.metadata.set_item("Acquisition_instrument.TEM.convergence_angle", md["semiangle_mrad"])
+    s.metadata.set_item(
+        "Acquisition_instrument.TEM.convergence_angle", md["semiangle_mrad"]
+    )
     s.metadata.General.title = str(path).rsplit("/", 1)[-1]
     s.set_signal_type("4D-STEM")
     if lazy:

@@ -27,4 +27,11 @@ from hyperspy_cnmf.io._py4dstem import (
     to_py4dstem,
 )
 
-__all__ = ["from_py4dstem", "to_py4dstem", "load_py4dstem", "as_signal", "load_fpd_hdf5", "load"]
+__all__ = [
+    "from_py4dstem",
+    "to_py4dstem",
+    "load_py4dstem",
+    "as_signal",
+    "load_fpd_hdf5",
+    "load",
+]

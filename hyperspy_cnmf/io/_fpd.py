@@ -99,7 +99,13 @@ def _axis_from_dim(f, path, size, default_name):
             offset = 0.0
     if units.lower() in _PIXEL_UNITS:
         units = "px"
-    return {"name": default_name, "scale": scale, "offset": offset, "units": units, "size": size}
+    return {
+        "name": default_name,
+        "scale": scale,
+        "offset": offset,
+        "units": units,
+        "size": size,
+    }
 
 
 def _float(text):
@@ -119,11 +125,14 @@ def _acquisition_metadata(f):
     if tia is not None:
         original["TIA0_tags"] = _group_to_dict(tia)
     original["file_attrs"] = {
-        str(k): _decode(v) for k, v in f.attrs.items() if isinstance(_decode(v), (str, int, float))
+        str(k): _decode(v)
+        for k, v in f.attrs.items()
+        if isinstance(_decode(v), (str, int, float))
     }
     tem = {}
     desc = f.get("fpd_expt/TIA0/tags/ObjectInfo/ExperimentalDescription")
     if desc is not None:
+
         def item(key):
             return _decode(desc[key][()]) if key in desc else None
 
@@ -143,12 +152,20 @@ def _acquisition_metadata(f):
         if mode:
             tem["acquisition_mode"] = str(mode).strip()
     if "beam_energy" not in tem:
-        volt = f.get("fpd_expt/TIA0/tags/ObjectInfo/ExperimentalConditions/MicroscopeConditions/AcceleratingVoltage")
+        volt = f.get(
+            "fpd_expt/TIA0/tags/ObjectInfo/ExperimentalConditions/MicroscopeConditions/AcceleratingVoltage"
+        )
         if volt is not None and _float(_decode(volt[()])):
             tem["beam_energy"] = _float(_decode(volt[()])) / 1e3
     if hdr is not None:
         det = {}
-        for key in ("chip_type", "chip_id", "chip_mode", "counter_depth", "readout_system"):
+        for key in (
+            "chip_type",
+            "chip_id",
+            "chip_mode",
+            "counter_depth",
+            "readout_system",
+        ):
             if key in hdr:
                 det[key] = str(_decode(hdr[key][()]))
         if det:
@@ -164,7 +181,10 @@ def _acquisition_metadata(f):
         except ValueError:
             pass
         else:
-            md["General"] = {"date": when.date().isoformat(), "time": when.time().isoformat()}
+            md["General"] = {
+                "date": when.date().isoformat(),
+                "time": when.time().isoformat(),
+            }
     return md, original
 
 
@@ -231,7 +251,11 @@ def load_fpd_hdf5(path, bin_signal=1, lazy=False, chunks=None):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"No such file: {path!r}")
-    if isinstance(bin_signal, bool) or not isinstance(bin_signal, (int, np.integer)) or bin_signal < 1:
+    if (
+        isinstance(bin_signal, bool)
+        or not isinstance(bin_signal, (int, np.integer))
+        or bin_signal < 1
+    ):
         raise ValueError(f"bin_signal must be a positive integer, got {bin_signal!r}")
     b = int(bin_signal)
     try:
@@ -251,7 +275,9 @@ def load_fpd_hdf5(path, bin_signal=1, lazy=False, chunks=None):
             )
         ny, nx, qy, qx = dset.shape
         if b > min(qy, qx):
-            raise ValueError(f"bin_signal={b} is larger than the detector ({qy} x {qx})")
+            raise ValueError(
+                f"bin_signal={b} is larger than the detector ({qy} x {qx})"
+            )
         ay = _axis_from_dim(f, FPD_DATA_PATH + "/dim1", ny, "y")
         ax_ = _axis_from_dim(f, FPD_DATA_PATH + "/dim2", nx, "x")
         aqy = _axis_from_dim(f, FPD_DATA_PATH + "/dim3", qy, "ky")

@@ -124,7 +124,9 @@ def _known_extension(suffix):
     except ImportError:  # pragma: no cover - HyperSpy needs RosettaSciIO
         return True
     ext = suffix.lstrip(".").lower()
-    return any(ext in [e.lower() for e in p.get("file_extensions", ())] for p in IO_PLUGINS)
+    return any(
+        ext in [e.lower() for e in p.get("file_extensions", ())] for p in IO_PLUGINS
+    )
 
 
 def _hdf5_contents(path, limit=6):
@@ -152,7 +154,9 @@ def _read_error(path, err, lazy):
     """One clear sentence for a file that ``hs.load`` could not read."""
     suffix = Path(path).suffix.lower()
     supported = ".hspy, .zspy, .mib, .blo, .emd, .dm4, ... (RosettaSciIO), fpd HDF5 or py4DSTEM EMD 1.0"
-    generic = "multiple file readers" in str(err) or not _known_extension(suffix)  # e.g. .h5, .hdf5
+    generic = "multiple file readers" in str(err) or not _known_extension(
+        suffix
+    )  # e.g. .h5, .hdf5
     if suffix not in (".hspy", ".zspy") and generic and _is_hdf5(path):
         return (
             f"cannot read {path!r}: it is an HDF5 file in none of the layouts read here (HyperSpy .hspy, fpd, "
@@ -220,8 +224,14 @@ def bin_detector(signal, factor):
     STEM4D or LazySTEM4D
         A new signal (the input is returned unchanged for ``factor == 1``).
     """
-    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 1:
-        raise ValueError(f"the binning factor must be a positive integer, got {factor!r}")
+    if (
+        isinstance(factor, bool)
+        or not isinstance(factor, (int, np.integer))
+        or factor < 1
+    ):
+        raise ValueError(
+            f"the binning factor must be a positive integer, got {factor!r}"
+        )
     factor = int(factor)
     if factor == 1:
         return signal
@@ -296,7 +306,9 @@ def load(path, lazy=None, bin_signal=1, **kwargs):
             kind = "fpd"
         elif _is_py4dstem_emd1(path):
             kind = "py4dstem"
-        elif "reader" not in kwargs and _is_hspy(path):  # a HyperSpy file named .h5, .hdf5, ...
+        elif "reader" not in kwargs and _is_hspy(
+            path
+        ):  # a HyperSpy file named .h5, .hdf5, ...
             kwargs["reader"] = "hspy"
     if lazy is None:
         size = _fpd_size(path) if kind == "fpd" else _path_size(path)

@@ -295,7 +295,10 @@ def _calibration_params(calibration):
     if qx0 is not None and qy0 is not None:
         params["qx0"], params["qy0"] = qx0, qy0
     # as Calibration.get_origin_mean(): always a pair, possibly of None
-    params["qx0_mean"], params["qy0_mean"] = items.get("qx0_mean"), items.get("qy0_mean")
+    params["qx0_mean"], params["qy0_mean"] = (
+        items.get("qx0_mean"),
+        items.get("qy0_mean"),
+    )
     for key, value in items.items():
         if key in _MAPPED_KEYS or key.startswith("_"):
             continue
@@ -348,8 +351,13 @@ def _read_emd_item(obj):
     if kind in ("tuple", "list"):
         values = obj[...]
         return tuple(values) if kind == "tuple" else list(values)
-    if kind in ("tuple_of_arrays", "list_of_arrays", "tuple_of_tuples", "tuple_of_strings",
-                "list_of_strings"):
+    if kind in (
+        "tuple_of_arrays",
+        "list_of_arrays",
+        "tuple_of_tuples",
+        "tuple_of_strings",
+        "list_of_strings",
+    ):
         out = []
         for i in range(int(obj.attrs["length"])):
             x = obj[str(i)][...]

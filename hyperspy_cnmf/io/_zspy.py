@@ -84,7 +84,9 @@ def check_zspy_chunks(path):
     try:
         for name, arr in _data_arrays(group):
             chunk_store = arr.chunk_store if arr.chunk_store is not None else arr.store
-            missing = [idx for idx in _grid(arr) if _chunk_key(arr, idx) not in chunk_store]
+            missing = [
+                idx for idx in _grid(arr) if _chunk_key(arr, idx) not in chunk_store
+            ]
             if missing:
                 idx = missing[0]
                 total = 1
@@ -93,7 +95,11 @@ def check_zspy_chunks(path):
                 raise ValueError(
                     f"{path!r} is incomplete: the data chunk {_chunk_key(arr, idx)!r} (chunk {tuple(idx)}, "
                     f"array region {_region(arr, idx)}) is missing"
-                    + (f", and {len(missing) - 1} more of its {total} chunks" if len(missing) > 1 else "")
+                    + (
+                        f", and {len(missing) - 1} more of its {total} chunks"
+                        if len(missing) > 1
+                        else ""
+                    )
                     + f"; zarr would read it as the fill value ({arr.fill_value}). Copy the file again or "
                     "re-save it from the original data"
                 )
@@ -120,11 +126,22 @@ def find_corrupt_chunk(path):
     try:
         for name, arr in _data_arrays(group):
             for idx in _grid(arr):
-                sl = tuple(slice(i * c, (i + 1) * c) for i, c in zip(idx, arr.chunks, strict=True))
+                sl = tuple(
+                    slice(i * c, (i + 1) * c)
+                    for i, c in zip(idx, arr.chunks, strict=True)
+                )
                 try:
                     arr[sl]
-                except Exception as err:  # numcodecs raises RuntimeError, ValueError, ...
-                    return name, tuple(idx), _chunk_key(arr, idx), _region(arr, idx), err
+                except (
+                    Exception
+                ) as err:  # numcodecs raises RuntimeError, ValueError, ...
+                    return (
+                        name,
+                        tuple(idx),
+                        _chunk_key(arr, idx),
+                        _region(arr, idx),
+                        err,
+                    )
         return None
     finally:
         if store is not None:
@@ -137,5 +154,7 @@ def describe_corrupt_chunk(path):
     if found is None:
         return ""
     _, idx, key, region, err = found
-    return (f"the data chunk {key!r} (chunk {idx}, array region {region}) cannot be decoded "
-            f"({type(err).__name__}: {err})")
+    return (
+        f"the data chunk {key!r} (chunk {idx}, array region {region}) cannot be decoded "
+        f"({type(err).__name__}: {err})"
+    )

@@ -119,7 +119,9 @@ def spa_from_svd(U, S, Vt, k, valid_rows=None):
     # Maps: clipped least squares of the low-rank data on those patterns.
     G = Ht.T @ Ht
     rhs = (R @ Vt) @ Ht
-    reg = max(1e-12 * np.trace(G), np.finfo(np.float64).tiny)  # relative: scale-equivariant
+    reg = max(
+        1e-12 * np.trace(G), np.finfo(np.float64).tiny
+    )  # relative: scale-equivariant
     W = np.maximum(np.linalg.solve(G + reg * np.eye(k), rhs.T).T, 0.0)
     if valid_rows is not None:
         W[~valid_rows] = 0.0

@@ -482,7 +482,21 @@ def _summary_finite(X, row_scale, col_scale, poisson):
         sq += s_col[j]
         mn = min(mn, c_min[j])
     p_bad = np.zeros(m, dtype=np.int64)
-    return total, sq, mn, 0, n_rows, rows, cols, pattern, p_sum, p_sq, p_bad, p_min, bad != 0.0
+    return (
+        total,
+        sq,
+        mn,
+        0,
+        n_rows,
+        rows,
+        cols,
+        pattern,
+        p_sum,
+        p_sq,
+        p_bad,
+        p_min,
+        bad != 0.0,
+    )
 
 
 @numba.njit(nogil=True, cache=True)
@@ -507,7 +521,20 @@ def block_summary(X, row_scale, col_scale, poisson=True):
     """
     out = _summary_finite(X, row_scale, col_scale, poisson)
     if not out[12]:
-        return out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7], out[8], out[9], out[10], out[11]
+        return (
+            out[0],
+            out[1],
+            out[2],
+            out[3],
+            out[4],
+            out[5],
+            out[6],
+            out[7],
+            out[8],
+            out[9],
+            out[10],
+            out[11],
+        )
     return _summary_checked(X, row_scale, col_scale)
 
 
@@ -628,7 +655,9 @@ def azimuthal_table(valid, cy, cx, half, r_min):
                 x0 = int(np.floor(sx))
                 y1 = min(y0 + 1, ny - 1)
                 x1 = min(x0 + 1, nx - 1)
-                if not (valid[y0, x0] and valid[y0, x1] and valid[y1, x0] and valid[y1, x1]):
+                if not (
+                    valid[y0, x0] and valid[y0, x1] and valid[y1, x0] and valid[y1, x1]
+                ):
                     continue
                 kind[p, i] = 2
                 idx[p, i, 0] = y0 * nx + x0
@@ -675,8 +704,12 @@ def azimuthal_closing_apply(stack, pix, kind, idx, frac, half):
                 else:
                     fy = frac[p, i, 0]
                     fx = frac[p, i, 1]
-                    line[i] = (img[idx[p, i, 0]] * (1 - fy) * (1 - fx) + img[idx[p, i, 1]] * (1 - fy) * fx
-                               + img[idx[p, i, 2]] * fy * (1 - fx) + img[idx[p, i, 3]] * fy * fx)
+                    line[i] = (
+                        img[idx[p, i, 0]] * (1 - fy) * (1 - fx)
+                        + img[idx[p, i, 1]] * (1 - fy) * fx
+                        + img[idx[p, i, 2]] * fy * (1 - fx)
+                        + img[idx[p, i, 3]] * fy * fx
+                    )
             best = np.inf
             for a in range(0, 2 * half + 1):
                 # segment [a, a + 2 half] of the samples contains the centre 2 half
@@ -837,7 +870,9 @@ def block_beam_centres(X, ny, nx, row_valid, col_valid, out):
                 j = yy * nx + xx
                 w = (np.float64(x[j]) - level) * cvalid[j]
                 w = w if w > 0.0 else 0.0  # NaN: 0
-                if lone and w > 0.0:  # an isolated pixel above the level (a hot pixel) takes no part
+                if (
+                    lone and w > 0.0
+                ):  # an isolated pixel above the level (a hot pixel) takes no part
                     left = xx > 0 and np.float64(x[j - 1]) * cvalid[j - 1] > level
                     right = xx < nx - 1 and np.float64(x[j + 1]) * cvalid[j + 1] > level
                     w = w if (left or right) else 0.0
@@ -866,7 +901,10 @@ def block_beam_centres(X, ny, nx, row_valid, col_valid, out):
                 half = np.sqrt(half)
                 srow = 0.0
                 sxrow = 0.0
-                for xx in range(max(0, int(np.ceil(cx - half))), min(nx - 1, int(np.floor(cx + half))) + 1):
+                for xx in range(
+                    max(0, int(np.ceil(cx - half))),
+                    min(nx - 1, int(np.floor(cx + half))) + 1,
+                ):
                     j = yy * nx + xx
                     v = np.float64(x[j])
                     if col_valid[j] and np.isfinite(v):

@@ -68,7 +68,9 @@ def _beam_shape(signal_shape, n_cols):
         return None
     ny, nx = (int(v) for v in signal_shape)
     if ny * nx != n_cols:
-        raise ValueError(f"signal_shape {tuple(signal_shape)} does not match the {n_cols} columns of the data")
+        raise ValueError(
+            f"signal_shape {tuple(signal_shape)} does not match the {n_cols} columns of the data"
+        )
     return ny, nx
 
 
@@ -110,7 +112,15 @@ class DenseOperator:
         (:meth:`beam_positions`).
     """
 
-    def __init__(self, X, row_scale=None, col_scale=None, block_rows=None, n_threads=None, signal_shape=None):
+    def __init__(
+        self,
+        X,
+        row_scale=None,
+        col_scale=None,
+        block_rows=None,
+        n_threads=None,
+        signal_shape=None,
+    ):
         if X.ndim != 2:
             raise ValueError("the data operator needs a 2D (positions x pixels) array")
         self.X = X
@@ -166,8 +176,12 @@ class DenseOperator:
             if beam:
                 self._beam = np.empty((self.shape[0], 2))
                 # masked pixels take no part, except a masked region that may hold the direct beam
-                row_valid, col_valid = self.row_scale != 0, beam_search_pixels(
-                    (self.col_scale == 0).reshape(self.signal_shape)).ravel()
+                row_valid, col_valid = (
+                    self.row_scale != 0,
+                    beam_search_pixels(
+                        (self.col_scale == 0).reshape(self.signal_shape)
+                    ).ravel(),
+                )
             for sl in self._blocks():
                 t, s, m, b = block_stats(self.X[sl], self.row_scale[sl], self.col_scale)
                 total += t
@@ -175,7 +189,13 @@ class DenseOperator:
                 mn = min(mn, m)
                 n_bad += b
                 if beam:
-                    block_beam_centres(self.X[sl], *self.signal_shape, row_valid[sl], col_valid, self._beam[sl])
+                    block_beam_centres(
+                        self.X[sl],
+                        *self.signal_shape,
+                        row_valid[sl],
+                        col_valid,
+                        self._beam[sl],
+                    )
             self._stats = dict(total=total, sq_norm=sq, minimum=mn, n_bad=n_bad)
         return self._stats
 
@@ -202,8 +222,17 @@ class DenseOperator:
 
     def rescaled(self, row_scale, col_scale):
         """The same data with other row/column scales (no copy)."""
-        op = DenseOperator(self.X, row_scale, col_scale, self.block_rows, self.n_threads, self.signal_shape)
-        if self._beam is not None and np.array_equal(op.row_scale != 0, self.row_scale != 0):
+        op = DenseOperator(
+            self.X,
+            row_scale,
+            col_scale,
+            self.block_rows,
+            self.n_threads,
+            self.signal_shape,
+        )
+        if self._beam is not None and np.array_equal(
+            op.row_scale != 0, self.row_scale != 0
+        ):
             op._beam = self._beam  # same rows: same measurement, not read again
         return op
 
@@ -222,7 +251,9 @@ class DenseOperator:
         """Mean raw pattern over the valid rows (masked pixels included)."""
         self.n_passes += 1
         row_valid = np.asarray(row_valid, dtype=bool)
-        X = self.X if row_valid.all() else self.X[row_valid]  # no copy when nothing is masked
+        X = (
+            self.X if row_valid.all() else self.X[row_valid]
+        )  # no copy when nothing is masked
         return np.asarray(X.mean(axis=0), dtype=np.float64)
 
     def _scaled_patterns_t(self, A):
@@ -234,7 +265,10 @@ class DenseOperator:
             block_right(self.X[sl], HcT, self.row_scale[sl], out[sl])
 
     def _left_blocks(self, B, blocks):
-        pairs = ((self.X[sl], (B[sl] * self.row_scale[sl, None]).astype(self.dtype)) for sl in blocks)
+        pairs = (
+            (self.X[sl], (B[sl] * self.row_scale[sl, None]).astype(self.dtype))
+            for sl in blocks
+        )
         return flushed_left(pairs, B.shape[1], self.shape[1], self.dtype)
 
     def right(self, A):

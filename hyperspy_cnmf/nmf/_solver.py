@@ -93,7 +93,9 @@ def _update(solver, A, R, G, skip, n_inner, inner_tol):
             mu_rows(A, R, G, skip, eps)
     else:  # "als": unconstrained least squares, then clipped (the paper's ALS)
         reg = max(_EPS * np.trace(G) / G.shape[0], _TINY)  # relative: scale-equivariant
-        sol = np.linalg.solve(G + reg * np.eye(G.shape[0]), np.asarray(R, np.float64).T).T
+        sol = np.linalg.solve(
+            G + reg * np.eye(G.shape[0]), np.asarray(R, np.float64).T
+        ).T
         np.maximum(sol, 0.0, out=sol)
         if skip.shape[0] == A.shape[0]:
             A[~skip] = sol[~skip]
@@ -186,7 +188,21 @@ def _projected_update(solver, A, R, G, skip, project, n_inner, inner_tol):
     A[:] = At.T
 
 
-def _iterate(op, W, Ht, *, solver, max_iter, tol, map_c, diff_c, n_inner, inner_tol, callback, phase):
+def _iterate(
+    op,
+    W,
+    Ht,
+    *,
+    solver,
+    max_iter,
+    tol,
+    map_c,
+    diff_c,
+    n_inner,
+    inner_tol,
+    callback,
+    phase,
+):
     """Alternate map and pattern updates until the loss settles.
 
     Without a map constraint one iteration is one read of the data
@@ -209,16 +225,24 @@ def _iterate(op, W, Ht, *, solver, max_iter, tol, map_c, diff_c, n_inner, inner_
     for it in range(max_iter):
         G = Ht.T @ Ht
         if map_c is None:
-            XtW = op.fused_pass(W, Ht, lambda A, R, skip: _update(solver, A, R, G, skip, n_inner, inner_tol))
+            XtW = op.fused_pass(
+                W,
+                Ht,
+                lambda A, R, skip: _update(solver, A, R, G, skip, n_inner, inner_tol),
+            )
         else:
-            _projected_update(solver, W, op.right(Ht), G, skip_rows, map_c, n_inner, inner_tol)
+            _projected_update(
+                solver, W, op.right(Ht), G, skip_rows, map_c, n_inner, inner_tol
+            )
             XtW = op.left_t(W)
         Wv = W[valid_rows]
         WtW = Wv.T @ Wv
         if diff_c is None:
             _update(solver, Ht, XtW, WtW, skip_cols, n_inner, inner_tol)
         else:
-            _projected_update(solver, Ht, XtW, WtW, skip_cols, diff_c, n_inner, inner_tol)
+            _projected_update(
+                solver, Ht, XtW, WtW, skip_cols, diff_c, n_inner, inner_tol
+            )
         loss = _loss(sq_norm, XtW, WtW, Ht, n_valid)
         if not np.isfinite(loss):
             _raise_non_finite(W, Ht, phase, it)
@@ -226,7 +250,9 @@ def _iterate(op, W, Ht, *, solver, max_iter, tol, map_c, diff_c, n_inner, inner_
         XtW *= _balance(W, Ht)  # Xe.T @ W of the balanced maps
         if callback is not None:
             callback(phase, it, loss)
-        if it > 0 and abs(losses[-2] - loss) <= tol * losses[-2]:  # relative, no absolute floor
+        if (
+            it > 0 and abs(losses[-2] - loss) <= tol * losses[-2]
+        ):  # relative, no absolute floor
             converged = True
             break
     return losses, converged, XtW
@@ -238,9 +264,16 @@ class NonFiniteError(FloatingPointError):
 
 def _raise_non_finite(W, Ht, phase, it):
     """Stop the fit with the reason instead of returning NaN/inf factors."""
-    bad = [name for name, A in (("maps", W), ("patterns", Ht)) if not np.all(np.isfinite(A))]
+    bad = [
+        name
+        for name, A in (("maps", W), ("patterns", Ht))
+        if not np.all(np.isfinite(A))
+    ]
     where = " and ".join(bad) if bad else "the loss (the products of the factors)"
-    big = max(float(np.max(np.abs(A), initial=0.0)) if np.all(np.isfinite(A)) else np.inf for A in (W, Ht))
+    big = max(
+        float(np.max(np.abs(A), initial=0.0)) if np.all(np.isfinite(A)) else np.inf
+        for A in (W, Ht)
+    )
     raise NonFiniteError(
         f"constrained NMF diverged: {where} became NaN or infinite in {phase} iteration {it + 1} "
         f"(largest factor entry {big:.3g}). The factors over- or underflowed float64: the data or "
@@ -370,7 +403,12 @@ def _initial_factors(op, k, init, rng, n_power_iter, oversample):
             raise ValueError("custom init contains NaN or infinite values")
         if W0.min() < 0 or Ht0.min() < 0:
             raise ValueError("custom init must be non-negative")
-        dead = np.flatnonzero(~(np.any(W0[op.row_scale != 0] > 0, axis=0) & np.any(Ht0[op.col_scale != 0] > 0, axis=0)))
+        dead = np.flatnonzero(
+            ~(
+                np.any(W0[op.row_scale != 0] > 0, axis=0)
+                & np.any(Ht0[op.col_scale != 0] > 0, axis=0)
+            )
+        )
         if dead.size:
             raise ValueError(
                 f"custom init: component(s) {dead.tolist()} have an all-zero map or pattern "
@@ -489,7 +527,9 @@ def constrained_nmf(
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
     if not isinstance(init, tuple) and init not in INITS:
-        raise ValueError(f"unknown init {init!r}; choose one of {INITS} or a (W, H) tuple")
+        raise ValueError(
+            f"unknown init {init!r}; choose one of {INITS} or a (W, H) tuple"
+        )
     k = int(k)
     n_rows = int((op.row_scale != 0).sum())
     n_cols = int((op.col_scale != 0).sum())
@@ -513,7 +553,9 @@ def constrained_nmf(
     max_exact_iter = min(int(max_exact_iter), int(max_iter))
     sq_norm = op.stats()["sq_norm"]
     if sq_norm == 0:
-        raise ValueError("the data are all zero (on the unmasked entries): there is nothing to factorize")
+        raise ValueError(
+            "the data are all zero (on the unmasked entries): there is nothing to factorize"
+        )
     if not np.isfinite(sq_norm):
         raise ValueError(
             "the sum of squares of the (weighted) data overflows float64 "
@@ -523,10 +565,18 @@ def constrained_nmf(
     passes0 = getattr(op, "n_passes", 0)
     map_c = _physical(map_constraint, op.row_scale)
     diff_c = _physical(diffraction_constraint, op.col_scale)
-    common = dict(solver=solver, map_c=map_c, diff_c=diff_c, n_inner=n_inner,
-                  inner_tol=inner_tol, callback=callback)
+    common = dict(
+        solver=solver,
+        map_c=map_c,
+        diff_c=diff_c,
+        n_inner=n_inner,
+        inner_tol=inner_tol,
+        callback=callback,
+    )
 
-    W0, Ht0, sketch_basis = _initial_factors(op, k, init, rng, n_power_iter, sketch_oversample)
+    W0, Ht0, sketch_basis = _initial_factors(
+        op, k, init, rng, n_power_iter, sketch_oversample
+    )
     if sketch and sketch_basis is None:
         sketch_basis = randomized_range(op, k + sketch_oversample, n_power_iter, rng)
     first_op = SketchOperator(*sketch_basis, op) if sketch else op
@@ -539,8 +589,9 @@ def constrained_nmf(
         if start > 0:
             W0, Ht0 = random_init(op.shape[0], op.shape[1], k, mean, rng)
         W, Ht = _start(W0, Ht0, op, map_c, diff_c)
-        run_losses, run_conv, run_xtw = _iterate(first_op, W, Ht, max_iter=first_cap, tol=tol,
-                                                 phase=first_phase, **common)
+        run_losses, run_conv, run_xtw = _iterate(
+            first_op, W, Ht, max_iter=first_cap, tol=tol, phase=first_phase, **common
+        )
         if best is None or run_losses[-1] < best[2][-1]:
             best = (W, Ht, run_losses, run_conv, start, run_xtw)
     W, Ht, first_losses, converged, best_start, XtW = best
@@ -553,8 +604,9 @@ def constrained_nmf(
     n_sketch = len(first_losses) if sketch else 0
     n_exact = 0 if sketch else len(first_losses)
     if sketch:
-        ex_losses, converged, ex_xtw = _iterate(op, W, Ht, max_iter=max_exact_iter, tol=tol, phase="exact",
-                                                **common)
+        ex_losses, converged, ex_xtw = _iterate(
+            op, W, Ht, max_iter=max_exact_iter, tol=tol, phase="exact", **common
+        )
         XtW = ex_xtw
         losses += ex_losses
         phases += ["exact"] * len(ex_losses)
@@ -572,7 +624,9 @@ def constrained_nmf(
             Ht[op.col_scale == 0] = 0.0
         XtW = op.left_t(W) if XtW is None else XtW @ M
         Wv = W[op.row_scale != 0]
-        losses.append(_loss(op.stats()["sq_norm"], XtW, Wv.T @ Wv, Ht, max(1, n_rows * n_cols)))
+        losses.append(
+            _loss(op.stats()["sq_norm"], XtW, Wv.T @ Wv, Ht, max(1, n_rows * n_cols))
+        )
         phases.append("separate")
     refinement_budget = sketch_converged and max_exact_iter < max_iter
     if not converged and not refinement_budget:

@@ -47,7 +47,9 @@ def _stack(data, name):
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:
-        raise ValueError(f"`{name}` must have shape (k, ny, nx) or (ny, nx), got {arr.shape}.")
+        raise ValueError(
+            f"`{name}` must have shape (k, ny, nx) or (ny, nx), got {arr.shape}."
+        )
     return arr
 
 
@@ -80,7 +82,10 @@ def _grid(n_items, per_row, rows_per_item, width, height):
         squeeze=False,
     )
     slots = [
-        [axes[rows_per_item * (i // ncols) + j, i % ncols] for j in range(rows_per_item)]
+        [
+            axes[rows_per_item * (i // ncols) + j, i % ncols]
+            for j in range(rows_per_item)
+        ]
         for i in range(n_items)
     ]
     for i in range(n_items, nblocks * ncols):  # unused slots
@@ -239,7 +244,9 @@ def _as_runs(factors, labels):
         runs = {(labels or ["Factors"])[0]: _stack(factors, "factors")}
     shapes = {v.shape[1:] for v in runs.values()}
     if len(shapes) != 1:
-        raise ValueError(f"all runs must have the same detector shape, got {sorted(shapes)}.")
+        raise ValueError(
+            f"all runs must have the same detector shape, got {sorted(shapes)}."
+        )
     return runs
 
 
@@ -262,7 +269,10 @@ def _largest_dips(img, closed, constraint, mark_depth, n_marks, ext, shape):
     sx = (ext[1] - ext[0]) / shape[1]
     sy = (ext[2] - ext[3]) / shape[0]
     rad = (constraint.radius + 1.0) * abs(sx)
-    return [((ext[0] + (cx + 0.5) * sx, ext[3] + (cy + 0.5) * sy), rad) for cy, cx in centres]
+    return [
+        ((ext[0] + (cx + 0.5) * sx, ext[3] + (cy + 0.5) * sy), rad)
+        for cy, cx in centres
+    ]
 
 
 def plot_dip_measure(
@@ -336,7 +346,9 @@ def plot_dip_measure(
         signal_axes = _signal_axes_info(factors)
     shape = next(iter(runs.values())).shape[1:]
     if not isinstance(constraint, DiffractionDipConstraint):
-        constraint = DiffractionDipConstraint(shape, float(constraint), mode="isotropic")
+        constraint = DiffractionDipConstraint(
+            shape, float(constraint), mode="isotropic"
+        )
     values = {lab: dip_measure(f, constraint) for lab, f in runs.items()}
     n_runs = len(runs)
     palette = cluster_colors(max(n_runs, 2))
@@ -352,7 +364,13 @@ def plot_dip_measure(
     width = 0.8 / n_runs
     for j, (lab, v) in enumerate(values.items()):
         x = np.arange(v.size) + (j - (n_runs - 1) / 2) * width
-        ax.bar(x, 100 * v, width=width, color=palette[j], label=f"{lab} (max {100 * v.max():.2g} %)")
+        ax.bar(
+            x,
+            100 * v,
+            width=width,
+            color=palette[j],
+            label=f"{lab} (max {100 * v.max():.2g} %)",
+        )
     ax.set_xticks(np.arange(k_max))
     if k_max > 30:
         ax.set_xticks(np.arange(0, k_max, 5))
@@ -372,7 +390,9 @@ def plot_dip_measure(
         for r, (lab, f) in enumerate(runs.items(), start=1):
             v = values[lab]
             order = np.argsort(-v, kind="stable")[:n_show]
-            closed = constraint.close(np.where(constraint.valid, np.nan_to_num(f[order]), 0.0))
+            closed = constraint.close(
+                np.where(constraint.valid, np.nan_to_num(f[order]), 0.0)
+            )
             for c, i in enumerate(order):
                 a = fig.add_subplot(gs[r, c])
                 img = f[i]
@@ -383,9 +403,15 @@ def plot_dip_measure(
                     extent=ext,
                     interpolation="nearest",
                 )
-                for (x, y), rad in _largest_dips(img, closed[c], constraint, mark_depth, n_marks, ext, shape):
+                for (x, y), rad in _largest_dips(
+                    img, closed[c], constraint, mark_depth, n_marks, ext, shape
+                ):
                     a.add_patch(Circle((x, y), rad, fill=False, lw=1.2, color="cyan"))
-                a.set_title(f"{lab}: component {i}\ndips {100 * v[i]:.2g} %", fontsize="small", color=palette[r - 1])
+                a.set_title(
+                    f"{lab}: component {i}\ndips {100 * v[i]:.2g} %",
+                    fontsize="small",
+                    color=palette[r - 1],
+                )
                 label_axes(a, signal_axes, ("kx", "ky"))
     fig.suptitle(title or "Downward-convex dips in the diffraction factors")
     fig.dip_measure = values

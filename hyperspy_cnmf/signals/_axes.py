@@ -1,6 +1,5 @@
 """Default names and units for the axes of a 4D-STEM signal."""
 
-
 _NAV_NAMES = ("x", "y")
 _SIG_NAMES = ("kx", "ky")
 
@@ -28,7 +27,11 @@ def check_4d(signal, purpose="constrained NMF"):
     for kind, axes in (("navigation", am.navigation_axes), ("signal", am.signal_axes)):
         for axis in axes:
             if not getattr(axis, "is_uniform", True):
-                name = axis.name if not _is_undefined(axis.name) else f"index {axis.index_in_axes_manager}"
+                name = (
+                    axis.name
+                    if not _is_undefined(axis.name)
+                    else f"index {axis.index_in_axes_manager}"
+                )
                 raise ValueError(
                     f"{purpose} needs uniform (evenly spaced) axes, but the {kind} axis {name!r} is "
                     f"non-uniform ({type(axis).__name__} with an explicit axis array). If its points are "

@@ -26,8 +26,15 @@ from scipy import ndimage
 from hyperspy_cnmf.nmf._kernels import block_beam_centres
 from hyperspy_cnmf.signals._axes import check_4d
 
-__all__ = ["BEAM_MOTION_LIMIT", "beam_motion", "warn_if_beam_moves", "direct_beam_positions",
-           "fit_plane", "get_direct_beam_position", "center_direct_beam"]
+__all__ = [
+    "BEAM_MOTION_LIMIT",
+    "beam_motion",
+    "warn_if_beam_moves",
+    "direct_beam_positions",
+    "fit_plane",
+    "get_direct_beam_position",
+    "center_direct_beam",
+]
 
 #: Largest beam motion (px, see :func:`beam_motion`) accepted without a
 #: warning before a decomposition.
@@ -47,15 +54,23 @@ def _positions_rows(X, sig_shape):
         X = X.astype(np.float32)
     X = np.ascontiguousarray(X)
     out = np.empty((X.shape[0], 2))
-    block_beam_centres(X, int(sig_shape[0]), int(sig_shape[1]), np.ones(X.shape[0], dtype=bool),
-                       np.ones(X.shape[1], dtype=bool), out)
+    block_beam_centres(
+        X,
+        int(sig_shape[0]),
+        int(sig_shape[1]),
+        np.ones(X.shape[0], dtype=bool),
+        np.ones(X.shape[1], dtype=bool),
+        out,
+    )
     return out
 
 
 def _positions_chunk(block):
     """Beam centres of a (..., ky, kx) chunk: (..., 2) x-first."""
     sig = block.shape[-2:]
-    return _positions_rows(block.reshape(-1, sig[0] * sig[1]), sig).reshape(block.shape[:-2] + (2,))
+    return _positions_rows(block.reshape(-1, sig[0] * sig[1]), sig).reshape(
+        block.shape[:-2] + (2,)
+    )
 
 
 def direct_beam_positions(signal):
@@ -91,8 +106,13 @@ def direct_beam_positions(signal):
 
         nd = data.ndim
         data = data.rechunk(data.chunks[:-2] + (-1, -1))
-        pos = da.map_blocks(_positions_chunk, data, drop_axis=[nd - 1], chunks=data.chunks[:-2] + ((2,),),
-                            dtype=np.float64)
+        pos = da.map_blocks(
+            _positions_chunk,
+            data,
+            drop_axis=[nd - 1],
+            chunks=data.chunks[:-2] + ((2,),),
+            dtype=np.float64,
+        )
         return np.asarray(pos.compute())
     ny, nx, ky, kx = data.shape
     return _positions_rows(data.reshape(ny * nx, ky * kx), (ky, kx)).reshape(ny, nx, 2)
@@ -141,7 +161,9 @@ def beam_motion(positions, nav_shape=None):
     return out
 
 
-def warn_if_beam_moves(positions, nav_shape=None, limit=BEAM_MOTION_LIMIT, stacklevel=3):
+def warn_if_beam_moves(
+    positions, nav_shape=None, limit=BEAM_MOTION_LIMIT, stacklevel=3
+):
     """Warn (``UserWarning``) when the beam moves more than ``limit`` px; returns the motion.
 
     See :func:`beam_motion` for the rule. The warning names the fix:
@@ -157,7 +179,8 @@ def warn_if_beam_moves(positions, nav_shape=None, limit=BEAM_MOTION_LIMIT, stack
             f"(1st-99th percentile of the 3x3-smoothed measured centres; limit {limit:g} px): descan. "
             "Components and clusters will follow the moving beam; centre the patterns first with "
             "s = s.center_direct_beam() (or pyxem's center_direct_beam).",
-            UserWarning, stacklevel=stacklevel,
+            UserWarning,
+            stacklevel=stacklevel,
         )
     return motion
 
@@ -202,7 +225,9 @@ def _position_signal(signal, pos):
     from hyperspy.signals import Signal1D
 
     out = Signal1D(pos)
-    for src, dst in zip(signal.axes_manager.navigation_axes, out.axes_manager.navigation_axes):
+    for src, dst in zip(
+        signal.axes_manager.navigation_axes, out.axes_manager.navigation_axes
+    ):
         dst.update_from(src, ("name", "units", "scale", "offset"))
     sig = out.axes_manager.signal_axes[0]
     sig.name = "beam position (x, y)"
@@ -266,8 +291,15 @@ def _shifted_dtype(dtype):
 def _shift_pattern(image, shift, interpolation_order, fill_value, clip):
     from hyperspy._signals.signal2d import shift_image
 
-    image = image.astype(_shifted_dtype(image.dtype), copy=False)  # interpolated counts are not integers
-    out = shift_image(image, shift=shift, interpolation_order=interpolation_order, fill_value=fill_value)
+    image = image.astype(
+        _shifted_dtype(image.dtype), copy=False
+    )  # interpolated counts are not integers
+    out = shift_image(
+        image,
+        shift=shift,
+        interpolation_order=interpolation_order,
+        fill_value=fill_value,
+    )
     if clip:
         out = np.clip(out, 0, None)
     return out
@@ -281,8 +313,10 @@ def _as_positions(value, nav_shape, name):
     if arr.shape == (2,):
         arr = np.broadcast_to(arr, tuple(nav_shape) + (2,))
     if arr.shape != tuple(nav_shape) + (2,):
-        raise ValueError(f"{name} must have the shape {tuple(nav_shape) + (2,)} (scan rows, scan columns, "
-                         f"(x, y)) or (2,), got {arr.shape}")
+        raise ValueError(
+            f"{name} must have the shape {tuple(nav_shape) + (2,)} (scan rows, scan columns, "
+            f"(x, y)) or (2,), got {arr.shape}"
+        )
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} must be finite")
     return arr
@@ -294,13 +328,24 @@ def _calibrated_origin(signal):
     origin = np.array([-ax.offset / ax.scale for ax in axes], dtype=np.float64)
     sizes = np.array([ax.size for ax in axes])
     if np.any(origin < 0) or np.any(origin > sizes - 1):
-        raise ValueError(f"the calibrated origin (signal axes at 0) lies outside the detector: "
-                         f"pixel ({origin[0]:.2f}, {origin[1]:.2f})")
+        raise ValueError(
+            f"the calibrated origin (signal axes at 0) lies outside the detector: "
+            f"pixel ({origin[0]:.2f}, {origin[1]:.2f})"
+        )
     return origin
 
 
-def center_direct_beam(self, shifts=None, method="com", fit="plane", origin="median", interpolation_order=1,
-                       fill_value=0.0, return_shifts=False, show_progressbar=None):
+def center_direct_beam(
+    self,
+    shifts=None,
+    method="com",
+    fit="plane",
+    origin="median",
+    interpolation_order=1,
+    fill_value=0.0,
+    return_shifts=False,
+    show_progressbar=None,
+):
     """A new signal with the direct beam at one position in every pattern.
 
     Each pattern is shifted sub-pixel (HyperSpy's ``shift_image``, i.e.
@@ -395,13 +440,17 @@ def center_direct_beam(self, shifts=None, method="com", fit="plane", origin="med
             pos = fit_plane(pos)
         else:
             ok = np.isfinite(pos)
-            pos = np.where(ok, pos, np.nanmedian(pos.reshape(-1, 2), axis=0))  # empty patterns stay
+            pos = np.where(
+                ok, pos, np.nanmedian(pos.reshape(-1, 2), axis=0)
+            )  # empty patterns stay
         if isinstance(origin, str) and origin == "median":
             target = np.median(pos.reshape(-1, 2), axis=0)
         elif isinstance(origin, str) and origin == "calibration":
             target = _calibrated_origin(self)
         elif isinstance(origin, str):
-            raise ValueError(f"origin must be 'median', 'calibration' or (x, y), got {origin!r}")
+            raise ValueError(
+                f"origin must be 'median', 'calibration' or (x, y), got {origin!r}"
+            )
         else:
             target = np.asarray(origin, dtype=np.float64)
             if target.shape != (2,):
@@ -415,12 +464,19 @@ def center_direct_beam(self, shifts=None, method="com", fit="plane", origin="med
     # (dy, dx) per position in array order, as scipy.ndimage.shift wants it
     yx = np.ascontiguousarray(-offsets[..., ::-1])
     shift_signal = BaseSignal(yx).transpose(signal_axes=1)
-    out = self.map(_shift_pattern, shift=shift_signal, interpolation_order=int(interpolation_order),
-                   fill_value=float(fill_value), clip=int(interpolation_order) > 1, inplace=False,
-                   ragged=False, show_progressbar=show_progressbar,
-                   # known output: no trial run on the first pattern (a read of its chunk)
-                   output_signal_size=tuple(self.axes_manager._signal_shape_in_array),
-                   output_dtype=_shifted_dtype(self.data.dtype))
+    out = self.map(
+        _shift_pattern,
+        shift=shift_signal,
+        interpolation_order=int(interpolation_order),
+        fill_value=float(fill_value),
+        clip=int(interpolation_order) > 1,
+        inplace=False,
+        ragged=False,
+        show_progressbar=show_progressbar,
+        # known output: no trial run on the first pattern (a read of its chunk)
+        output_signal_size=tuple(self.axes_manager._signal_shape_in_array),
+        output_dtype=_shifted_dtype(self.data.dtype),
+    )
     if return_shifts:
         return out, np.array(offsets)
     return out

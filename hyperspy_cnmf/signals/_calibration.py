@@ -12,11 +12,37 @@ from hyperspy_cnmf.constraints import (
 )
 
 #: Unit strings that carry no physical calibration (pint would read "px" as 1/96 inch).
-UNCALIBRATED_UNITS = frozenset({"", "px", "pixel", "pixels", "<undefined>", "undefined", "none", "a.u.", "au",
-                                "step", "steps", "index", "channel", "channels"})
+UNCALIBRATED_UNITS = frozenset(
+    {
+        "",
+        "px",
+        "pixel",
+        "pixels",
+        "<undefined>",
+        "undefined",
+        "none",
+        "a.u.",
+        "au",
+        "step",
+        "steps",
+        "index",
+        "channel",
+        "channels",
+    }
+)
 #: Spellings common in microscopy files that pint reads otherwise ("A" is the ampere there).
-_UNIT_ALIASES = {"A": "Å", "1/A": "1/Å", "A^-1": "Å^-1", "A-1": "Å^-1", "1 / A": "1/Å", "Å-1": "Å^-1",
-                 "nm-1": "nm^-1", "pm-1": "pm^-1", "um-1": "µm^-1", "µm-1": "µm^-1"}
+_UNIT_ALIASES = {
+    "A": "Å",
+    "1/A": "1/Å",
+    "A^-1": "Å^-1",
+    "A-1": "Å^-1",
+    "1 / A": "1/Å",
+    "Å-1": "Å^-1",
+    "nm-1": "nm^-1",
+    "pm-1": "pm^-1",
+    "um-1": "µm^-1",
+    "µm-1": "µm^-1",
+}
 
 
 def _units(axis):
@@ -44,7 +70,9 @@ def unit_quantity(units):
     text = _UNIT_ALIASES.get(str(units).strip(), str(units).strip())
     try:
         return _registry().Quantity(1.0, text)
-    except Exception as exc:  # pint raises several kinds (UndefinedUnitError, TypeError, ...)
+    except (
+        Exception
+    ) as exc:  # pint raises several kinds (UndefinedUnitError, TypeError, ...)
         raise ValueError(f"unit {units!r} is not understood (pint: {exc})") from None
 
 
@@ -66,7 +94,11 @@ def _is_angle(q):
 
 def _axis_label(axis):
     name = str(axis.name)
-    return name if name not in ("", "<undefined>", "None") else f"index {axis.index_in_axes_manager}"
+    return (
+        name
+        if name not in ("", "<undefined>", "None")
+        else f"index {axis.index_in_axes_manager}"
+    )
 
 
 def _common_scales(axes, kind):
@@ -83,7 +115,12 @@ def _common_scales(axes, kind):
         why = f" ({exc})"
     else:
         why = ""
-    if q0 is None or q1 is None or not q1.is_compatible_with(q0) or _is_angle(q0) != _is_angle(q1):
+    if (
+        q0 is None
+        or q1 is None
+        or not q1.is_compatible_with(q0)
+        or _is_angle(q0) != _is_angle(q1)
+    ):
         raise ValueError(
             f"the {kind} axes have incompatible units: {_axis_label(ax0)!r} in {u0!r} and "
             f"{_axis_label(ax1)!r} in {u1!r}{why}; their steps cannot be compared. Give both one "
@@ -137,7 +174,11 @@ def _reciprocal_scale_inv_nm(axes, energy):
         if q.is_compatible_with("1/nm") and not _is_angle(q):
             steps.append(abs(float(axis.scale)) * float(q.to("1/nm").magnitude))
         elif _is_angle(q) and energy:
-            steps.append(abs(float(axis.scale)) * float(q.to("rad").magnitude) / electron_wavelength(energy))
+            steps.append(
+                abs(float(axis.scale))
+                * float(q.to("rad").magnitude)
+                / electron_wavelength(energy)
+            )
         else:
             return None
     return float(np.mean(steps))
@@ -182,8 +223,10 @@ def warn_defect_pixels(mean_pattern, n_positions, mask=None, stacklevel=2):
     hot, dead : ndarray of bool, shape (qy, qx)
     """
     hot, dead = defect_pixels(mean_pattern, n_positions, mask=mask)
-    for kind, found, why in (("hot", hot, "far brighter than all its neighbours in the mean pattern"),
-                             ("dead", dead, "always zero where its neighbours are not")):
+    for kind, found, why in (
+        ("hot", hot, "far brighter than all its neighbours in the mean pattern"),
+        ("dead", dead, "always zero where its neighbours are not"),
+    ):
         if found.any():
             rows, cols = np.nonzero(found)
             where = ", ".join(f"({r}, {c})" for r, c in zip(rows[:10], cols[:10]))
@@ -254,16 +297,24 @@ def estimate_probe_fwhm(signal, mean_pattern, beam_radius_px=None, stacklevel=3)
     if to_nm is not None:
         if energy and alpha:
             d_nm = probe_fwhm_from_convergence(alpha, energy)
-            return d_nm / to_nm, "convergence_angle and beam_energy metadata (0.514 lambda/alpha)"
+            return (
+                d_nm / to_nm,
+                "convergence_angle and beam_energy metadata (0.514 lambda/alpha)",
+            )
         sig = signal.axes_manager.signal_axes
-        _common_scales(sig, "signal")  # one calibration for both detector axes, or a clear error
+        _common_scales(
+            sig, "signal"
+        )  # one calibration for both detector axes, or a clear error
         k_step = _reciprocal_scale_inv_nm(sig, energy)
         if k_step:
             if beam_radius_px is None:
                 beam_radius_px = find_beam_disk(mean_pattern).radius
             k_alpha = beam_radius_px * k_step
             if k_alpha:
-                return AIRY_FWHM / k_alpha / to_nm, "direct-beam disk radius in calibrated diffraction units (0.514/k_alpha)"
+                return (
+                    AIRY_FWHM / k_alpha / to_nm,
+                    "direct-beam disk radius in calibrated diffraction units (0.514/k_alpha)",
+                )
     step = max(step_x, step_y)
     warnings.warn(
         "map_resolution='auto' could not determine the probe size (needs the "

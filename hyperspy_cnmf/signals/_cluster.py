@@ -170,7 +170,9 @@ def _geometry_to_px(signal, centre, units, radial_range, direct_beam_radius):
         try:
             x, y = (float(v) for v in centre)
         except (TypeError, ValueError):
-            raise ValueError(f"`centre` must be a pair (x, y), got {centre!r}.") from None
+            raise ValueError(
+                f"`centre` must be a pair (x, y), got {centre!r}."
+            ) from None
         if units == "calibrated":
             _, (sx, sy), (ox, oy), _ = _signal_geometry(signal)
             x, y = (x - ox) / sx, (y - oy) / sy
@@ -193,12 +195,15 @@ def _resolve_geometry(
     A centre found here is found on ``reference_pattern`` outside the
     decomposition's ``signal_mask`` (:func:`_signal_mask`).
     """
-    cpx, rr, dbr = _geometry_to_px(signal, centre, units, radial_range, direct_beam_radius)
+    cpx, rr, dbr = _geometry_to_px(
+        signal, centre, units, radial_range, direct_beam_radius
+    )
     shape = _signal_geometry(signal)[0]
     if cpx is None:
         with np.errstate(invalid="ignore"):
             cpx = core.find_direct_beam(
-                reference_pattern, mask=core._polar.beam_search_mask(_signal_mask(signal))
+                reference_pattern,
+                mask=core._polar.beam_search_mask(_signal_mask(signal)),
             )
     elif centre is not None:
         cpx = core._polar._check_centre(cpx, shape)
@@ -307,10 +312,15 @@ def _fill_hyperspy_cluster_fields(
 
 def _warn_map_artefacts(res):
     """One warning naming the components whose map is a single position or the scan edge."""
-    flagged = {code: res.components[res.map_artefact == code].tolist()
-               for code in (1, 2) if np.any(res.map_artefact == code)}
+    flagged = {
+        code: res.components[res.map_artefact == code].tolist()
+        for code in (1, 2)
+        if np.any(res.map_artefact == code)
+    }
     if flagged:
-        what = "; ".join(f"{core.MAP_ARTEFACTS[c]}: components {v}" for c, v in flagged.items())
+        what = "; ".join(
+            f"{core.MAP_ARTEFACTS[c]}: components {v}" for c, v in flagged.items()
+        )
         warnings.warn(
             f"Component maps that are no feature of the sample ({what}): noise spikes or scan "
             "artefacts fitted by too many components. Their clusters are not phases; consider a "
@@ -536,7 +546,9 @@ def cluster_diffraction(
     k = idx.size
     factors = np.asarray(lr.factors[:, idx], dtype=np.float64).T.reshape(k, qy, qx)
     loadings = np.asarray(lr.loadings[:, idx], dtype=np.float64).T
-    cpx, rr, dbr = _geometry_to_px(self, centre, units, radial_range, direct_beam_radius)
+    cpx, rr, dbr = _geometry_to_px(
+        self, centre, units, radial_range, direct_beam_radius
+    )
     res = core.cluster_components(
         factors,
         loadings,
@@ -564,7 +576,9 @@ def cluster_diffraction(
     _warn_map_artefacts(res)
     clear_learning_results(lr, "cdiff_")  # no field of an older clustering stays
     to_learning_results(lr, res, "cdiff_")
-    stamp_clustering(lr, "cdiff_")  # the decomposition it was made from (checked by the getters)
+    stamp_clustering(
+        lr, "cdiff_"
+    )  # the decomposition it was made from (checked by the getters)
     n_c = res.references.size
     _fill_hyperspy_cluster_fields(
         lr,
@@ -633,8 +647,11 @@ def get_cluster_diffraction_results(self, source="components"):
 def _check_current(signal, source):
     """Refuse a stored clustering that no longer matches ``learning_results`` (see ``_store.stale_clustering``)."""
     prefix, _ = _source(source)
-    stale = stale_clustering(signal.learning_results, prefix,
-                             "cluster_diffraction" if source == "components" else "cluster_patterns")
+    stale = stale_clustering(
+        signal.learning_results,
+        prefix,
+        "cluster_diffraction" if source == "components" else "cluster_patterns",
+    )
     if stale:
         raise RuntimeError(stale)
 
@@ -838,11 +855,17 @@ def cluster_patterns(
     if own:
         stack, positions, steps = _own_patterns(self, step, max_patterns)
     else:
-        stack, positions, steps = _given_patterns(self, patterns, max_patterns), None, None
+        stack, positions, steps = (
+            _given_patterns(self, patterns, max_patterns),
+            None,
+            None,
+        )
     n = stack.shape[0]
     if n < 2:
         raise ValueError(f"At least 2 patterns are needed to cluster, got {n}.")
-    cpx, rr, dbr = _geometry_to_px(self, centre, units, radial_range, direct_beam_radius)
+    cpx, rr, dbr = _geometry_to_px(
+        self, centre, units, radial_range, direct_beam_radius
+    )
     res = core.cluster_patterns(
         stack,
         centre=cpx,

@@ -53,7 +53,9 @@ def _mask_vector(mask, size, shape, name):
         data = data.compute()
     data = np.asarray(data)
     if data.dtype != bool:
-        raise TypeError(f"{name} must be a boolean array (True = excluded), got dtype {data.dtype}")
+        raise TypeError(
+            f"{name} must be a boolean array (True = excluded), got dtype {data.dtype}"
+        )
     if data.shape == shape:
         return data.ravel().copy()
     if data.shape == hs_shape and not is_signal:
@@ -65,7 +67,9 @@ def _mask_vector(mask, size, shape, name):
         expected = f"a boolean array of shape {shape} (array order, like s.data) or {hs_shape} ({axes}, x first)"
     else:
         expected = f"a boolean array of shape {shape}"
-    raise ValueError(f"{name} must be {expected}; got {'a signal with data of ' if is_signal else ''}shape {data.shape}")
+    raise ValueError(
+        f"{name} must be {expected}; got {'a signal with data of ' if is_signal else ''}shape {data.shape}"
+    )
 
 
 def _check_dtype(dtype):
@@ -75,7 +79,11 @@ def _check_dtype(dtype):
             f"constrained NMF needs real, non-negative data; got complex data (dtype {dtype}). "
             "Decompose e.g. the intensity: s.data = abs(s.data) ** 2"
         )
-    if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.bool_)):
+    if not (
+        np.issubdtype(dtype, np.floating)
+        or np.issubdtype(dtype, np.integer)
+        or np.issubdtype(dtype, np.bool_)
+    ):
         raise TypeError(f"constrained NMF needs real numeric data; got dtype {dtype}")
 
 
@@ -105,10 +113,19 @@ def _make_operator(signal, row_scale, col_scale, poisson=True):
     if signal._lazy:
         from hyperspy_cnmf.chunked import DaskOperator
 
-        return DaskOperator(_unfolded_data(signal), row_scale=row_scale, col_scale=col_scale,
-                            signal_ndim=signal.axes_manager.signal_dimension, poisson_stats=poisson)
-    return DenseOperator(_unfolded_data(signal), row_scale=row_scale, col_scale=col_scale,
-                         signal_shape=signal.axes_manager._signal_shape_in_array)
+        return DaskOperator(
+            _unfolded_data(signal),
+            row_scale=row_scale,
+            col_scale=col_scale,
+            signal_ndim=signal.axes_manager.signal_dimension,
+            poisson_stats=poisson,
+        )
+    return DenseOperator(
+        _unfolded_data(signal),
+        row_scale=row_scale,
+        col_scale=col_scale,
+        signal_shape=signal.axes_manager._signal_shape_in_array,
+    )
 
 
 def _with_clean_masked_entries(signal, op, nav_mask, sig_mask):
@@ -125,8 +142,15 @@ def _with_clean_masked_entries(signal, op, nav_mask, sig_mask):
         return op
     clean = np.array(X, copy=True)
     clean[nav_mask] = np.nan_to_num(clean[nav_mask], nan=0.0, posinf=0.0, neginf=0.0)
-    clean[:, sig_mask] = np.nan_to_num(clean[:, sig_mask], nan=0.0, posinf=0.0, neginf=0.0)
-    return DenseOperator(clean, row_scale=op.row_scale, col_scale=op.col_scale, signal_shape=op.signal_shape)
+    clean[:, sig_mask] = np.nan_to_num(
+        clean[:, sig_mask], nan=0.0, posinf=0.0, neginf=0.0
+    )
+    return DenseOperator(
+        clean,
+        row_scale=op.row_scale,
+        col_scale=op.col_scale,
+        signal_shape=op.signal_shape,
+    )
 
 
 def _single_threaded_blas():
@@ -169,10 +193,20 @@ def _expect_range_product(op, k, init, sketch, poisson, random_state):
     """
     if random_state is None:
         random_state = int(np.random.SeedSequence().generate_state(1)[0])
-    first_draw_is_range = isinstance(init, str) and init != "random" or (isinstance(init, tuple) and sketch)
-    if (hasattr(op, "expect_right_gram") and not poisson and first_draw_is_range
-            and isinstance(random_state, (int, np.integer))):
-        omega = range_test_matrix(op, k + SKETCH_OVERSAMPLE, np.random.default_rng(random_state))
+    first_draw_is_range = (
+        isinstance(init, str)
+        and init != "random"
+        or (isinstance(init, tuple) and sketch)
+    )
+    if (
+        hasattr(op, "expect_right_gram")
+        and not poisson
+        and first_draw_is_range
+        and isinstance(random_state, (int, np.integer))
+    ):
+        omega = range_test_matrix(
+            op, k + SKETCH_OVERSAMPLE, np.random.default_rng(random_state)
+        )
         op.expect_right_gram(omega)
     return random_state
 
@@ -187,10 +221,16 @@ def _poisson_scales(op, nav_valid, sig_valid):
     factor changes nothing else (HyperSpy's own scaling omits it).
     """
     rows, cols = op.row_col_sums(nav_valid, sig_valid)
-    r = np.where(nav_valid & (rows > 0), 1.0 / np.sqrt(np.where(rows > 0, rows, 1.0)), 0.0)
-    c = np.where(sig_valid & (cols > 0), 1.0 / np.sqrt(np.where(cols > 0, cols, 1.0)), 0.0)
+    r = np.where(
+        nav_valid & (rows > 0), 1.0 / np.sqrt(np.where(rows > 0, rows, 1.0)), 0.0
+    )
+    c = np.where(
+        sig_valid & (cols > 0), 1.0 / np.sqrt(np.where(cols > 0, cols, 1.0)), 0.0
+    )
     total = float(cols[sig_valid].sum())
-    return r * (np.sqrt(total) if total > 0 else 1.0), c  # no absolute floor: scale-equivariant
+    return r * (
+        np.sqrt(total) if total > 0 else 1.0
+    ), c  # no absolute floor: scale-equivariant
 
 
 def _show_progress(show_progressbar):
@@ -202,9 +242,11 @@ def _show_progress(show_progressbar):
 
 
 def _run_label(map_resolution, diffraction_constraint):
-    """"primitive NMF" when both constraints are off (the paper's name), else "constrained NMF"."""
+    """ "primitive NMF" when both constraints are off (the paper's name), else "constrained NMF"."""
     map_off = map_resolution is None or map_resolution is False
-    return "primitive NMF" if map_off and not diffraction_constraint else "constrained NMF"
+    return (
+        "primitive NMF" if map_off and not diffraction_constraint else "constrained NMF"
+    )
 
 
 #: What the fit does in each phase reported by the solver's callback.
@@ -225,7 +267,9 @@ def _stage_bar(show_progressbar, text):
     return bar.close
 
 
-def _progress_callback(show_progressbar, max_iter, max_exact_iter=None, label="constrained NMF"):
+def _progress_callback(
+    show_progressbar, max_iter, max_exact_iter=None, label="constrained NMF"
+):
     """Progress bars of a fit: one per phase, each closed at its real number of iterations.
 
     An initialisation line runs until the first iteration; then one bar per
@@ -247,16 +291,32 @@ def _progress_callback(show_progressbar, max_iter, max_exact_iter=None, label="c
         return None, lambda: None
     from tqdm.auto import tqdm
 
-    caps = {"sketch": int(max_iter),
-            "exact": int(max_iter if max_exact_iter is None else min(int(max_exact_iter), int(max_iter)))}
-    state = {"bar": None, "phase": None, "starts": 0,
-             "init": tqdm(total=None, desc=f"{label}: initialisation", bar_format="{desc} [{elapsed}]",
-                          leave=True)}
+    caps = {
+        "sketch": int(max_iter),
+        "exact": int(
+            max_iter
+            if max_exact_iter is None
+            else min(int(max_exact_iter), int(max_iter))
+        ),
+    }
+    state = {
+        "bar": None,
+        "phase": None,
+        "starts": 0,
+        "init": tqdm(
+            total=None,
+            desc=f"{label}: initialisation",
+            bar_format="{desc} [{elapsed}]",
+            leave=True,
+        ),
+    }
 
     def finish():
         bar = state["bar"]
         if bar is not None:
-            bar.total = bar.n  # the real number of iterations: the bar ends full, not at n/max_iter
+            bar.total = (
+                bar.n
+            )  # the real number of iterations: the bar ends full, not at n/max_iter
             bar.refresh()
             bar.close()
             state["bar"] = None
@@ -267,16 +327,23 @@ def _progress_callback(show_progressbar, max_iter, max_exact_iter=None, label="c
     def callback(phase, iteration, loss):
         if state["bar"] is None or phase != state["phase"] or iteration == 0:
             finish()
-            state["starts"] = state["starts"] + 1 if phase == state["phase"] and iteration == 0 else 1
+            state["starts"] = (
+                state["starts"] + 1 if phase == state["phase"] and iteration == 0 else 1
+            )
             name = _PHASES.get(phase, phase)
             if state["starts"] > 1:
                 name += f", start {state['starts']}"
             state["phase"] = phase
-            state["bar"] = tqdm(total=max(1, caps.get(phase, int(max_iter))), desc=f"{label} ({name})",
-                                leave=True)
+            state["bar"] = tqdm(
+                total=max(1, caps.get(phase, int(max_iter))),
+                desc=f"{label} ({name})",
+                leave=True,
+            )
         bar = state["bar"]
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4g}", refresh=bar.n == 1)  # shown at once, then at tqdm's pace
+        bar.set_postfix(
+            loss=f"{loss:.4g}", refresh=bar.n == 1
+        )  # shown at once, then at tqdm's pace
 
     return callback, finish
 
@@ -321,7 +388,10 @@ class _Constraint:
 
 
 def _options(*values):
-    return _Constraint(lambda v: isinstance(v, str) and v in values, "one of " + ", ".join(repr(v) for v in values))
+    return _Constraint(
+        lambda v: isinstance(v, str) and v in values,
+        "one of " + ", ".join(repr(v) for v in values),
+    )
 
 
 def _is_int(v):
@@ -329,7 +399,9 @@ def _is_int(v):
 
 
 def _is_real(v):
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(
+        v, (bool, np.bool_)
+    )
 
 
 def _integer(low):
@@ -342,15 +414,21 @@ def _real(low, high=None, low_open=False):
             return False
         return (v > low if low_open else v >= low) and (high is None or v <= high)
 
-    interval = f"{'(' if low_open else '['}{low:g}, {'inf)' if high is None else f'{high:g}]'}"
+    interval = (
+        f"{'(' if low_open else '['}{low:g}, {'inf)' if high is None else f'{high:g}]'}"
+    )
     return _Constraint(test, f"a finite number in {interval}")
 
 
 _NONE = _Constraint(lambda v: v is None, "None")
 _FALSE = _Constraint(lambda v: v is False, "False")
 _BOOL = _Constraint(lambda v: isinstance(v, (bool, np.bool_)), "True or False")
-_GENERATOR = _Constraint(lambda v: isinstance(v, np.random.Generator), "a numpy.random.Generator")
-_PAIR = _Constraint(lambda v: isinstance(v, (tuple, list)), "a (loadings, factors) pair")
+_GENERATOR = _Constraint(
+    lambda v: isinstance(v, np.random.Generator), "a numpy.random.Generator"
+)
+_PAIR = _Constraint(
+    lambda v: isinstance(v, (tuple, list)), "a (loadings, factors) pair"
+)
 
 #: The allowed values of every argument of :func:`constrained_nmf_decomposition`
 #: (scikit-learn's ``_parameter_constraints``), checked at once by :func:`_check_params`
@@ -401,18 +479,26 @@ def _check_custom_init(init, n_nav, n_sig, k):
     if len(init) != 2:
         raise ValueError("a custom init is a (loadings, factors) pair")
     loadings, factors = (np.asarray(a, dtype=np.float64) for a in init)
-    for name, a, shape in (("loadings", loadings, (n_nav, k)), ("factors", factors, (n_sig, k))):
+    for name, a, shape in (
+        ("loadings", loadings, (n_nav, k)),
+        ("factors", factors, (n_sig, k)),
+    ):
         if a.shape != shape:
             raise ValueError(
                 f"the custom init's {name} must have the shape {shape} (HyperSpy's layout: "
                 f"{'navigation' if name == 'loadings' else 'signal'} size x output_dimension), got {a.shape}"
             )
-    loadings, factors = np.nan_to_num(loadings, nan=0.0), np.nan_to_num(factors, nan=0.0)
+    loadings, factors = (
+        np.nan_to_num(loadings, nan=0.0),
+        np.nan_to_num(factors, nan=0.0),
+    )
     for name, a in (("loadings", loadings), ("factors", factors)):
         if not np.all(np.isfinite(a)):
             raise ValueError(f"the custom init's {name} contain infinite values")
         if a.min() < 0:
-            raise ValueError(f"the custom init's {name} must be non-negative (minimum {a.min():g})")
+            raise ValueError(
+                f"the custom init's {name} must be non-negative (minimum {a.min():g})"
+            )
         dead = np.flatnonzero(~np.any(a > 0, axis=0))
         if dead.size:
             raise ValueError(
@@ -465,9 +551,13 @@ def constrained_nmf_decomposition(
     op, row_scale, col_scale = _scaled_operator(op, p, beam_mask)
     sig_mask, sig_valid = p.sig_mask | beam_mask, ~p.sig_mask & ~beam_mask
     settings = _settings(p, beam, mask_radius)
-    map_c, diff_c, res_value, dip_radius = _build_constraints(signal, p, beam, mean_pattern, sig_valid, settings)
+    map_c, diff_c, res_value, dip_radius = _build_constraints(
+        signal, p, beam, mean_pattern, sig_valid, settings
+    )
     result = _fit(op, p, seed, row_scale, col_scale, map_c, diff_c)
-    loadings, factors = _to_data_units(result, row_scale, col_scale, ~p.nav_mask, sig_valid, p.nav_mask, sig_mask)
+    loadings, factors = _to_data_units(
+        result, row_scale, col_scale, ~p.nav_mask, sig_valid, p.nav_mask, sig_mask
+    )
     record = DecompositionRecord(
         loss=result.loss,
         n_iter=result.n_iter,
@@ -478,9 +568,17 @@ def constrained_nmf_decomposition(
         parameters=settings,
     )
     _write_results(signal.learning_results, p, loadings, factors, sig_mask, record)
-    info = dict(settings, loss=result.loss, n_iter=result.n_iter, n_iter_sketch=result.n_iter_sketch,
-                converged=result.converged, sketch_converged=result.sketch_converged,
-                n_passes=result.n_passes, final_loss=float(result.loss[-1]), beam_positions=beam_positions)
+    info = dict(
+        settings,
+        loss=result.loss,
+        n_iter=result.n_iter,
+        n_iter_sketch=result.n_iter_sketch,
+        converged=result.converged,
+        sketch_converged=result.sketch_converged,
+        n_passes=result.n_passes,
+        final_loss=float(result.loss[-1]),
+        beam_positions=beam_positions,
+    )
     if print_info:
         print(_summary(info, p.k))
     if return_info:
@@ -498,7 +596,9 @@ def _checked_arguments(signal, params):
     """
     check_4d(signal)
     if params["output_dimension"] is None:
-        raise ValueError("output_dimension (the number of components k) must be given for algorithm='constrained_nmf'")
+        raise ValueError(
+            "output_dimension (the number of components k) must be given for algorithm='constrained_nmf'"
+        )
     _check_params(params)
     _check_dtype(signal.data.dtype)
     p = SimpleNamespace(**{name: params[name] for name in _PARAMETER_CONSTRAINTS})
@@ -514,14 +614,20 @@ def _checked_arguments(signal, params):
     if isinstance(p.init, (tuple, list)):
         p.init = _check_custom_init(p.init, n_nav, n_sig, p.k)
     elif p.init not in INITS:
-        raise ValueError(f"unknown init {p.init!r}; choose one of {INITS} or a (loadings, factors) pair")
+        raise ValueError(
+            f"unknown init {p.init!r}; choose one of {INITS} or a (loadings, factors) pair"
+        )
 
-    p.nav_mask = _mask_vector(params["navigation_mask"], n_nav, p.nav_shape, "navigation_mask")
+    p.nav_mask = _mask_vector(
+        params["navigation_mask"], n_nav, p.nav_shape, "navigation_mask"
+    )
     p.sig_mask = _mask_vector(params["signal_mask"], n_sig, p.sig_shape, "signal_mask")
     if p.nav_mask.all() or p.sig_mask.all():
         raise ValueError("all data are masked: nothing to factorize")
     # The scan steps in one unit (pint), or a clear error for units that do not convert: before the read.
-    p.nav_steps = navigation_scales(signal) if _map_constraint_on(p.map_resolution) else None
+    p.nav_steps = (
+        navigation_scales(signal) if _map_constraint_on(p.map_resolution) else None
+    )
     p.label = _run_label(p.map_resolution, p.diffraction_constraint)
     return p
 
@@ -538,11 +644,19 @@ def _read_statistics(signal, p):
     on descan.
     """
     nav_valid, sig_valid = ~p.nav_mask, ~p.sig_mask
-    op = _make_operator(signal, nav_valid.astype(float), sig_valid.astype(float),
-                        poisson=bool(p.normalize_poissonian_noise))
+    op = _make_operator(
+        signal,
+        nav_valid.astype(float),
+        sig_valid.astype(float),
+        poisson=bool(p.normalize_poissonian_noise),
+    )
     op = _with_clean_masked_entries(signal, op, p.nav_mask, p.sig_mask)
-    seed = _expect_range_product(op, p.k, p.init, p.sketch, p.normalize_poissonian_noise, p.random_state)
-    done = _stage_bar(p.show_progressbar, f"{p.label}: reading the data (statistics, direct beam)")
+    seed = _expect_range_product(
+        op, p.k, p.init, p.sketch, p.normalize_poissonian_noise, p.random_state
+    )
+    done = _stage_bar(
+        p.show_progressbar, f"{p.label}: reading the data (statistics, direct beam)"
+    )
     try:
         stats = op.stats()
     finally:
@@ -592,7 +706,12 @@ def _measure_beam(op, p, excursion):
     """
     nav_valid, sig_valid = ~p.nav_mask, ~p.sig_mask
     mean_pattern = op.mean_pattern(nav_valid).reshape(p.sig_shape)
-    warn_defect_pixels(mean_pattern, int(nav_valid.sum()), mask=p.sig_mask.reshape(p.sig_shape), stacklevel=4)
+    warn_defect_pixels(
+        mean_pattern,
+        int(nav_valid.sum()),
+        mask=p.sig_mask.reshape(p.sig_shape),
+        stacklevel=4,
+    )
     beam = find_beam_disk(mean_pattern, mask=p.sig_mask.reshape(p.sig_shape))
     mask_radius = _mask_radius(p.direct_beam_mask, beam, excursion)
     beam_mask = _direct_beam_disk(mask_radius, beam, p.sig_shape) & sig_valid
@@ -608,7 +727,10 @@ def _measure_beam(op, p, excursion):
 def _scaled_operator(op, p, beam_mask):
     """Stage 4: the row and column scales of the fit (Poisson weights, masks), applied to the operator."""
     nav_valid, sig_valid = ~p.nav_mask, ~p.sig_mask
-    row_scale, col_scale = nav_valid.astype(float), (sig_valid & ~beam_mask).astype(float)
+    row_scale, col_scale = (
+        nav_valid.astype(float),
+        (sig_valid & ~beam_mask).astype(float),
+    )
     if p.normalize_poissonian_noise:
         # Row sums over all unmasked pixels (the statistics read, no extra pass); the
         # direct beam then takes no part in the fit through its zero column scale.
@@ -623,15 +745,26 @@ def _settings(p, beam, mask_radius):
     """The run's settings as recorded (``cnmf_parameters``), before the constraints add theirs."""
     dbm = p.direct_beam_mask
     return dict(
-        algorithm=ALGORITHM, solver=p.solver, max_iter=int(p.max_iter), tol=float(p.tol),
-        random_state=None if p.random_state is None
-        else int(p.random_state) if np.isscalar(p.random_state) else "Generator",
-        normalize_poissonian_noise=bool(p.normalize_poissonian_noise), sketch=bool(p.sketch),
-        n_init=int(p.n_init), max_exact_iter=None if p.max_exact_iter is None else int(p.max_exact_iter),
+        algorithm=ALGORITHM,
+        solver=p.solver,
+        max_iter=int(p.max_iter),
+        tol=float(p.tol),
+        random_state=None
+        if p.random_state is None
+        else int(p.random_state)
+        if np.isscalar(p.random_state)
+        else "Generator",
+        normalize_poissonian_noise=bool(p.normalize_poissonian_noise),
+        sketch=bool(p.sketch),
+        n_init=int(p.n_init),
+        max_exact_iter=None if p.max_exact_iter is None else int(p.max_exact_iter),
         separate_components=bool(p.separate_components),
         init=p.init if isinstance(p.init, str) else "custom",
-        direct_beam_mask=dbm if isinstance(dbm, str) or dbm is None
-        else bool(dbm) if isinstance(dbm, bool) else float(dbm),
+        direct_beam_mask=dbm
+        if isinstance(dbm, str) or dbm is None
+        else bool(dbm)
+        if isinstance(dbm, bool)
+        else float(dbm),
         **beam.record(),  # direct_beam_x_px, direct_beam_y_px, direct_beam_radius_px
         direct_beam_mask_radius_px=mask_radius,
     )
@@ -647,25 +780,41 @@ def _build_constraints(signal, p, beam, mean_pattern, sig_valid, settings):
     res_value, res_how = np.nan, "off"
     if _map_constraint_on(p.map_resolution):
         if isinstance(p.map_resolution, str):
-            res_value, res_how = estimate_probe_fwhm(signal, mean_pattern, beam_radius_px=beam.radius, stacklevel=4)
+            res_value, res_how = estimate_probe_fwhm(
+                signal, mean_pattern, beam_radius_px=beam.radius, stacklevel=4
+            )
         else:
             res_value, res_how = float(p.map_resolution), "user"
         # (step_y, step_x) in the x axis's units, like res_value; array order is (y, x)
-        map_c = MapResolutionConstraint(p.nav_shape, res_value, scale=p.nav_steps[:2], filter=p.map_filter)
-    settings.update(map_resolution=float(res_value), map_resolution_method=res_how,
-                    map_filter=p.map_filter if map_c is not None else "off")
+        map_c = MapResolutionConstraint(
+            p.nav_shape, res_value, scale=p.nav_steps[:2], filter=p.map_filter
+        )
+    settings.update(
+        map_resolution=float(res_value),
+        map_resolution_method=res_how,
+        map_filter=p.map_filter if map_c is not None else "off",
+    )
 
     diff_c = None
     dip_radius = np.nan
     if p.diffraction_constraint:
         diff_c = DiffractionDipConstraint.from_beam(
-            beam, p.sig_shape, p.diffraction_constraint_size, p.diffraction_constraint_strength,
-            valid=sig_valid, mode=p.diffraction_constraint_mode,
+            beam,
+            p.sig_shape,
+            p.diffraction_constraint_size,
+            p.diffraction_constraint_strength,
+            valid=sig_valid,
+            mode=p.diffraction_constraint_mode,
         )
         dip_radius = diff_c.radius
-    settings.update(diffraction_constraint=bool(p.diffraction_constraint), diffraction_constraint_size=float(dip_radius),
-                    diffraction_constraint_mode=p.diffraction_constraint_mode,
-                    diffraction_constraint_strength=float(p.diffraction_constraint_strength) if diff_c else float("nan"))
+    settings.update(
+        diffraction_constraint=bool(p.diffraction_constraint),
+        diffraction_constraint_size=float(dip_radius),
+        diffraction_constraint_mode=p.diffraction_constraint_mode,
+        diffraction_constraint_strength=float(p.diffraction_constraint_strength)
+        if diff_c
+        else float("nan"),
+    )
     return map_c, diff_c, res_value, dip_radius
 
 
@@ -677,19 +826,34 @@ def _fit(op, p, seed, row_scale, col_scale, map_c, diff_c):
         r_safe = np.where(row_scale > 0, row_scale, 1.0)[:, None]
         c_safe = np.where(col_scale > 0, col_scale, 1.0)[:, None]
         init = (init[0] * r_safe, init[1] * c_safe)
-    callback, close = _progress_callback(p.show_progressbar, p.max_iter, p.max_exact_iter, p.label)
+    callback, close = _progress_callback(
+        p.show_progressbar, p.max_iter, p.max_exact_iter, p.label
+    )
     try:
         with _single_threaded_blas():
             return constrained_nmf(
-                op, p.k, solver=p.solver, init=init, max_iter=p.max_iter, tol=p.tol, random_state=seed,
-                map_constraint=map_c, diffraction_constraint=diff_c, sketch=p.sketch, n_init=p.n_init,
-                max_exact_iter=p.max_exact_iter, separate=p.separate_components, callback=callback,
+                op,
+                p.k,
+                solver=p.solver,
+                init=init,
+                max_iter=p.max_iter,
+                tol=p.tol,
+                random_state=seed,
+                map_constraint=map_c,
+                diffraction_constraint=diff_c,
+                sketch=p.sketch,
+                n_init=p.n_init,
+                max_exact_iter=p.max_exact_iter,
+                separate=p.separate_components,
+                callback=callback,
             )
     finally:
         close()
 
 
-def _to_data_units(result, row_scale, col_scale, nav_valid, sig_valid, nav_mask, sig_mask):
+def _to_data_units(
+    result, row_scale, col_scale, nav_valid, sig_valid, nav_mask, sig_mask
+):
     """Stage 7: HyperSpy's ``(loadings, factors)`` in data units.
 
     Unit-sum patterns (over the fitted pixels), components sorted by total
@@ -715,10 +879,14 @@ def _write_results(lr, p, loadings, factors, sig_mask, record):
     nav_valid, k = ~p.nav_mask, p.k
     lr.factors = factors
     lr.loadings = loadings
-    lr.explained_variance = None  # NMF has no variances; the ratio is each component's share of
+    lr.explained_variance = (
+        None  # NMF has no variances; the ratio is each component's share of
+    )
     # the modelled counts (loadings x unit-sum factors), the sort order, for HyperSpy's scree plot
     counts = np.nansum(loadings[nav_valid], axis=0)
-    lr.explained_variance_ratio = counts / counts.sum() if counts.sum() > 0 else np.full(k, 1.0 / k)
+    lr.explained_variance_ratio = (
+        counts / counts.sum() if counts.sum() > 0 else np.full(k, 1.0 / k)
+    )
     lr.number_significant_components = k
     lr.decomposition_algorithm = ALGORITHM
     lr.poissonian_noise_normalized = bool(p.normalize_poissonian_noise)
@@ -732,7 +900,9 @@ def _write_results(lr, p, loadings, factors, sig_mask, record):
     lr.bss_algorithm = None
     lr.bss_factors = None
     lr.bss_loadings = None
-    clear_learning_results(lr, "cnmf_")  # no field of an older run stays beside this one
+    clear_learning_results(
+        lr, "cnmf_"
+    )  # no field of an older run stays beside this one
     to_learning_results(lr, record, "cnmf_")
 
 
@@ -746,9 +916,15 @@ def _summary(info, k):
         f"({info['diffraction_constraint_mode']} closing, size {info['diffraction_constraint_size']:g} px)",
         f"  iterations: {info['n_iter_sketch']} on the sketch + {info['n_iter']} exact "
         f"({info['n_passes']} data reads), converged={info['converged']}"
-        + (f" (sketch converged, exact refinement capped at max_exact_iter={info['max_exact_iter']})"
-           if info["sketch_converged"] and not info["converged"] else ""),
-        (f"  final loss={info['final_loss']:.6g} (Poisson-weighted: a reduced chi-square, ~1 at the noise level)"
-         if info["normalize_poissonian_noise"] else f"  final MSE={info['final_loss']:.6g}"),
+        + (
+            f" (sketch converged, exact refinement capped at max_exact_iter={info['max_exact_iter']})"
+            if info["sketch_converged"] and not info["converged"]
+            else ""
+        ),
+        (
+            f"  final loss={info['final_loss']:.6g} (Poisson-weighted: a reduced chi-square, ~1 at the noise level)"
+            if info["normalize_poissonian_noise"]
+            else f"  final MSE={info['final_loss']:.6g}"
+        ),
     ]
     return "\n".join(lines)

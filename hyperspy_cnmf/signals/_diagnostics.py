@@ -57,12 +57,16 @@ def _component_indices(lr, components):
 
 def _maps(signal, idx):
     ny, nx = signal.axes_manager._navigation_shape_in_array
-    return np.asarray(signal.learning_results.loadings[:, idx], dtype=np.float64).T.reshape(-1, ny, nx)
+    return np.asarray(
+        signal.learning_results.loadings[:, idx], dtype=np.float64
+    ).T.reshape(-1, ny, nx)
 
 
 def _factors(signal, idx):
     qy, qx = signal.axes_manager._signal_shape_in_array
-    return np.asarray(signal.learning_results.factors[:, idx], dtype=np.float64).T.reshape(-1, qy, qx)
+    return np.asarray(
+        signal.learning_results.factors[:, idx], dtype=np.float64
+    ).T.reshape(-1, qy, qx)
 
 
 def _check_non_negative(factors, run="this decomposition"):
@@ -88,7 +92,11 @@ def _check_non_negative(factors, run="this decomposition"):
 
 def _run_name(signal):
     algorithm = getattr(signal.learning_results, "decomposition_algorithm", None)
-    return f"this decomposition (algorithm={algorithm!r})" if algorithm else "this decomposition"
+    return (
+        f"this decomposition (algorithm={algorithm!r})"
+        if algorithm
+        else "this decomposition"
+    )
 
 
 def _model_pattern(signal):
@@ -97,7 +105,9 @@ def _model_pattern(signal):
     lr = signal.learning_results
     qy, qx = signal.axes_manager._signal_shape_in_array
     weights = np.nansum(np.asarray(lr.loadings, dtype=np.float64), axis=0)
-    return (np.nan_to_num(np.asarray(lr.factors, dtype=np.float64)) @ weights).reshape(qy, qx)
+    return (np.nan_to_num(np.asarray(lr.factors, dtype=np.float64)) @ weights).reshape(
+        qy, qx
+    )
 
 
 def _nav_scale(signal):
@@ -120,7 +130,9 @@ def _resolution(signal, resolution):
     if resolution is not None:
         resolution = float(resolution)
         if not np.isfinite(resolution) or resolution <= 0:
-            raise ValueError(f"`resolution` must be a positive length, got {resolution}.")
+            raise ValueError(
+                f"`resolution` must be a positive length, got {resolution}."
+            )
         return resolution
     lr = signal.learning_results
     if _cnmf_settings(lr):
@@ -156,12 +168,20 @@ def _dip_constraint(signal, radius, mode):
     if mode is None:
         mode = settings.get("diffraction_constraint_mode", "azimuthal")
     if radius is None:
-        stored = getattr(lr, "cnmf_diffraction_constraint_size", None) if settings else None
+        stored = (
+            getattr(lr, "cnmf_diffraction_constraint_size", None) if settings else None
+        )
         if stored is not None and np.isfinite(float(stored)):
             radius = float(stored)
         # else the default of decomposition(diffraction_constraint_size="auto")
-    valid = None if lr.signal_mask is None else ~np.asarray(lr.signal_mask, bool).reshape(sig_shape)
-    return DiffractionDipConstraint.from_beam(_beam(signal), sig_shape, radius, valid=valid, mode=mode)
+    valid = (
+        None
+        if lr.signal_mask is None
+        else ~np.asarray(lr.signal_mask, bool).reshape(sig_shape)
+    )
+    return DiffractionDipConstraint.from_beam(
+        _beam(signal), sig_shape, radius, valid=valid, mode=mode
+    )
 
 
 def _frequency_units(signal):
@@ -207,7 +227,9 @@ def get_map_power_beyond(self, resolution=None, components=None):
     """
     lr = _check_decomposition(self)
     idx = _component_indices(lr, components)
-    return map_power_beyond(_maps(self, idx), _resolution(self, resolution), _nav_scale(self))
+    return map_power_beyond(
+        _maps(self, idx), _resolution(self, resolution), _nav_scale(self)
+    )
 
 
 @fill_doc
@@ -263,7 +285,9 @@ def plot_map_spectra(self, components=None, resolution=None, **kwargs):
     kwargs.setdefault(
         "map_label",
         # constrained NMF patterns sum to 1: the maps are the data's units per position
-        f"{quantity} per position" if lr.decomposition_algorithm == "constrained_nmf" else "loading (a.u.)",
+        f"{quantity} per position"
+        if lr.decomposition_algorithm == "constrained_nmf"
+        else "loading (a.u.)",
     )
     kwargs.setdefault(
         "title",
@@ -329,7 +353,16 @@ def get_dip_measure(self, radius=None, components=None, mode=None):
     return dip_measure(factors, _dip_constraint(self, radius, mode))
 
 
-def plot_dip_measure(self, others=None, radius=None, components=None, mode=None, labels=None, n_show=3, **kwargs):
+def plot_dip_measure(
+    self,
+    others=None,
+    radius=None,
+    components=None,
+    mode=None,
+    labels=None,
+    n_show=3,
+    **kwargs,
+):
     """Plot the per-factor dip measure, optionally against other runs.
 
     A bar per factor of :meth:`get_dip_measure`; with ``others``, the
@@ -390,7 +423,12 @@ def plot_dip_measure(self, others=None, radius=None, components=None, mode=None,
             _check_decomposition(other)
             other = _factors(other, _component_indices(other.learning_results, None))
         runs[str(name)] = _check_non_negative(
-            np.asarray(getattr(other, "data", other), dtype=np.float64).reshape(-1, qy, qx), f"run {name!r}"
+            np.asarray(getattr(other, "data", other), dtype=np.float64).reshape(
+                -1, qy, qx
+            ),
+            f"run {name!r}",
         )
-    kwargs.setdefault("signal_axes", [axis_info(a) for a in self.axes_manager.signal_axes])
+    kwargs.setdefault(
+        "signal_axes", [axis_info(a) for a in self.axes_manager.signal_axes]
+    )
     return plotting.plot_dip_measure(runs, constraint, n_show=n_show, **kwargs)

@@ -56,7 +56,14 @@ class STEM4D(Signal2D):
     center_direct_beam = _beam_shift.center_direct_beam
     get_direct_beam_position = _beam_shift.get_direct_beam_position
 
-    def decomposition(self, normalize_poissonian_noise=None, algorithm="SVD", output_dimension=None, *args, **kwargs):
+    def decomposition(
+        self,
+        normalize_poissonian_noise=None,
+        algorithm="SVD",
+        output_dimension=None,
+        *args,
+        **kwargs,
+    ):
         """Decompose the dataset; adds ``algorithm="constrained_nmf"``.
 
         Every other algorithm is HyperSpy's own (see
@@ -209,18 +216,28 @@ class STEM4D(Signal2D):
         ...                 print_info=False)
         >>> s.plot_decomposition_results()
         """
-        constrained = isinstance(algorithm, str) and algorithm.lower() == _decomposition.ALGORITHM
+        constrained = (
+            isinstance(algorithm, str) and algorithm.lower() == _decomposition.ALGORITHM
+        )
         if constrained:
             if args:
                 raise TypeError("pass the constrained_nmf options by keyword")
             out = _decomposition.constrained_nmf_decomposition(
-                self, output_dimension,
-                normalize_poissonian_noise=True if normalize_poissonian_noise is None else normalize_poissonian_noise,
+                self,
+                output_dimension,
+                normalize_poissonian_noise=True
+                if normalize_poissonian_noise is None
+                else normalize_poissonian_noise,
                 **kwargs,
             )
         else:
-            out = super().decomposition(bool(normalize_poissonian_noise), algorithm, output_dimension, *args,
-                                        **kwargs)
+            out = super().decomposition(
+                bool(normalize_poissonian_noise),
+                algorithm,
+                output_dimension,
+                *args,
+                **kwargs,
+            )
         # What depended on the old decomposition goes: the clustering of the components (and
         # HyperSpy's cluster_* fields it wrote), and the cnmf_* record after another algorithm.
         _store.forget_results_of_decomposition(self.learning_results, constrained)
@@ -265,8 +282,10 @@ class STEM4D(Signal2D):
         """
         s = super().get_scree_plot_data()
         if self.learning_results.decomposition_algorithm == _decomposition.ALGORITHM:
-            s.metadata.General.title = (f"{self.metadata.General.title}\n"
-                                        "constrained NMF: share of the modelled counts")
+            s.metadata.General.title = (
+                f"{self.metadata.General.title}\n"
+                "constrained NMF: share of the modelled counts"
+            )
         return s
 
     def plot_scree_plot(self, *args, **kwargs):
@@ -281,9 +300,18 @@ class STEM4D(Signal2D):
                 ax.figure.tight_layout()  # HyperSpy's figure of its own: keep the label inside
         return ax
 
-    def export_decomposition_results(self, comp_ids=None, folder=None, calibrate=True, factor_prefix="factor",
-                                     factor_format="hspy", loading_prefix="loading", loading_format="hspy",
-                                     *args, **kwargs):
+    def export_decomposition_results(
+        self,
+        comp_ids=None,
+        folder=None,
+        calibrate=True,
+        factor_prefix="factor",
+        factor_format="hspy",
+        loading_prefix="loading",
+        loading_format="hspy",
+        *args,
+        **kwargs,
+    ):
         """Save the decomposition factors and loadings to files.
 
         HyperSpy 2.5's own implementation fails for two-dimensional signals
@@ -325,7 +353,9 @@ class STEM4D(Signal2D):
         else:
             ids = [int(i) for i in comp_ids]
         if any(not -n <= i < n for i in ids):
-            raise ValueError(f"comp_ids {comp_ids!r} is out of range for {n} component(s)")
+            raise ValueError(
+                f"comp_ids {comp_ids!r} is out of range for {n} component(s)"
+            )
         out = Path(folder or ".")
         out.mkdir(parents=True, exist_ok=True)
         from hyperspy.utils import stack
@@ -334,20 +364,33 @@ class STEM4D(Signal2D):
             # always a component axis, also for one component
             if signal.axes_manager.navigation_dimension == 0:
                 # k = 1: HyperSpy's loadings come without it (and with a renamed scan axis)
-                dicts = [{"size": len(ids), "navigate": True, "name": "Decomposition component index"}]
+                dicts = [
+                    {
+                        "size": len(ids),
+                        "navigate": True,
+                        "name": "Decomposition component index",
+                    }
+                ]
                 for axis in axes[::-1]:
                     dicts.append(dict(axis.get_axis_dictionary(), navigate=False))
-                one = type(signal)(np.repeat(signal.data[np.newaxis], len(ids), axis=0), axes=dicts)
+                one = type(signal)(
+                    np.repeat(signal.data[np.newaxis], len(ids), axis=0), axes=dicts
+                )
                 one.metadata.General.title = signal.metadata.General.title
                 return one
-            if len(ids) == 1:  # stack() would return the one signal as it is, without the axis
-                return signal.inav[ids[0] % n:ids[0] % n + 1]
+            if (
+                len(ids) == 1
+            ):  # stack() would return the one signal as it is, without the axis
+                return signal.inav[ids[0] % n : ids[0] % n + 1]
             return stack([signal.inav[i] for i in ids], show_progressbar=False)
 
         am = self.axes_manager
         factors = pick(self.get_decomposition_factors(), am.signal_axes)
         loadings = pick(self.get_decomposition_loadings(), am.navigation_axes)
-        files = [out / f"{factor_prefix}s.{factor_format}", out / f"{loading_prefix}s.{loading_format}"]
+        files = [
+            out / f"{factor_prefix}s.{factor_format}",
+            out / f"{loading_prefix}s.{loading_format}",
+        ]
         factors.save(files[0], overwrite=True)
         loadings.save(files[1], overwrite=True)
         return files

@@ -41,9 +41,16 @@ OWN_CLUSTER_ALGORITHMS = ("cluster_diffraction", "cluster_patterns")
 #: HyperSpy's clustering fields (written by ``cluster_analysis``, ``cluster_diffraction`` and
 #: ``cluster_patterns``; the last run wins).
 HYPERSPY_CLUSTER_FIELDS = (
-    "cluster_labels", "cluster_centers", "cluster_centroids", "cluster_centroid_signals",
-    "cluster_sum_signals", "cluster_distances", "cluster_algorithm", "number_of_clusters",
-    "cluster_membership", "cluster_centers_estimated",
+    "cluster_labels",
+    "cluster_centers",
+    "cluster_centroids",
+    "cluster_centroid_signals",
+    "cluster_sum_signals",
+    "cluster_distances",
+    "cluster_algorithm",
+    "number_of_clusters",
+    "cluster_membership",
+    "cluster_centers_estimated",
 )
 #: Attribute suffix of the decomposition fingerprint stored next to a clustering (``cdiff_``).
 FINGERPRINT = "decomposition_fingerprint"
@@ -152,7 +159,9 @@ def _array_digest(h, a):
     if a is None:
         h.update(b"None")
         return
-    if hasattr(a, "compute"):  # e.g. read lazily by hs.load(lazy=True): the values, as in memory
+    if hasattr(
+        a, "compute"
+    ):  # e.g. read lazily by hs.load(lazy=True): the values, as in memory
         a = a.compute()
     a = np.ascontiguousarray(np.asarray(a, dtype="<f8"))
     h.update(str(a.shape).encode())
@@ -198,7 +207,11 @@ def stale_clustering(lr, prefix, algorithm):
             f"of {algorithm} in learning_results; run {algorithm} again"
         )
     stored = getattr(lr, prefix + FINGERPRINT, None)
-    if prefix == "cdiff_" and stored is not None and str(stored) != decomposition_fingerprint(lr):
+    if (
+        prefix == "cdiff_"
+        and stored is not None
+        and str(stored) != decomposition_fingerprint(lr)
+    ):
         return (
             f"the clustering results belong to an older decomposition; {STALE_MESSAGE} (the "
             f"factors or loadings changed after {algorithm})"
@@ -274,47 +287,74 @@ def constrained_nmf_summary(lr):
     """The constrained-NMF and clustering part of :meth:`STEM4DLearningResults.summary` ('' if none)."""
     blocks = []
     params = _json(getattr(lr, "cnmf_parameters", None))
-    if params is not None and getattr(lr, "decomposition_algorithm", None) == "constrained_nmf":
-        primitive = not np.isfinite(params.get("map_resolution", np.nan)) and not params.get(
-            "diffraction_constraint", False)
+    if (
+        params is not None
+        and getattr(lr, "decomposition_algorithm", None) == "constrained_nmf"
+    ):
+        primitive = not np.isfinite(
+            params.get("map_resolution", np.nan)
+        ) and not params.get("diffraction_constraint", False)
         head = "Primitive NMF (no constraint)" if primitive else "Constrained NMF"
         lines = [f"{head} parameters", "-" * (len(head) + 11)]
-        for key in ("solver", "init", "max_iter", "tol", "random_state", "sketch", "n_init",
-                    "max_exact_iter", "separate_components"):
+        for key in (
+            "solver",
+            "init",
+            "max_iter",
+            "tol",
+            "random_state",
+            "sketch",
+            "n_init",
+            "max_exact_iter",
+            "separate_components",
+        ):
             if key in params:
                 lines.append(f"{key}={_fmt(params[key])}")
         res = params.get("map_resolution", np.nan)
         lines.append(
-            "map constraint: off" if not np.isfinite(res) else
-            f"map constraint: resolution={_fmt(res)} ({params.get('map_resolution_method')}), "
-            f"filter={params.get('map_filter')}")
+            "map constraint: off"
+            if not np.isfinite(res)
+            else f"map constraint: resolution={_fmt(res)} ({params.get('map_resolution_method')}), "
+            f"filter={params.get('map_filter')}"
+        )
         lines.append(
             f"diffraction constraint: {params.get('diffraction_constraint_mode')} closing, "
             f"size={_fmt(params.get('diffraction_constraint_size'))} px, "
             f"strength={_fmt(params.get('diffraction_constraint_strength'))}"
-            if params.get("diffraction_constraint") else "diffraction constraint: off")
+            if params.get("diffraction_constraint")
+            else "diffraction constraint: off"
+        )
         if params.get("direct_beam_mask_radius_px"):
             lines.append(
                 f"direct beam left out: radius={_fmt(params['direct_beam_mask_radius_px'])} px about "
-                f"(x, y)=({_fmt(params.get('direct_beam_x_px'))}, {_fmt(params.get('direct_beam_y_px'))}) px")
+                f"(x, y)=({_fmt(params.get('direct_beam_x_px'))}, {_fmt(params.get('direct_beam_y_px'))}) px"
+            )
         blocks.append("\n".join(lines))
         loss = getattr(lr, "cnmf_loss", None)
         conv = ["Convergence", "-----------"]
-        conv.append(f"iterations={_fmt(getattr(lr, 'cnmf_n_iter_sketch', None))} on the sketch + "
-                    f"{_fmt(getattr(lr, 'cnmf_n_iter', None))} exact")
+        conv.append(
+            f"iterations={_fmt(getattr(lr, 'cnmf_n_iter_sketch', None))} on the sketch + "
+            f"{_fmt(getattr(lr, 'cnmf_n_iter', None))} exact"
+        )
         conv.append(f"converged={getattr(lr, 'cnmf_converged', None)}")
         if loss is not None and np.size(loss):
-            conv.append(f"final {loss_label(params.get('normalize_poissonian_noise'))}="
-                        f"{float(np.asarray(loss).ravel()[-1]):.6g}")
+            conv.append(
+                f"final {loss_label(params.get('normalize_poissonian_noise'))}="
+                f"{float(np.asarray(loss).ravel()[-1]):.6g}"
+            )
         blocks.append("\n".join(conv))
-    for prefix, name in (("cdiff_", "cluster_diffraction"), ("cpat_", "cluster_patterns")):
+    for prefix, name in (
+        ("cdiff_", "cluster_diffraction"),
+        ("cpat_", "cluster_patterns"),
+    ):
         cparams = _json(getattr(lr, prefix + "parameters", None))
         labels = getattr(lr, prefix + "labels", None)
         if labels is None:
             continue
         lines = [f"Clustering parameters ({name})", "-" * (len(name) + 24)]
-        lines.append(f"number_of_clusters={int(np.max(labels)) + 1} of {np.size(labels)} "
-                     f"{'components' if prefix == 'cdiff_' else 'patterns'}")
+        lines.append(
+            f"number_of_clusters={int(np.max(labels)) + 1} of {np.size(labels)} "
+            f"{'components' if prefix == 'cdiff_' else 'patterns'}"
+        )
         threshold = getattr(lr, prefix + "threshold", None)
         if threshold is not None:
             lines.append(f"threshold (1 - CC)={_fmt(float(threshold))}")
