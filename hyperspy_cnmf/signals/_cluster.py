@@ -529,7 +529,8 @@ def cluster_diffraction(
     --------
     >>> from hyperspy_cnmf.data import simulated_precipitates
     >>> s = simulated_precipitates(scan_shape=(32, 32), n_grains=3)
-    >>> s.decomposition(algorithm="constrained_nmf", output_dimension=8, print_info=False)
+    >>> s.decomposition(algorithm="constrained_nmf", output_dimension=8,
+    ...                 print_info=False, random_state=0)
     >>> res = s.cluster_diffraction()
     >>> sorted(res)
     ['labels', 'linkage', 'merged_factors', 'merged_maps', 'position_labels', 'pseudo_distance', 'rotation']
@@ -623,7 +624,8 @@ def get_cluster_diffraction_results(self, source="components"):
     --------
     >>> from hyperspy_cnmf.data import simulated_precipitates
     >>> s = simulated_precipitates(scan_shape=(32, 32), n_grains=3)
-    >>> s.decomposition(algorithm="constrained_nmf", output_dimension=8, print_info=False)
+    >>> s.decomposition(algorithm="constrained_nmf", output_dimension=8,
+    ...                 print_info=False, random_state=0)
     >>> _ = s.cluster_diffraction()
     >>> res = s.get_cluster_diffraction_results()
     >>> res["merged_factors"]  # doctest: +ELLIPSIS
@@ -1047,7 +1049,8 @@ def plot_cluster_dendrogram(self, source="components", ax=None, **kwargs):
     --------
     >>> from hyperspy_cnmf.data import simulated_precipitates
     >>> s = simulated_precipitates(scan_shape=(32, 32), n_grains=3)
-    >>> s.decomposition(algorithm="constrained_nmf", output_dimension=8, print_info=False)
+    >>> s.decomposition(algorithm="constrained_nmf", output_dimension=8,
+    ...                 print_info=False, random_state=0)
     >>> _ = s.cluster_diffraction()
     >>> fig = s.plot_cluster_dendrogram()
     """
@@ -1103,7 +1106,8 @@ def plot_cluster_gallery(self, clusters=None, norm="log", cmap="inferno", **kwar
     --------
     >>> from hyperspy_cnmf.data import simulated_precipitates
     >>> s = simulated_precipitates(scan_shape=(32, 32), n_grains=3)
-    >>> s.decomposition(algorithm="constrained_nmf", output_dimension=8, print_info=False)
+    >>> s.decomposition(algorithm="constrained_nmf", output_dimension=8,
+    ...                 print_info=False, random_state=0)
     >>> _ = s.cluster_diffraction()
     >>> fig = s.plot_cluster_gallery()
     """

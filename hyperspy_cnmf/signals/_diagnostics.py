@@ -220,7 +220,7 @@ def get_map_power_beyond(self, resolution=None, components=None):
     >>> from hyperspy_cnmf.data import simulated_precipitates
     >>> s = simulated_precipitates(scan_shape=(24, 24), n_grains=2)
     >>> s.decomposition(algorithm="constrained_nmf", output_dimension=4,
-    ...                 print_info=False)
+    ...                 print_info=False, random_state=0)
     >>> power = s.get_map_power_beyond()
     >>> power.shape, bool(power.max() < 0.01)  # the maps hold almost nothing finer than the probe
     ((4,), True)
@@ -267,7 +267,7 @@ def plot_map_spectra(self, components=None, resolution=None, **kwargs):
     >>> from hyperspy_cnmf.data import simulated_precipitates
     >>> s = simulated_precipitates(scan_shape=(24, 24), n_grains=2)
     >>> s.decomposition(algorithm="constrained_nmf", output_dimension=4,
-    ...                 print_info=False)
+    ...                 print_info=False, random_state=0)
     >>> fig = s.plot_map_spectra()
 
     Saved (not run by the doctests, which write no files):
@@ -342,7 +342,7 @@ def get_dip_measure(self, radius=None, components=None, mode=None):
     >>> from hyperspy_cnmf.data import simulated_precipitates
     >>> s = simulated_precipitates(scan_shape=(24, 24), n_grains=2)
     >>> s.decomposition(algorithm="constrained_nmf", output_dimension=4,
-    ...                 print_info=False)
+    ...                 print_info=False, random_state=0)
     >>> dips = s.get_dip_measure()
     >>> dips.shape, bool(dips.max() < 0.05)  # under 5 % of each factor's intensity in dips
     ((4,), True)
@@ -397,9 +397,9 @@ def plot_dip_measure(
     >>> s = simulated_precipitates(scan_shape=(24, 24), n_grains=2)
     >>> p = s.deepcopy()
     >>> s.decomposition(algorithm="constrained_nmf", output_dimension=4,
-    ...                 print_info=False)
+    ...                 print_info=False, random_state=0)
     >>> p.decomposition(algorithm="constrained_nmf", output_dimension=4, map_resolution=None,
-    ...                 diffraction_constraint=False, print_info=False)
+    ...                 diffraction_constraint=False, print_info=False, random_state=0)
     >>> fig = s.plot_dip_measure({"primitive": p})
     """
     from hyperspy_cnmf.plotting import _diagnostics as plotting

@@ -213,7 +213,7 @@ class STEM4D(Signal2D):
         >>> from hyperspy_cnmf.data import simulated_precipitates
         >>> s = simulated_precipitates()
         >>> s.decomposition(algorithm="constrained_nmf", output_dimension=7,
-        ...                 print_info=False)
+        ...                 print_info=False, random_state=0)
         >>> s.plot_decomposition_results()
         """
         constrained = (
