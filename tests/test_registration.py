@@ -19,8 +19,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_single_source_of_truth_yaml():
     pkg = Path(hyperspy_cnmf.__file__).parent / "hyperspy_extension.yaml"
     spec = yaml.safe_load(pkg.read_text())
-    assert set(spec["signals"]) == {"STEM4D", "LazySTEM4D"}
+    assert set(spec["signals"]) == {
+        "STEM4D",
+        "LazySTEM4D",
+        "ComplexSTEM4D",
+        "LazyComplexSTEM4D",
+    }
     assert spec["signals"]["LazySTEM4D"]["lazy"] is True
+    assert spec["signals"]["LazyComplexSTEM4D"]["lazy"] is True
+    assert spec["signals"]["ComplexSTEM4D"]["dtype"] == "complex"
     root = ROOT / "hyperspy_extension.yaml"
     assert root.is_symlink() and root.resolve() == pkg.resolve()
 
@@ -86,3 +93,20 @@ def test_wheel_contains_the_yaml(tmp_path):
         entry = next(n for n in names if n.endswith("entry_points.txt"))
         text = z.read(entry).decode()
     assert "[hyperspy.extensions]" in text and "hyperspy_cnmf = hyperspy_cnmf" in text
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_complex_4dstem_data_get_a_clear_error(lazy):
+    """Complex data (e.g. an exit wave): one TypeError naming the fix, before any read."""
+    from hyperspy_cnmf.signals import ComplexSTEM4D, LazyComplexSTEM4D
+
+    s = hs.signals.Signal2D(np.ones((3, 4, 5, 6), dtype=complex))
+    s.set_signal_type("4D-STEM")
+    if lazy:
+        s = s.as_lazy()
+    assert isinstance(s, LazyComplexSTEM4D if lazy else ComplexSTEM4D)
+    with pytest.raises(TypeError, match="complex.*amplitude"):
+        s.decomposition(algorithm="constrained_nmf", output_dimension=2)
+    intensity = s.amplitude**2
+    intensity.set_signal_type("4D-STEM")
+    assert isinstance(intensity, LazySTEM4D if lazy else STEM4D)
