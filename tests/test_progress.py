@@ -197,3 +197,26 @@ def test_explained_variance_ratio_after_a_decomposition(small):
         "share of the modelled counts" in s.get_scree_plot_data().metadata.General.title
     )
     plt.close("all")
+
+
+def test_printed_summary_names_a_primitive_run(capsys):
+    """Both constraints off: the printed summary says it is the paper's primitive NMF."""
+    import warnings
+
+    from hyperspy_cnmf.data import simulated_precipitates
+
+    s = simulated_precipitates(
+        scan_shape=(16, 16), detector_shape=(24, 24), n_grains=2, grain_diameter=3.0
+    )
+    kw = dict(
+        algorithm="constrained_nmf",
+        output_dimension=3,
+        random_state=0,
+        show_progressbar=False,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s.decomposition(map_resolution=None, diffraction_constraint=False, **kw)
+        assert "primitive NMF: both constraints off" in capsys.readouterr().out
+        s.decomposition(**kw)
+        assert "primitive" not in capsys.readouterr().out

@@ -906,10 +906,16 @@ def _write_results(lr, p, loadings, factors, sig_mask, record):
     to_learning_results(lr, record, "cnmf_")
 
 
+def _primitive_note(info):
+    """ " (primitive NMF: both constraints off)" when neither constraint acted."""
+    off = info["map_filter"] == "off" and not info["diffraction_constraint"]
+    return " (primitive NMF: both constraints off)" if off else ""
+
+
 def _summary(info, k):
     lines = [
         "Decomposition info:",
-        f"  algorithm=constrained_nmf  output_dimension={k}  solver={info['solver']}",
+        f"  algorithm=constrained_nmf{_primitive_note(info)}  output_dimension={k}  solver={info['solver']}",
         f"  normalize_poissonian_noise={info['normalize_poissonian_noise']}",
         f"  map constraint: resolution={info['map_resolution']:.4g} ({info['map_resolution_method']}), filter={info['map_filter']}",
         f"  diffraction constraint: {info['diffraction_constraint']} "
