@@ -6,7 +6,7 @@ The whole table over every case, k and lazy/in-memory is ``benchmarks/quality_ph
 
 import numpy as np
 import pytest
-from _abtem import TWO_PHASE, abtem_path
+from _shared_data import TWO_PHASE, abtem_path
 from sklearn.metrics import adjusted_rand_score
 
 from hyperspy_cnmf.data import load_multislice_case

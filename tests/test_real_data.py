@@ -6,38 +6,20 @@ the tests fail on CI (the environment variable ``CI`` is set, and CI has
 ``shared/`` beside the clone) and are skipped elsewhere.
 """
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
+from _shared_data import nist_path
 
 BIN = 8
 BEAM_ROW_COL = (126, 128)  # direct beam in the summed pattern, unbinned pixels
 STEP_NM = 5.4826
 
 
-def _nist_file():
-    env = os.environ.get("HYPERSPY_CNMF_NIST")
-    path = (
-        Path(env)
-        if env
-        else Path(__file__).resolve().parents[2]
-        / "shared/data/nist_merlin_aupd_16x16/FPD_HDF5.hdf5"
-    )
-    if not path.is_file():
-        msg = f"NIST test file not found at {path} (set HYPERSPY_CNMF_NIST)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
-
-
 @pytest.fixture(scope="module")
 def nist():
     from hyperspy_cnmf.io import load
 
-    return load(_nist_file(), bin_signal=BIN)
+    return load(nist_path(), bin_signal=BIN)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +100,7 @@ def test_reader_calibration_and_metadata(nist):
 def test_lazy_reader_matches(nist):
     from hyperspy_cnmf.io import load
 
-    lazy = load(_nist_file(), bin_signal=BIN, lazy=True)
+    lazy = load(nist_path(), bin_signal=BIN, lazy=True)
     assert type(lazy).__name__ == "LazySTEM4D"
     np.testing.assert_array_equal(lazy.data.compute(), nist.data)
 

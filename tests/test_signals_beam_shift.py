@@ -13,7 +13,7 @@ import dask.array as da
 import hyperspy.api as hs
 import numpy as np
 import pytest
-from _abtem import abtem_path
+from _shared_data import abtem_path
 from test_beam_positions import shifted_disks
 
 from hyperspy_cnmf.signals import STEM4D, LazySTEM4D
