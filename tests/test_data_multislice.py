@@ -1,6 +1,6 @@
 """The main job, default call, on a multislice (abTEM) case with its truth (issue 10).
 
-Reads ``../shared/data/abtem_dev`` (see ``tests/_abtem.py``) as the NIST test reads its file.
+Reads ``../shared/data/abtem_dev`` (see ``tests/_shared_data.py``) as the NIST test reads its file.
 The whole table over every case, k and lazy/in-memory is ``benchmarks/quality_physics.py``.
 """
 
