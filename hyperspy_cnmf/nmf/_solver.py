@@ -11,6 +11,7 @@ patterns are updated from those sums. The map constraint acts on the full
 patterns after their update.
 """
 
+import functools
 import warnings
 from dataclasses import dataclass, field
 
@@ -432,6 +433,132 @@ def _initial_factors(op, k, init, rng, n_power_iter, oversample):
     return W0, Ht0, (Q, Bt)
 
 
+def _check_args(op, k, solver, init, n_init, max_iter, max_exact_iter):
+    """Checked ``k``, unmasked row and column counts, ``n_init`` and exact-iteration cap."""
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
+    if not isinstance(init, tuple) and init not in INITS:
+        raise ValueError(
+            f"unknown init {init!r}; choose one of {INITS} or a (W, H) tuple"
+        )
+    k = int(k)
+    n_rows = int((op.row_scale != 0).sum())
+    n_cols = int((op.col_scale != 0).sum())
+    if n_rows == 0 or n_cols == 0:
+        raise ValueError(
+            "all data are masked: nothing to factorize (rows or columns of zero scale count as masked; "
+            "with the Poisson weighting, rows and columns without counts)"
+        )
+    if k < 1 or k > min(n_rows, n_cols):
+        raise ValueError(
+            f"the number of components ({k}) must be between 1 and min(unmasked positions, "
+            f"unmasked pixels) = {min(n_rows, n_cols)}"
+        )
+    n_init = int(n_init)
+    if n_init < 1:
+        raise ValueError(f"n_init must be a positive integer, got {n_init}")
+    if max_exact_iter is None:
+        max_exact_iter = max_iter
+    # ``max_iter`` caps every phase, in memory and out of core alike: with
+    # ``max_iter=0`` the result is the (projected, separated) start.
+    max_exact_iter = min(int(max_exact_iter), int(max_iter))
+    return k, n_rows, n_cols, n_init, max_exact_iter
+
+
+def _check_data(op):
+    """Refuse data whose (weighted) sum of squares is zero or overflows."""
+    sq_norm = op.stats()["sq_norm"]
+    if sq_norm == 0:
+        raise ValueError(
+            "the data are all zero (on the unmasked entries): there is nothing to factorize"
+        )
+    if not np.isfinite(sq_norm):
+        raise ValueError(
+            "the sum of squares of the (weighted) data overflows float64 "
+            f"({sq_norm}); divide the data by a constant (the fit is scale-equivariant)"
+        )
+
+
+def _fit_phases(
+    op,
+    k,
+    init,
+    rng,
+    iterate,
+    *,
+    sketch,
+    sketch_oversample,
+    n_power_iter,
+    n_init,
+    max_iter,
+    max_exact_iter,
+    n_valid,
+    map_c,
+    diff_c,
+):
+    """Every start iterated (on the sketch if ``sketch``), the best one refined on the data.
+
+    Returns the :class:`NMFResult` (``loss`` still a list, ``n_passes`` not
+    set) and ``Xe.T @ W`` of its factors (None when no exact iteration ran).
+    """
+    W0, Ht0, sketch_basis = _initial_factors(
+        op, k, init, rng, n_power_iter, sketch_oversample
+    )
+    if sketch and sketch_basis is None:
+        sketch_basis = randomized_range(op, k + sketch_oversample, n_power_iter, rng)
+    first_op = SketchOperator(*sketch_basis, op) if sketch else op
+    first_phase = "sketch" if sketch else "exact"
+    first_cap = max_iter if sketch else max_exact_iter
+    mean = op.stats()["total"] / n_valid
+    best = None
+    for start in range(n_init):
+        if start > 0:
+            W0, Ht0 = random_init(op.shape[0], op.shape[1], k, mean, rng)
+        W, Ht = _start(W0, Ht0, op, map_c, diff_c)
+        run_losses, run_conv, run_xtw = iterate(
+            first_op, W, Ht, max_iter=first_cap, phase=first_phase
+        )
+        if best is None or run_losses[-1] < best[2][-1]:
+            best = (W, Ht, run_losses, run_conv, start, run_xtw)
+    W, Ht, first_losses, converged, best_start, XtW = best
+    result = NMFResult(
+        W=W,
+        Ht=Ht,
+        loss=list(first_losses),
+        n_iter=0 if sketch else len(first_losses),
+        n_iter_sketch=len(first_losses) if sketch else 0,
+        converged=converged,
+        phases=[first_phase] * len(first_losses),
+        best_init=best_start,
+        sketch_converged=bool(sketch and converged),
+    )
+    if sketch:  # XtW holds products with the sketch, not the data: replaced
+        ex_losses, result.converged, XtW = iterate(
+            op, W, Ht, max_iter=max_exact_iter, phase="exact"
+        )
+        result.loss += ex_losses
+        result.phases += ["exact"] * len(ex_losses)
+        result.n_iter = len(ex_losses)
+    return result, XtW
+
+
+def _separate_stage(op, W, Ht, XtW, diff_c, n_valid):
+    """Separate the components in place (:func:`_separate`); the loss of the result."""
+    # Last, since further iterations drift back into the mixed members
+    # of the family (they fit a little more noise). The moves are column
+    # operations on the maps, so the loss of the final factors needs no
+    # read when the last iteration was exact.
+    M = _separate(W, Ht, op.col_scale)
+    if diff_c is not None:
+        # The subtraction leaves noise-deep holes where the other
+        # pattern is strong: close them again.
+        Ht[:] = diff_c(Ht)
+        Ht[op.col_scale == 0] = 0.0
+    XtW = op.left_t(W) if XtW is None else XtW @ M
+    Wv = W[op.row_scale != 0]
+    return _loss(op.stats()["sq_norm"], XtW, Wv.T @ Wv, Ht, n_valid)
+
+
 def constrained_nmf(
     op,
     k,
@@ -524,48 +651,17 @@ def constrained_nmf(
     -------
     NMFResult
     """
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
-    if not isinstance(init, tuple) and init not in INITS:
-        raise ValueError(
-            f"unknown init {init!r}; choose one of {INITS} or a (W, H) tuple"
-        )
-    k = int(k)
-    n_rows = int((op.row_scale != 0).sum())
-    n_cols = int((op.col_scale != 0).sum())
-    if n_rows == 0 or n_cols == 0:
-        raise ValueError(
-            "all data are masked: nothing to factorize (rows or columns of zero scale count as masked; "
-            "with the Poisson weighting, rows and columns without counts)"
-        )
-    if k < 1 or k > min(n_rows, n_cols):
-        raise ValueError(
-            f"the number of components ({k}) must be between 1 and min(unmasked positions, "
-            f"unmasked pixels) = {min(n_rows, n_cols)}"
-        )
-    n_init = int(n_init)
-    if n_init < 1:
-        raise ValueError(f"n_init must be a positive integer, got {n_init}")
-    if max_exact_iter is None:
-        max_exact_iter = max_iter
-    # ``max_iter`` caps every phase, in memory and out of core alike: with
-    # ``max_iter=0`` the result is the (projected, separated) start.
-    max_exact_iter = min(int(max_exact_iter), int(max_iter))
-    sq_norm = op.stats()["sq_norm"]
-    if sq_norm == 0:
-        raise ValueError(
-            "the data are all zero (on the unmasked entries): there is nothing to factorize"
-        )
-    if not np.isfinite(sq_norm):
-        raise ValueError(
-            "the sum of squares of the (weighted) data overflows float64 "
-            f"({sq_norm}); divide the data by a constant (the fit is scale-equivariant)"
-        )
+    k, n_rows, n_cols, n_init, max_exact_iter = _check_args(
+        op, k, solver, init, n_init, max_iter, max_exact_iter
+    )
+    _check_data(op)
     rng = np.random.default_rng(random_state)
     passes0 = getattr(op, "n_passes", 0)
     map_c = _physical(map_constraint, op.row_scale)
     diff_c = _physical(diffraction_constraint, op.col_scale)
-    common = dict(
+    iterate = functools.partial(
+        _iterate,
+        tol=tol,
         solver=solver,
         map_c=map_c,
         diff_c=diff_c,
@@ -573,63 +669,30 @@ def constrained_nmf(
         inner_tol=inner_tol,
         callback=callback,
     )
-
-    W0, Ht0, sketch_basis = _initial_factors(
-        op, k, init, rng, n_power_iter, sketch_oversample
+    n_valid = max(1, n_rows * n_cols)
+    result, XtW = _fit_phases(
+        op,
+        k,
+        init,
+        rng,
+        iterate,
+        sketch=sketch,
+        sketch_oversample=sketch_oversample,
+        n_power_iter=n_power_iter,
+        n_init=n_init,
+        max_iter=max_iter,
+        max_exact_iter=max_exact_iter,
+        n_valid=n_valid,
+        map_c=map_c,
+        diff_c=diff_c,
     )
-    if sketch and sketch_basis is None:
-        sketch_basis = randomized_range(op, k + sketch_oversample, n_power_iter, rng)
-    first_op = SketchOperator(*sketch_basis, op) if sketch else op
-    first_phase = "sketch" if sketch else "exact"
-    first_cap = max_iter if sketch else max_exact_iter
-    mean = op.stats()["total"] / max(1, n_rows * n_cols)
-
-    best = None
-    for start in range(n_init):
-        if start > 0:
-            W0, Ht0 = random_init(op.shape[0], op.shape[1], k, mean, rng)
-        W, Ht = _start(W0, Ht0, op, map_c, diff_c)
-        run_losses, run_conv, run_xtw = _iterate(
-            first_op, W, Ht, max_iter=first_cap, tol=tol, phase=first_phase, **common
-        )
-        if best is None or run_losses[-1] < best[2][-1]:
-            best = (W, Ht, run_losses, run_conv, start, run_xtw)
-    W, Ht, first_losses, converged, best_start, XtW = best
-    sketch_converged = bool(sketch and converged)
-    if sketch:
-        XtW = None  # products with the sketch, not the data
-
-    losses = list(first_losses)
-    phases = [first_phase] * len(first_losses)
-    n_sketch = len(first_losses) if sketch else 0
-    n_exact = 0 if sketch else len(first_losses)
-    if sketch:
-        ex_losses, converged, ex_xtw = _iterate(
-            op, W, Ht, max_iter=max_exact_iter, tol=tol, phase="exact", **common
-        )
-        XtW = ex_xtw
-        losses += ex_losses
-        phases += ["exact"] * len(ex_losses)
-        n_exact = len(ex_losses)
     if separate and k > 1:
-        # Last, since further iterations drift back into the mixed members
-        # of the family (they fit a little more noise). The moves are column
-        # operations on the maps, so the loss of the final factors needs no
-        # read when the last iteration was exact.
-        M = _separate(W, Ht, op.col_scale)
-        if diff_c is not None:
-            # The subtraction leaves noise-deep holes where the other
-            # pattern is strong: close them again.
-            Ht[:] = diff_c(Ht)
-            Ht[op.col_scale == 0] = 0.0
-        XtW = op.left_t(W) if XtW is None else XtW @ M
-        Wv = W[op.row_scale != 0]
-        losses.append(
-            _loss(op.stats()["sq_norm"], XtW, Wv.T @ Wv, Ht, max(1, n_rows * n_cols))
+        result.loss.append(
+            _separate_stage(op, result.W, result.Ht, XtW, diff_c, n_valid)
         )
-        phases.append("separate")
-    refinement_budget = sketch_converged and max_exact_iter < max_iter
-    if not converged and not refinement_budget:
+        result.phases.append("separate")
+    refinement_budget = result.sketch_converged and max_exact_iter < max_iter
+    if not result.converged and not refinement_budget:
         warnings.warn(
             f"constrained NMF stopped at its iteration cap (max_iter={max_iter}, "
             f"max_exact_iter={max_exact_iter}) before the relative loss change fell below "
@@ -637,15 +700,6 @@ def constrained_nmf(
             ConvergenceWarning,
             stacklevel=2,
         )
-    return NMFResult(
-        W=W,
-        Ht=Ht,
-        loss=np.asarray(losses),
-        n_iter=n_exact,
-        n_iter_sketch=n_sketch,
-        converged=converged,
-        n_passes=getattr(op, "n_passes", 0) - passes0,
-        phases=phases,
-        best_init=best_start,
-        sketch_converged=sketch_converged,
-    )
+    result.loss = np.asarray(result.loss)
+    result.n_passes = getattr(op, "n_passes", 0) - passes0
+    return result
