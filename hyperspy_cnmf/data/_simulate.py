@@ -426,6 +426,95 @@ def _check_positive(name, value):
     return value
 
 
+def _check_counts(n_grains, n_phases):
+    """``(n_grains, n_phases)`` as integers, checked against each other."""
+    if int(n_phases) != n_phases or int(n_phases) not in (1, 2, 3):
+        raise ValueError(f"n_phases must be 1, 2 or 3, got {n_phases}")
+    n_phases = int(n_phases)
+    if int(n_grains) != n_grains or n_grains < 1:
+        raise ValueError(f"n_grains must be a positive integer, got {n_grains}")
+    n_grains = int(n_grains)
+    if n_phases > n_grains:
+        raise ValueError(
+            f"n_phases ({n_phases}) must not exceed n_grains ({n_grains}): "
+            "every phase needs at least one grain"
+        )
+    return n_grains, n_phases
+
+
+def _check_field(scan_shape, scan_step, grain_diameter, margin):
+    """Refuse a field too small for the largest grain and its margins."""
+    ext = min(scan_shape) - 1
+    if 1.2 * grain_diameter + 2 * margin > ext * scan_step:
+        raise ValueError(
+            f"grains of diameter up to {1.2 * grain_diameter:.3g} nm (+ margin "
+            f"{margin:.3g} nm each side) cannot fit in the "
+            f"{ext * scan_step:.3g} nm wide field; reduce grain_diameter or "
+            "increase scan_shape/scan_step"
+        )
+
+
+def _detector(detector_shape, probe_fwhm, beam_energy):
+    """Detector calibration and disk radius (dict), refusing disks that overlap the beam."""
+    k_scale = reciprocal_scale(detector_shape)
+    wavelength = electron_wavelength(beam_energy)
+    alpha = convergence_angle(probe_fwhm, beam_energy)
+    radius_unclamped_px = alpha / wavelength / k_scale
+    if alpha / wavelength > MAX_DISK_RADIUS:
+        raise ValueError(
+            f"probe_fwhm={probe_fwhm} nm gives diffraction disks of radius "
+            f"{alpha / wavelength:.3g} 1/nm > {MAX_DISK_RADIUS} 1/nm: the Bragg "
+            "disks would overlap the direct beam; use a larger probe_fwhm"
+        )
+    return {
+        "k_scale": k_scale,
+        "centre_px": (float(detector_shape[0] // 2), float(detector_shape[1] // 2)),
+        "wavelength": wavelength,
+        "alpha": alpha,
+        "radius_unclamped_px": radius_unclamped_px,
+        "radius_px": max(radius_unclamped_px, 1.0),
+    }
+
+
+def _component_maps(thickness, probe_fwhm, scan_step, dose):
+    """Maps in counts: matrix first, then the probe-blurred grain thickness profiles."""
+    sigma_scan = probe_fwhm / scan_step / _FWHM_PER_SIGMA
+    grain_maps = np.clip(_blur_fft(GRAIN_FRACTION * thickness, sigma_scan), 0, None)
+    matrix_map = 1.0 - grain_maps.sum(axis=0)
+    return dose * np.concatenate([matrix_map[None], grain_maps], axis=0)
+
+
+def _component_patterns(
+    detector_shape, centre_px, k_scale, radius_px, phases, rotations, n_phases
+):
+    """Unit-sum patterns (matrix, then one per grain) and each phase's unrotated reference."""
+    patterns = np.empty((len(phases) + 1, *detector_shape))
+    patterns[0] = render_matrix_pattern(detector_shape, centre_px, k_scale, radius_px)
+    for i in range(len(phases)):
+        patterns[i + 1] = render_bragg_pattern(
+            detector_shape, centre_px, k_scale, radius_px, phases[i], rotations[i]
+        )
+    reference = np.stack(
+        [
+            render_bragg_pattern(detector_shape, centre_px, k_scale, radius_px, p, 0.0)
+            for p in range(1, n_phases + 1)
+        ]
+    )
+    return patterns, reference
+
+
+def _dominant_grain(thickness, phases):
+    """Grain and phase maps of the grain whose projected disk holds the probe centre."""
+    # The thickest one where disks overlap: the geometric convention of the
+    # multislice test cases.
+    above = thickness > 0
+    dominant = np.argmax(np.where(above, thickness, -np.inf), axis=0)
+    has_grain = above.any(axis=0)
+    grain_map = np.where(has_grain, dominant + 1, 0).astype(np.int64)
+    phase_map = np.where(has_grain, phases[dominant], 0).astype(np.int64)
+    return grain_map, phase_map
+
+
 def simulate_precipitates(
     scan_shape=(48, 48),
     detector_shape=(48, 48),
@@ -461,44 +550,13 @@ def simulate_precipitates(
     grain_diameter = _check_positive("grain_diameter", grain_diameter)
     dose = _check_positive("dose", dose)
     beam_energy = _check_positive("beam_energy", beam_energy)
-    if int(n_phases) != n_phases or int(n_phases) not in (1, 2, 3):
-        raise ValueError(f"n_phases must be 1, 2 or 3, got {n_phases}")
-    n_phases = int(n_phases)
-    if int(n_grains) != n_grains or n_grains < 1:
-        raise ValueError(f"n_grains must be a positive integer, got {n_grains}")
-    n_grains = int(n_grains)
-    if n_phases > n_grains:
-        raise ValueError(
-            f"n_phases ({n_phases}) must not exceed n_grains ({n_grains}): "
-            "every phase needs at least one grain"
-        )
-
+    n_grains, n_phases = _check_counts(n_grains, n_phases)
     # Field geometry: grains (up to 1.2 x grain_diameter) must fit with margin.
     margin = gap = 0.5 * probe_fwhm
-    ext = min(scan_shape) - 1
-    if 1.2 * grain_diameter + 2 * margin > ext * scan_step:
-        raise ValueError(
-            f"grains of diameter up to {1.2 * grain_diameter:.3g} nm (+ margin "
-            f"{margin:.3g} nm each side) cannot fit in the "
-            f"{ext * scan_step:.3g} nm wide field; reduce grain_diameter or "
-            "increase scan_shape/scan_step"
-        )
-
+    _check_field(scan_shape, scan_step, grain_diameter, margin)
     rng = np.random.default_rng(random_state)
-
-    # Detector calibration and disk radius.
-    k_scale = reciprocal_scale(detector_shape)
-    centre_px = (float(detector_shape[0] // 2), float(detector_shape[1] // 2))
-    wavelength = electron_wavelength(beam_energy)
-    alpha = convergence_angle(probe_fwhm, beam_energy)
-    radius_unclamped_px = alpha / wavelength / k_scale
-    radius_px = max(radius_unclamped_px, 1.0)
-    if alpha / wavelength > MAX_DISK_RADIUS:
-        raise ValueError(
-            f"probe_fwhm={probe_fwhm} nm gives diffraction disks of radius "
-            f"{alpha / wavelength:.3g} 1/nm > {MAX_DISK_RADIUS} 1/nm: the Bragg "
-            "disks would overlap the direct beam; use a larger probe_fwhm"
-        )
+    det = _detector(detector_shape, probe_fwhm, beam_energy)
+    k_scale, centre_px, radius_px = det["k_scale"], det["centre_px"], det["radius_px"]
 
     # Grains: phases (each used once at least), sizes, positions, rotations.
     phases = np.concatenate(
@@ -509,35 +567,12 @@ def simulate_precipitates(
     centres = _place_grains(rng, scan_shape, scan_step, diameters, margin, gap)
     rotations = _distinct_rotations(rng, phases)
 
-    # Maps (counts): probe-blurred thickness profiles.
-    sigma_scan = probe_fwhm / scan_step / _FWHM_PER_SIGMA
     thickness = _thickness_maps(scan_shape, scan_step, centres, diameters)
-    grain_maps = np.clip(_blur_fft(GRAIN_FRACTION * thickness, sigma_scan), 0, None)
-    matrix_map = 1.0 - grain_maps.sum(axis=0)
-    maps = dose * np.concatenate([matrix_map[None], grain_maps], axis=0)
-
-    # Patterns (unit sum).
-    patterns = np.empty((n_grains + 1, *detector_shape))
-    patterns[0] = render_matrix_pattern(detector_shape, centre_px, k_scale, radius_px)
-    for i in range(n_grains):
-        patterns[i + 1] = render_bragg_pattern(
-            detector_shape, centre_px, k_scale, radius_px, phases[i], rotations[i]
-        )
-    reference = np.stack(
-        [
-            render_bragg_pattern(detector_shape, centre_px, k_scale, radius_px, p, 0.0)
-            for p in range(1, n_phases + 1)
-        ]
+    maps = _component_maps(thickness, probe_fwhm, scan_step, dose)
+    patterns, reference = _component_patterns(
+        detector_shape, centre_px, k_scale, radius_px, phases, rotations, n_phases
     )
-
-    # Phase map: the grain whose projected disk holds the probe centre (the thickest one
-    # where disks overlap), the geometric convention of the multislice test cases.
-    above = thickness > 0
-    dominant = np.argmax(np.where(above, thickness, -np.inf), axis=0)
-    has_grain = above.any(axis=0)
-    grain_map = np.where(has_grain, dominant + 1, 0).astype(np.int64)
-    phase_map = np.where(has_grain, phases[dominant], 0).astype(np.int64)
-
+    grain_map, phase_map = _dominant_grain(thickness, phases)
     expected = np.einsum("cyx,cqp->yxqp", maps, patterns)
     data = rng.poisson(expected).astype(float) if noise else expected
 
@@ -555,7 +590,7 @@ def simulate_precipitates(
         "k_scale": k_scale,
         "centre_px": np.asarray(centre_px),
         "radius_px": radius_px,
-        "radius_unclamped_px": radius_unclamped_px,
-        "convergence_angle_rad": alpha,
-        "wavelength_nm": wavelength,
+        "radius_unclamped_px": det["radius_unclamped_px"],
+        "convergence_angle_rad": det["alpha"],
+        "wavelength_nm": det["wavelength"],
     }
