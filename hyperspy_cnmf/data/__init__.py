@@ -35,6 +35,52 @@ def _nav_chunks(scan_shape, detector_shape, itemsize):
     return (*nav, *detector_shape)
 
 
+def _axes(shape, step, k_scale, centre_px):
+    """HyperSpy axes: navigation ``y, x`` in nm, signal ``ky, kx`` in 1/nm, beam at 0."""
+    ny, nx, qy, qx = shape
+    cy, cx = centre_px
+    axes = [
+        {"name": "y", "size": ny, "scale": step, "offset": 0.0, "units": "nm"},
+        {"name": "x", "size": nx, "scale": step, "offset": 0.0, "units": "nm"},
+        {"name": "ky", "size": qy, "scale": k_scale, "offset": -cy * k_scale},
+        {"name": "kx", "size": qx, "scale": k_scale, "offset": -cx * k_scale},
+    ]
+    for ax in axes[2:]:
+        ax["units"] = "1/nm"
+    for ax, nav in zip(axes, (True, True, False, False)):
+        ax["navigate"] = nav
+    return axes
+
+
+def _ground_truth(truth, n_phases, step, probe_fwhm, dose):
+    """The ``metadata.Simulation`` dictionary (without ``random_state``)."""
+    k_scale = truth["k_scale"]
+    return {
+        "n_components": int(truth["maps"].shape[0]),
+        "maps": truth["maps"],
+        "patterns": truth["patterns"],
+        "phase_of_component": truth["phase_of_component"],
+        "rotation_deg": truth["rotation_deg"],
+        "phase_names": ",".join(PHASE_NAMES[: n_phases + 1]),
+        "reference_patterns": truth["reference_patterns"],
+        "phase_map": truth["phase_map"],
+        "grain_map": truth["grain_map"],
+        "grain_centres_nm": truth["grain_centres_nm"],
+        "grain_diameters_nm": truth["grain_diameters_nm"],
+        "probe_fwhm_nm": float(probe_fwhm),
+        "scan_step_nm": step,
+        "dose": float(dose),
+        "beam_disk_radius_inv_nm": float(truth["radius_px"] * k_scale),
+        "beam_disk_radius_px": float(truth["radius_px"]),
+        "beam_disk_radius_physical_inv_nm": float(
+            truth["convergence_angle_rad"] / truth["wavelength_nm"]
+        ),
+        "reciprocal_scale_inv_nm": float(k_scale),
+        "centre_px": truth["centre_px"],
+        "halo_radii_inv_nm": np.array([HALO_1[0], HALO_2[0]]),
+    }
+
+
 def simulated_precipitates(
     *,
     scan_shape=(48, 48),
@@ -213,45 +259,9 @@ def simulated_precipitates(
 
     data = truth["data"].astype(dtype, copy=False)
     ny, nx, qy, qx = data.shape
-    k_scale = truth["k_scale"]
-    cy, cx = truth["centre_px"]
     step = float(scan_step)
-    axes = [
-        {"name": "y", "size": ny, "scale": step, "offset": 0.0, "units": "nm"},
-        {"name": "x", "size": nx, "scale": step, "offset": 0.0, "units": "nm"},
-        {"name": "ky", "size": qy, "scale": k_scale, "offset": -cy * k_scale},
-        {"name": "kx", "size": qx, "scale": k_scale, "offset": -cx * k_scale},
-    ]
-    for ax in axes[2:]:
-        ax["units"] = "1/nm"
-    for ax, nav in zip(axes, (True, True, False, False)):
-        ax["navigate"] = nav
-
-    n_phases = int(n_phases)
-    simulation = {
-        "n_components": int(truth["maps"].shape[0]),
-        "maps": truth["maps"],
-        "patterns": truth["patterns"],
-        "phase_of_component": truth["phase_of_component"],
-        "rotation_deg": truth["rotation_deg"],
-        "phase_names": ",".join(PHASE_NAMES[: n_phases + 1]),
-        "reference_patterns": truth["reference_patterns"],
-        "phase_map": truth["phase_map"],
-        "grain_map": truth["grain_map"],
-        "grain_centres_nm": truth["grain_centres_nm"],
-        "grain_diameters_nm": truth["grain_diameters_nm"],
-        "probe_fwhm_nm": float(probe_fwhm),
-        "scan_step_nm": step,
-        "dose": float(dose),
-        "beam_disk_radius_inv_nm": float(truth["radius_px"] * k_scale),
-        "beam_disk_radius_px": float(truth["radius_px"]),
-        "beam_disk_radius_physical_inv_nm": float(
-            truth["convergence_angle_rad"] / truth["wavelength_nm"]
-        ),
-        "reciprocal_scale_inv_nm": float(k_scale),
-        "centre_px": truth["centre_px"],
-        "halo_radii_inv_nm": np.array([HALO_1[0], HALO_2[0]]),
-    }
+    axes = _axes(data.shape, step, truth["k_scale"], truth["centre_px"])
+    simulation = _ground_truth(truth, int(n_phases), step, probe_fwhm, dose)
     if isinstance(random_state, (int, np.integer)):
         simulation["random_state"] = int(random_state)
     metadata = {
