@@ -763,25 +763,67 @@ def _pattern_parameters(
     distance_threshold,
     method,
     step,
-    centre,
-    radii,
-    delta_r,
-    n_theta,
-    dbr,
+    polar_kwargs,
     similarity_kwargs,
     threshold,
 ):
     """The ``parameters`` record of a :class:`PatternClustering`."""
+    pk = polar_kwargs
     return {
         "n_clusters": n_clusters,
         "distance_threshold": distance_threshold,
         "method": method,
         "step": None if step is None else [int(s) for s in step],
         **_similarity_parameters(
-            centre, radii, delta_r, n_theta, dbr, **similarity_kwargs
+            pk["centre"],
+            pk["radial_range"],
+            pk["delta_r"],
+            pk["n_theta"],
+            pk["direct_beam_radius"],
+            **similarity_kwargs,
         ),
         "threshold": float(threshold),
     }
+
+
+def _check_stack(patterns):
+    """The patterns as a stack ``(n, qy, qx)`` of at least 2."""
+    stack, lead = _as_stack(patterns)
+    if len(lead) != 1:
+        raise ValueError("`patterns` must have shape (n, qy, qx).")
+    if stack.shape[0] < 2:
+        raise ValueError(f"At least 2 patterns are needed, got {stack.shape[0]}.")
+    return stack
+
+
+def _cut_and_merge(stack, centre, sim, method, n_clusters, distance_threshold):
+    """Hierarchical cut (largest cluster first), references and aligned cluster means.
+
+    Returns these :class:`PatternClustering` fields as a dict.
+    """
+    labels, Z, threshold = hierarchical_clustering(
+        sim.pseudo_distance,
+        method=method,
+        n_clusters=n_clusters,
+        distance_threshold=distance_threshold,
+    )
+    labels, _ = order_clusters(labels, np.bincount(labels))
+    refs = cluster_references(sim.similarity, labels)
+    rot, mir = align_to_references(sim, labels, refs)
+    merged = merge_aligned(stack, centre, labels, rot, mir)
+    merged /= np.bincount(labels)[:, None, None]
+    return dict(
+        labels=labels,
+        linkage=Z,
+        threshold=threshold,
+        pseudo_distance=sim.pseudo_distance,
+        similarity=sim.similarity,
+        rotation=rot,
+        mirrored=mir,
+        references=refs,
+        merged_factors=merged,
+        centroids=stack[refs],
+    )
 
 
 def _resolve_pattern_beam(stack, centre, direct_beam_radius, signal_mask=None):
@@ -911,11 +953,7 @@ def cluster_patterns(
     >>> res.labels.tolist()
     [0, 0, 1, 1]
     """
-    stack, lead = _as_stack(patterns)
-    if len(lead) != 1:
-        raise ValueError("`patterns` must have shape (n, qy, qx).")
-    if stack.shape[0] < 2:
-        raise ValueError(f"At least 2 patterns are needed, got {stack.shape[0]}.")
+    stack = _check_stack(patterns)
     centre, dbr = _resolve_pattern_beam(stack, centre, direct_beam_radius, signal_mask)
     similarity_kwargs = dict(
         intensity_transform_function=intensity_transform_function,
@@ -933,18 +971,8 @@ def cluster_patterns(
         direct_beam_radius=dbr,
         **similarity_kwargs,
     )
-    labels, Z, threshold = hierarchical_clustering(
-        sim.pseudo_distance,
-        method=method,
-        n_clusters=n_clusters,
-        distance_threshold=distance_threshold,
-    )
-    labels, _ = order_clusters(labels, np.bincount(labels))
-    refs = cluster_references(sim.similarity, labels)
-    rot, mir = align_to_references(sim, labels, refs)
-    merged = merge_aligned(stack, centre, labels, rot, mir)
-    merged /= np.bincount(labels)[:, None, None]
-    polar_kwargs = dict(
+    fields = _cut_and_merge(stack, centre, sim, method, n_clusters, distance_threshold)
+    polar_kwargs = dict(  # the grid actually used, for the other patterns
         centre=centre,
         radial_range=(radii[0], radii[-1]),
         delta_r=delta_r,
@@ -954,24 +982,16 @@ def cluster_patterns(
     pos_labels, distances = _label_all(
         all_patterns,
         positions,
-        labels,
-        merged,
+        fields["labels"],
+        fields["merged_factors"],
         polar_kwargs,
         dict(radii=radii, **similarity_kwargs),
     )
     return PatternClustering(
+        **fields,
         positions=None if positions is None else np.asarray(positions),
         position_labels=pos_labels,
         step=None if step is None else np.asarray(step),
-        labels=labels,
-        linkage=Z,
-        threshold=threshold,
-        pseudo_distance=sim.pseudo_distance,
-        similarity=sim.similarity,
-        rotation=rot,
-        mirrored=mir,
-        references=refs,
-        merged_factors=merged,
         centre=tuple(float(c) for c in centre),
         radii=radii,
         n_theta=polar.shape[-1],
@@ -980,14 +1000,9 @@ def cluster_patterns(
             distance_threshold,
             method,
             step,
-            centre,
-            radii,
-            delta_r,
-            polar.shape[-1],
-            dbr,
+            polar_kwargs,
             similarity_kwargs,
-            threshold,
+            fields["threshold"],
         ),
-        centroids=stack[refs],
         distances=distances,
     )
