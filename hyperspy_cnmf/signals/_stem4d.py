@@ -1,4 +1,7 @@
-"""The eager 4D-STEM signal class: thin wrappers around the numerical core."""
+"""The eager 4D-STEM signal class: thin wrappers of the functional API (:mod:`hyperspy_cnmf.api`)."""
+
+import functools
+from importlib import import_module
 
 from hyperspy.signals import Signal2D
 
@@ -10,6 +13,21 @@ from hyperspy_cnmf.signals import (
     _store,
 )
 from hyperspy_cnmf.signals._axes import set_default_axes
+
+
+def _method(impl):
+    """``STEM4D.<name>``: a thin wrapper of ``hyperspy_cnmf.api.<name>``, documented as ``impl``.
+
+    The public function is looked up at call time (``hyperspy_cnmf.api`` imports this module).
+    The wrapper keeps ``impl``'s module, so that its examples run once, as ``impl``'s doctests.
+    """
+
+    @functools.wraps(impl)
+    def method(self, *args, **kwargs):
+        api = import_module("hyperspy_cnmf.api")
+        return getattr(api, impl.__name__)(self, *args, **kwargs)
+
+    return method
 
 
 class STEM4D(Signal2D):
@@ -43,18 +61,19 @@ class STEM4D(Signal2D):
             new.__dict__.update(lr.__dict__)
             self.learning_results = new
 
-    cluster_diffraction = _cluster.cluster_diffraction
-    cluster_patterns = _cluster.cluster_patterns
-    get_cluster_diffraction_results = _cluster.get_cluster_diffraction_results
-    polar_transform = _cluster.polar_transform
-    plot_cluster_dendrogram = _cluster.plot_cluster_dendrogram
-    plot_cluster_gallery = _cluster.plot_cluster_gallery
-    plot_map_spectra = _diagnostics.plot_map_spectra
-    get_map_power_beyond = _diagnostics.get_map_power_beyond
-    get_dip_measure = _diagnostics.get_dip_measure
-    plot_dip_measure = _diagnostics.plot_dip_measure
-    center_direct_beam = _beam_shift.center_direct_beam
-    get_direct_beam_position = _beam_shift.get_direct_beam_position
+    # The functional API (hyperspy_cnmf.api: any 2+2 signal) as methods.
+    cluster_diffraction = _method(_cluster.cluster_diffraction)
+    cluster_patterns = _method(_cluster.cluster_patterns)
+    get_cluster_diffraction_results = _method(_cluster.get_cluster_diffraction_results)
+    polar_transform = _method(_cluster.polar_transform)
+    plot_cluster_dendrogram = _method(_cluster.plot_cluster_dendrogram)
+    plot_cluster_gallery = _method(_cluster.plot_cluster_gallery)
+    plot_map_spectra = _method(_diagnostics.plot_map_spectra)
+    get_map_power_beyond = _method(_diagnostics.get_map_power_beyond)
+    get_dip_measure = _method(_diagnostics.get_dip_measure)
+    plot_dip_measure = _method(_diagnostics.plot_dip_measure)
+    center_direct_beam = _method(_beam_shift.center_direct_beam)
+    get_direct_beam_position = _method(_beam_shift.get_direct_beam_position)
 
     def decomposition(
         self,
@@ -222,6 +241,8 @@ class STEM4D(Signal2D):
         if constrained:
             if args:
                 raise TypeError("pass the constrained_nmf options by keyword")
+            # As hyperspy_cnmf.decomposition (api.py), called at the same depth so that the
+            # warnings of the run point at the user's line.
             out = _decomposition.constrained_nmf_decomposition(
                 self,
                 output_dimension,
