@@ -55,6 +55,16 @@ from hyperspy_cnmf.clustering._polar import (
 
 __all__ = ["ComponentClustering", "cluster_components"]
 
+#: :func:`cluster_components` arguments passed on as the polar grid and as the
+#: similarity options (the keyword arguments of :func:`polar_similarity`).
+_GRID_KEYS = ("radial_range", "delta_r", "n_theta", "delta_theta")
+_SIMILARITY_KEYS = (
+    "intensity_transform_function",
+    "normalize",
+    "radial_weighting",
+    "mirror",
+)
+
 
 @dataclass
 class ComponentClustering:
@@ -479,6 +489,51 @@ def _centroids(factors, loadings, refs, pos_labels):
     return out
 
 
+def _cluster_positions(
+    contrib, labels, loadings, nav_shape, percentiles, smoothing, threshold
+):
+    """Cluster maps, map objects and dominant cluster of every position, clusters renumbered.
+
+    Returns these :class:`ComponentClustering` fields as a dict.
+    """
+    maps = _cluster_maps(contrib, labels, np.all(np.isnan(loadings), axis=0))
+    objects, pos_labels, norm_maps = _dominance(
+        contrib, labels, nav_shape, percentiles, smoothing, threshold
+    )
+    labels, maps, norm_maps, pos_labels = _order(labels, maps, norm_maps, pos_labels)
+    with np.errstate(invalid="ignore"):
+        distances = 1.0 - np.clip(norm_maps, 0.0, 1.0)
+    return dict(
+        labels=labels,
+        merged_maps=maps,
+        normalised_maps=norm_maps,
+        objects=objects,
+        position_labels=pos_labels,
+        map_artefact=map_artefacts(loadings, nav_shape),
+        distances=distances,
+    )
+
+
+def _aligned_merge(factors, cpx, sim, labels, beam_only, factor_sum, loading_sum):
+    """Pairwise similarity, references, alignment and merged factor of every cluster.
+
+    Returns these :class:`ComponentClustering` fields as a dict.
+    """
+    refs, rot, mir = _align(sim, labels, beam_only, np.abs(factor_sum * loading_sum))
+    return dict(
+        pseudo_distance=sim.pseudo_distance,
+        similarity=sim.similarity,
+        pairwise_rotation=sim.rotation,
+        pairwise_mirrored=sim.mirrored,
+        references=refs,
+        rotation=rot,
+        mirrored=mir,
+        merged_factors=merge_aligned(
+            factors, cpx, labels, rot, mir, weights=loading_sum
+        ),
+    )
+
+
 def _component_parameters(
     args, components, cpx, radii, n_theta, dbr, similarity_kwargs, threshold
 ):
@@ -619,18 +674,8 @@ def cluster_components(
     factors, loadings, components, nav_shape = _check_inputs(
         factors, loadings, components, nav_shape
     )
-    grid = dict(
-        radial_range=radial_range,
-        delta_r=delta_r,
-        n_theta=n_theta,
-        delta_theta=delta_theta,
-    )
-    similarity_kwargs = dict(
-        intensity_transform_function=intensity_transform_function,
-        normalize=normalize,
-        radial_weighting=radial_weighting,
-        mirror=mirror,
-    )
+    grid = {key: args[key] for key in _GRID_KEYS}
+    similarity_kwargs = {key: args[key] for key in _SIMILARITY_KEYS}
     factor_sum = np.nansum(factors, axis=(1, 2))
     loading_sum = np.nansum(loadings, axis=1)
     cpx, dbr = _resolve_beam(
@@ -644,46 +689,34 @@ def cluster_components(
     labels, Z, threshold = _cut(
         sim.pseudo_distance, beam_only, contrib, method, n_clusters, distance_threshold
     )
-    maps = _cluster_maps(contrib, labels, np.all(np.isnan(loadings), axis=0))
-    objects, pos_labels, norm_maps = _dominance(
+    fields = _cluster_positions(
         contrib,
         labels,
+        loadings,
         nav_shape,
         dominance_percentiles,
         map_smoothing,
         particle_threshold,
     )
-    labels, maps, norm_maps, pos_labels = _order(labels, maps, norm_maps, pos_labels)
-    refs, rot, mir = _align(sim, labels, beam_only, np.abs(factor_sum * loading_sum))
-    merged = merge_aligned(factors, cpx, labels, rot, mir, weights=loading_sum)
-    with np.errstate(invalid="ignore"):
-        distances = 1.0 - np.clip(norm_maps, 0.0, 1.0)
+    fields.update(
+        _aligned_merge(
+            factors, cpx, sim, fields["labels"], beam_only, factor_sum, loading_sum
+        )
+    )
     parameters = _component_parameters(
         args, components, cpx, radii, polar.shape[-1], dbr, similarity_kwargs, threshold
     )
     return ComponentClustering(
+        **fields,
         components=components,
-        labels=labels,
         linkage=Z,
-        pseudo_distance=sim.pseudo_distance,
-        pairwise_rotation=sim.rotation,
-        pairwise_mirrored=sim.mirrored,
-        rotation=rot,
-        mirrored=mir,
-        references=refs,
-        merged_factors=merged,
-        merged_maps=maps,
-        normalised_maps=norm_maps,
-        objects=objects,
         beam_only=beam_only,
-        position_labels=pos_labels,
-        map_artefact=map_artefacts(loadings, nav_shape),
         threshold=float(threshold),
         centre=np.array(cpx, dtype=np.float64),
         radii=radii,
         parameters=parameters,
-        similarity=sim.similarity,
         n_theta=int(polar.shape[-1]),
-        centroids=_centroids(factors, loadings, refs, pos_labels),
-        distances=distances,
+        centroids=_centroids(
+            factors, loadings, fields["references"], fields["position_labels"]
+        ),
     )
