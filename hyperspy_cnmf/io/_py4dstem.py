@@ -508,12 +508,8 @@ def _signal_from_parts(data, params, name="datacube", lazy=False, chunks=None):
     return STEM4D(data, axes=axes, metadata=metadata)
 
 
-def _parts_from_signal(signal):
-    """``(data, name, params)`` of a 2+2 dimensional HyperSpy signal.
-
-    ``params`` is a plain dict of py4DSTEM calibration items. Raises
-    TypeError/ValueError for signals py4DSTEM cannot represent.
-    """
+def _datacube_axes(signal):
+    """The axes ``(Rx, Ry, Qx, Qy)`` of a 2+2 dimensional signal with uniform axes."""
     if not _is_hyperspy_signal(signal):
         raise TypeError(
             f"Expected a HyperSpy signal, got {type(signal).__module__}."
@@ -528,29 +524,69 @@ def _parts_from_signal(signal):
             f"(shape {am.navigation_shape}|{am.signal_shape})."
         )
     # array order: (Rx, Ry, Qx, Qy) = (nav y, nav x, sig y, sig x)
-    ax_rx, ax_ry = am.navigation_axes[::-1]
-    ax_qx, ax_qy = am.signal_axes[::-1]
-    for ax in (ax_rx, ax_ry, ax_qx, ax_qy):
+    axes = (*am.navigation_axes[::-1], *am.signal_axes[::-1])
+    for ax in axes:
         if not getattr(ax, "is_uniform", False):
             raise ValueError(
                 f"Axis {ax.name!r} is not uniform: py4DSTEM needs uniform axes."
             )
+    return axes
 
-    def space(ax_a, ax_b, which, label):
-        unit_a, factor_a = _units_to_py4dstem(ax_a.units, which)
-        unit_b, factor_b = _units_to_py4dstem(ax_b.units, which)
-        size_a = ax_a.scale * factor_a
-        size_b = ax_b.scale * factor_b
-        if unit_a != unit_b or not _same(size_a, size_b):
-            raise ValueError(
-                f"py4DSTEM has a single {which} pixel size: the {label} axes "
-                f"differ ({ax_a.name}: {ax_a.scale} {ax_a.units}, "
-                f"{ax_b.name}: {ax_b.scale} {ax_b.units})."
+
+def _pixel_size(ax_a, ax_b, which, label):
+    """The single py4DSTEM ``(size, units)`` of two axes of one space ("R" or "Q")."""
+    unit_a, factor_a = _units_to_py4dstem(ax_a.units, which)
+    unit_b, factor_b = _units_to_py4dstem(ax_b.units, which)
+    size_a = ax_a.scale * factor_a
+    size_b = ax_b.scale * factor_b
+    if unit_a != unit_b or not _same(size_a, size_b):
+        raise ValueError(
+            f"py4DSTEM has a single {which} pixel size: the {label} axes "
+            f"differ ({ax_a.name}: {ax_a.scale} {ax_a.units}, "
+            f"{ax_b.name}: {ax_b.scale} {ax_b.units})."
+        )
+    return size_a, unit_a
+
+
+def _origin_params(stored, ax_qx, ax_qy, nav_shape):
+    """The origin calibration items: the offsets rule, the stored metadata refines them."""
+    params = {}
+    for key, ax in (("qx0", ax_qx), ("qy0", ax_qy)):
+        mean = -ax.offset / ax.scale
+        stored_mean = stored.get(f"origin_{key}_mean")
+        if stored_mean is not None and _same(stored_mean, mean):
+            mean = _calibration_value(stored_mean)
+        value = stored.get(f"origin_{key}")
+        if value is not None and np.ndim(value) and np.shape(value) != nav_shape:
+            warnings.warn(
+                f"metadata.{_METADATA_NODE}.origin_{key} has shape "
+                f"{np.shape(value)}, not the navigation shape {nav_shape} "
+                "(the signal was probably cropped): only the mean origin is "
+                "kept.",
+                UserWarning,
+                stacklevel=4,  # the caller of to_py4dstem
             )
-        return size_a, unit_a
+            value = None
+        if value is not None:
+            value = np.asarray(value) if np.ndim(value) else value
+            if not _same(np.mean(value), mean):
+                value = value - np.mean(value) + mean
+            params[key] = _calibration_value(value)
+            params[key + "_mean"] = np.mean(value)
+        elif ax.offset != 0 or stored_mean is not None:
+            params[key + "_mean"] = mean
+    return params
 
-    r_size, r_units = space(ax_rx, ax_ry, "R", "navigation")
-    q_size, q_units = space(ax_qx, ax_qy, "Q", "signal")
+
+def _parts_from_signal(signal):
+    """``(data, name, params)`` of a 2+2 dimensional HyperSpy signal.
+
+    ``params`` is a plain dict of py4DSTEM calibration items. Raises
+    TypeError/ValueError for signals py4DSTEM cannot represent.
+    """
+    ax_rx, ax_ry, ax_qx, ax_qy = _datacube_axes(signal)
+    r_size, r_units = _pixel_size(ax_rx, ax_ry, "R", "navigation")
+    q_size, q_units = _pixel_size(ax_qx, ax_qy, "Q", "signal")
 
     if ax_rx.offset != 0 or ax_ry.offset != 0:
         warnings.warn(
@@ -576,33 +612,7 @@ def _parts_from_signal(signal):
         if key in _MAPPED_KEYS or key.startswith("_"):
             continue
         params[key] = _calibration_value(value)
-
-    # origin: the offsets rule, the metadata refines them
-    nav_shape = (ax_rx.size, ax_ry.size)
-    for key, ax in (("qx0", ax_qx), ("qy0", ax_qy)):
-        mean = -ax.offset / ax.scale
-        stored_mean = stored.get(f"origin_{key}_mean")
-        if stored_mean is not None and _same(stored_mean, mean):
-            mean = _calibration_value(stored_mean)
-        value = stored.get(f"origin_{key}")
-        if value is not None and np.ndim(value) and np.shape(value) != nav_shape:
-            warnings.warn(
-                f"metadata.{_METADATA_NODE}.origin_{key} has shape "
-                f"{np.shape(value)}, not the navigation shape {nav_shape} "
-                "(the signal was probably cropped): only the mean origin is "
-                "kept.",
-                UserWarning,
-                stacklevel=3,
-            )
-            value = None
-        if value is not None:
-            value = np.asarray(value) if np.ndim(value) else value
-            if not _same(np.mean(value), mean):
-                value = value - np.mean(value) + mean
-            params[key] = _calibration_value(value)
-            params[key + "_mean"] = np.mean(value)
-        elif ax.offset != 0 or stored_mean is not None:
-            params[key + "_mean"] = mean
+    params.update(_origin_params(stored, ax_qx, ax_qy, (ax_rx.size, ax_ry.size)))
 
     name = signal.metadata.get_item("General.title", "")
     return signal.data, (str(name) if name else "datacube"), params
