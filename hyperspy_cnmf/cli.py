@@ -447,8 +447,8 @@ def _demo(args):
 # --------------------------------------------------------------------------
 # run
 # --------------------------------------------------------------------------
-def _beam_mask(s, radius):
-    """Direct-beam disk mask (True = excluded), the masked disk and the mean pattern.
+def _beam_mask(mean_pattern, radius):
+    """Direct-beam disk mask (True = excluded) and the masked disk of the mean pattern.
 
     The disk is a :class:`~hyperspy_cnmf._beam.Beam` ``(x, y, radius)`` px:
     the beam's centre and the mask's radius.
@@ -457,19 +457,33 @@ def _beam_mask(s, radius):
 
     from hyperspy_cnmf.signals._calibration import find_beam_disk
 
-    mean = s.mean(axis=s.axes_manager.navigation_axes)
-    data = mean.data.compute() if s._lazy else mean.data
-    beam = find_beam_disk(data)
+    beam = find_beam_disk(mean_pattern)
     disk = beam._replace(
         radius=np.ceil(beam.radius) + 1.0 if radius == "auto" else float(radius)
     )
-    qy, qx = data.shape
+    qy, qx = mean_pattern.shape
     yy, xx = np.mgrid[:qy, :qx]
     mask = (yy - disk.y) ** 2 + (xx - disk.x) ** 2 <= disk.radius**2
-    return mask, disk, data
+    return mask, disk
 
 
-def _plot_overview(s, mean_pattern, path):
+def _overview_data(s):
+    """The mean pattern and the total intensity image, from one read of the data.
+
+    Both are reductions (small results); a lazy signal computes them together,
+    so that the chunks are read once, never the whole array at a time.
+    """
+    am = s.axes_manager
+    mean = s.mean(axis=am.navigation_axes)
+    total = s.sum(axis=am.signal_axes)
+    if not s._lazy:
+        return mean.data, total.data
+    import dask
+
+    return dask.compute(mean.data, total.data)
+
+
+def _plot_overview(s, mean_pattern, img, path):
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -477,8 +491,6 @@ def _plot_overview(s, mean_pattern, path):
 
     sx, sy = (rp.axis_info(a) for a in s.axes_manager.signal_axes)
     nx_, ny_ = (rp.axis_info(a) for a in s.axes_manager.navigation_axes)
-    total = s.sum(axis=s.axes_manager.signal_axes)
-    img = total.data.compute() if s._lazy else total.data
     fig, ax = plt.subplots(1, 2, figsize=(9.5, 4.2), layout="constrained")
     p = np.nan_to_num(np.asarray(mean_pattern, dtype=float))
     pos = p[p > 0]
@@ -538,16 +550,14 @@ def _run(args):
     out.mkdir(parents=True, exist_ok=True)
 
     signal_mask, beam = None, None
+    mean_pattern, total_image = _overview_data(s)  # one read
     if args.signal_mask_beam is not None:
-        signal_mask, beam, mean_pattern = _beam_mask(s, args.signal_mask_beam)
+        signal_mask, beam = _beam_mask(mean_pattern, args.signal_mask_beam)
         print(
             f"Masking the direct beam: centre (x, y) = ({beam.x:.1f}, {beam.y:.1f}) px, "
             f"radius {beam.radius:g} px ({int(signal_mask.sum())} pixels)"
         )
-    else:
-        mean = s.mean(axis=am.navigation_axes)
-        mean_pattern = mean.data.compute() if s._lazy else mean.data
-    figs = [_plot_overview(s, mean_pattern, out / "overview.png")]
+    figs = [_plot_overview(s, mean_pattern, total_image, out / "overview.png")]
 
     t0 = time.perf_counter()
     info = s.decomposition(
@@ -570,8 +580,14 @@ def _run(args):
     F, L = rp.components(s)
 
     # measured numbers
-    mse = rp.reconstruction_mse(s, signal_mask=signal_mask)
-    baseline = rp.mean_pattern_mse(s, signal_mask=lr.signal_mask)
+    # the model's and the baseline's residuals: one read (the mean pattern is known)
+    mse, baseline = rp.model_mse(
+        s,
+        signal_mask=signal_mask,
+        baseline=True,
+        baseline_mask=lr.signal_mask,
+        mean_pattern=mean_pattern,
+    )
     dip_r = float(lr.cnmf_diffraction_constraint_size)
     valid = None if signal_mask is None else ~signal_mask
     dip_c = DiffractionDipConstraint.from_beam(

@@ -43,12 +43,150 @@ def components(signal):
     return F, L
 
 
+#: Rows of one float64 piece inside a block of the streamed reads: at most
+#: this many bytes of float64 copies at a time (the block itself is one chunk).
+_PIECE_BYTES = 8 * 2**20
+
+
+def _pieces(n_rows, n_cols):
+    step = max(1, _PIECE_BYTES // max(1, 8 * n_cols))
+    for start in range(0, n_rows, step):
+        yield slice(start, min(start + step, n_rows))
+
+
+def _block_sums(block, rows, n_cols, func, sh):
+    """``func`` summed over float64 pieces of one block of whole patterns."""
+    X = np.asarray(block).reshape(-1, n_cols)
+    if isinstance(rows, slice):
+        rows = np.arange(rows.start, rows.stop)
+    total = None
+    for piece in _pieces(len(X), n_cols):
+        part = func(np.asarray(X[piece], dtype=np.float64), rows[piece], sh)
+        total = part if total is None else total + part
+    return total
+
+
+def _add(parts):
+    out = parts[0]
+    for p in parts[1:]:
+        out = out + p
+    return out
+
+
+def _stream(signal, func, **shared):
+    """One read of the data: ``sum over blocks of func(X, rows, shared)``.
+
+    ``X`` is a float64 piece ``(rows, pixels)`` of the unfolded data (whole
+    patterns), ``rows`` its global navigation indices (C order), ``shared``
+    the keyword arguments as attributes. ``func`` returns a float64 array of
+    a fixed shape; the results are added. In memory the data are cut into the
+    same pieces; a lazy signal is read chunk by chunk under the active dask
+    scheduler (navigation chunks, split when larger than the decomposition's
+    block limit), never as a whole.
+    """
+    am = signal.axes_manager
+    n_cols = int(np.prod(am._signal_shape_in_array))
+    sh = _Shared(**shared)
+    if not signal._lazy:
+        n_rows = int(np.prod(am._navigation_shape_in_array))
+        return _block_sums(
+            np.asarray(signal.data).reshape(n_rows, n_cols),
+            slice(0, n_rows),
+            n_cols,
+            func,
+            sh,
+        )
+    import uuid
+
+    import dask
+
+    from hyperspy_cnmf.chunked import MAX_BLOCK_BYTES, SPLIT_EVERY, _Layout
+
+    layout = _Layout(signal.data, 2, MAX_BLOCK_BYTES)
+    token = uuid.uuid4().hex
+    sh_d = dask.delayed(sh, name=f"cnmf-report-shared-{token}", traverse=False)
+    parts = [
+        dask.delayed(_block_sums, pure=True)(
+            blk, rows, n_cols, func, sh_d, dask_key_name=f"cnmf-report-{token}-{b}"
+        )
+        for b, (blk, rows) in enumerate(layout.blocks)
+    ]
+    level = 0
+    while len(parts) > 1:
+        parts = [
+            dask.delayed(_add, pure=True)(
+                parts[i : i + SPLIT_EVERY],
+                dask_key_name=f"cnmf-report-add-{token}-{level}-{i}",
+            )
+            for i in range(0, len(parts), SPLIT_EVERY)
+        ]
+        level += 1
+    return dask.compute(parts[0])[0]
+
+
+class _Shared:
+    def __init__(self, **kwargs):
+        self.__dict__.update(kwargs)
+
+
+# block functions: module level, so that they pickle by reference (distributed)
+def _column_sums(X, rows, sh):
+    return X[:, sh.valid].sum(axis=0)
+
+
+def _model_sq(X, rows, sh):
+    """Squared residuals of the decomposition model and of the mean-pattern baseline."""
+    out = np.zeros(2)
+    if sh.W is not None:
+        r = X[:, sh.valid] - (sh.W[rows] @ sh.Ht + sh.offset)
+        out[0] = np.sum(r * r)
+    if sh.pattern is not None:
+        Xb = X[:, sh.base_valid]
+        r = Xb - Xb.sum(axis=1, keepdims=True) * sh.pattern
+        out[1] = np.sum(r * r)
+    return out
+
+
+def _model_parts(signal, n_components, signal_mask):
+    """``W``, ``Ht`` (valid pixels), the offset and the valid pixels of the model."""
+    lr = signal.learning_results
+    am = signal.axes_manager
+    n_sig = int(np.prod(am._signal_shape_in_array))
+    k = lr.factors.shape[1] if n_components is None else int(n_components)
+    W = np.nan_to_num(np.asarray(lr.loadings[:, :k], dtype=np.float64))
+    H = np.nan_to_num(np.asarray(lr.factors[:, :k], dtype=np.float64))
+    valid = ~_mask_vector(signal_mask, n_sig, am._signal_shape_in_array, "signal_mask")
+    valid &= ~np.all(np.isnan(np.asarray(lr.factors[:, :k], dtype=np.float64)), axis=1)
+    mean = getattr(lr, "mean", None)
+    offset = 0.0 if mean is None else np.asarray(mean, dtype=np.float64).ravel()[valid]
+    return W, np.ascontiguousarray(H[valid].T), offset, valid
+
+
+def _baseline_parts(signal, signal_mask, mean_pattern):
+    """Valid pixels and the unit-sum mean pattern on them (one read if not given)."""
+    am = signal.axes_manager
+    n_sig = int(np.prod(am._signal_shape_in_array))
+    valid = ~_mask_vector(signal_mask, n_sig, am._signal_shape_in_array, "signal_mask")
+    if mean_pattern is None:
+        colsum = _stream(signal, _column_sums, valid=valid)
+    else:
+        colsum = np.asarray(mean_pattern, dtype=np.float64).ravel()
+        if colsum.size != n_sig:
+            raise ValueError(
+                f"mean_pattern has {colsum.size} pixels, the detector {n_sig}"
+            )
+        colsum = colsum[valid]
+    return valid, colsum / max(colsum.sum(), 1e-300)
+
+
 def reconstruction_mse(signal, n_components=None, signal_mask=None):
     """Mean squared error of the decomposition model, per data entry.
 
     ``mean((X - loadings @ factors.T)^2)`` over the (unmasked) data, plus the
-    ``mean`` of a centred decomposition when there is one. Lazy signals are
-    computed chunk by chunk (one read of the data).
+    ``mean`` of a centred decomposition when there is one. One read of the
+    data, block by block in float64 (a lazy signal chunk by chunk, never as a
+    whole); :func:`model_mse` gives it together with the baseline of
+    :func:`mean_pattern_mse` from the same read.
 
     Parameters
     ----------
@@ -61,36 +199,17 @@ def reconstruction_mse(signal, n_components=None, signal_mask=None):
         that the decomposition left out (NaN in every factor, e.g. the
         direct beam of ``direct_beam_mask="auto"``) are always left out.
     """
-    lr = signal.learning_results
-    am = signal.axes_manager
-    n_nav = int(np.prod(am._navigation_shape_in_array))
-    n_sig = int(np.prod(am._signal_shape_in_array))
-    k = lr.factors.shape[1] if n_components is None else int(n_components)
-    W = np.nan_to_num(np.asarray(lr.loadings[:, :k], dtype=np.float64))
-    H = np.nan_to_num(np.asarray(lr.factors[:, :k], dtype=np.float64))
-    valid = ~_mask_vector(signal_mask, n_sig, am._signal_shape_in_array, "signal_mask")
-    valid &= ~np.all(np.isnan(np.asarray(lr.factors[:, :k], dtype=np.float64)), axis=1)
-    mean = getattr(lr, "mean", None)
-    offset = 0.0 if mean is None else np.asarray(mean, dtype=np.float64).ravel()[valid]
-    if signal._lazy:
-        import dask.array as da
-
-        X = signal.data.reshape(n_nav, n_sig).astype(np.float64)[:, valid]
-        model = da.from_array(W, chunks=(X.chunks[0], -1)) @ H[valid].T + offset
-        return float(((X - model) ** 2).mean().compute())
-    X = np.asarray(signal.data, dtype=np.float64).reshape(n_nav, n_sig)[:, valid]
-    total = 0.0
-    for start in range(0, n_nav, 4096):
-        r = X[start : start + 4096] - (W[start : start + 4096] @ H[valid].T + offset)
-        total += float(np.sum(r * r))
-    return total / X.size
+    return model_mse(signal, n_components=n_components, signal_mask=signal_mask)[0]
 
 
-def mean_pattern_mse(signal, signal_mask=None):
+def mean_pattern_mse(signal, signal_mask=None, mean_pattern=None):
     """MSE of the rank-1 baseline ``X[p] ~ total(p) * mean pattern``.
 
     A decomposition with more components should do better than this model,
-    which knows only the intensity at each probe position.
+    which knows only the intensity at each probe position. Computed block by
+    block in float64 (a lazy signal chunk by chunk, never as a whole): one
+    read for the mean pattern (none if ``mean_pattern`` is given), one for
+    the residuals.
 
     Parameters
     ----------
@@ -100,22 +219,71 @@ def mean_pattern_mse(signal, signal_mask=None):
         ``learning_results.signal_mask`` to compare with
         :func:`reconstruction_mse` on the same pixels; placed by shape as by
         ``decomposition``.
+    mean_pattern : array (qy, qx), optional
+        The mean (or summed) pattern of all positions, already computed
+        (only its shape matters: it is normalised on the unmasked pixels).
+    """
+    return model_mse(
+        signal,
+        model=False,
+        baseline=True,
+        baseline_mask=signal_mask,
+        mean_pattern=mean_pattern,
+    )[1]
+
+
+def model_mse(
+    signal,
+    n_components=None,
+    signal_mask=None,
+    *,
+    model=True,
+    baseline=False,
+    baseline_mask=None,
+    mean_pattern=None,
+):
+    """:func:`reconstruction_mse` and :func:`mean_pattern_mse` from one read.
+
+    Parameters
+    ----------
+    signal : STEM4D or LazySTEM4D
+    n_components, signal_mask
+        Of the decomposition model, see :func:`reconstruction_mse`.
+    model, baseline : bool
+        Which of the two to compute.
+    baseline_mask, mean_pattern
+        ``signal_mask`` and ``mean_pattern`` of :func:`mean_pattern_mse`.
+        Without ``mean_pattern`` the baseline costs one more read.
+
+    Returns
+    -------
+    (float or None, float or None)
+        The MSE of the model and of the baseline (None where not asked).
+
+    Examples
+    --------
+    >>> from hyperspy_cnmf import report
+    >>> from hyperspy_cnmf.data import simulated_precipitates
+    >>> s = simulated_precipitates(scan_shape=(24, 24), n_grains=2)
+    >>> s.decomposition(algorithm="constrained_nmf", output_dimension=4,
+    ...                 print_info=False, random_state=0)
+    >>> mse, base = report.model_mse(s, baseline=True)
+    >>> bool(mse < base)
+    True
     """
     am = signal.axes_manager
     n_nav = int(np.prod(am._navigation_shape_in_array))
-    n_sig = int(np.prod(am._signal_shape_in_array))
-    data = signal.data
-    if signal._lazy:
-        data = data.compute()
-    X = np.asarray(data, dtype=np.float64).reshape(n_nav, n_sig)
-    if signal_mask is not None:
-        X = X[
-            :,
-            ~_mask_vector(signal_mask, n_sig, am._signal_shape_in_array, "signal_mask"),
-        ]
-    totals = X.sum(axis=1, keepdims=True)
-    pattern = X.sum(axis=0) / max(X.sum(), 1e-300)
-    return float(np.mean((X - totals * pattern) ** 2))
+    sh = dict(W=None, pattern=None)
+    if model:
+        W, Ht, offset, valid = _model_parts(signal, n_components, signal_mask)
+        sh.update(W=W, Ht=Ht, offset=offset, valid=valid)
+    if baseline:
+        base_valid, pattern = _baseline_parts(signal, baseline_mask, mean_pattern)
+        sh.update(base_valid=base_valid, pattern=pattern)
+    sums = _stream(signal, _model_sq, **sh)
+    mse = float(sums[0]) / (n_nav * int(valid.sum())) if model else None
+    base = float(sums[1]) / (n_nav * int(base_valid.sum())) if baseline else None
+    return mse, base
 
 
 def negative_fraction(stack):

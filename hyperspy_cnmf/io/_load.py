@@ -61,13 +61,6 @@ def _is_hspy(path):
         return False
 
 
-def _path_size(path):
-    p = Path(path)
-    if p.is_dir():  # e.g. .zspy folders
-        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-    return p.stat().st_size
-
-
 def _fpd_size(path):
     import h5py
 
@@ -259,6 +252,33 @@ def bin_detector(signal, factor):
     return out
 
 
+def _uncompressed_bytes(signal):
+    """Size of the data in memory: shape x itemsize (not the size on disk)."""
+    return int(np.prod(signal.data.shape)) * np.dtype(signal.data.dtype).itemsize
+
+
+def _open(path, kind, suffix, lazy, kwargs):
+    """The one 4D signal of a py4DSTEM or RosettaSciIO file (not yet a ``STEM4D``)."""
+    if kind == "py4dstem":
+        from hyperspy_cnmf.io._py4dstem import load_py4dstem
+
+        return load_py4dstem(path, lazy=lazy)
+    import hyperspy.api as hs
+
+    if suffix == ".zspy":  # a lost chunk would be read as zeros
+        from hyperspy_cnmf.io._zspy import check_zspy_chunks
+
+        check_zspy_chunks(path)
+    try:
+        with _quiet_hyperspy_io():
+            s = hs.load(path, lazy=lazy, **kwargs)
+    except ImportError:
+        raise
+    except Exception as err:  # RosettaSciIO raises many types
+        raise ValueError(_read_error(path, err, lazy)) from None
+    return _pick_4d(s, path)
+
+
 def load(path, lazy=None, bin_signal=1, **kwargs):
     """Open a 4D-STEM file as a calibrated ``STEM4D`` (or ``LazySTEM4D``).
 
@@ -310,33 +330,22 @@ def load(path, lazy=None, bin_signal=1, **kwargs):
             path
         ):  # a HyperSpy file named .h5, .hdf5, ...
             kwargs["reader"] = "hspy"
-    if lazy is None:
-        size = _fpd_size(path) if kind == "fpd" else _path_size(path)
-        lazy = size > LAZY_THRESHOLD_BYTES
-    lazy = bool(lazy)
-
     if kind == "fpd":
         from hyperspy_cnmf.io._fpd import load_fpd_hdf5
 
-        return load_fpd_hdf5(path, bin_signal=bin_signal, lazy=lazy)
-    if kind == "py4dstem":
-        from hyperspy_cnmf.io._py4dstem import load_py4dstem
-
-        s = load_py4dstem(path, lazy=lazy)
-    else:
-        import hyperspy.api as hs
-
-        if suffix == ".zspy":  # a lost chunk would be read as zeros
-            from hyperspy_cnmf.io._zspy import check_zspy_chunks
-
-            check_zspy_chunks(path)
+        if lazy is None:
+            lazy = _fpd_size(path) > LAZY_THRESHOLD_BYTES
+        return load_fpd_hdf5(path, bin_signal=bin_signal, lazy=bool(lazy))
+    if lazy is None:
+        # the uncompressed size (shape x itemsize), not the size on disk: open
+        # lazily (only the metadata are read), then in memory if small enough
         try:
-            with _quiet_hyperspy_io():
-                s = hs.load(path, lazy=lazy, **kwargs)
-        except ImportError:
-            raise
-        except Exception as err:  # RosettaSciIO raises many types
-            raise ValueError(_read_error(path, err, lazy)) from None
-        s = _pick_4d(s, path)
+            s = _open(path, kind, suffix, True, kwargs)
+        except ValueError:  # not readable lazily: the in-memory read says why
+            s = None
+        if s is None or _uncompressed_bytes(s) <= LAZY_THRESHOLD_BYTES:
+            s = _open(path, kind, suffix, False, kwargs)
+    else:
+        s = _open(path, kind, suffix, bool(lazy), kwargs)
     s = as_stem4d(s, source=repr(path))
     return bin_detector(s, bin_signal)
