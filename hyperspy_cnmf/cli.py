@@ -201,22 +201,87 @@ def _setup_matplotlib():
 # --------------------------------------------------------------------------
 # demo
 # --------------------------------------------------------------------------
+# Both NMF comparison runs fit every detector pixel (direct_beam_mask=False), as PCA does, so
+# that the MSE and the matched cosines against the true patterns (beam included) compare like
+# with like.
+_DEMO_NMF_RUNS = (
+    # the paper's primitive NMF: plain least squares, no constraint
+    (
+        "primitive NMF",
+        dict(
+            map_resolution=None,
+            diffraction_constraint=False,
+            separate_components=False,
+            normalize_poissonian_noise=False,
+            direct_beam_mask=False,
+        ),
+    ),
+    # counting data: Poisson weighting (the default; see the README's guide)
+    (
+        "constrained NMF",
+        dict(normalize_poissonian_noise=True, direct_beam_mask=False),
+    ),
+)
+
+_DEMO_HEADER = [
+    "method",
+    "MSE",
+    "max negative fraction",
+    "max dip",
+    "max map power beyond 1/probe",
+    "mean matched cosine",
+    "min matched cosine",
+    "time (s)",
+]
+
+_DEMO_CLUSTER_HEADER = [
+    "components",
+    "clusters",
+    "true phases (incl. matrix)",
+    "threshold 1-CC",
+    "clear components",
+    "ARI clear components vs phase",
+    "ARI positions vs phase map",
+    "time (s)",
+]
+
+_DEMO_MEASURES_NOTE = (
+    "MSE: mean squared reconstruction error per data entry (counts²). Negative fraction: share of a "
+    "pattern's absolute intensity that is negative (PCA's non-physical intensities). Dip: fraction of "
+    "a pattern's intensity missing in downward-convex holes (azimuthal closing, radius 2 px). Map power "
+    "beyond 1/probe: share of a map's power at spatial frequencies finer than the probe (noise). "
+    "Matched cosine: similarity of each true pattern to its Hungarian-matched estimate."
+)
+
+_DEMO_CLUSTER_NOTE = (
+    "ARI: adjusted Rand index (1 = identical to the truth). Components: cluster vs true phase of the "
+    "*clear* components, those whose map correlates > 0.9 with one true component's map (the others "
+    "are pieces of the matrix or direct-beam components, with no single true phase). Positions: "
+    "dominant cluster vs the true phase map."
+)
+
+
 def _demo(args):
+    """The ``demo`` sub-command: simulate, compare, measure, cluster, report."""
     _setup_matplotlib()
-    import numpy as np
-
-    from hyperspy_cnmf import report as rp
-    from hyperspy_cnmf._beam import Beam
-    from hyperspy_cnmf.constraints import (
-        DiffractionDipConstraint,
-        dip_measure,
-        map_power_beyond,
-    )
-    from hyperspy_cnmf.data import simulated_precipitates
-
     t_start = time.perf_counter()
     out = _check_output(args.output)
     out.mkdir(parents=True, exist_ok=True)
+    s, max_iter = _demo_data(args)
+    k = int(s.metadata.Simulation.n_components)
+    k_cluster = args.components or 2 * k  # deliberately over-complete, as in the paper
+    runs = _demo_decompositions(s, k, max_iter)
+    measured = _demo_measures(s, runs, out)
+    clustered = _demo_clustering(s, k_cluster, max_iter, out)
+    _demo_report(args, s, out, measured, clustered)
+    print(f"\nwrote {out / 'report.md'} ({time.perf_counter() - t_start:.1f} s)")
+    return 0
+
+
+def _demo_data(args):
+    """The simulated dataset (reduced with ``--quick``) and the iteration limit; prints it."""
+    from hyperspy_cnmf.data import simulated_precipitates
+
     if args.quick:
         import warnings
 
@@ -236,19 +301,15 @@ def _demo(args):
         max_iter = 200
     T = s.metadata.Simulation
     k = int(T.n_components)
-    k_cluster = args.components or 2 * k  # deliberately over-complete, as in the paper
     print(
         f"Simulated 4D-STEM: {s} with {k} true components "
         f"({T.phase_names.split(',')[0]} matrix + {k - 1} grains of {len(set(T.phase_of_component)) - 1} phases)"
     )
-    scale = rp.nav_scale(s)
-    probe = float(T.probe_fwhm_nm)
-    sig_shape = s.axes_manager._signal_shape_in_array
-    # the simulation's truth is in array order (row, column): its beam, x first
-    dip_c = DiffractionDipConstraint(
-        sig_shape, radius=2, centre=Beam(x=T.centre_px[1], y=T.centre_px[0])
-    )
+    return s, max_iter
 
+
+def _demo_decompositions(s, k, max_iter):
+    """The compared runs, PCA (SVD), primitive and constrained NMF: {name: (signal, seconds)}."""
     runs = {}
     # PCA: HyperSpy's own SVD, truncated to k components
     t0 = time.perf_counter()
@@ -256,26 +317,7 @@ def _demo(args):
     pca.decomposition(algorithm="SVD", output_dimension=k, print_info=False)
     pca.learning_results.crop_decomposition_dimension(k)
     runs["PCA (SVD)"] = (pca, time.perf_counter() - t0)
-    # Both fit every detector pixel (direct_beam_mask=False), as PCA does, so that the MSE and the
-    # matched cosines against the true patterns (beam included) compare like with like.
-    for name, kw in (
-        # the paper's primitive NMF: plain least squares, no constraint
-        (
-            "primitive NMF",
-            dict(
-                map_resolution=None,
-                diffraction_constraint=False,
-                separate_components=False,
-                normalize_poissonian_noise=False,
-                direct_beam_mask=False,
-            ),
-        ),
-        # counting data: Poisson weighting (the default; see the README's guide)
-        (
-            "constrained NMF",
-            dict(normalize_poissonian_noise=True, direct_beam_mask=False),
-        ),
-    ):
+    for name, kw in _DEMO_NMF_RUNS:
         print(f"{name} ...")
         t0 = time.perf_counter()
         r = s.deepcopy()
@@ -289,7 +331,29 @@ def _demo(args):
             **kw,
         )
         runs[name] = (r, time.perf_counter() - t0)
+    return runs
 
+
+def _demo_measures(s, runs, out):
+    """Measured numbers and figures of the compared runs: table rows and figure paths."""
+    import numpy as np
+
+    from hyperspy_cnmf import report as rp
+    from hyperspy_cnmf._beam import Beam
+    from hyperspy_cnmf.constraints import (
+        DiffractionDipConstraint,
+        dip_measure,
+        map_power_beyond,
+    )
+
+    T = s.metadata.Simulation
+    scale = rp.nav_scale(s)
+    probe = float(T.probe_fwhm_nm)
+    sig_shape = s.axes_manager._signal_shape_in_array
+    # the simulation's truth is in array order (row, column): its beam, x first
+    dip_c = DiffractionDipConstraint(
+        sig_shape, radius=2, centre=Beam(x=T.centre_px[1], y=T.centre_px[0])
+    )
     rows, figs, maps, dips_all, losses, poisson = [], [], {}, {}, {}, {}
     print("measuring and plotting the three decompositions ...")
     for name, (r, dt) in runs.items():
@@ -298,13 +362,11 @@ def _demo(args):
         dips = dip_measure(np.clip(F, 0, None), dip_c) if is_nmf else None
         power = map_power_beyond(L, probe, scale)
         cos = rp.matched_cosine(F, T.patterns)
-        mse = rp.reconstruction_mse(r)
-        neg = float(rp.negative_fraction(F).max())
         rows.append(
             [
                 name,
-                mse,
-                neg,
+                rp.reconstruction_mse(r),
+                float(rp.negative_fraction(F).max()),
                 None if dips is None else float(dips.max()),
                 float(power.max()),
                 float(cos.mean()),
@@ -317,13 +379,13 @@ def _demo(args):
             dips_all[name] = dips
             losses[name] = r.learning_results.cnmf_loss
             poisson[name] = bool(r.learning_results.poissonian_noise_normalized)
-        stem = name.split()[0].lower()
         fig = rp.plot_components(
             r,
             f"{name}: diffraction patterns (top) and maps (bottom)",
             dips=dips,
             power=power,
         )
+        stem = name.split()[0].lower()
         figs.append(rp.save_figure(fig, out / f"{stem}_components.png"))
         print(f"  wrote {figs[-1]}")
     spectra = rp.save_figure(
@@ -331,8 +393,16 @@ def _demo(args):
     )
     dipfig = rp.save_figure(rp.plot_dips(dips_all), out / "dips.png")
     lossfig = rp.save_figure(rp.plot_loss(losses, poisson), out / "loss.png")
+    return {"rows": rows, "figs": figs, "spectra": spectra, "dips": [dipfig, lossfig]}
 
-    # clustering of an over-complete constrained run (the paper's workflow)
+
+def _demo_clustering(s, k_cluster, max_iter, out):
+    """Over-complete constrained run and its clustering (the paper's workflow), against the truth."""
+    import numpy as np
+
+    from hyperspy_cnmf import report as rp
+
+    T = s.metadata.Simulation
     print(f"constrained NMF with {k_cluster} components for the clustering ...")
     t0 = time.perf_counter()
     c = s.deepcopy()
@@ -365,83 +435,48 @@ def _demo(args):
     dend = rp.save_figure(c.plot_cluster_dendrogram(), out / "dendrogram.png")
     gallery = rp.save_figure(c.plot_cluster_gallery(), out / "cluster_gallery.png")
     res["merged_factors"].save(out / "cluster_merged_diffraction.hspy", overwrite=True)
-
-    header = [
-        "method",
-        "MSE",
-        "max negative fraction",
-        "max dip",
-        "max map power beyond 1/probe",
-        "mean matched cosine",
-        "min matched cosine",
-        "time (s)",
+    row = [
+        k_cluster,
+        n_clusters,
+        n_phases,
+        float(lr.cdiff_threshold),
+        int(clear.sum()),
+        ari_comp,
+        ari_pos,
+        dt_cluster,
     ]
-    table = rp.markdown_table(header, rows)
-    cl_table = rp.markdown_table(
-        [
-            "components",
-            "clusters",
-            "true phases (incl. matrix)",
-            "threshold 1-CC",
-            "clear components",
-            "ARI clear components vs phase",
-            "ARI positions vs phase map",
-            "time (s)",
-        ],
-        [
-            [
-                k_cluster,
-                n_clusters,
-                n_phases,
-                float(lr.cdiff_threshold),
-                int(clear.sum()),
-                ari_comp,
-                ari_pos,
-                dt_cluster,
-            ]
-        ],
-    )
+    return {"row": row, "figs": [dend, gallery]}
+
+
+def _demo_report(args, s, out, measured, clustered):
+    """Print the two tables and write ``report.md``."""
+    from hyperspy_cnmf import report as rp
+
+    T = s.metadata.Simulation
+    k = int(T.n_components)
+    table = rp.markdown_table(_DEMO_HEADER, measured["rows"])
+    cl_table = rp.markdown_table(_DEMO_CLUSTER_HEADER, [clustered["row"]])
     print("\n" + table + "\n\n" + cl_table)
+    data = (
+        f"`{s}`: {k} true components ({T.phase_names}), probe FWHM {float(T.probe_fwhm_nm)} nm, "
+        f"scan step {T.scan_step_nm} nm, dose {T.dose:g} counts/position, seed {args.seed}."
+        + (" Quick (reduced) run." if args.quick else "")
+    )
     rp.write_report(
         out / "report.md",
         "hyperspy-cnmf demo: PCA vs primitive NMF vs constrained NMF",
         [
-            (
-                "Data",
-                f"`{s}`: {k} true components ({T.phase_names}), probe FWHM {probe} nm, "
-                f"scan step {T.scan_step_nm} nm, dose {T.dose:g} counts/position, seed {args.seed}."
-                + (" Quick (reduced) run." if args.quick else ""),
-            ),
-            (
-                "Measured numbers",
-                [
-                    table,
-                    "MSE: mean squared reconstruction error per data entry (counts²). Negative fraction: share of a "
-                    "pattern's absolute intensity that is negative (PCA's non-physical intensities). Dip: fraction of "
-                    "a pattern's intensity missing in downward-convex holes (azimuthal closing, radius 2 px). Map power "
-                    "beyond 1/probe: share of a map's power at spatial frequencies finer than the probe (noise). "
-                    "Matched cosine: similarity of each true pattern to its Hungarian-matched estimate.",
-                ],
-            ),
-            ("Decompositions", figs),
-            ("Map Fourier spectra and the resolution circle", [spectra]),
-            ("Dips and convergence", [dipfig, lossfig]),
+            ("Data", data),
+            ("Measured numbers", [table, _DEMO_MEASURES_NOTE]),
+            ("Decompositions", measured["figs"]),
+            ("Map Fourier spectra and the resolution circle", [measured["spectra"]]),
+            ("Dips and convergence", measured["dips"]),
             (
                 "Rotation-invariant clustering",
-                [
-                    cl_table,
-                    "ARI: adjusted Rand index (1 = identical to the truth). Components: cluster vs true phase of the "
-                    "*clear* components, those whose map correlates > 0.9 with one true component's map (the others "
-                    "are pieces of the matrix or direct-beam components, with no single true phase). Positions: "
-                    "dominant cluster vs the true phase map.",
-                    dend,
-                    gallery,
-                ],
+                [cl_table, _DEMO_CLUSTER_NOTE, *clustered["figs"]],
             ),
         ],
     )
-    print(f"\nwrote {out / 'report.md'} ({time.perf_counter() - t_start:.1f} s)")
-    return 0
 
 
 # --------------------------------------------------------------------------
@@ -520,21 +555,42 @@ def _plot_overview(s, mean_pattern, img, path):
 
 
 def _run(args):
+    """The ``run`` sub-command: load, decompose, measure, cluster, write the results and report."""
     _setup_matplotlib()
-    import numpy as np
-
-    from hyperspy_cnmf import report as rp
-    from hyperspy_cnmf.constraints import (
-        DiffractionDipConstraint,
-        dip_measure,
-        map_power_beyond,
-    )
-    from hyperspy_cnmf.io import load
-    from hyperspy_cnmf.signals._calibration import find_beam_disk
-    from hyperspy_cnmf.signals._store import loss_label
-
     t_start = time.perf_counter()
     out = _check_output(args.output)  # before the data are read
+    s = _run_load(args)
+    out.mkdir(parents=True, exist_ok=True)
+    mean_pattern, signal_mask, beam, figs = _run_overview(s, args, out)
+    info, dt_nmf = _run_decomposition(s, args, signal_mask)
+    m = _run_measures(s, mean_pattern, signal_mask, beam)
+    figs += _run_figures(s, args.components, m, out)
+    fmt = args.format
+    written = list(
+        s.export_decomposition_results(
+            folder=out, factor_format=fmt, loading_format=fmt
+        )
+    )
+    cluster_rows = _run_clustering(s, args, beam, out, written, figs)
+    # after the clustering, so that the cdiff_* results are included
+    s.learning_results.save(str(out / "learning_results.npz"), overwrite=True)
+    written.append(out / "learning_results.npz")
+    rows = _run_rows(s, args, info, m, dt_nmf)
+    _run_report(s, args, out, rows, cluster_rows, figs, written)
+    print(_quantity_table(rows))
+    print(
+        f"\nwrote {len(written)} result files, {len(figs)} figures and {out / 'report.md'} "
+        f"({time.perf_counter() - t_start:.1f} s)"
+    )
+    return 0
+
+
+def _run_load(args):
+    """The data file, read lazily or not, with ``--components`` checked against its shape."""
+    import numpy as np
+
+    from hyperspy_cnmf.io import load
+
     lazy = {"lazy": True, "eager": False}.get(args.mode)
     s = load(args.file, lazy=lazy, bin_signal=args.bin)
     am = s.axes_manager
@@ -547,8 +603,11 @@ def _run(args):
             f"{min(n_pos, n_pix)}"
         )
     print(f"Loaded {s} ({'lazy' if s._lazy else 'in memory'}, dtype {s.data.dtype})")
-    out.mkdir(parents=True, exist_ok=True)
+    return s
 
+
+def _run_overview(s, args, out):
+    """One read for the mean pattern and total image: beam mask, overview figure."""
     signal_mask, beam = None, None
     mean_pattern, total_image = _overview_data(s)  # one read
     if args.signal_mask_beam is not None:
@@ -558,11 +617,15 @@ def _run(args):
             f"radius {beam.radius:g} px ({int(signal_mask.sum())} pixels)"
         )
     figs = [_plot_overview(s, mean_pattern, total_image, out / "overview.png")]
+    return mean_pattern, signal_mask, beam, figs
 
+
+def _run_decomposition(s, args, signal_mask):
+    """The constrained NMF with the command's options: its info dict and its time (s)."""
     t0 = time.perf_counter()
     info = s.decomposition(
         algorithm="constrained_nmf",
-        output_dimension=k,
+        output_dimension=args.components,
         solver=args.solver,
         max_iter=args.max_iter,
         map_resolution=args.map_resolution,
@@ -575,11 +638,24 @@ def _run(args):
         return_info=True,
         show_progressbar=True,
     )
-    dt_nmf = time.perf_counter() - t0
+    return info, time.perf_counter() - t0
+
+
+def _run_measures(s, mean_pattern, signal_mask, beam):
+    """Residuals (model and mean-pattern baseline), dip measures and map power of the run."""
+    import numpy as np
+
+    from hyperspy_cnmf import report as rp
+    from hyperspy_cnmf.constraints import (
+        DiffractionDipConstraint,
+        dip_measure,
+        map_power_beyond,
+    )
+    from hyperspy_cnmf.signals._calibration import find_beam_disk
+
+    am = s.axes_manager
     lr = s.learning_results
     F, L = rp.components(s)
-
-    # measured numbers
     # the model's and the baseline's residuals: one read (the mean pattern is known)
     mse, baseline = rp.model_mse(
         s,
@@ -603,34 +679,52 @@ def _run(args):
     nav_units = rp.axis_info(am.navigation_axes[0])["units"]
     if np.isfinite(resolution):
         power = map_power_beyond(L, resolution, scale)
+    return dict(
+        F=F,
+        L=L,
+        mse=mse,
+        baseline=baseline,
+        dips=dips,
+        resolution=resolution,
+        power=power,
+        scale=scale,
+        nav_units=nav_units,
+    )
+
+
+def _run_figures(s, k, m, out):
+    """Components, map spectra (map constraint on), dips and loss figures: their paths."""
+    from hyperspy_cnmf import report as rp
+
+    lr = s.learning_results
     show = min(k, 12)
-    figs.append(
+    figs = [
         rp.save_figure(
             rp.plot_components(
                 s,
                 f"Constrained NMF of {s.metadata.General.title}: patterns (top), maps (bottom)",
-                dips=dips,
-                power=power,
+                dips=m["dips"],
+                power=m["power"],
                 max_components=show,
             ),
             out / "components.png",
         )
-    )
-    if power is not None:
+    ]
+    if m["power"] is not None:
         figs.append(
             rp.save_figure(
                 rp.plot_map_spectra(
-                    {"constrained NMF": L},
-                    scale,
-                    resolution,
-                    units=nav_units,
+                    {"constrained NMF": m["L"]},
+                    m["scale"],
+                    m["resolution"],
+                    units=m["nav_units"],
                     max_components=show,
                 ),
                 out / "map_spectra.png",
             )
         )
     figs.append(
-        rp.save_figure(rp.plot_dips({"constrained NMF": dips}), out / "dips.png")
+        rp.save_figure(rp.plot_dips({"constrained NMF": m["dips"]}), out / "dips.png")
     )
     figs.append(
         rp.save_figure(
@@ -640,55 +734,60 @@ def _run(args):
             out / "loss.png",
         )
     )
+    return figs
 
-    # results
-    fmt = args.format
-    written = list(
-        s.export_decomposition_results(
-            folder=out, factor_format=fmt, loading_format=fmt
-        )
-    )
 
-    cluster_rows = []
-    if k >= 2:
-        t0 = time.perf_counter()
-        kw = {}
-        if args.clusters is not None:
-            kw["n_clusters"] = min(args.clusters, k)
-        elif args.distance_threshold is not None:
-            kw["distance_threshold"] = args.distance_threshold
-        if beam is not None:
-            kw.update(centre=beam.xy, units="px", direct_beam_radius=beam.radius)
-        res = s.cluster_diffraction(**kw)
-        dt_cl = time.perf_counter() - t0
-        for key, stem in (
-            ("merged_factors", "cluster_merged_diffraction"),
-            ("merged_maps", "cluster_maps"),
-            ("position_labels", "cluster_position_labels"),
-            ("labels", "cluster_labels"),
-        ):
-            if key in res:
-                path = out / f"{stem}.{fmt}"
-                res[key].save(path, overwrite=True)
-                written.append(path)
-        figs.append(rp.save_figure(s.plot_cluster_dendrogram(), out / "dendrogram.png"))
-        figs.append(
-            rp.save_figure(s.plot_cluster_gallery(), out / "cluster_gallery.png")
-        )
-        n_c = int(np.max(lr.cdiff_labels)) + 1
-        cluster_rows = [[k, n_c, float(lr.cdiff_threshold), dt_cl]]
-    else:
+def _run_clustering(s, args, beam, out, written, figs):
+    """Cluster the components (k >= 2): signals into ``written``, figures into ``figs``; table rows."""
+    import numpy as np
+
+    from hyperspy_cnmf import report as rp
+
+    k = args.components
+    if k < 2:
         print("Only one component: no clustering.")
-    # after the clustering, so that the cdiff_* results are included
-    lr.save(str(out / "learning_results.npz"), overwrite=True)
-    written.append(out / "learning_results.npz")
+        return []
+    t0 = time.perf_counter()
+    kw = {}
+    if args.clusters is not None:
+        kw["n_clusters"] = min(args.clusters, k)
+    elif args.distance_threshold is not None:
+        kw["distance_threshold"] = args.distance_threshold
+    if beam is not None:
+        kw.update(centre=beam.xy, units="px", direct_beam_radius=beam.radius)
+    res = s.cluster_diffraction(**kw)
+    dt_cl = time.perf_counter() - t0
+    for key, stem in (
+        ("merged_factors", "cluster_merged_diffraction"),
+        ("merged_maps", "cluster_maps"),
+        ("position_labels", "cluster_position_labels"),
+        ("labels", "cluster_labels"),
+    ):
+        if key in res:
+            path = out / f"{stem}.{args.format}"
+            res[key].save(path, overwrite=True)
+            written.append(path)
+    figs.append(rp.save_figure(s.plot_cluster_dendrogram(), out / "dendrogram.png"))
+    figs.append(rp.save_figure(s.plot_cluster_gallery(), out / "cluster_gallery.png"))
+    lr = s.learning_results
+    n_c = int(np.max(lr.cdiff_labels)) + 1
+    return [[k, n_c, float(lr.cdiff_threshold), dt_cl]]
 
-    rows = [
+
+def _run_rows(s, args, info, m, dt_nmf):
+    """The report's measured numbers: [quantity, value] rows."""
+    import numpy as np
+
+    from hyperspy_cnmf.signals._store import loss_label
+
+    lr = s.learning_results
+    resolution, nav_units, power = m["resolution"], m["nav_units"], m["power"]
+    return [
         [
             "data",
             f"{tuple(s.data.shape)} {s.data.dtype}" + (" (lazy)" if s._lazy else ""),
         ],
-        ["components k", k],
+        ["components k", args.components],
         ["solver", args.solver],
         ["iterations (sketch + exact)", f"{info['n_iter_sketch']} + {info['n_iter']}"],
         ["converged", info["converged"]],
@@ -696,8 +795,8 @@ def _run(args):
             f"final loss ({loss_label(info['normalize_poissonian_noise'])})",
             info["final_loss"],
         ],
-        ["reconstruction MSE (counts²)", mse],
-        ["mean-pattern model MSE (baseline)", baseline],
+        ["reconstruction MSE (counts²)", m["mse"]],
+        ["mean-pattern model MSE (baseline)", m["baseline"]],
         [
             "map resolution",
             f"{resolution:.4g} {nav_units} ({info['map_resolution_method']})"
@@ -709,16 +808,26 @@ def _run(args):
             None if power is None else float(power.max()),
         ],
         ["dip constraint radius (px)", float(lr.cnmf_diffraction_constraint_size)],
-        ["max dip measure", float(dips.max())],
-        ["min factor / min loading", f"{np.nanmin(F):.3g} / {np.nanmin(L):.3g}"],
+        ["max dip measure", float(m["dips"].max())],
+        [
+            "min factor / min loading",
+            f"{np.nanmin(m['F']):.3g} / {np.nanmin(m['L']):.3g}",
+        ],
         ["decomposition time (s)", dt_nmf],
     ]
+
+
+def _run_report(s, args, out, rows, cluster_rows, figs, written):
+    """Write ``report.md``: input, measured numbers, clustering, figures and files."""
+    from hyperspy_cnmf import report as rp
+
+    options = {k_: v for k_, v in vars(args).items() if k_ != "func"}
     sections = [
         (
             "Input",
-            f"`{args.file}` → `{s}`. Options: `{json.dumps({k_: v for k_, v in vars(args).items() if k_ != 'func'}, default=str)}`",
+            f"`{args.file}` → `{s}`. Options: `{json.dumps(options, default=str)}`",
         ),
-        ("Measured numbers", rp.markdown_table(["quantity", "value"], rows)),
+        ("Measured numbers", _quantity_table(rows)),
     ]
     if cluster_rows:
         sections.append(
@@ -735,18 +844,20 @@ def _run(args):
     rp.write_report(
         out / "report.md", f"hyperspy-cnmf run: {Path(args.file).name}", sections
     )
-    print(rp.markdown_table(["quantity", "value"], rows))
-    print(
-        f"\nwrote {len(written)} result files, {len(figs)} figures and {out / 'report.md'} "
-        f"({time.perf_counter() - t_start:.1f} s)"
-    )
-    return 0
+
+
+def _quantity_table(rows):
+    """The measured numbers as a markdown table."""
+    from hyperspy_cnmf import report as rp
+
+    return rp.markdown_table(["quantity", "value"], rows)
 
 
 # --------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------
 def _parser():
+    """The command's parser: one sub-parser per sub-command."""
     parser = _Parser(
         prog=PROG,
         description="Constrained NMF and rotation-invariant diffraction clustering "
@@ -757,6 +868,16 @@ def _parser():
         "demo",
         help="PCA vs primitive vs constrained NMF on the embedded simulated dataset",
     )
+    _demo_arguments(demo)
+
+    run = sub.add_parser("run", help="constrained NMF and clustering of a 4D-STEM file")
+    _run_arguments(run)
+    _run_cluster_output_arguments(run)
+    return parser
+
+
+def _demo_arguments(demo):
+    """Options of ``demo``."""
     demo.add_argument(
         "--output", default="cnmf_demo", help="output folder (default: cnmf_demo)"
     )
@@ -774,7 +895,9 @@ def _parser():
         help="components of the clustered run (default: the true number + 2)",
     )
 
-    run = sub.add_parser("run", help="constrained NMF and clustering of a 4D-STEM file")
+
+def _run_arguments(run):
+    """Input and decomposition options of ``run`` (the file to ``--poisson``)."""
     run.add_argument(
         "file",
         help="4D-STEM file: .hspy, .zspy, .mib, .blo, .emd, fpd .hdf5, py4DSTEM .h5, ...",
@@ -837,6 +960,10 @@ def _parser():
         help="Poisson (Keenan-Kotula) noise normalisation, recommended for counting data "
         "(default: on; --no-poisson for plain least squares)",
     )
+
+
+def _run_cluster_output_arguments(run):
+    """Clustering, output, seed and lazy/eager options of ``run``."""
     grp = run.add_mutually_exclusive_group()
     grp.add_argument(
         "--clusters",
@@ -880,7 +1007,6 @@ def _parser():
         const="eager",
         help="load the data into memory",
     )
-    return parser
 
 
 def main(argv=None):

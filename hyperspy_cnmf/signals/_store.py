@@ -291,82 +291,102 @@ def constrained_nmf_summary(lr):
         params is not None
         and getattr(lr, "decomposition_algorithm", None) == "constrained_nmf"
     ):
-        primitive = not np.isfinite(
-            params.get("map_resolution", np.nan)
-        ) and not params.get("diffraction_constraint", False)
-        head = "Primitive NMF (no constraint)" if primitive else "Constrained NMF"
-        lines = [f"{head} parameters", "-" * (len(head) + 11)]
-        for key in (
-            "solver",
-            "init",
-            "max_iter",
-            "tol",
-            "random_state",
-            "sketch",
-            "n_init",
-            "max_exact_iter",
-            "separate_components",
-        ):
-            if key in params:
-                lines.append(f"{key}={_fmt(params[key])}")
-        res = params.get("map_resolution", np.nan)
-        lines.append(
-            "map constraint: off"
-            if not np.isfinite(res)
-            else f"map constraint: resolution={_fmt(res)} ({params.get('map_resolution_method')}), "
-            f"filter={params.get('map_filter')}"
-        )
-        lines.append(
-            f"diffraction constraint: {params.get('diffraction_constraint_mode')} closing, "
-            f"size={_fmt(params.get('diffraction_constraint_size'))} px, "
-            f"strength={_fmt(params.get('diffraction_constraint_strength'))}"
-            if params.get("diffraction_constraint")
-            else "diffraction constraint: off"
-        )
-        if params.get("direct_beam_mask_radius_px"):
-            lines.append(
-                f"direct beam left out: radius={_fmt(params['direct_beam_mask_radius_px'])} px about "
-                f"(x, y)=({_fmt(params.get('direct_beam_x_px'))}, {_fmt(params.get('direct_beam_y_px'))}) px"
-            )
-        blocks.append("\n".join(lines))
-        loss = getattr(lr, "cnmf_loss", None)
-        conv = ["Convergence", "-----------"]
-        conv.append(
-            f"iterations={_fmt(getattr(lr, 'cnmf_n_iter_sketch', None))} on the sketch + "
-            f"{_fmt(getattr(lr, 'cnmf_n_iter', None))} exact"
-        )
-        conv.append(f"converged={getattr(lr, 'cnmf_converged', None)}")
-        if loss is not None and np.size(loss):
-            conv.append(
-                f"final {loss_label(params.get('normalize_poissonian_noise'))}="
-                f"{float(np.asarray(loss).ravel()[-1]):.6g}"
-            )
-        blocks.append("\n".join(conv))
+        blocks.append(_cnmf_parameters_block(params))
+        blocks.append(_convergence_block(lr, params))
     for prefix, name in (
         ("cdiff_", "cluster_diffraction"),
         ("cpat_", "cluster_patterns"),
     ):
-        cparams = _json(getattr(lr, prefix + "parameters", None))
-        labels = getattr(lr, prefix + "labels", None)
-        if labels is None:
-            continue
-        lines = [f"Clustering parameters ({name})", "-" * (len(name) + 24)]
-        lines.append(
-            f"number_of_clusters={int(np.max(labels)) + 1} of {np.size(labels)} "
-            f"{'components' if prefix == 'cdiff_' else 'patterns'}"
-        )
-        threshold = getattr(lr, prefix + "threshold", None)
-        if threshold is not None:
-            lines.append(f"threshold (1 - CC)={_fmt(float(threshold))}")
-        for key, value in (cparams or {}).items():
-            if isinstance(value, (list, tuple)) and len(value) > 6:
-                continue
-            lines.append(f"{key}={_fmt(value)}")
-        stale = stale_clustering(lr, prefix, name)
-        if stale:
-            lines.append(f"STALE: {stale}")
-        blocks.append("\n".join(lines))
+        block = _clustering_block(lr, prefix, name)
+        if block is not None:
+            blocks.append(block)
     return "\n\n".join(blocks)
+
+
+_CNMF_SUMMARY_KEYS = (
+    "solver",
+    "init",
+    "max_iter",
+    "tol",
+    "random_state",
+    "sketch",
+    "n_init",
+    "max_exact_iter",
+    "separate_components",
+)
+
+
+def _cnmf_parameters_block(params):
+    """The summary's constrained-NMF parameters: settings, map and diffraction constraints, beam."""
+    primitive = not np.isfinite(
+        params.get("map_resolution", np.nan)
+    ) and not params.get("diffraction_constraint", False)
+    head = "Primitive NMF (no constraint)" if primitive else "Constrained NMF"
+    lines = [f"{head} parameters", "-" * (len(head) + 11)]
+    for key in _CNMF_SUMMARY_KEYS:
+        if key in params:
+            lines.append(f"{key}={_fmt(params[key])}")
+    res = params.get("map_resolution", np.nan)
+    lines.append(
+        "map constraint: off"
+        if not np.isfinite(res)
+        else f"map constraint: resolution={_fmt(res)} ({params.get('map_resolution_method')}), "
+        f"filter={params.get('map_filter')}"
+    )
+    lines.append(
+        f"diffraction constraint: {params.get('diffraction_constraint_mode')} closing, "
+        f"size={_fmt(params.get('diffraction_constraint_size'))} px, "
+        f"strength={_fmt(params.get('diffraction_constraint_strength'))}"
+        if params.get("diffraction_constraint")
+        else "diffraction constraint: off"
+    )
+    if params.get("direct_beam_mask_radius_px"):
+        lines.append(
+            f"direct beam left out: radius={_fmt(params['direct_beam_mask_radius_px'])} px about "
+            f"(x, y)=({_fmt(params.get('direct_beam_x_px'))}, {_fmt(params.get('direct_beam_y_px'))}) px"
+        )
+    return "\n".join(lines)
+
+
+def _convergence_block(lr, params):
+    """The summary's convergence block: iterations, converged, final loss."""
+    loss = getattr(lr, "cnmf_loss", None)
+    conv = ["Convergence", "-----------"]
+    conv.append(
+        f"iterations={_fmt(getattr(lr, 'cnmf_n_iter_sketch', None))} on the sketch + "
+        f"{_fmt(getattr(lr, 'cnmf_n_iter', None))} exact"
+    )
+    conv.append(f"converged={getattr(lr, 'cnmf_converged', None)}")
+    if loss is not None and np.size(loss):
+        conv.append(
+            f"final {loss_label(params.get('normalize_poissonian_noise'))}="
+            f"{float(np.asarray(loss).ravel()[-1]):.6g}"
+        )
+    return "\n".join(conv)
+
+
+def _clustering_block(lr, prefix, name):
+    """The summary's block of one clustering (``prefix`` ``cdiff_`` or ``cpat_``), None if not run."""
+    cparams = _json(getattr(lr, prefix + "parameters", None))
+    labels = getattr(lr, prefix + "labels", None)
+    if labels is None:
+        return None
+    lines = [f"Clustering parameters ({name})", "-" * (len(name) + 24)]
+    lines.append(
+        f"number_of_clusters={int(np.max(labels)) + 1} of {np.size(labels)} "
+        f"{'components' if prefix == 'cdiff_' else 'patterns'}"
+    )
+    threshold = getattr(lr, prefix + "threshold", None)
+    if threshold is not None:
+        lines.append(f"threshold (1 - CC)={_fmt(float(threshold))}")
+    for key, value in (cparams or {}).items():
+        if isinstance(value, (list, tuple)) and len(value) > 6:
+            continue
+        lines.append(f"{key}={_fmt(value)}")
+    stale = stale_clustering(lr, prefix, name)
+    if stale:
+        lines.append(f"STALE: {stale}")
+    return "\n".join(lines)
 
 
 def loss_label(poisson):
