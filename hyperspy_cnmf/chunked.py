@@ -229,6 +229,25 @@ _MERGE = {
 }
 
 
+def tree_reduce(parts, merge, name):
+    """One delayed result: ``merge`` applied to groups of :data:`SPLIT_EVERY` parts, level by level.
+
+    The per-block partial results of a pass are combined in a tree (never all
+    in one task), so that no task holds more than ``SPLIT_EVERY`` of them;
+    ``name`` prefixes the dask keys (``name-level-index``).
+    """
+    level = 0
+    while len(parts) > 1:
+        parts = [
+            dask.delayed(merge, pure=True)(
+                parts[i : i + SPLIT_EVERY], dask_key_name=f"{name}-{level}-{i}"
+            )
+            for i in range(0, len(parts), SPLIT_EVERY)
+        ]
+        level += 1
+    return parts[0]
+
+
 def _merge(parts):
     """Combine partial results (dicts) of several blocks."""
     out = {}
@@ -456,18 +475,10 @@ class DaskOperator:
                 parts.append(task[1])
             else:
                 parts.append(task)
-        level = 0
-        while len(parts) > 1:
-            parts = [
-                dask.delayed(_merge, pure=True)(
-                    parts[i : i + SPLIT_EVERY],
-                    dask_key_name=f"cnmf-merge-{token}-{level}-{i}",
-                )
-                for i in range(0, len(parts), SPLIT_EVERY)
-            ]
-            level += 1
         self.n_passes += 1
-        got_locals, merged = dask.compute(locals_, parts[0])
+        got_locals, merged = dask.compute(
+            locals_, tree_reduce(parts, _merge, f"cnmf-merge-{token}")
+        )
         return got_locals, merged
 
     def _scatter(self, blocks, width):

@@ -100,7 +100,7 @@ def _stream(signal, func, **shared):
 
     import dask
 
-    from hyperspy_cnmf.chunked import MAX_BLOCK_BYTES, SPLIT_EVERY, _Layout
+    from hyperspy_cnmf.chunked import MAX_BLOCK_BYTES, _Layout, tree_reduce
 
     layout = _Layout(signal.data, 2, MAX_BLOCK_BYTES)
     token = uuid.uuid4().hex
@@ -111,17 +111,7 @@ def _stream(signal, func, **shared):
         )
         for b, (blk, rows) in enumerate(layout.blocks)
     ]
-    level = 0
-    while len(parts) > 1:
-        parts = [
-            dask.delayed(_add, pure=True)(
-                parts[i : i + SPLIT_EVERY],
-                dask_key_name=f"cnmf-report-add-{token}-{level}-{i}",
-            )
-            for i in range(0, len(parts), SPLIT_EVERY)
-        ]
-        level += 1
-    return dask.compute(parts[0])[0]
+    return dask.compute(tree_reduce(parts, _add, f"cnmf-report-add-{token}"))[0]
 
 
 class _Shared:
