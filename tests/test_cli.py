@@ -408,22 +408,18 @@ def test_os_and_runtime_errors_mid_run_one_line(
             13, "Permission denied", str(tmp_path / "out" / "factors.hspy")
         )
 
+    args = [
+        "run",
+        str(tiny_file),
+        "-k",
+        "2",
+        "--max-iter",
+        "3",
+        "--output",
+        str(tmp_path / "out"),
+    ]
     monkeypatch.setattr(STEM4D, "export_decomposition_results", denied)
-    assert (
-        _run(
-            [
-                "run",
-                str(tiny_file),
-                "-k",
-                "2",
-                "--max-iter",
-                "3",
-                "--output",
-                str(tmp_path / "out"),
-            ]
-        )
-        == 2
-    )
+    assert _run(args) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert (
         "PermissionError" in line
@@ -435,21 +431,7 @@ def test_os_and_runtime_errors_mid_run_one_line(
         raise RuntimeError("disk went away")
 
     monkeypatch.setattr(STEM4D, "export_decomposition_results", broken)
-    assert (
-        _run(
-            [
-                "run",
-                str(tiny_file),
-                "-k",
-                "2",
-                "--max-iter",
-                "3",
-                "--output",
-                str(tmp_path / "out"),
-            ]
-        )
-        == 2
-    )
+    assert _run(args) == 2
     assert "RuntimeError: disk went away" in _one_error_line(capsys.readouterr().err)
 
 

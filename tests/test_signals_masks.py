@@ -46,22 +46,23 @@ def _signal(data=None, lazy=False):
     return s.as_lazy() if lazy else s
 
 
+#: The decomposition of these tests (a small, fixed fit).
+FIT = dict(
+    algorithm="constrained_nmf",
+    output_dimension=2,
+    max_iter=15,
+    random_state=0,
+    map_resolution=2.0,
+    print_info=False,
+    return_info=True,
+)
+
+
 def _fit(s, **kw):
-    kw = dict(
-        dict(
-            algorithm="constrained_nmf",
-            output_dimension=2,
-            max_iter=15,
-            random_state=0,
-            map_resolution=2.0,
-            print_info=False,
-            return_info=True,
-        ),
-        **kw,
-    )
+    """``FIT`` (updated by ``kw``) with its warnings silenced."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return s.decomposition(**kw)
+        return s.decomposition(**dict(FIT, **kw))
 
 
 # --------------------------------------------------------------------------
@@ -194,16 +195,7 @@ def test_masked_hot_pixel_takes_no_part_in_the_beam_finding(lazy):
     hot = _signal(_with_hot_pixel(), lazy=lazy)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # masked: nothing to report
-        info = hot.decomposition(
-            algorithm="constrained_nmf",
-            output_dimension=2,
-            max_iter=15,
-            random_state=0,
-            map_resolution=2.0,
-            print_info=False,
-            return_info=True,
-            signal_mask=hot_mask,
-        )
+        info = hot.decomposition(**FIT, signal_mask=hot_mask)
     y, x, r = _beam_of(info)
     assert (y, x) == pytest.approx(BEAM, abs=0.1)
     assert (y, x, r) == pytest.approx(_beam_of(info_clean), abs=1e-6)
@@ -226,15 +218,7 @@ def test_unmasked_hot_pixel_is_reported_and_cannot_move_the_beam(lazy):
     with pytest.warns(
         UserWarning, match=r"1 hot detector pixel.*\(3, 20\).*signal_mask"
     ):
-        info = s.decomposition(
-            algorithm="constrained_nmf",
-            output_dimension=2,
-            max_iter=15,
-            random_state=0,
-            map_resolution=2.0,
-            print_info=False,
-            return_info=True,
-        )
+        info = s.decomposition(**FIT)
     assert _beam_of(info)[:2] == pytest.approx(BEAM, abs=0.1)
     assert _beam_of(info)[2] == pytest.approx(_beam_of(info_clean)[2], abs=1e-6)
     np.testing.assert_allclose(
