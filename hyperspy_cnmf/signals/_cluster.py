@@ -17,7 +17,6 @@ HyperSpy's own ``cluster_*`` fields (the last run wins); see
 :func:`cluster_diffraction`, Notes.
 """
 
-import json
 import warnings
 
 import numpy as np
@@ -31,6 +30,7 @@ from hyperspy_cnmf._schema import from_stored, to_stored
 from hyperspy_cnmf.signals._axes import axis_info
 from hyperspy_cnmf.signals._store import (
     clear_learning_results,
+    decomposition_settings,
     from_learning_results,
     stale_clustering,
     stamp_clustering,
@@ -105,14 +105,7 @@ CENTRE_TOLERANCE_PX = 0.5
 
 def _measured_beam_px(signal):
     """The :class:`~hyperspy_cnmf._beam.Beam` measured by the last constrained NMF, or None."""
-    lr = signal.learning_results
-    if getattr(lr, "decomposition_algorithm", None) != "constrained_nmf":
-        return None
-    try:
-        params = json.loads(getattr(lr, "cnmf_parameters", None) or "{}")
-    except (TypeError, ValueError):
-        return None
-    return Beam.from_record(params)
+    return Beam.from_record(decomposition_settings(signal.learning_results) or {})
 
 
 def _signal_mask(signal):

@@ -12,8 +12,6 @@ work identically on lazy signals and for any decomposition algorithm:
   factor's intensity missing in downward-convex dips.
 """
 
-import json
-
 import numpy as np
 
 from hyperspy_cnmf._beam import Beam
@@ -29,6 +27,7 @@ from hyperspy_cnmf.signals._calibration import (
     find_beam_disk,
     navigation_scales,
 )
+from hyperspy_cnmf.signals._store import decomposition_settings
 
 
 def _check_decomposition(signal):
@@ -116,13 +115,8 @@ def _nav_scale(signal):
 
 
 def _cnmf_settings(lr):
-    text = getattr(lr, "cnmf_parameters", None)
-    if getattr(lr, "decomposition_algorithm", None) != "constrained_nmf" or not text:
-        return {}
-    try:
-        return json.loads(str(text))
-    except ValueError:
-        return {}
+    """The last constrained NMF's settings, {} if none (:func:`_store.decomposition_settings`)."""
+    return decomposition_settings(lr) or {}
 
 
 def _resolution(signal, resolution):

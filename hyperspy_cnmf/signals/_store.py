@@ -283,14 +283,23 @@ def _json(value):
         return None
 
 
+def decomposition_settings(lr):
+    """The settings of the last constrained NMF (``cnmf_parameters`` as a dict), or None.
+
+    None when the last decomposition was another algorithm or left no readable
+    record: the one reader of that record for the summary, the diagnostics and
+    the clustering's centre.
+    """
+    if getattr(lr, "decomposition_algorithm", None) != "constrained_nmf":
+        return None
+    return _json(getattr(lr, "cnmf_parameters", None))
+
+
 def constrained_nmf_summary(lr):
     """The constrained-NMF and clustering part of :meth:`STEM4DLearningResults.summary` ('' if none)."""
     blocks = []
-    params = _json(getattr(lr, "cnmf_parameters", None))
-    if (
-        params is not None
-        and getattr(lr, "decomposition_algorithm", None) == "constrained_nmf"
-    ):
+    params = decomposition_settings(lr)
+    if params is not None:
         blocks.append(_cnmf_parameters_block(params))
         blocks.append(_convergence_block(lr, params))
     for prefix, name in (
