@@ -75,3 +75,15 @@ def axis_info(axis):
         "offset": float(axis.offset),
         "size": int(axis.size),
     }
+
+
+def calibrated_origin_px(signal):
+    """The detector pixel ``(x, y)`` where both signal axes read 0 (their calibrated origin).
+
+    Not checked against the detector: callers decide what an origin off the
+    detector means.
+    """
+    ax_x, ax_y = signal.axes_manager.signal_axes
+    return -float(ax_x.offset) / float(ax_x.scale), -float(ax_y.offset) / float(
+        ax_y.scale
+    )

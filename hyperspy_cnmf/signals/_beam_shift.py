@@ -24,7 +24,7 @@ import numpy as np
 
 from hyperspy_cnmf._beam import beam_motion, fit_plane
 from hyperspy_cnmf.nmf._kernels import block_beam_centres
-from hyperspy_cnmf.signals._axes import check_4d
+from hyperspy_cnmf.signals._axes import calibrated_origin_px, check_4d
 
 __all__ = [
     "BEAM_MOTION_LIMIT",
@@ -240,9 +240,8 @@ def _as_positions(value, nav_shape, name):
 
 def _calibrated_origin(signal):
     """The pixel ``(x, y)`` where both signal axes read 0 (their calibrated origin)."""
-    axes = signal.axes_manager.signal_axes  # (kx, ky)
-    origin = np.array([-ax.offset / ax.scale for ax in axes], dtype=np.float64)
-    sizes = np.array([ax.size for ax in axes])
+    origin = np.array(calibrated_origin_px(signal), dtype=np.float64)
+    sizes = np.array([ax.size for ax in signal.axes_manager.signal_axes])  # (kx, ky)
     if np.any(origin < 0) or np.any(origin > sizes - 1):
         raise ValueError(
             f"the calibrated origin (signal axes at 0) lies outside the detector: "

@@ -27,7 +27,7 @@ from hyperspy_cnmf import clustering as core
 from hyperspy_cnmf._beam import Beam
 from hyperspy_cnmf._docstrings import fill_doc
 from hyperspy_cnmf._schema import from_stored, to_stored
-from hyperspy_cnmf.signals._axes import axis_info
+from hyperspy_cnmf.signals._axes import axis_info, calibrated_origin_px
 from hyperspy_cnmf.signals._store import (
     clear_learning_results,
     decomposition_settings,
@@ -91,8 +91,8 @@ def _length_to_px(signal, value, units):
 
 def _calibrated_origin_px(signal):
     """Pixel position of the calibrated origin, or None if not strictly inside."""
-    (ny, nx), (sx, sy), (ox, oy), _ = _signal_geometry(signal)
-    cx, cy = -ox / sx, -oy / sy
+    (ny, nx), _, _, _ = _signal_geometry(signal)
+    cx, cy = calibrated_origin_px(signal)
     if 1.0 <= cx <= nx - 2.0 and 1.0 <= cy <= ny - 2.0:
         return cx, cy
     return None
