@@ -121,9 +121,9 @@ map_smoothing : float, optional
     Gaussian sigma (navigation pixels) applied to the component maps before
     the map objects and the dominant-cluster labelling only (useful for noisy
     maps of an unconstrained NMF); ``merged_maps`` is not smoothed. Smoothing
-    widens the objects: raise ``particle_threshold`` with it (0.25 for
+    widens the objects: raise ``particle_threshold`` with it (0.15 for
     sigma = 1 px on the package's simulator).
-particle_threshold : float, default 0.2
+particle_threshold : float, default 0.12
     Fraction of its own range at which a particle object claims a probe
     position (:data:`~hyperspy_cnmf.clustering.PARTICLE_THRESHOLD`; step 3 of
     the Notes of :meth:`~hyperspy_cnmf.signals.STEM4D.cluster_diffraction`).

@@ -326,6 +326,22 @@ def test_dominant_labels_particles_set_the_outline():
         cl.dominant_labels(maps, extended=[True])
 
 
+def test_dominant_labels_noise_floor_keeps_noise_out():
+    # a weak particle on a noisy map: its low threshold is crossed by the
+    # noise far from the grain unless it must also stand 3 sigma above noise
+    rng = np.random.default_rng(0)
+    x = np.linspace(-1, 1, 401)
+    grain = 0.05 * np.clip(1 - (x / 0.2) ** 2, 0, None) + rng.normal(0, 0.005, x.size)
+    maps = np.stack([1 - grain, grain])
+    kw = dict(extended=[True, False], threshold=0.12, particle_baseline="median")
+    loose = cl.dominant_labels(maps, **kw)[0] == 1
+    labels = cl.dominant_labels(maps, noise_floor=3.0, **kw)[0] == 1
+    outside = np.abs(x) > 0.25
+    assert loose[outside].sum() > 5 and labels[outside].sum() <= 1
+    inside = np.abs(x) < 0.1  # the grain's core (>= 75 % of its peak) stays
+    assert labels[inside].all() and loose[inside].all()
+
+
 def blob(shape, centre, sigma):
     yy, xx = np.indices(shape)
     return np.exp(-((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2) / (2 * sigma**2))

@@ -210,10 +210,12 @@ def test_noisy_maps_with_map_smoothing(data):
         factors, loadings, CENTRE, nav_shape=SCAN, map_smoothing=1.0
     )
     assert adjusted_rand_score(truth.ravel(), res.position_labels) >= 0.85
-    # the stored maps are not smoothed
+    # the stored maps are not smoothed (clusters are numbered by the positions
+    # they dominate, which the smoothing changes: compare cluster by cluster)
     plain = cl.cluster_components(factors, loadings, CENTRE, nav_shape=SCAN)
-    assert np.array_equal(res.labels, plain.labels)
-    assert np.array_equal(res.merged_maps, plain.merged_maps)
+    assert adjusted_rand_score(res.labels, plain.labels) == 1
+    same = [plain.labels[res.labels == c][0] for c in range(res.labels.max() + 1)]
+    assert np.array_equal(res.merged_maps, plain.merged_maps[same])
 
 
 def test_masked_positions_and_pixels(result, data):

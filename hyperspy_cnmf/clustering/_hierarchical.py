@@ -478,7 +478,12 @@ def map_objects(maps, labels, nav_shape=None, threshold=0.5, max_overlap=0.3):
 
 
 def dominant_labels(
-    maps, percentiles=(0.0, 100.0), extended=None, threshold=0.5, particle_baseline=None
+    maps,
+    percentiles=(0.0, 100.0),
+    extended=None,
+    threshold=0.5,
+    particle_baseline=None,
+    noise_floor=0.0,
 ):
     """Label each navigation position with the map that dominates it.
 
@@ -531,6 +536,15 @@ def dominant_labels(
         a small part of the scan) instead of its low percentile, so that map
         noise below that level does not lift the background towards
         ``threshold``.
+    noise_floor : float, default 0.0
+        With ``extended``: a particle map claims a position only where it
+        also stands ``noise_floor`` standard deviations of its own noise
+        above its baseline, the noise estimated robustly from the scan as
+        ``1.4826 * median(|M_c - median(M_c)|)`` (the median absolute
+        deviation; F. R. Hampel, *J. Am. Stat. Assoc.* 69, 383 (1974)). Its
+        threshold is then ``max(threshold, noise_floor * sigma_c / span_c)``,
+        so a low ``threshold`` follows a grain's thin rim on a clean map
+        without letting the noise of a weak map claim positions.
 
     Returns
     -------
@@ -579,7 +593,15 @@ def dominant_labels(
             raise ValueError("`extended` must have one entry per map.")
         if ext.any() and not ext.all():
             finite = np.isfinite(norm)
-            particle = np.where(norm >= threshold, norm, 0.0)
+            t = np.full(m.shape[0], float(threshold))
+            if noise_floor:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    med = np.nanmedian(m, axis=1)
+                    sigma = 1.4826 * np.nanmedian(np.abs(m - med[:, None]), axis=1)
+                    floor = np.where(ok, noise_floor * sigma / np.where(ok, span, 1), 0)
+                t = np.fmax(t, floor)
+            particle = np.where(norm >= t[:, None], norm, 0.0)
             score = np.where(ext[:, None], threshold * norm, particle)
             norm = np.where(finite, score, norm)
     filled = np.where(np.isnan(norm), -np.inf, norm)

@@ -111,9 +111,13 @@ def simulated_precipitates(
       pairs included, intensities ``exp(-(|g|/5)^2)``) rotated in-plane by a
       random angle. Phase 1 is hexagonal (6-fold, first ring |g| = 3.7 1/nm,
       on the first halo), phase 2 square (4-fold, |g| = 4.3 and 6.08 1/nm),
-      phase 3 rectangular (2-fold). The map is the projected thickness
-      ``0.3 sqrt(1 - (r/R)^2)`` of a disk of random diameter
-      (``grain_diameter`` ± 20 %), times ``dose``.
+      phase 3 rectangular (2-fold). The map is ``0.3 t^2`` with
+      ``t = sqrt(1 - (r/R)^2)`` the projected thickness of a sphere of random
+      diameter (``grain_diameter`` ± 20 %), times ``dose``: a thin crystal's
+      Bragg intensity grows as its thickness squared (kinematic scattering),
+      as the multislice cases of
+      :func:`~hyperspy_cnmf.data.load_multislice_case` show; the matrix map
+      gives up the counts the grain's spots take.
 
     All maps are blurred by the probe (Gaussian of FWHM ``probe_fwhm``), so the
     expected total count per probe position is exactly ``dose``. Bragg disks

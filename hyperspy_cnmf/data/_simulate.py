@@ -56,8 +56,8 @@ HALO_2 = (6.9, 0.5)
 BACKGROUND_DECAY = 2.0
 #: Fractions of the matrix pattern's counts: beam, halo 1, halo 2, background.
 MATRIX_WEIGHTS = (0.40, 0.25, 0.10, 0.25)
-#: Fraction of the matrix replaced by a grain at the grain's thickest point;
-#: the grain's Bragg spots carry the same fraction of the counts there.
+#: Fraction of the counts that a grain's Bragg spots take from the matrix at
+#: the grain's thickest point (the map grows as thickness squared).
 GRAIN_FRACTION = 0.3
 #: Bragg spot intensity ~ exp(-(|g| / SPOT_DECAY)^2) (Debye-Waller-like).
 SPOT_DECAY = 5.0
@@ -477,9 +477,9 @@ def _detector(detector_shape, probe_fwhm, beam_energy):
 
 
 def _component_maps(thickness, probe_fwhm, scan_step, dose):
-    """Maps in counts: matrix first, then the probe-blurred grain thickness profiles."""
+    """Maps in counts: matrix first, then the probe-blurred grains' thickness^2 (kinematic)."""
     sigma_scan = probe_fwhm / scan_step / _FWHM_PER_SIGMA
-    grain_maps = np.clip(_blur_fft(GRAIN_FRACTION * thickness, sigma_scan), 0, None)
+    grain_maps = np.clip(_blur_fft(GRAIN_FRACTION * thickness**2, sigma_scan), 0, None)
     matrix_map = 1.0 - grain_maps.sum(axis=0)
     return dose * np.concatenate([matrix_map[None], grain_maps], axis=0)
 

@@ -480,9 +480,12 @@ def cluster_diffraction(
        largest total counts is; the others are particles;
     3. a particle object, rescaled from its median over the scan to its
        peak, claims the positions where it reaches ``particle_threshold``
-       (0.2): a precipitate's map is its projected thickness (zero at the rim
-       of a sphere) blurred by the probe, so the probe centres inside the
-       particle reach down to about a fifth of its peak. Only connected
+       (0.12) and also stands 3 standard deviations of its own map noise
+       above its median (the noise estimated from the scan's median absolute
+       deviation): a thin precipitate's Bragg intensity grows as its
+       projected thickness squared (kinematic scattering; zero at the rim of
+       a sphere), blurred by the probe, so the probe centres inside the
+       particle reach down to about a tenth of its peak. Only connected
        regions that also reach half the peak are kept (hysteresis), so map
        noise away from the grain claims nothing. The largest ``n`` wins where
        particles overlap, and every other position goes to the extended
