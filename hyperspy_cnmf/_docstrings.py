@@ -113,6 +113,17 @@ min_structure_fraction : float, default 0.1
     ``beam_only`` (``cdiff_beam_only`` in ``learning_results``). 0 switches
     this off. With the decomposition's default ``direct_beam_mask="auto"``
     they rarely occur.
+min_map_compactness : float, default 0.2
+    Components whose map holds less than this share of its intensity in the
+    connected region around its peak
+    (:func:`~hyperspy_cnmf.clustering.map_compactness`) are a *texture*
+    spread over the scan, not an object: the speckle of an amorphous matrix
+    that an over-complete NMF fits. They enter the cut as one item (their
+    summed diffraction), so they take one cluster slot at most and do not
+    pull grains whose spots lie on the halo into clusters of speckle; they
+    are flagged in ``texture`` (``cdiff_texture``). 0 switches this off
+    (:data:`~hyperspy_cnmf.clustering.MIN_MAP_COMPACTNESS` gives the
+    measurements).
 dominance_percentiles : tuple of float, default (0, 100)
     Range of each object map for the dominant-cluster labels
     (:func:`~hyperspy_cnmf.clustering.dominant_labels`; the rules are in the

@@ -14,6 +14,7 @@ import warnings
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from sklearn.metrics import adjusted_rand_score
 
 from hyperspy_cnmf import clustering as cl
@@ -314,3 +315,78 @@ def test_direct_beam_radius_beyond_the_radial_range_raises(data):
             radial_range=(0, 10),
             direct_beam_radius=12.0,
         )
+
+
+def with_speckle(n=8, seed=1):
+    """:func:`synthetic` plus ``n`` speckle components of the amorphous matrix.
+
+    As an over-complete NMF fits an amorphous matrix's speckle (multislice
+    cases of ``benchmarks/quality_physics.py`` at k = 30): the matrix pattern
+    plus a Friedel pair of spots on its halo at a random azimuth, and a map
+    that is a speckle field over the whole scan (intensity of a complex
+    Gaussian field smoothed to the probe's size: exponential statistics).
+    """
+    factors, loadings, phase, truth = synthetic(beam=False)
+    rng = np.random.default_rng(seed)
+    matrix = _pattern(0, 0)
+    yy, xx = np.indices(SHAPE, dtype=float) - np.array(CENTRE)[::-1, None, None]
+    r = np.hypot(yy, xx).astype(int)
+    profile = np.bincount(r.ravel(), matrix.ravel()) / np.bincount(r.ravel())
+    halo = 4 + np.argmax(profile[4:])
+    F, L = [], []
+    for _ in range(n):
+        a = rng.uniform(0, np.pi)
+        spots = sum(
+            np.exp(
+                -((xx - s * halo * np.cos(a)) ** 2 + (yy - s * halo * np.sin(a)) ** 2)
+                / 2
+            )
+            for s in (1, -1)
+        )
+        F.append(matrix / matrix.sum() + 0.5 * spots / spots.sum())
+        field = [ndimage.gaussian_filter(rng.standard_normal(SCAN), 0.7) for _ in "ab"]
+        speckle = np.hypot(*field) ** 2
+        L.append(0.3 * speckle.ravel() / speckle.max())
+    scale = np.nansum(factors[0]) * np.nanmax(loadings[0])
+    return (
+        np.concatenate([factors, scale * np.array(F)]),
+        np.concatenate([loadings, np.array(L)]),
+        np.r_[phase, np.zeros(n, dtype=int)],
+        truth,
+    )
+
+
+def test_map_compactness_tells_objects_from_textures():
+    factors, loadings, phase, _ = with_speckle()
+    compact = cl.map_compactness(loadings, SCAN)
+    assert compact.shape == (phase.size,)
+    objects, speckle = compact[:6], compact[6:]  # matrix tiles, grains | speckle
+    assert objects.min() > 0.9 and speckle.max() < cl.MIN_MAP_COMPACTNESS
+    # the noise of a grain's map on a larger scan is left out with the noise
+    # floor (measured 0.90 with it, 0.23 without)
+    yy, xx = np.indices((64, 64))
+    grain = np.clip(1 - ((yy - 30) ** 2 + (xx - 20) ** 2) / 16.0, 0, None)
+    noisy = grain + 0.05 * np.random.default_rng(0).standard_normal(grain.shape)
+    assert cl.map_compactness(noisy.reshape(1, -1), (64, 64))[0] > 0.8
+    assert cl.map_compactness(noisy.reshape(1, -1), (64, 64), noise_floor=0)[0] < 0.3
+
+
+def test_speckle_components_join_the_matrix_as_one_item():
+    factors, loadings, phase, truth = with_speckle()
+    res = cl.cluster_components(factors, loadings, CENTRE, nav_shape=SCAN)
+    speckle = np.arange(phase.size) >= 6
+    assert np.array_equal(res.texture, speckle)
+    assert res.labels.max() + 1 == 3  # matrix and two phases
+    assert adjusted_rand_score(phase, res.labels) == 1
+    assert adjusted_rand_score(truth.ravel(), res.position_labels) >= 0.9
+    assert res.parameters["min_map_compactness"] == cl.MIN_MAP_COMPACTNESS
+    # without the rule the speckle components form a cluster of their own
+    off = cl.cluster_components(
+        factors, loadings, CENTRE, nav_shape=SCAN, min_map_compactness=0
+    )
+    assert not off.texture.any() and off.labels.max() + 1 == 4
+    assert np.unique(off.labels[speckle]).size == 1
+    assert off.labels[speckle][0] not in off.labels[~speckle]
+    # n_clusters counts the texture group as one item
+    two = cl.cluster_components(factors, loadings, CENTRE, nav_shape=SCAN, n_clusters=2)
+    assert two.labels.max() + 1 == 2 and np.unique(two.labels[phase == 0]).size == 1

@@ -61,6 +61,7 @@ NAMES = {
             "radii",
             "parameters",
             "map_artefact",  # added with issue 10, item 8
+            "texture",  # added with issue 10, item 4
         ),
     ),
     "cpat_": (

@@ -22,10 +22,13 @@ numpy, numba and scipy only. The HyperSpy methods live in
 
 from hyperspy_cnmf.clustering._components import (
     MAP_ARTEFACTS,
+    MIN_MAP_COMPACTNESS,
+    NOISE_FLOOR,
     PARTICLE_THRESHOLD,
     ComponentClustering,
     cluster_components,
     map_artefacts,
+    map_compactness,
 )
 from hyperspy_cnmf.clustering._hierarchical import (
     DEFAULT_DISTANCE_THRESHOLD,
@@ -59,8 +62,11 @@ from hyperspy_cnmf.clustering._similarity import (
 
 __all__ = [
     "MAP_ARTEFACTS",
+    "MIN_MAP_COMPACTNESS",
+    "NOISE_FLOOR",
     "PARTICLE_THRESHOLD",
     "map_artefacts",
+    "map_compactness",
     "DEFAULT_DISTANCE_THRESHOLD",
     "LINKAGE_METHODS",
     "ComponentClustering",
