@@ -311,7 +311,8 @@ def test_template_matching_on_our_polar_transform(pxm):
     """pyxem's template matching on our PolarDiffraction2D finds pyxem's in-plane rotations.
 
     pyxem's own data: Si [001] at 0 deg (left half of the scan) and 10 deg (right).
-    A reversed azimuth would give -10 deg (80 deg modulo the 4-fold axis).
+    A reversed azimuth would give -10 deg (80 deg modulo the 4-fold axis); pyxem's own
+    integration labels each bin by its lower edge, so it may be a degree off.
     """
     from diffsims.generators.simulation_generator import SimulationGenerator
     from orix.quaternion import Rotation
@@ -329,17 +330,18 @@ def test_template_matching_on_our_polar_transform(pxm):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = s.get_azimuthal_integral2d(
-            npt=100, npt_azim=360, mean=True, show_progressbar=False
+            npt=50, npt_azim=360, mean=True, show_progressbar=False
         ).get_orientation(sim)
         ours = hyperspy_cnmf.polar_transform(s, n_theta=360).get_orientation(sim)
-    # in-plane angle (deg) of the best match, left and right halves of the scan
-    ang = {
-        k: v.data[0, [0, -1], 0, 2] % 90 for k, v in (("ours", ours), ("pyxem", theirs))
-    }
-    np.testing.assert_allclose(ang["ours"], [0.0, 10.0], atol=0.6)
-    np.testing.assert_allclose(
-        ang["pyxem"], [89.0, 10.0], atol=1.1
-    )  # its bins' lower edges
+    # in-plane angle (deg) of the best match, left and right halves of the scan, as the
+    # circular difference from the truth modulo the 4-fold axis
+    for result, atol in (
+        (ours, 0.6),
+        (theirs, 1.1),
+    ):  # pyxem: bins of 1 deg by lower edge
+        found = result.data[0, [0, -1], 0, 2]
+        off = (found - np.array([0.0, 10.0]) + 45) % 90 - 45
+        np.testing.assert_allclose(off, 0.0, atol=atol)
 
 
 # --- (f) the README's example ---------------------------------------------------------------
