@@ -44,6 +44,7 @@ from hyperspy_cnmf.signals import (
     _cluster,
     _decomposition,
     _diagnostics,
+    _pyxem,
     _store,
 )
 from hyperspy_cnmf.signals._axes import check_4d
@@ -161,22 +162,52 @@ def _function_doc(doc, examples, summary=None, drop=(), first=()):
     return "\n".join(out) + "\n"
 
 
-def _public(impl, purpose, examples, name=None):
-    """A public function ``f(signal, ...)``: the one check, then the signal layer's ``impl``."""
+def _public(impl, purpose, examples, name=None, result=None, arguments=None):
+    """A public function ``f(signal, ...)``: the one check, then the signal layer's ``impl``.
+
+    ``arguments(bound)`` and ``result(out, signal)``, if given, convert the
+    arguments (bound to ``impl``'s signature) and the result: pyxem's
+    conventions and types (:mod:`hyperspy_cnmf.signals._pyxem`).
+    """
     name = name or impl.__name__
+    sig = inspect.signature(impl)
 
     def function(signal, *args, **kwargs):
         _check_signal(signal, purpose)
-        return impl(signal, *args, **kwargs)
+        if arguments is not None:
+            bound = sig.bind(signal, *args, **kwargs)
+            arguments(bound.arguments)
+            args, kwargs = bound.args[1:], bound.kwargs
+        out = impl(signal, *args, **kwargs)
+        return out if result is None else result(out, signal)
 
     function.__name__ = function.__qualname__ = name
     function.__module__ = __name__
     function.__doc__ = _function_doc(impl.__doc__, examples)
-    sig = inspect.signature(impl)
     params = list(sig.parameters.values())
     params[0] = params[0].replace(name="signal")
     function.__signature__ = sig.replace(parameters=params)
     return function
+
+
+def _pyxem_results(results, signal):
+    """A pyxem signal's clustering results: merged patterns with its metadata (mask, beam energy)."""
+    if _pyxem.is_pyxem_signal(signal):
+        _pyxem.with_input_metadata(results, signal)
+    return results
+
+
+def _pyxem_shifts(arguments):
+    """pyxem's ``BeamShift`` given as ``shifts``: minus it, this package's offsets."""
+    if arguments.get("shifts") is not None:
+        arguments["shifts"] = _pyxem.beam_shift_offsets(arguments["shifts"])
+
+
+def _pyxem_polar(polar, signal):
+    """A pyxem signal's polar transform as pyxem's ``PolarDiffraction2D``, in pyxem's azimuth."""
+    if _pyxem.is_pyxem_signal(signal):
+        return _pyxem.as_polar_diffraction(polar, signal)
+    return polar
 
 
 def decomposition(
@@ -184,6 +215,8 @@ def decomposition(
 ):
     # the docstring: STEM4D.decomposition's, for constrained NMF only (set below)
     _check_signal(signal, "constrained NMF")
+    if kwargs.get("signal_mask") is None:  # pyxem's stored mask, if any, is the default
+        kwargs["signal_mask"] = _pyxem.stored_mask(signal)
     out = _decomposition.constrained_nmf_decomposition(
         signal,
         output_dimension,
@@ -219,7 +252,14 @@ patterns have no downward-convex dips (see :mod:`hyperspy_cnmf.constraints`).
 With both constraints off it is the paper's "primitive NMF". The same as
 ``s.decomposition(algorithm="constrained_nmf", ...)`` of a ``STEM4D``; the
 signal's HyperSpy methods (``plot_decomposition_results``,
-``get_decomposition_model``, ...) read the results.""",
+``get_decomposition_model``, ...) read the results.
+
+On a pyxem signal pyxem's calibration is read: ``signal_mask=None`` takes
+its stored mask (``s.calibration.mask``, True = excluded; pass an all-False
+array to use every pixel), ``map_resolution="auto"`` its ``beam_energy`` and
+``convergence_angle`` (with their ``*_units``), or else its calibrated
+signal axes in any of its unit names (``$A^{-1}$``, ``k_nm^-1``,
+``q_nm^-1``, ...; :mod:`hyperspy_cnmf.signals._pyxem`).""",
     drop=("algorithm", "*args, **kwargs"),
     first=("output_dimension",),
 )
@@ -234,6 +274,7 @@ cluster_diffraction = _public(
 ['labels', 'linkage', 'merged_factors', 'merged_maps', 'position_labels', 'pseudo_distance', 'rotation']
 >>> s.learning_results.cluster_algorithm
 'cluster_diffraction'""",
+    result=_pyxem_results,
 )
 cluster_patterns = _public(
     _cluster.cluster_patterns,
@@ -243,6 +284,7 @@ cluster_patterns = _public(
 >>> res = hyperspy_cnmf.cluster_patterns(s, step=2, n_clusters=3)
 >>> s.learning_results.number_of_clusters
 3""",
+    result=_pyxem_results,
 )
 get_cluster_diffraction_results = _public(
     _cluster.get_cluster_diffraction_results,
@@ -252,6 +294,7 @@ get_cluster_diffraction_results = _public(
 >>> res = hyperspy_cnmf.get_cluster_diffraction_results(s)
 >>> res["merged_factors"].axes_manager.signal_shape
 (24, 24)""",
+    result=_pyxem_results,
 )
 polar_transform = _public(
     _cluster.polar_transform,
@@ -261,6 +304,7 @@ polar_transform = _public(
 >>> p = hyperspy_cnmf.polar_transform(s)
 >>> type(p).__name__, p.axes_manager.navigation_shape
 ('Signal2D', (16, 16))""",
+    result=_pyxem_polar,
 )
 plot_cluster_dendrogram = _public(
     _cluster.plot_cluster_dendrogram,
@@ -319,6 +363,7 @@ center_direct_beam = _public(
 >>> c = hyperspy_cnmf.center_direct_beam(s, show_progressbar=False)
 >>> type(c).__name__, c.data.shape == s.data.shape, c is s
 ('Signal2D', True, False)""",
+    arguments=_pyxem_shifts,
 )
 
 

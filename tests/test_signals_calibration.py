@@ -10,9 +10,12 @@ import warnings
 import numpy as np
 import pytest
 
+from hyperspy_cnmf.constraints import electron_wavelength
 from hyperspy_cnmf.signals import STEM4D
 from hyperspy_cnmf.signals._calibration import (
+    beam_energy_and_convergence,
     estimate_probe_fwhm,
+    microscopy_spelling,
     navigation_scales,
     unit_quantity,
 )
@@ -107,6 +110,12 @@ def test_mixed_units_give_the_same_decomposition():
         (("Å^-1", "A^-1"), (0.01, 0.01), None),
         (("nm-1", "1/nm"), (0.1, 0.1), None),
         (("1/nm", "1/Å"), (0.1, 0.01), None),
+        # pyxem's names (its axes, s.unit = ...): TeX, k = 1/d, q = 2 pi / d, 2 theta
+        (("$A^{-1}$", r"$\AA^{-1}$"), (0.01, 0.01), None),
+        (("nm$^{-1}$", "k_nm^-1"), (0.1, 0.1), None),
+        (("k_A^-1", "q_A^-1"), (0.01, 0.02 * np.pi), None),
+        (("q_nm^-1", "q_nm^-1"), (0.2 * np.pi, 0.2 * np.pi), None),
+        (("2th_rad", "2th_deg"), (0.1 * 0.0025079, np.rad2deg(0.1 * 0.0025079)), 200.0),
         (("mrad", "mrad"), (0.1 * 1e3 * 0.0025079, 0.1 * 1e3 * 0.0025079), 200.0),
         (("rad", "mrad"), (0.1 * 0.0025079, 0.1 * 1e3 * 0.0025079), 200.0),
     ],
@@ -179,3 +188,72 @@ def test_uncalibrated_units_keep_the_fallback():
     assert unit_quantity("px") is None
     with pytest.raises(ValueError, match="not understood"):
         unit_quantity("bananas")
+
+
+#: Each unit name and the number of 1/nm of k = 1/d (or mrad) that one of it is.
+_RECIPROCAL = {
+    "1/nm": 1.0,
+    "nm-1": 1.0,
+    "nm$^{-1}$": 1.0,
+    "$nm^{-1}$": 1.0,
+    "k_nm^-1": 1.0,
+    "Å^-1": 10.0,
+    "\u212b^-1": 10.0,  # the ångström sign U+212B
+    "1/A": 10.0,
+    "A^-1": 10.0,
+    "A-1": 10.0,
+    "$A^{-1}$": 10.0,
+    r"$\AA^{-1}$": 10.0,
+    "k_A^-1": 10.0,
+    "q_nm^-1": 1 / (2 * np.pi),
+    "q_A^-1": 10 / (2 * np.pi),
+    "µm-1": 1e-3,
+    r"$\mu m^{-1}$": 1e-3,
+}
+
+
+@pytest.mark.parametrize("units", sorted(_RECIPROCAL))
+def test_reciprocal_unit_names(units):
+    """Each spelling, pyxem's included, is a reciprocal length pint converts; q carries 2 pi."""
+    q = unit_quantity(units)
+    assert q.to("1/nm").magnitude == pytest.approx(_RECIPROCAL[units], rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "units, mrad", [("2th_rad", 1e3), ("2th_deg", np.pi / 0.18), ("mrad", 1.0)]
+)
+def test_scattering_angle_unit_names(units, mrad):
+    assert unit_quantity(units).to("mrad").magnitude == pytest.approx(mrad, rel=1e-12)
+
+
+def test_spelling_rules_leave_other_units_alone():
+    assert microscopy_spelling("mA") == "mA"  # the milliampere stays
+    assert str(unit_quantity("A").units) == "angstrom"  # a lone A is the ångström
+    assert microscopy_spelling("$A^{-1}$") == "Å^-1"
+    assert microscopy_spelling("q_nm^-1") == "(nm^-1) / (2 * pi)"
+    with pytest.raises(ValueError, match="not understood"):
+        unit_quantity("k_bananas")
+    with pytest.raises(ValueError, match="not understood"):
+        unit_quantity("2")
+
+
+def test_metadata_units_are_read():
+    """``beam_energy_units`` / ``convergence_angle_units`` (pyxem's Calibration) convert."""
+    s = _signal(energy=200.0, alpha=20.0)
+    assert beam_energy_and_convergence(s) == (200.0, 20.0)  # no units: keV, mrad
+    tem = s.metadata.Acquisition_instrument.TEM
+    tem.beam_energy, tem.beam_energy_units = 200.0, "kilovolt"  # pyxem's setter
+    tem.convergence_angle, tem.convergence_angle_units = 20.0, "milliradian"
+    assert beam_energy_and_convergence(s) == pytest.approx((200.0, 20.0))
+    tem.beam_energy, tem.beam_energy_units = 2e5, "V"
+    tem.convergence_angle, tem.convergence_angle_units = 0.02, "rad"
+    assert beam_energy_and_convergence(s) == pytest.approx((200.0, 20.0))
+    tem.beam_energy, tem.beam_energy_units = 3.2e-14, "J"  # an energy, not a voltage
+    assert beam_energy_and_convergence(s)[0] == pytest.approx(199.7, rel=1e-3)
+    ref = _fwhm(_signal(energy=200.0, alpha=20.0))
+    tem.beam_energy, tem.beam_energy_units = 200.0, "kV"
+    assert _fwhm(s) == (pytest.approx(ref[0], rel=1e-12), ref[1])
+    tem.convergence_angle_units = "nm"
+    with pytest.raises(ValueError, match="convergence_angle_units"):
+        beam_energy_and_convergence(s)
+    assert electron_wavelength(200.0) == pytest.approx(0.0025079, rel=1e-4)

@@ -156,7 +156,9 @@ def get_direct_beam_position(self, method="com"):
     """Direct-beam centre of every pattern, in one pass over the data.
 
     Named after pyxem's ``get_direct_beam_position``; unlike pyxem it returns
-    the positions themselves, not their offsets from the detector's middle.
+    the positions themselves, not the shifts to the detector's middle
+    (pyxem's ``BeamShift``, ``signal_shape / 2 - position``, which
+    ``center_direct_beam(shifts=...)`` also accepts).
 
     Parameters
     ----------
@@ -281,6 +283,11 @@ def center_direct_beam(
         that data shape, e.g. ``get_direct_beam_position() - (x0, y0)``), or
         ``(2,)`` for all positions. Pattern ``(iy, ix)`` is moved by
         ``-shifts[iy, ix]``. Used as given (no fit, ``origin`` ignored).
+        Through ``hyperspy_cnmf.center_direct_beam`` (and the method), pyxem's
+        ``BeamShift`` from its ``s.get_direct_beam_position(method=...)`` is
+        accepted as it is: its values move the beam to the detector's
+        middle, so minus them are used, and the result equals pyxem's
+        ``s.center_direct_beam(shifts=bs)``.
         None: measured (``method``), fitted (``fit``) and referred to
         ``origin``.
     method : {"com"}, default "com"

@@ -1,5 +1,8 @@
 """Calibration helpers: direct-beam disk and probe size of a 4D-STEM signal."""
 
+import functools
+import re
+import unicodedata
 import warnings
 
 import numpy as np
@@ -30,19 +33,73 @@ UNCALIBRATED_UNITS = frozenset(
         "channels",
     }
 )
-#: Spellings common in microscopy files that pint reads otherwise ("A" is the ampere there).
-_UNIT_ALIASES = {
-    "A": "Å",
-    "1/A": "1/Å",
-    "A^-1": "Å^-1",
-    "A-1": "Å^-1",
-    "1 / A": "1/Å",
-    "Å-1": "Å^-1",
-    "nm-1": "nm^-1",
-    "pm-1": "pm^-1",
-    "um-1": "µm^-1",
-    "µm-1": "µm^-1",
-}
+#: pyxem's names of what a reciprocal axis measures (``s.unit = "k_nm^-1"``,
+#: ``pyxem.utils.calibration``): ``k`` = 1/d (the spatial frequency, as 1/nm or
+#: Å^-1), ``q`` = 2 pi / d (so 1 q_nm^-1 is 1/(2 pi) nm^-1 of k), ``2th`` = the
+#: scattering angle 2 theta.
+_QUANTITY_PREFIX = re.compile(r"^(k|q|2th)_(.+)$")
+#: A lone "A" (not part of a word such as "mA"): ångström on a microscope's axis,
+#: which pint would read as the ampere.
+_LONE_A = re.compile(r"(?<![A-Za-z_])A(?![A-Za-z_])")
+#: An exponent written without "^" ("nm-1", "Å-1").
+_BARE_EXPONENT = re.compile(r"([A-Za-zÅµ])-(\d)")
+
+
+def microscopy_spelling(text):
+    """A unit as microscopy files spell it, rewritten as pint reads it.
+
+    The preprocessor of the package's pint registry (:func:`unit_registry`):
+    rules, not a table of names. Matplotlib's TeX is dropped (``$A^{-1}$``,
+    ``$\\AA^{-1}$`` and ``nm$^{-1}$``, as pyxem writes them, become
+    ``Å^-1`` and ``nm^-1``); pyxem's quantity prefixes are read (``k_`` the
+    spatial frequency 1/d, ``q_`` the scattering vector 2 pi / d, i.e. the
+    unit divided by 2 pi, ``2th_`` the scattering angle); a lone ``A`` is the
+    ångström; ``nm-1`` is ``nm^-1``.
+
+    Parameters
+    ----------
+    text : str
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> microscopy_spelling("$A^{-1}$"), microscopy_spelling("q_nm^-1")
+    ('Å^-1', '(nm^-1) / (2 * pi)')
+    """
+    t = unicodedata.normalize("NFC", str(text)).strip()  # the Å sign is Å
+    for tex, plain in (
+        ("$", ""),
+        ("{", ""),
+        ("}", ""),
+        ("\\AA", "Å"),
+        ("\\mu ", "µ"),
+        ("\\mu", "µ"),
+    ):
+        t = t.replace(tex, plain)
+    t = t.replace("\\mathrm", "").replace("\\", "").strip()
+    m = _QUANTITY_PREFIX.match(t)
+    if m:
+        kind, t = m.groups()
+        if kind == "q":
+            t = f"({t}) / (2 * pi)"
+    t = _LONE_A.sub("Å", t)
+    return _BARE_EXPONENT.sub(r"\1^-\2", t)
+
+
+@functools.lru_cache(maxsize=1)
+def unit_registry():
+    """The package's pint registry, reading units as :func:`microscopy_spelling` rewrites them.
+
+    pint's default definitions and nothing added, so that units convert
+    exactly as in HyperSpy's own registry (``axis.convert_to_units``), which
+    is left untouched. Built once, on first use.
+    """
+    import pint
+
+    return pint.UnitRegistry(preprocessors=[microscopy_spelling])
 
 
 def _units(axis):
@@ -50,15 +107,23 @@ def _units(axis):
     return None if u is None else str(u).strip()
 
 
-def _registry():
-    """HyperSpy's own pint unit registry (the one behind ``axis.convert_to_units``)."""
-    import hyperspy.api as hs
-
-    return hs._ureg
-
-
 def unit_quantity(units):
     """The pint quantity ``1 units``, or None for an uncalibrated axis (px, undefined).
+
+    Read by :func:`unit_registry`, i.e. with microscopy's and pyxem's spellings
+    (:func:`microscopy_spelling`): ``1 q_nm^-1`` is ``1 / (2 pi) nm^-1``, so
+    compare quantities by their ratio (``(a / b).to("")``) or convert them
+    (``q.to("1/nm")``), not by their magnitudes.
+
+    Examples
+    --------
+    >>> for u in ("$A^{-1}$", "k_A^-1", "k_nm^-1", "q_nm^-1", "2th_deg"):
+    ...     print(u, round(float(unit_quantity(u).to("1/nm" if "_deg" not in u else "mrad").m), 4))
+    $A^{-1}$ 10.0
+    k_A^-1 10.0
+    k_nm^-1 1.0
+    q_nm^-1 0.1592
+    2th_deg 17.4533
 
     Raises
     ------
@@ -67,9 +132,11 @@ def unit_quantity(units):
     """
     if units is None or str(units).strip().lower() in UNCALIBRATED_UNITS:
         return None
-    text = _UNIT_ALIASES.get(str(units).strip(), str(units).strip())
     try:
-        return _registry().Quantity(1.0, text)
+        q = unit_registry().parse_expression(str(units).strip())
+        if not hasattr(q, "units") or q.unitless:  # a bare number ("2")
+            raise TypeError("a number, not a unit")
+        return q
     except (
         Exception
     ) as exc:  # pint raises several kinds (UndefinedUnitError, TypeError, ...)
@@ -127,7 +194,7 @@ def _common_scales(axes, kind):
             f"unit, e.g. s.axes_manager[{_axis_label(ax1)!r}].convert_to_units({u0!r}), or set "
             "the units and scales of both axes"
         )
-    return s0, s1 * float(q1.to(q0.units).magnitude), u0
+    return s0, s1 * float((q1 / q0).to("").magnitude), u0
 
 
 def navigation_scales(signal):
@@ -242,11 +309,54 @@ def warn_defect_pixels(mean_pattern, n_positions, mask=None, stacklevel=2):
     return hot, dead
 
 
+def _metadata_value(md, path, unit):
+    """The number at ``path`` in ``unit``, or None; units read where the metadata gives them.
+
+    pyxem's ``Calibration`` setters (``s.calibration.beam_energy = 200``)
+    store a magnitude at ``path`` and its unit at ``path + "_units"``
+    (``"kilovolt"``, ``"milliradian"``); a pint quantity at ``path`` carries
+    its own. Without a unit the number is taken to be in ``unit`` (HyperSpy's
+    metadata convention). An accelerating voltage (kV) is the beam energy
+    (keV) of the electron.
+
+    Raises
+    ------
+    ValueError
+        If the stored unit is not understood or does not convert to ``unit``.
+    """
+    value = md.get_item(path, None)
+    if value is None:
+        return None
+    units = md.get_item(path + "_units", None)
+    if hasattr(value, "magnitude") and hasattr(value, "units"):  # any pint registry
+        value, units = value.magnitude, str(value.units)
+    if units is None or str(units).strip() == "":
+        return float(value)
+    try:
+        q = float(value) * unit_quantity(units)
+        reg = unit_registry()
+        if q.is_compatible_with("V"):
+            q = q * reg.elementary_charge
+        return float(q.to(unit).magnitude)
+    except Exception as exc:  # pint raises several kinds
+        raise ValueError(
+            f"metadata {path} = {value!r} in {units!r} ({path}_units) cannot be read as {unit}: "
+            f"{exc}; set it in {unit} and remove {path}_units"
+        ) from None
+
+
 def beam_energy_and_convergence(signal):
-    """``(beam_energy_keV, convergence_angle_mrad)`` from metadata, None if absent."""
+    """``(beam_energy_keV, convergence_angle_mrad)`` from metadata, None if absent.
+
+    Read from ``metadata.Acquisition_instrument.TEM`` (HyperSpy's and pyxem's
+    paths), with the units that pyxem stores beside them
+    (``beam_energy_units``, ``convergence_angle_units``) converted by pint;
+    ``convergence_angle`` is the semi-angle (HyperSpy's metadata convention,
+    pyxem's ``calibration.convergence_angle``).
+    """
     md = signal.metadata
-    energy = md.get_item("Acquisition_instrument.TEM.beam_energy", None)
-    alpha = md.get_item("Acquisition_instrument.TEM.convergence_angle", None)
+    energy = _metadata_value(md, "Acquisition_instrument.TEM.beam_energy", "keV")
+    alpha = _metadata_value(md, "Acquisition_instrument.TEM.convergence_angle", "mrad")
     return energy, alpha
 
 

@@ -430,8 +430,9 @@ def cluster_diffraction(
         HyperSpy signals: ``"labels"`` (cluster of each component),
         ``"rotation"`` (deg, of each component onto its cluster reference),
         ``"pseudo_distance"`` (k x k), ``"linkage"``, ``"merged_factors"``
-        (rotation-aligned merged diffraction per cluster, a 4D-STEM signal
-        with calibrated detector axes), ``"merged_maps"`` (summed map per
+        (rotation-aligned merged diffraction per cluster, a signal of the
+        input's type with calibrated detector axes: ``ElectronDiffraction2D``
+        for pyxem's, with its beam energy and mask), ``"merged_maps"`` (summed map per
         cluster) and ``"position_labels"`` (dominant cluster at each probe
         position, -1 where unlabelled). The same as
         :meth:`get_cluster_diffraction_results`.
@@ -463,7 +464,8 @@ def cluster_diffraction(
     (clockwise on screen with ky pointing down, the HyperSpy display);
     ``cdiff_rotation[i]`` is the angle by which component ``i`` is turned
     (after the mirror ``phi -> -phi`` if ``cdiff_mirrored[i]``) to match its
-    cluster reference.
+    cluster reference. pyxem's azimuth runs the other way (from +kx towards
+    -ky, in rad): in its convention the rotation is ``-cdiff_rotation``.
 
     *HyperSpy cluster fields.* So that :meth:`plot_cluster_results`,
     :meth:`get_cluster_labels` and :meth:`get_cluster_signals` work, the
@@ -936,9 +938,21 @@ def polar_transform(
 
     Returns
     -------
-    Signal2D
-        Same navigation axes; signal axes ``phi`` (deg, from +kx towards +ky;
-        the last array axis) and ``r`` (calibrated units of the detector).
+    Signal2D or pyxem.signals.PolarDiffraction2D
+        Same navigation axes; signal axes ``phi`` (deg over [0, 360), from
+        +kx towards +ky, clockwise on screen; the last array axis) and ``r``
+        (calibrated units of the detector). Axis values are the sampled
+        angles and radii.
+
+        For a pyxem signal, ``hyperspy_cnmf.polar_transform`` returns pyxem's
+        ``PolarDiffraction2D`` (lazy for a lazy signal) in pyxem's azimuth
+        convention, so that its methods (``get_orientation`` template
+        matching, ...) apply: signal axes ``Radians`` (rad over [-pi, pi),
+        from +kx towards -ky, as pyxem's ``get_azimuthal_integral2d``: the
+        samples above reversed and rolled, not interpolated) and ``Radius``,
+        the input's metadata. pyxem's own integration labels each bin by
+        its lower edge, half a step before the bin's centre; here a value is
+        the sampled angle itself.
 
     Examples
     --------
