@@ -1,7 +1,7 @@
 """The two domain constraints of Kimoto et al. (2025) and their diagnostics.
 
-Pure numpy (plus the Numba kernels of :mod:`hyperspy_cnmf.nmf._kernels`); no
-HyperSpy, dask or py4DSTEM. Both constraints are projections applied inside
+numpy and :mod:`scipy.fft` (plus the Numba kernels of
+:mod:`hyperspy_cnmf.nmf._kernels`); no HyperSpy, dask or py4DSTEM. Both constraints are projections applied inside
 the NMF iteration (see :func:`hyperspy_cnmf.nmf.constrained_nmf`); both are
 scale-equivariant (``f(a W) = a f(W)``), so they commute with NMF's scaling
 freedom.
@@ -27,10 +27,11 @@ update, then clips negatives. Design choices:
   the high-frequency cross of a periodic discontinuity. The filter of the
   mirror-extended map is computed exactly, without the extension, in the basis
   of the type-II discrete cosine transform (the DCT-II is the Fourier
-  transform of the half-sample mirror extension), as four small matrix
-  products that skip the frequencies the filter removes: a single map costs
-  about a third of the FFT of its extension, which matters because the HALS
-  update filters one map after every column step;
+  transform of the half-sample mirror extension), with :mod:`scipy.fft`, one
+  axis at a time, skipping the frequencies the filter removes; the HALS
+  update filters one map after every column step, so the cost of one map
+  matters (``benchmarks/bench_dct.py`` compares it with the former matrix
+  DCT of this module and with ``scipy.fft.dctn``);
 * frequencies are calibrated: the cutoff is given as a length in the
   navigation axes' units and anisotropic scan steps are honoured.
 
@@ -61,6 +62,7 @@ the radius or switch the constraint off.
 """
 
 import numpy as np
+from scipy import fft as sp_fft
 
 from hyperspy_cnmf._beam import Beam, check_centre
 from hyperspy_cnmf.nmf._kernels import (
@@ -111,6 +113,10 @@ def probe_fwhm_from_convergence(convergence_angle_mrad, beam_energy_kev):
     )
 
 
+#: The orthonormal DCT-II of :mod:`scipy.fft` (its inverse with the same arguments).
+_DCT = {"type": 2, "norm": "ortho"}
+
+
 def default_dip_radius(beam_radius):
     """Default closing half-length (px) for a direct-beam disk of radius ``beam_radius`` (px).
 
@@ -123,91 +129,6 @@ def default_dip_radius(beam_radius):
     (2.0, 1.0)
     """
     return float(max(1.0, np.round(float(beam_radius))))
-
-
-def _dct_matrix(n):
-    """Orthonormal DCT-II matrix: ``C @ x`` is the DCT-II of ``x``, ``C.T`` its inverse."""
-    k = np.arange(n)[:, None]
-    m = np.arange(n)[None, :]
-    C = np.sqrt(2.0 / n) * np.cos(np.pi * k * (2 * m + 1) / (2 * n))
-    C[0] /= np.sqrt(2.0)
-    return C
-
-
-class _HalfDCT:
-    """Truncated orthonormal DCT-II along one axis, by its even/odd symmetry.
-
-    Row ``k`` of the DCT-II matrix is symmetric about the middle of the axis
-    for even ``k`` and antisymmetric for odd ``k``, so the transform of ``x``
-    is the product of the even rows' first halves with ``x + x[::-1]`` and of
-    the odd rows' with ``x - x[::-1]``: half the multiplications of the full
-    matrix product (measured 2 ms -> 1 ms per 256 x 256 map filter). The
-    coefficients come out permuted: the even frequencies ``0, 2, 4, ...``
-    first, then the odd ones; :attr:`order` gives the frequency of each.
-
-    Parameters
-    ----------
-    n : int
-        Axis length.
-    k : int
-        Number of leading frequencies kept (``<= n``).
-    """
-
-    def __init__(self, n, k):
-        C = _dct_matrix(n)
-        self.n, self.h = n, n // 2
-        odd_n = n % 2
-        ke = np.arange(0, k, 2)
-        ko = np.arange(1, k, 2)
-        self.order = np.concatenate([ke, ko])
-        self.ke = ke.size
-        self.ce = np.ascontiguousarray(
-            C[ke, : self.h + odd_n]
-        )  # even rows, first half (+ middle)
-        self.co = np.ascontiguousarray(C[ko, : self.h])  # odd rows, first half
-        self.cet = np.ascontiguousarray(self.ce.T)
-        self.cot = np.ascontiguousarray(self.co.T)
-
-    def _fold(self, x, axis):
-        """``(x + mirror, x - mirror)`` over the first half of ``axis`` (middle kept in the sum)."""
-        n, h = self.n, self.h
-        if axis == 0:
-            top, bot = x[:h], x[n - 1 : n - 1 - h : -1] if h else x[:0]
-            u = top + bot
-            if n % 2:
-                u = np.concatenate([u, x[h : h + 1]], axis=0)
-            return u, top - bot
-        top, bot = x[:, :h], x[:, n - 1 : n - 1 - h : -1] if h else x[:, :0]
-        u = top + bot
-        if n % 2:
-            u = np.concatenate([u, x[:, h : h + 1]], axis=1)
-        return u, top - bot
-
-    def forward(self, x, axis):
-        """Kept DCT-II coefficients of ``x`` (2D) along ``axis``, in :attr:`order`."""
-        u, w = self._fold(x, axis)
-        if axis == 0:
-            return np.concatenate([self.ce @ u, self.co @ w], axis=0)
-        return np.concatenate([u @ self.cet, w @ self.cot], axis=1)
-
-    def inverse(self, c, axis):
-        """The inverse of :meth:`forward` (missing frequencies taken as zero)."""
-        n, h, ke = self.n, self.h, self.ke
-        if axis == 0:
-            a, b = self.cet @ c[:ke], self.cot @ c[ke:]
-            out = np.empty((n,) + c.shape[1:])
-            out[:h] = a[:h] + b
-            out[n - h :] = (a[:h] - b)[::-1]
-            if n % 2:
-                out[h] = a[h]
-            return out
-        a, b = c[:, :ke] @ self.ce, c[:, ke:] @ self.co
-        out = np.empty(c.shape[:1] + (n,))
-        out[:, :h] = a[:, :h] + b
-        out[:, n - h :] = (a[:, :h] - b)[:, ::-1]
-        if n % 2:
-            out[:, h] = a[:, h]
-        return out
 
 
 class MapResolutionConstraint:
@@ -266,13 +187,9 @@ class MapResolutionConstraint:
         # Keep only the frequencies the filter passes (the others are zeroed).
         pass_y = np.nonzero(np.any(self.transfer > 0, axis=1))[0]
         pass_x = np.nonzero(np.any(self.transfer > 0, axis=0))[0]
-        ky = int(pass_y[-1]) + 1 if pass_y.size else 1
-        kx = int(pass_x[-1]) + 1 if pass_x.size else 1
-        self._dy = _HalfDCT(ny, ky)
-        self._dx = _HalfDCT(nx, kx)
-        self._t = np.ascontiguousarray(
-            self.transfer[np.ix_(self._dy.order, self._dx.order)]
-        )
+        self._ky = int(pass_y[-1]) + 1 if pass_y.size else 1
+        self._kx = int(pass_x[-1]) + 1 if pass_x.size else 1
+        self._t = np.ascontiguousarray(self.transfer[: self._ky, : self._kx])
 
     def transfer_function(self, f):
         """Filter transfer at the spatial frequencies ``f`` (cycles / length)."""
@@ -297,14 +214,16 @@ class MapResolutionConstraint:
         ny, nx = self.nav_shape
         W = np.asarray(W, dtype=np.float64)
         k = W.shape[1]
-        out = np.empty((k, ny * nx))
-        for j in range(k):
-            m = W[:, j].reshape(ny, nx)  # a copy only for a strided column
-            spec = self._dx.forward(self._dy.forward(m, 0), 1)
-            spec *= self._t
-            out[j] = self._dy.inverse(self._dx.inverse(spec, 1), 0).ravel()
+        maps = W.T.reshape(k, ny, nx)
+        # One axis at a time, each sliced to the frequencies the filter passes
+        # (and zero-padded back by the inverse, ``n=``): the transform skips
+        # the removed part of the spectrum (benchmarks/bench_dct.py).
+        spec = sp_fft.dct(maps, axis=2, **_DCT)[:, :, : self._kx]
+        spec = sp_fft.dct(spec, axis=1, **_DCT)[:, : self._ky]
+        spec *= self._t
+        out = sp_fft.idct(sp_fft.idct(spec, n=ny, axis=1, **_DCT), n=nx, axis=2, **_DCT)
         np.maximum(out, 0.0, out=out)
-        return out.T.copy()
+        return out.reshape(k, ny * nx).T.copy()
 
 
 def disk_offsets(radius):

@@ -158,16 +158,15 @@ def _single_threaded_blas():
 
     The large products of a fit are Numba kernels, threaded by the in-memory
     operator itself or run by the dask scheduler's threads; BLAS only serves
-    the small products between reads (the sketch, the map filter's DCT
-    matrices of :class:`~hyperspy_cnmf.constraints.MapResolutionConstraint`,
-    the Gram matrices). Threading those gains little and costs much, as
-    measured on the 2-core benchmark machine: OpenBLAS threads left spinning
-    after the small products take the cores from the Numba-threaded data
-    passes (one exact in-memory iteration of the eager benchmark: 83 ms with
-    two BLAS threads, 52 ms with one); with other processes busy on the
-    machine a two-thread 256 x 256 map filter took 5.5 ms per call inside a
-    fit (load 1.7-2.5) instead of 1.1 ms idle, and two lazy fits that take
-    11.5 s took 88 and 104 s (load 3.8). The limit is process-wide while the
+    the small products between reads (the sketch, the Gram matrices).
+    Threading those gains little and costs much, as measured on the 2-core
+    benchmark machine: OpenBLAS threads left spinning after the small
+    products take the cores from the Numba-threaded data passes (one exact
+    in-memory iteration of the eager benchmark: 83 ms with two BLAS threads,
+    52 ms with one); with other processes busy on the machine the map filter,
+    then matrix products, took 5.5 ms per 256 x 256 map with two threads
+    inside a fit (load 1.7-2.5) instead of 1.1 ms idle, and two lazy fits that
+    take 11.5 s took 88 and 104 s (load 3.8). The limit is process-wide while the
     fit runs and restored afterwards.
     """
     from threadpoolctl import threadpool_limits
