@@ -29,6 +29,7 @@ not HyperSpy; LiberTEM is imported here only.
 """
 
 import numpy as np
+import threadpoolctl
 from libertem.io.dataset.base import DataSet
 from libertem.udf import UDF
 
@@ -80,6 +81,44 @@ class _OrderedTree:
         return [self.locals[i] for i in range(self.sizes[0])], self.nodes[
             (len(self.sizes) - 1, 0)
         ]
+
+
+def _release_openblas():
+    """Let this thread set OpenBLAS's thread count again (threadpoolctl >= 3.8).
+
+    threadpoolctl gives the control of OpenBLAS's process-wide pool to the
+    first thread that sets it and silently ignores the others; a worker thread
+    of LiberTEM's threaded executor keeps that control after a run.
+    """
+    controller = getattr(threadpoolctl, "OpenBLASController", None)
+    clear = getattr(controller, "clear_controlling_thread", None)
+    if clear is not None:
+        clear(force=True)
+
+
+def _keeping_thread_limits(run):
+    """``run()``, with the driver's BLAS/OpenMP thread limits as they were before it.
+
+    LiberTEM's threaded executor limits the numerical libraries to one thread
+    in every task and then restores limits it saw earlier, from a worker
+    thread that keeps the control of OpenBLAS (:func:`_release_openblas`):
+    measured (LiberTEM 0.16, threadpoolctl 3.8) to leave OpenBLAS at 2
+    threads inside the fit's single-threaded-BLAS block, which made the
+    solver's work between reads 2.5x slower and its sums differ from the
+    dask path's in the last bits.
+    """
+    _release_openblas()
+    before = {
+        lib["filepath"]: lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+    }
+    try:
+        return run()
+    finally:
+        _release_openblas()
+        for lib in threadpoolctl.ThreadpoolController().lib_controllers:
+            n = before.get(lib.filepath)
+            if n is not None and lib.num_threads != n:
+                lib.set_num_threads(n)
 
 
 class BlockUDF(UDF):
@@ -315,6 +354,10 @@ class LiberTEMOperator(DaskOperator):
             **aux,
         )
         self.n_passes += 1
-        res = lay.ctx.run_udf(dataset=lay.dataset, udf=udf, progress=self.progress)
+        res = _keeping_thread_limits(
+            lambda: lay.ctx.run_udf(
+                dataset=lay.dataset, udf=udf, progress=self.progress
+            )
+        )
         got_locals, merged = res["blocks"].data[0].result()
         return (got_locals if local else []), merged

@@ -4,14 +4,18 @@ Runs in the main environment (``libertem`` is in the ``tests`` extra): never
 skipped.
 """
 
+import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import dask
 import dask.array as da
 import hyperspy.api as hs
 import numpy as np
 import pytest
+import threadpoolctl
 from libertem.api import Context
 
 import hyperspy_cnmf
@@ -166,10 +170,18 @@ def threads():
     ctx.close()
 
 
-@pytest.mark.parametrize("executor", ["inline", "threads", "dask"])
+@pytest.mark.parametrize(
+    "executor", ["inline", "threads", "dask", "pipelined", "delayed"]
+)
 def test_operator_equals_dask_operator(executor, request, files):
     """Every read of a fit: the LiberTEM UDF gives the dask path's numbers bit for bit."""
-    ctx = request.getfixturevalue({"dask": "dask_ctx"}.get(executor, executor))
+    if executor in ("pipelined", "delayed"):
+        ctx = Context.make_with(
+            executor, **({"cpus": 2} if executor == "pipelined" else {})
+        )
+        request.addfinalizer(ctx.close)
+    else:
+        ctx = request.getfixturevalue({"dask": "dask_ctx"}.get(executor, executor))
     op = LiberTEMOperator(_load(ctx, files, "raw"), ctx=ctx)
     darr = da.from_array(
         _array(files, "raw").reshape(-1, *DET),
@@ -186,6 +198,32 @@ def test_operator_equals_dask_operator(executor, request, files):
     assert op.n_passes == ref.n_passes > 10 and got.n_passes == want.n_passes
     assert op.stats() == ref.stats()
     assert np.array_equal(op.beam_positions(), ref.beam_positions(), equal_nan=True)
+
+
+def test_reads_give_openblas_back_to_the_driver(inline, files):
+    """After a read the fit's single-threaded BLAS (``threadpool_limits(1)``) takes effect.
+
+    threadpoolctl (>= 3.8) lets only the thread that first set OpenBLAS's
+    process-wide pool set it again; the worker threads of LiberTEM's threaded
+    executor take that control in every run and restore stale limits, which
+    left the solver's products between reads on 2 OpenBLAS threads (measured
+    2.5x slower, and no longer bit-identical to the dask path). Here a live
+    worker thread holds the control, as theirs do.
+    """
+    blas = [
+        lib
+        for lib in threadpoolctl.ThreadpoolController().lib_controllers
+        if lib.internal_api == "openblas"
+    ]
+    assert blas  # NumPy's and SciPy's wheels bring OpenBLAS
+    with ThreadPoolExecutor(1) as worker:
+        worker.submit(lambda: [lib.set_num_threads(2) for lib in blas]).result()
+        op = LiberTEMOperator(_load(inline, files, "npy"), ctx=inline)
+        op.stats()  # the first read of a fit, before its BLAS limit
+        with threadpoolctl.threadpool_limits(1):
+            assert [lib.get_num_threads() for lib in blas] == [1] * len(blas)
+            op.right(np.ones((op.shape[1], 2)))
+            assert [lib.get_num_threads() for lib in blas] == [1] * len(blas)
 
 
 def _assert_same_learning_results(a, b):
@@ -320,3 +358,17 @@ def test_package_imports_without_libertem():
         "sorted(m for m in sys.modules if 'libertem' in m)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_readme_example_runs_as_written(tmp_path):
+    """The README's "LiberTEM users" example, as a script (its own dask executor)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## LiberTEM users", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    script = tmp_path / "example.py"
+    script.write_text(code)
+    env = dict(os.environ, MPLBACKEND="agg")
+    subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, check=True, timeout=300
+    )
+    assert (tmp_path / "scan.npy").exists()
