@@ -15,6 +15,7 @@ import dask.array as da
 import hyperspy.api as hs
 import numpy as np
 import pytest
+import scipy.sparse
 import threadpoolctl
 from libertem.api import Context
 
@@ -56,14 +57,40 @@ def calibration(sim):
 
 @pytest.fixture(scope="module")
 def files(sim, tmp_path_factory):
-    """The simulated counts as an ``.npy`` file (float32) and a raw file (uint16)."""
+    """The simulated counts as ``.npy`` (float32), raw (uint16) and raw_csr (sparse) files."""
     root = tmp_path_factory.mktemp("libertem")
     data = np.asarray(sim.data)
     assert np.array_equal(data, np.round(data)) and data.max() < 2**16
     npy, raw = root / "sim.npy", root / "sim.raw"
     np.save(npy, data)
-    data.astype(np.uint16).tofile(raw)
-    return {"npy": npy, "raw": raw}
+    counts = data.astype(np.uint16)
+    counts.tofile(raw)
+    # LiberTEM's sparse format (event-based detectors): CSR arrays and a TOML sidecar
+    csr = scipy.sparse.csr_matrix(counts.reshape(np.prod(SCAN), np.prod(DET)))
+    assert 0 < csr.nnz < counts.size  # zeros left out
+    for name, values in (
+        ("indptr", csr.indptr),
+        ("indices", csr.indices),
+        ("data", csr.data),
+    ):
+        values.tofile(root / f"{name}.raw")
+    toml = root / "sim.toml"
+    toml.write_text(
+        "[params]\n"
+        'filetype = "raw_csr"\n'
+        f"nav_shape = {list(SCAN)}\n"
+        f"sig_shape = {list(DET)}\n"
+        "[raw_csr]\n"
+        + "".join(
+            f'{name}_file = "{name}.raw"\n{name}_dtype = "{values.dtype.str}"\n'
+            for name, values in (
+                ("indptr", csr.indptr),
+                ("indices", csr.indices),
+                ("data", csr.data),
+            )
+        )
+    )
+    return {"npy": npy, "raw": raw, "raw_csr": toml}
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +109,8 @@ def dask_ctx():
 
 
 def _load(ctx, files, fmt):
-    if fmt == "npy":
-        return ctx.load("npy", path=str(files["npy"]), num_partitions=N_PARTITIONS)
+    if fmt in ("npy", "raw_csr"):
+        return ctx.load(fmt, path=str(files[fmt]), num_partitions=N_PARTITIONS)
     return ctx.load(
         "raw",
         path=str(files["raw"]),
@@ -98,6 +125,7 @@ def _array(files, fmt):
     """The same file read without LiberTEM, as a memory map."""
     if fmt == "npy":
         return np.load(files["npy"], mmap_mode="r")
+    # the raw file holds the counts of the raw_csr files
     return np.memmap(files["raw"], dtype=np.uint16, mode="r", shape=SCAN + DET)
 
 
@@ -240,7 +268,8 @@ def _assert_same_learning_results(a, b):
 
 
 @pytest.mark.parametrize(
-    "fmt, executor", [("npy", "inline"), ("raw", "inline"), ("npy", "dask")]
+    "fmt, executor",
+    [("npy", "inline"), ("raw", "inline"), ("raw_csr", "inline"), ("npy", "dask")],
 )
 def test_front_end_stores_the_dask_paths_results(
     fmt, executor, request, files, calibration, monkeypatch
@@ -278,6 +307,11 @@ def test_front_end_stores_the_dask_paths_results(
     np.testing.assert_allclose(
         params["map_resolution"], 1.5, rtol=1e-6
     )  # the simulation's probe
+    # HyperSpy's own methods work on the result
+    model, ref_model = s.get_decomposition_model(), ref.get_decomposition_model()
+    assert np.array_equal(
+        np.asarray(model.data[:2]), np.asarray(ref_model.data[:2]), equal_nan=True
+    )
     # the clustering of the components works on the result (no read of the data)
     res = hyperspy_cnmf.cluster_diffraction(s)
     ref_res = hyperspy_cnmf.cluster_diffraction(ref)
