@@ -234,9 +234,10 @@ def test_reads_give_openblas_back_to_the_driver(inline, files):
     threadpoolctl (>= 3.8) lets only the thread that first set OpenBLAS's
     process-wide pool set it again; the worker threads of LiberTEM's threaded
     executor take that control in every run and restore stale limits, which
-    left the solver's products between reads on 2 OpenBLAS threads (measured
-    2.5x slower, and no longer bit-identical to the dask path). Here a live
-    worker thread holds the control, as theirs do.
+    left the solver's products between reads on 2 OpenBLAS threads (see
+    ``chunked_libertem._keeping_thread_limits``: slower, and no longer
+    bit-identical to the dask path). Here a live worker thread holds the
+    control, as theirs do.
     """
     blas = [
         lib
