@@ -644,7 +644,7 @@ class DaskOperator:
                 if base is self._summary
                 else base
             )
-        return DaskOperator(
+        return type(self)(  # the same engine (a LiberTEMOperator stays one)
             None,
             row_scale,
             col_scale,

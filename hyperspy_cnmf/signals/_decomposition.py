@@ -6,6 +6,7 @@ chunks), the constraints and the progress bar, runs the core solver and writes
 modified.
 """
 
+from functools import partial
 from types import SimpleNamespace
 
 import numpy as np
@@ -533,8 +534,15 @@ def constrained_nmf_decomposition(
     print_info=True,
     return_info=False,
     show_progressbar=None,
+    _operator=None,
 ):
     """Run constrained NMF on a 4D-STEM signal; see ``STEM4D.decomposition``.
+
+    ``_operator`` (private, for other engines such as
+    :mod:`hyperspy_cnmf.libertem`): ``_operator(row_scale, col_scale,
+    poisson)`` returns the data operator over the signal's data, read instead
+    of the signal's own array; the default is a ``DenseOperator`` (in memory)
+    or a ``DaskOperator`` (lazy).
 
     The stages, each a function of this module: every argument checked before
     the first read (:func:`_checked_arguments`); the statistics read
@@ -628,6 +636,7 @@ def _checked_arguments(signal, params):
         navigation_scales(signal) if _map_constraint_on(p.map_resolution) else None
     )
     p.label = _run_label(p.map_resolution, p.diffraction_constraint)
+    p.operator = params["_operator"]
     return p
 
 
@@ -643,8 +652,8 @@ def _read_statistics(signal, p):
     on descan.
     """
     nav_valid, sig_valid = ~p.nav_mask, ~p.sig_mask
-    op = _make_operator(
-        signal,
+    make = p.operator if p.operator is not None else partial(_make_operator, signal)
+    op = make(
         nav_valid.astype(float),
         sig_valid.astype(float),
         poisson=bool(p.normalize_poissonian_noise),
