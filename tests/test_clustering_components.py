@@ -390,3 +390,38 @@ def test_speckle_components_join_the_matrix_as_one_item():
     # n_clusters counts the texture group as one item
     two = cl.cluster_components(factors, loadings, CENTRE, nav_shape=SCAN, n_clusters=2)
     assert two.labels.max() + 1 == 2 and np.unique(two.labels[phase == 0]).size == 1
+
+
+def test_clusters_dominating_few_positions_are_dissolved():
+    # one extra component: a third phase seen at a single probe position (a
+    # noise fit or a grain fragment of an over-complete NMF)
+    factors, loadings, phase, truth = synthetic(beam=False)
+    spot = np.zeros(SCAN)
+    spot[17, 20] = 1.0
+    spot = ndimage.gaussian_filter(spot, 0.7).ravel()
+    extra = _pattern(3, 20.0) * np.nansum(factors[0]) / _pattern(3, 20.0).sum()
+    factors = np.concatenate([factors, extra[None]])
+    loadings = np.concatenate(
+        [loadings, 2 * loadings[0].max() * spot[None] / spot.max()]
+    )
+    kept = cl.cluster_components(factors, loadings, CENTRE, nav_shape=SCAN)
+    assert kept.labels.max() + 1 == 4
+    assert 0 < np.count_nonzero(kept.position_labels == kept.labels[-1]) < 10
+    res = cl.cluster_components(
+        factors, loadings, CENTRE, nav_shape=SCAN, min_cluster_positions=10
+    )
+    assert res.labels.max() + 1 == 3 and res.parameters["dissolved_clusters"] == 1
+    assert adjusted_rand_score(res.labels[:-1], kept.labels[:-1]) == 1
+    assert adjusted_rand_score(
+        truth.ravel(), res.position_labels
+    ) >= adjusted_rand_score(truth.ravel(), kept.position_labels)
+    # an explicit n_clusters is kept as asked
+    four = cl.cluster_components(
+        factors,
+        loadings,
+        CENTRE,
+        nav_shape=SCAN,
+        n_clusters=4,
+        min_cluster_positions=10,
+    )
+    assert four.labels.max() + 1 == 4 and four.parameters["dissolved_clusters"] == 0

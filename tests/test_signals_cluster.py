@@ -580,3 +580,29 @@ def test_map_artefacts_are_reported(base_signal):
     with pytest.warns(UserWarning, match=rf"single position: components \[{k}\]"):
         _cluster.cluster_diffraction(s)
     assert s.learning_results.cdiff_map_artefact.tolist() == [0] * k + [1]
+
+
+def test_min_cluster_positions_from_the_map_resolution(base_signal):
+    s = base_signal.deepcopy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s.decomposition(
+            algorithm="constrained_nmf",
+            output_dimension=7,
+            random_state=0,
+            print_info=False,
+            show_progressbar=False,
+        )
+    _cluster.cluster_diffraction(s)
+    params = json.loads(str(s.learning_results.cdiff_parameters))
+    # probe FWHM 1.5 nm (0.514 lambda / alpha), scan step 0.5 nm: pi * 3^2
+    assert params["min_cluster_positions"] == 29
+    assert s.learning_results.number_of_clusters == 3
+    _cluster.cluster_diffraction(s, min_cluster_positions=None)
+    assert (
+        json.loads(str(s.learning_results.cdiff_parameters))["min_cluster_positions"]
+        == 0
+    )
+    for bad in ("big", -1, 2.5, True):
+        with pytest.raises(ValueError, match="min_cluster_positions"):
+            _cluster.cluster_diffraction(s, min_cluster_positions=bad)

@@ -660,6 +660,34 @@ def _cluster_positions(
     )
 
 
+def _positions_of_resolved_clusters(
+    contrib, labels, loadings, nav_shape, rules, min_positions
+):
+    """:func:`_cluster_positions`, clusters dominating < ``min_positions`` dissolved.
+
+    A cluster that dominates fewer probe positions than a probe-sized spot
+    holds no phase the scan resolves (in an over-complete NMF: a few
+    positions' noise or a fragment of a grain's reflections): it is
+    dissolved, its components join the clusters whose maps correlate best
+    with theirs (:func:`~hyperspy_cnmf.clustering.attach_by_map`), and the
+    positions are labelled again; the smallest first, until none is left.
+    Returns the fields and the number of clusters dissolved.
+    """
+    fields = _cluster_positions(contrib, labels, loadings, nav_shape, *rules)
+    dissolved = 0
+    while min_positions:
+        labels, pos = fields["labels"], fields["position_labels"]
+        counts = np.bincount(pos[pos >= 0], minlength=int(labels.max()) + 1)
+        small = counts < min_positions
+        if not small.any() or small.all():
+            break
+        weakest = int(np.argmin(np.where(small, counts, np.inf)))
+        labels = attach_by_map(labels, labels == weakest, contrib)
+        fields = _cluster_positions(contrib, labels, loadings, nav_shape, *rules)
+        dissolved += 1
+    return fields, dissolved
+
+
 def _aligned_merge(factors, cpx, sim, labels, beam_only, factor_sum, loading_sum):
     """Pairwise similarity, references, alignment and merged factor of every cluster.
 
@@ -694,6 +722,7 @@ def _component_parameters(
         ),
         "min_structure_fraction": float(args["min_structure_fraction"]),
         "min_map_compactness": float(args["min_map_compactness"] or 0.0),
+        "min_cluster_positions": int(args["min_cluster_positions"] or 0),
         "dominance_percentiles": [float(p) for p in args["dominance_percentiles"]],
         "map_smoothing": args["map_smoothing"],
         "particle_threshold": float(args["particle_threshold"]),
@@ -726,6 +755,7 @@ def cluster_components(
     mirror=False,
     min_structure_fraction=0.1,
     min_map_compactness=MIN_MAP_COMPACTNESS,
+    min_cluster_positions=0,
     dominance_percentiles=(0.0, 100.0),
     map_smoothing=None,
     particle_threshold=PARTICLE_THRESHOLD,
@@ -769,6 +799,11 @@ def cluster_components(
         of the loading-weighted sum of the factors.
     %(similarity)s
     %(component_maps)s
+    min_cluster_positions : int, default 0
+        With ``n_clusters`` None: clusters dominating fewer positions are
+        dissolved, their components joining the clusters whose maps
+        correlate best with theirs (the smallest first; the signal method's
+        ``"auto"`` sets it from the probe size); 0 switches it off.
     signal_mask : ndarray of bool, shape (qy, qx), optional
         The decomposition's masked detector pixels (True): left out of the
         search for the direct beam when ``centre`` is None (except a masked
@@ -847,14 +882,13 @@ def cluster_components(
         n_clusters,
         distance_threshold,
     )
-    fields = _cluster_positions(
+    fields, dissolved = _positions_of_resolved_clusters(
         contrib,
         labels,
         loadings,
         nav_shape,
-        dominance_percentiles,
-        map_smoothing,
-        particle_threshold,
+        (dominance_percentiles, map_smoothing, particle_threshold),
+        min_cluster_positions if n_clusters is None else 0,
     )
     fields.update(
         _aligned_merge(
@@ -864,6 +898,7 @@ def cluster_components(
     parameters = _component_parameters(
         args, components, cpx, radii, polar.shape[-1], dbr, similarity_kwargs, threshold
     )
+    parameters["dissolved_clusters"] = dissolved
     return ComponentClustering(
         **fields,
         components=components,
