@@ -606,3 +606,19 @@ def test_min_cluster_positions_from_the_map_resolution(base_signal):
     for bad in ("big", -1, 2.5, True):
         with pytest.raises(ValueError, match="min_cluster_positions"):
             _cluster.cluster_diffraction(s, min_cluster_positions=bad)
+    # no map resolution (the map constraint off, recorded as NaN): off
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s.decomposition(
+            algorithm="constrained_nmf",
+            output_dimension=4,
+            map_resolution=None,
+            max_iter=5,
+            print_info=False,
+            show_progressbar=False,
+        )
+    _cluster.cluster_diffraction(s)
+    assert (
+        json.loads(str(s.learning_results.cdiff_parameters))["min_cluster_positions"]
+        == 0
+    )

@@ -125,8 +125,13 @@ def _min_cluster_positions(signal, value):
         res = (decomposition_settings(signal.learning_results) or {}).get(
             "map_resolution"
         )
-        if isinstance(res, bool) or not isinstance(res, (int, float)) or res <= 0:
-            return 0
+        if (
+            isinstance(res, bool)
+            or not isinstance(res, (int, float))
+            or not np.isfinite(res)
+            or res <= 0
+        ):
+            return 0  # the map constraint was off (NaN) or not recorded
         try:
             sy, sx, _ = navigation_scales(signal)
         except (ValueError, IndexError):
