@@ -402,7 +402,9 @@ def plot_components(
 
     Patterns are shown on a square-root scale (``sign(x) sqrt|x|`` with a
     diverging colour map centred on 0 when there are negative values, as for
-    PCA), maps with their own colour bar; axes are calibrated.
+    PCA), maps with their own colour bar; axes are calibrated. Pattern pixels
+    without data (NaN: left out of the fit, such as the direct-beam disk) are
+    drawn grey, not as zero intensity, and the title says so.
 
     Parameters
     ----------
@@ -423,6 +425,8 @@ def plot_components(
     """
     import matplotlib.pyplot as plt
 
+    from hyperspy_cnmf.plotting._cluster import MASKED_NOTE, diffraction_cmap
+
     F, L = components(signal)
     k = F.shape[0] if max_components is None else min(F.shape[0], int(max_components))
     sx, sy = (axis_info(a) for a in signal.axes_manager.signal_axes)
@@ -430,8 +434,13 @@ def plot_components(
     fig, axes = plt.subplots(
         2, k, figsize=(2.6 * k + 0.6, 5.6), layout="constrained", squeeze=False
     )
+    masked = False
     for j in range(k):
-        f, m = np.nan_to_num(F[j]), np.nan_to_num(L[j])
+        # pixels without data (NaN: left out of the fit, e.g. the direct-beam
+        # disk) stay NaN and are drawn grey, not as zero intensity (dark)
+        finite = np.isfinite(F[j])
+        masked |= not finite.all()
+        f, m = np.where(finite, F[j], 0.0), np.nan_to_num(L[j])
         neg = (
             diverging
             if diverging is not None
@@ -439,18 +448,23 @@ def plot_components(
         )
         if neg:
             v = np.sign(f) * np.sqrt(np.abs(f))
-            lim = float(np.percentile(np.abs(v), 99.9)) or 1.0
+            lim = float(np.percentile(np.abs(v[finite]), 99.9)) if finite.any() else 0
             im = axes[0, j].imshow(
-                v, cmap="RdBu_r", vmin=-lim, vmax=lim, extent=_extent(sx, sy)
+                np.where(finite, v, np.nan),
+                cmap=diffraction_cmap("RdBu_r"),
+                vmin=-(lim or 1.0),
+                vmax=lim or 1.0,
+                extent=_extent(sx, sy),
             )
             cb_label = "sign·sqrt(intensity)"
         else:
             v = np.sqrt(np.clip(f, 0, None))
+            top = float(np.percentile(v[finite], 99.9)) if finite.any() else 0
             im = axes[0, j].imshow(
-                v,
-                cmap="inferno",
+                np.where(finite, v, np.nan),
+                cmap=diffraction_cmap("inferno"),
                 vmin=0,
-                vmax=float(np.percentile(v, 99.9)) or None,
+                vmax=top or None,
                 extent=_extent(sx, sy),
             )
             cb_label = "sqrt(intensity)"
@@ -484,7 +498,7 @@ def plot_components(
             axes[1, j].set_ylabel(_label(ny_), fontsize=8)
         for a in axes[:, j]:
             a.tick_params(labelsize=7)
-    fig.suptitle(title)
+    fig.suptitle(title + (f"\n{MASKED_NOTE}" if masked else ""))
     return fig
 
 

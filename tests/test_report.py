@@ -34,3 +34,42 @@ def test_clear_component_phases():
     assert clear.tolist() == [True, False, True]
     assert phase[clear].tolist() == [2, 1]
     assert report.clear_component_phases(est, truth, phases, min_corr=0.5)[0].all()
+
+
+def test_plot_components_draws_the_masked_beam_grey():
+    """The direct-beam disk left out of the fit (NaN) is drawn as no data, not as zero."""
+    import warnings
+
+    import matplotlib.pyplot as plt
+    from matplotlib import colors
+
+    from hyperspy_cnmf.data import simulated_precipitates
+    from hyperspy_cnmf.plotting._cluster import MASKED_COLOR, MASKED_NOTE
+
+    s = simulated_precipitates(
+        scan_shape=(20, 20),
+        detector_shape=(24, 24),
+        n_grains=1,
+        n_phases=1,
+        grain_diameter=4.0,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s.decomposition(
+            algorithm="constrained_nmf",
+            output_dimension=2,
+            random_state=0,
+            max_iter=5,
+            print_info=False,
+        )  # default: direct_beam_mask="auto"
+    F, _ = report.components(s)
+    nan = ~np.isfinite(F[0])
+    assert nan.any()
+    fig = report.plot_components(s, "components")
+    im = fig.axes[0].get_images()[0]
+    rgba = im.to_rgba(im.get_array())
+    np.testing.assert_allclose(
+        rgba[nan], np.broadcast_to(colors.to_rgba(MASKED_COLOR), rgba[nan].shape)
+    )
+    assert MASKED_NOTE in fig._suptitle.get_text()
+    plt.close("all")

@@ -19,9 +19,31 @@ import numpy as np
 from matplotlib import colors as mcolors
 from scipy.cluster import hierarchy
 
-__all__ = ["cluster_colors", "plot_dendrogram", "plot_gallery"]
+__all__ = ["cluster_colors", "diffraction_cmap", "plot_dendrogram", "plot_gallery"]
 
 _GREY = "0.55"
+#: Colour of detector pixels without data (NaN: left out of the fit, such as the
+#: direct-beam disk of ``direct_beam_mask``): a neutral grey that no diffraction
+#: colour map uses, so that "no data" is not read as "no intensity" (dark).
+MASKED_COLOR = "0.8"
+#: Figure note when some diffraction pixels have no data.
+MASKED_NOTE = (
+    "grey: no data (detector pixels left out of the fit, e.g. the direct-beam disk)"
+)
+
+
+def diffraction_cmap(cmap):
+    """``cmap`` (name or Colormap) with NaN pixels drawn in :data:`MASKED_COLOR`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from matplotlib import colors
+    >>> rgba = diffraction_cmap("inferno")(np.ma.masked_invalid([np.nan]))[0]
+    >>> colors.to_hex(rgba)
+    '#cccccc'
+    """
+    return plt.get_cmap(cmap).with_extremes(bad=MASKED_COLOR)
 
 
 def cluster_colors(n):
@@ -265,7 +287,10 @@ def plot_gallery(
         Clusters to show (default all).
     norm : {"log", "gamma", "linear"}, default "log"
         Colour scale of the diffractions; each panel spans its own range
-        (99.9th percentile down to 1e-3 of it for ``"log"``).
+        (99.9th percentile down to 1e-3 of it for ``"log"``). Pixels without
+        data (NaN, such as the direct-beam disk left out of the fit) are drawn
+        in a neutral grey (:data:`MASKED_COLOR`), not as dark, and the title
+        says so.
     cmap, map_cmap : str
         Colour maps of the diffractions and of the maps.
     per_row : int, default 4
@@ -355,7 +380,7 @@ def plot_gallery(
         img = F[k]
         im = ax_d.imshow(
             np.where(np.isfinite(img), img, np.nan),
-            cmap=cmap,
+            cmap=diffraction_cmap(cmap),
             norm=_diffraction_norm(img, norm),
             extent=sig_ext,
             interpolation="nearest",
@@ -381,5 +406,8 @@ def plot_gallery(
         label_axes(ax_m, navigation_axes)
         cb2 = fig.colorbar(im2, ax=ax_m, shrink=0.8, pad=0.02)
         cb2.set_label("counts per position", fontsize="small")
-    fig.suptitle(title or "Merged diffraction (rotation-aligned) and map per cluster")
+    head = title or "Merged diffraction (rotation-aligned) and map per cluster"
+    if show and not np.isfinite(F[show]).all():
+        head += f"\n{MASKED_NOTE}"
+    fig.suptitle(head)
     return fig

@@ -32,9 +32,11 @@ from hyperspy_cnmf.constraints import (
     map_power_spectra,
 )
 from hyperspy_cnmf.plotting._cluster import (
+    MASKED_NOTE,
     _diffraction_norm,
     _extent,
     cluster_colors,
+    diffraction_cmap,
     label_axes,
     pixel_axes,
 )
@@ -383,6 +385,7 @@ def plot_dip_measure(
         fontsize="medium",
     )
     ax.legend(fontsize="small", loc="best")
+    masked = False
     if n_show > 0:
         if signal_axes is None:
             signal_axes = pixel_axes(shape, ("kx", "ky"))
@@ -396,9 +399,10 @@ def plot_dip_measure(
             for c, i in enumerate(order):
                 a = fig.add_subplot(gs[r, c])
                 img = f[i]
+                masked |= not np.isfinite(img).all()
                 a.imshow(
                     np.where(np.isfinite(img), img, np.nan),
-                    cmap=cmap,
+                    cmap=diffraction_cmap(cmap),
                     norm=_diffraction_norm(img, norm),
                     extent=ext,
                     interpolation="nearest",
@@ -413,6 +417,7 @@ def plot_dip_measure(
                     color=palette[r - 1],
                 )
                 label_axes(a, signal_axes, ("kx", "ky"))
-    fig.suptitle(title or "Downward-convex dips in the diffraction factors")
+    head = title or "Downward-convex dips in the diffraction factors"
+    fig.suptitle(head + (f"\n{MASKED_NOTE}" if masked else ""))
     fig.dip_measure = values
     return fig

@@ -1,0 +1,627 @@
+"""Valleys (downward-convex dips) of the fitted and merged patterns against the truth (issue 10, item 9).
+
+For the package's own simulator (``simulated_precipitates()``) and every multislice (abTEM) case
+in ``../shared/data/abtem_dev``, at k = the true count (glass + one per grain) and 2x, the
+default call
+
+    s.decomposition(algorithm="constrained_nmf", output_dimension=k, random_state=0)
+    s.cluster_diffraction()
+
+is run and every constrained factor (``learning_results.factors``) and every merged cluster
+pattern (``learning_results.cdiff_merged_factors``) is compared with its true pattern.
+
+Truth
+-----
+The true patterns are, on the package's simulator, the true component patterns
+(``metadata.Simulation.patterns``: the matrix with its direct beam and halos; each grain's Bragg
+spots only) and, on an abTEM case (where no component truth exists), the mean *clean* pattern
+(``data``) of the glass positions and of each grain's positions (a grain's mean holds its
+column's glass and the direct beam too). A non-negative decomposition is not unique (a grain
+component may carry part of the matrix), so:
+
+- a factor's truth is the non-negative least-squares mixture of the true patterns closest to it
+  (the factor times its summed loadings, in counts), fitted on the factor's pixels. A factor
+  deeper than this mixture has valleys that no non-negative mix of true patterns has. The table
+  names the true object the factor's map sits on (the label, 0 the matrix, with the largest mean
+  loading over its positions), its share of the mixture's counts and the cosine of factor and
+  mixture;
+- a merged cluster's truth is the same merge (``merge_aligned`` with the cluster's rotations,
+  mirrors and summed-loading weights) of its members' truths; the cluster is named by the true
+  phase most of its dominated positions (``cdiff_position_labels``) have, whose Bragg radii
+  give the azimuthal rings;
+- every truth is compared on the estimate's pixels: detector pixels that are NaN in the
+  estimate (the direct-beam disk that the fit leaves out, ``direct_beam_mask="auto"``) are left
+  out of the truth too.
+
+Measures (all about the direct beam measured by the fit, ``direct_beam_x_px/_y_px``)
+-----------------------------------------------------------------------------------------
+- **Radial profile** ``P(r)``: the mean over the valid pixels of each 1-px annulus
+  ``round(|q - c|) = r``, out to the largest full circle inside the detector.
+- **Radial valley depth** ``D(r) = min(Lmax(r), Rmax(r)) - P(r)`` (0 where negative), with
+  ``Lmax``/``Rmax`` the highest value of ``P`` at radii ``<= r`` / ``>= r``: how far the profile
+  lies below the lower of the two maxima that enclose it (the level that water poured into the
+  valley would reach); zero on monotonic stretches and on peaks. Reported **relative to the
+  profile's maximum** over the valid radii (``depth``), with the radius of the deepest valley
+  (px and in the signal's calibrated units), the truth's depth at that radius and both
+  **fractions** ``D / min(Lmax, Rmax)`` (1 = black on a log display, 0 = no valley).
+- **Chord depth** ``Dc(r)``: the same below the straight line joining the two maxima (the
+  issue's wording). It also counts the downward-convex flank of a rising profile (a profile
+  rising like an exponential from the masked disk towards the halo lies below the chord),
+  and it jumps when the first valid radius is a hair above or below the next ones, so it is
+  reported beside ``D``, not instead of it.
+- **Beam-edge level**: ``P(r0) / max P`` at the first valid radius ``r0`` (just outside the
+  masked disk), estimate over truth: below 1 the estimate is darker around the direct beam than
+  the truth, relative to its own maximum (a "hole around the direct beam" that is not a valley,
+  because nothing brighter lies inside it on the valid pixels).
+- **Azimuthal valley depth**, on the ring at the amorphous halo radius (the first maximum of the
+  matrix's true profile beyond the beam) and at the two strongest Bragg radii of the phase (the
+  highest maxima of the crystalline true profile, at least 2 px from the halo ring): the ring
+  is sampled bilinearly every pixel of arc (samples touching a NaN pixel left out) and, on the
+  periodic profile ``A(phi)``, ``D(phi)`` is the depth below the chord joining the nearest local
+  maxima on either side, relative to the ring's maximum. The deepest over the rings is
+  reported with its ring radius.
+- **Dip measure** of the package (:func:`hyperspy_cnmf.constraints.dip_measure` with the
+  fit's own azimuthal closing, :meth:`DiffractionDipConstraint.from_beam` at the fit's radius):
+  the fraction of the pattern's intensity missing in dips narrower than the closing.
+
+Noise level: each measure on the true pattern scaled to the counts the estimate holds (the
+factor times its summed loadings, or the merged counts) plus Poisson noise, 20 draws; the 95th
+percentile (``+noise95``). An estimate's valley is "deeper than the truth plus noise" where it
+exceeds that value.
+
+    python benchmarks/quality_valleys.py                     # all cases, k = true and 2x
+    python benchmarks/quality_valleys.py --cases embedded --k true
+
+The tables (markdown) go to ``benchmarks/results/quality_valleys.md``.
+"""
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from scipy.ndimage import map_coordinates
+from scipy.optimize import nnls
+from sklearn.metrics import adjusted_rand_score
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent.parent / "shared" / "data" / "abtem_dev"
+N_DRAWS = 20
+
+
+# --------------------------------------------------------------------------- measures
+def radial_profile(p, centre, n_r):
+    """Mean of the finite pixels in the 1-px annuli ``round(r)`` = 0 .. n_r - 1 (NaN if none)."""
+    qy, qx = p.shape
+    yy, xx = np.mgrid[:qy, :qx]
+    rb = np.round(np.hypot(yy - centre[1], xx - centre[0])).astype(int).ravel()
+    v = p.ravel()
+    ok = np.isfinite(v) & (rb < n_r)
+    n = np.bincount(rb[ok], minlength=n_r)
+    s = np.bincount(rb[ok], v[ok], minlength=n_r)
+    return np.where(n > 0, s / np.maximum(n, 1), np.nan)
+
+
+def valley_depth(P, chord=False):
+    """``D(r)`` below the lower of the highest points on either side (``chord``: below the line joining them)."""
+    idx = np.flatnonzero(np.isfinite(P))
+    D = np.full(P.shape, np.nan)
+    v = P[idx]
+    for j in range(idx.size):
+        a = int(np.argmax(v[: j + 1]))
+        b = j + int(np.argmax(v[j:]))
+        if b == a:
+            D[idx[j]] = 0.0
+            continue
+        if chord:
+            t = (idx[j] - idx[a]) / (idx[b] - idx[a])
+            level = v[a] + t * (v[b] - v[a])
+        else:
+            level = min(v[a], v[b])
+        D[idx[j]] = max(0.0, level - v[j])
+    return D
+
+
+def ring_samples(p, centre, radius):
+    """Bilinear samples every pixel of arc on a circle; NaN where a neighbour pixel is NaN."""
+    n = max(8, int(round(2 * np.pi * radius)))
+    phi = 2 * np.pi * np.arange(n) / n
+    y = centre[1] + radius * np.sin(phi)
+    x = centre[0] + radius * np.cos(phi)
+    finite = np.isfinite(p)
+    vals = map_coordinates(np.where(finite, p, 0.0), [y, x], order=1, mode="nearest")
+    ok = map_coordinates(finite.astype(float), [y, x], order=1, mode="nearest") > 0.999
+    return np.where(ok, vals, np.nan)
+
+
+def ring_depth(A):
+    """Deepest azimuthal valley of a periodic profile, relative to its maximum (NaN-free part)."""
+    ok = np.isfinite(A)
+    if ok.sum() < 8:
+        return np.nan
+    top = np.nanmax(A)
+    if not top > 0:
+        return 0.0
+    n = A.size
+    a = np.where(ok, A, -np.inf)
+    is_max = ok & (a >= np.roll(a, 1)) & (a >= np.roll(a, -1))
+    peaks = np.flatnonzero(is_max)
+    if peaks.size < 2:
+        return 0.0
+    best = 0.0
+    for j in np.flatnonzero(ok):
+        left = peaks[peaks <= j]
+        lo = left[-1] if left.size else peaks[-1] - n
+        right = peaks[peaks >= j]
+        hi = right[0] if right.size else peaks[0] + n
+        if lo == hi:
+            continue
+        # the chord must not cross a masked sample
+        span = np.arange(lo, hi + 1) % n
+        if not ok[span].all():
+            continue
+        t = (j - lo) / (hi - lo)
+        line = A[lo % n] + t * (A[hi % n] - A[lo % n])
+        best = max(best, line - A[j])
+    return best / top
+
+
+def measures(p, centre, n_r, rings, dip):
+    """The valley measures of one pattern (qy, qx), NaN where masked."""
+    P = radial_profile(p, centre, n_r)
+    D = valley_depth(P)
+    Dc = valley_depth(P, chord=True)
+    top = np.nanmax(P)
+    r0 = int(np.flatnonzero(np.isfinite(P))[0])
+    az = [ring_depth(ring_samples(p, centre, r)) for r in rings]
+    return {
+        "P": P,
+        "D": D / top,
+        "level": (P + D) / top,
+        "Dc": Dc / top,
+        "edge": P[r0] / top,
+        "r0": r0,
+        "ring": np.array(az),
+        "dip": float(dip(p)),
+    }
+
+
+def compare(est, truth, centre, n_r, rings, dip, rng):
+    """Measures of an estimate, of its truth on the same pixels, and of truth + Poisson noise."""
+    truth = np.where(np.isfinite(est), truth, np.nan)
+    m_e = measures(est, centre, n_r, rings, dip)
+    m_t = measures(truth, centre, n_r, rings, dip)
+    counts = float(np.nansum(est))
+    unit = np.clip(truth, 0, None) / np.nansum(np.clip(truth, 0, None))
+    noisy = {"D": [], "Dc": [], "ring": [], "dip": []}
+    for _ in range(N_DRAWS):
+        x = rng.poisson(np.nan_to_num(unit) * counts).astype(float)
+        x[~np.isfinite(truth)] = np.nan
+        m = measures(x, centre, n_r, rings, dip)
+        noisy["D"].append(np.nanmax(m["D"]))
+        noisy["Dc"].append(np.nanmax(m["Dc"]))
+        noisy["ring"].append(m["ring"])
+        noisy["dip"].append(m["dip"])
+    i = int(np.nanargmax(m_e["D"]))
+    frac = lambda m: m["D"][i] / m["level"][i] if m["level"][i] > 0 else 0.0  # noqa: E731
+    ic = int(np.nanargmax(m_e["Dc"]))
+    j = int(np.nanargmax(m_e["ring"] - np.nanpercentile(noisy["ring"], 95, axis=0)))
+    return {
+        "r": i,
+        "depth": m_e["D"][i],
+        "frac": frac(m_e),
+        "truth_at_r": m_t["D"][i],
+        "truth_frac_at_r": frac(m_t),
+        "truth_max": float(np.nanmax(m_t["D"])),
+        "truth_r": int(np.nanargmax(m_t["D"])),
+        "noise95": float(np.percentile(noisy["D"], 95)),
+        "rc": ic,
+        "chord": m_e["Dc"][ic],
+        "chord_truth_at_r": m_t["Dc"][ic],
+        "chord_truth_max": float(np.nanmax(m_t["Dc"])),
+        "chord_noise95": float(np.percentile(noisy["Dc"], 95)),
+        "edge": m_e["edge"] / m_t["edge"] if m_t["edge"] > 0 else np.inf,
+        "r0": m_e["r0"],
+        "ring_r": rings[j],
+        "ring": m_e["ring"][j],
+        "ring_truth": m_t["ring"][j],
+        "ring_noise95": float(np.nanpercentile(np.array(noisy["ring"])[:, j], 95)),
+        "dip": m_e["dip"],
+        "dip_truth": m_t["dip"],
+        "dip_noise95": float(np.percentile(noisy["dip"], 95)),
+        "P_est": m_e["P"],
+        "P_truth": m_t["P"],
+    }
+
+
+# --------------------------------------------------------------------------- cases
+def embedded():
+    from hyperspy_cnmf.data import simulated_precipitates
+
+    s = simulated_precipitates()
+    sim = s.metadata.Simulation
+    phase = np.asarray(sim.phase_of_component)
+    refs = np.asarray(sim.reference_patterns)
+    return (
+        s,
+        {
+            "labels": np.asarray(
+                sim.grain_map
+            ),  # component index of the dominant grain, 0 matrix
+            "n_labels": phase.size,
+            "label_phase": phase,
+            "phase_map": np.asarray(sim.phase_map),
+            "library": np.asarray(sim.patterns),  # the true component patterns
+            "phase_truth": np.concatenate([np.asarray(sim.patterns)[:1], refs]),
+            "halo_px": float(sim.halo_radii_inv_nm[0] / sim.reciprocal_scale_inv_nm),
+            # all grains' Bragg spots, in counts: where the matrix halo could be carved
+            "spots": np.tensordot(
+                np.asarray(sim.maps)[1:].sum(axis=(1, 2)),
+                np.asarray(sim.patterns)[1:],
+                1,
+            ),
+            "kind": "the true component patterns (matrix with beam and halos; each grain's Bragg spots)",
+        },
+    )
+
+
+def multislice(path):
+    from hyperspy_cnmf.data import load_multislice_case
+
+    s, truth = load_multislice_case(path)
+    with np.load(path) as z:
+        clean = np.asarray(z["data"], dtype=np.float64)
+    labels = truth["labels"]
+    phase_map = truth["phase_map"]
+    n_l = truth["n_grains"] + 1
+    label_truth = np.array([clean[labels == g].mean(axis=0) for g in range(n_l)])
+    phases = np.unique(phase_map)
+    phase_truth = np.zeros((phases.max() + 1,) + clean.shape[2:])
+    for p in phases:
+        phase_truth[p] = clean[phase_map == p].mean(axis=0)
+    return s, {
+        "labels": labels,
+        "n_labels": n_l,
+        "label_phase": truth["grain_phase"],
+        "phase_map": phase_map,
+        "library": label_truth,
+        "phase_truth": phase_truth,
+        "halo_px": None,
+        "spots": None,
+        "kind": "the mean clean pattern of the glass positions and of each grain's positions",
+    }
+
+
+def cases(selection=None):
+    out = [(p.stem, lambda p=p: multislice(p)) for p in sorted(DATA.glob("*.npz"))] + [
+        ("embedded default", embedded)
+    ]
+    if selection:
+        out = [c for c in out if any(sel in c[0] for sel in selection)]
+    return out
+
+
+def bragg_rings(P_cryst, halo, n=2, min_gap=2.0):
+    """Radii of the ``n`` highest local maxima of a profile, ``min_gap`` px from the halo ring."""
+    P = np.nan_to_num(P_cryst)
+    peaks = [
+        i
+        for i in range(2, P.size - 1)
+        if P[i] >= P[i - 1] and P[i] >= P[i + 1] and abs(i - halo) >= min_gap
+    ]
+    peaks.sort(key=lambda i: -P[i])
+    return sorted(peaks[:n])
+
+
+def analyse(name, make, k_spec, seed=0, fit_kwargs=None):
+    from hyperspy_cnmf._beam import Beam
+    from hyperspy_cnmf.clustering import merge_aligned
+    from hyperspy_cnmf.constraints import DiffractionDipConstraint, dip_measure
+
+    s, tr = make()
+    k = {"true": tr["n_labels"], "2x": 2 * tr["n_labels"]}.get(k_spec) or int(k_spec)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s.decomposition(
+            algorithm="constrained_nmf",
+            output_dimension=k,
+            random_state=seed,
+            print_info=False,
+            show_progressbar=False,
+            **(fit_kwargs or {}),
+        )
+        s.cluster_diffraction()
+    wall = time.perf_counter() - t0
+    lr = s.learning_results
+    par = lr.cnmf_parameters
+    par = json.loads(par) if isinstance(par, str) else dict(par)
+    qy, qx = s.axes_manager._signal_shape_in_array
+    centre = (float(par["direct_beam_x_px"]), float(par["direct_beam_y_px"]))
+    beam_r = float(par["direct_beam_radius_px"])
+    dip_r = float(par.get("diffraction_constraint_size") or np.nan)
+    if not np.isfinite(dip_r):  # constraint off: measure with the default closing
+        dip_r = max(1.0, float(np.round(beam_r)))
+    n_r = int(min(centre[0], centre[1], qx - 1 - centre[0], qy - 1 - centre[1]))
+    scale = s.axes_manager.signal_axes[0].scale
+    units = s.axes_manager.signal_axes[0].units
+    F = np.asarray(lr.factors, dtype=np.float64).T.reshape(k, qy, qx)
+    L = np.asarray(lr.loadings, dtype=np.float64).T
+    valid = np.all(np.isfinite(F), axis=0)
+    dip_c = DiffractionDipConstraint.from_beam(
+        Beam(x=centre[0], y=centre[1], radius=beam_r), (qy, qx), dip_r, valid=valid
+    )
+
+    def dip(p):
+        return dip_measure(np.clip(np.nan_to_num(p), 0, None), dip_c)[0]
+
+    # rings: the halo (first maximum of the matrix truth beyond the beam) and Bragg radii
+    P_glass = radial_profile(tr["phase_truth"][0], centre, n_r)
+    if tr["halo_px"] is None:  # the first maximum beyond the beam's fall-off
+        r_lo = int(np.ceil(beam_r)) + 2
+        d = np.diff(P_glass)
+        cand = [i for i in range(r_lo, n_r - 1) if d[i - 1] > 0 and d[i] <= 0]
+        halo = cand[0] if cand else r_lo + int(np.nanargmax(P_glass[r_lo:]))
+    else:
+        halo = int(round(tr["halo_px"]))
+
+    def rings_of(phase):
+        if phase == 0:
+            return [halo]
+        cryst = radial_profile(tr["phase_truth"][phase], centre, n_r)
+        if tr["halo_px"] is None:  # abTEM: the phase's excess over the glass
+            cryst = cryst - P_glass
+        return [halo] + bragg_rings(cryst, halo)
+
+    rng = np.random.default_rng(0)
+    lib = np.asarray(tr["library"], dtype=np.float64)
+    lib_sum = lib.reshape(len(lib), -1).sum(axis=1)
+    lsum = L.sum(axis=1)
+    labels = tr["labels"].ravel()
+    rows, mixes = [], np.full(F.shape, np.nan)
+    for i in range(k):
+        est = F[i] * lsum[i]
+        ok = np.isfinite(est)
+        coef, _ = nnls(lib[:, ok].T, est[ok])
+        mix = np.where(ok, np.tensordot(coef, lib, axes=1), np.nan)
+        mixes[i] = mix / lsum[i]
+        # the true object the factor's map sits on (largest mean loading over its positions)
+        g = int(
+            np.argmax(
+                [
+                    L[i, labels == j].mean() if np.any(labels == j) else -np.inf
+                    for j in range(len(lib))
+                ]
+            )
+        )
+        ph = int(tr["label_phase"][g])
+        cos = float(
+            est[ok] @ mix[ok] / np.linalg.norm(est[ok]) / np.linalg.norm(mix[ok])
+        )
+        c = compare(est, mix, centre, n_r, rings_of(ph), dip, rng)
+        share = coef * lib_sum / max(np.sum(coef * lib_sum), 1e-300)
+        c.update(
+            what=f"factor {i}",
+            match=f"{share[g]:.2f} label {g} (phase {ph}), cos {cos:.3f}",
+        )
+        rows.append(c)
+    M = np.asarray(lr.cdiff_merged_factors, dtype=np.float64).T.reshape(-1, qy, qx)
+    comp = np.asarray(lr.cdiff_components)
+    merge_args = (
+        np.asarray(lr.cdiff_centre, dtype=float),
+        np.asarray(lr.cdiff_labels),
+        np.asarray(lr.cdiff_rotation, dtype=float),
+        np.asarray(lr.cdiff_mirrored, dtype=bool),
+    )
+    M_check = merge_aligned(F[comp], *merge_args, weights=lsum[comp])
+    M_truth = merge_aligned(mixes[comp], *merge_args, weights=lsum[comp])
+    rebuild = float(np.nanmax(np.abs(M_check - M)) / np.nanmax(np.abs(M)))
+    pos = np.asarray(lr.cdiff_position_labels).ravel()
+    pm = tr["phase_map"].ravel()
+    ari = adjusted_rand_score(pm, pos)
+    yy, xx = np.mgrid[:qy, :qx]
+    disk = np.hypot(yy - centre[1], xx - centre[0]) <= beam_r
+    glass_beam = tr["phase_truth"][0][disk].sum()
+    beam_ratio = {
+        int(p): float(tr["phase_truth"][p][disk].sum() / glass_beam)
+        for p in np.unique(pm)
+        if p > 0
+        and tr["halo_px"] is None  # abTEM: position means (the simulator: spots only)
+    }
+    spot_corr = {}
+    for cl in range(M.shape[0]):
+        on = pos == cl
+        ph = int(np.bincount(pm[on]).argmax()) if on.any() else 0
+        c = compare(M[cl], M_truth[cl], centre, n_r, rings_of(ph), dip, rng)
+        if ph == 0 and tr["spots"] is not None:
+            a = ring_samples(M[cl], centre, halo)
+            b = ring_samples(tr["spots"], centre, halo)
+            ok = np.isfinite(a) & np.isfinite(b)
+            spot_corr[cl] = float(np.corrcoef(a[ok], b[ok])[0, 1])
+        n_m = int(np.sum(merge_args[1] == cl))
+        c.update(
+            what=f"cluster {cl} ({n_m} comp.)",
+            match=f"phase {ph} (positions)",
+            cluster=True,
+            phase=ph,
+        )
+        rows.append(c)
+    return {
+        "case": name,
+        "k": k,
+        "rows": rows,
+        "halo": halo,
+        "beam_r": beam_r,
+        "mask_r": float(par.get("direct_beam_mask_radius_px") or 0.0),
+        "dip_r": dip_r,
+        "scale": scale,
+        "units": units,
+        "wall": wall,
+        "kind": tr["kind"],
+        "rebuild": rebuild,
+        "ari": ari,
+        "beam_ratio": beam_ratio,
+        "spot_corr": spot_corr,
+    }
+
+
+# --------------------------------------------------------------------------- report
+HEADER = (
+    "| pattern | truth | deepest radial valley r px (units) | depth est / truth at r (fraction) "
+    "| truth deepest (r) / +noise95 | chord depth r: est / truth at r, truth deepest / +noise95 "
+    "| beam-edge level est/truth (r0) "
+    "| deepest azimuthal excess ring r | azim. est / truth / +noise95 | dip est / truth / +noise95 |\n"
+    "|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def fmt_row(c, scale, units):
+    return (
+        f"| {c['what']} | {c['match']} | {c['r']} ({c['r'] * scale:.3g} {units}) "
+        f"| {c['depth']:.3f} / {c['truth_at_r']:.3f} ({c['frac']:.2f} / {c['truth_frac_at_r']:.2f}) "
+        f"| {c['truth_max']:.3f} ({c['truth_r']}) / {c['noise95']:.3f} "
+        f"| {c['rc']}: {c['chord']:.3f} / {c['chord_truth_at_r']:.3f}, {c['chord_truth_max']:.3f} / {c['chord_noise95']:.3f} "
+        f"| {c['edge']:.2f} ({c['r0']}) "
+        f"| {c['ring_r']} | {c['ring']:.2f} / {c['ring_truth']:.2f} / {c['ring_noise95']:.2f} "
+        f"| {c['dip']:.4f} / {c['dip_truth']:.4f} / {c['dip_noise95']:.4f} |"
+    )
+
+
+def summary_row(res):
+    """One line per run: how many patterns are deeper than truth + noise, and the worst."""
+
+    def worst(rows, key, noise):
+        excess = [c[key] - c[noise] for c in rows]
+        if not rows:
+            return "–"
+        c = rows[int(np.argmax(excess))]
+        n = sum(e > 0 for e in excess)
+        where = f" r {c['r']}" if key == "depth" else f" ring {c['ring_r']}"
+        truth = c["truth_at_r"] if key == "depth" else c["ring_truth"]
+        return (
+            f"{n}/{len(rows)}; {c['what'].split(' (')[0]}: {c[key]:.3f} / {truth:.3f} / "
+            f"{c[noise]:.3f}{where}"
+        )
+
+    factors = [c for c in res["rows"] if not c.get("cluster")]
+    grains = [c for c in res["rows"] if c.get("cluster") and c["phase"] != 0]
+    matrix = [c for c in res["rows"] if c.get("cluster") and c["phase"] == 0]
+    edge = min((c["edge"] for c in grains), default=np.nan)
+    return (
+        f"| {res['case']} | {res['k']} | {worst(factors, 'depth', 'noise95')} "
+        f"| {worst(grains, 'depth', 'noise95')} | {worst(matrix, 'depth', 'noise95')} "
+        f"| {worst(grains, 'ring', 'ring_noise95')} | {worst(matrix, 'ring', 'ring_noise95')} "
+        f"| {edge:.2f} |"
+    )
+
+
+SUMMARY_HEADER = (
+    "| case | k | factors: radial | merged grain clusters: radial | merged matrix cluster: radial "
+    "| grain clusters: azimuthal | matrix cluster: azimuthal | grain clusters: beam-edge level (min) |\n"
+    "|---|---:|---|---|---|---|---|---:|"
+)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--cases", nargs="+", help="substrings of case names (default: all)")
+    p.add_argument(
+        "--k", nargs="+", default=["true", "2x"], help="'true', '2x' or integers"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--fit",
+        default="{}",
+        help="extra decomposition arguments as JSON, e.g. '{\"direct_beam_mask\": false}'",
+    )
+    p.add_argument("--out", default=str(HERE / "results" / "quality_valleys.md"))
+    p.add_argument(
+        "--profiles", action="store_true", help="also print the radial profiles"
+    )
+    args = p.parse_args(argv)
+    if not DATA.is_dir():
+        print(f"note: {DATA} not found; only the embedded default runs")
+    cmd = (
+        "python benchmarks/quality_valleys.py"
+        + (f" --cases {' '.join(args.cases)}" if args.cases else "")
+        + f" --k {' '.join(args.k)} --seed {args.seed}"
+        + (f" --fit '{args.fit}'" if json.loads(args.fit) else "")
+    )
+    lines = [
+        "# Valleys of the fitted and merged patterns against the truth (benchmarks/quality_valleys.py)",
+        "",
+        f"Command: `{cmd}`",
+        "",
+        'Default call: `decomposition(algorithm="constrained_nmf", output_dimension=k, random_state=seed'
+        + "".join(f", {a}={v!r}" for a, v in json.loads(args.fit).items())
+        + ")` then `cluster_diffraction()`. Measures: see the script's docstring. Radial depths are relative to "
+        "the profile's maximum over the valid radii (fraction: relative to the level of the lower enclosing "
+        "maximum, 1 = black on a log display; chord depth: below the line joining the two maxima); azimuthal depths relative to the ring's maximum; +noise95: 95th percentile of the same "
+        f"measure on the truth scaled to the estimate's counts plus Poisson noise ({N_DRAWS} draws). "
+        "Beam-edge level: profile at the first radius outside the masked disk over the profile maximum, "
+        "estimate / truth. The azimuthal column shows the ring where the estimate exceeds truth+noise95 most.",
+        "",
+    ]
+    summary = []
+    for name, make in cases(args.cases):
+        for kk in args.k:
+            res = analyse(name, make, kk, args.seed, json.loads(args.fit))
+            lines += [
+                f"## {res['case']}, k = {res['k']}",
+                "",
+                f"Truth: {res['kind']}. Direct beam radius {res['beam_r']:.2f} px, masked disk "
+                f"{res['mask_r']:.2f} px; halo ring {res['halo']} px; dip closing {res['dip_r']:.0f} px; "
+                f"fit + clustering {res['wall']:.1f} s. Merged patterns rebuilt from the factors to "
+                f"{res['rebuild']:.1e} (max relative difference). Position ARI {res['ari']:.3f}. "
+                + (
+                    "Direct-beam disk of the true mean pattern of each phase over the glass's: "
+                    + ", ".join(
+                        f"phase {p} {v:.3f}" for p, v in res["beam_ratio"].items()
+                    )
+                    + "."
+                    if res["beam_ratio"]
+                    else ""
+                )
+                + "".join(
+                    f" Halo ring of matrix cluster {c} against all grains' Bragg spots on it: "
+                    f"correlation {v:.2f}."
+                    for c, v in res["spot_corr"].items()
+                ),
+                "",
+                HEADER,
+            ]
+            lines += [fmt_row(c, res["scale"], res["units"]) for c in res["rows"]]
+            summary.append(summary_row(res))
+            lines.append("")
+            print("\n".join(lines[-len(res["rows"]) - 6 :]), flush=True)
+            if args.profiles:
+                with np.printoptions(precision=3, suppress=True, linewidth=200):
+                    for c in res["rows"]:
+                        top_e, top_t = np.nanmax(c["P_est"]), np.nanmax(c["P_truth"])
+                        print(c["what"], "est  ", c["P_est"] / top_e)
+                        print(c["what"], "truth", c["P_truth"] / top_t)
+    head = [
+        "## Summary",
+        "",
+        "Each cell: patterns deeper than truth + noise95 / patterns; the worst (largest excess "
+        "over truth + noise95): estimate / truth at the same radius (ring) / truth + noise95. "
+        "Radial: valley depth relative to the profile maximum; azimuthal: relative to the ring "
+        "maximum. Beam-edge level: estimate / truth of profile(first radius outside the masked "
+        "disk) / profile maximum (below 1: darker around the direct beam than the truth).",
+        "",
+        SUMMARY_HEADER,
+        *summary,
+        "",
+    ]
+    lines = lines[:6] + head + lines[6:]
+    text = "\n".join(lines) + "\n"
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
