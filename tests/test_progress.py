@@ -149,6 +149,12 @@ def test_summary_lists_constraints_convergence_and_clustering(small, tmp_path):
     assert (
         f"number_of_clusters={int(lr.cdiff_labels.max()) + 1} of 6 components" in text
     )
+    n_texture = int(np.sum(lr.cdiff_texture))
+    assert (f"texture components={n_texture} " in text) == (n_texture > 0)
+    assert (
+        f"min_cluster_positions={json.loads(lr.cdiff_parameters)['min_cluster_positions']}"
+        in text
+    )
     assert repr(lr) == text
     f = tmp_path / "s.hspy"
     s.save(f, overwrite=True)

@@ -388,6 +388,12 @@ def _clustering_block(lr, prefix, name):
     threshold = getattr(lr, prefix + "threshold", None)
     if threshold is not None:
         lines.append(f"threshold (1 - CC)={_fmt(float(threshold))}")
+    texture = getattr(lr, prefix + "texture", None)
+    if texture is not None and np.any(texture):
+        lines.append(
+            f"texture components={int(np.sum(texture))} "
+            "(maps spread over the scan, clustered as one item)"
+        )
     for key, value in (cparams or {}).items():
         if isinstance(value, (list, tuple)) and len(value) > 6:
             continue
