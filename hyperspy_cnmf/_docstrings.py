@@ -121,7 +121,9 @@ min_map_compactness : float, default 0.2
     that an over-complete NMF fits. They enter the cut as one item (their
     summed diffraction), so they take one cluster slot at most and do not
     pull grains whose spots lie on the halo into clusters of speckle; they
-    are flagged in ``texture`` (``cdiff_texture``). 0 switches this off
+    are flagged in ``texture`` (``cdiff_texture``). The rule needs at least
+    two of them and is left off when ``n_clusters`` asks for more items than
+    would remain. A number in [0, 1); 0 or None switches it off
     (:data:`~hyperspy_cnmf.clustering.MIN_MAP_COMPACTNESS` gives the
     measurements).
 dominance_percentiles : tuple of float, default (0, 100)

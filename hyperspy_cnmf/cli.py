@@ -892,7 +892,7 @@ def _demo_arguments(demo):
         "--components",
         type=_positive_int,
         default=None,
-        help="components of the clustered run (default: the true number + 2)",
+        help="components of the clustered run (default: twice the true number)",
     )
 
 

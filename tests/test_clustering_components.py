@@ -387,6 +387,11 @@ def test_speckle_components_join_the_matrix_as_one_item():
     assert not off.texture.any() and off.labels.max() + 1 == 4
     assert np.unique(off.labels[speckle]).size == 1
     assert off.labels[speckle][0] not in off.labels[~speckle]
+    # too many clusters asked for: the rule is off and nothing is flagged
+    many = cl.cluster_components(
+        factors, loadings, CENTRE, nav_shape=SCAN, n_clusters=phase.size - 2
+    )
+    assert not many.texture.any() and many.labels.max() + 1 == phase.size - 2
     # n_clusters counts the texture group as one item
     two = cl.cluster_components(factors, loadings, CENTRE, nav_shape=SCAN, n_clusters=2)
     assert two.labels.max() + 1 == 2 and np.unique(two.labels[phase == 0]).size == 1

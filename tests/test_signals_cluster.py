@@ -595,8 +595,8 @@ def test_min_cluster_positions_from_the_map_resolution(base_signal):
         )
     _cluster.cluster_diffraction(s)
     params = json.loads(str(s.learning_results.cdiff_parameters))
-    # probe FWHM 1.5 nm (0.514 lambda / alpha), scan step 0.5 nm: pi * 3^2
-    assert params["min_cluster_positions"] == 29
+    # probe FWHM 1.5 nm (0.514 lambda / alpha), scan step 0.5 nm: pi * 3^2 / 2
+    assert params["min_cluster_positions"] == 15
     assert s.learning_results.number_of_clusters == 3
     _cluster.cluster_diffraction(s, min_cluster_positions=None)
     assert (
@@ -622,3 +622,24 @@ def test_min_cluster_positions_from_the_map_resolution(base_signal):
         json.loads(str(s.learning_results.cdiff_parameters))["min_cluster_positions"]
         == 0
     )
+
+
+@pytest.mark.parametrize(
+    "name, bad",
+    [
+        ("particle_threshold", 0),
+        ("particle_threshold", 1.0),
+        ("particle_threshold", -0.1),
+        ("particle_threshold", float("nan")),
+        ("particle_threshold", None),
+        ("min_map_compactness", 1.5),
+        ("min_map_compactness", -0.1),
+        ("min_map_compactness", float("nan")),
+        ("min_map_compactness", "x"),
+    ],
+)
+def test_fractions_are_checked(decomposed, name, bad):
+    s = decomposed[0].deepcopy()
+    with pytest.raises(ValueError, match=name):
+        _cluster.cluster_diffraction(s, **{name: bad})
+    assert getattr(s.learning_results, "cdiff_labels", None) is None

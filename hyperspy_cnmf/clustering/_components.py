@@ -116,7 +116,8 @@ class ComponentClustering:
         Direct-beam-only components (attached to a cluster by their maps).
     texture : ndarray of bool, shape (k,)
         Components whose map is a texture spread over the scan, not an
-        object (see :func:`map_compactness`): they enter the cut as one group.
+        object (see :func:`map_compactness`), that entered the cut as one
+        item (at least two, and enough other items left for ``n_clusters``).
     position_labels : ndarray of int64, shape (n_positions,)
         Dominant cluster of each probe position (-1: none, e.g. masked).
     map_artefact : ndarray of int64, shape (k,)
@@ -455,7 +456,7 @@ def _cut(
     n_clusters,
     distance_threshold,
 ):
-    """Labels (k,), linkage of all components and the cut height.
+    """Labels (k,), linkage of all components, the cut height and whether textures were grouped.
 
     The tree of all components is kept for display, but the cut is made among
     the structured components only, so that beam-only components never take a
@@ -481,7 +482,8 @@ def _cut(
         regular = ~beam_only
         n_items = np.count_nonzero(regular)
     if (not beam_only.any() and not group) or n_items < 2:
-        return _attach_beam_only(labels, beam_only, contrib, n_clusters), Z, threshold
+        labels = _attach_beam_only(labels, beam_only, contrib, n_clusters)
+        return labels, Z, threshold, False
     idx = np.flatnonzero(regular)
     sub_dist = dist[np.ix_(idx, idx)]
     if group:
@@ -495,7 +497,7 @@ def _cut(
     if group:
         labels[texture] = sub[-1]
     labels[beam_only] = sub.max() + 1 + np.arange(np.count_nonzero(beam_only))
-    return attach_by_map(labels, beam_only, contrib), Z, threshold
+    return attach_by_map(labels, beam_only, contrib), Z, threshold, group
 
 
 def _cluster_maps(contrib, labels, masked):
@@ -870,7 +872,7 @@ def cluster_components(
     contrib = loadings * factor_sum[:, None]  # data units: counts per position
     beam_only = _beam_only(factors, cpx, radii, dbr, min_structure_fraction)
     texture = _texture(contrib, nav_shape, beam_only, min_map_compactness)
-    labels, Z, threshold = _cut(
+    labels, Z, threshold, grouped = _cut(
         sim.pseudo_distance,
         beam_only,
         texture,
@@ -904,7 +906,7 @@ def cluster_components(
         components=components,
         linkage=Z,
         beam_only=beam_only,
-        texture=texture,
+        texture=texture & grouped,
         threshold=float(threshold),
         centre=np.array(cpx, dtype=np.float64),
         radii=radii,

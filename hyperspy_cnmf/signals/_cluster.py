@@ -110,12 +110,14 @@ def _measured_beam_px(signal):
 
 
 def _min_cluster_positions(signal, value):
-    """Positions a cluster must dominate: ``"auto"`` is pi r^2, r the map resolution in scan steps.
+    """Positions a cluster must dominate: ``"auto"`` is pi r^2 / 2, r the map resolution in scan steps.
 
-    The disc of radius r (the probe's FWHM, the finest detail the constrained
-    maps hold) is the smallest region a resolved phase can dominate; 0 (off)
-    when the last decomposition recorded no map resolution or the scan is
-    not calibrated in lengths.
+    A point-like particle imaged by a probe of FWHM r (the finest detail the
+    constrained maps hold) dominates a disc of radius 0.88 r at the default
+    ``particle_threshold`` (a Gaussian blob above 0.12 of its peak), about
+    2.4 r^2 positions; a cluster dominating less than half that (pi r^2 / 2)
+    is no resolved object. 0 (off) when the last decomposition recorded no
+    map resolution or the scan is not calibrated in lengths.
     """
     if isinstance(value, str):
         if value != "auto":
@@ -136,7 +138,7 @@ def _min_cluster_positions(signal, value):
             sy, sx, _ = navigation_scales(signal)
         except (ValueError, IndexError):
             return 0
-        return int(np.ceil(np.pi * res**2 / abs(sy * sx)))
+        return int(np.ceil(np.pi * res**2 / (2 * abs(sy * sx))))
     if value is None:
         return 0
     if isinstance(value, bool) or not float(value).is_integer() or value < 0:
@@ -144,6 +146,19 @@ def _min_cluster_positions(signal, value):
             f"`min_cluster_positions` must be 'auto', None or an integer >= 0, got {value!r}."
         )
     return int(value)
+
+
+def _check_fraction(name, value, allow_zero):
+    """A float in [0, 1) (``allow_zero``) or (0, 1); None is 0 where zero is allowed."""
+    if value is None and allow_zero:
+        return 0.0
+    ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(
+        value, bool
+    )
+    if ok and np.isfinite(value) and (0 <= value < 1 if allow_zero else 0 < value < 1):
+        return float(value)
+    bounds = "[0, 1) or None" if allow_zero else "(0, 1)"
+    raise ValueError(f"`{name}` must be a number in {bounds}, got {value!r}.")
 
 
 def _signal_mask(signal):
@@ -466,16 +481,17 @@ def cluster_diffraction(
         With ``n_clusters`` None: a cluster that dominates fewer probe
         positions is dissolved, its components joining the clusters whose
         maps correlate best with theirs, and the positions are labelled
-        again (the smallest first). ``"auto"``: ``pi r^2`` with ``r`` the
-        decomposition's map resolution (the probe's FWHM) in scan steps, the
-        smallest region a resolved phase can dominate; 0 when the
-        decomposition recorded none. In the paper's over-complete workflow
-        such clusters are a few positions' noise or a fragment of one grain's
-        reflections. Measured on the multislice cases of
-        ``benchmarks/quality_physics.py`` at k = 30 (``"auto"`` is 10
-        positions there): 18 -> 4 clusters and ARI 0.755 -> 0.806 on the
-        descan case, 8 -> 5 and 0.835 -> 0.810 on the 2-phase case. None or 0
-        switches it off.
+        again (the smallest first; nothing is dissolved when every cluster
+        is that small). ``"auto"``: ``pi r^2 / 2`` with ``r`` the
+        decomposition's map resolution (the probe's FWHM) in scan steps,
+        half the region a point-like particle blurred by the probe dominates
+        at the default ``particle_threshold``; 0 when the decomposition
+        recorded none. In the paper's over-complete workflow such clusters
+        are a few positions' noise or a fragment of one grain's reflections.
+        Measured on the multislice cases of ``benchmarks/quality_physics.py``
+        at k = 30 (``"auto"`` is 5 positions there): 18 -> 7 clusters and
+        ARI 0.755 -> 0.796 on the descan case, 8 -> 5 and 0.835 -> 0.810 on
+        the 2-phase case. None or 0 switches it off.
 
     Returns
     -------
@@ -554,11 +570,14 @@ def cluster_diffraction(
     the matrix map dips, which the NMF does not fix (grain components often
     carry part of the amorphous halo). Against the geometric phase map (the
     probe centre inside a grain's projected disk), at k = the true count, the
-    position ARI is 0.83 / 0.79 / 0.79 on the three multislice cases of
-    ``benchmarks/quality_physics.py`` with these rules, against
-    0.76 / 0.70 / 0.71 with the former half-maximum rule, and 0.95 on the
-    package's own simulator (0.63 with the former rule); see
-    :data:`~hyperspy_cnmf.clustering.PARTICLE_THRESHOLD`.
+    position ARI is 0.894 / 0.854 / 0.858 on the three multislice cases of
+    ``benchmarks/quality_physics.py`` (random_state 0) with these rules,
+    against 0.76 / 0.70 / 0.71 with the former half-maximum rule, and 0.957
+    on the package's own simulator; see
+    :data:`~hyperspy_cnmf.clustering.PARTICLE_THRESHOLD`. These hold for
+    precipitates well inside a matrix that covers most of the scan; grains
+    near the probe's size are labelled less well, and a grain covering more
+    than about half of the scan is taken for the matrix.
     Then, with clusters numbered by decreasing number of dominated positions:
 
     - ``cluster_labels`` (c, nav_size) bool: the dominant-cluster
@@ -595,6 +614,12 @@ def cluster_diffraction(
     _check_4dstem_signal_axes(self)
     lr = self.learning_results
     min_positions = _min_cluster_positions(self, min_cluster_positions)
+    particle_threshold = _check_fraction(
+        "particle_threshold", particle_threshold, allow_zero=False
+    )
+    min_map_compactness = _check_fraction(
+        "min_map_compactness", min_map_compactness, allow_zero=True
+    )
     idx = _select_components(lr, components)
     (qy, qx), _, _, _ = _signal_geometry(self)
     k = idx.size
