@@ -228,7 +228,13 @@ def test_the_lazy_choice_uses_the_uncompressed_size(tmp_path, monkeypatch):
     assert not hio.load(path)._lazy
 
 
-def test_cluster_patterns_reads_each_chunk_once_per_pass(zspy, one_task_at_a_time):
+def test_cluster_patterns_reads_each_chunk_once_per_pass(
+    zspy, one_task_at_a_time, monkeypatch
+):
+    from hyperspy_cnmf.signals import _cluster
+
+    # pieces of 32 patterns, smaller than a chunk (128): a chunk is still read once
+    monkeypatch.setattr(_cluster._iter_nav_blocks, "__defaults__", (32,))
     s = hio.load(zspy, lazy=True)
     guard = _guard(s)
     s.cluster_patterns(step=4, n_clusters=3)
