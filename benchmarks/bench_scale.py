@@ -529,8 +529,7 @@ def write_report(results, args, path):
     for r in results:
         cli, job, mk = r.get("cli", {}), r.get("job", {}), r.get("make", {})
         nch = r["n_chunks"] or 1
-        dec = {row["stage"]: row for row in job.get("stages", [])}.get("decomposition")
-        per_read = dec["s"] / (dec["reads"] / nch) if dec and dec["reads"] else None
+        per_read = _per_read(job, nch)
         lines.append(
             f"| {r['shape']} | {r['gb']:.2f} | {r['disk_gb']:.2f} | {_fmt(mk.get('total_s'))} "
             f"| {_fmt(cli.get('total_s'))} | {_fmt(cli.get('reads', 0) / nch)} "
@@ -614,7 +613,7 @@ def _dist_lines(r):
         "",
         "| scheduler | decomposition (s) | cluster_diffraction (s) | reads | "
         "peak RSS driver (MB) | peak RSS per worker (MB) | tasks run | "
-        "bytes between workers | identical to threaded |",
+        "bytes sent by the workers | identical to threaded |",
         "|---|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for w in r["dist"]:
@@ -639,13 +638,19 @@ def _dist_lines(r):
             "",
             f"One more read (`X.T @ loadings`) on the {w['label']}: {p['s']:.1f} s, "
             f"{p['chunks']} chunks in {p['blocks']} blocks, {p['tasks']} tasks run, "
-            f"{p['worker_to_worker_bytes'] / 1e6:.2f} MB moved between workers "
+            f"{p['worker_to_worker_bytes'] / 1e6:.2f} MB sent by the workers (to each other "
+            "and to the client) "
             f"(the per-block partial sums `X_b.T @ L_b`: {p['blocks']} x "
             f"{p['result_bytes'] / 1e6:.2f} MB = {p['partial_bytes'] / 1e6:.2f} MB); "
             f"loadings sent with the graph {p['loadings_bytes'] / 1e6:.2f} MB; the data "
             f"({p['data_bytes'] / 1e9:.2f} GB) are read where the task runs.",
         ]
     return lines + [""]
+
+
+def _per_read(w, n_chunks):
+    dec = {row["stage"]: row for row in w.get("stages", [])}.get("decomposition")
+    return dec["s"] / (dec["reads"] / n_chunks) if dec and dec["reads"] else None
 
 
 def _plot(results, path):
@@ -657,27 +662,28 @@ def _plot(results, path):
     ok = [r for r in results if any("total_s" in r.get(k, {}) for k in ("cli", "job"))]
     if not ok:
         return
-    gb = [r["gb"] for r in ok]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    xmax = max(max(r["gb"] for r in ok), 26) * 1.05
+    ram = 24 * 2**30 / 1e9
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(14, 4))
     for key, label in (("cli", "hyperspy-cnmf run --lazy"), ("job", "Python main job")):
-        pts = [(r["gb"], r[key]) for r in ok if "total_s" in r.get(key, {})]
-        a1.plot([p[0] for p in pts], [p[1]["total_s"] for p in pts], "o-", label=label)
-        a2.plot(
-            [p[0] for p in pts],
-            [p[1]["peak_mb"] for p in pts],
-            "o-",
-            label=label,
-        )
-    a2.axhline(2048, color="k", ls=":", label="goal 2 GB")
-    a2.axvline(24 * 1.0737, color="r", ls="--", label="RAM (24 GiB)")
-    a1.axvline(24 * 1.0737, color="r", ls="--")
-    a1.set(xlabel="uncompressed data (GB)", ylabel="wall time (s)", ylim=(0, None))
-    a2.set(xlabel="uncompressed data (GB)", ylabel="peak RSS (MB)", ylim=(0, None))
-    a1.set_xlim(0, max(max(gb), 26) * 1.05)
-    a2.set_xlim(0, max(max(gb), 26) * 1.05)
-    a1.legend()
-    a2.legend()
-    fig.suptitle(f"Out of core: {', '.join(r['shape'] for r in ok)} x 128 x 128 uint16")
+        pts = [r for r in ok if "total_s" in r.get(key, {})]
+        gb = [r["gb"] for r in pts]
+        a1.plot(gb, [r[key]["total_s"] for r in pts], "o-", label=label)
+        per = [(r["gb"], _per_read(r[key], r["n_chunks"])) for r in pts]
+        per = [p for p in per if p[1]]
+        a2.plot([p[0] for p in per], [p[1] for p in per], "o-", label=label)
+        a3.plot(gb, [r[key]["peak_mb"] for r in pts], "o-", label=label)
+    a3.axhline(2048, color="k", ls=":", label="goal 2 GB")
+    for ax in (a1, a2, a3):
+        ax.axvline(ram, color="r", ls="--", label="RAM (24 GiB)")
+        ax.set(xlabel="uncompressed data (GB)", xlim=(0, xmax), ylim=(0, None))
+        ax.legend(fontsize=8)
+    a1.set(ylabel="wall time (s)", title="whole job (reads differ, machine shared)")
+    a2.set(ylabel="s per read of the file", title="decomposition: time per read")
+    a3.set(ylabel="peak RSS (MB)", title="peak memory")
+    fig.suptitle(
+        f"Out of core: {', '.join(r['shape'] for r in ok)} positions x 128 x 128 uint16"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -804,7 +810,7 @@ def _graph_lines(g, shape):
 
 def report_from_logs(args):
     """The report of the runs whose stdout are in ``args.report_from``."""
-    results, by_file, pending = [], {}, None
+    results, by_file, files, pending = [], {}, {}, None
     for log in args.report_from.split(","):
         for line in Path(log).read_text().splitlines():
             if line.startswith("$ "):
@@ -815,21 +821,24 @@ def report_from_logs(args):
                 name, file, n = pending
                 pending = None
                 ny, nx = (int(v) for v in re.search(r"(\d+)x(\d+)", file).groups())
-                if file not in by_file:
-                    by_file[file] = {
+                key = f"{ny}x{nx}"  # the same scan (same seed) in several runs: one row
+                files[key] = file
+                if key not in by_file:
+                    by_file[key] = {
                         "shape": f"{ny} x {nx}",
                         "gb": ny * nx * DETECTOR**2 * ITEMSIZE / 1e9,
                         "n_chunks": ny // args.chunk_rows,
                         "disk_gb": float("nan"),
                     }
-                    results.append(by_file[file])
-                r, res = by_file[file], json.loads(line)
+                    results.append(by_file[key])
+                r, res = by_file[key], json.loads(line)
                 if name == "dist":
                     res["label"] = (
                         "threads (2)"
                         if n == "0"
                         else f"LocalCluster, {n} process worker(s)"
                     )
+                    res["identical"] = (args.identical or {}).get(f"{key}:{n}", "")
                     r.setdefault("dist", []).append(res)
                 else:
                     r[name] = res
@@ -840,9 +849,9 @@ def report_from_logs(args):
             if r["shape"].replace(" ", "") == gb_shape:
                 r["disk_gb"] = disk
     results.sort(key=lambda r: r["gb"])
-    for file, r in by_file.items():
-        if Path(file).exists():
-            r["graph"] = graph_counts(file, args.k)
+    for key, r in by_file.items():
+        if Path(files[key]).exists():
+            r["graph"] = graph_counts(files[key], args.k)
     write_report(results, args, args.out)
     return 0
 
@@ -886,6 +895,12 @@ def main(argv=None):
         "--disk",
         type=json.loads,
         help='on-disk GB of files whose make log lacks it: {"40x768": 0.05}',
+    )
+    p.add_argument(
+        "--identical",
+        type=json.loads,
+        help="with --report-from: the 'identical to threaded' column of the runs' "
+        'own reports, e.g. {"8x768:1": "yes"}',
     )
     args = p.parse_args(argv)
     if args.worker:
