@@ -532,9 +532,9 @@ def write_report(results, args, path):
         per_read = _per_read(job, nch)
         lines.append(
             f"| {r['shape']} | {r['gb']:.2f} | {r['disk_gb']:.2f} | {_fmt(mk.get('total_s'))} "
-            f"| {_fmt(cli.get('total_s'))} | {_fmt(cli.get('reads', 0) / nch)} "
+            f"| {_fmt(cli.get('total_s'))} | {_fmt(cli['reads'] / nch if 'reads' in cli else None)} "
             f"| {_fmt(cli.get('peak_mb'), 0)} "
-            f"| {_fmt(job.get('total_s'))} | {_fmt(job.get('reads', 0) / nch)} "
+            f"| {_fmt(job.get('total_s'))} | {_fmt(job['reads'] / nch if 'reads' in job else None)} "
             f"| {_fmt(per_read)} | {_fmt(job.get('peak_mb'), 0)} "
             f"| `{job.get('cnmf', '{}')}` "
             f"| {_fmt(job.get('load_before'), 1)} - {_fmt(cli.get('load_after'), 1)} |"
