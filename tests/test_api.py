@@ -183,7 +183,8 @@ def test_estimator_params():
 
 
 def test_estimator_clone_with_sklearn():
-    base = pytest.importorskip("sklearn.base")
+    import sklearn.base as base  # the tests extra installs scikit-learn
+
     from hyperspy_cnmf import ConstrainedNMF
 
     est = ConstrainedNMF(n_components=2, map_resolution=3.0, navigation_shape=(4, 4))

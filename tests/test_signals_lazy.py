@@ -268,7 +268,8 @@ def test_lazy_load_from_file(small, tmp_path, ext):
 
 
 def test_distributed_client_gives_the_same_result(small):
-    distributed = pytest.importorskip("distributed")
+    import distributed  # the tests extra installs it
+
     eager = small.deepcopy()
     _fit(eager, max_iter=5)
     with (

@@ -226,3 +226,53 @@ def test_the_lazy_choice_uses_the_uncompressed_size(tmp_path, monkeypatch):
     assert hio.load(path)._lazy
     monkeypatch.setattr(_load, "LAZY_THRESHOLD_BYTES", 400_000)
     assert not hio.load(path)._lazy
+
+
+def test_cluster_patterns_reads_each_chunk_once_per_pass(
+    zspy, one_task_at_a_time, monkeypatch
+):
+    from hyperspy_cnmf.signals import _cluster
+
+    # pieces of 32 patterns, smaller than a chunk (128): a chunk is still read once
+    monkeypatch.setattr(_cluster._iter_nav_blocks, "__defaults__", (32,))
+    s = hio.load(zspy, lazy=True)
+    guard = _guard(s)
+    s.cluster_patterns(step=4, n_clusters=3)
+    # one read of the subsampled patterns, one to label every position
+    assert guard.reads == 2 * 8 and guard.peak == 1
+    labels = s.learning_results.cpat_position_labels
+    eager = hio.load(zspy, lazy=False)
+    eager.cluster_patterns(step=4, n_clusters=3)
+    np.testing.assert_array_equal(labels, eager.learning_results.cpat_position_labels)
+
+
+def _main_job(path):
+    s = hio.load(path, lazy=True)
+    s.decomposition(
+        algorithm="constrained_nmf",
+        output_dimension=4,
+        max_iter=10,
+        print_info=False,
+        random_state=0,
+    )
+    s.cluster_diffraction(n_clusters=3)
+    lr = s.learning_results
+    return lr.loadings, lr.factors, lr.cdiff_labels, lr.cdiff_merged_factors
+
+
+def test_the_main_job_on_process_workers_equals_the_threaded_one(zspy):
+    from distributed import Client, LocalCluster
+
+    with dask.config.set(scheduler="threads"):
+        threaded = _main_job(zspy)
+    with (
+        LocalCluster(
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        on_workers = _main_job(zspy)
+        ran = client.run(lambda dask_worker: dask_worker.state.executed_count)
+    assert min(ran.values()) > 0  # both processes did part of the work
+    for a, b in zip(threaded, on_workers):
+        np.testing.assert_array_equal(a, b)

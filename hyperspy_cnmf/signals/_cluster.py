@@ -801,13 +801,28 @@ def _compute(a):
 
 
 def _iter_nav_blocks(signal, rows=256):
-    """Yield the patterns (n, qy, qx), float64, of the flattened navigation in blocks."""
+    """Yield the patterns (m, qy, qx), float64, of the flattened navigation in order.
+
+    One pass over the data: a lazy signal is read one band at a time, a band
+    being the chunks of one chunk of the first navigation axis (array order),
+    so that every chunk is read once; the band, in its stored dtype, is cut
+    into pieces of ``rows`` patterns that are converted to float64 one at a
+    time. The band is the memory bound: one chunk where the chunks span the
+    other navigation axes, as in the files this package writes.
+    """
     data = signal.data
     qy, qx = data.shape[-2:]
-    flat = data.reshape((-1, qy, qx))
-    n = flat.shape[0]
-    for i0 in range(0, n, rows):
-        yield _compute(flat[i0 : i0 + rows]).astype(np.float64)
+    if data.ndim == 2:  # no navigation axis: one pattern
+        yield _compute(data).astype(np.float64)[None]
+        return
+    bands = data.chunks[0] if hasattr(data, "chunks") else (data.shape[0],)
+    y0 = 0
+    for n in bands:
+        band = _compute(data[y0 : y0 + n]).reshape(-1, qy, qx)
+        y0 += n
+        for i0 in range(0, band.shape[0], rows):
+            yield band[i0 : i0 + rows].astype(np.float64)
+        del band
 
 
 def _own_patterns(signal, step, max_patterns):
@@ -822,8 +837,19 @@ def _own_patterns(signal, step, max_patterns):
             f"{n} patterns to cluster (> max_patterns={max_patterns}); "
             "increase `step` (or `max_patterns`)."
         )
-    stack = _compute(signal.data[slices + (Ellipsis,)]).reshape(-1, qy, qx)
-    return np.asarray(stack, dtype=np.float64), positions, steps
+    data = signal.data
+    if not hasattr(data, "chunks") or data.ndim == 2:
+        stack = _compute(data[slices + (Ellipsis,)])
+    else:  # band by band (see _iter_nav_blocks), copied: no chunk stays alive
+        s0, parts, y0 = slices[0].step, [], 0
+        for n in data.chunks[0]:
+            first = -(-y0 // s0) * s0  # the first kept row of the band
+            if first < y0 + n:
+                band = data[(slice(first, y0 + n, s0),) + slices[1:] + (Ellipsis,)]
+                parts.append(np.array(_compute(band), dtype=np.float64))
+            y0 += n
+        stack = np.concatenate(parts)
+    return np.asarray(stack, dtype=np.float64).reshape(-1, qy, qx), positions, steps
 
 
 def _given_patterns(signal, patterns, max_patterns):
