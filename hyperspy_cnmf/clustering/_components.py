@@ -36,6 +36,7 @@ from scipy import ndimage
 from hyperspy_cnmf._docstrings import fill_doc
 from hyperspy_cnmf._schema import stored, transient
 from hyperspy_cnmf.clustering._hierarchical import (
+    _median_and_noise,
     _similarity_parameters,
     align_to_references,
     attach_by_map,
@@ -53,6 +54,7 @@ from hyperspy_cnmf.clustering._polar import (
     estimate_direct_beam_radius,
     find_direct_beam,
 )
+from hyperspy_cnmf.clustering._similarity import rotational_similarity
 
 __all__ = ["ComponentClustering", "cluster_components"]
 
@@ -410,8 +412,7 @@ def map_compactness(maps, nav_shape, level=0.2, noise_floor=2.0):
     for i, row in enumerate(m):
         if not np.isfinite(row).any():
             continue
-        median = np.nanmedian(row)
-        sigma = 1.4826 * np.nanmedian(np.abs(row - median))
+        median, sigma = _median_and_noise(row)
         excess = np.clip(row - median - noise_floor * sigma, 0.0, None)
         excess = np.nan_to_num(excess).reshape(nav_shape)
         top = excess.max()
@@ -431,19 +432,21 @@ def _texture(contrib, nav_shape, beam_only, min_compactness):
     return spread & ~beam_only
 
 
-def _texture_distance(factors, loading_sum, texture, cpx, dbr, polar_kwargs):
-    """Pseudo-distance (k,) of every component to the texture group's summed diffraction."""
+def _texture_distance(polar, radii, loading_sum, texture, similarity_kwargs):
+    """Pseudo-distance (k,) of every component to the texture group's summed diffraction.
+
+    The polar transform is linear, so the group's polar image is the
+    loading-weighted sum of its members' (``polar``, the factors' own), compared
+    with every component by one row of
+    :func:`~hyperspy_cnmf.clustering.rotational_similarity`.
+    """
     if texture.sum() < 2:
         return None
-    group = np.nansum(factors[texture] * loading_sum[texture, None, None], axis=0)
-    group[np.all(np.isnan(factors), axis=0)] = np.nan
-    _, _, sim = polar_similarity(
-        np.concatenate([factors, group[None]]),
-        cpx,
-        direct_beam_radius=dbr,
-        **polar_kwargs,
-    )
-    return sim.pseudo_distance[-1, :-1]
+    members = polar[texture] * loading_sum[texture, None, None]
+    group = np.nansum(members, axis=0)
+    group[np.all(np.isnan(members), axis=0)] = np.nan
+    sim = rotational_similarity(group[None], polar, radii=radii, **similarity_kwargs)
+    return sim.pseudo_distance[0]
 
 
 def _cut(
@@ -876,9 +879,7 @@ def cluster_components(
         sim.pseudo_distance,
         beam_only,
         texture,
-        _texture_distance(
-            factors, loading_sum, texture, cpx, dbr, {**grid, **similarity_kwargs}
-        ),
+        _texture_distance(polar, radii, loading_sum, texture, similarity_kwargs),
         contrib,
         method,
         n_clusters,

@@ -477,6 +477,18 @@ def map_objects(maps, labels, nav_shape=None, threshold=0.5, max_overlap=0.3):
     return _in_order_of_first(raw)
 
 
+def _median_and_noise(maps):
+    """Median and robust noise of each map (rows of ``maps``), NaN left out.
+
+    The noise is the median absolute deviation times 1.4826, the standard
+    deviation of Gaussian noise (F. R. Hampel, *J. Am. Stat. Assoc.* 69, 383
+    (1974)); a map that is mostly one level keeps its few outliers (a grain)
+    out of it.
+    """
+    med = np.nanmedian(maps, axis=-1)
+    return med, 1.4826 * np.nanmedian(np.abs(maps - med[..., None]), axis=-1)
+
+
 def dominant_labels(
     maps,
     percentiles=(0.0, 100.0),
@@ -597,8 +609,7 @@ def dominant_labels(
             if noise_floor:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
-                    med = np.nanmedian(m, axis=1)
-                    sigma = 1.4826 * np.nanmedian(np.abs(m - med[:, None]), axis=1)
+                    _, sigma = _median_and_noise(m)
                     floor = np.where(ok, noise_floor * sigma / np.where(ok, span, 1), 0)
                 t = np.fmax(t, floor)
             particle = np.where(norm >= t[:, None], norm, 0.0)
