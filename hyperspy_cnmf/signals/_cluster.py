@@ -29,6 +29,7 @@ from hyperspy_cnmf._docstrings import fill_doc
 from hyperspy_cnmf._schema import from_stored, to_stored
 from hyperspy_cnmf.signals._axes import axis_info, calibrated_origin_px
 from hyperspy_cnmf.signals._calibration import navigation_scales
+from hyperspy_cnmf.signals._decomposition import _NONE, _check_params, _real
 from hyperspy_cnmf.signals._store import (
     clear_learning_results,
     decomposition_settings,
@@ -148,17 +149,13 @@ def _min_cluster_positions(signal, value):
     return int(value)
 
 
-def _check_fraction(name, value, allow_zero):
-    """A float in [0, 1) (``allow_zero``) or (0, 1); None is 0 where zero is allowed."""
-    if value is None and allow_zero:
-        return 0.0
-    ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(
-        value, bool
-    )
-    if ok and np.isfinite(value) and (0 <= value < 1 if allow_zero else 0 < value < 1):
-        return float(value)
-    bounds = "[0, 1) or None" if allow_zero else "(0, 1)"
-    raise ValueError(f"`{name}` must be a number in {bounds}, got {value!r}.")
+#: The allowed values of :func:`cluster_diffraction`'s fractions, checked by
+#: :func:`~hyperspy_cnmf.signals._decomposition._check_params` as the
+#: decomposition's arguments are.
+_FRACTION_CONSTRAINTS = {
+    "particle_threshold": [_real(0, 1, low_open=True, high_open=True)],
+    "min_map_compactness": [_NONE, _real(0, 1, high_open=True)],
+}
 
 
 def _signal_mask(signal):
@@ -614,11 +611,12 @@ def cluster_diffraction(
     _check_4dstem_signal_axes(self)
     lr = self.learning_results
     min_positions = _min_cluster_positions(self, min_cluster_positions)
-    particle_threshold = _check_fraction(
-        "particle_threshold", particle_threshold, allow_zero=False
-    )
-    min_map_compactness = _check_fraction(
-        "min_map_compactness", min_map_compactness, allow_zero=True
+    _check_params(
+        dict(
+            particle_threshold=particle_threshold,
+            min_map_compactness=min_map_compactness,
+        ),
+        _FRACTION_CONSTRAINTS,
     )
     idx = _select_components(lr, components)
     (qy, qx), _, _, _ = _signal_geometry(self)

@@ -408,14 +408,17 @@ def _integer(low):
     return _Constraint(lambda v: _is_int(v) and v >= low, f"an integer >= {low}")
 
 
-def _real(low, high=None, low_open=False):
+def _real(low, high=None, low_open=False, high_open=False):
     def test(v):
         if not (_is_real(v) and np.isfinite(v)):
             return False
-        return (v > low if low_open else v >= low) and (high is None or v <= high)
+        below = high is None or (v < high if high_open else v <= high)
+        return (v > low if low_open else v >= low) and below
 
+    close = ")" if high_open else "]"
     interval = (
-        f"{'(' if low_open else '['}{low:g}, {'inf)' if high is None else f'{high:g}]'}"
+        f"{'(' if low_open else '['}{low:g}, "
+        f"{'inf)' if high is None else f'{high:g}{close}'}"
     )
     return _Constraint(test, f"a finite number in {interval}")
 
@@ -459,9 +462,9 @@ _PARAMETER_CONSTRAINTS = {
 }
 
 
-def _check_params(params):
-    """Check every argument against :data:`_PARAMETER_CONSTRAINTS`: one clear error, no data read."""
-    for name, constraints in _PARAMETER_CONSTRAINTS.items():
+def _check_params(params, parameter_constraints=_PARAMETER_CONSTRAINTS):
+    """Check every argument against its constraints (default :data:`_PARAMETER_CONSTRAINTS`): one clear error, no data read."""
+    for name, constraints in parameter_constraints.items():
         value = params[name]
         if not any(c(value) for c in constraints):
             allowed = " or ".join(c.text for c in constraints)
