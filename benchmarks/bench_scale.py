@@ -277,18 +277,8 @@ def worker(args):
     print("RESULT " + json.dumps(out))
 
 
-def _job(args, st, out):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    import hyperspy_cnmf.io as hio
-    from hyperspy_cnmf import report as rp
-
-    res_dir = Path(args.outdir)
-    res_dir.mkdir(parents=True, exist_ok=True)
-    s = st("open (lazy)", hio.load, args.file, lazy=True)
+def _our_decomposition(s, args, st, out):
+    """The constrained NMF of a job (timed as the stage "decomposition"); its reads into ``out``."""
     info = st(
         "decomposition",
         s.decomposition,
@@ -301,6 +291,21 @@ def _job(args, st, out):
         **json.loads(args.cnmf),
     )
     out["n_passes"] = info["n_passes"]
+
+
+def _job(args, st, out):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import hyperspy_cnmf.io as hio
+    from hyperspy_cnmf import report as rp
+
+    res_dir = Path(args.outdir)
+    res_dir.mkdir(parents=True, exist_ok=True)
+    s = st("open (lazy)", hio.load, args.file, lazy=True)
+    _our_decomposition(s, args, st, out)
     st("cluster_diffraction", s.cluster_diffraction)
 
     def save():
@@ -332,18 +337,7 @@ def _fit(args, st, out):
 
     s = st("open (lazy)", hio.load, args.file, lazy=True)
     if args.worker == "fit":
-        info = st(
-            "decomposition",
-            s.decomposition,
-            algorithm="constrained_nmf",
-            output_dimension=args.k,
-            random_state=0,
-            print_info=False,
-            return_info=True,
-            show_progressbar=False,
-            **json.loads(args.cnmf),
-        )
-        out["n_passes"] = info["n_passes"]
+        _our_decomposition(s, args, st, out)
     else:  # HyperSpy's lazy NMF: MiniBatchNMF partial_fit over the chunks
         s.change_dtype("float32")  # HyperSpy refuses integers; lazy, per chunk
         st(
