@@ -205,6 +205,13 @@ def _left_t_block(block, rows, shape, row_scale, B, sh):
     return {"P": _left(X, (B * row_scale[:, None]).astype(sh.dtype))}
 
 
+def _right_left_t_block(block, rows, shape, row_scale, B, sh):
+    X = _prepare(block, shape, sh.dtype, row_scale, sh.col_masked)
+    Y = np.empty((X.shape[0], sh.AcT.shape[0]))
+    block_right(X, sh.AcT, row_scale, Y)
+    return Y, {"P": _left(X, (B * row_scale[:, None]).astype(sh.dtype))}
+
+
 def _fused_block(block, rows, shape, row_scale, W, sh):
     X = _prepare(block, shape, sh.dtype, row_scale, sh.col_masked)
     R = np.empty((X.shape[0], sh.HcT.shape[0]))
@@ -720,6 +727,16 @@ class DaskOperator:
         B = np.asarray(B, dtype=np.float64)
         _, part = self._read(_left_t_block, per_block=lambda r: (B[r],))
         return part["P"].T * self.col_scale[:, None]
+
+    def right_left_t(self, A, B):
+        """``Xe @ A`` and ``Xe.T @ B`` (shapes (n_cols, r), (n_rows, s)), in one read."""
+        A = np.asarray(A, dtype=np.float64)
+        B = np.asarray(B, dtype=np.float64)
+        AcT = np.ascontiguousarray((A * self.col_scale[:, None]).T, dtype=self.dtype)
+        Y, part = self._read(
+            _right_left_t_block, local=True, per_block=lambda r: (B[r],), AcT=AcT
+        )
+        return self._scatter(Y, A.shape[1]), part["P"].T * self.col_scale[:, None]
 
     def fused_pass(self, W, Ht, update):
         """Update the maps block by block and return ``Xe.T @ W`` (updated maps).

@@ -430,3 +430,124 @@ def test_clusters_dominating_few_positions_are_dissolved():
         min_cluster_positions=10,
     )
     assert four.labels.max() + 1 == 4 and four.parameters["dissolved_clusters"] == 0
+
+
+def _disc_labels(shape, discs):
+    """Position labels: 0 (matrix) with discs ``(row, col, radius, label)`` drawn in order."""
+    yy, xx = np.indices(shape)
+    pos = np.zeros(shape, dtype=np.int64)
+    for y, x, r, lab in discs:
+        pos[np.hypot(yy - y, xx - x) <= r] = lab
+    return pos
+
+
+def test_pieces_of_one_grain_join_touching_grains_do_not():
+    from hyperspy_cnmf.clustering._components import _enclosure, _join_enclosed
+
+    shape, bg = (30, 30), np.array([True, False, False])
+    # a grain split into its rim (1) and core (2): the core is enclosed by the rim
+    split = _disc_labels(shape, [(15, 15, 6, 1), (15, 15, 3, 2)])
+    encloser, share = _enclosure(split.ravel(), shape, bg)
+    assert encloser[2] == 1 and share[2] == 1.0 and encloser[1] == -1
+    labels, joined = _join_enclosed(np.arange(3), split.ravel(), shape, bg, 0.4)
+    assert joined == 1 and labels.tolist() == [0, 1, 1]
+    # a patch of a grain's positions (2) off its centre, within the grain (1)
+    patch = _disc_labels(shape, [(15, 15, 6, 1), (13, 17, 2, 2)])
+    _, share = _enclosure(patch.ravel(), shape, bg)
+    assert share[2] == 1.0
+    # two grains of different phases that touch (and overlap by 1 step in
+    # projection): a small part of the smaller one's border
+    for gap in (0, 1):
+        touching = _disc_labels(shape, [(15, 10, 6, 1), (15, 10 + 6 + 3 - gap, 3, 2)])
+        _, share = _enclosure(touching.ravel(), shape, bg)
+        assert share[2] < 0.3
+        labels, joined = _join_enclosed(np.arange(3), touching.ravel(), shape, bg, 0.4)
+        assert joined == 0 and labels.tolist() == [0, 1, 2]
+    # a larger cluster is never joined to a smaller one that borders it
+    _, share = _enclosure(split.ravel(), shape, bg)
+    assert share[1] == 0
+
+
+def test_over_complete_grain_pieces_and_textures_rejoin():
+    """An over-complete fit's pieces: a grain split into core and rim components
+    (different reflections, so the diffraction keeps them apart) joins as one
+    cluster; with ``max_enclosure=None`` they stay two."""
+    factors, loadings, phase, truth = with_speckle()
+    big = 1  # GRAINS[1], phase 2, radius 4: split into core and rim components
+    gi = int(np.flatnonzero(phase == 2)[0])
+    (gy, gx), radius, ph, rot = GRAINS[big]
+    yy, xx = np.indices(SCAN, dtype=float)
+    core = (np.hypot(yy - gy, xx - gx) <= radius / 2).ravel()
+    # the rim's reflections: the phase's pattern; the core's: another zone's
+    # (thickness-dependent excitation), 0.5 similar at most
+    other = _pattern(3, rot) * np.nansum(factors[gi]) / _pattern(3, rot).sum()
+    rim_map = np.where(core, 0.0, loadings[gi])
+    core_map = np.where(core, loadings[gi], 0.0)
+    factors = np.concatenate([factors, other[None]])
+    loadings = np.concatenate([loadings, core_map[None]])
+    loadings[gi] = rim_map
+    kw = dict(nav_shape=SCAN, min_cluster_positions=3)
+    res = cl.cluster_components(factors, loadings, CENTRE, **kw)
+    off = cl.cluster_components(factors, loadings, CENTRE, max_enclosure=None, **kw)
+    assert off.labels[gi] != off.labels[-1]
+    assert res.labels[gi] == res.labels[-1]
+    assert res.labels.max() + 1 == off.labels.max()
+    assert res.parameters["max_enclosure"] == cl.MAX_ENCLOSURE
+    # the grain's core and rim positions carry one label, as an unsplit grain's do
+    grain = truth.ravel() == 2
+    for r, n in ((res, 1), (off, 2)):
+        held = r.position_labels[grain]
+        assert np.unique(held[held != r.labels[0]]).size == n  # the matrix aside
+    assert np.all(res.position_labels[core] == res.labels[gi])
+    assert adjusted_rand_score(truth.ravel(), res.position_labels) >= 0.9
+
+
+def test_unmixing_gives_texture_held_reflections_back_to_the_grain():
+    """Speckle components that also hold a share of a grain's reflections (as an
+    over-complete NMF of a glass with grains leaves them): the positions' model
+    re-expressed with the texture group as one pattern returns that share to the
+    grain's component, within the grain only."""
+    from hyperspy_cnmf.clustering._components import _annulus, _unmixed_contributions
+
+    factors, loadings, phase, truth = with_speckle()
+    gi = int(np.flatnonzero(phase == 2)[0])
+    tex = np.arange(phase.size) >= 6
+    grain = loadings[gi].copy()
+    unit = factors[gi] / np.nansum(factors[gi])
+    for i in np.flatnonzero(tex)[
+        :2
+    ]:  # two speckle components with half the grain's spots
+        factors[i] = factors[i] + np.nansum(factors[i]) * unit
+        loadings[i] = loadings[i] + 0.5 * loadings[i].max() * grain / grain.max()
+    contrib = loadings * np.nansum(factors, axis=(1, 2))[:, None]
+    annulus = _annulus(SHAPE, CENTRE, np.arange(3.0, 23.0), 2.0).ravel()
+    labels = np.r_[0, 0, 1, 1, 2, 1, np.zeros(8, dtype=int)]  # matrix, phase 1, phase 2
+    args = (factors, loadings, contrib, labels, np.zeros(phase.size, bool))
+    out = _unmixed_contributions(*args, tex, annulus)
+    inside = grain > 0.2 * grain.max()
+    # the speckle components held 0.61 of the grain's own counts inside the grain;
+    # measured 1.24
+    assert out[gi][inside].sum() / contrib[gi][inside].sum() > 1.15
+    # the counts of the model are kept, and the matrix tiles keep their shapes
+    np.testing.assert_allclose(np.nansum(out), np.nansum(contrib), rtol=0.05)
+    assert np.corrcoef(out[0], contrib[0])[0, 1] > 0.95
+    # without texture components nothing moves
+    same = _unmixed_contributions(*args, np.zeros(phase.size, bool), annulus)
+    np.testing.assert_allclose(
+        same[:6], contrib[:6], rtol=0.02, atol=1e-9 * contrib.max()
+    )
+
+
+def test_extended_cluster_is_the_one_present_everywhere():
+    """No cluster above half its range on most of the scan: the matrix is the one
+    with the largest median, even when a grain cluster holds more counts."""
+    from hyperspy_cnmf.clustering._components import _extended_clusters
+
+    rng = np.random.default_rng(0)
+    n = 400
+    matrix = rng.exponential(1.0, n)  # speckle: its range is set by its peaks
+    grain = np.zeros(n)
+    grain[:40] = 30.0  # a grain cluster with more counts in total
+    maps = np.stack([grain, matrix])
+    ext = _extended_clusters(maps, np.array([0, 1]), np.zeros(n, bool), (0.0, 100.0))
+    assert grain.sum() > matrix.sum() and ext.tolist() == [False, True]

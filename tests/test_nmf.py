@@ -170,6 +170,63 @@ def test_max_exact_iter_caps_the_data_reads(lowrank):
     assert not r.converged
 
 
+def _smooth_maps(W):
+    """A map constraint that is a projection: neighbouring rows (positions) averaged in pairs."""
+    out = W.copy()
+    out[0::2] = out[1::2] = (W[0::2] + W[1::2]) / 2
+    return out
+
+
+def test_constrained_exact_iteration_reads_the_data_once(lowrank):
+    """With a map constraint and a sketch, one exact iteration costs one read."""
+    op = DenseOperator(lowrank)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        r = constrained_nmf(
+            op,
+            4,
+            sketch=True,
+            map_constraint=_smooth_maps,
+            max_exact_iter=5,
+            tol=0,
+            random_state=0,
+            separate=False,
+        )
+        ref = constrained_nmf(
+            DenseOperator(lowrank),
+            4,
+            sketch=True,
+            map_constraint=_smooth_maps,
+            max_exact_iter=0,
+            tol=0,
+            random_state=0,
+            separate=False,
+        )
+    assert r.n_iter == 5
+    assert r.n_passes - ref.n_passes == 5  # the sketch phase and its reads are the same
+    # the reported loss is that of the returned (constrained) factors, evaluated exactly
+    np.testing.assert_allclose(
+        r.loss[-1],
+        np.mean((lowrank - r.W @ r.Ht.T) ** 2),
+        rtol=1e-9,
+    )
+    np.testing.assert_allclose(r.W, _smooth_maps(r.W), atol=1e-12 * r.W.max())
+
+
+def test_one_read_iteration_reaches_the_two_read_fixed_point(lowrank):
+    """Run to ``tol``, the one-read iteration (its maps' product corrected by the
+    sketch) ends where the exact two-read alternation ends: the correction
+    vanishes at a fixed point."""
+    kw = dict(map_constraint=_smooth_maps, tol=1e-6, max_iter=500, random_state=0)
+    one = _fit(lowrank, sketch=True, **kw)
+    two = _fit(lowrank, sketch=False, **kw)
+    assert one.converged and two.converged
+    assert abs(one.loss[-1] - two.loss[-1]) <= 1e-4 * two.loss[-1]
+    np.testing.assert_allclose(
+        one.W @ one.Ht.T, two.W @ two.Ht.T, atol=0.05 * lowrank.std()
+    )
+
+
 def test_separation_moves_a_shared_pattern_back():
     """A component holding a share of another's pattern is cleaned exactly."""
     rng = np.random.default_rng(3)

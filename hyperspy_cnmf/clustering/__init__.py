@@ -22,6 +22,7 @@ numpy, numba and scipy only. The HyperSpy methods live in
 
 from hyperspy_cnmf.clustering._components import (
     MAP_ARTEFACTS,
+    MAX_ENCLOSURE,
     MIN_MAP_COMPACTNESS,
     NOISE_FLOOR,
     PARTICLE_THRESHOLD,
@@ -62,6 +63,7 @@ from hyperspy_cnmf.clustering._similarity import (
 
 __all__ = [
     "MAP_ARTEFACTS",
+    "MAX_ENCLOSURE",
     "MIN_MAP_COMPACTNESS",
     "NOISE_FLOOR",
     "PARTICLE_THRESHOLD",

@@ -5,6 +5,7 @@ This subpackage never imports HyperSpy, dask or py4DSTEM.
 
 from hyperspy_cnmf.nmf._operators import DenseOperator, SketchOperator, randomized_range
 from hyperspy_cnmf.nmf._solver import (
+    EXACT_REFINEMENT,
     INITS,
     SOLVERS,
     ConvergenceWarning,
@@ -21,4 +22,5 @@ __all__ = [
     "ConvergenceWarning",
     "SOLVERS",
     "INITS",
+    "EXACT_REFINEMENT",
 ]

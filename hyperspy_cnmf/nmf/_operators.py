@@ -24,6 +24,8 @@ Every operator provides:
   detector shape is not known (``signal_shape`` not given);
 - ``right(A)``: ``Xe @ A`` for ``A`` of shape (n_cols, r);
 - ``left_t(B)``: ``Xe.T @ B`` for ``B`` of shape (n_rows, r);
+- ``right_left_t(A, B)``: ``(Xe @ A, Xe.T @ B)`` in *one* read (the
+  constrained iteration's products, :func:`~hyperspy_cnmf.nmf._solver._iterate`);
 - ``n_passes``: reads of the data so far (0 for a sketch);
 - ``fused_pass(W, Ht, update)``: one read of the data that updates the maps
   block by block (``update(W_block, (Xe @ Ht)_block, skip_block)``, in place)
@@ -289,6 +291,28 @@ class DenseOperator:
         parts = self._map_threads(lambda blocks: self._left_blocks(B, blocks))
         return _sum_parts(parts).T * self.col_scale[:, None]
 
+    def right_left_t(self, A, B):
+        self.n_passes += 1
+        if not self._kernels:
+            Ac = (A * self.col_scale[:, None]).astype(self.dtype)
+            Br = (B * self.row_scale[:, None]).astype(self.dtype)
+            R = (self.X @ Ac).astype(np.float64) * self.row_scale[:, None]
+            return R, (self.X.T @ Br).astype(np.float64) * self.col_scale[:, None]
+        AcT = self._scaled_patterns_t(A)
+        R = np.empty((self.shape[0], A.shape[1]))
+
+        def pairs(blocks):
+            for sl in blocks:
+                Xb = self.X[sl]
+                block_right(Xb, AcT, self.row_scale[sl], R[sl])
+                yield Xb, (B[sl] * self.row_scale[sl, None]).astype(self.dtype)
+
+        def work(blocks):
+            return flushed_left(pairs(blocks), B.shape[1], self.shape[1], self.dtype)
+
+        XtB = _sum_parts(self._map_threads(work)).T
+        return R, XtB * self.col_scale[:, None]
+
     def fused_pass(self, W, Ht, update):
         self.n_passes += 1
         skip = self.row_scale == 0
@@ -400,6 +424,9 @@ class SketchOperator:
 
     def left_t(self, B):
         return self.Bt @ (self.Q.T @ B)
+
+    def right_left_t(self, A, B):
+        return self.right(A), self.left_t(B)
 
     def fused_pass(self, W, Ht, update):
         R = self.right(Ht)

@@ -13,7 +13,13 @@ import numpy as np
 
 from hyperspy_cnmf._schema import DecompositionRecord
 from hyperspy_cnmf.constraints import DiffractionDipConstraint, MapResolutionConstraint
-from hyperspy_cnmf.nmf import INITS, SOLVERS, DenseOperator, constrained_nmf
+from hyperspy_cnmf.nmf import (
+    EXACT_REFINEMENT,
+    INITS,
+    SOLVERS,
+    DenseOperator,
+    constrained_nmf,
+)
 from hyperspy_cnmf.nmf._operators import range_test_matrix
 from hyperspy_cnmf.nmf._solver import SKETCH_OVERSAMPLE
 from hyperspy_cnmf.signals._axes import check_4d
@@ -613,9 +619,10 @@ def _checked_arguments(signal, params):
     _check_dtype(signal.data.dtype)
     p = SimpleNamespace(**{name: params[name] for name in _PARAMETER_CONSTRAINTS})
     if isinstance(p.max_exact_iter, str):
-        # In memory and out of core alike: exact iterations to ``tol``, so that a lazy fit
-        # gives the in-memory result (issue 10, item 7); the few-read fit is max_exact_iter=1.
-        p.max_exact_iter = None
+        # In memory and out of core alike, so that a lazy fit gives the in-memory result
+        # (issue 10, item 7): a fixed refinement of the sketch's fit (EXACT_REFINEMENT, one
+        # read each); without a sketch the exact iterations run to ``tol``.
+        p.max_exact_iter = EXACT_REFINEMENT if p.sketch else None
     am = signal.axes_manager
     p.nav_shape = am._navigation_shape_in_array
     p.sig_shape = am._signal_shape_in_array

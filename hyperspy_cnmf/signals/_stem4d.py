@@ -185,16 +185,14 @@ class STEM4D(Signal2D):
             the one with the lowest loss is kept. With ``sketch=True`` the
             starts run on the sketch and cost no extra data reads.
         max_exact_iter : int, None or "auto", default "auto"
-            Cap on the exact iterations after the sketch. None or ``"auto"``:
-            ``max_iter``, i.e. until ``tol``, in memory and lazily alike, so
-            that a lazy signal gives the in-memory result (measured on the
-            multislice cases of ``benchmarks/quality_physics.py``: identical
-            labels and factor cosines 1.0000). Out of core each exact
-            iteration reads the whole dataset once or twice; ``1`` gives the
-            few-read fit (the sketch to ``tol`` and one exact refinement: 9.4-9.9
-            ``sum()`` passes on the 2.1 GB file of ``benchmarks/bench_lazy.py``
-            against 13.4-13.9), whose factors can differ from the converged
-            fit when k is large.
+            Cap on the exact iterations after the sketch, in memory and lazily
+            alike, so that a lazy signal gives the in-memory result. ``"auto"``:
+            :data:`~hyperspy_cnmf.nmf.EXACT_REFINEMENT` (9) with ``sketch``,
+            one read of the data each (12 reads in all out of core), else
+            ``max_iter``; None: until ``tol`` (30-60 reads at k = 30). The
+            exact phase refines a fit converged on the sketch; run to ``tol``
+            it gives no better phases on the multislice benchmark (the
+            constant gives the measurements).
         separate_components : bool, default True
             NMF is not unique: a grain's pattern can keep a share of the
             matrix pattern (direct beam, halos) while the matrix map dips
