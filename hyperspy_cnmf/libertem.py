@@ -44,6 +44,7 @@ from libertem.api import Context
 from libertem.contrib.daskadapter import make_dask_array
 from libertem.io.dataset.base import DataSet
 
+from hyperspy_cnmf._warnings import at_user_site
 from hyperspy_cnmf.chunked_libertem import LiberTEMOperator
 from hyperspy_cnmf.signals import _decomposition, _store
 from hyperspy_cnmf.signals._calibration import unit_quantity
@@ -190,6 +191,7 @@ def signal_from_dataset(
     return signal
 
 
+@at_user_site
 def decomposition(
     ctx,
     dataset,

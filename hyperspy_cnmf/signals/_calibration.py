@@ -3,11 +3,11 @@
 import functools
 import re
 import unicodedata
-import warnings
 
 import numpy as np
 
 from hyperspy_cnmf._beam import beam_search_pixels, defect_pixels, locate_direct_beam
+from hyperspy_cnmf._warnings import warn
 from hyperspy_cnmf.constraints import (
     AIRY_FWHM,
     electron_wavelength,
@@ -279,17 +279,19 @@ def find_beam_disk(pattern, mask=None):
     return locate_direct_beam(pattern, mask=excluded)
 
 
-def warn_defect_pixels(mean_pattern, n_positions, mask=None, stacklevel=2):
+def warn_defect_pixels(mean_pattern, n_positions, mask=None):
     """Warn about hot and dead pixels of the mean pattern left outside ``mask``.
 
-    See :func:`hyperspy_cnmf._beam.defect_pixels` for the criteria. The
-    warning names the pixels (row, column) and the remedy: ``signal_mask``.
+    See :func:`hyperspy_cnmf._beam.defect_pixels` for the criteria (the
+    mean pattern of counts data: a hot pixel must be significant against
+    Poisson noise, ``poisson=True``). The warning names the pixels (row,
+    column) and the remedy: ``signal_mask``.
 
     Returns
     -------
     hot, dead : ndarray of bool, shape (qy, qx)
     """
-    hot, dead = defect_pixels(mean_pattern, n_positions, mask=mask)
+    hot, dead = defect_pixels(mean_pattern, n_positions, mask=mask, poisson=True)
     for kind, found, why in (
         ("hot", hot, "far brighter than all its neighbours in the mean pattern"),
         ("dead", dead, "always zero where its neighbours are not"),
@@ -298,13 +300,12 @@ def warn_defect_pixels(mean_pattern, n_positions, mask=None, stacklevel=2):
             rows, cols = np.nonzero(found)
             where = ", ".join(f"({r}, {c})" for r, c in zip(rows[:10], cols[:10]))
             more = f" and {len(rows) - 10} more" if len(rows) > 10 else ""
-            warnings.warn(
+            warn(
                 f"{len(rows)} {kind} detector pixel(s) ({why}) at (row, column) {where}{more}; "
                 "they distort the components. Exclude them with signal_mask (True = excluded), e.g. "
                 f"mask = np.zeros({tuple(found.shape)}, bool); mask[{tuple(rows[:10].tolist())}, "
                 f"{tuple(cols[:10].tolist())}] = True",
                 UserWarning,
-                stacklevel=stacklevel + 1,
             )
     return hot, dead
 
@@ -360,7 +361,7 @@ def beam_energy_and_convergence(signal):
     return energy, alpha
 
 
-def estimate_probe_fwhm(signal, mean_pattern, beam_radius_px=None, stacklevel=3):
+def estimate_probe_fwhm(signal, mean_pattern, beam_radius_px=None):
     """Estimate the probe FWHM in the units of the x (first) navigation axis.
 
     Tried in order (the first that applies wins):
@@ -391,8 +392,6 @@ def estimate_probe_fwhm(signal, mean_pattern, beam_radius_px=None, stacklevel=3)
         For rule 2, when ``beam_radius_px`` is not given.
     beam_radius_px : float, optional
         The direct-beam radius already found (e.g. with the ``signal_mask``).
-    stacklevel : int, default 3
-        Of the fallback's warning (``warnings.warn``).
 
     Returns
     -------
@@ -426,7 +425,7 @@ def estimate_probe_fwhm(signal, mean_pattern, beam_radius_px=None, stacklevel=3)
                     "direct-beam disk radius in calibrated diffraction units (0.514/k_alpha)",
                 )
     step = max(step_x, step_y)
-    warnings.warn(
+    warn(
         "map_resolution='auto' could not determine the probe size (needs the "
         "convergence angle and beam energy in metadata, or calibrated "
         "navigation lengths and diffraction axes); using 2 scan steps "
@@ -434,6 +433,5 @@ def estimate_probe_fwhm(signal, mean_pattern, beam_radius_px=None, stacklevel=3)
         "(Nyquist) circle. Pass map_resolution=<probe FWHM in navigation "
         "units> to set it.",
         UserWarning,
-        stacklevel=stacklevel,
     )
     return 2.0 * step, "fallback: 2 scan steps (Nyquist)"

@@ -17,8 +17,6 @@ HyperSpy's own ``cluster_*`` fields (the last run wins); see
 :func:`cluster_diffraction`, Notes.
 """
 
-import warnings
-
 import numpy as np
 from hyperspy.signal import BaseSignal
 from hyperspy.signals import Signal1D, Signal2D
@@ -27,6 +25,7 @@ from hyperspy_cnmf import clustering as core
 from hyperspy_cnmf._beam import Beam
 from hyperspy_cnmf._docstrings import fill_doc
 from hyperspy_cnmf._schema import from_stored, to_stored
+from hyperspy_cnmf._warnings import warn
 from hyperspy_cnmf.signals._axes import axis_info, calibrated_origin_px
 from hyperspy_cnmf.signals._calibration import navigation_scales
 from hyperspy_cnmf.signals._decomposition import _NONE, _check_params, _real
@@ -82,11 +81,10 @@ def _length_to_px(signal, value, units):
         return float(value)
     _, (sx, sy), _, _ = _signal_geometry(signal)
     if not np.isclose(abs(sx), abs(sy), rtol=1e-3):
-        warnings.warn(
+        warn(
             "The two signal axes have different scales; radii are converted "
             "with the scale of the first (x) axis.",
             UserWarning,
-            stacklevel=3,
         )
     return float(value) / abs(sx)
 
@@ -188,13 +186,12 @@ def _default_centre_px(signal):
     if origin is not None:
         off = float(np.hypot(origin[0] - beam[0], origin[1] - beam[1]))
         if off > CENTRE_TOLERANCE_PX:
-            warnings.warn(
+            warn(
                 f"The calibrated origin of the signal axes ({origin[0]:.2f}, {origin[1]:.2f}) px is "
                 f"{off:.2f} px from the direct beam measured on the data ({beam[0]:.2f}, "
                 f"{beam[1]:.2f}) px; the measured beam is used. Set the signal axes' offsets so that "
                 "(0, 0) is on the beam, or pass `centre` explicitly.",
                 UserWarning,
-                stacklevel=4,
             )
     return beam
 
@@ -364,12 +361,11 @@ def _warn_map_artefacts(res):
         what = "; ".join(
             f"{core.MAP_ARTEFACTS[c]}: components {v}" for c, v in flagged.items()
         )
-        warnings.warn(
+        warn(
             f"Component maps that are no feature of the sample ({what}): noise spikes or scan "
             "artefacts fitted by too many components. Their clusters are not phases; consider a "
             "smaller output_dimension. Flagged in learning_results.cdiff_map_artefact.",
             UserWarning,
-            stacklevel=3,
         )
 
 

@@ -688,7 +688,7 @@ def _read_statistics(signal, p):
         )
     # The direct beam of every position, measured in the statistics read: warn on descan.
     beam_positions = op.beam_positions()
-    warn_if_beam_moves(beam_positions, p.nav_shape, stacklevel=5)
+    warn_if_beam_moves(beam_positions, p.nav_shape)
     excursion = 0.5 * float(np.max(beam_motion(beam_positions, p.nav_shape)))
     if p.k > min(nav_valid.sum(), sig_valid.sum()):
         raise ValueError(
@@ -721,7 +721,6 @@ def _measure_beam(op, p, excursion):
         mean_pattern,
         int(nav_valid.sum()),
         mask=p.sig_mask.reshape(p.sig_shape),
-        stacklevel=4,
     )
     beam = find_beam_disk(mean_pattern, mask=p.sig_mask.reshape(p.sig_shape))
     mask_radius = _mask_radius(p.direct_beam_mask, beam, excursion)
@@ -792,7 +791,7 @@ def _build_constraints(signal, p, beam, mean_pattern, sig_valid, settings):
     if _map_constraint_on(p.map_resolution):
         if isinstance(p.map_resolution, str):
             res_value, res_how = estimate_probe_fwhm(
-                signal, mean_pattern, beam_radius_px=beam.radius, stacklevel=4
+                signal, mean_pattern, beam_radius_px=beam.radius
             )
         else:
             res_value, res_how = float(p.map_resolution), "user"
