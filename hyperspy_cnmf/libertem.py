@@ -47,7 +47,7 @@ from libertem.io.dataset.base import DataSet
 from hyperspy_cnmf._warnings import at_user_site
 from hyperspy_cnmf.chunked_libertem import LiberTEMOperator
 from hyperspy_cnmf.signals import _decomposition, _store
-from hyperspy_cnmf.signals._calibration import unit_quantity
+from hyperspy_cnmf.signals._calibration import check_beam_energy, unit_quantity
 
 __all__ = ["decomposition", "signal_from_dataset"]
 
@@ -162,6 +162,7 @@ def signal_from_dataset(
     nav_steps = _steps("scan_step", scan_step)
     sig_steps = _steps("detector_step", detector_step)
     _positive_or_none("beam_energy", beam_energy, "keV")
+    check_beam_energy(beam_energy, "beam_energy")  # keV: 1-3000, not eV
     _positive_or_none("convergence_angle", convergence_angle, "mrad")
     nav_units = "px" if scan_step is None else str(scan_units)
     sig_units = "px" if detector_step is None else str(detector_units)

@@ -208,11 +208,24 @@ def navigation_scales(signal):
     Raises
     ------
     ValueError
-        If the two axes have different units that cannot be converted into
-        each other (e.g. nm and px, or a unit pint does not know): the scan
-        geometry is then undefined.
+        If a step is zero or not finite (a negative step, a flipped axis,
+        counts by its size), naming the axis and how to set it; or if the two
+        axes have different units that cannot be converted into each other
+        (e.g. nm and px, or a unit pint does not know): the scan geometry is
+        then undefined.
     """
-    sx, sy, unit = _common_scales(signal.axes_manager.navigation_axes, "navigation")
+    axes = signal.axes_manager.navigation_axes
+    for ax in axes:
+        step = float(ax.scale)
+        if step == 0 or not np.isfinite(step):
+            label, units = _axis_label(ax), _units(ax)
+            raise ValueError(
+                f"the navigation axis {label!r} has scale {step:g} {units}: its scan step must be a "
+                f"finite non-zero length. Set it, e.g. s.axes_manager[{label!r}].scale = 0.5 "
+                "(the step between probe positions, in the axis's units), or pass "
+                "map_resolution=None to run without the map constraint, which needs it"
+            )
+    sx, sy, unit = _common_scales(axes, "navigation")
     return sy, sx, unit
 
 
@@ -346,6 +359,52 @@ def _metadata_value(md, path, unit):
         ) from None
 
 
+#: The beam energies (keV) accepted from metadata: every transmission electron microscope,
+#: from low-voltage (a few kV) to high-voltage (3 MV) instruments. A value outside is a unit
+#: mistake, most often an energy in eV (200000 for 200 keV) where HyperSpy's metadata take keV.
+BEAM_ENERGY_RANGE_KEV = (1.0, 3000.0)
+
+
+def check_beam_energy(
+    energy_kev, where="metadata Acquisition_instrument.TEM.beam_energy"
+):
+    """The beam energy (keV), refused outside :data:`BEAM_ENERGY_RANGE_KEV` with the likely fix.
+
+    Parameters
+    ----------
+    energy_kev : float or None
+        None passes (no beam energy known).
+    where : str
+        How the error names the value.
+
+    Returns
+    -------
+    float or None
+
+    Raises
+    ------
+    ValueError
+        If the energy is not finite or outside 1-3000 keV; a value in eV
+        (1000 times a plausible energy) is named as such, with the value to
+        set.
+    """
+    if energy_kev is None:
+        return None
+    e = float(energy_kev)
+    lo, hi = BEAM_ENERGY_RANGE_KEV
+    if np.isfinite(e) and lo <= e <= hi:
+        return e
+    hint = ""
+    if np.isfinite(e) and lo <= e / 1e3 <= hi:
+        hint = f" It looks like an energy in eV: {e / 1e3:g} keV?"
+    raise ValueError(
+        f"{where} = {e:g} keV is not a plausible TEM beam energy ({lo:g}-{hi:g} keV).{hint} "
+        "HyperSpy's metadata take the beam energy in keV (the accelerating voltage in kV), e.g. "
+        "s.metadata.set_item('Acquisition_instrument.TEM.beam_energy', 200); a value in another "
+        "unit can carry it in beam_energy_units (e.g. 'eV'), which is converted with pint"
+    )
+
+
 def beam_energy_and_convergence(signal):
     """``(beam_energy_keV, convergence_angle_mrad)`` from metadata, None if absent.
 
@@ -354,9 +413,17 @@ def beam_energy_and_convergence(signal):
     (``beam_energy_units``, ``convergence_angle_units``) converted by pint;
     ``convergence_angle`` is the semi-angle (HyperSpy's metadata convention,
     pyxem's ``calibration.convergence_angle``).
+
+    Raises
+    ------
+    ValueError
+        If the beam energy, in keV after conversion, is outside 1-3000 keV
+        (:func:`check_beam_energy`: e.g. 200000, an energy in eV without
+        ``beam_energy_units``), or a stored unit does not convert.
     """
     md = signal.metadata
     energy = _metadata_value(md, "Acquisition_instrument.TEM.beam_energy", "keV")
+    energy = check_beam_energy(energy)
     alpha = _metadata_value(md, "Acquisition_instrument.TEM.convergence_angle", "mrad")
     return energy, alpha
 

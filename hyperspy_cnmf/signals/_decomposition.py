@@ -19,6 +19,7 @@ from hyperspy_cnmf.nmf._solver import SKETCH_OVERSAMPLE
 from hyperspy_cnmf.signals._axes import check_4d
 from hyperspy_cnmf.signals._beam_shift import beam_motion, warn_if_beam_moves
 from hyperspy_cnmf.signals._calibration import (
+    beam_energy_and_convergence,
     estimate_probe_fwhm,
     find_beam_disk,
     navigation_scales,
@@ -638,6 +639,10 @@ def _checked_arguments(signal, params):
     p.nav_steps = (
         navigation_scales(signal) if _map_constraint_on(p.map_resolution) else None
     )
+    if isinstance(
+        p.map_resolution, str
+    ):  # "auto" reads the beam energy: checked before the read
+        beam_energy_and_convergence(signal)
     p.label = _run_label(p.map_resolution, p.diffraction_constraint)
     p.operator = params["_operator"]
     return p
@@ -679,7 +684,7 @@ def _read_statistics(signal, p):
         )
     if stats["total"] == 0 and stats["minimum"] >= 0:
         raise ValueError(
-            "the data are all zero (outside the masks): there is nothing to factorize"
+            "the data are all zero (outside the masks): they carry no variation, there is nothing to factorize"
         )
     if stats["minimum"] < 0:
         raise ValueError(
@@ -717,6 +722,7 @@ def _measure_beam(op, p, excursion):
     """
     nav_valid, sig_valid = ~p.nav_mask, ~p.sig_mask
     mean_pattern = op.mean_pattern(nav_valid).reshape(p.sig_shape)
+    _check_variation(op, p, mean_pattern)
     warn_defect_pixels(
         mean_pattern,
         int(nav_valid.sum()),
@@ -732,6 +738,55 @@ def _measure_beam(op, p, excursion):
             "outside the direct-beam mask; pass a smaller direct_beam_mask radius or direct_beam_mask=False"
         )
     return mean_pattern, beam, mask_radius, beam_mask
+
+
+#: Relative variation ``sum |x_i - mean|^2 / sum |x_i|^2`` below which the statistics read
+#: suspects constant data (then checked exactly, or in float64 sums); real counts data give
+#: about ``1 / (1 + counts per pixel)``, 1e-3 or more.
+_CONSTANT_SUSPECT = 1e-4
+#: ... and below which float64 sums (lazy data) prove it: identical patterns give 1e-13.
+_CONSTANT_FLOAT64 = 1e-9
+
+
+def _check_variation(op, p, mean_pattern):
+    """Refuse data whose unmasked positions all hold the same pattern (no variation to factorize).
+
+    From the statistics read: ``sq_norm - n |mean pattern|^2`` is the summed
+    squared deviation of the patterns from their mean. Where it is small
+    (< :data:`_CONSTANT_SUSPECT` of ``sq_norm``), in-memory data are
+    compared exactly (no file read), and lazy data are refused when it is
+    below :data:`_CONSTANT_FLOAT64` (their sums are float64); a false
+    suspicion costs one pass over memory and changes nothing.
+    """
+    nav_valid, sig_valid = ~p.nav_mask, ~p.sig_mask
+    n = int(nav_valid.sum())
+    sq = float(op.stats()["sq_norm"])
+    m = np.asarray(mean_pattern, dtype=np.float64).ravel()[sig_valid]
+    if n < 2 or sq <= 0:
+        return
+    rel = (sq - n * float(m @ m)) / sq
+    if rel >= _CONSTANT_SUSPECT:
+        return
+    X = getattr(op, "X", None)
+    if isinstance(X, np.ndarray):  # in memory: the exact comparison
+        rows = np.flatnonzero(nav_valid)
+        first = X[rows[0], sig_valid]
+        constant = all(
+            np.array_equal(
+                X[rows[i : i + 256]][:, sig_valid],
+                np.broadcast_to(first, (len(rows[i : i + 256]), first.size)),
+            )
+            for i in range(0, rows.size, 256)
+        )
+    else:
+        constant = rel < _CONSTANT_FLOAT64
+    if constant:
+        raise ValueError(
+            f"the data carry no variation: all {n} unmasked positions hold the same diffraction "
+            "pattern (constant data), so there is nothing to factorize into components or to "
+            "cluster. Check that the right data were loaded (not a blank or one frame repeated) "
+            "and that navigation_mask leaves more than one kind of pattern"
+        )
 
 
 def _scaled_operator(op, p, beam_mask):
