@@ -771,13 +771,8 @@ def _check_variation(op, p, mean_pattern):
     if isinstance(X, np.ndarray):  # in memory: the exact comparison
         rows = np.flatnonzero(nav_valid)
         first = X[rows[0], sig_valid]
-        constant = all(
-            np.array_equal(
-                X[rows[i : i + 256]][:, sig_valid],
-                np.broadcast_to(first, (len(rows[i : i + 256]), first.size)),
-            )
-            for i in range(0, rows.size, 256)
-        )
+        blocks = (rows[i : i + 256] for i in range(0, rows.size, 256))  # bounded copies
+        constant = all(np.all(X[block][:, sig_valid] == first) for block in blocks)
     else:
         constant = rel < _CONSTANT_FLOAT64
     if constant:
