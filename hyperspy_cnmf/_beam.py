@@ -23,6 +23,7 @@ from scipy import ndimage
 
 __all__ = [
     "beam_motion",
+    "beam_drift_t",
     "fit_plane",
     "Beam",
     "beam_search_pixels",
@@ -141,6 +142,12 @@ HOT_PIXEL_RATIO = 5.0
 #: ... and brighter than this fraction of the pattern's (median-filtered) maximum, so that a
 #: stray count in a dark corner is not reported.
 HOT_PIXEL_FLOOR = 1e-3
+#: With ``poisson=True`` (counts data) a hot pixel must also stand out of the counting noise:
+#: its excess over :data:`HOT_PIXEL_RATIO` times its brightest neighbour, in counts summed over
+#: the positions, is at least this many Poisson standard errors of that difference. A dark pixel
+#: with a few stray counts over a short or low-dose scan (a 3 x 3 crop, 20 counts per pattern)
+#: is then no hot pixel; one needs > 25 counts where its neighbours have none.
+HOT_PIXEL_SIGNIFICANCE = 5.0
 #: A pixel whose mean is exactly 0 where the median of its 8 neighbours, summed over all
 #: positions, is at least this many counts is dead (the chance of no count at all is e**-20).
 DEAD_PIXEL_COUNTS = 20.0
@@ -155,13 +162,18 @@ def _neighbours(img, reduce):
     return ndimage.median_filter(img, footprint=footprint, mode="nearest")
 
 
-def defect_pixels(pattern, n_positions=1, mask=None):
+def defect_pixels(pattern, n_positions=1, mask=None, poisson=False):
     """Hot and dead pixels of a mean pattern.
 
     * hot: more than :data:`HOT_PIXEL_RATIO` times brighter than the
       brightest of its 8 neighbours, and brighter than
       :data:`HOT_PIXEL_FLOOR` times the pattern's maximum after a 3 x 3
-      median filter (scale-free: the same pixels for data in any units);
+      median filter (scale-free: the same pixels for data in any units).
+      With ``poisson=True`` (counts data) also significant against the
+      counting noise: with ``T = pattern * n_positions`` (counts summed over
+      the positions), ``T_pix - 5 T_nmax > z sqrt(T_pix + 25 T_nmax)``, with
+      ``z =`` :data:`HOT_PIXEL_SIGNIFICANCE` and ``T_nmax`` the brightest
+      neighbour;
     * dead: exactly 0 where the median of its 8 neighbours, times
       ``n_positions`` (the mean pattern's number of positions), is at least
       :data:`DEAD_PIXEL_COUNTS` (counts data: a live pixel would have
@@ -176,6 +188,9 @@ def defect_pixels(pattern, n_positions=1, mask=None):
     mask : ndarray of bool, shape (qy, qx), optional
         Pixels already excluded (True): never reported, and not used as
         neighbours.
+    poisson : bool, default False
+        Counts data: a hot pixel must be significant against Poisson noise
+        (see above).
 
     Returns
     -------
@@ -191,6 +206,12 @@ def defect_pixels(pattern, n_positions=1, mask=None):
     nmax = _neighbours(img, "max")
     top = float(ndimage.median_filter(img, size=3, mode="nearest").max())
     hot = (img > HOT_PIXEL_RATIO * nmax) & (img > HOT_PIXEL_FLOOR * top) & ~bad
+    if poisson:
+        n = float(n_positions)
+        count, ncount = np.maximum(img, 0.0) * n, np.maximum(nmax, 0.0) * n
+        hot &= count - HOT_PIXEL_RATIO * ncount > HOT_PIXEL_SIGNIFICANCE * np.sqrt(
+            count + HOT_PIXEL_RATIO**2 * ncount
+        )
     nmed = (
         _neighbours(np.where(bad, np.nan, img), "median")
         if bad.any()
@@ -327,15 +348,56 @@ def locate_direct_beam(pattern, sigma=0.7, mask=None):
 _MOTION_SMOOTH = 3
 
 
+#: A measured centre farther than this many robust standard deviations from the median of its
+#: 3 x 3 neighbourhood is a failed measurement (at very low dose the brightest region of a
+#: pattern can be a few stray counts, px away from the beam) and is left out of the motion.
+_MOTION_OUTLIER = 5.0
+
+
+def _position_maps(positions, nav_shape):
+    """The ``(ny, nx, 2)`` positions with failed measurements (outliers) set to NaN."""
+    pos = np.array(positions, dtype=np.float64)
+    if nav_shape is not None:
+        pos = pos.reshape(tuple(nav_shape) + (2,))
+    if pos.ndim == 2:
+        pos = pos[None]
+    for c in range(2):
+        v = pos[..., c]
+        ok = np.isfinite(v)
+        if ok.sum() < 3:
+            continue
+        size = [min(_MOTION_SMOOTH, n) for n in v.shape]
+        filled = np.where(ok, v, np.median(v[ok]))
+        resid = (v - ndimage.median_filter(filled, size, mode="nearest"))[ok]
+        scale = 1.4826 * np.median(np.abs(resid - np.median(resid)))
+        if scale > 0:
+            bad = np.zeros_like(ok)
+            bad[ok] = np.abs(resid) > _MOTION_OUTLIER * scale
+            v[bad] = np.nan
+    return pos
+
+
+def _smoothed(v):
+    """The :data:`_MOTION_SMOOTH` square mean of a map (NaN left out) and its finite count."""
+    ok = np.isfinite(v)
+    size = [min(_MOTION_SMOOTH, n) for n in v.shape]
+    num = ndimage.uniform_filter(np.where(ok, v, 0.0), size, mode="nearest")
+    den = ndimage.uniform_filter(ok.astype(float), size, mode="nearest")
+    return (num / np.where(den > 0, den, 1.0))[ok], den[ok] * np.prod(size)
+
+
 def beam_motion(positions, nav_shape=None):
     """How far the direct beam moves over the scan, robust to counting noise.
 
-    Rule: each coordinate's map of positions is smoothed by a
+    Rule: failed measurements (a centre more than :data:`_MOTION_OUTLIER`
+    robust standard deviations from the median of its 3 x 3 neighbourhood)
+    are left out; each coordinate's map of positions is smoothed by a
     :data:`_MOTION_SMOOTH` x :data:`_MOTION_SMOOTH` mean over the scan (NaN
     positions left out), and the motion is the range between its 1st and 99th
     percentiles. The mean filter divides the per-pattern noise by 3 (on the
     no-descan abTEM files the motion reads 0.05-0.1 px, on the descan file
-    1.3 px in x and 0.6 px in y for a true 1.33 and 0.67 px).
+    1.3 px in x and 0.6 px in y for a true 1.33 and 0.67 px). Whether the
+    motion stands out of the noise: :func:`beam_drift_t`.
 
     Parameters
     ----------
@@ -350,23 +412,87 @@ def beam_motion(positions, nav_shape=None):
         Motion along x and y in px (0 when fewer than two positions are
         finite).
     """
-    pos = np.asarray(positions, dtype=np.float64)
-    if nav_shape is not None:
-        pos = pos.reshape(tuple(nav_shape) + (2,))
-    if pos.ndim == 2:
-        pos = pos[None]
+    pos = _position_maps(positions, nav_shape)
     out = np.zeros(2)
     for c in range(2):
-        v = pos[..., c]
-        ok = np.isfinite(v)
-        if ok.sum() < 2:
+        if np.isfinite(pos[..., c]).sum() < 2:
             continue
-        size = [min(_MOTION_SMOOTH, n) for n in v.shape]
-        num = ndimage.uniform_filter(np.where(ok, v, 0.0), size, mode="nearest")
-        den = ndimage.uniform_filter(ok.astype(float), size, mode="nearest")
-        smooth = (num / np.where(den > 0, den, 1.0))[ok]
+        smooth, _ = _smoothed(pos[..., c])
         lo, hi = np.percentile(smooth, [1, 99])
         out[c] = hi - lo
+    return out
+
+
+#: A motion is a descan only if the plane fitted to the centres (the descan model of
+#: :func:`fit_plane`) has a slope this many standard errors from 0 (:func:`beam_drift_t`).
+BEAM_MOTION_SIGNIFICANCE = 5.0
+#: The fewest finite (not failed) centres that can show a drift: a smaller scan or crop (3 x 3)
+#: cannot tell a drift from counting noise.
+_MOTION_MIN_POSITIONS = 16
+
+
+def beam_drift_t(positions, nav_shape=None):
+    """How significant the beam's drift is against the centres' own noise: a t statistic per coordinate.
+
+    Each coordinate's centres (failed measurements left out as in
+    :func:`beam_motion`) are fitted by a least-squares plane ``a + b ix +
+    c iy`` over the scan (the descan model, :func:`fit_plane`); the standard
+    errors of the slopes come from the scatter of the centres about the
+    plane, i.e. the centroids' own uncertainty (counting noise: ``R / (2
+    sqrt(N))`` for a disk of radius ``R`` and ``N`` counts, plus any failed
+    fit at very low dose), measured on the data, so the rule is free of the
+    data's scale. The statistic is the larger ``|slope| / SE(slope)`` of the
+    two scan axes.
+
+    Parameters
+    ----------
+    positions : array_like, shape (ny, nx, 2) or (ny * nx, 2)
+        ``(x, y)`` beam centres in px (NaN allowed).
+    nav_shape : tuple (ny, nx) or None
+        Scan shape in array order, needed for flat positions.
+
+    Returns
+    -------
+    ndarray, shape (2,)
+        Along x and y; 0 with fewer than :data:`_MOTION_MIN_POSITIONS`
+        finite centres (no drift can be shown), infinite for an exact plane
+        with a slope (noise-free data).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hyperspy_cnmf._beam import beam_drift_t
+    >>> rng = np.random.default_rng(0)
+    >>> iy, ix = np.mgrid[:32, :32]
+    >>> still = 20 + rng.normal(0, 0.3, (32, 32, 2))  # 0.3 px counting noise
+    >>> bool(np.all(beam_drift_t(still) < 5))
+    True
+    >>> drift = still + np.stack([0.03 * ix, 0 * iy], axis=-1)  # 1 px over the scan in x
+    >>> bool(beam_drift_t(drift)[0] > 5)
+    True
+    """
+    pos = _position_maps(positions, nav_shape)
+    ny, nx = pos.shape[:2]
+    iy, ix = np.mgrid[:ny, :nx]
+    columns = [np.ones(ny * nx)] + [
+        a.ravel().astype(float) for a, n in ((ix, nx), (iy, ny)) if n > 1
+    ]
+    A = np.stack(columns, axis=1)
+    out = np.zeros(2)
+    for c in range(2):
+        v = pos[..., c].ravel()
+        ok = np.isfinite(v)
+        if ok.sum() < max(_MOTION_MIN_POSITIONS, A.shape[1] + 1):
+            continue
+        coef, *_ = np.linalg.lstsq(A[ok], v[ok], rcond=None)
+        resid = v[ok] - A[ok] @ coef
+        s2 = float(resid @ resid) / (ok.sum() - A.shape[1])
+        slopes = np.abs(coef[1:])
+        if s2 <= 1e-18:  # an exact plane (noise-free centres): 1e-9 px rms
+            out[c] = np.inf if np.any(slopes > 1e-12) else 0.0
+            continue
+        se = np.sqrt(s2 * np.diag(np.linalg.inv(A[ok].T @ A[ok]))[1:])
+        out[c] = float(np.max(slopes / se))
     return out
 
 

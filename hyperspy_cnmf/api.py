@@ -39,6 +39,7 @@ import inspect
 import numpy as np
 from hyperspy.signal import BaseSignal
 
+from hyperspy_cnmf._warnings import at_user_site
 from hyperspy_cnmf.signals import (
     _beam_shift,
     _cluster,
@@ -172,6 +173,7 @@ def _public(impl, purpose, examples, name=None, result=None, arguments=None):
     name = name or impl.__name__
     sig = inspect.signature(impl)
 
+    @at_user_site
     def function(signal, *args, **kwargs):
         _check_signal(signal, purpose)
         if arguments is not None:
@@ -210,6 +212,7 @@ def _pyxem_polar(polar, signal):
     return polar
 
 
+@at_user_site
 def decomposition(
     signal, output_dimension=None, *, normalize_poissonian_noise=None, **kwargs
 ):
@@ -641,6 +644,7 @@ class ConstrainedNMF:
             )
         return map_c, diff_c
 
+    @at_user_site
     def fit_transform(self, X, y=None):
         """Fit the model to ``X`` and return the maps ``W`` (HyperSpy's loadings).
 
@@ -703,6 +707,7 @@ class ConstrainedNMF:
         self.fit_transform(X)
         return self
 
+    @at_user_site
     def transform(self, X):
         """The non-negative maps of ``X`` for the fitted patterns (``components_`` fixed).
 

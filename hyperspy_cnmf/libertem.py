@@ -44,9 +44,10 @@ from libertem.api import Context
 from libertem.contrib.daskadapter import make_dask_array
 from libertem.io.dataset.base import DataSet
 
+from hyperspy_cnmf._warnings import at_user_site
 from hyperspy_cnmf.chunked_libertem import LiberTEMOperator
 from hyperspy_cnmf.signals import _decomposition, _store
-from hyperspy_cnmf.signals._calibration import unit_quantity
+from hyperspy_cnmf.signals._calibration import check_beam_energy, unit_quantity
 
 __all__ = ["decomposition", "signal_from_dataset"]
 
@@ -161,6 +162,7 @@ def signal_from_dataset(
     nav_steps = _steps("scan_step", scan_step)
     sig_steps = _steps("detector_step", detector_step)
     _positive_or_none("beam_energy", beam_energy, "keV")
+    check_beam_energy(beam_energy, "beam_energy")  # keV: 1-3000, not eV
     _positive_or_none("convergence_angle", convergence_angle, "mrad")
     nav_units = "px" if scan_step is None else str(scan_units)
     sig_units = "px" if detector_step is None else str(detector_units)
@@ -190,6 +192,7 @@ def signal_from_dataset(
     return signal
 
 
+@at_user_site
 def decomposition(
     ctx,
     dataset,

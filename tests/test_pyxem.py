@@ -379,3 +379,41 @@ def test_readme_pyxem_example_runs(pxm, lazy):
     assert float(s.learning_results.cnmf_map_resolution) == pytest.approx(1.5, rel=2e-3)
     np.testing.assert_allclose(s.learning_results.cdiff_centre, (24, 24), atol=0.1)
     assert callable(s.get_virtual_image) and callable(s.template_match)
+
+
+def test_a_pyxem_centre_off_the_detector_is_reported(pxm, sim):
+    """A calibration.center beyond the detector (a factor-10 slip) warns, naming it and the centre used."""
+    s = _electron_diffraction(pxm, sim)
+    hyperspy_cnmf.decomposition(s, 7, **FIT)
+    s.calibration.center = (240.0, 24.0)
+    with pytest.warns(UserWarning, match="outside the detector") as record:
+        hyperspy_cnmf.cluster_diffraction(s)
+    (w,) = [w for w in record if "outside the detector" in str(w.message)]
+    assert re.search(
+        r"\(240, 24\) px, outside .* \(24\.\d\d, 24\.\d\d\) px is used", str(w.message)
+    )
+    assert w.filename == __file__
+    np.testing.assert_allclose(s.learning_results.cdiff_centre, BEAM_PX, atol=0.05)
+    # without a decomposition (the polar transform): the beam found on the data
+    t = _electron_diffraction(pxm, sim)
+    t.calibration.center = (24.0, -300.0)
+    with pytest.warns(
+        UserWarning, match=r"\(24, -300\) px, outside .* found on the data"
+    ):
+        hyperspy_cnmf.polar_transform(t)
+
+
+def test_a_pyxem_beam_energy_in_ev_is_refused(pxm, sim):
+    s = _electron_diffraction(pxm, sim, units=False)
+    s.metadata.set_item("Acquisition_instrument.TEM.beam_energy", 200e3)
+    with pytest.raises(ValueError, match=r"200000 keV is not a plausible .* 200 keV\?"):
+        hyperspy_cnmf.decomposition(s, 7, **FIT)
+    s.metadata.set_item(
+        "Acquisition_instrument.TEM.beam_energy_units", "eV"
+    )  # then it converts
+    assert _no_fallback_fwhm(s)[0] == pytest.approx(
+        probe_fwhm_from_convergence(
+            float(s.metadata.Acquisition_instrument.TEM.convergence_angle), ENERGY_KV
+        ),
+        rel=1e-9,
+    )

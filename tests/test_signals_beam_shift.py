@@ -16,6 +16,7 @@ import pytest
 from _shared_data import abtem_path
 from test_beam_positions import shifted_disks
 
+from hyperspy_cnmf._beam import BEAM_MOTION_SIGNIFICANCE, beam_drift_t
 from hyperspy_cnmf.signals import STEM4D, LazySTEM4D
 from hyperspy_cnmf.signals._beam_shift import (
     BEAM_MOTION_LIMIT,
@@ -261,3 +262,87 @@ def test_decomposition_silent_without_descan(descan):
 def test_decomposition_silent_on_other_abtem_cases(name):
     z = _abtem(name)
     assert not _decompose(_signal(z["data_noisy"]).as_lazy())[1]
+
+
+# -- the descan warning is significance-based ------------------------------
+
+
+def _low_dose(dose, seed=0, shift_px=0.0):
+    """The simulator (32 x 32 scan, 48 x 48 detector) with a sub-pixel beam ramp of ``shift_px`` along x."""
+    from scipy import ndimage
+
+    from hyperspy_cnmf.data import simulated_precipitates
+
+    s = simulated_precipitates(
+        scan_shape=(32, 32),
+        detector_shape=(48, 48),
+        dose=dose,
+        n_grains=3,
+        grain_diameter=4.0,
+        random_state=seed,
+        noise=False,
+    )
+    data = s.data.copy()
+    if shift_px:
+        for ix in range(32):
+            data[:, ix] = ndimage.shift(
+                data[:, ix], (0, 0, shift_px * ix / 31), order=1, mode="nearest"
+            )
+    s.data = np.random.default_rng(seed).poisson(data).astype(np.float32)
+    return s
+
+
+def _descan_warnings(positions):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn_if_beam_moves(positions)
+    return [w for w in caught if "direct beam moves" in str(w.message)]
+
+
+@pytest.mark.parametrize("dose", [20, 2000])
+def test_no_descan_warning_from_counting_noise_or_small_crops(dose):
+    """No descan: silent at 20 counts per pattern (the centres scatter by px there) and on 3 x 3 crops.
+
+    Before the significance rule, 20 counts per pattern read as 2.5-3.5 px of motion
+    and warned on every seed; 3 x 3 crops warned by chance.
+    """
+    for seed in range(2):
+        pos = _low_dose(dose, seed).get_direct_beam_position().data
+        assert not _descan_warnings(pos)
+        for iy in range(0, 30, 3):
+            for ix in range(0, 30, 3):
+                assert not _descan_warnings(pos[iy : iy + 3, ix : ix + 3])
+
+
+@pytest.mark.parametrize("dose", [20, 2000])
+def test_a_one_pixel_descan_warns_at_any_dose(dose):
+    pos = _low_dose(dose, 0, shift_px=1.0).get_direct_beam_position().data
+    (w,) = _descan_warnings(pos)
+    assert "standard errors" in str(w.message)
+    assert beam_drift_t(pos)[0] > 3 * BEAM_MOTION_SIGNIFICANCE  # measured 23 at dose 20
+
+
+def test_drift_statistic_needs_enough_positions():
+    iy, ix = np.mgrid[:3, :3]
+    ramp = np.stack([20 + 0.5 * ix, 20 + 0 * iy], axis=-1).astype(float)
+    assert beam_drift_t(ramp).tolist() == [0.0, 0.0]  # 9 positions: cannot tell
+    iy, ix = np.mgrid[:8, :8]
+    ramp = np.stack([20 + 0.5 * ix, 20 + 0 * iy], axis=-1).astype(float)
+    assert beam_drift_t(ramp)[0] == np.inf and beam_drift_t(ramp)[1] == 0.0
+
+
+def test_decomposition_at_low_dose_is_silent():
+    """The main job at 20 counts per pattern, full scan and a 3 x 3 crop: no descan or hot-pixel warning."""
+    s = _low_dose(20)
+    for sig, k in ((s, 4), (s.inav[10:13, 10:13], 2)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            sig.decomposition(
+                algorithm="constrained_nmf",
+                output_dimension=k,
+                max_iter=20,
+                print_info=False,
+                show_progressbar=False,
+            )
+        msgs = [str(w.message) for w in caught]
+        assert not [m for m in msgs if "direct beam moves" in m or "hot" in m], msgs

@@ -18,6 +18,7 @@ from hyperspy_cnmf.signals._calibration import (
     microscopy_spelling,
     navigation_scales,
     unit_quantity,
+    warn_defect_pixels,
 )
 
 NAV = (6, 8)
@@ -257,3 +258,52 @@ def test_metadata_units_are_read():
     with pytest.raises(ValueError, match="convergence_angle_units"):
         beam_energy_and_convergence(s)
     assert electron_wavelength(200.0) == pytest.approx(0.0025079, rel=1e-4)
+
+
+# -- the hot-pixel warning is significance-based ------------------------------
+
+
+def _counts(dose, scan=(32, 32), seed=0):
+    from hyperspy_cnmf.data import simulated_precipitates
+
+    return simulated_precipitates(
+        scan_shape=scan,
+        detector_shape=(48, 48),
+        dose=dose,
+        n_grains=3,
+        grain_diameter=4.0,
+        random_state=seed,
+    ).data
+
+
+def _hot_warnings(data):
+    mean = data.reshape(-1, *data.shape[-2:]).mean(axis=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hot, _ = warn_defect_pixels(mean, data.shape[0] * data.shape[1])
+    return hot, [w for w in caught if "hot detector pixel" in str(w.message)]
+
+
+@pytest.mark.parametrize("dose", [20, 2000])
+def test_no_hot_pixels_from_counting_noise(dose):
+    """Stray counts in dark pixels are no hot pixels: at 20 counts per pattern, and on 3 x 3 crops.
+
+    Before the Poisson rule, 2-20 pixels were reported on the full scan at 20 counts and
+    12-47 on every 3 x 3 crop at any dose.
+    """
+    for seed in range(2):
+        data = _counts(dose, seed=seed)
+        assert not _hot_warnings(data)[1]
+        for iy in range(0, 30, 6):
+            for ix in range(0, 30, 6):
+                assert not _hot_warnings(data[iy : iy + 3, ix : ix + 3])[1]
+
+
+def test_a_real_hot_pixel_warns_at_low_dose_and_on_a_crop():
+    data = _counts(20)[10:13, 10:13].copy()
+    data[..., 5, 40] += (
+        20.0  # 20 counts in every pattern where its neighbours see ~none
+    )
+    hot, (w,) = _hot_warnings(data)
+    assert np.argwhere(hot).tolist() == [[5, 40]]
+    assert "(5, 40)" in str(w.message)

@@ -643,3 +643,14 @@ def test_fractions_are_checked(decomposed, name, bad):
     with pytest.raises(ValueError, match=name):
         _cluster.cluster_diffraction(s, **{name: bad})
     assert getattr(s.learning_results, "cdiff_labels", None) is None
+
+
+@pytest.mark.parametrize("value", [0.0, 3.0])
+def test_flat_components_one_clear_error(base_signal, value):
+    """Components of constant data (flat or zero patterns): 'no variation', not a radial_range error."""
+    n_sig, n_nav = 48 * 48, 48 * 48
+    s = with_decomposition(base_signal, np.full((n_sig, 3), value), np.ones((n_nav, 3)))
+    with pytest.raises(
+        ValueError, match="the data carry no variation: the 3 components"
+    ):
+        s.cluster_diffraction()

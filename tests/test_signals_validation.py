@@ -213,3 +213,77 @@ def test_dip_measure_refuses_factors_with_negative_values(small):
     assert np.all((d >= 0) & (d < 1))
     with pytest.raises(ValueError, match="run 'svd'"):
         nmf.plot_dip_measure({"svd": s})
+
+
+# -- degenerate calibrations and data: one clear error before (or at) the first read --------
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # HyperSpy, on inf
+@pytest.mark.parametrize("step", [0.0, float("nan"), float("inf")])
+def test_zero_or_non_finite_scan_step_before_the_first_read(small, step):
+    """A zero step gave a NonFiniteError deep in the solver; now one ValueError naming the axis."""
+    s = _unreadable(small)
+    s.axes_manager.navigation_axes[1].scale = step  # y
+    with pytest.raises(
+        ValueError, match=r"navigation axis 'y' has scale .*\.scale = 0\.5"
+    ):
+        _run(s)
+    eager = small.deepcopy()
+    eager.axes_manager.navigation_axes[1].scale = step
+    with pytest.raises(ValueError, match="navigation axis 'y'"):
+        _run(eager)
+    eager.axes_manager.navigation_axes[1].scale = -0.5  # a flipped axis is a step
+    assert _run(eager, max_iter=3)["map_resolution"] > 0
+    _run(
+        small.deepcopy(), map_resolution=None, max_iter=3
+    )  # no map constraint: not needed
+
+
+@pytest.mark.parametrize(
+    "energy, units, match",
+    [
+        (200e3, None, r"200000 keV is not a plausible TEM beam energy .* 200 keV\?"),
+        (300e3, None, r"300 keV\?"),
+        (0.2, None, r"0\.2 keV is not a plausible"),
+        (5e6, "eV", r"5000 keV is not a plausible"),
+    ],
+)
+def test_implausible_beam_energy_before_the_first_read(small, energy, units, match):
+    s = _unreadable(small)
+    s.metadata.set_item("Acquisition_instrument.TEM.beam_energy", energy)
+    if units:
+        s.metadata.set_item("Acquisition_instrument.TEM.beam_energy_units", units)
+    with pytest.raises(ValueError, match=match):
+        _run(s)
+
+
+def test_beam_energy_in_ev_with_its_unit_is_converted(small):
+    ref = _run(small.deepcopy(), max_iter=3)
+    s = small.deepcopy()
+    s.metadata.set_item("Acquisition_instrument.TEM.beam_energy", 200e3)
+    s.metadata.set_item("Acquisition_instrument.TEM.beam_energy_units", "eV")
+    assert _run(s, max_iter=3)["map_resolution"] == pytest.approx(ref["map_resolution"])
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+@pytest.mark.parametrize("kind", ["constant", "one frame repeated"])
+def test_constant_data_one_clear_error(small, lazy, kind):
+    """Every position the same pattern: 'no variation' from the statistics read, not a radial_range error."""
+    s = small.deepcopy()
+    s.data[:] = 5.0 if kind == "constant" else s.data[3, 4]
+    s = s.as_lazy() if lazy else s
+    with pytest.raises(
+        ValueError, match="the data carry no variation: all 576 unmasked"
+    ):
+        _run(s)
+
+
+def test_one_differing_position_is_variation(small):
+    s = small.deepcopy()
+    s.data[:] = s.data[3, 4]
+    s.data[0, 0] += 1.0  # one count more at every pixel of one position
+    _run(s, max_iter=3)
+    s.data[0, 0] = s.data[3, 4]
+    mask = np.zeros(s.axes_manager.navigation_shape[::-1], bool)
+    with pytest.raises(ValueError, match="no variation"):
+        _run(s, navigation_mask=mask)

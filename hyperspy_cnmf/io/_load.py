@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hyperspy_cnmf._warnings import warn
+
 #: Files (uncompressed data) larger than this are opened lazily by default.
 LAZY_THRESHOLD_BYTES = 2 * 2**30
 
@@ -235,13 +237,10 @@ def bin_detector(signal, factor):
         )
     nx, ny = kx.size - kx.size % factor, ky.size - ky.size % factor
     if (nx, ny) != (kx.size, ky.size):
-        import warnings
-
-        warnings.warn(
+        warn(
             f"The detector ({ky.size} x {kx.size}) is not a multiple of the binning "
             f"factor {factor}; the last rows/columns are cropped.",
             UserWarning,
-            stacklevel=3,
         )
         # HyperSpy's rebin interpolates (eager) or refuses (lazy) otherwise
         signal = signal.isig[:nx, :ny]

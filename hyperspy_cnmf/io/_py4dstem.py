@@ -85,6 +85,8 @@ import warnings
 
 import numpy as np
 
+from hyperspy_cnmf._warnings import warn
+
 __all__ = ["from_py4dstem", "to_py4dstem", "load_py4dstem", "as_signal"]
 
 #: The PyPI name is ``py4DSTEM`` (pip normalises it to ``py4dstem``); the range is
@@ -558,13 +560,12 @@ def _origin_params(stored, ax_qx, ax_qy, nav_shape):
             mean = _calibration_value(stored_mean)
         value = stored.get(f"origin_{key}")
         if value is not None and np.ndim(value) and np.shape(value) != nav_shape:
-            warnings.warn(
+            warn(
                 f"metadata.{_METADATA_NODE}.origin_{key} has shape "
                 f"{np.shape(value)}, not the navigation shape {nav_shape} "
                 "(the signal was probably cropped): only the mean origin is "
                 "kept.",
                 UserWarning,
-                stacklevel=4,  # the caller of to_py4dstem
             )
             value = None
         if value is not None:
@@ -589,11 +590,10 @@ def _parts_from_signal(signal):
     q_size, q_units = _pixel_size(ax_qx, ax_qy, "Q", "signal")
 
     if ax_rx.offset != 0 or ax_ry.offset != 0:
-        warnings.warn(
+        warn(
             "py4DSTEM has no real-space origin: the navigation axis offsets "
             f"({ax_ry.offset}, {ax_rx.offset}) are not carried over.",
             UserWarning,
-            stacklevel=3,
         )
 
     params = {

@@ -18,11 +18,15 @@ The names follow pyxem (``get_direct_beam_position``, ``center_direct_beam``);
 the plane fit of the measured positions follows py4DSTEM's ``fit_origin``.
 """
 
-import warnings
-
 import numpy as np
 
-from hyperspy_cnmf._beam import beam_motion, fit_plane
+from hyperspy_cnmf._beam import (
+    BEAM_MOTION_SIGNIFICANCE,
+    beam_drift_t,
+    beam_motion,
+    fit_plane,
+)
+from hyperspy_cnmf._warnings import warn
 from hyperspy_cnmf.nmf._kernels import block_beam_centres
 from hyperspy_cnmf.signals._axes import calibrated_origin_px, check_4d
 
@@ -112,26 +116,35 @@ def direct_beam_positions(signal):
     return _positions_rows(data.reshape(ny * nx, ky * kx), (ky, kx)).reshape(ny, nx, 2)
 
 
-def warn_if_beam_moves(
-    positions, nav_shape=None, limit=BEAM_MOTION_LIMIT, stacklevel=3
-):
-    """Warn (``UserWarning``) when the beam moves more than ``limit`` px; returns the motion.
+def warn_if_beam_moves(positions, nav_shape=None, limit=BEAM_MOTION_LIMIT):
+    """Warn (``UserWarning``) when the beam moves significantly more than ``limit`` px; returns the motion.
 
-    See :func:`beam_motion` for the rule. The warning names the fix:
-    ``s.center_direct_beam()`` (this package) or pyxem's
-    ``center_direct_beam``.
+    The rule: along x or y, the motion (:func:`beam_motion`) exceeds
+    ``limit`` px **and** is significant: the plane fitted to the centres
+    has a slope more than
+    :data:`~hyperspy_cnmf._beam.BEAM_MOTION_SIGNIFICANCE` (5) standard
+    errors from 0, the errors measured from the centres' own scatter (their
+    counting noise; :func:`~hyperspy_cnmf._beam.beam_drift_t`), with at least
+    16 measured centres. So counting noise at low dose (20 counts per
+    pattern) or on a small crop (3 x 3 positions) is no descan, and a beam
+    that moves 1 px on a 1500-count scan is. The
+    warning names the fix: ``s.center_direct_beam()`` (this package) or
+    pyxem's ``center_direct_beam``.
     """
     if positions is None:
         return np.zeros(2)
     motion = beam_motion(positions, nav_shape)
-    if np.max(motion) > limit:
-        warnings.warn(
+    t = beam_drift_t(positions, nav_shape)
+    moves = (motion > limit) & (t > BEAM_MOTION_SIGNIFICANCE)
+    if moves.any():
+        warn(
             f"the direct beam moves over the scan by {motion[0]:.2f} px in x and {motion[1]:.2f} px in y "
-            f"(1st-99th percentile of the 3x3-smoothed measured centres; limit {limit:g} px): descan. "
+            f"(1st-99th percentile of the 3x3-smoothed measured centres; limit {limit:g} px), "
+            f"a drift of {t[0]:.3g} and {t[1]:.3g} standard errors of the centres (significance "
+            f"limit {BEAM_MOTION_SIGNIFICANCE:g}): descan. "
             "Components and clusters will follow the moving beam; centre the patterns first with "
             "s = s.center_direct_beam() (or pyxem's center_direct_beam).",
             UserWarning,
-            stacklevel=stacklevel,
         )
     return motion
 

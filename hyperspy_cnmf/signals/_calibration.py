@@ -3,11 +3,11 @@
 import functools
 import re
 import unicodedata
-import warnings
 
 import numpy as np
 
 from hyperspy_cnmf._beam import beam_search_pixels, defect_pixels, locate_direct_beam
+from hyperspy_cnmf._warnings import warn
 from hyperspy_cnmf.constraints import (
     AIRY_FWHM,
     electron_wavelength,
@@ -208,11 +208,24 @@ def navigation_scales(signal):
     Raises
     ------
     ValueError
-        If the two axes have different units that cannot be converted into
-        each other (e.g. nm and px, or a unit pint does not know): the scan
-        geometry is then undefined.
+        If a step is zero or not finite (a negative step, a flipped axis,
+        counts by its size), naming the axis and how to set it; or if the two
+        axes have different units that cannot be converted into each other
+        (e.g. nm and px, or a unit pint does not know): the scan geometry is
+        then undefined.
     """
-    sx, sy, unit = _common_scales(signal.axes_manager.navigation_axes, "navigation")
+    axes = signal.axes_manager.navigation_axes
+    for ax in axes:
+        step = float(ax.scale)
+        if step == 0 or not np.isfinite(step):
+            label, units = _axis_label(ax), _units(ax)
+            raise ValueError(
+                f"the navigation axis {label!r} has scale {step:g} {units}: its scan step must be a "
+                f"finite non-zero length. Set it, e.g. s.axes_manager[{label!r}].scale = 0.5 "
+                "(the step between probe positions, in the axis's units), or pass "
+                "map_resolution=None to run without the map constraint, which needs it"
+            )
+    sx, sy, unit = _common_scales(axes, "navigation")
     return sy, sx, unit
 
 
@@ -279,17 +292,19 @@ def find_beam_disk(pattern, mask=None):
     return locate_direct_beam(pattern, mask=excluded)
 
 
-def warn_defect_pixels(mean_pattern, n_positions, mask=None, stacklevel=2):
+def warn_defect_pixels(mean_pattern, n_positions, mask=None):
     """Warn about hot and dead pixels of the mean pattern left outside ``mask``.
 
-    See :func:`hyperspy_cnmf._beam.defect_pixels` for the criteria. The
-    warning names the pixels (row, column) and the remedy: ``signal_mask``.
+    See :func:`hyperspy_cnmf._beam.defect_pixels` for the criteria (the
+    mean pattern of counts data: a hot pixel must be significant against
+    Poisson noise, ``poisson=True``). The warning names the pixels (row,
+    column) and the remedy: ``signal_mask``.
 
     Returns
     -------
     hot, dead : ndarray of bool, shape (qy, qx)
     """
-    hot, dead = defect_pixels(mean_pattern, n_positions, mask=mask)
+    hot, dead = defect_pixels(mean_pattern, n_positions, mask=mask, poisson=True)
     for kind, found, why in (
         ("hot", hot, "far brighter than all its neighbours in the mean pattern"),
         ("dead", dead, "always zero where its neighbours are not"),
@@ -298,13 +313,12 @@ def warn_defect_pixels(mean_pattern, n_positions, mask=None, stacklevel=2):
             rows, cols = np.nonzero(found)
             where = ", ".join(f"({r}, {c})" for r, c in zip(rows[:10], cols[:10]))
             more = f" and {len(rows) - 10} more" if len(rows) > 10 else ""
-            warnings.warn(
+            warn(
                 f"{len(rows)} {kind} detector pixel(s) ({why}) at (row, column) {where}{more}; "
                 "they distort the components. Exclude them with signal_mask (True = excluded), e.g. "
                 f"mask = np.zeros({tuple(found.shape)}, bool); mask[{tuple(rows[:10].tolist())}, "
                 f"{tuple(cols[:10].tolist())}] = True",
                 UserWarning,
-                stacklevel=stacklevel + 1,
             )
     return hot, dead
 
@@ -345,6 +359,52 @@ def _metadata_value(md, path, unit):
         ) from None
 
 
+#: The beam energies (keV) accepted from metadata: every transmission electron microscope,
+#: from low-voltage (a few kV) to high-voltage (3 MV) instruments. A value outside is a unit
+#: mistake, most often an energy in eV (200000 for 200 keV) where HyperSpy's metadata take keV.
+BEAM_ENERGY_RANGE_KEV = (1.0, 3000.0)
+
+
+def check_beam_energy(
+    energy_kev, where="metadata Acquisition_instrument.TEM.beam_energy"
+):
+    """The beam energy (keV), refused outside :data:`BEAM_ENERGY_RANGE_KEV` with the likely fix.
+
+    Parameters
+    ----------
+    energy_kev : float or None
+        None passes (no beam energy known).
+    where : str
+        How the error names the value.
+
+    Returns
+    -------
+    float or None
+
+    Raises
+    ------
+    ValueError
+        If the energy is not finite or outside 1-3000 keV; a value in eV
+        (1000 times a plausible energy) is named as such, with the value to
+        set.
+    """
+    if energy_kev is None:
+        return None
+    e = float(energy_kev)
+    lo, hi = BEAM_ENERGY_RANGE_KEV
+    if np.isfinite(e) and lo <= e <= hi:
+        return e
+    hint = ""
+    if np.isfinite(e) and lo <= e / 1e3 <= hi:
+        hint = f" It looks like an energy in eV: {e / 1e3:g} keV?"
+    raise ValueError(
+        f"{where} = {e:g} keV is not a plausible TEM beam energy ({lo:g}-{hi:g} keV).{hint} "
+        "HyperSpy's metadata take the beam energy in keV (the accelerating voltage in kV), e.g. "
+        "s.metadata.set_item('Acquisition_instrument.TEM.beam_energy', 200); a value in another "
+        "unit can carry it in beam_energy_units (e.g. 'eV'), which is converted with pint"
+    )
+
+
 def beam_energy_and_convergence(signal):
     """``(beam_energy_keV, convergence_angle_mrad)`` from metadata, None if absent.
 
@@ -353,14 +413,22 @@ def beam_energy_and_convergence(signal):
     (``beam_energy_units``, ``convergence_angle_units``) converted by pint;
     ``convergence_angle`` is the semi-angle (HyperSpy's metadata convention,
     pyxem's ``calibration.convergence_angle``).
+
+    Raises
+    ------
+    ValueError
+        If the beam energy, in keV after conversion, is outside 1-3000 keV
+        (:func:`check_beam_energy`: e.g. 200000, an energy in eV without
+        ``beam_energy_units``), or a stored unit does not convert.
     """
     md = signal.metadata
     energy = _metadata_value(md, "Acquisition_instrument.TEM.beam_energy", "keV")
+    energy = check_beam_energy(energy)
     alpha = _metadata_value(md, "Acquisition_instrument.TEM.convergence_angle", "mrad")
     return energy, alpha
 
 
-def estimate_probe_fwhm(signal, mean_pattern, beam_radius_px=None, stacklevel=3):
+def estimate_probe_fwhm(signal, mean_pattern, beam_radius_px=None):
     """Estimate the probe FWHM in the units of the x (first) navigation axis.
 
     Tried in order (the first that applies wins):
@@ -391,8 +459,6 @@ def estimate_probe_fwhm(signal, mean_pattern, beam_radius_px=None, stacklevel=3)
         For rule 2, when ``beam_radius_px`` is not given.
     beam_radius_px : float, optional
         The direct-beam radius already found (e.g. with the ``signal_mask``).
-    stacklevel : int, default 3
-        Of the fallback's warning (``warnings.warn``).
 
     Returns
     -------
@@ -426,7 +492,7 @@ def estimate_probe_fwhm(signal, mean_pattern, beam_radius_px=None, stacklevel=3)
                     "direct-beam disk radius in calibrated diffraction units (0.514/k_alpha)",
                 )
     step = max(step_x, step_y)
-    warnings.warn(
+    warn(
         "map_resolution='auto' could not determine the probe size (needs the "
         "convergence angle and beam energy in metadata, or calibrated "
         "navigation lengths and diffraction axes); using 2 scan steps "
@@ -434,6 +500,5 @@ def estimate_probe_fwhm(signal, mean_pattern, beam_radius_px=None, stacklevel=3)
         "(Nyquist) circle. Pass map_resolution=<probe FWHM in navigation "
         "units> to set it.",
         UserWarning,
-        stacklevel=stacklevel,
     )
     return 2.0 * step, "fallback: 2 scan steps (Nyquist)"

@@ -27,6 +27,7 @@ from hyperspy_cnmf import clustering as core
 from hyperspy_cnmf._beam import Beam
 from hyperspy_cnmf._docstrings import fill_doc
 from hyperspy_cnmf._schema import from_stored, to_stored
+from hyperspy_cnmf._warnings import warn
 from hyperspy_cnmf.signals._axes import axis_info, calibrated_origin_px
 from hyperspy_cnmf.signals._calibration import navigation_scales
 from hyperspy_cnmf.signals._decomposition import _NONE, _check_params, _real
@@ -82,11 +83,10 @@ def _length_to_px(signal, value, units):
         return float(value)
     _, (sx, sy), _, _ = _signal_geometry(signal)
     if not np.isclose(abs(sx), abs(sy), rtol=1e-3):
-        warnings.warn(
+        warn(
             "The two signal axes have different scales; radii are converted "
             "with the scale of the first (x) axis.",
             UserWarning,
-            stacklevel=3,
         )
     return float(value) / abs(sx)
 
@@ -159,6 +159,30 @@ _FRACTION_CONSTRAINTS = {
 }
 
 
+def _check_factor_structure(factors, mask):
+    """Refuse components whose patterns are all flat (constant or zero): nothing to compare.
+
+    Such factors come from constant data (every pixel alike); they have no
+    direct beam to centre the polar transform on and no ring to compare, which
+    would otherwise surface as a ``radial_range`` error of the polar transform.
+    """
+    valid = np.ones(factors.shape[1:], bool) if mask is None else ~mask
+    f = factors[:, valid]
+    f = np.where(np.isfinite(f), f, np.nan)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN components
+        span = np.nanmax(f, axis=1) - np.nanmin(f, axis=1)
+        size = np.nanmax(np.abs(f), axis=1)
+    flat = ~(span > 1e-9 * size)
+    if flat.all():
+        raise ValueError(
+            f"the data carry no variation: the {factors.shape[0]} components' diffraction "
+            "patterns are all flat (constant or zero over the detector), so there is no direct "
+            "beam to centre on and no structure to compare. The decomposed data are constant; "
+            "check that the right data were loaded and decomposed"
+        )
+
+
 def _signal_mask(signal):
     """The decomposition's ``signal_mask`` (qy, qx), True = excluded, or None.
 
@@ -171,31 +195,54 @@ def _signal_mask(signal):
     return np.asarray(mask, dtype=bool).reshape(_signal_geometry(signal)[0])
 
 
+def _warn_origin_off_detector(signal, beam):
+    """Warn when the calibrated origin lies outside the detector: it is not used as the centre."""
+    (ny, nx), _, _, _ = _signal_geometry(signal)
+    cx, cy = calibrated_origin_px(signal)
+    if np.isfinite(cx) and np.isfinite(cy) and 0 <= cx <= nx - 1 and 0 <= cy <= ny - 1:
+        return
+    instead = (
+        "the direct beam is found on the data instead"
+        if beam is None
+        else f"the direct beam measured on the data ({beam.x:.2f}, {beam.y:.2f}) px is used instead"
+    )
+    warn(
+        f"The calibrated origin of the signal axes (where both read 0; pyxem's "
+        f"s.calibration.center) is at ({cx:.6g}, {cy:.6g}) px, outside the detector (x in "
+        f"[0, {nx - 1}], y in [0, {ny - 1}] px); it is not used as the centre: {instead}. Set the "
+        "signal axes' offsets so that (0, 0) is on the beam (pyxem: s.calibration.center = "
+        "None, or the beam's pixel), or pass `centre` explicitly.",
+        UserWarning,
+    )
+
+
 def _default_centre_px(signal):
     """The direct beam measured on the data, checked against the calibrated origin.
 
     One centre for the decomposition and the clustering: the beam that the
     constrained NMF measured on the mean pattern (recorded in
     ``cnmf_parameters``). A calibrated origin inside the detector that lies
-    more than :data:`CENTRE_TOLERANCE_PX` from it is reported and not used.
-    Without such a record: the calibrated origin, else None (the core finds
-    the beam on the factors).
+    more than :data:`CENTRE_TOLERANCE_PX` from it is reported and not used;
+    so is a calibrated origin off the detector (e.g. pyxem's
+    ``s.calibration.center`` set far outside the signal axes: a unit or
+    sign mistake). Without such a record: the calibrated origin, else None
+    (the beam is found on the data: the factors or the mean pattern).
     """
     origin = _calibrated_origin_px(signal)
     beam = _measured_beam_px(signal)
+    _warn_origin_off_detector(signal, beam)
     if beam is None:
         return origin
     beam = beam.xy
     if origin is not None:
         off = float(np.hypot(origin[0] - beam[0], origin[1] - beam[1]))
         if off > CENTRE_TOLERANCE_PX:
-            warnings.warn(
+            warn(
                 f"The calibrated origin of the signal axes ({origin[0]:.2f}, {origin[1]:.2f}) px is "
                 f"{off:.2f} px from the direct beam measured on the data ({beam[0]:.2f}, "
                 f"{beam[1]:.2f}) px; the measured beam is used. Set the signal axes' offsets so that "
                 "(0, 0) is on the beam, or pass `centre` explicitly.",
                 UserWarning,
-                stacklevel=4,
             )
     return beam
 
@@ -365,12 +412,11 @@ def _warn_map_artefacts(res):
         what = "; ".join(
             f"{core.MAP_ARTEFACTS[c]}: components {v}" for c, v in flagged.items()
         )
-        warnings.warn(
+        warn(
             f"Component maps that are no feature of the sample ({what}): noise spikes or scan "
             "artefacts fitted by too many components. Their clusters are not phases; consider a "
             "smaller output_dimension. Flagged in learning_results.cdiff_map_artefact.",
             UserWarning,
-            stacklevel=3,
         )
 
 
@@ -651,6 +697,7 @@ def cluster_diffraction(
     (qy, qx), _, _, _ = _signal_geometry(self)
     k = idx.size
     factors = np.asarray(lr.factors[:, idx], dtype=np.float64).T.reshape(k, qy, qx)
+    _check_factor_structure(factors, _signal_mask(self))
     loadings = np.asarray(lr.loadings[:, idx], dtype=np.float64).T
     cpx, rr, dbr = _geometry_to_px(
         self, centre, units, radial_range, direct_beam_radius

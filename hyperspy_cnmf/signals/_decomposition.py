@@ -25,6 +25,7 @@ from hyperspy_cnmf.nmf._solver import SKETCH_OVERSAMPLE
 from hyperspy_cnmf.signals._axes import check_4d
 from hyperspy_cnmf.signals._beam_shift import beam_motion, warn_if_beam_moves
 from hyperspy_cnmf.signals._calibration import (
+    beam_energy_and_convergence,
     estimate_probe_fwhm,
     find_beam_disk,
     navigation_scales,
@@ -645,6 +646,10 @@ def _checked_arguments(signal, params):
     p.nav_steps = (
         navigation_scales(signal) if _map_constraint_on(p.map_resolution) else None
     )
+    if isinstance(
+        p.map_resolution, str
+    ):  # "auto" reads the beam energy: checked before the read
+        beam_energy_and_convergence(signal)
     p.label = _run_label(p.map_resolution, p.diffraction_constraint)
     p.operator = params["_operator"]
     return p
@@ -686,7 +691,7 @@ def _read_statistics(signal, p):
         )
     if stats["total"] == 0 and stats["minimum"] >= 0:
         raise ValueError(
-            "the data are all zero (outside the masks): there is nothing to factorize"
+            "the data are all zero (outside the masks): they carry no variation, there is nothing to factorize"
         )
     if stats["minimum"] < 0:
         raise ValueError(
@@ -695,7 +700,7 @@ def _read_statistics(signal, p):
         )
     # The direct beam of every position, measured in the statistics read: warn on descan.
     beam_positions = op.beam_positions()
-    warn_if_beam_moves(beam_positions, p.nav_shape, stacklevel=5)
+    warn_if_beam_moves(beam_positions, p.nav_shape)
     excursion = 0.5 * float(np.max(beam_motion(beam_positions, p.nav_shape)))
     if p.k > min(nav_valid.sum(), sig_valid.sum()):
         raise ValueError(
@@ -724,11 +729,11 @@ def _measure_beam(op, p, excursion):
     """
     nav_valid, sig_valid = ~p.nav_mask, ~p.sig_mask
     mean_pattern = op.mean_pattern(nav_valid).reshape(p.sig_shape)
+    _check_variation(op, p, mean_pattern)
     warn_defect_pixels(
         mean_pattern,
         int(nav_valid.sum()),
         mask=p.sig_mask.reshape(p.sig_shape),
-        stacklevel=4,
     )
     beam = find_beam_disk(mean_pattern, mask=p.sig_mask.reshape(p.sig_shape))
     mask_radius = _mask_radius(p.direct_beam_mask, beam, excursion)
@@ -740,6 +745,50 @@ def _measure_beam(op, p, excursion):
             "outside the direct-beam mask; pass a smaller direct_beam_mask radius or direct_beam_mask=False"
         )
     return mean_pattern, beam, mask_radius, beam_mask
+
+
+#: Relative variation ``sum |x_i - mean|^2 / sum |x_i|^2`` below which the statistics read
+#: suspects constant data (then checked exactly, or in float64 sums); real counts data give
+#: about ``1 / (1 + counts per pixel)``, 1e-3 or more.
+_CONSTANT_SUSPECT = 1e-4
+#: ... and below which float64 sums (lazy data) prove it: identical patterns give 1e-13.
+_CONSTANT_FLOAT64 = 1e-9
+
+
+def _check_variation(op, p, mean_pattern):
+    """Refuse data whose unmasked positions all hold the same pattern (no variation to factorize).
+
+    From the statistics read: ``sq_norm - n |mean pattern|^2`` is the summed
+    squared deviation of the patterns from their mean. Where it is small
+    (< :data:`_CONSTANT_SUSPECT` of ``sq_norm``), in-memory data are
+    compared exactly (no file read), and lazy data are refused when it is
+    below :data:`_CONSTANT_FLOAT64` (their sums are float64); a false
+    suspicion costs one pass over memory and changes nothing.
+    """
+    nav_valid, sig_valid = ~p.nav_mask, ~p.sig_mask
+    n = int(nav_valid.sum())
+    sq = float(op.stats()["sq_norm"])
+    m = np.asarray(mean_pattern, dtype=np.float64).ravel()[sig_valid]
+    if n < 2 or sq <= 0:
+        return
+    rel = (sq - n * float(m @ m)) / sq
+    if rel >= _CONSTANT_SUSPECT:
+        return
+    X = getattr(op, "X", None)
+    if isinstance(X, np.ndarray):  # in memory: the exact comparison
+        rows = np.flatnonzero(nav_valid)
+        first = X[rows[0], sig_valid]
+        blocks = (rows[i : i + 256] for i in range(0, rows.size, 256))  # bounded copies
+        constant = all(np.all(X[block][:, sig_valid] == first) for block in blocks)
+    else:
+        constant = rel < _CONSTANT_FLOAT64
+    if constant:
+        raise ValueError(
+            f"the data carry no variation: all {n} unmasked positions hold the same diffraction "
+            "pattern (constant data), so there is nothing to factorize into components or to "
+            "cluster. Check that the right data were loaded (not a blank or one frame repeated) "
+            "and that navigation_mask leaves more than one kind of pattern"
+        )
 
 
 def _scaled_operator(op, p, beam_mask):
@@ -799,7 +848,7 @@ def _build_constraints(signal, p, beam, mean_pattern, sig_valid, settings):
     if _map_constraint_on(p.map_resolution):
         if isinstance(p.map_resolution, str):
             res_value, res_how = estimate_probe_fwhm(
-                signal, mean_pattern, beam_radius_px=beam.radius, stacklevel=4
+                signal, mean_pattern, beam_radius_px=beam.radius
             )
         else:
             res_value, res_how = float(p.map_resolution), "user"

@@ -5,6 +5,7 @@ from importlib import import_module
 
 from hyperspy.signals import Signal2D
 
+from hyperspy_cnmf._warnings import at_user_site
 from hyperspy_cnmf.signals import (
     _beam_shift,
     _cluster,
@@ -75,6 +76,7 @@ class STEM4D(Signal2D):
     center_direct_beam = _method(_beam_shift.center_direct_beam)
     get_direct_beam_position = _method(_beam_shift.get_direct_beam_position)
 
+    @at_user_site
     def decomposition(
         self,
         normalize_poissonian_noise=None,
@@ -239,8 +241,6 @@ class STEM4D(Signal2D):
         if constrained:
             if args:
                 raise TypeError("pass the constrained_nmf options by keyword")
-            # As hyperspy_cnmf.decomposition (api.py), called at the same depth so that the
-            # warnings of the run point at the user's line.
             out = _decomposition.constrained_nmf_decomposition(
                 self,
                 output_dimension,
