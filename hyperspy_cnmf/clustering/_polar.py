@@ -203,7 +203,9 @@ def estimate_direct_beam_radius(pattern, centre, fraction=0.1, factor=2.0, margi
     prof = radial_profile(img, (cx, cy), r_max=max(1, int(edge)))
     if not np.any(np.isfinite(prof)):
         return 0.0
-    peak = np.nanmax(prof[: max(2, int(0.25 * edge) + 1)])
+    inner = prof[: max(2, int(0.25 * edge) + 1)]
+    # a masked direct beam leaves the inner rings NaN: no peak, the bound below
+    peak = np.nanmax(inner) if np.isfinite(inner).any() else np.nan
     bg = np.nanmin(prof)
     level = bg + float(fraction) * (peak - bg)
     below = np.flatnonzero(prof <= level)
