@@ -460,6 +460,8 @@ def test_sigint_in_a_real_process(tiny_file, tmp_path):
     # SIGINT delivered by the OS while the decomposition runs, as Ctrl-C does
     code = (
         "import os, signal, sys, warnings; warnings.simplefilter('ignore')\n"
+        # as in a terminal: a parent (e.g. a pytest-xdist worker) may leave SIGINT ignored
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "from hyperspy_cnmf import cli\n"
         "from hyperspy_cnmf.signals import STEM4D\n"
         "def decomposition(self, *a, **k):\n"

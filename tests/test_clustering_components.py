@@ -409,13 +409,24 @@ def test_clusters_dominating_few_positions_are_dissolved():
     loadings = np.concatenate(
         [loadings, 2 * loadings[0].max() * spot[None] / spot.max()]
     )
-    kept = cl.cluster_components(factors, loadings, CENTRE, nav_shape=SCAN)
+    # (max_enclosure=None: the spot lies next to a grain, which would take it as a piece)
+    kept = cl.cluster_components(
+        factors, loadings, CENTRE, nav_shape=SCAN, max_enclosure=None
+    )
     assert kept.labels.max() + 1 == 4
     assert 0 < np.count_nonzero(kept.position_labels == kept.labels[-1]) < 10
     res = cl.cluster_components(
-        factors, loadings, CENTRE, nav_shape=SCAN, min_cluster_positions=10
+        factors,
+        loadings,
+        CENTRE,
+        nav_shape=SCAN,
+        min_cluster_positions=10,
+        max_enclosure=None,
     )
     assert res.labels.max() + 1 == 3 and res.parameters["dissolved_clusters"] == 1
+    # with the default max_enclosure the spot joins the grain it touches
+    joined = cl.cluster_components(factors, loadings, CENTRE, nav_shape=SCAN)
+    assert joined.labels.max() + 1 == 3
     assert adjusted_rand_score(res.labels[:-1], kept.labels[:-1]) == 1
     assert adjusted_rand_score(
         truth.ravel(), res.position_labels
