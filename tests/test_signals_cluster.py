@@ -654,3 +654,17 @@ def test_flat_components_one_clear_error(base_signal, value):
         ValueError, match="the data carry no variation: the 3 components"
     ):
         s.cluster_diffraction()
+
+
+def test_uncalibrated_binned_origin_does_not_warn(decomposed):
+    """Uncalibrated signal axes put (0, 0) on the first pixel, binning by 4 at -0.375 px:
+    no calibration to report (the real NIST scan with ``--bin 4``); 2 px off does warn."""
+    for off, warns in ((-0.375, False), (-2.0, True)):
+        s = decomposed[0].deepcopy()
+        for ax in s.axes_manager.signal_axes:
+            ax.offset = -off * ax.scale
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            _cluster.cluster_diffraction(s)
+        hit = [w for w in record if "outside the detector" in str(w.message)]
+        assert bool(hit) == warns
