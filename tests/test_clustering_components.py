@@ -409,7 +409,6 @@ def test_clusters_dominating_few_positions_are_dissolved():
     loadings = np.concatenate(
         [loadings, 2 * loadings[0].max() * spot[None] / spot.max()]
     )
-    # (max_enclosure=None: the spot lies next to a grain, which would take it as a piece)
     kept = cl.cluster_components(
         factors, loadings, CENTRE, nav_shape=SCAN, max_enclosure=None
     )
@@ -424,9 +423,9 @@ def test_clusters_dominating_few_positions_are_dissolved():
         max_enclosure=None,
     )
     assert res.labels.max() + 1 == 3 and res.parameters["dissolved_clusters"] == 1
-    # with the default max_enclosure the spot joins the grain it touches
-    joined = cl.cluster_components(factors, loadings, CENTRE, nav_shape=SCAN)
-    assert joined.labels.max() + 1 == 3
+    # the spot touches a grain of another phase: not a piece of it (default max_enclosure)
+    kept = cl.cluster_components(factors, loadings, CENTRE, nav_shape=SCAN)
+    assert kept.labels.max() + 1 == 4 and kept.parameters["joined_clusters"] == 0
     assert adjusted_rand_score(res.labels[:-1], kept.labels[:-1]) == 1
     assert adjusted_rand_score(
         truth.ravel(), res.position_labels
@@ -460,7 +459,8 @@ def test_pieces_of_one_grain_join_touching_grains_do_not():
     split = _disc_labels(shape, [(15, 15, 6, 1), (15, 15, 3, 2)])
     encloser, share = _enclosure(split.ravel(), shape, bg)
     assert encloser[2] == 1 and share[2] == 1.0 and encloser[1] == -1
-    labels, joined = _join_enclosed(np.arange(3), split.ravel(), shape, bg, 0.4)
+    near = np.ones((3, 3), dtype=bool)  # the pieces diffract alike
+    labels, joined = _join_enclosed(np.arange(3), split.ravel(), shape, bg, 0.4, near)
     assert joined == 1 and labels.tolist() == [0, 1, 1]
     # a patch of a grain's positions (2) off its centre, within the grain (1)
     patch = _disc_labels(shape, [(15, 15, 6, 1), (13, 17, 2, 2)])
@@ -472,11 +472,17 @@ def test_pieces_of_one_grain_join_touching_grains_do_not():
         touching = _disc_labels(shape, [(15, 10, 6, 1), (15, 10 + 6 + 3 - gap, 3, 2)])
         _, share = _enclosure(touching.ravel(), shape, bg)
         assert share[2] < 0.3
-        labels, joined = _join_enclosed(np.arange(3), touching.ravel(), shape, bg, 0.4)
+        labels, joined = _join_enclosed(
+            np.arange(3), touching.ravel(), shape, bg, 0.4, near
+        )
         assert joined == 0 and labels.tolist() == [0, 1, 2]
     # a larger cluster is never joined to a smaller one that borders it
     _, share = _enclosure(split.ravel(), shape, bg)
     assert share[1] == 0
+    # a grain of another phase inside a larger one (no member diffracts alike) stays
+    far = np.eye(3, dtype=bool)
+    labels, joined = _join_enclosed(np.arange(3), split.ravel(), shape, bg, 0.4, far)
+    assert joined == 0 and labels.tolist() == [0, 1, 2]
 
 
 def test_over_complete_grain_pieces_and_textures_rejoin():
@@ -489,9 +495,12 @@ def test_over_complete_grain_pieces_and_textures_rejoin():
     (gy, gx), radius, ph, rot = GRAINS[big]
     yy, xx = np.indices(SCAN, dtype=float)
     core = (np.hypot(yy - gy, xx - gx) <= radius / 2).ravel()
-    # the rim's reflections: the phase's pattern; the core's: another zone's
-    # (thickness-dependent excitation), 0.5 similar at most
-    other = _pattern(3, rot) * np.nansum(factors[gi]) / _pattern(3, rot).sum()
+    # the rim's reflections: the phase's pattern; the core's: a third of them and
+    # others (thickness-dependent excitation), pseudo-distance 0.47 to the rim's:
+    # apart in the cut (0.3), alike enough for a piece (within 2 x 0.3)
+    other = 0.35 * factors[gi] / np.nansum(factors[gi])
+    other = other + 0.65 * _pattern(3, rot) / _pattern(3, rot).sum()
+    other = other * np.nansum(factors[gi])
     rim_map = np.where(core, 0.0, loadings[gi])
     core_map = np.where(core, loadings[gi], 0.0)
     factors = np.concatenate([factors, other[None]])
@@ -504,6 +513,10 @@ def test_over_complete_grain_pieces_and_textures_rejoin():
     assert res.labels[gi] == res.labels[-1]
     assert res.labels.max() + 1 == off.labels.max()
     assert res.parameters["max_enclosure"] == cl.MAX_ENCLOSURE
+    assert res.parameters["joined_clusters"] == 1
+    for bad in (0, -0.1, 1.5):  # None, not 0, switches the rule off
+        with pytest.raises(ValueError, match="max_enclosure"):
+            cl.cluster_components(factors, loadings, CENTRE, max_enclosure=bad, **kw)
     # the grain's core and rim positions carry one label, as an unsplit grain's do
     grain = truth.ravel() == 2
     for r, n in ((res, 1), (off, 2)):

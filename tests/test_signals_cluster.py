@@ -668,3 +668,22 @@ def test_uncalibrated_binned_origin_does_not_warn(decomposed):
             _cluster.cluster_diffraction(s)
         hit = [w for w in record if "outside the detector" in str(w.message)]
         assert bool(hit) == warns
+
+
+def test_min_cluster_positions_on_a_line_scan(base_signal):
+    """A (1, N) line scan: "auto" scales with the share of the particle's disc the scan
+    holds (1 row of 0.5 nm across a 1.76 x 1.5 nm disc), not the disc's area."""
+    line = base_signal.inav[:, 12:13].deepcopy()  # one row of the scan
+    assert line.axes_manager._navigation_shape_in_array[0] == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        line.decomposition(
+            algorithm="constrained_nmf",
+            output_dimension=3,
+            random_state=0,
+            print_info=False,
+            show_progressbar=False,
+        )
+    assert _cluster._min_cluster_positions(line, "auto") == int(
+        np.ceil(0.5 / (1.76 * 1.5) * np.pi * 3**2 / 2)
+    )

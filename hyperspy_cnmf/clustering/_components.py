@@ -207,10 +207,13 @@ NOISE_FLOOR = 3.0
 #: cluster's grain and joined to it (:func:`_join_enclosed`; with
 #: ``n_clusters`` None). At over-complete k an NMF splits one grain's
 #: reflections between components (its core and rim, patches of it) that the
-#: diffraction similarity keeps apart; their positions interleave. Grains of
-#: two phases share less of their borders: disks 2-8 scan steps across,
-#: touching, 0.07-0.12; overlapping by 1 step in projection 0.19-0.29, by 2
-#: steps 0.27-0.46 (so these can be joined). Main job on the multislice cases
+#: diffraction similarity keeps apart; their positions interleave, and some
+#: member of each still diffracts like one of the other (pseudo-distance
+#: 0.24-0.49 on the multislice cases, against 0.76-0.91 for grains of two
+#: phases in contact in a reviewer's cases: a piece must be within twice the
+#: cut's distance). Grains of two phases also share less of their borders:
+#: disks 2-8 scan steps across, touching, 0.07-0.12; overlapping by 1 step
+#: in projection 0.19-0.29, by 2 steps 0.27-0.46. Main job on the multislice cases
 #: and the embedded default of ``benchmarks/quality_physics.py`` (factors of
 #: the default decomposition, random_state 0-2, 12 runs per k), mean
 #: position ARI and runs with the true number of phases, k = 30: 0.874 and
@@ -791,15 +794,18 @@ def _enclosure(pos_labels, nav_shape, background):
     return encloser, share
 
 
-def _join_enclosed(labels, pos_labels, nav_shape, background, max_enclosure):
+def _join_enclosed(labels, pos_labels, nav_shape, background, max_enclosure, near):
     """Component labels with every cluster enclosed by a larger particle cluster joined to it.
 
     A cluster more than ``max_enclosure`` of whose border (:func:`_enclosure`)
     one larger particle cluster holds is a piece of that cluster's grain (its
     core, rim or a patch of it, whose other reflections went to other
-    components): its components join the enclosing cluster, its positions
-    count as that cluster's for the next piece; the smallest first. Returns
-    the labels (not renumbered) and the number of clusters joined.
+    components) when some member of each still diffract alike
+    (``near[i, j]``, the pair's pseudo-distance within twice the cut's): its
+    components join the enclosing cluster, its positions count as that
+    cluster's for the next piece; the smallest first. Grains of another phase
+    that touch or overlap it stay apart however much border they share.
+    Returns the labels (not renumbered) and the number of clusters joined.
     """
     labels = labels.copy()
     pos = pos_labels.copy()
@@ -808,6 +814,8 @@ def _join_enclosed(labels, pos_labels, nav_shape, background, max_enclosure):
         encloser, share = _enclosure(pos, nav_shape, background)
         share[~np.isin(np.arange(share.size), labels)] = 0.0
         enclosed = share > max_enclosure
+        for c in np.flatnonzero(enclosed):
+            enclosed[c] = near[np.ix_(labels == c, labels == encloser[c])].any()
         if not enclosed.any():
             return labels, joined
         counts = np.bincount(pos[pos >= 0], minlength=share.size)
@@ -818,7 +826,7 @@ def _join_enclosed(labels, pos_labels, nav_shape, background, max_enclosure):
 
 
 def _positions_of_resolved_clusters(
-    contrib, labels, loadings, nav_shape, rules, min_positions, max_enclosure=None
+    contrib, labels, loadings, nav_shape, rules, min_positions, pieces=None
 ):
     """:func:`_cluster_positions`, clusters that resolve no object of their own dissolved.
 
@@ -828,9 +836,9 @@ def _positions_of_resolved_clusters(
     dissolved, its components join the clusters whose maps correlate best
     with theirs (:func:`~hyperspy_cnmf.clustering.attach_by_map`), and the
     positions are labelled again; the smallest first, until none is left.
-    Then the pieces of one grain are joined (:func:`_join_enclosed`, with
-    ``max_enclosure`` not None). Returns the fields and the number of
-    clusters dissolved or joined.
+    Then the pieces of one grain are joined (:func:`_join_enclosed`; ``pieces``
+    its ``(max_enclosure, near)``, None: off). Returns the fields and the
+    numbers of clusters dissolved and joined.
     """
     fields = _cluster_positions(contrib, labels, loadings, nav_shape, *rules)
     dissolved = 0
@@ -844,22 +852,18 @@ def _positions_of_resolved_clusters(
         labels = attach_by_map(labels, labels == weakest, contrib)
         fields = _cluster_positions(contrib, labels, loadings, nav_shape, *rules)
         dissolved += 1
-    if max_enclosure is not None and fields["labels"].max() > 0:
+    joined = 0
+    if pieces is not None and fields["labels"].max() > 0:
         masked = np.all(np.isnan(loadings), axis=0)
         m = _smooth_maps(contrib, nav_shape, rules[1])
         extended = _extended_clusters(m, fields["labels"], masked, rules[0])
         labels, joined = _join_enclosed(
-            fields["labels"],
-            fields["position_labels"],
-            nav_shape,
-            extended,
-            max_enclosure,
+            fields["labels"], fields["position_labels"], nav_shape, extended, *pieces
         )
         if joined:
             labels = np.unique(labels, return_inverse=True)[1]
             fields = _cluster_positions(contrib, labels, loadings, nav_shape, *rules)
-            dissolved += joined
-    return fields, dissolved
+    return fields, dissolved, joined
 
 
 def _aligned_merge(factors, cpx, sim, labels, beam_only, factor_sum, loading_sum):
@@ -982,10 +986,12 @@ def cluster_components(
         dissolved, their components joining the clusters whose maps
         correlate best with theirs (the smallest first; the signal method's
         ``"auto"`` sets it from the probe size); 0 switches it off.
-    max_enclosure : float or None, default 0.3
-        With ``n_clusters`` None: clusters whose border is held by other
-        particle clusters beyond this share are dissolved the same way (the
-        pieces of one grain, :data:`MAX_ENCLOSURE`); None switches it off.
+    max_enclosure : float in (0, 1] or None, default 0.3
+        With ``n_clusters`` None: a particle cluster whose border one larger
+        particle cluster holds beyond this share, and with a member whose
+        pseudo-distance to one of that cluster's is within twice the cut's,
+        joins it (a piece of its grain, :data:`MAX_ENCLOSURE`); recorded as
+        ``joined_clusters`` in ``parameters``. None switches it off.
     signal_mask : ndarray of bool, shape (qy, qx), optional
         The decomposition's masked detector pixels (True): left out of the
         search for the direct beam when ``centre`` is None (except a masked
@@ -1036,6 +1042,10 @@ def cluster_components(
     ([0, 0, 1, 1], (2, 49, 49))
     """
     args = dict(locals())  # the call's arguments, for the record
+    if max_enclosure is not None and not 0 < float(max_enclosure) <= 1:
+        raise ValueError(
+            f"`max_enclosure` must be in (0, 1] or None (off), got {max_enclosure!r}."
+        )
     factors, loadings, components, nav_shape = _check_inputs(
         factors, loadings, components, nav_shape
     )
@@ -1067,14 +1077,16 @@ def cluster_components(
         contrib = _unmixed_contributions(
             factors, loadings, contrib, labels, beam_only, texture, annulus.ravel()
         )
-    fields, dissolved = _positions_of_resolved_clusters(
+    fields, dissolved, joined = _positions_of_resolved_clusters(
         contrib,
         labels,
         loadings,
         nav_shape,
         (dominance_percentiles, map_smoothing, particle_threshold),
         min_cluster_positions if n_clusters is None else 0,
-        max_enclosure if n_clusters is None else None,
+        None
+        if n_clusters is not None or max_enclosure is None
+        else (float(max_enclosure), sim.pseudo_distance <= 2.0 * threshold),
     )
     fields.update(
         _aligned_merge(
@@ -1085,6 +1097,7 @@ def cluster_components(
         args, components, cpx, radii, polar.shape[-1], dbr, similarity_kwargs, threshold
     )
     parameters["dissolved_clusters"] = dissolved
+    parameters["joined_clusters"] = joined
     return ComponentClustering(
         **fields,
         components=components,

@@ -117,8 +117,11 @@ def _min_cluster_positions(signal, value):
     constrained maps hold) dominates a disc of radius 0.88 r at the default
     ``particle_threshold`` (a Gaussian blob above 0.12 of its peak), about
     2.4 r^2 positions; a cluster dominating less than half that (pi r^2 / 2)
-    is no resolved object. 0 (off) when the last decomposition recorded no
-    map resolution or the scan is not calibrated in lengths.
+    is no resolved object. On a scan narrower than that disc (a line scan, a
+    strip) the count shrinks by the share of the disc's width (1.76 r) the
+    scan holds, so that a line scan's grains are not dissolved for want of
+    rows. 0 (off) when the last decomposition recorded no map resolution or
+    the scan is not calibrated in lengths.
     """
     if isinstance(value, str):
         if value != "auto":
@@ -139,7 +142,10 @@ def _min_cluster_positions(signal, value):
             sy, sx, _ = navigation_scales(signal)
         except (ValueError, IndexError):
             return 0
-        return int(np.ceil(np.pi * res**2 / (2 * abs(sy * sx))))
+        ny, nx = (tuple(signal.axes_manager._navigation_shape_in_array) + (1, 1))[:2]
+        width = 1.76 * res  # the disc a point-like particle dominates, across
+        fits = min(1.0, ny * abs(sy) / width) * min(1.0, nx * abs(sx) / width)
+        return int(np.ceil(fits * np.pi * res**2 / (2 * abs(sy * sx))))
     if value is None:
         return 0
     if isinstance(value, bool) or not float(value).is_integer() or value < 0:
@@ -155,7 +161,7 @@ def _min_cluster_positions(signal, value):
 _FRACTION_CONSTRAINTS = {
     "particle_threshold": [_real(0, 1, low_open=True, high_open=True)],
     "min_map_compactness": [_NONE, _real(0, 1, high_open=True)],
-    "max_enclosure": [_NONE, _real(0, 1, high_open=True)],
+    "max_enclosure": [_NONE, _real(0, 1, low_open=True)],
 }
 
 
@@ -539,16 +545,19 @@ def cluster_diffraction(
         at k = 30 (``"auto"`` is 5 positions there): 18 -> 7 clusters and
         ARI 0.755 -> 0.796 on the descan case, 8 -> 5 and 0.835 -> 0.810 on
         the 2-phase case. None or 0 switches it off.
-    max_enclosure : float or None, default 0.3
+    max_enclosure : float in (0, 1] or None, default 0.3
         With ``n_clusters`` None: a particle cluster more than this share of
         whose border (the positions next to its own) one larger particle
         cluster holds is a piece of that cluster's grain (its core, rim or a
         patch of it, whose other reflections an over-complete NMF gave to
-        other components) and joins it; the positions are labelled again.
+        other components) and joins it, provided some member of each still
+        diffract alike (pseudo-distance within twice the cut's; pieces of one
+        grain reached 0.24-0.49 on the multislice cases, grains of different
+        phases in contact 0.76-0.91); the positions are labelled again.
         Grains of different phases that touch share a small part of their
         borders (0.07-0.12 for disks 2-8 scan steps across, 0.19-0.29 when
-        they overlap by 1 step in projection; by 2 steps, 0.27-0.46, they
-        can be joined), pieces of one grain more
+        they overlap by 1 step in projection). The number joined is recorded
+        as ``joined_clusters`` in ``cdiff_parameters``
         (:data:`~hyperspy_cnmf.clustering.MAX_ENCLOSURE` gives the
         measurements). None switches it off.
 
@@ -635,7 +644,8 @@ def cluster_diffraction(
     4. with ``n_clusters`` None, clusters dominating fewer than
        ``min_cluster_positions`` are dissolved, and a particle cluster whose
        border is held beyond ``max_enclosure`` by one larger particle cluster
-       joins it (a piece of its grain); the positions are labelled again.
+       with a similar member joins it (a piece of its grain); the positions
+       are labelled again.
 
     Rescaling per object judges every grain against its own peak (with one
     range per cluster the tails of all the grains of a phase add up), and
