@@ -248,6 +248,68 @@ def tree_reduce(parts, merge, name):
     return parts[0]
 
 
+def fused_compute(outputs, tasks):
+    """``dask.compute(*outputs)``, with every chunk read fused into the task that uses it.
+
+    Each task of ``tasks`` (the per-block tasks of one read) becomes one task
+    with the part of the graph that it alone uses: the read of its chunk
+    (and any per-chunk step before it: a cast, a slice of a split chunk).
+    What several tasks share (the open file, the factors of :class:`_Shared`)
+    stays a key of its own. On a ``distributed`` cluster a chunk is then read
+    where it is processed: only the shared arguments travel to the workers
+    and only the partial results travel back, never the data. The same
+    functions run on the same values in the same order of merges, so the
+    results are those of the unfused graph, and each chunk is read once.
+
+    Parameters
+    ----------
+    outputs : sequence
+        What ``dask.compute`` is given: ``dask.delayed`` objects or (nested)
+        lists of them.
+    tasks : sequence of dask.delayed.Delayed
+        The per-block tasks, among the dependencies of ``outputs``.
+
+    Returns
+    -------
+    tuple
+        ``dask.compute(*outputs)``.
+    """
+    from dask._task_spec import Task, convert_legacy_graph  # dask >= 2024.12
+    from dask.core import flatten
+    from dask.delayed import Delayed
+    from dask.highlevelgraph import HighLevelGraph
+
+    flat = list(flatten(outputs, container=(list, tuple)))
+    keys = {d.key for d in flat}
+    graph = HighLevelGraph.merge(*(d.__dask_graph__() for d in flat))
+    dsk = convert_legacy_graph(dict(graph.cull(keys)))
+    dependents = {key: set() for key in dsk}
+    for key, node in dsk.items():
+        for dep in node.dependencies:
+            if dep in dependents:
+                dependents[dep].add(key)
+    for task in tasks:
+        group, todo = {task.key}, list(dsk[task.key].dependencies)
+        while todo:  # the ancestors whose every dependent is in the group
+            key = todo.pop()
+            if key in group or key in keys or not dependents.get(key, {None}) <= group:
+                continue
+            group.add(key)
+            todo.extend(dsk[key].dependencies)
+        if len(group) > 1:
+            nodes = [dsk.pop(key) for key in group - {task.key}]
+            dsk[task.key] = Task.fuse(*nodes, dsk[task.key], key=task.key)
+    name = f"cnmf-fused-{uuid.uuid4().hex}"
+    fused = HighLevelGraph({name: dsk}, {name: set()})
+
+    def rebuild(x):
+        if isinstance(x, (list, tuple)):
+            return type(x)(rebuild(v) for v in x)
+        return Delayed(x.key, fused, layer=name)
+
+    return dask.compute(*rebuild(list(outputs)))
+
+
 def _merge(parts):
     """Combine partial results (dicts) of several blocks."""
     out = {}
@@ -456,7 +518,7 @@ class DaskOperator:
         token = uuid.uuid4().hex
         sh = self._shared(**shared)
         n_cols = self.shape[1]
-        locals_, parts = [], []
+        locals_, parts, tasks = [], [], []
         for b, (blk, rows) in enumerate(self._layout.blocks):
             shape = (self._layout.row_count(rows), n_cols)
             extra = per_block(rows) if per_block is not None else ()
@@ -470,14 +532,19 @@ class DaskOperator:
                 sh,
                 dask_key_name=f"cnmf-{func.__name__}-{token}-{b}",
             )
-            if local:
-                locals_.append(task[0])
-                parts.append(task[1])
+            tasks.append(task)
+            if local:  # the two halves of the result, under keys of this read
+                for out, i in ((locals_, 0), (parts, 1)):
+                    out.append(
+                        dask.delayed(operator.getitem, pure=True)(
+                            task, i, dask_key_name=f"cnmf-out{i}-{token}-{b}"
+                        )
+                    )
             else:
                 parts.append(task)
         self.n_passes += 1
-        got_locals, merged = dask.compute(
-            locals_, tree_reduce(parts, _merge, f"cnmf-merge-{token}")
+        got_locals, merged = fused_compute(
+            (locals_, tree_reduce(parts, _merge, f"cnmf-merge-{token}")), tasks
         )
         return got_locals, merged
 

@@ -100,7 +100,12 @@ def _stream(signal, func, **shared):
 
     import dask
 
-    from hyperspy_cnmf.chunked import MAX_BLOCK_BYTES, _Layout, tree_reduce
+    from hyperspy_cnmf.chunked import (
+        MAX_BLOCK_BYTES,
+        _Layout,
+        fused_compute,
+        tree_reduce,
+    )
 
     layout = _Layout(signal.data, 2, MAX_BLOCK_BYTES)
     token = uuid.uuid4().hex
@@ -111,7 +116,9 @@ def _stream(signal, func, **shared):
         )
         for b, (blk, rows) in enumerate(layout.blocks)
     ]
-    return dask.compute(tree_reduce(parts, _add, f"cnmf-report-add-{token}"))[0]
+    return fused_compute(
+        (tree_reduce(parts, _add, f"cnmf-report-add-{token}"),), parts
+    )[0]
 
 
 class _Shared:
