@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 
+from hyperspy_cnmf._report_kernels import residual_sq_sums
 from hyperspy_cnmf.signals._axes import axis_info
 from hyperspy_cnmf.signals._calibration import navigation_scales
 from hyperspy_cnmf.signals._decomposition import _mask_vector
@@ -55,10 +56,15 @@ def _pieces(n_rows, n_cols):
 
 
 def _block_sums(block, rows, n_cols, func, sh):
-    """``func`` summed over float64 pieces of one block of whole patterns."""
+    """``func`` summed over float64 pieces of one block of whole patterns.
+
+    A ``func`` marked ``whole_block`` gets the block itself, in its own dtype.
+    """
     X = np.asarray(block).reshape(-1, n_cols)
     if isinstance(rows, slice):
         rows = np.arange(rows.start, rows.stop)
+    if getattr(func, "whole_block", False):
+        return func(X, rows, sh)
     total = None
     for piece in _pieces(len(X), n_cols):
         part = func(np.asarray(X[piece], dtype=np.float64), rows[piece], sh)
@@ -132,16 +138,24 @@ def _column_sums(X, rows, sh):
 
 
 def _model_sq(X, rows, sh):
-    """Squared residuals of the decomposition model and of the mean-pattern baseline."""
+    """Squared residuals of the decomposition model and of the mean-pattern baseline.
+
+    ``X`` is a whole block in its own dtype: one pass of the Numba kernel,
+    no float64 copy of the block (other dtypes than integers, float32 and
+    float64 are read in float64 pieces).
+    """
     out = np.zeros(2)
-    if sh.W is not None:
-        r = X[:, sh.valid] - (sh.W[rows] @ sh.Ht + sh.offset)
-        out[0] = np.sum(r * r)
-    if sh.pattern is not None:
-        Xb = X[:, sh.base_valid]
-        r = Xb - Xb.sum(axis=1, keepdims=True) * sh.pattern
-        out[1] = np.sum(r * r)
+    W = sh.W[rows] if sh.W is not None else np.zeros((len(X), 0))
+    args = (W, sh.Ht, sh.offset, sh.valid, sh.pattern, sh.base_valid, out)
+    if X.dtype.kind in "iu" or X.dtype in (np.float32, np.float64):
+        residual_sq_sums(X, *args)
+        return out
+    for piece in _pieces(len(X), X.shape[1]):
+        residual_sq_sums(np.asarray(X[piece], np.float64), W[piece], *args[1:])
     return out
+
+
+_model_sq.whole_block = True
 
 
 def _model_parts(signal, n_components, signal_mask):
@@ -270,13 +284,26 @@ def model_mse(
     """
     am = signal.axes_manager
     n_nav = int(np.prod(am._navigation_shape_in_array))
-    sh = dict(W=None, pattern=None)
+    none = np.zeros(0, dtype=np.int64)
+    sh = dict(
+        W=None,
+        Ht=np.zeros((0, 0)),
+        offset=np.zeros(0),
+        valid=none,
+        pattern=np.zeros(0),
+        base_valid=none,
+    )
     if model:
         W, Ht, offset, valid = _model_parts(signal, n_components, signal_mask)
-        sh.update(W=W, Ht=Ht, offset=offset, valid=valid)
+        sh.update(
+            W=W,
+            Ht=Ht,
+            offset=np.broadcast_to(offset, Ht.shape[1:]).astype(np.float64),
+            valid=np.flatnonzero(valid),
+        )
     if baseline:
         base_valid, pattern = _baseline_parts(signal, baseline_mask, mean_pattern)
-        sh.update(base_valid=base_valid, pattern=pattern)
+        sh.update(base_valid=np.flatnonzero(base_valid), pattern=pattern)
     sums = _stream(signal, _model_sq, **sh)
     mse = float(sums[0]) / (n_nav * int(valid.sum())) if model else None
     base = float(sums[1]) / (n_nav * int(base_valid.sum())) if baseline else None
