@@ -789,8 +789,9 @@ def _graph_lines(g, shape):
         "",
         f"Task graph of one read of the {shape} file ({g['data_bytes'] / 1e9:.2f} GB, "
         f"{g['chunks']} chunks, {g['blocks']} blocks; nothing read): `X.T @ L` "
-        f"{g['tasks_left_t']} tasks, `X @ H` {g['tasks_right']} tasks (chunk reads, "
-        f"kernels, a merge tree of {g['split_every']} parts per merge). What travels per "
+        f"{g['tasks_left_t']} tasks, `X @ H` {g['tasks_right']} tasks (one task per "
+        "block, its chunk read fused with its kernel; the open file and the shared "
+        f"factors; a merge tree of {g['split_every']} parts per merge). What travels per "
         f"read: the factors ({g['factor_bytes'] / mb:.2f} MB, to each worker) or the "
         f"loading rows of each block ({g['loading_bytes'] / mb:.1f} MB in all) with the "
         f"graph; back, the per-block partial sums `X_b.T @ L_b` ({g['blocks']} x "

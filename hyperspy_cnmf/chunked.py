@@ -9,7 +9,11 @@ navigation chunk is processed by the same per-block code as the in-memory
 operator (the Numba kernels of :mod:`hyperspy_cnmf.nmf._kernels`:
 ``block_right`` for ``X @ A``, ``block_left`` for ``X.T @ B``), and the
 partial ``X.T @ B`` sums are merged by a tree reduction. Only small arrays
-(factor blocks, per-pixel sums) travel back to the driver.
+(factor blocks, per-pixel sums) travel back to the driver. The read of each
+chunk is fused into the task that processes it (:func:`fused_compute`), so
+that on a ``distributed`` cluster a chunk never leaves the worker that read
+it: only the shared factors go out and the partial sums come back
+(``benchmarks/bench_transfer.py`` measures it).
 
 The products are single-threaded Numba kernels on purpose: the scheduler's
 threads (or worker processes) are the parallelism. Multi-threaded BLAS calls
