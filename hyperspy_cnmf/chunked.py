@@ -277,6 +277,17 @@ def fused_compute(outputs, tasks):
     -------
     tuple
         ``dask.compute(*outputs)``.
+
+    Examples
+    --------
+    >>> import dask
+    >>> import dask.array as da
+    >>> import numpy as np
+    >>> from hyperspy_cnmf.chunked import fused_compute
+    >>> x = da.arange(6, chunks=3)
+    >>> sums = [dask.delayed(np.sum)(chunk) for chunk in x.to_delayed()]
+    >>> int(fused_compute((dask.delayed(sum)(sums),), sums)[0])  # 2 tasks, not 4
+    15
     """
     from dask._task_spec import Task, convert_legacy_graph  # dask >= 2024.12
     from dask.core import flatten
