@@ -52,6 +52,7 @@ import uuid
 import dask
 import dask.array as da
 import numpy as np
+from dask.sizeof import sizeof
 
 from hyperspy_cnmf._beam import beam_search_pixels
 from hyperspy_cnmf.nmf._kernels import (
@@ -92,6 +93,12 @@ class _Shared:
 
     def __init__(self, **kwargs):
         self.__dict__.update(kwargs)
+
+
+@sizeof.register(_Shared)
+def _sizeof_shared(sh):
+    """The bytes of what it carries (the scheduler's transfer costs and logs count them)."""
+    return sizeof(sh.__dict__)
 
 
 def _prepare(block, shape, dtype, row_scale, col_masked):

@@ -112,10 +112,13 @@ def _stream(signal, func, **shared):
         fused_compute,
         tree_reduce,
     )
+    from hyperspy_cnmf.chunked import _Shared as _SharedTask  # its sizeof is known
 
     layout = _Layout(signal.data, 2, MAX_BLOCK_BYTES)
     token = uuid.uuid4().hex
-    sh_d = dask.delayed(sh, name=f"cnmf-report-shared-{token}", traverse=False)
+    sh_d = dask.delayed(
+        _SharedTask(**shared), name=f"cnmf-report-shared-{token}", traverse=False
+    )
     parts = [
         dask.delayed(_block_sums, pure=True)(
             blk, rows, n_cols, func, sh_d, dask_key_name=f"cnmf-report-{token}-{b}"
