@@ -517,8 +517,8 @@ def write_report(results, args, path):
         "| scan | uncompressed (GB) | on disk (GB) | write (s) "
         "| `hyperspy-cnmf run --lazy` (s) | reads | peak RSS (MB) "
         "| Python main job (s) | reads | s per read (decomposition) | peak RSS (MB) "
-        "| job's decomposition arguments | load avg |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "| job's decomposition arguments | load avg | note |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for r in results:
         cli, job, mk = r.get("cli", {}), r.get("job", {}), r.get("make", {})
@@ -531,7 +531,8 @@ def write_report(results, args, path):
             f"| {_fmt(job.get('total_s'))} | {_fmt(job['reads'] / nch if 'reads' in job else None)} "
             f"| {_fmt(per_read)} | {_fmt(job.get('peak_mb'), 0)} "
             f"| `{job.get('cnmf', '{}')}` "
-            f"| {_fmt(job.get('load_before'), 1)} - {_fmt(cli.get('load_after'), 1)} |"
+            f"| {_fmt(job.get('load_before'), 1)} - {_fmt(cli.get('load_after'), 1)} "
+            f"| {r.get('note', '')} |"
         )
     for r in results:
         lines += ["", f"## {r['shape']} ({r['gb']:.2f} GB): stages", ""]
@@ -663,10 +664,16 @@ def _plot(results, path):
         pts = [r for r in ok if "total_s" in r.get(key, {})]
         gb = [r["gb"] for r in pts]
         a1.plot(gb, [r[key]["total_s"] for r in pts], "o-", label=label)
-        per = [(r["gb"], _per_read(r[key], r["n_chunks"])) for r in pts]
-        per = [p for p in per if p[1]]
-        a2.plot([p[0] for p in per], [p[1] for p in per], "o-", label=label)
+        per = [(r, r["gb"], _per_read(r[key], r["n_chunks"])) for r in pts]
+        per = [p for p in per if p[2]]
+        a2.plot([p[1] for p in per], [p[2] for p in per], "o-", label=label)
         a3.plot(gb, [r[key]["peak_mb"] for r in pts], "o-", label=label)
+        for r, x, y in per:
+            if r.get("note"):  # e.g. a run under other jobs' load: open marker
+                a1.plot(x, r[key]["total_s"], "o", mfc="w", color="k")
+                a2.plot(x, y, "o", mfc="w", color="k")
+                if key == "job":
+                    a2.annotate(r["note"], (x, y), fontsize=7, ha="right", va="top")
     a3.axhline(2048, color="k", ls=":", label="goal 2 GB")
     for ax in (a1, a2, a3):
         ax.axvline(ram, color="r", ls="--", label="RAM (24 GiB)")
@@ -789,8 +796,9 @@ def _graph_lines(g, shape):
         "",
         f"Task graph of one read of the {shape} file ({g['data_bytes'] / 1e9:.2f} GB, "
         f"{g['chunks']} chunks, {g['blocks']} blocks; nothing read): `X.T @ L` "
-        f"{g['tasks_left_t']} tasks, `X @ H` {g['tasks_right']} tasks (chunk reads, "
-        f"kernels, a merge tree of {g['split_every']} parts per merge). What travels per "
+        f"{g['tasks_left_t']} tasks, `X @ H` {g['tasks_right']} tasks (one task per "
+        "block, its chunk read fused with its kernel; the open file and the shared "
+        f"factors; a merge tree of {g['split_every']} parts per merge). What travels per "
         f"read: the factors ({g['factor_bytes'] / mb:.2f} MB, to each worker) or the "
         f"loading rows of each block ({g['loading_bytes'] / mb:.1f} MB in all) with the "
         f"graph; back, the per-block partial sums `X_b.T @ L_b` ({g['blocks']} x "
@@ -838,6 +846,10 @@ def report_from_logs(args):
                     r[name] = res
                 if "disk_bytes" in res:
                     r["disk_gb"] = res["disk_bytes"] / 1e9
+    for r in results:
+        note = (args.note or {}).get(r["shape"].replace(" ", ""))
+        if note:
+            r["note"] = note
     for gb_shape, disk in (args.disk or {}).items():
         for r in results:
             if r["shape"].replace(" ", "") == gb_shape:
@@ -889,6 +901,12 @@ def main(argv=None):
         "--disk",
         type=json.loads,
         help='on-disk GB of files whose make log lacks it: {"40x768": 0.05}',
+    )
+    p.add_argument(
+        "--note",
+        type=json.loads,
+        help="with --report-from: a note on the runs of a scan, shown in the curve's "
+        'table and marked in the plot, e.g. {"1312x768": "loaded machine, load 3-4"}',
     )
     p.add_argument(
         "--identical",

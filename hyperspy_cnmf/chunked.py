@@ -9,7 +9,11 @@ navigation chunk is processed by the same per-block code as the in-memory
 operator (the Numba kernels of :mod:`hyperspy_cnmf.nmf._kernels`:
 ``block_right`` for ``X @ A``, ``block_left`` for ``X.T @ B``), and the
 partial ``X.T @ B`` sums are merged by a tree reduction. Only small arrays
-(factor blocks, per-pixel sums) travel back to the driver.
+(factor blocks, per-pixel sums) travel back to the driver. The read of each
+chunk is fused into the task that processes it (:func:`fused_compute`), so
+that on a ``distributed`` cluster a chunk never leaves the worker that read
+it: only the shared factors go out and the partial sums come back
+(``benchmarks/bench_transfer.py`` measures it).
 
 The products are single-threaded Numba kernels on purpose: the scheduler's
 threads (or worker processes) are the parallelism. Multi-threaded BLAS calls
@@ -48,6 +52,7 @@ import uuid
 import dask
 import dask.array as da
 import numpy as np
+from dask.sizeof import sizeof
 
 from hyperspy_cnmf._beam import beam_search_pixels
 from hyperspy_cnmf.nmf._kernels import (
@@ -88,6 +93,12 @@ class _Shared:
 
     def __init__(self, **kwargs):
         self.__dict__.update(kwargs)
+
+
+@sizeof.register(_Shared)
+def _sizeof_shared(sh):
+    """The bytes of what it carries (the scheduler's transfer costs and logs count them)."""
+    return sizeof(sh.__dict__)
 
 
 def _prepare(block, shape, dtype, row_scale, col_masked):
@@ -253,6 +264,79 @@ def tree_reduce(parts, merge, name):
         ]
         level += 1
     return parts[0]
+
+
+def fused_compute(outputs, tasks):
+    """``dask.compute(*outputs)``, with every chunk read fused into the task that uses it.
+
+    Each task of ``tasks`` (the per-block tasks of one read) becomes one task
+    with the part of the graph that it alone uses: the read of its chunk
+    (and any per-chunk step before it: a cast, a slice of a split chunk).
+    What several tasks share (the open file, the factors of :class:`_Shared`)
+    stays a key of its own. On a ``distributed`` cluster a chunk is then read
+    where it is processed: only the shared arguments travel to the workers
+    and only the partial results travel back, never the data. The same
+    functions run on the same values in the same order of merges, so the
+    results are those of the unfused graph, and each chunk is read once.
+
+    Parameters
+    ----------
+    outputs : sequence
+        What ``dask.compute`` is given: ``dask.delayed`` objects or (nested)
+        lists of them.
+    tasks : sequence of dask.delayed.Delayed
+        The per-block tasks, among the dependencies of ``outputs``.
+
+    Returns
+    -------
+    tuple
+        ``dask.compute(*outputs)``.
+
+    Examples
+    --------
+    >>> import dask
+    >>> import dask.array as da
+    >>> import numpy as np
+    >>> from hyperspy_cnmf.chunked import fused_compute
+    >>> x = da.arange(6, chunks=3)
+    >>> sums = [dask.delayed(np.sum)(chunk) for chunk in x.to_delayed()]
+    >>> int(fused_compute((dask.delayed(sum)(sums),), sums)[0])  # 2 tasks, not 4
+    15
+    """
+    from dask._task_spec import Task, convert_legacy_graph  # dask >= 2024.12
+    from dask.core import flatten
+    from dask.delayed import Delayed
+    from dask.highlevelgraph import HighLevelGraph
+
+    flat = list(flatten(outputs, container=(list, tuple)))
+    keys = {d.key for d in flat}
+    graph = HighLevelGraph.merge(*(d.__dask_graph__() for d in flat))
+    dsk = convert_legacy_graph(dict(graph.cull(keys)))
+    dependents = {key: set() for key in dsk}
+    for key, node in dsk.items():
+        for dep in node.dependencies:
+            if dep in dependents:
+                dependents[dep].add(key)
+    for task in tasks:
+        group, todo = {task.key}, list(dsk[task.key].dependencies)
+        while todo:  # the ancestors whose every dependent is in the group
+            key = todo.pop()
+            if key in group or key in keys or not dependents.get(key, {None}) <= group:
+                continue
+            group.add(key)
+            todo.extend(dsk[key].dependencies)
+        if len(group) > 1:
+            nodes = [dsk.pop(key) for key in group - {task.key}]
+            dsk[task.key] = Task.fuse(*nodes, dsk[task.key], key=task.key)
+    name = f"cnmf-fused-{uuid.uuid4().hex}"
+    fused = HighLevelGraph({name: dsk}, {name: set()})
+
+    def rebuild(x):
+        if isinstance(x, (list, tuple)):
+            return type(x)(rebuild(v) for v in x)
+        return Delayed(x.key, fused, layer=name)
+
+    return dask.compute(*rebuild(list(outputs)))
 
 
 def _merge(parts):
@@ -463,7 +547,7 @@ class DaskOperator:
         token = uuid.uuid4().hex
         sh = self._shared(**shared)
         n_cols = self.shape[1]
-        locals_, parts = [], []
+        locals_, parts, tasks = [], [], []
         for b, (blk, rows) in enumerate(self._layout.blocks):
             shape = (self._layout.row_count(rows), n_cols)
             extra = per_block(rows) if per_block is not None else ()
@@ -477,14 +561,19 @@ class DaskOperator:
                 sh,
                 dask_key_name=f"cnmf-{func.__name__}-{token}-{b}",
             )
-            if local:
-                locals_.append(task[0])
-                parts.append(task[1])
+            tasks.append(task)
+            if local:  # the two halves of the result, under keys of this read
+                for out, i in ((locals_, 0), (parts, 1)):
+                    out.append(
+                        dask.delayed(operator.getitem, pure=True)(
+                            task, i, dask_key_name=f"cnmf-out{i}-{token}-{b}"
+                        )
+                    )
             else:
                 parts.append(task)
         self.n_passes += 1
-        got_locals, merged = dask.compute(
-            locals_, tree_reduce(parts, _merge, f"cnmf-merge-{token}")
+        got_locals, merged = fused_compute(
+            (locals_, tree_reduce(parts, _merge, f"cnmf-merge-{token}")), tasks
         )
         return got_locals, merged
 

@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 
+from hyperspy_cnmf._report_kernels import residual_sq_sums
 from hyperspy_cnmf.signals._axes import axis_info
 from hyperspy_cnmf.signals._calibration import navigation_scales
 from hyperspy_cnmf.signals._decomposition import _mask_vector
@@ -54,14 +55,22 @@ def _pieces(n_rows, n_cols):
         yield slice(start, min(start + step, n_rows))
 
 
-def _block_sums(block, rows, n_cols, func, sh):
-    """``func`` summed over float64 pieces of one block of whole patterns."""
+def _block_sums(block, n_cols, func, sh, local):
+    """``func`` summed over float64 pieces of one block of whole patterns.
+
+    ``local`` holds per-position arrays, the block's rows of each. A ``func``
+    marked ``whole_block`` gets the block itself, in its own dtype.
+    """
     X = np.asarray(block).reshape(-1, n_cols)
-    if isinstance(rows, slice):
-        rows = np.arange(rows.start, rows.stop)
+    if getattr(func, "whole_block", False):
+        return func(X, local, sh)
     total = None
     for piece in _pieces(len(X), n_cols):
-        part = func(np.asarray(X[piece], dtype=np.float64), rows[piece], sh)
+        part = func(
+            np.asarray(X[piece], dtype=np.float64),
+            {key: value[piece] for key, value in local.items()},
+            sh,
+        )
         total = part if total is None else total + part
     return total
 
@@ -73,17 +82,20 @@ def _add(parts):
     return out
 
 
-def _stream(signal, func, **shared):
-    """One read of the data: ``sum over blocks of func(X, rows, shared)``.
+def _stream(signal, func, per_position=None, **shared):
+    """One read of the data: ``sum over blocks of func(X, local, shared)``.
 
     ``X`` is a float64 piece ``(rows, pixels)`` of the unfolded data (whole
-    patterns), ``rows`` its global navigation indices (C order), ``shared``
-    the keyword arguments as attributes. ``func`` returns a float64 array of
-    a fixed shape; the results are added. In memory the data are cut into the
-    same pieces; a lazy signal is read chunk by chunk under the active dask
-    scheduler (navigation chunks, split when larger than the decomposition's
-    block limit), never as a whole.
+    patterns), ``local`` a dict of the rows of ``X`` in each array of
+    ``per_position`` (arrays over the navigation positions in C order: each
+    block task gets its own rows only), ``shared`` the keyword arguments as
+    attributes (sent once to each worker). ``func`` returns a float64 array
+    of a fixed shape; the results are added. In memory the data are cut into
+    the same pieces; a lazy signal is read chunk by chunk under the active
+    dask scheduler (navigation chunks, split when larger than the
+    decomposition's block limit), never as a whole.
     """
+    per_position = per_position or {}
     am = signal.axes_manager
     n_cols = int(np.prod(am._signal_shape_in_array))
     sh = _Shared(**shared)
@@ -91,27 +103,42 @@ def _stream(signal, func, **shared):
         n_rows = int(np.prod(am._navigation_shape_in_array))
         return _block_sums(
             np.asarray(signal.data).reshape(n_rows, n_cols),
-            slice(0, n_rows),
             n_cols,
             func,
             sh,
+            per_position,
         )
     import uuid
 
     import dask
 
-    from hyperspy_cnmf.chunked import MAX_BLOCK_BYTES, _Layout, tree_reduce
+    from hyperspy_cnmf.chunked import (
+        MAX_BLOCK_BYTES,
+        _Layout,
+        fused_compute,
+        tree_reduce,
+    )
+    from hyperspy_cnmf.chunked import _Shared as _SharedTask  # its sizeof is known
 
     layout = _Layout(signal.data, 2, MAX_BLOCK_BYTES)
     token = uuid.uuid4().hex
-    sh_d = dask.delayed(sh, name=f"cnmf-report-shared-{token}", traverse=False)
+    sh_d = dask.delayed(
+        _SharedTask(**shared), name=f"cnmf-report-shared-{token}", traverse=False
+    )
     parts = [
         dask.delayed(_block_sums, pure=True)(
-            blk, rows, n_cols, func, sh_d, dask_key_name=f"cnmf-report-{token}-{b}"
+            blk,
+            n_cols,
+            func,
+            sh_d,
+            {key: value[rows] for key, value in per_position.items()},
+            dask_key_name=f"cnmf-report-{token}-{b}",
         )
         for b, (blk, rows) in enumerate(layout.blocks)
     ]
-    return dask.compute(tree_reduce(parts, _add, f"cnmf-report-add-{token}"))[0]
+    return fused_compute(
+        (tree_reduce(parts, _add, f"cnmf-report-add-{token}"),), parts
+    )[0]
 
 
 class _Shared:
@@ -120,21 +147,29 @@ class _Shared:
 
 
 # block functions: module level, so that they pickle by reference (distributed)
-def _column_sums(X, rows, sh):
+def _column_sums(X, local, sh):
     return X[:, sh.valid].sum(axis=0)
 
 
-def _model_sq(X, rows, sh):
-    """Squared residuals of the decomposition model and of the mean-pattern baseline."""
+def _model_sq(X, local, sh):
+    """Squared residuals of the decomposition model and of the mean-pattern baseline.
+
+    ``X`` is a whole block in its own dtype: one pass of the Numba kernel,
+    no float64 copy of the block (other dtypes than integers, float32 and
+    float64 are read in float64 pieces).
+    """
     out = np.zeros(2)
-    if sh.W is not None:
-        r = X[:, sh.valid] - (sh.W[rows] @ sh.Ht + sh.offset)
-        out[0] = np.sum(r * r)
-    if sh.pattern is not None:
-        Xb = X[:, sh.base_valid]
-        r = Xb - Xb.sum(axis=1, keepdims=True) * sh.pattern
-        out[1] = np.sum(r * r)
+    W = local.get("W", np.zeros((len(X), 0)))  # the loadings of these rows
+    args = (W, sh.Ht, sh.offset, sh.valid, sh.pattern, sh.base_valid, out)
+    if X.dtype.kind in "iu" or X.dtype in (np.float32, np.float64):
+        residual_sq_sums(X, *args)
+        return out
+    for piece in _pieces(len(X), X.shape[1]):
+        residual_sq_sums(np.asarray(X[piece], np.float64), W[piece], *args[1:])
     return out
+
+
+_model_sq.whole_block = True
 
 
 def _model_parts(signal, n_components, signal_mask):
@@ -263,14 +298,27 @@ def model_mse(
     """
     am = signal.axes_manager
     n_nav = int(np.prod(am._navigation_shape_in_array))
-    sh = dict(W=None, pattern=None)
+    none = np.zeros(0, dtype=np.int64)
+    per_position = {}
+    sh = dict(
+        Ht=np.zeros((0, 0)),
+        offset=np.zeros(0),
+        valid=none,
+        pattern=np.zeros(0),
+        base_valid=none,
+    )
     if model:
         W, Ht, offset, valid = _model_parts(signal, n_components, signal_mask)
-        sh.update(W=W, Ht=Ht, offset=offset, valid=valid)
+        per_position["W"] = W
+        sh.update(
+            Ht=Ht,
+            offset=np.broadcast_to(offset, Ht.shape[1:]).astype(np.float64),
+            valid=np.flatnonzero(valid),
+        )
     if baseline:
         base_valid, pattern = _baseline_parts(signal, baseline_mask, mean_pattern)
-        sh.update(base_valid=base_valid, pattern=pattern)
-    sums = _stream(signal, _model_sq, **sh)
+        sh.update(base_valid=np.flatnonzero(base_valid), pattern=pattern)
+    sums = _stream(signal, _model_sq, per_position, **sh)
     mse = float(sums[0]) / (n_nav * int(valid.sum())) if model else None
     base = float(sums[1]) / (n_nav * int(base_valid.sum())) if baseline else None
     return mse, base

@@ -73,3 +73,38 @@ def test_plot_components_draws_the_masked_beam_grey():
     )
     assert MASKED_NOTE in fig._suptitle.get_text()
     plt.close("all")
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("lazy", [False, True])
+def test_model_mse_equals_the_mean_squared_residual(dtype, lazy):
+    """The residual read (a Numba pass in the data's dtype) gives the numpy formula."""
+    from hyperspy_cnmf.signals import STEM4D
+
+    rng = np.random.default_rng(3)
+    n_nav, k = (6, 5), 3
+    W = rng.random((30, k))
+    H = rng.random((64, k))
+    X = rng.poisson(20 * W @ H.T).astype(dtype)
+    s = STEM4D(X.reshape(*n_nav, 8, 8))
+    if lazy:
+        s = s.as_lazy()
+        s.data = s.data.rechunk((2, 5, 8, 8))
+    lr = s.learning_results
+    H = H.copy()
+    H[5] = np.nan  # a pixel the decomposition left out
+    lr.loadings, lr.factors = W, H
+    lr.mean = rng.random(64) if dtype == np.float64 else None  # a centred model
+    mask = np.zeros(64, bool)
+    mask[[0, 9]] = True  # the baseline's signal_mask
+    mse, base = report.model_mse(s, baseline=True, baseline_mask=mask.reshape(8, 8))
+
+    x = X.astype(np.float64)
+    on = np.ones(64, bool)
+    on[5] = False
+    model = W @ np.nan_to_num(H).T + (0.0 if lr.mean is None else lr.mean)
+    assert mse == pytest.approx(np.mean((x - model)[:, on] ** 2), rel=1e-12)
+    xb = x[:, ~mask]
+    pattern = xb.sum(axis=0) / xb.sum()
+    ref = np.mean((xb - xb.sum(axis=1, keepdims=True) * pattern) ** 2)
+    assert base == pytest.approx(ref, rel=1e-12)

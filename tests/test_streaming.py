@@ -276,3 +276,67 @@ def test_the_main_job_on_process_workers_equals_the_threaded_one(zspy):
     assert min(ran.values()) > 0  # both processes did part of the work
     for a, b in zip(threaded, on_workers):
         np.testing.assert_array_equal(a, b)
+
+
+def _kept_results(scheduler):
+    """A scheduler plugin recording the key and size of every task result held by a worker."""
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class KeptResults(SchedulerPlugin):
+        def __init__(self):
+            self.kept = {}
+
+        def transition(self, key, start, finish, *args, **kwargs):
+            if finish == "memory":
+                self.kept[key] = scheduler.tasks[key].nbytes
+
+    return KeptResults()
+
+
+def _ours(key):
+    """A key of the package's tasks (factors, partial sums) or the open file."""
+    name = key[0] if isinstance(key, tuple) else key
+    return str(name).startswith(("cnmf-", "original-array-"))
+
+
+def _fetched_from_workers(dask_worker):
+    return [
+        (key, nbytes)
+        for entry in dask_worker.transfer_incoming_log
+        for key, nbytes in entry["keys"].items()
+    ]
+
+
+def test_only_factors_travel_between_process_workers(zspy):
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        plugin = _kept_results(cluster.scheduler)
+        cluster.scheduler.add_plugin(plugin, name="cnmf-kept-results")
+        s = hio.load(zspy, lazy=True)
+        info = s.decomposition(
+            algorithm="constrained_nmf",
+            output_dimension=4,
+            max_iter=10,
+            print_info=False,
+            return_info=True,
+            random_state=0,
+        )
+        rp.model_mse(s)
+        fetched = client.run(_fetched_from_workers)
+    # every chunk is read inside the task that processes it: no chunk is ever
+    # a result of its own that a worker holds, and none is fetched by another
+    assert plugin.kept and all(_ours(key) for key in plugin.kept)
+    moved = [item for items in fetched.values() for item in items]
+    assert all(_ours(key) for key, _ in moved)
+    # what travels per read: a few partial sums of the size of the factors
+    reads = info["n_passes"] + 1
+    factors = 24 * 24 * 4 * 8  # pixels x k, float64
+    chunk = int(np.prod(CHUNKS)) * 2  # uint16
+    per_read = sum(nbytes for _, nbytes in moved) / reads
+    assert per_read < 8 * factors < 2 * chunk, (per_read, factors, chunk)
