@@ -200,6 +200,26 @@ def _projected_update(solver, A, R, G, skip, project, n_inner, inner_tol):
     A[:] = At.T
 
 
+def _masks_and_norm(op):
+    """Valid rows, skipped rows and columns, the number of valid entries and ``||Xe||^2``."""
+    valid_rows = op.row_scale != 0
+    skip_cols = op.col_scale == 0
+    n_valid = max(1, int(valid_rows.sum()) * int((~skip_cols).sum()))
+    return valid_rows, ~valid_rows, skip_cols, n_valid, op.stats()["sq_norm"]
+
+
+def _record(losses, loss, W, Ht, phase, it):
+    """Append the iteration's loss; a non-finite one raises with the reason."""
+    if not np.isfinite(loss):
+        _raise_non_finite(W, Ht, phase, it)
+    losses.append(loss)
+
+
+def _settled(losses, tol):
+    """The relative loss change of the last iteration is within ``tol`` (no absolute floor)."""
+    return len(losses) > 1 and abs(losses[-2] - losses[-1]) <= tol * losses[-2]
+
+
 def _iterate(
     op,
     W,
@@ -246,11 +266,7 @@ def _iterate(
             callback=callback,
             phase=phase,
         )
-    valid_rows = op.row_scale != 0
-    skip_rows = ~valid_rows
-    skip_cols = op.col_scale == 0
-    n_valid = max(1, int(valid_rows.sum()) * int((~skip_cols).sum()))
-    sq_norm = op.stats()["sq_norm"]
+    valid_rows, skip_rows, skip_cols, n_valid, sq_norm = _masks_and_norm(op)
     losses = []
     converged = False
     XtW = None
@@ -270,16 +286,11 @@ def _iterate(
         Wv = W[valid_rows]
         WtW = Wv.T @ Wv
         _pattern_update(solver, Ht, XtW, WtW, skip_cols, diff_c, n_inner, inner_tol)
-        loss = _loss(sq_norm, XtW, WtW, Ht, n_valid)
-        if not np.isfinite(loss):
-            _raise_non_finite(W, Ht, phase, it)
-        losses.append(loss)
+        _record(losses, _loss(sq_norm, XtW, WtW, Ht, n_valid), W, Ht, phase, it)
         XtW *= _balance(W, Ht)  # Xe.T @ W of the balanced maps
         if callback is not None:
-            callback(phase, it, loss)
-        if (
-            it > 0 and abs(losses[-2] - loss) <= tol * losses[-2]
-        ):  # relative, no absolute floor
+            callback(phase, it, losses[-1])
+        if _settled(losses, tol):
             converged = True
             break
     return losses, converged, XtW
@@ -322,11 +333,7 @@ def _iterate_one_read(
     ``(W_t, Ht_{t+1})``, whose ``Xe.T @ W_t`` is returned. The two-read
     iteration alternates the same updates with ``Xe @ Ht_{t+1}`` read.
     """
-    valid_rows = op.row_scale != 0
-    skip_rows = ~valid_rows
-    skip_cols = op.col_scale == 0
-    n_valid = max(1, int(valid_rows.sum()) * int((~skip_cols).sum()))
-    sq_norm = op.stats()["sq_norm"]
+    valid_rows, skip_rows, skip_cols, n_valid, sq_norm = _masks_and_norm(op)
     losses = []
     converged = False
     XtW = None
@@ -336,19 +343,14 @@ def _iterate_one_read(
         WtW = Wv.T @ Wv
         Ht_read = Ht.copy()
         _pattern_update(solver, Ht, XtW, WtW, skip_cols, diff_c, n_inner, inner_tol)
-        loss = _loss(sq_norm, XtW, WtW, Ht, n_valid)
-        if not np.isfinite(loss):
-            _raise_non_finite(W, Ht, phase, it)
-        losses.append(loss)
+        _record(losses, _loss(sq_norm, XtW, WtW, Ht, n_valid), W, Ht, phase, it)
         R += sketch_op.right(Ht - Ht_read)  # ~ Xe @ Ht_{t+1}
         d = _balance(W, Ht)
         XtW *= d  # Xe.T @ W of the balanced maps
         R /= d  # Xe @ Ht of the balanced patterns
         if callback is not None:
-            callback(phase, it, loss)
-        if (
-            it > 0 and abs(losses[-2] - loss) <= tol * losses[-2]
-        ):  # relative, no absolute floor
+            callback(phase, it, losses[-1])
+        if _settled(losses, tol):
             converged = True
             break
         if it == max_iter - 1:
