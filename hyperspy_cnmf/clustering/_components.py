@@ -109,7 +109,10 @@ class ComponentClustering:
         cluster summed over the scan). Stored as ``(qy * qx, c)``.
     merged_maps : ndarray of float64, shape (c, n_positions)
         Summed maps, data units (counts per probe position; NaN where every
-        loading is NaN). Stored as ``(n_positions, c)``.
+        loading is NaN). When texture components were grouped (over-complete
+        k), each cluster's share of the positions' model re-fitted with the
+        textures as one pattern (:func:`_unmixed_contributions`), in the same
+        units. Stored as ``(n_positions, c)``.
     normalised_maps : ndarray of float64, shape (c, n_positions)
         Dominance score of each cluster (the largest of its objects'; see
         :func:`cluster_components`, Notes). Stored as ``(n_positions, c)``.
