@@ -790,7 +790,13 @@ def _run_rows(s, args, info, m, dt_nmf):
         ["components k", args.components],
         ["solver", args.solver],
         ["iterations (sketch + exact)", f"{info['n_iter_sketch']} + {info['n_iter']}"],
-        ["converged", info["converged"]],
+        [
+            "converged",
+            "sketch to tol; exact refinement of "
+            f"{info['n_iter']} iterations (max_exact_iter={info['max_exact_iter']})"
+            if info.get("sketch_converged") and not info["converged"]
+            else info["converged"],
+        ],
         [
             f"final loss ({loss_label(info['normalize_poissonian_noise'])})",
             info["final_loss"],

@@ -88,6 +88,10 @@ def test_run_writes_loadable_results(tiny_file, tmp_path, capsys):
         "final loss (reduced chi-square (Poisson-weighted))" in report
         and "solver MSE" not in report
     )
+    # convergence is reported as what ran: True, or the default refinement's budget
+    row = next(line for line in report.splitlines() if line.startswith("| converged"))
+    assert row in ("| converged | True |",) or "exact refinement of 9 iterations" in row
+    assert "| converged | False |" not in report
 
 
 def test_run_options_zspy_mask_poisson(tiny_file, tmp_path):
