@@ -217,8 +217,8 @@ NOISE_FLOOR = 3.0
 #: cut's distance). Grains of two phases also share less of their borders:
 #: disks 2-8 scan steps across, touching, 0.07-0.12; overlapping by 1 step
 #: in projection 0.19-0.29, by 2 steps 0.27-0.46. Main job on the multislice cases
-#: and the embedded default of ``benchmarks/quality_physics.py`` (factors of
-#: the default decomposition, random_state 0-2, 12 runs per k), mean
+#: and the embedded default (``python benchmarks/quality_rules.py``: the
+#: default decomposition, random_state 0-2, 12 runs per k), mean
 #: position ARI and runs with the true number of phases, k = 30: 0.874 and
 #: 2 / 12 without the rule, 0.873 and 9 / 12 at 0.3, 0.873 and 5 / 12 at 0.4,
 #: 0.873 and 2 / 12 at 0.5; at 2x the true count 9-10 / 12 for all; k = true

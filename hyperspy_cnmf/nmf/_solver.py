@@ -29,9 +29,10 @@ SOLVERS = ("hals", "mu", "als")
 #: most. The exact phase refines a fit already converged on the sketch; run
 #: on to ``tol`` it takes 30-60 iterations at k = 30 for no better phases.
 #: Position ARI of the main job on the multislice cases and the embedded
-#: default of ``benchmarks/quality_physics.py``, k = true / 2x / 30,
-#: random_state 0-1 (24 runs): mean 0.881, min 0.778 to ``tol``; mean 0.878,
-#: min 0.778 at 9; mean 0.877, min 0.797 at 6.
+#: default (``python benchmarks/quality_rules.py --exact``: k = true / 2x /
+#: 30, random_state 0-2, 36 runs each): mean 0.883, min 0.778, true cluster
+#: count in 24 runs to ``tol``; mean 0.880, min 0.778, 27 runs at 9; mean
+#: 0.877, min 0.743, 22 runs at 6.
 EXACT_REFINEMENT = 9
 #: Default extra rank of the randomized sketch beyond ``k``.
 SKETCH_OVERSAMPLE = 10

@@ -618,7 +618,8 @@ def cluster_diffraction(
        maps were: the reflections a few speckle components took from a grain
        return to the grain's cluster (at k = 30 on the multislice cases and
        the embedded default, random_state 0-2, mean position ARI 0.854
-       without this step and 0.873 with it);
+       without this step and 0.873 with it:
+       ``python benchmarks/quality_rules.py``);
     1. the components of each cluster are grouped into *objects*, the pieces
        of one grain (or of the matrix) whose half-maximum regions lie side by
        side (:func:`~hyperspy_cnmf.clustering.map_objects`), and each object

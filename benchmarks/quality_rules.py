@@ -1,0 +1,170 @@
+"""The clustering's over-complete rules and the exact refinement, measured over seeds (issue 10).
+
+For every case of ``quality_physics.py`` (the abTEM multislice cases in ``../shared/data/abtem_dev``
+and the embedded default), k = the true count, 2x and 30, and each ``random_state``, runs the
+default decomposition once and then ``cluster_diffraction`` with each rule variant:
+
+- ``default``: every rule as shipped;
+- ``max_enclosure=None`` and other values of it (pieces of a grain joined: :data:`MAX_ENCLOSURE`);
+- ``no unmixing``: the positions' model not re-fitted with the texture group as one pattern
+  (``_unmixed_contributions`` bypassed; the cut and every other rule unchanged).
+
+It reports the mean and minimum position ARI against the true phase map and the number of runs
+with the true number of clusters, per k. With ``--exact`` it also runs the main job with
+``max_exact_iter`` None (to ``tol``), 9 and 6 (:data:`~hyperspy_cnmf.nmf.EXACT_REFINEMENT`).
+
+    python benchmarks/quality_rules.py                        # seeds 0-2, rule variants
+    python benchmarks/quality_rules.py --seeds 0 1 --exact    # + the exact-refinement sweep
+
+The table (markdown) goes to ``benchmarks/results/quality_rules.md``.
+"""
+
+import argparse
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from quality_physics import cases
+from sklearn.metrics import adjusted_rand_score
+
+from hyperspy_cnmf.clustering import _components
+
+HERE = Path(__file__).resolve().parent
+VARIANTS = {
+    "default": {},
+    "max_enclosure=None": {"max_enclosure": None},
+    "max_enclosure=0.4": {"max_enclosure": 0.4},
+    "max_enclosure=0.5": {"max_enclosure": 0.5},
+    "no unmixing": "no unmixing",
+}
+
+
+@contextmanager
+def _no_unmixing():
+    keep = _components._unmixed_contributions
+    _components._unmixed_contributions = lambda factors, loadings, contrib, *a: contrib
+    try:
+        yield
+    finally:
+        _components._unmixed_contributions = keep
+
+
+def _k(truth, which):
+    true = truth["n_grains"] + 1
+    return {"true": true, "2x": 2 * true}.get(which) or int(which)
+
+
+def _score(s, truth):
+    labels = np.asarray(s.learning_results.cdiff_position_labels).ravel()
+    n = len(np.unique(labels[labels >= 0]))
+    return adjusted_rand_score(truth["phase_map"].ravel(), labels), n == truth[
+        "n_phases"
+    ]
+
+
+def _decompose(s, k, seed, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s.decomposition(
+            algorithm="constrained_nmf",
+            output_dimension=k,
+            random_state=seed,
+            print_info=False,
+            show_progressbar=False,
+            **kw,
+        )
+
+
+def rules(seeds, ks):
+    out = {(v, k): [] for v in VARIANTS for k in ks}
+    for name, loader in cases():
+        for which in ks:
+            for seed in seeds:
+                s, truth = loader(False)
+                _decompose(s, _k(truth, which), seed)
+                for v, kw in VARIANTS.items():
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        if kw == "no unmixing":
+                            with _no_unmixing():
+                                s.cluster_diffraction()
+                        else:
+                            s.cluster_diffraction(**kw)
+                    out[v, which].append(_score(s, truth))
+                print(name[:24], which, seed, flush=True)
+    return out
+
+
+def exact(seeds, ks, caps=(None, 9, 6)):
+    out = {(c, k): [] for c in caps for k in ks}
+    for name, loader in cases():
+        for which in ks:
+            for seed in seeds:
+                for cap in caps:
+                    s, truth = loader(False)
+                    _decompose(s, _k(truth, which), seed, max_exact_iter=cap)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        s.cluster_diffraction()
+                    out[cap, which].append(_score(s, truth))
+                print(name[:24], which, seed, "exact", flush=True)
+    return out
+
+
+def _table(title, results, keys, ks):
+    lines = [
+        f"## {title}",
+        "",
+        "| variant | "
+        + " | ".join(f"k = {k}: mean / min ARI, true count" for k in ks)
+        + " |",
+        "|---|" + "---:|" * len(ks),
+    ]
+    for key in keys:
+        cells = []
+        for k in ks:
+            runs = results[key, k]
+            ari = np.array([a for a, _ in runs])
+            hits = sum(h for _, h in runs)
+            cells.append(f"{ari.mean():.3f} / {ari.min():.3f}, {hits}/{len(runs)}")
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--k", nargs="+", default=["true", "2x", "30"])
+    p.add_argument(
+        "--exact", action="store_true", help="also the exact-refinement sweep"
+    )
+    p.add_argument("--out", default=str(HERE / "results" / "quality_rules.md"))
+    args = p.parse_args(argv)
+    seeds = " ".join(map(str, args.seeds))
+    text = [
+        "# Over-complete rules and the exact refinement (benchmarks/quality_rules.py)",
+        "",
+        f"Command: `python benchmarks/quality_rules.py --seeds {seeds} --k {' '.join(args.k)}"
+        + (" --exact`" if args.exact else "`"),
+        "",
+        "Cases: the abTEM multislice cases and the embedded default of `quality_physics.py`; per k one run per "
+        "case and seed. ARI: position labels against the true phase map; true count: runs whose number of "
+        "clusters equals the true number of phases.",
+        "",
+    ]
+    res = rules(args.seeds, args.k)
+    text += _table(
+        "Clustering rules (one default decomposition per run)", res, VARIANTS, args.k
+    )
+    if args.exact:
+        ex = exact(args.seeds, args.k)
+        text += _table("max_exact_iter (default clustering)", ex, [None, 9, 6], args.k)
+    Path(args.out).write_text("\n".join(text))
+    print("\n".join(text))
+
+
+if __name__ == "__main__":
+    main()
