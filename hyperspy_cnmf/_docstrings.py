@@ -125,11 +125,12 @@ min_map_compactness : float, default 0.2
     two of them and is left off when ``n_clusters`` asks for more items than
     would remain. A number in [0, 1); 0 or None switches it off
     (:data:`~hyperspy_cnmf.clustering.MIN_MAP_COMPACTNESS` gives the
-    measurements). Limitation: many precipitates sharing one orientation
-    (an orientation relationship) make one component whose map is dotted
-    over the scan too, and it is taken for texture (7 such grains in a
-    reviewer's case: 2 clusters for 3 phases at k = 12); switch the rule
-    off for such samples.
+    measurements). Precipitates sharing one orientation (an orientation
+    relationship) make one component whose map is dotted over the scan too;
+    when most of its intensity lies in object-sized regions (at least
+    ``min_cluster_positions`` positions,
+    :data:`~hyperspy_cnmf.clustering.MIN_OBJECT_SHARE`) it is kept as an
+    object.
 dominance_percentiles : tuple of float, default (0, 100)
     Range of each object map for the dominant-cluster labels
     (:func:`~hyperspy_cnmf.clustering.dominant_labels`; the rules are in the

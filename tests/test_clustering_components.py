@@ -575,3 +575,38 @@ def test_extended_cluster_is_the_one_present_everywhere():
     maps = np.stack([grain, matrix])
     ext = _extended_clusters(maps, np.array([0, 1]), np.zeros(n, bool), (0.0, 100.0))
     assert grain.sum() > matrix.sum() and ext.tolist() == [False, True]
+
+
+def test_grains_in_one_orientation_are_no_texture():
+    """Seven precipitates sharing one orientation make one component whose map is dotted
+    over the scan (compactness 1/7) like the speckle's, but of object-sized regions: it
+    is no texture when the object size is known (``min_cluster_positions``)."""
+    from hyperspy_cnmf.clustering._components import (
+        MIN_OBJECT_SHARE,
+        _object_share,
+        _texture,
+    )
+
+    shape = (48, 48)
+    yy, xx = np.indices(shape, dtype=float)
+    centres = [(6, 6), (6, 24), (6, 42), (24, 6), (24, 42), (42, 6), (42, 24)]
+    grains = sum(
+        np.clip(1 - ((yy - y) ** 2 + (xx - x) ** 2) / 16.0, 0, None) for y, x in centres
+    )
+    rng = np.random.default_rng(0)
+    field = [ndimage.gaussian_filter(rng.standard_normal(shape), 1.2) for _ in "ab"]
+    speckle = np.hypot(*field) ** 2
+    maps = np.stack([grains, speckle]).reshape(2, -1)
+    assert cl.map_compactness(maps, shape).max() < cl.MIN_MAP_COMPACTNESS
+    share = _object_share(maps, shape, 15)
+    assert share[0] >= MIN_OBJECT_SHARE > share[1]
+    no_beam = np.zeros(2, dtype=bool)
+    assert _texture(maps, shape, no_beam, cl.MIN_MAP_COMPACTNESS, 15).tolist() == [
+        False,
+        True,
+    ]
+    # without an object size both are textures (the former rule)
+    assert _texture(maps, shape, no_beam, cl.MIN_MAP_COMPACTNESS).tolist() == [
+        True,
+        True,
+    ]
