@@ -437,21 +437,34 @@ def map_compactness(maps, nav_shape, level=0.2, noise_floor=2.0):
     [1.0, 0.04]
     """
     m = np.asarray(maps, dtype=np.float64)
-    structure = np.ones((3,) * len(nav_shape), dtype=bool)
     out = np.ones(m.shape[0])
     for i, row in enumerate(m):
-        if not np.isfinite(row).any():
-            continue
-        median, sigma = _median_and_noise(row)
-        excess = np.clip(row - median - noise_floor * sigma, 0.0, None)
-        excess = np.nan_to_num(excess).reshape(nav_shape)
-        top = excess.max()
-        if top <= 0:
-            continue
-        regions, _ = ndimage.label(excess >= level * top, structure=structure)
-        peak = regions.flat[np.argmax(excess)]
-        out[i] = excess[regions == peak].sum() / excess.sum()
+        found = _excess_regions(row, nav_shape, level, noise_floor)
+        if found is not None:
+            excess, regions, _ = found
+            peak = regions.flat[np.argmax(excess)]
+            out[i] = excess[regions == peak].sum() / excess.sum()
     return out
+
+
+def _excess_regions(row, nav_shape, level, noise_floor):
+    """A map's excess over its median plus ``noise_floor`` sigma and its connected regions.
+
+    Returns ``(excess, regions, n)`` (regions where the excess passes
+    ``level`` of its maximum, labelled 1..n with 8-connectivity in 2D), or
+    None for a map with no finite value or no excess.
+    """
+    if not np.isfinite(row).any():
+        return None
+    median, sigma = _median_and_noise(row)
+    excess = np.clip(row - median - noise_floor * sigma, 0.0, None)
+    excess = np.nan_to_num(excess).reshape(nav_shape)
+    top = excess.max()
+    if top <= 0:
+        return None
+    structure = np.ones((3,) * len(nav_shape), dtype=bool)
+    regions, n = ndimage.label(excess >= level * top, structure=structure)
+    return excess, regions, n
 
 
 def _object_share(maps, nav_shape, min_positions, level=0.2, noise_floor=2.0):
@@ -468,17 +481,11 @@ def _object_share(maps, nav_shape, min_positions, level=0.2, noise_floor=2.0):
     out = np.zeros(m.shape[0])
     if not min_positions:
         return out
-    structure = np.ones((3,) * len(nav_shape), dtype=bool)
     for i, row in enumerate(m):
-        if not np.isfinite(row).any():
+        found = _excess_regions(row, nav_shape, level, noise_floor)
+        if found is None:
             continue
-        median, sigma = _median_and_noise(row)
-        excess = np.clip(row - median - noise_floor * sigma, 0.0, None)
-        excess = np.nan_to_num(excess).reshape(nav_shape)
-        top = excess.max()
-        if top <= 0:
-            continue
-        regions, n = ndimage.label(excess >= level * top, structure=structure)
+        excess, regions, n = found
         index = np.arange(1, n + 1)
         sizes = ndimage.sum(np.ones_like(excess), regions, index)
         held = ndimage.sum(excess, regions, index)
