@@ -374,17 +374,7 @@ def _dist(args, st, out):
     else:
         dask.config.set(scheduler="threads")
     s = st("open (lazy)", hio.load, args.file, lazy=True)
-    info = st(
-        "decomposition",
-        s.decomposition,
-        algorithm="constrained_nmf",
-        output_dimension=args.k,
-        random_state=0,
-        print_info=False,
-        return_info=True,
-        show_progressbar=False,
-        **json.loads(args.cnmf),
-    )
+    _our_decomposition(s, args, st, out)
     st("cluster_diffraction", s.cluster_diffraction, n_clusters=4)
     lr = s.learning_results
     np.savez(
@@ -393,7 +383,6 @@ def _dist(args, st, out):
         factors=np.asarray(lr.factors),
         labels=np.asarray(lr.cdiff_labels),
     )
-    out["n_passes"] = info["n_passes"]
     if client is not None:
         w = client.run(lambda: (_peak_rss(), _Reads.count()))
         out["worker_peak_mb"] = [v[0] / 2**20 for v in w.values()]
