@@ -881,7 +881,7 @@ def _join_enclosed(labels, pos_labels, nav_shape, background, max_enclosure, nea
     joined = 0
     while True:
         encloser, share = _enclosure(pos, nav_shape, background)
-        share[~np.isin(np.arange(share.size), labels)] = 0.0
+        # a joined cluster holds no position, so it has no border and share 0
         enclosed = share > max_enclosure
         for c in np.flatnonzero(enclosed):
             enclosed[c] = near[np.ix_(labels == c, labels == encloser[c])].any()

@@ -242,8 +242,8 @@ def _iterate(
     Without a map constraint one iteration is one read of the data
     (``fused_pass``). With it the maps are updated on the full ``Xe @ Ht``
     and projected column by column, so they cannot be updated block by
-    block inside the read. Given a sketch of the data (``sketch_op``) and an
-    operator with ``right_left_t``, one read still serves one iteration
+    block inside the read. Given a sketch of the data (``sketch_op``), one
+    read (``right_left_t``, which every operator has) still serves one iteration
     (:func:`_iterate_one_read`); otherwise the maps' product and
     ``Xe.T @ W`` take a read each. Every iterate satisfies the constraint,
     so the loss reported is that of constrained factors.
@@ -251,7 +251,7 @@ def _iterate(
     Returns the losses, whether ``tol`` was reached, and ``op.left_t(W)`` for
     the final factors (None without iterations).
     """
-    if map_c is not None and sketch_op is not None and hasattr(op, "right_left_t"):
+    if map_c is not None and sketch_op is not None:
         return _iterate_one_read(
             op,
             W,
