@@ -7,7 +7,10 @@ default decomposition once and then ``cluster_diffraction`` with each rule varia
 - ``default``: every rule as shipped;
 - ``max_enclosure=None`` and other values of it (pieces of a grain joined: :data:`MAX_ENCLOSURE`);
 - ``no unmixing``: the positions' model not re-fitted with the texture group as one pattern
-  (``_unmixed_contributions`` bypassed; the cut and every other rule unchanged).
+  (``_unmixed_contributions`` bypassed; the cut and every other rule unchanged);
+- ``no Bragg-disk split``: clusters not parted by their components' Bragg-disk geometry
+  (``_split_by_bragg_disks`` bypassed), and the split with other map overlaps
+  (:data:`MAX_SPLIT_OVERLAP`).
 
 It reports the mean and minimum position ARI against the true phase map and the number of runs
 with the true number of clusters, per k. With ``--exact`` it also runs the main job with
@@ -36,18 +39,25 @@ VARIANTS = {
     "max_enclosure=None": {"max_enclosure": None},
     "max_enclosure=0.4": {"max_enclosure": 0.4},
     "max_enclosure=0.5": {"max_enclosure": 0.5},
-    "no unmixing": "no unmixing",
+    "no unmixing": (
+        "_unmixed_contributions",
+        lambda factors, loadings, contrib, *a: contrib,
+    ),
+    "no Bragg-disk split": ("_split_by_bragg_disks", lambda labels, *a: (labels, 0)),
+    "MAX_SPLIT_OVERLAP=0.1": ("MAX_SPLIT_OVERLAP", 0.1),
+    "MAX_SPLIT_OVERLAP=0.3": ("MAX_SPLIT_OVERLAP", 0.3),
 }
 
 
 @contextmanager
-def _no_unmixing():
-    keep = _components._unmixed_contributions
-    _components._unmixed_contributions = lambda factors, loadings, contrib, *a: contrib
+def _patched(name, value):
+    """``_components.<name>`` replaced by ``value`` for the block."""
+    keep = getattr(_components, name)
+    setattr(_components, name, value)
     try:
         yield
     finally:
-        _components._unmixed_contributions = keep
+        setattr(_components, name, keep)
 
 
 def _k(truth, which):
@@ -86,8 +96,8 @@ def rules(seeds, ks):
                 for v, kw in VARIANTS.items():
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
-                        if kw == "no unmixing":
-                            with _no_unmixing():
+                        if isinstance(kw, tuple):
+                            with _patched(*kw):
                                 s.cluster_diffraction()
                         else:
                             s.cluster_diffraction(**kw)

@@ -610,3 +610,94 @@ def test_grains_in_one_orientation_are_no_texture():
         True,
         True,
     ]
+
+
+def _disks(centres, shape=(41, 41), radius=3.0, centre=(20.0, 20.0), halo=0.0):
+    """Flat Bragg disks at ``(r, angle_deg, intensity)`` about ``centre`` (+ a halo ring)."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(float)
+    out = np.zeros(shape)
+    for r, a, i in centres:
+        x = centre[0] + r * np.cos(np.deg2rad(a))
+        y = centre[1] + r * np.sin(np.deg2rad(a))
+        out += i * (np.hypot(xx - x, yy - y) <= radius)
+    if halo:
+        out += halo * np.exp(
+            -((np.hypot(xx - centre[0], yy - centre[1]) - 14) ** 2) / 8
+        )
+    return out
+
+
+def test_bragg_disk_image_marks_disk_centres_not_the_halo():
+    p = _disks([(10, 0, 1.0), (10, 90, 0.6), (12, 200, 0.05)], halo=0.5)
+    img = cl.bragg_disk_image(p, (20.0, 20.0), 3.0, beam_radius=5.0)
+    peaks = np.argwhere(img == ndimage.maximum_filter(img, size=5)) * (img.max() > 0)
+    strong = {tuple(q) for q in peaks if img[tuple(q)] > 0.3 * img.max()}
+    assert strong == {
+        (20, 30),
+        (30, 20),
+    }  # (y, x) of the two disks; halo and weak disk gone
+    # a disk within the beam radius is left out; a pattern without disks gives zeros
+    inner = _disks([(2, 0, 1.0)], radius=2.5)
+    assert cl.bragg_disk_image(inner, (20.0, 20.0), 3.0, 5.0).max() == 0
+    assert cl.bragg_disk_image(np.zeros((41, 41)), (20.0, 20.0), 3.0).max() == 0
+
+
+def _near_phases():
+    """Two phases with disks on one ring, 16 degrees apart in azimuth (as B2-CuZr [001]
+    and CuZr2 [100] on the multislice cases): two rotated grains of each, disjoint maps."""
+    square = [(10, a, 1.0) for a in (0, 90, 180, 270)]
+    rhomb = [(10, a, 1.0) for a in (0, 74, 180, 254)]
+    rot = lambda cs, t: [(r, a + t, i) for r, a, i in cs]  # noqa: E731
+    factors = [
+        _disks(rot(square, 0)),
+        _disks(rot(square, 33)),
+        _disks(rot(rhomb, 10)),
+        _disks(rot(rhomb, 51)),
+    ]
+    yy, xx = np.mgrid[:32, :32]
+    maps = np.stack(
+        [
+            np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 8.0)
+            for y, x in [(7, 7), (7, 24), (24, 7), (24, 24)]
+        ]
+    )
+    mat = 1.0 - 0.8 * maps[:4].sum(0, keepdims=True)
+    factors.append(_disks([], halo=1.0) + 0.01)
+    maps = np.concatenate([maps, mat])
+    return np.stack(factors), maps.reshape(len(factors), -1)
+
+
+def test_bragg_disk_split_parts_near_phases_and_keeps_rotated_grains():
+    f, m = _near_phases()
+    kw = dict(nav_shape=(32, 32), direct_beam_radius=5.0)
+    merged = cl.cluster_components(f, m, (20.0, 20.0), **kw)
+    # the pattern correlation merges the two phases (disks overlap by half at 16 degrees)
+    assert (
+        merged.labels[0] == merged.labels[2]
+        and merged.parameters["split_clusters"] == 0
+    )
+    res = cl.cluster_components(f, m, (20.0, 20.0), disk_radius=3.0, **kw)
+    assert res.labels[0] == res.labels[1] and res.labels[2] == res.labels[3]
+    assert res.labels[0] != res.labels[2] and res.parameters["split_clusters"] == 1
+    assert res.parameters["disk_radius_px"] == 3.0
+    # pieces of one grain (different disks, overlapping maps) stay together
+    from hyperspy_cnmf.clustering._components import _split_by_bragg_disks
+
+    d = np.array([[0, 0.6, 0.6], [0.6, 0, 0.05], [0.6, 0.05, 0]])
+    regular = np.ones(3, dtype=bool)
+    apart = np.array([[1.0, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]])
+    overlapping = np.array([[1.0, 1, 1, 0], [0, 1, 1, 1], [0, 1, 1, 1]])
+    labels, added = _split_by_bragg_disks(np.zeros(3, int), regular, d, apart, 0.3)
+    assert labels[0] != labels[1] == labels[2] and added == 1
+    labels, added = _split_by_bragg_disks(
+        np.zeros(3, int), regular, d, overlapping, 0.3
+    )
+    assert labels.tolist() == [0, 0, 0] and added == 0
+    # n_clusters given: no split; a bad radius is refused
+    fixed = cl.cluster_components(
+        f, m, (20.0, 20.0), disk_radius=3.0, n_clusters=2, **kw
+    )
+    assert fixed.parameters["split_clusters"] == 0
+    for bad in (0, -1.0, np.nan):
+        with pytest.raises(ValueError, match="disk_radius"):
+            cl.cluster_components(f, m, (20.0, 20.0), disk_radius=bad, **kw)

@@ -110,6 +110,20 @@ def _measured_beam_px(signal):
     return Beam.from_record(decomposition_settings(signal.learning_results) or {})
 
 
+def _measured_disk_radius(signal):
+    """Radius (px) of the direct-beam disk the last constrained NMF measured, or None.
+
+    The Bragg disks have the direct beam's radius (the probe's convergence
+    semi-angle), so it sets the matched filter of
+    :func:`~hyperspy_cnmf.clustering.bragg_disk_image`; None (no record, or
+    no disk found) switches the Bragg-disk split off.
+    """
+    beam = _measured_beam_px(signal)
+    if beam is None or not np.isfinite(beam.radius) or beam.radius <= 0:
+        return None
+    return float(beam.radius)
+
+
 def _min_cluster_positions(signal, value):
     """Positions a cluster must dominate: ``"auto"`` is pi r^2 / 2, r the map resolution in scan steps.
 
@@ -561,6 +575,16 @@ def cluster_diffraction(
         (:data:`~hyperspy_cnmf.clustering.MAX_ENCLOSURE` gives the
         measurements). None switches it off.
 
+        With ``n_clusters`` None, a cluster is also parted where its
+        components' Bragg-disk geometry differs beyond the cut's
+        pseudo-distance while their maps lie apart (grains of two phases with
+        disks on the same rings, e.g. B2-CuZr [001] and CuZr2 [100], which
+        the pattern correlation merges at 0.79): see
+        :func:`~hyperspy_cnmf.clustering.bragg_disk_image`. The disks' radius
+        is the direct-beam radius the decomposition measured; the number of
+        clusters added is recorded as ``split_clusters``, the radius as
+        ``disk_radius_px``, in ``cdiff_parameters``.
+
     Returns
     -------
     dict
@@ -740,6 +764,7 @@ def cluster_diffraction(
         dominance_percentiles=dominance_percentiles,
         map_smoothing=map_smoothing,
         particle_threshold=particle_threshold,
+        disk_radius=_measured_disk_radius(self),
         signal_mask=_signal_mask(self),
     )
     _warn_map_artefacts(res)
