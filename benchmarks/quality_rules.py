@@ -10,7 +10,9 @@ default decomposition once and then ``cluster_diffraction`` with each rule varia
   (``_unmixed_contributions`` bypassed; the cut and every other rule unchanged);
 - ``no Bragg-disk split``: clusters not parted by their components' Bragg-disk geometry
   (``_split_by_bragg_disks`` bypassed), and the split with other map overlaps
-  (:data:`MAX_SPLIT_OVERLAP`).
+  (:data:`MAX_SPLIT_OVERLAP`);
+- ``no same-crystal join``: touching particle clusters of one crystal not joined
+  (``_same_crystal`` bypassed).
 
 It reports the mean and minimum position ARI against the true phase map and the number of runs
 with the true number of clusters, per k. With ``--exact`` it also runs the main job with
@@ -44,6 +46,7 @@ VARIANTS = {
         lambda factors, loadings, contrib, *a: contrib,
     ),
     "no Bragg-disk split": ("_split_by_bragg_disks", lambda labels, *a: (labels, 0)),
+    "no same-crystal join": ("_same_crystal", lambda *a: None),
     "MAX_SPLIT_OVERLAP=0.1": ("MAX_SPLIT_OVERLAP", 0.1),
     "MAX_SPLIT_OVERLAP=0.3": ("MAX_SPLIT_OVERLAP", 0.3),
 }

@@ -575,6 +575,15 @@ def test_extended_cluster_is_the_one_present_everywhere():
     maps = np.stack([grain, matrix])
     ext = _extended_clusters(maps, np.array([0, 1]), np.zeros(n, bool), (0.0, 100.0))
     assert grain.sum() > matrix.sum() and ext.tolist() == [False, True]
+    # a grain cluster whose components carry some of the matrix everywhere, with
+    # a median as high as the speckled matrix's (an independent multislice case
+    # with a 3.5 mrad probe): the median relative to the map's range decides
+    grain = 1.05 * np.median(matrix) + rng.normal(0, 0.01, n)
+    grain[:40] += 30.0
+    maps = np.stack([grain, matrix])
+    assert np.median(grain) > np.median(matrix)  # the former rule took the grain
+    ext = _extended_clusters(maps, np.array([0, 1]), np.zeros(n, bool), (0.0, 100.0))
+    assert ext.tolist() == [False, True]
 
 
 def test_grains_in_one_orientation_are_no_texture():
@@ -701,3 +710,59 @@ def test_bragg_disk_split_parts_near_phases_and_keeps_rotated_grains():
     for bad in (0, -1.0, np.nan):
         with pytest.raises(ValueError, match="disk_radius"):
             cl.cluster_components(f, m, (20.0, 20.0), disk_radius=bad, **kw)
+
+
+def test_touching_pieces_of_one_crystal_join():
+    """A low-dose grain at over-complete k falls into patches (sectors) that no
+    cluster encloses; touching patches with one Bragg-disk geometry at zero
+    rotation (one crystal) join, a touching grain of another crystal stays."""
+    from hyperspy_cnmf.clustering._components import _join_enclosed
+
+    shape = (30, 30)
+    yy, xx = np.indices(shape)
+    pos = np.zeros(shape, dtype=np.int64)
+    grain = np.hypot(yy - 12, xx - 12) <= 6
+    angle = np.arctan2(yy - 12, xx - 12)
+    pos[grain & (angle < -1.0)] = 1
+    pos[grain & (angle >= -1.0) & (angle < 1.2)] = 2
+    pos[grain & (angle >= 1.2)] = 3
+    pos[np.hypot(yy - 12, xx - 22) <= 4] = 4  # another grain touching sector 2
+    bg = np.array([True, False, False, False, False])
+    labels = np.arange(5)  # one component per cluster
+    near = np.ones((5, 5), dtype=bool)  # all near: the enclosure rule alone decides
+    same = np.zeros((5, 5), dtype=bool)
+    same[1:4, 1:4] = True  # the sectors: one crystal
+    out, joined = _join_enclosed(labels, pos.ravel(), shape, bg, 0.99, near, same)
+    assert joined == 2 and out[1] == out[2] == out[3] != out[4]
+    # without the same-crystal pairs (or with None) nothing is joined at this enclosure
+    out, joined = _join_enclosed(labels, pos.ravel(), shape, bg, 0.99, near, None)
+    assert joined == 0 and out.tolist() == [0, 1, 2, 3, 4]
+    out, joined = _join_enclosed(
+        labels, pos.ravel(), shape, bg, 0.99, near, np.eye(5, dtype=bool)
+    )
+    assert joined == 0
+
+
+def test_same_crystal_needs_one_orientation():
+    from hyperspy_cnmf.clustering._components import _same_crystal
+
+    square = [(10, a, 1.0) for a in (0, 90, 180, 270)]
+    turned = [(r, a + 33, i) for r, a, i in square]
+    disks = np.stack(
+        [
+            cl.bragg_disk_image(_disks(c), (20.0, 20.0), 3.0, 5.0)
+            for c in (square, square, turned)
+        ]
+    )
+    polar, radii, sim = cl.polar_similarity(disks, (20.0, 20.0), direct_beam_radius=5.0)
+    kw = dict(
+        intensity_transform_function=None, normalize="pearson", radial_weighting="r"
+    )
+    same = _same_crystal(polar, radii, kw, np.ones(3, dtype=bool))
+    assert (
+        same[0, 1] and not same[0, 2]
+    )  # a rotated grain of the phase: another crystal
+    assert (
+        sim.pseudo_distance[0, 2] < 0.05
+    )  # though the rotation-invariant measure matches
+    assert not _same_crystal(polar, radii, kw, np.array([True, False, True]))[0, 1]

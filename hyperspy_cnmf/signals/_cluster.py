@@ -576,14 +576,20 @@ def cluster_diffraction(
         measurements). None switches it off.
 
         With ``n_clusters`` None, a cluster is also parted where its
-        components' Bragg-disk geometry differs beyond the cut's
-        pseudo-distance while their maps lie apart (grains of two phases with
+        components' Bragg-disk geometry differs beyond a pseudo-distance of
+        0.4 (:data:`~hyperspy_cnmf.clustering.SPLIT_DISTANCE`) while their
+        maps lie apart (grains of two phases with
         disks on the same rings, e.g. B2-CuZr [001] and CuZr2 [100], which
         the pattern correlation merges at 0.79): see
         :func:`~hyperspy_cnmf.clustering.bragg_disk_image`. The disks' radius
         is the direct-beam radius the decomposition measured; the number of
         clusters added is recorded as ``split_clusters``, the radius as
-        ``disk_radius_px``, in ``cdiff_parameters``.
+        ``disk_radius_px``, in ``cdiff_parameters``. And where the pieces
+        rule is on (``max_enclosure`` not None), particle clusters that touch
+        and hold components with one Bragg-disk geometry *without* rotation
+        (one crystal: the same lattice in the same orientation) join; the
+        patches a low-dose grain falls into at over-complete k (counted in
+        ``joined_clusters``).
 
     Returns
     -------
