@@ -21,6 +21,7 @@ The table (markdown) goes to ``benchmarks/results/quality_physics.md``.
 """
 
 import argparse
+import json
 import time
 import warnings
 from pathlib import Path
@@ -33,8 +34,12 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "abtem_dev"
 
 
-def cases(selection=None):
-    """``(name, loader)`` pairs; a loader returns ``(signal, truth)`` for ``lazy``."""
+def cases(selection=None, files=None):
+    """``(name, loader)`` pairs; a loader returns ``(signal, truth)`` for ``lazy``.
+
+    ``files``: case files (``simulate_abtem_4dstem.py`` output) to run instead of
+    ``../shared/data/abtem_dev`` and the embedded default.
+    """
     from hyperspy_cnmf.data import load_multislice_case, simulated_precipitates
 
     def embedded(lazy):
@@ -55,14 +60,26 @@ def cases(selection=None):
         truth["n_phases"] = int(np.unique(truth["phase_map"]).size)
         return s, truth
 
+    paths = [Path(f) for f in files] if files else sorted(DATA.glob("*.npz"))
     out = [
-        (p.stem, lambda lazy, p=p: load_multislice_case(p, lazy=lazy))
-        for p in sorted(DATA.glob("*.npz"))
+        (p.stem, lambda lazy, p=p: load_multislice_case(p, lazy=lazy)) for p in paths
     ]
-    out.append(("embedded default", embedded))
+    if not files:
+        out.append(("embedded default", embedded))
     if selection:
         out = [c for c in out if any(sel in c[0] for sel in selection)]
     return out
+
+
+def _simulation_commands(files):
+    """Markdown lines giving the command that made each case file (from its metadata)."""
+    if not files:
+        return []
+    lines = ["Cases made with `../shared/tools/simulate_abtem_4dstem.py`:", ""]
+    for f in files:
+        md = json.loads(str(np.load(f)["metadata_json"]))
+        lines.append(f"- `{md.get('command', Path(f).name)}`")
+    return lines + [""]
 
 
 def grains_found(truth, labels):
@@ -119,6 +136,11 @@ def main(argv=None):
     )
     p.add_argument("--cases", nargs="+", help="substrings of case names (default: all)")
     p.add_argument(
+        "--files",
+        nargs="+",
+        help="other case files (simulate_abtem_4dstem.py output) instead of abtem_dev",
+    )
+    p.add_argument(
         "--k", nargs="+", default=["true", "2x", "30"], help="'true', '2x' or integers"
     )
     p.add_argument("--no-lazy", action="store_true", help="in memory only")
@@ -128,7 +150,7 @@ def main(argv=None):
     if not DATA.is_dir():
         print(f"note: {DATA} not found; only the embedded default runs")
     rows = []
-    for name, loader in cases(args.cases):
+    for name, loader in cases(args.cases, args.files):
         _, truth = loader(False)
         k_true = truth["n_grains"] + 1
         for kk in args.k:
@@ -160,8 +182,10 @@ def main(argv=None):
         "# The main job on multislice simulations (benchmarks/quality_physics.py)",
         "",
         f"Command: `python benchmarks/quality_physics.py{' --cases ' + ' '.join(args.cases) if args.cases else ''}"
+        f"{' --files ' + ' '.join(args.files) if args.files else ''}"
         f" --k {' '.join(args.k)}{' --no-lazy' if args.no_lazy else ''} --seed {args.seed}`",
         "",
+        *_simulation_commands(args.files),
         'Default call: `decomposition(algorithm="constrained_nmf", output_dimension=k, random_state=seed)` then '
         "`cluster_diffraction()`. ARI: position labels against the true phase map. k true = glass + one per grain.",
         "",

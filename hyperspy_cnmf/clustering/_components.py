@@ -345,14 +345,20 @@ def bragg_disk_image(
         & (response > min_fraction * response.max())
     )
     out = np.zeros_like(img)
+    reach = int(np.ceil(max(disk_radius, 4.0 * sigma))) + 1
     for y, x in zip(*np.nonzero(peak)):
-        w = excess * (np.hypot(xx - x, yy - y) <= disk_radius)
+        # centroid of the excess within the disk, then the spot, on a local window
+        win = np.s_[
+            max(y - reach, 0) : y + reach + 1, max(x - reach, 0) : x + reach + 1
+        ]
+        wy, wx = yy[win], xx[win]
+        w = excess[win] * (np.hypot(wx - x, wy - y) <= disk_radius)
         total = w.sum()
         if total <= 0:
             continue
-        cy, cx = (w * yy).sum() / total, (w * xx).sum() / total
-        out += np.sqrt(response[y, x]) * np.exp(
-            -((xx - cx) ** 2 + (yy - cy) ** 2) / (2.0 * sigma**2)
+        cy, cx = (w * wy).sum() / total, (w * wx).sum() / total
+        out[win] += np.sqrt(response[y, x]) * np.exp(
+            -((wx - cx) ** 2 + (wy - cy) ** 2) / (2.0 * sigma**2)
         )
     return out
 
