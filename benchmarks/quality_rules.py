@@ -12,7 +12,8 @@ default decomposition once and then ``cluster_diffraction`` with each rule varia
   (``_split_by_bragg_disks`` bypassed), and the split with other map overlaps
   (:data:`MAX_SPLIT_OVERLAP`);
 - ``no same-crystal join``: touching particle clusters of one crystal not joined
-  (``_same_crystal`` bypassed).
+  (``_same_crystal`` bypassed);
+- ``particle_threshold`` other than the default (:data:`PARTICLE_THRESHOLD`).
 
 It reports the mean and minimum position ARI against the true phase map and the number of runs
 with the true number of clusters, per k. With ``--exact`` it also runs the main job with
@@ -47,6 +48,8 @@ VARIANTS = {
     ),
     "no Bragg-disk split": ("_split_by_bragg_disks", lambda labels, *a: (labels, 0)),
     "no same-crystal join": ("_same_crystal", lambda *a: None),
+    "particle_threshold=0.12": {"particle_threshold": 0.12},
+    "particle_threshold=0.09": {"particle_threshold": 0.09},
     "MAX_SPLIT_OVERLAP=0.1": ("MAX_SPLIT_OVERLAP", 0.1),
     "MAX_SPLIT_OVERLAP=0.3": ("MAX_SPLIT_OVERLAP", 0.3),
 }

@@ -141,7 +141,7 @@ map_smoothing : float, optional
     maps of an unconstrained NMF); ``merged_maps`` is not smoothed. Smoothing
     widens the objects: raise ``particle_threshold`` with it (0.15 for
     sigma = 1 px on the package's simulator).
-particle_threshold : float, default 0.12
+particle_threshold : float, default 0.10
     Fraction of its own range at which a particle object claims a probe
     position (:data:`~hyperspy_cnmf.clustering.PARTICLE_THRESHOLD`; step 3 of
     the Notes of :meth:`~hyperspy_cnmf.signals.STEM4D.cluster_diffraction`).

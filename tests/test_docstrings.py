@@ -40,7 +40,7 @@ def test_filled_at_the_placeholder_indentation():
 
     doc = inspect.getdoc(cluster_components)
     assert "\nmirror : bool, default False\n    Also correlate with the mirrored" in doc
-    assert "\nparticle_threshold : float, default 0.12\n" in doc
+    assert "\nparticle_threshold : float, default 0.10\n" in doc
 
 
 def test_every_snippet_is_a_parameter_entry():

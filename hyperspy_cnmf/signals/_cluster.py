@@ -129,8 +129,9 @@ def _min_cluster_positions(signal, value):
 
     A point-like particle imaged by a probe of FWHM r (the finest detail the
     constrained maps hold) dominates a disc of radius 0.88 r at the default
-    ``particle_threshold`` (a Gaussian blob above 0.12 of its peak), about
-    2.4 r^2 positions; a cluster dominating less than half that (pi r^2 / 2)
+    ``particle_threshold`` (a Gaussian blob above 0.10 of its peak: a disc of
+    radius 0.91 r), about 2.6 r^2 positions; a cluster dominating less than
+    about half that (pi r^2 / 2)
     is no resolved object. On a scan narrower than that disc (a line scan, a
     strip) the count shrinks by the share of the disc's width (1.76 r) the
     scan holds, so that a line scan's grains are not dissolved for want of
@@ -657,11 +658,12 @@ def cluster_diffraction(
     2. clusters whose summed map is above half its range on most of the scan
        are *extended* (the matrix); when none is (the speckled map of an
        amorphous matrix split into many components), the cluster with the
-       largest median over the scan is (the matrix is present everywhere);
+       largest median over the scan relative to its range is (the matrix is
+       present everywhere);
        the others are particles;
     3. a particle object, rescaled from its median over the scan to its
        peak, claims the positions where it reaches ``particle_threshold``
-       (0.12) and also stands 3 standard deviations of its own map noise
+       (0.10) and also stands 3 standard deviations of its own map noise
        above its median (the noise estimated from the scan's median absolute
        deviation): a thin precipitate's Bragg intensity grows as its
        projected thickness squared (kinematic scattering; zero at the rim of
