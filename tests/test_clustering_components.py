@@ -766,3 +766,27 @@ def test_same_crystal_needs_one_orientation():
         sim.pseudo_distance[0, 2] < 0.05
     )  # though the rotation-invariant measure matches
     assert not _same_crystal(polar, radii, kw, np.array([True, False, True]))[0, 1]
+
+
+def test_bragg_disk_image_errors():
+    p = np.zeros((41, 41))
+    for centre, radius in [
+        ((20, 20), 1e4),
+        ((20, 20), -1),
+        ((20, 20), np.nan),
+        ((20, 20), True),
+        ((np.nan, 20), 3.0),
+        ((20,), 3.0),
+    ]:
+        with pytest.raises(ValueError, match="disk_radius|centre"):
+            cl.bragg_disk_image(p, centre, radius)
+    with pytest.raises(ValueError, match="2-D"):
+        cl.bragg_disk_image(np.zeros(5), (2, 2), 1.0)
+    f, m = _near_phases()
+    with pytest.raises(ValueError, match="exceeds the patterns"):
+        cl.cluster_components(f, m, (20.0, 20.0), nav_shape=(32, 32), disk_radius=50.0)
+    for bad in ("3", True):
+        with pytest.raises(ValueError, match="disk_radius"):
+            cl.cluster_components(
+                f, m, (20.0, 20.0), nav_shape=(32, 32), disk_radius=bad
+            )

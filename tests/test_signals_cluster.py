@@ -696,3 +696,40 @@ def test_min_cluster_positions_on_a_line_scan(base_signal):
     assert _cluster._min_cluster_positions(line, "auto") == int(
         np.ceil(0.5 / (1.76 * 1.5) * np.pi * 3**2 / 2)
     )
+
+
+def test_disk_radius_auto_off_and_calibrated():
+    """The Bragg-disk rules take the measured beam radius ("auto"), a radius in the
+    signal's units, or None (off); the matrix of a single-phase scan is never parted."""
+    import json
+
+    from hyperspy_cnmf.data import simulated_precipitates
+
+    # one phase at 150 counts per position, k = 14: glass components carry
+    # speckle "disks"; parting the matrix gave 3 clusters for 2 phases
+    s = simulated_precipitates(
+        n_phases=1, probe_fwhm=1.5, detector_shape=(48, 48), random_state=0, dose=150
+    )
+    s.decomposition(
+        algorithm="constrained_nmf",
+        output_dimension=14,
+        random_state=0,
+        print_info=False,
+        show_progressbar=False,
+    )
+    s.cluster_diffraction()
+    params = json.loads(str(s.learning_results.cdiff_parameters))
+    labels = np.asarray(s.learning_results.cdiff_position_labels)
+    assert len(np.unique(labels[labels >= 0])) == 2 and params["disk_radius_px"] > 0
+    s.cluster_diffraction(disk_radius=None)
+    params = json.loads(str(s.learning_results.cdiff_parameters))
+    assert params["disk_radius_px"] is None and params["split_clusters"] == 0
+    scale = s.axes_manager.signal_axes[0].scale
+    s.cluster_diffraction(disk_radius=3 * scale)  # calibrated units by default
+    params = json.loads(str(s.learning_results.cdiff_parameters))
+    assert params["disk_radius_px"] == pytest.approx(3.0)
+    s.cluster_diffraction(disk_radius=2.0, units="px")
+    assert json.loads(str(s.learning_results.cdiff_parameters))["disk_radius_px"] == 2.0
+    for bad in ("big", -1.0, np.nan, True, [3]):
+        with pytest.raises(ValueError, match="disk_radius"):
+            s.cluster_diffraction(disk_radius=bad)

@@ -124,6 +124,27 @@ def _measured_disk_radius(signal):
     return float(beam.radius)
 
 
+def _disk_radius_px(signal, value, units):
+    """``cluster_diffraction``'s ``disk_radius`` in px: "auto" measured, None off."""
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(
+                f"`disk_radius` must be 'auto', None or a positive number, got {value!r}."
+            )
+        return _measured_disk_radius(signal)
+    if value is None:
+        return None
+    try:
+        ok = not isinstance(value, bool) and np.isfinite(value) and value > 0
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"`disk_radius` must be 'auto', None or a positive number, got {value!r}."
+        )
+    return _length_to_px(signal, float(value), units)
+
+
 def _min_cluster_positions(signal, value):
     """Positions a cluster must dominate: ``"auto"`` is pi r^2 / 2, r the map resolution in scan steps.
 
@@ -498,6 +519,7 @@ def cluster_diffraction(
     min_map_compactness=core.MIN_MAP_COMPACTNESS,
     min_cluster_positions="auto",
     max_enclosure=core.MAX_ENCLOSURE,
+    disk_radius="auto",
 ):
     """Group the decomposition components by rotation-invariant diffraction similarity.
 
@@ -576,21 +598,23 @@ def cluster_diffraction(
         (:data:`~hyperspy_cnmf.clustering.MAX_ENCLOSURE` gives the
         measurements). None switches it off.
 
-        With ``n_clusters`` None, a cluster is also parted where its
+    disk_radius : "auto", float or None, default "auto"
+        Radius of the Bragg disks (the direct beam's; in ``units``). With
+        ``n_clusters`` None, a particle cluster is parted where its
         components' Bragg-disk geometry differs beyond a pseudo-distance of
         0.4 (:data:`~hyperspy_cnmf.clustering.SPLIT_DISTANCE`) while their
-        maps lie apart (grains of two phases with
-        disks on the same rings, e.g. B2-CuZr [001] and CuZr2 [100], which
-        the pattern correlation merges at 0.79): see
-        :func:`~hyperspy_cnmf.clustering.bragg_disk_image`. The disks' radius
-        is the direct-beam radius the decomposition measured; the number of
-        clusters added is recorded as ``split_clusters``, the radius as
-        ``disk_radius_px``, in ``cdiff_parameters``. And where the pieces
-        rule is on (``max_enclosure`` not None), particle clusters that touch
-        and hold components with one Bragg-disk geometry *without* rotation
-        (one crystal: the same lattice in the same orientation) join; the
-        patches a low-dose grain falls into at over-complete k (counted in
-        ``joined_clusters``).
+        maps lie apart: grains of two phases with disks on the same rings,
+        e.g. B2-CuZr [001] and CuZr2 [100], which the pattern correlation
+        merges (:func:`~hyperspy_cnmf.clustering.bragg_disk_image`); the
+        matrix (extended) cluster is never parted. And where the pieces rule
+        is on (``max_enclosure`` not None), particle clusters that touch and
+        hold components with one Bragg-disk geometry *without* rotation (one
+        crystal: the same lattice in the same orientation) join: the patches
+        a low-dose grain falls into at over-complete k (counted in
+        ``joined_clusters``). ``"auto"``: the direct-beam radius the
+        decomposition measured (both rules off when it recorded none); None
+        switches both rules off. Recorded as ``disk_radius_px``, the number
+        of clusters added as ``split_clusters``, in ``cdiff_parameters``.
 
     Returns
     -------
@@ -772,7 +796,7 @@ def cluster_diffraction(
         dominance_percentiles=dominance_percentiles,
         map_smoothing=map_smoothing,
         particle_threshold=particle_threshold,
-        disk_radius=_measured_disk_radius(self),
+        disk_radius=_disk_radius_px(self, disk_radius, units),
         signal_mask=_signal_mask(self),
     )
     _warn_map_artefacts(res)
