@@ -313,7 +313,8 @@ def bragg_disk_image(
     ------
     ValueError
         If ``pattern`` is not 2-D, ``disk_radius`` is not a number in
-        (0, pattern size] or ``centre`` is not a finite pair.
+        (0, pattern size] or ``centre`` is not a finite pair inside the
+        pattern.
 
     Examples
     --------
@@ -338,10 +339,7 @@ def bragg_disk_image(
             f"`disk_radius` must be a number of px in (0, {max(ny, nx)}] (the "
             f"pattern's size), got {disk_radius!r}."
         )
-    if len(centre) != 2 or not np.all(np.isfinite(np.asarray(centre, dtype=float))):
-        raise ValueError(
-            f"`centre` must be a finite pair (x, y) in px, got {centre!r}."
-        )
+    centre = _check_centre(centre, img.shape)
     yy, xx = np.mgrid[:ny, :nx]
     rr = np.hypot(xx - centre[0], yy - centre[1])
     ring = np.round(rr).astype(np.int64)
