@@ -147,7 +147,13 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(HERE / "results" / "quality_physics.md"))
     args = p.parse_args(argv)
-    if not DATA.is_dir():
+    default_out = str(HERE / "results" / "quality_physics.md")
+    if not DATA.is_dir() and not args.files:
+        if args.out == default_out:
+            raise SystemExit(
+                f"{DATA} not found: the committed table ({default_out}) would be "
+                "overwritten with the embedded default alone; pass --out FILE."
+            )
         print(f"note: {DATA} not found; only the embedded default runs")
     rows = []
     for name, loader in cases(args.cases, args.files):

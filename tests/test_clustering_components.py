@@ -732,15 +732,27 @@ def test_touching_pieces_of_one_crystal_join():
     near = np.ones((5, 5), dtype=bool)  # all near: the enclosure rule alone decides
     same = np.zeros((5, 5), dtype=bool)
     same[1:4, 1:4] = True  # the sectors: one crystal
-    out, joined = _join_enclosed(labels, pos.ravel(), shape, bg, 0.99, near, same)
+    w = np.ones(5)
+    out, joined = _join_enclosed(labels, pos.ravel(), shape, bg, 0.99, near, (same, w))
     assert joined == 2 and out[1] == out[2] == out[3] != out[4]
     # without the same-crystal pairs (or with None) nothing is joined at this enclosure
     out, joined = _join_enclosed(labels, pos.ravel(), shape, bg, 0.99, near, None)
     assert joined == 0 and out.tolist() == [0, 1, 2, 3, 4]
-    out, joined = _join_enclosed(
-        labels, pos.ravel(), shape, bg, 0.99, near, np.eye(5, dtype=bool)
-    )
+    eye = (np.eye(5, dtype=bool), w)
+    out, joined = _join_enclosed(labels, pos.ravel(), shape, bg, 0.99, near, eye)
     assert joined == 0
+    # a cluster mixing several grains (components 2 and 5 in cluster 2, which
+    # touches grain 4; 5 of grain 4's crystal, but the weaker) does not absorb
+    # grain 4's clean cluster
+    mixed = np.array([0, 1, 2, 3, 4, 2])
+    same6 = np.zeros((6, 6), dtype=bool)
+    same6[4, 5] = same6[5, 4] = True
+    w6 = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 0.2])
+    out, joined = _join_enclosed(mixed, pos.ravel(), shape, bg, 0.99, near, (same6, w6))
+    assert joined == 0
+    w6[5] = 5.0  # the same pair, now most of cluster 1's counts: one crystal
+    out, joined = _join_enclosed(mixed, pos.ravel(), shape, bg, 0.99, near, (same6, w6))
+    assert joined == 1 and out[2] == out[4]
 
 
 def test_same_crystal_needs_one_orientation():
@@ -790,3 +802,27 @@ def test_bragg_disk_image_errors():
             cl.cluster_components(
                 f, m, (20.0, 20.0), nav_shape=(32, 32), disk_radius=bad
             )
+
+
+def test_parted_glass_joins_the_matrix():
+    """Glass components that the cut put beside a phase (its ring on the halo) are
+    parted by their disk geometry and join the matrix, not a second matrix cluster."""
+    from hyperspy_cnmf.clustering._components import _split_by_bragg_disks
+
+    n = 100
+    rng = np.random.default_rng(0)
+    glass = 1.0 + 0.1 * rng.random(n)
+    grain = np.zeros(n)
+    grain[:10] = 5.0
+    glass[:10] = glass[-10:] = 0.0  # the matrix map dips under the grains
+    maps = np.stack([glass, grain, grain[::-1], glass * 0.5])  # 0 matrix, 3 glass-like
+    labels = np.array([0, 1, 1, 1])
+    d = np.full((4, 4), 0.8)
+    d[1, 2] = d[2, 1] = 0.1
+    np.fill_diagonal(d, 0.0)
+    regular = np.array([False, True, True, True])  # the matrix cluster is exempt
+    out, parted = _split_by_bragg_disks(labels, regular, d, maps, 0.4, matrix=0)
+    assert parted == 1 and out.tolist() == [0, 1, 1, 0]
+    # without a matrix the glass group is a cluster of its own
+    out, parted = _split_by_bragg_disks(labels, regular, d, maps, 0.4)
+    assert parted == 1 and out.tolist() == [0, 1, 1, 2]

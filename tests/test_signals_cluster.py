@@ -730,6 +730,17 @@ def test_disk_radius_auto_off_and_calibrated():
     assert params["disk_radius_px"] == pytest.approx(3.0)
     s.cluster_diffraction(disk_radius=2.0, units="px")
     assert json.loads(str(s.learning_results.cdiff_parameters))["disk_radius_px"] == 2.0
+    # a radius far from the measured one (e.g. px given as calibrated) is reported
+    with pytest.warns(UserWarning, match="check `units`"):
+        s.cluster_diffraction(disk_radius=20.0, units="px")
     for bad in ("big", -1.0, np.nan, True, [3]):
         with pytest.raises(ValueError, match="disk_radius"):
             s.cluster_diffraction(disk_radius=bad)
+
+
+def test_disk_radius_auto_without_record_warns(base_signal):
+    """'auto' without a measured beam radius says the Bragg-disk rules are off."""
+    factors, loadings, _ = split_decomposition(base_signal)
+    s = with_decomposition(base_signal, factors, loadings)  # no constrained NMF record
+    with pytest.warns(UserWarning, match="No direct-beam radius was measured"):
+        _cluster.cluster_diffraction(s)

@@ -125,13 +125,26 @@ def _measured_disk_radius(signal):
 
 
 def _disk_radius_px(signal, value, units):
-    """``cluster_diffraction``'s ``disk_radius`` in px: "auto" measured, None off."""
+    """``cluster_diffraction``'s ``disk_radius`` in px: "auto" measured, None off.
+
+    Warns when "auto" finds no measured radius (the Bragg-disk rules are then
+    off) and when a given radius is more than twice or less than half the
+    measured one (a value in the wrong ``units``).
+    """
+    measured = _measured_disk_radius(signal)
     if isinstance(value, str):
         if value != "auto":
             raise ValueError(
                 f"`disk_radius` must be 'auto', None or a positive number, got {value!r}."
             )
-        return _measured_disk_radius(signal)
+        if measured is None:
+            warn(
+                "No direct-beam radius was measured by the decomposition (it was not "
+                "algorithm='constrained_nmf', or found no beam disk): the Bragg-disk "
+                "split and join are off. Pass disk_radius=<Bragg disk radius> to use them.",
+                UserWarning,
+            )
+        return measured
     if value is None:
         return None
     try:
@@ -142,7 +155,15 @@ def _disk_radius_px(signal, value, units):
         raise ValueError(
             f"`disk_radius` must be 'auto', None or a positive number, got {value!r}."
         )
-    return _length_to_px(signal, float(value), units)
+    px = _length_to_px(signal, float(value), units)
+    if measured is not None and not 0.5 <= px / measured <= 2.0:
+        warn(
+            f"disk_radius = {value!r} ({units}) is {px:.3g} px, against a direct-beam "
+            f"radius of {measured:.3g} px measured on the data: check `units` "
+            "('calibrated' by default, 'px' for pixels).",
+            UserWarning,
+        )
+    return px
 
 
 def _min_cluster_positions(signal, value):
