@@ -23,6 +23,7 @@ numpy, numba and scipy only. The HyperSpy methods live in
 from hyperspy_cnmf.clustering._components import (
     MAP_ARTEFACTS,
     MAX_ENCLOSURE,
+    MATRIX_OVERLAP,
     MAX_SPLIT_OVERLAP,
     MIN_DISK_FRACTION,
     MIN_MAP_COMPACTNESS,
@@ -69,6 +70,7 @@ from hyperspy_cnmf.clustering._similarity import (
 __all__ = [
     "MAP_ARTEFACTS",
     "MAX_ENCLOSURE",
+    "MATRIX_OVERLAP",
     "MAX_SPLIT_OVERLAP",
     "MIN_DISK_FRACTION",
     "MIN_MAP_COMPACTNESS",
