@@ -22,8 +22,8 @@ numpy, numba and scipy only. The HyperSpy methods live in
 
 from hyperspy_cnmf.clustering._components import (
     MAP_ARTEFACTS,
-    MAX_ENCLOSURE,
     MATRIX_OVERLAP,
+    MAX_ENCLOSURE,
     MAX_SPLIT_OVERLAP,
     MIN_DISK_FRACTION,
     MIN_MAP_COMPACTNESS,
