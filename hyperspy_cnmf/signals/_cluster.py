@@ -170,10 +170,10 @@ def _min_cluster_positions(signal, value):
     """Positions a cluster must dominate: ``"auto"`` is pi r^2 / 2, r the map resolution in scan steps.
 
     A point-like particle imaged by a probe of FWHM r (the finest detail the
-    constrained maps hold) dominates a disc of radius 0.88 r at the default
-    ``particle_threshold`` (a Gaussian blob above 0.10 of its peak: a disc of
-    radius 0.91 r), about 2.6 r^2 positions; a cluster dominating less than
-    about half that (pi r^2 / 2)
+    constrained maps hold) dominates a disc of radius 0.91 r at the default
+    ``particle_threshold`` (a Gaussian blob above 0.10 of its peak), about
+    2.6 r^2 positions; a cluster dominating less than about half that
+    (pi r^2 / 2)
     is no resolved object. On a scan narrower than that disc (a line scan, a
     strip) the count shrinks by the share of the disc's width (1.76 r) the
     scan holds, so that a line scan's grains are not dissolved for want of
@@ -627,15 +627,18 @@ def cluster_diffraction(
         maps lie apart: grains of two phases with disks on the same rings,
         e.g. B2-CuZr [001] and CuZr2 [100], which the pattern correlation
         merges (:func:`~hyperspy_cnmf.clustering.bragg_disk_image`); the
-        matrix (extended) cluster is never parted. And where the pieces rule
-        is on (``max_enclosure`` not None), particle clusters that touch and
-        hold components with one Bragg-disk geometry *without* rotation (one
-        crystal: the same lattice in the same orientation) join: the patches
-        a low-dose grain falls into at over-complete k (counted in
-        ``joined_clusters``). ``"auto"``: the direct-beam radius the
-        decomposition measured (both rules off when it recorded none); None
-        switches both rules off. Recorded as ``disk_radius_px``, the number
-        of clusters added as ``split_clusters``, in ``cdiff_parameters``.
+        matrix (extended) cluster is never parted, and a parted group whose
+        map is the matrix's joins it (:data:`~hyperspy_cnmf.clustering.MATRIX_OVERLAP`).
+        And where the pieces rule is on (``max_enclosure`` not None), particle
+        clusters that touch and whose counts lie mostly in components with one
+        Bragg-disk geometry *without* rotation (one crystal: the same lattice
+        in the same orientation) join: the patches a low-dose grain falls
+        into at over-complete k (counted in ``joined_clusters``). ``"auto"``:
+        the direct-beam radius the decomposition measured (both rules off,
+        with a warning, when it recorded none); None switches both rules off;
+        a value more than twice or less than half the measured radius warns
+        (a value in the wrong ``units``). Recorded as ``disk_radius_px``, the
+        number of groups parted as ``split_clusters``, in ``cdiff_parameters``.
 
     Returns
     -------
