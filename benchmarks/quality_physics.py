@@ -32,6 +32,7 @@ from sklearn.metrics import adjusted_rand_score
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "abtem_dev"
+DEFAULT_OUT = str(HERE / "results" / "quality_physics.md")
 
 
 def cases(selection=None, files=None):
@@ -145,13 +146,12 @@ def main(argv=None):
     )
     p.add_argument("--no-lazy", action="store_true", help="in memory only")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(HERE / "results" / "quality_physics.md"))
+    p.add_argument("--out", default=DEFAULT_OUT)
     args = p.parse_args(argv)
-    default_out = str(HERE / "results" / "quality_physics.md")
     if not DATA.is_dir() and not args.files:
-        if args.out == default_out:
+        if args.out == DEFAULT_OUT:
             raise SystemExit(
-                f"{DATA} not found: the committed table ({default_out}) would be "
+                f"{DATA} not found: the committed table ({DEFAULT_OUT}) would be "
                 "overwritten with the embedded default alone; pass --out FILE."
             )
         print(f"note: {DATA} not found; only the embedded default runs")

@@ -391,32 +391,23 @@ def _bragg_groups(members, disk_distance, maps, threshold):
     (cosine ``>= MAX_SPLIT_OVERLAP``) are one group. Groups are numbered
     from 0, in the order of their first member.
     """
-    from scipy.cluster import hierarchy
-    from scipy.spatial.distance import squareform
-
     if members.size < 2:
         return 1, np.zeros(members.size, dtype=np.int64)
     d = disk_distance[np.ix_(members, members)]
-    d = np.clip(0.5 * (d + d.T), 0.0, None)
-    np.fill_diagonal(d, 0.0)
-    sub = hierarchy.fcluster(
-        hierarchy.linkage(squareform(d, checks=False), "average"),
-        threshold,
-        "distance",
+    sub, _, _ = hierarchical_clustering(
+        0.5 * (d + d.T), method="average", distance_threshold=threshold
     )
-    if sub.max() < 2:
+    if sub.max() < 1:
         return 1, np.zeros(members.size, dtype=np.int64)
     group_maps = np.array(
-        [maps[members[sub == g]].sum(0) for g in range(1, sub.max() + 1)]
+        [maps[members[sub == g]].sum(0) for g in range(sub.max() + 1)]
     )
     norm = np.linalg.norm(group_maps, axis=1)
     unit = group_maps / np.where(norm > 0, norm, 1.0)[:, None]
-    # sub-groups joined by overlapping maps stay one group (connected components)
+    # sub-groups joined by overlapping maps stay one group (connected
+    # components); both are numbered in the order of their first member
     n_groups, part = _connected_groups(unit @ unit.T >= MAX_SPLIT_OVERLAP)
-    group = part[sub - 1]
-    _, first = np.unique(group, return_index=True)
-    order = np.argsort(np.argsort(first))
-    return n_groups, order[group]
+    return n_groups, part[sub]
 
 
 def _split_by_bragg_disks(
@@ -1095,6 +1086,13 @@ def _cluster_positions(
     )
 
 
+def _border(grid, c):
+    """The ring of positions next to cluster ``c``'s in ``grid`` (8-connectivity in 2D), bool."""
+    own = grid == c
+    structure = np.ones((3,) * grid.ndim, dtype=bool)
+    return ndimage.binary_dilation(own, structure=structure) & ~own
+
+
 def _enclosure(pos_labels, nav_shape, background):
     """The larger particle cluster holding most of each cluster's border, and its share.
 
@@ -1108,12 +1106,10 @@ def _enclosure(pos_labels, nav_shape, background):
     n_c = background.size
     pos = pos_labels.reshape(nav_shape)
     counts = np.bincount(pos[pos >= 0], minlength=n_c)
-    structure = np.ones((3,) * len(nav_shape), dtype=bool)
     encloser = np.full(n_c, -1, dtype=np.int64)
     share = np.zeros(n_c)
     for c in np.flatnonzero(~background):
-        own = pos == c
-        ring = ndimage.binary_dilation(own, structure=structure) & ~own
+        ring = _border(pos, c)
         held = np.bincount(pos[ring & (pos >= 0)], minlength=n_c)
         held[background | (counts <= counts[c])] = 0
         if held.max() > 0:
@@ -1148,12 +1144,10 @@ def _same_crystal_neighbour(labels, pos, nav_shape, background, same_crystal):
         )
 
     grid = pos.reshape(nav_shape)
-    structure = np.ones((3,) * len(nav_shape), dtype=bool)
     for c in np.argsort(counts, kind="stable"):
         if background[c] or counts[c] == 0:
             continue
-        own = grid == c
-        ring = ndimage.binary_dilation(own, structure=structure) & ~own
+        ring = _border(grid, c)
         touching = [
             b
             for b in np.unique(grid[ring & (grid >= 0)])
