@@ -5,6 +5,7 @@ and the embedded default), k = the true count, 2x and 30, and each ``random_stat
 default decomposition once and then ``cluster_diffraction`` with each rule variant:
 
 - ``default``: every rule as shipped;
+- ``grain_patterns=False``: grains not classed again by their own mean patterns in the data;
 - ``max_enclosure=None`` and other values of it (pieces of a grain joined: :data:`MAX_ENCLOSURE`);
 - ``no unmixing``: the positions' model not re-fitted with the texture group as one pattern
   (``_unmixed_contributions`` bypassed; the cut and every other rule unchanged);
@@ -17,7 +18,7 @@ default decomposition once and then ``cluster_diffraction`` with each rule varia
 
 It reports the mean and minimum position ARI against the true phase map and the number of runs
 with the true number of clusters, per k. With ``--exact`` it also runs the main job with
-``max_exact_iter`` None (to ``tol``), 9 and 6 (:data:`~hyperspy_cnmf.nmf.EXACT_REFINEMENT`).
+``max_exact_iter`` None (to ``tol``), 9, 8 and 6 (:data:`~hyperspy_cnmf.nmf.EXACT_REFINEMENT`).
 
     python benchmarks/quality_rules.py                        # seeds 0-2, rule variants
     python benchmarks/quality_rules.py --seeds 0 1 --exact    # + the exact-refinement sweep
@@ -39,6 +40,7 @@ from hyperspy_cnmf.clustering import _components
 HERE = Path(__file__).resolve().parent
 VARIANTS = {
     "default": {},
+    "grain_patterns=False": {"grain_patterns": False},
     "max_enclosure=None": {"max_enclosure": None},
     "max_enclosure=0.4": {"max_enclosure": 0.4},
     "max_enclosure=0.5": {"max_enclosure": 0.5},
@@ -92,9 +94,9 @@ def _decompose(s, k, seed, **kw):
         )
 
 
-def rules(seeds, ks):
+def rules(seeds, ks, files=None):
     out = {(v, k): [] for v in VARIANTS for k in ks}
-    for name, loader in cases():
+    for name, loader in cases(files=files):
         for which in ks:
             for seed in seeds:
                 s, truth = loader(False)
@@ -112,9 +114,9 @@ def rules(seeds, ks):
     return out
 
 
-def exact(seeds, ks, caps=(None, 9, 6)):
+def exact(seeds, ks, caps=(None, 9, 8, 6), files=None):
     out = {(c, k): [] for c in caps for k in ks}
-    for name, loader in cases():
+    for name, loader in cases(files=files):
         for which in ks:
             for seed in seeds:
                 for cap in caps:
@@ -157,27 +159,39 @@ def main(argv=None):
     p.add_argument(
         "--exact", action="store_true", help="also the exact-refinement sweep"
     )
-    p.add_argument("--out", default=str(HERE / "results" / "quality_rules.md"))
+    p.add_argument(
+        "--files",
+        nargs="+",
+        help="case files (simulate_abtem_4dstem.py output) instead of the default cases; "
+        "the table then goes to results/quality_rules_independent.md unless --out is given",
+    )
+    p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    if args.out is None:
+        name = "quality_rules_independent.md" if args.files else "quality_rules.md"
+        args.out = str(HERE / "results" / name)
     seeds = " ".join(map(str, args.seeds))
     text = [
         "# Over-complete rules and the exact refinement (benchmarks/quality_rules.py)",
         "",
         f"Command: `python benchmarks/quality_rules.py --seeds {seeds} --k {' '.join(args.k)}"
+        + (" --files " + " ".join(args.files) if args.files else "")
         + (" --exact`" if args.exact else "`"),
         "",
-        "Cases: the abTEM multislice cases and the embedded default of `quality_physics.py`; per k one run per "
+        "Cases: the abTEM multislice cases and the embedded default of `quality_physics.py` (or the given "
+        "files); per k one run per "
         "case and seed. ARI: position labels against the true phase map; true count: runs whose number of "
         "clusters equals the true number of phases.",
         "",
     ]
-    res = rules(args.seeds, args.k)
+    res = rules(args.seeds, args.k, args.files)
     text += _table(
         "Clustering rules (one default decomposition per run)", res, VARIANTS, args.k
     )
     if args.exact:
-        ex = exact(args.seeds, args.k)
-        text += _table("max_exact_iter (default clustering)", ex, [None, 9, 6], args.k)
+        caps = (None, 9, 8, 6)
+        ex = exact(args.seeds, args.k, caps, args.files)
+        text += _table("max_exact_iter (default clustering)", ex, caps, args.k)
     Path(args.out).write_text("\n".join(text))
     print("\n".join(text))
 

@@ -826,3 +826,104 @@ def test_parted_glass_joins_the_matrix():
     # without a matrix the glass group is a cluster of its own
     out, parted = _split_by_bragg_disks(labels, regular, d, maps, 0.4)
     assert parted == 1 and out.tolist() == [0, 1, 1, 2]
+
+
+def _mixed_component():
+    """Three grains (square disks at 0 and 33 degrees, one rhomb at 10) in a halo
+    matrix; one component took the square-0 and the rhomb grain (a mixed NMF
+    component). Returns factors, maps, the true model per position and the grains."""
+    square = [(10, a, 1.0) for a in (0, 90, 180, 270)]
+    rhomb = [(10, a, 1.0) for a in (0, 74, 180, 254)]
+    rot = lambda cs, t: [(r, a + t, i) for r, a, i in cs]  # noqa: E731
+    halo = _disks([], halo=1.0) + 0.01
+    true = [_disks(rot(square, 0)), _disks(rot(rhomb, 10)), _disks(rot(square, 33))]
+    yy, xx = np.mgrid[:32, :32]
+    grains = np.stack(
+        [
+            np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 8.0)
+            for y, x in [(8, 8), (8, 24), (24, 16)]
+        ]
+    ).reshape(3, -1)
+    matrix = 1.0 - 0.8 * grains.sum(0)
+    model = (
+        np.tensordot(grains.T, np.stack(true), axes=1)
+        + matrix[:, None, None] * halo[None]
+    )
+    factors = np.stack([0.5 * (true[0] + true[1]), true[2], halo])
+    maps = np.stack([grains[0] + grains[1], grains[2], matrix])
+    return factors, maps, model, grains > 0.3
+
+
+def _means(model):
+    def means(region):
+        n = int(region.max()) + 1
+        return np.stack([model[region == r].mean(0) for r in range(n)])
+
+    return means
+
+
+def test_grain_patterns_part_a_mixed_component():
+    """Each grain is classed by its own mean pattern: the grains of one mixed component
+    part, and the square grains of two components meet."""
+    f, m, model, grains = _mixed_component()
+    kw = dict(nav_shape=(32, 32), direct_beam_radius=5.0, disk_radius=3.0)
+    plain = cl.cluster_components(f, m, (20.0, 20.0), **kw)
+    pos = plain.position_labels
+    assert plain.parameters["grain_regions"] == 0
+    assert pos[grains[0]][0] == pos[grains[1]][0]  # the mixed component's grains
+    res = cl.cluster_components(f, m, (20.0, 20.0), region_patterns=_means(model), **kw)
+    pos = res.position_labels
+    g = [np.bincount(pos[grains[i]]).argmax() for i in range(3)]
+    assert g[0] == g[2] != g[1] and res.parameters["grain_regions"] >= 3
+    assert len(np.unique(pos)) == res.references.size == 3  # matrix, square, rhomb
+    # every cluster keeps a member; merged factors and maps follow the new labels
+    assert np.bincount(res.labels, minlength=3).min() >= 1
+    assert res.merged_factors.shape[0] == res.merged_maps.shape[0] == 3
+    # n_clusters given or no disk radius: not used
+    fixed = cl.cluster_components(
+        f, m, (20.0, 20.0), region_patterns=_means(model), n_clusters=2, **kw
+    )
+    assert fixed.parameters["grain_regions"] == 0
+    with pytest.raises(ValueError, match="region_patterns"):
+        cl.cluster_components(
+            f, m, (20.0, 20.0), region_patterns=lambda r: model[:2], **kw
+        )
+
+
+def test_grain_patterns_keep_a_right_partition():
+    """Where every grain already sits with its phase, nothing changes."""
+    f, m = _near_phases()
+    model = np.tensordot(m.T, f, axes=1)
+    kw = dict(nav_shape=(32, 32), direct_beam_radius=5.0, disk_radius=3.0)
+    plain = cl.cluster_components(f, m, (20.0, 20.0), **kw)
+    res = cl.cluster_components(f, m, (20.0, 20.0), region_patterns=_means(model), **kw)
+    assert res.parameters["grain_regions"] == 4
+    np.testing.assert_array_equal(res.position_labels, plain.position_labels)
+    np.testing.assert_array_equal(res.labels, plain.labels)
+
+
+def test_grain_groups_rules():
+    """Large regions are cut on their distance; small ones join the nearest group, the
+    grain they touch, their cluster's, or form a group that needs enough positions."""
+    from hyperspy_cnmf.clustering._components import _grain_groups
+
+    sizes = np.array([30, 30, 30, 5, 5, 5, 5, 12, 12, 5])
+    owner = np.array([0, 0, 1, 0, 2, 0, 3, 4, 4, 5])
+    d = np.full((10, 10), 0.6)
+    d[0, 1] = d[1, 0] = 0.05  # one phase
+    d[3, [0, 1]] = d[[0, 1], 3] = 0.1  # near that phase
+    d[4, 2] = d[2, 4] = 0.45  # noisy, not clearly another pattern
+    d[9, 2] = d[2, 9] = 0.9  # clearly another pattern
+    np.fill_diagonal(d, 0.0)
+    touching = np.zeros((10, 10))
+    touching[[4, 9], 2] = touching[2, [4, 9]] = 3  # touching region 2's grain
+    group, evidence = _grain_groups(d, sizes, owner, touching)
+    assert group[0] == group[1] == group[3] != group[2] == group[4] != group[9]
+    assert group[5] == group[0]  # its cluster's large regions
+    assert group[7] == group[8] != group[6]  # one group per cluster
+    assert evidence[group[7]] and not evidence[group[6]]  # 24 and 5 positions
+    # a region without Bragg disks is not placed by its pattern or its neighbour
+    empty = np.zeros(10, dtype=bool)
+    empty[[3, 4]] = True
+    group, _ = _grain_groups(d, sizes, owner, touching, empty)
+    assert group[3] == group[0] and group[4] != group[2]  # its cluster's / its own

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from _shared_data import DESCAN, TWO_PHASE, abtem_path
+from _shared_data import DESCAN, THREE_PHASE, TWO_PHASE, abtem_path
 from sklearn.metrics import adjusted_rand_score
 
 from hyperspy_cnmf.data import load_multislice_case
@@ -68,7 +68,9 @@ def test_over_complete_k_keeps_the_phases(two_phase):
     and the pieces of one grain join its cluster.
 
     Measured 0.871 with 3 clusters for 3 phases (5 clusters with
-    ``max_enclosure=None``; ARI 0.486 and 14 clusters without the texture rule);
+    ``max_enclosure=None, grain_patterns=False``; with ``max_enclosure=None`` alone
+    the grains' own patterns join the pieces; ARI 0.486 and 14 clusters without the
+    texture rule);
     the true count of distinct patterns is 5 (benchmarks/quality_physics.py).
     """
     s, truth = two_phase
@@ -78,8 +80,10 @@ def test_over_complete_k_keeps_the_phases(two_phase):
     phase_map = truth["phase_map"].ravel()
     assert adjusted_rand_score(phase_map, labels) >= 0.84
     assert lr.number_of_clusters == truth["n_phases"]
-    s.cluster_diffraction(max_enclosure=None)
+    s.cluster_diffraction(max_enclosure=None, grain_patterns=False)
     assert s.learning_results.number_of_clusters > truth["n_phases"]
+    s.cluster_diffraction(max_enclosure=None)
+    assert s.learning_results.number_of_clusters == truth["n_phases"]
     s.cluster_diffraction()
     assert lr.cdiff_texture.sum() >= 10  # the speckle of the glass
     # every texture component sits in the cluster that holds the most positions
@@ -133,3 +137,21 @@ def test_near_phases_stay_apart_at_k_true():
     assert (
         params["split_clusters"] >= 1 and 2.5 < params["disk_radius_px"] < 3.5
     )  # 3.2 px true
+
+
+def test_grains_classed_by_their_own_patterns_lazy_and_in_memory():
+    """3-phase 64 x 64 case at k = 30 (random_state 0): one NMF component took a B2 and a
+    CuZr2 grain, which tied two clusters into a fifth (5 clusters for 4 phases with
+    ``grain_patterns=False``). Classing each grain by its own mean pattern gives the 4
+    phases, in memory and lazily (the region means read the lazy file band by band)."""
+    s, truth = load_multislice_case(abtem_path(THREE_PHASE))
+    lazy = load_multislice_case(abtem_path(THREE_PHASE), lazy=True)[0]
+    labels = _main_job(s, 30)
+    params = json.loads(str(s.learning_results.cdiff_parameters))
+    assert len(np.unique(labels[labels >= 0])) == truth["n_phases"] == 4
+    assert adjusted_rand_score(truth["phase_map"].ravel(), labels) >= 0.88
+    assert params["grain_regions"] >= 4
+    assert adjusted_rand_score(labels, _main_job(lazy, 30)) >= 0.99
+    s.cluster_diffraction(grain_patterns=False)
+    off = np.asarray(s.learning_results.cdiff_position_labels)
+    assert len(np.unique(off[off >= 0])) == 5

@@ -21,11 +21,13 @@ numpy, numba and scipy only. The HyperSpy methods live in
 """
 
 from hyperspy_cnmf.clustering._components import (
+    GRAIN_DISTANCE,
     MAP_ARTEFACTS,
     MATRIX_OVERLAP,
     MAX_ENCLOSURE,
     MAX_SPLIT_OVERLAP,
     MIN_DISK_FRACTION,
+    MIN_GRAIN_POSITIONS,
     MIN_MAP_COMPACTNESS,
     MIN_OBJECT_SHARE,
     NOISE_FLOOR,
@@ -68,11 +70,13 @@ from hyperspy_cnmf.clustering._similarity import (
 )
 
 __all__ = [
+    "GRAIN_DISTANCE",
     "MAP_ARTEFACTS",
     "MAX_ENCLOSURE",
     "MATRIX_OVERLAP",
     "MAX_SPLIT_OVERLAP",
     "MIN_DISK_FRACTION",
+    "MIN_GRAIN_POSITIONS",
     "MIN_MAP_COMPACTNESS",
     "MIN_OBJECT_SHARE",
     "NOISE_FLOOR",

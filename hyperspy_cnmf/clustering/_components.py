@@ -1264,6 +1264,218 @@ def _positions_of_resolved_clusters(
     return fields, dissolved, joined
 
 
+#: Probe positions a grain's region needs for its mean pattern to tell its
+#: phase (:func:`_regroup_by_grain_patterns`). Disk-image pseudo-distance of
+#: the regions' mean noisy patterns on the multislice cases (the three of
+#: ``benchmarks/quality_physics.py`` and three independent ones, k = true and
+#: 30, random_state 0-1): regions of >= 20 positions, same phase at most
+#: 0.13, different phases at least 0.38; >= 10 positions: 0.26 and 0.32;
+#: >= 6 positions: 0.32 and 0.22.
+MIN_GRAIN_POSITIONS = 20
+
+#: Average-linkage cut (disk-image pseudo-distance) of the grains' mean
+#: patterns, midway between the measurements of :data:`MIN_GRAIN_POSITIONS`.
+GRAIN_DISTANCE = 0.25
+
+
+def _grain_regions(pos_labels, nav_shape, background):
+    """Connected regions (8-connectivity) of every particle cluster's positions.
+
+    Returns the region of each position (-1: a ``background`` cluster's or
+    unlabelled) and the cluster of each region.
+    """
+    grid = pos_labels.reshape(nav_shape)
+    structure = np.ones((3,) * len(nav_shape), dtype=bool)
+    region = np.full(pos_labels.size, -1, dtype=np.int64)
+    owner = []
+    for c in np.flatnonzero(~background):
+        lab, n = ndimage.label(grid == c, structure=structure)
+        lab = lab.ravel()
+        region[lab > 0] = lab[lab > 0] - 1 + len(owner)
+        owner += [int(c)] * n
+    return region, np.asarray(owner, dtype=np.int64)
+
+
+def _grain_groups(distance, sizes, owner, touching, empty=None):
+    """Group of every grain region by its mean pattern's Bragg-disk geometry.
+
+    The regions of at least :data:`MIN_GRAIN_POSITIONS` positions are cut
+    (average linkage of ``distance`` at :data:`GRAIN_DISTANCE`). A smaller
+    region joins, in this order: the group nearest on average if within the
+    cut; the group of the large region it shares most border with
+    (``touching``: border positions shared, regions x regions; the rim or a
+    patch of that grain) unless its pattern is clearly another (beyond twice
+    the cut); the group of its cluster's large regions. A small
+    region whose mean pattern shows no Bragg disk (``empty``) skips the first
+    two: nothing in it tells its phase. The
+    remaining small regions form one group per cluster, marked False in the
+    second return value when they hold fewer than
+    :data:`MIN_GRAIN_POSITIONS` positions in all (no evidence of a phase of
+    their own).
+    """
+    reliable = np.flatnonzero(sizes >= MIN_GRAIN_POSITIONS)
+    group = np.full(sizes.size, -1, dtype=np.int64)
+    if reliable.size > 1:
+        sub, _, _ = hierarchical_clustering(
+            distance[np.ix_(reliable, reliable)],
+            method="average",
+            distance_threshold=GRAIN_DISTANCE,
+        )
+        group[reliable] = sub
+    else:
+        group[reliable] = 0
+    n_groups = int(group.max()) + 1
+    small = np.flatnonzero(group < 0)
+    if empty is not None:
+        small = small[~empty[small]]
+    for r in small:
+        mean = [distance[r, reliable[group[reliable] == g]].mean() for g in range(n_groups)]
+        if min(mean) <= GRAIN_DISTANCE:
+            group[r] = int(np.argmin(mean))
+    for r in small[group[small] < 0]:
+        border = touching[r, reliable]
+        if border.max() > 0:
+            g = group[reliable[np.argmax(border)]]
+            if distance[r, reliable[group[reliable] == g]].mean() <= 2 * GRAIN_DISTANCE:
+                group[r] = g
+    evidence = [True] * n_groups
+    for c in np.unique(owner[group < 0]):
+        held = reliable[owner[reliable] == c]
+        left = (owner == c) & (group < 0)
+        if held.size:
+            g = int(np.argmax(np.bincount(group[held], weights=sizes[held])))
+        else:
+            g = len(evidence)
+            evidence.append(sizes[left].sum() >= MIN_GRAIN_POSITIONS)
+        group[left] = g
+    return group, np.asarray(evidence)
+
+
+def _region_contacts(region, nav_shape, n):
+    """Border positions each pair of regions shares (8-connectivity), (n, n)."""
+    grid = region.reshape(nav_shape)
+    out = np.zeros((n, n))
+    structure = np.ones((3,) * len(nav_shape), dtype=bool)
+    for r in range(n):
+        ring = ndimage.binary_dilation(grid == r, structure=structure) & (grid != r)
+        out[r] = np.bincount(grid[ring & (grid >= 0)], minlength=n)
+    return out
+
+
+def _same_partition(a, b):
+    """Whether two labellings of the positions (-1: none) make the same classes."""
+    pairs = np.unique(np.stack([a, b]), axis=1)
+    return pairs.shape[1] == np.unique(a).size == np.unique(b).size
+
+
+def _members_by_positions(contrib, pos_labels, n_clusters, labels):
+    """Cluster of every component: where most of its excess over its median lies.
+
+    Every cluster keeps at least one member: an empty one takes the
+    component with the largest share of its excess there, from a cluster
+    with other members. Returns None when that is impossible.
+    """
+    excess = np.nan_to_num(contrib - np.nanmedian(contrib, axis=1, keepdims=True))
+    excess = np.clip(excess, 0.0, None)
+    score = np.stack(
+        [excess[:, pos_labels == c].sum(axis=1) for c in range(n_clusters)], axis=1
+    )
+    new = np.where(score.max(axis=1) > 0, np.argmax(score, axis=1), -1)
+    # a component with no excess anywhere (flat map) stays with its old mates
+    for j in np.flatnonzero(new < 0):
+        mates = (labels == labels[j]) & (new >= 0)
+        new[j] = np.bincount(new[mates]).argmax() if mates.any() else 0
+    share = score / np.maximum(score.sum(axis=1, keepdims=True), 1e-300)
+    for c in range(n_clusters):
+        if (new == c).any():
+            continue
+        movable = np.bincount(new, minlength=n_clusters)[new] > 1
+        if not movable.any():
+            return None
+        new[int(np.argmax(np.where(movable, share[:, c], -1.0)))] = c
+    return new
+
+
+def _regroup_by_grain_patterns(
+    fields, contrib, loadings, nav_shape, region_patterns, geometry, rules
+):
+    """Positions of every grain classed by its own mean pattern in the data.
+
+    The component clusters give the grains' positions; the phase of each
+    grain (a connected region of one particle cluster's positions) is then
+    told by the Bragg-disk geometry (:func:`bragg_disk_image`) of the mean
+    of its patterns in the data, which ``region_patterns`` returns: an NMF
+    component that took grains of two phases (too few components, or two
+    near patterns) parts them, and pieces of one phase in several clusters
+    meet. See :func:`_grain_groups`; groups without evidence join the
+    matrix (the largest extended cluster). Components go to the cluster
+    where most of their map's excess lies (:func:`_members_by_positions`).
+    Returns the fields (unchanged when the partition of the positions is)
+    and the number of grain regions whose patterns were compared.
+    """
+    cpx, radius, dbr, grid, similarity_kwargs, pattern_shape = geometry
+    percentiles, smoothing, threshold = rules
+    labels, pos = fields["labels"], fields["position_labels"]
+    masked = np.all(np.isnan(loadings), axis=0)
+    extended = _extended_clusters(
+        _smooth_maps(contrib, nav_shape, smoothing), labels, masked, percentiles
+    )
+    if not extended.any() or extended.all():
+        return fields, 0
+    region, owner = _grain_regions(pos, nav_shape, extended)
+    sizes = np.bincount(region[region >= 0], minlength=owner.size)
+    if not (sizes >= MIN_GRAIN_POSITIONS).any():
+        return fields, 0
+    patterns = np.asarray(region_patterns(region), dtype=np.float64)
+    if patterns.shape != (owner.size,) + pattern_shape:
+        raise ValueError(
+            f"`region_patterns` returned shape {patterns.shape}, expected "
+            f"{(owner.size,) + pattern_shape} (one mean pattern per region)."
+        )
+    disks = np.stack([bragg_disk_image(p, cpx, radius, dbr or 0.0) for p in patterns])
+    _, _, sim = polar_similarity(
+        disks, cpx, direct_beam_radius=dbr, **grid, **similarity_kwargs
+    )
+    distance = 0.5 * (sim.pseudo_distance + sim.pseudo_distance.T)
+    touching = _region_contacts(region, nav_shape, owner.size)
+    empty = ~np.any(disks.reshape(owner.size, -1) > 0, axis=1)
+    group, evidence = _grain_groups(distance, sizes, owner, touching, empty)
+    # new numbering: the extended clusters, then the groups with evidence
+    ext = np.flatnonzero(extended)
+    counts = np.bincount(pos[pos >= 0], minlength=extended.size)
+    matrix = int(np.argmax(counts[ext]))
+    kept = np.cumsum(evidence) - 1 + ext.size
+    target = np.where(evidence, kept, matrix)
+    new_pos = np.full_like(pos, -1)
+    for i, c in enumerate(ext):
+        new_pos[pos == c] = i
+    inside = region >= 0
+    new_pos[inside] = target[group[region[inside]]]
+    if _same_partition(pos, new_pos):
+        return fields, int(owner.size)
+    n_new = int(new_pos.max()) + 1
+    new_labels = _members_by_positions(contrib, new_pos, n_new, labels)
+    if new_labels is None:
+        return fields, int(owner.size)
+    maps = _cluster_maps(contrib, new_labels, masked)
+    objects, _, norm_maps = _dominance(
+        contrib, new_labels, nav_shape, percentiles, smoothing, threshold
+    )
+    new_labels, maps, norm_maps, new_pos = _order(new_labels, maps, norm_maps, new_pos)
+    with np.errstate(invalid="ignore"):
+        distances = 1.0 - np.clip(norm_maps, 0.0, 1.0)
+    fields = dict(fields)
+    fields.update(
+        labels=new_labels,
+        merged_maps=maps,
+        normalised_maps=norm_maps,
+        objects=objects,
+        position_labels=new_pos,
+        distances=distances,
+    )
+    return fields, int(owner.size)
+
+
 def _aligned_merge(factors, cpx, sim, labels, beam_only, factor_sum, loading_sum):
     """Pairwise similarity, references, alignment and merged factor of every cluster.
 
@@ -1344,6 +1556,7 @@ def cluster_components(
     map_smoothing=None,
     particle_threshold=PARTICLE_THRESHOLD,
     signal_mask=None,
+    region_patterns=None,
 ):
     """Group decomposition components by rotation-invariant diffraction similarity.
 
@@ -1410,6 +1623,14 @@ def cluster_components(
         search for the direct beam when ``centre`` is None (except a masked
         region that could hold the beam,
         :func:`hyperspy_cnmf._beam.beam_search_pixels`).
+    region_patterns : callable, optional
+        With ``n_clusters`` None and ``disk_radius``: ``region_patterns(region)``
+        takes the grain region of every position (ndarray of int64, shape
+        ``(n_positions,)``, -1 outside any region, regions numbered from 0)
+        and returns the mean data pattern of each region, shape
+        ``(n_regions, qy, qx)``; each grain is then classed by its own
+        pattern (:func:`_regroup_by_grain_patterns`). Recorded as
+        ``grain_regions`` in ``parameters`` (0: not used). None: off.
 
     Returns
     -------
@@ -1419,7 +1640,8 @@ def cluster_components(
     ------
     ValueError
         For inconsistent shapes, fewer than 2 components, a centre outside
-        the pattern or inconsistent clustering arguments.
+        the pattern, inconsistent clustering arguments or ``region_patterns``
+        of the wrong shape.
 
     Warns
     -----
@@ -1556,6 +1778,17 @@ def cluster_components(
             same_crystal,
         ),
     )
+    grain_regions = 0
+    if region_patterns is not None and n_clusters is None and disk_radius is not None:
+        fields, grain_regions = _regroup_by_grain_patterns(
+            fields,
+            contrib,
+            loadings,
+            nav_shape,
+            region_patterns,
+            (cpx, float(disk_radius), dbr, grid, similarity_kwargs, factors.shape[1:]),
+            (dominance_percentiles, map_smoothing, particle_threshold),
+        )
     fields.update(
         _aligned_merge(
             factors, cpx, sim, fields["labels"], beam_only, factor_sum, loading_sum
@@ -1567,6 +1800,7 @@ def cluster_components(
     parameters["dissolved_clusters"] = dissolved
     parameters["joined_clusters"] = joined
     parameters["split_clusters"] = split
+    parameters["grain_regions"] = grain_regions
     return ComponentClustering(
         **fields,
         components=components,

@@ -189,8 +189,8 @@ class STEM4D(Signal2D):
         max_exact_iter : int, None or "auto", default "auto"
             Cap on the exact iterations after the sketch, in memory and lazily
             alike, so that a lazy signal gives the in-memory result. ``"auto"``:
-            :data:`~hyperspy_cnmf.nmf.EXACT_REFINEMENT` (9) with ``sketch``,
-            one read of the data each (12 reads in all out of core), else
+            :data:`~hyperspy_cnmf.nmf.EXACT_REFINEMENT` (8) with ``sketch``,
+            one read of the data each (11 reads in all out of core), else
             ``max_iter``; None: until ``tol`` (30-60 reads at k = 30). The
             exact phase refines a fit converged on the sketch; run to ``tol``
             it gives no better phases on the multislice benchmark (the
