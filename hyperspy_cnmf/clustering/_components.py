@@ -1329,7 +1329,9 @@ def _grain_groups(distance, sizes, owner, touching, empty=None):
     if empty is not None:
         small = small[~empty[small]]
     for r in small:
-        mean = [distance[r, reliable[group[reliable] == g]].mean() for g in range(n_groups)]
+        mean = [
+            distance[r, reliable[group[reliable] == g]].mean() for g in range(n_groups)
+        ]
         if min(mean) <= GRAIN_DISTANCE:
             group[r] = int(np.argmin(mean))
     for r in small[group[small] < 0]:
