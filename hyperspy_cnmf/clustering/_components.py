@@ -1803,6 +1803,10 @@ def cluster_components(
     parameters["joined_clusters"] = joined
     parameters["split_clusters"] = split
     parameters["grain_regions"] = grain_regions
+    # share of one read pass the reader reports (its ``read_fraction``), if any
+    parameters["grain_pattern_reads"] = round(
+        float(getattr(region_patterns, "read_fraction", 0.0)), 3
+    )
     return ComponentClustering(
         **fields,
         components=components,

@@ -846,10 +846,6 @@ def cluster_diffraction(
         signal_mask=_signal_mask(self),
         region_patterns=region_patterns,
     )
-    # share of one read pass spent on the grains' mean patterns
-    res.parameters["grain_pattern_reads"] = (
-        round(region_patterns.read_fraction, 3) if grain_patterns else 0.0
-    )
     _warn_map_artefacts(res)
     clear_learning_results(lr, "cdiff_")  # no field of an older clustering stays
     to_learning_results(lr, res, "cdiff_")
