@@ -1062,16 +1062,20 @@ def _centroids(factors, loadings, refs, pos_labels):
 
 
 def _cluster_positions(
-    contrib, labels, loadings, nav_shape, percentiles, smoothing, threshold
+    contrib, labels, loadings, nav_shape, percentiles, smoothing, threshold, pos=None
 ):
     """Cluster maps, map objects and dominant cluster of every position, clusters renumbered.
 
-    Returns these :class:`ComponentClustering` fields as a dict.
+    ``pos``: the cluster of every position, when given (not the dominant one;
+    :func:`_regroup_by_grain_patterns`). Returns these
+    :class:`ComponentClustering` fields as a dict.
     """
     maps = _cluster_maps(contrib, labels, np.all(np.isnan(loadings), axis=0))
     objects, pos_labels, norm_maps = _dominance(
         contrib, labels, nav_shape, percentiles, smoothing, threshold
     )
+    if pos is not None:
+        pos_labels = pos
     labels, maps, norm_maps, pos_labels = _order(labels, maps, norm_maps, pos_labels)
     with np.errstate(invalid="ignore"):
         distances = 1.0 - np.clip(norm_maps, 0.0, 1.0)
@@ -1357,9 +1361,8 @@ def _region_contacts(region, nav_shape, n):
     """Border positions each pair of regions shares (8-connectivity), (n, n)."""
     grid = region.reshape(nav_shape)
     out = np.zeros((n, n))
-    structure = np.ones((3,) * len(nav_shape), dtype=bool)
     for r in range(n):
-        ring = ndimage.binary_dilation(grid == r, structure=structure) & (grid != r)
+        ring = _border(grid, r)
         out[r] = np.bincount(grid[ring & (grid >= 0)], minlength=n)
     return out
 
@@ -1416,7 +1419,7 @@ def _regroup_by_grain_patterns(
     and the number of grain regions whose patterns were compared.
     """
     cpx, radius, dbr, grid, similarity_kwargs, pattern_shape = geometry
-    percentiles, smoothing, threshold = rules
+    percentiles, smoothing, _ = rules
     labels, pos = fields["labels"], fields["position_labels"]
     masked = np.all(np.isnan(loadings), axis=0)
     extended = _extended_clusters(
@@ -1459,21 +1462,8 @@ def _regroup_by_grain_patterns(
     new_labels = _members_by_positions(contrib, new_pos, n_new, labels)
     if new_labels is None:
         return fields, int(owner.size)
-    maps = _cluster_maps(contrib, new_labels, masked)
-    objects, _, norm_maps = _dominance(
-        contrib, new_labels, nav_shape, percentiles, smoothing, threshold
-    )
-    new_labels, maps, norm_maps, new_pos = _order(new_labels, maps, norm_maps, new_pos)
-    with np.errstate(invalid="ignore"):
-        distances = 1.0 - np.clip(norm_maps, 0.0, 1.0)
-    fields = dict(fields)
-    fields.update(
-        labels=new_labels,
-        merged_maps=maps,
-        normalised_maps=norm_maps,
-        objects=objects,
-        position_labels=new_pos,
-        distances=distances,
+    fields = _cluster_positions(
+        contrib, new_labels, loadings, nav_shape, *rules, pos=new_pos
     )
     return fields, int(owner.size)
 

@@ -992,6 +992,18 @@ def _compute(a):
     return np.asarray(a.compute() if hasattr(a, "compute") else a)
 
 
+def _bands(data):
+    """``(start, stop)`` rows of each band of the first navigation axis (array order).
+
+    A band is one chunk of that axis of a dask array (every chunk of the
+    other navigation axes with it), or all of an in-memory array.
+    """
+    bounds = np.cumsum(
+        (0,) + (data.chunks[0] if hasattr(data, "chunks") else (data.shape[0],))
+    )
+    return zip(bounds[:-1].tolist(), bounds[1:].tolist())
+
+
 def _iter_nav_blocks(signal, rows=256):
     """Yield the patterns (m, qy, qx), float64, of the flattened navigation in order.
 
@@ -1007,11 +1019,8 @@ def _iter_nav_blocks(signal, rows=256):
     if data.ndim == 2:  # no navigation axis: one pattern
         yield _compute(data).astype(np.float64)[None]
         return
-    bands = data.chunks[0] if hasattr(data, "chunks") else (data.shape[0],)
-    y0 = 0
-    for n in bands:
-        band = _compute(data[y0 : y0 + n]).reshape(-1, qy, qx)
-        y0 += n
+    for y0, y1 in _bands(data):
+        band = _compute(data[y0:y1]).reshape(-1, qy, qx)
         for i0 in range(0, band.shape[0], rows):
             yield band[i0 : i0 + rows].astype(np.float64)
         del band
@@ -1036,14 +1045,13 @@ def _region_mean_patterns(signal):
         data = signal.data
         if data.ndim == 2:
             data = data[None]
-        bands = data.chunks[0] if hasattr(data, "chunks") else (data.shape[0],)
         per_row = int(np.prod(data.shape[1:-2], dtype=np.int64))
-        y0, read = 0, 0
-        for rows in bands:
-            r = region[y0 * per_row : (y0 + rows) * per_row]
+        read = 0
+        for y0, y1 in _bands(data):
+            r = region[y0 * per_row : y1 * per_row]
             if (r >= 0).any():
-                read += rows
-                band = _compute(data[y0 : y0 + rows]).reshape(-1, qy * qx)
+                read += y1 - y0
+                band = _compute(data[y0:y1]).reshape(-1, qy * qx)
                 at = np.flatnonzero(r >= 0)
                 at = at[np.argsort(r[at], kind="stable")]
                 first = np.flatnonzero(np.r_[True, np.diff(r[at]) > 0])
@@ -1051,7 +1059,6 @@ def _region_mean_patterns(signal):
                     np.nan_to_num(band[at].astype(np.float64)), first, axis=0
                 )
                 del band
-            y0 += rows
         means.read_fraction = read / data.shape[0]
         counts = np.bincount(region[region >= 0], minlength=n)
         return (sums / np.maximum(counts, 1)[:, None]).reshape(n, qy, qx)
@@ -1076,13 +1083,12 @@ def _own_patterns(signal, step, max_patterns):
     if not hasattr(data, "chunks") or data.ndim == 2:
         stack = _compute(data[slices + (Ellipsis,)])
     else:  # band by band (see _iter_nav_blocks), copied: no chunk stays alive
-        s0, parts, y0 = slices[0].step, [], 0
-        for n in data.chunks[0]:
+        s0, parts = slices[0].step, []
+        for y0, y1 in _bands(data):
             first = -(-y0 // s0) * s0  # the first kept row of the band
-            if first < y0 + n:
-                band = data[(slice(first, y0 + n, s0),) + slices[1:] + (Ellipsis,)]
+            if first < y1:
+                band = data[(slice(first, y1, s0),) + slices[1:] + (Ellipsis,)]
                 parts.append(np.array(_compute(band), dtype=np.float64))
-            y0 += n
         stack = np.concatenate(parts)
     return np.asarray(stack, dtype=np.float64).reshape(-1, qy, qx), positions, steps
 
