@@ -28,6 +28,8 @@ This module knows LiberTEM and dask (through :mod:`hyperspy_cnmf.chunked`),
 not HyperSpy; LiberTEM is imported here only.
 """
 
+import warnings
+
 import numpy as np
 import threadpoolctl
 from libertem.io.dataset.base import DataSet
@@ -249,6 +251,10 @@ class LiberTEMOperator(DaskOperator):
     ----------
     n_passes : int
         Reads of the data so far (UDF runs).
+    n_repeated_reads : int
+        Reads repeated because the executor returned an incomplete run (each
+        with a ``RuntimeWarning``; a second incomplete run of one read raises
+        ``RuntimeError``). Not counted in ``n_passes``.
 
     Raises
     ------
@@ -272,6 +278,8 @@ class LiberTEMOperator(DaskOperator):
     >>> result.W.shape, result.Ht.shape  # maps (positions, k), patterns (pixels, k)
     ((64, 3), (100, 3))
     """
+
+    n_repeated_reads = 0
 
     def __init__(
         self,
@@ -344,21 +352,44 @@ class LiberTEMOperator(DaskOperator):
             aux[f"input{i}"] = BlockUDF.aux_data(
                 a.reshape(-1), kind="nav", extra_shape=a.shape[1:], dtype=a.dtype
             )
-        udf = BlockUDF(
-            func=func,
-            args=args,
-            shared=sh,
-            local=bool(local),
-            origins=lay.origins,
-            n_inputs=len(inputs),
-            dtype=self.dtype,
-            **aux,
-        )
         self.n_passes += 1
-        res = _keeping_thread_limits(
-            lambda: lay.ctx.run_udf(
-                dataset=lay.dataset, udf=udf, progress=self.progress
+        for attempt in range(2):
+            udf = BlockUDF(
+                func=func,
+                args=args,
+                shared=sh,
+                local=bool(local),
+                origins=lay.origins,
+                n_inputs=len(inputs),
+                dtype=self.dtype,
+                **aux,
             )
-        )
-        got_locals, merged = res["blocks"].data[0].result()
+            res = _keeping_thread_limits(
+                lambda: lay.ctx.run_udf(
+                    dataset=lay.dataset, udf=udf, progress=self.progress
+                )
+            )
+            tree = res["blocks"].data[0]
+            if isinstance(tree, _OrderedTree) and len(tree.locals) == tree.sizes[0]:
+                break
+            # Measured once in CI (LiberTEM 0.16, distributed 2026.8, dask
+            # executor on 2 loaded cores): a run returned without merging any
+            # partition (the buffer still held its initial 0). The read is
+            # repeated once; a second incomplete run raises.
+            done = len(tree.locals) if isinstance(tree, _OrderedTree) else 0
+            if attempt == 0:
+                warnings.warn(
+                    f"the LiberTEM executor returned {done} of {len(lay.origins)} "
+                    "partitions of this read; the read is repeated",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self.n_repeated_reads += 1
+            else:
+                raise RuntimeError(
+                    f"the LiberTEM executor returned {done} of {len(lay.origins)} "
+                    "partitions twice: the read is incomplete (is the cluster "
+                    "losing workers?)"
+                )
+        got_locals, merged = tree.result()
         return (got_locals if local else []), merged

@@ -228,6 +228,34 @@ def test_operator_equals_dask_operator(executor, request, files):
     assert np.array_equal(op.beam_positions(), ref.beam_positions(), equal_nan=True)
 
 
+def test_an_incomplete_run_is_repeated_once_then_raises(inline, files, monkeypatch):
+    """A UDF run that comes back without every partition: one warned repeat, then an error."""
+    op = LiberTEMOperator(_load(inline, files, "raw"), ctx=inline)
+    want = op.stats()
+    run_udf, empty = inline.run_udf, {"runs": 0}
+
+    def flaky(**kw):
+        if empty["runs"] < empty["n"]:
+            empty["runs"] += 1  # a run that lost every partition
+            return {"blocks": type("B", (), {"data": np.zeros(1, dtype=object)})()}
+        return run_udf(**kw)
+
+    monkeypatch.setattr(inline, "run_udf", flaky)
+    for n in (1, 2):
+        empty.update(runs=0, n=n)
+        op = LiberTEMOperator(_load(inline, files, "raw"), ctx=inline)
+        if n == 1:
+            with pytest.warns(RuntimeWarning, match="0 of 4 partitions"):
+                assert op.stats() == want
+            assert (op.n_passes, op.n_repeated_reads) == (1, 1)
+        else:
+            with (
+                pytest.warns(RuntimeWarning),
+                pytest.raises(RuntimeError, match="twice"),
+            ):
+                op.stats()
+
+
 def test_reads_give_openblas_back_to_the_driver(inline, files):
     """After a read the fit's single-threaded BLAS (``threadpool_limits(1)``) takes effect.
 
