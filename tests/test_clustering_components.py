@@ -854,10 +854,16 @@ def _mixed_component():
     return factors, maps, model, grains > 0.3
 
 
-def _means(model):
-    def means(region):
+def _means(model, counts=None):
+    """``region_patterns`` over ``model`` (or a Poisson draw of ``counts * model``)."""
+    if counts is not None:
+        model = np.random.default_rng(0).poisson(counts * model).astype(float)
+    flat = model.reshape(model.shape[0], -1)
+
+    def means(region, filters, at, which):
         n = int(region.max()) + 1
-        return np.stack([model[region == r].mean(0) for r in range(n)])
+        patterns = np.stack([model[region == r].mean(0) for r in range(n)])
+        return patterns, np.einsum("ij,ij->i", flat[at], filters[which])
 
     return means
 
@@ -886,20 +892,92 @@ def test_grain_patterns_part_a_mixed_component():
     assert fixed.parameters["grain_regions"] == 0
     with pytest.raises(ValueError, match="region_patterns"):
         cl.cluster_components(
-            f, m, (20.0, 20.0), region_patterns=lambda r: model[:2], **kw
+            f,
+            m,
+            (20.0, 20.0),
+            region_patterns=lambda r, f, a, w: (model[:2], np.zeros(a.size)),
+            **kw,
         )
 
 
 def test_grain_patterns_keep_a_right_partition():
-    """Where every grain already sits with its phase, nothing changes."""
+    """Where every grain already sits with its phase, the phases stay; only rims grow."""
     f, m = _near_phases()
     model = np.tensordot(m.T, f, axes=1)
     kw = dict(nav_shape=(32, 32), direct_beam_radius=5.0, disk_radius=3.0)
     plain = cl.cluster_components(f, m, (20.0, 20.0), **kw)
-    res = cl.cluster_components(f, m, (20.0, 20.0), region_patterns=_means(model), **kw)
+    means = _means(model, counts=50.0)
+    res = cl.cluster_components(
+        f, m, (20.0, 20.0), region_patterns=means, probe_fwhm=1.5, **kw
+    )
     assert res.parameters["grain_regions"] == 4
-    np.testing.assert_array_equal(res.position_labels, plain.position_labels)
-    np.testing.assert_array_equal(res.labels, plain.labels)
+    # a probe of unknown size or broader than 2 steps: no rim grows
+    for probe in (None, 3.0):
+        same = cl.cluster_components(
+            f, m, (20.0, 20.0), region_patterns=means, probe_fwhm=probe, **kw
+        )
+        assert same.parameters["grain_rim_positions"] == 0
+        assert same.parameters["probe_fwhm_steps"] == probe
+        np.testing.assert_array_equal(same.position_labels, plain.position_labels)
+    for bad in (0.0, -1.0, "2", True, np.nan):
+        with pytest.raises(ValueError, match="probe_fwhm"):
+            cl.cluster_components(f, m, (20.0, 20.0), probe_fwhm=bad, **kw)
+    # the same clusters of components (numbered by their positions' count)
+    to_plain = np.full(res.labels.max() + 1, -1)
+    to_plain[res.labels] = plain.labels
+    np.testing.assert_array_equal(to_plain[res.labels], plain.labels)
+    assert np.unique(to_plain).size == to_plain.size
+    before, after = plain.position_labels, to_plain[res.position_labels]
+    changed = np.flatnonzero(before != after)
+    matrix = np.bincount(before).argmax()
+    assert (before[changed] == matrix).all() and (after[changed] != matrix).all()
+    assert 0 < changed.size == res.parameters["grain_rim_positions"]
+    # every grown position touches a position its grain held before
+    grid = before.reshape(32, 32)
+    for p in changed:
+        y, x = divmod(int(p), 32)
+        assert (grid[max(y - 1, 0) : y + 2, max(x - 1, 0) : x + 2] == after[p]).any()
+
+
+def test_rim_growth_claims_the_rim_that_shows_the_disks():
+    """Matrix positions next to a grain join it where their patterns show its disks
+    above the local matrix's fluctuation, and nowhere else."""
+    from hyperspy_cnmf.clustering._components import (
+        _bragg_filters,
+        _rim_growth,
+        _rim_requests,
+    )
+
+    grain = _disks([(10, a, 1.0) for a in (20, 110, 200, 290)])
+    halo = _disks([], halo=1.0) + 0.05
+    yy, xx = np.mgrid[:32, :32]
+    d = np.hypot(yy - 16, xx - 16)
+    core = d <= 4.0
+    rim = (d > 4.0) & (d <= 5.5)  # one ring of positions: weak disks
+    amount = np.where(core, 1.0, np.where(rim, 0.4, 0.0))
+    rng = np.random.default_rng(1)
+    model = 30.0 * (halo[None] + amount.ravel()[:, None, None] * grain[None])
+    data = rng.poisson(model).astype(float).reshape(1024, -1)
+    region = np.where(core.ravel(), 0, -1)
+    at, which, null = _rim_requests(region, ~core.ravel(), (32, 32))
+    ring = at[~null]
+    assert set(ring) == set(
+        np.flatnonzero((ndimage.binary_dilation(core, np.ones((3, 3))) & ~core).ravel())
+    )
+    assert null.sum() >= 20 and not np.isin(at[null], ring).any()
+    filters = _bragg_filters(grain[None], (20.0, 20.0), 3.0, 5.0)
+    assert abs(filters.sum()) < 1e-4  # ring means removed: a flat pattern answers 0
+    response = np.einsum("ij,ij->i", data[at], filters[which])
+    claimed, by = _rim_growth(at, which, null, response, 1)
+    truth = set(np.flatnonzero(rim.ravel()))
+    assert (by == 0).all()
+    assert len(truth & set(claimed)) >= 0.9 * len(truth & set(ring))
+    assert len(set(claimed) - truth) <= 1
+    # a flat null (no spread) or too few null positions: nothing claimed
+    assert _rim_growth(at, which, null, np.zeros(at.size), 1)[0].size == 0
+    assert (
+        _rim_growth(at, which, null & (np.cumsum(null) <= 5), response, 1)[0].size == 0
+    )
 
 
 def test_grain_groups_rules():

@@ -11,6 +11,7 @@ import pytest
 from _shared_data import DESCAN, THREE_PHASE, TWO_PHASE, abtem_path
 from sklearn.metrics import adjusted_rand_score
 
+from hyperspy_cnmf.clustering import _components
 from hyperspy_cnmf.data import load_multislice_case
 
 
@@ -139,19 +140,33 @@ def test_near_phases_stay_apart_at_k_true():
     )  # 3.2 px true
 
 
-def test_grains_classed_by_their_own_patterns_lazy_and_in_memory():
+def test_grains_classed_by_their_own_patterns_lazy_and_in_memory(monkeypatch):
     """3-phase 64 x 64 case at k = 30 (random_state 0): one NMF component took a B2 and a
     CuZr2 grain, which tied two clusters into a fifth (5 clusters for 4 phases with
     ``grain_patterns=False``). Classing each grain by its own mean pattern gives the 4
-    phases, in memory and lazily (the region means read the lazy file band by band)."""
+    phases, in memory and lazily (the region means read the lazy file band by band).
+    The rims that show a grain's disks join it in the same read: measured ARI 0.900
+    without, 0.928 with (23 positions, 19 of them inside a true grain)."""
     s, truth = load_multislice_case(abtem_path(THREE_PHASE))
     lazy = load_multislice_case(abtem_path(THREE_PHASE), lazy=True)[0]
     labels = _main_job(s, 30)
     params = json.loads(str(s.learning_results.cdiff_parameters))
     assert len(np.unique(labels[labels >= 0])) == truth["n_phases"] == 4
-    assert adjusted_rand_score(truth["phase_map"].ravel(), labels) >= 0.88
-    assert params["grain_regions"] >= 4
+    ari = adjusted_rand_score(truth["phase_map"].ravel(), labels)
+    assert ari >= 0.91
+    assert params["grain_regions"] >= 4 and params["grain_rim_positions"] >= 10
     assert adjusted_rand_score(labels, _main_job(lazy, 30)) >= 0.99
+    with monkeypatch.context() as m:
+        m.setattr(_components, "RIM_Z", np.inf)
+        s.cluster_diffraction()
+    no_rim = np.asarray(s.learning_results.cdiff_position_labels)
+    matrix = lambda lab: lab == np.bincount(lab[lab >= 0]).argmax()  # noqa: E731
+    grown = matrix(no_rim) & ~matrix(labels)
+    assert not (matrix(labels) & ~matrix(no_rim)).any()
+    assert adjusted_rand_score(truth["phase_map"].ravel(), no_rim) <= ari - 0.01
+    assert grown.sum() == params["grain_rim_positions"]
+    # rims grow out of the matrix, mostly onto true grain positions
+    assert (truth["labels"].ravel()[grown] > 0).mean() >= 0.7
     s.cluster_diffraction(grain_patterns=False)
     off = np.asarray(s.learning_results.cdiff_position_labels)
     assert len(np.unique(off[off >= 0])) == 5

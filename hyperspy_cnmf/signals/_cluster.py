@@ -212,6 +212,32 @@ def _min_cluster_positions(signal, value):
     return int(value)
 
 
+def _probe_fwhm_steps(signal):
+    """The probe FWHM of the last decomposition in scan steps (the finer step), or None.
+
+    None when the decomposition recorded no probe size from the data's
+    calibration (map constraint off, a value given by hand is kept; the
+    2-step fallback of uncalibrated data is no measurement) or the scan is
+    not calibrated in lengths.
+    """
+    params = decomposition_settings(signal.learning_results) or {}
+    res = params.get("map_resolution")
+    if (
+        isinstance(res, bool)
+        or not isinstance(res, (int, float))
+        or not np.isfinite(res)
+        or res <= 0
+        or str(params.get("map_resolution_method", "")).startswith("fallback")
+    ):
+        return None
+    try:
+        sy, sx, _ = navigation_scales(signal)
+    except (ValueError, IndexError):
+        return None
+    step = min(abs(sy), abs(sx))
+    return float(res / step) if step > 0 else None
+
+
 #: The allowed values of :func:`cluster_diffraction`'s fractions, checked by
 #: :func:`~hyperspy_cnmf.signals._decomposition._check_params` as the
 #: decomposition's arguments are.
@@ -653,10 +679,21 @@ def cluster_diffraction(
         two phases (too few components, or two near patterns) no longer puts
         them in one cluster, and pieces of one phase spread over several
         clusters meet; components then belong to the cluster where most of
-        their map lies. Measured on multislice cases:
-        :data:`~hyperspy_cnmf.clustering.MIN_GRAIN_POSITIONS`. Costs one read
-        of the scan bands that hold grain positions (a lazy signal band by
-        band; the number of regions compared is recorded as
+        their map lies (for a component that held grains of two phases, the
+        merged maps follow the components, the position labels follow the
+        grains: the labels are the phase map). Measured on multislice cases:
+        :data:`~hyperspy_cnmf.clustering.MIN_GRAIN_POSITIONS`. In the same
+        read, the matrix positions next to each grain join it where their
+        patterns show its Bragg disks detectably above the matrix around it
+        (the thin rims of spherical grains; robust z of the grain's
+        disk filter against its surroundings at least
+        :data:`~hyperspy_cnmf.clustering.RIM_Z`; their number is recorded as
+        ``grain_rim_positions``), when the decomposition's probe FWHM (from
+        the calibration, ``map_resolution``) is at most
+        :data:`~hyperspy_cnmf.clustering.RIM_MAX_PROBE_FWHM` scan steps: a
+        broader probe shows a grain's disks one step outside it too. Costs one read of the scan bands that hold
+        grain positions or lie within 10 positions of one (a lazy signal
+        band by band; the number of regions compared is recorded as
         ``grain_regions``, the share of the scan read as
         ``grain_pattern_reads``, in ``cdiff_parameters``). False: the labels
         of the component clusters as they are.
@@ -845,6 +882,7 @@ def cluster_diffraction(
         disk_radius=_disk_radius_px(self, disk_radius, units),
         signal_mask=_signal_mask(self),
         region_patterns=region_patterns,
+        probe_fwhm=_probe_fwhm_steps(self),
     )
     _warn_map_artefacts(res)
     clear_learning_results(lr, "cdiff_")  # no field of an older clustering stays
@@ -1030,38 +1068,50 @@ def _region_mean_patterns(signal):
     """``region_patterns`` for :func:`~hyperspy_cnmf.clustering.cluster_components`.
 
     The returned function takes the region of every position (flat,
-    navigation order; -1: none; regions numbered from 0) and returns the
-    mean pattern of each region, (n, qy, qx) float64, from one read of the
-    bands of the scan that hold a region's position (a lazy signal band by
-    band, as :func:`_iter_nav_blocks`; the others are not read). The
-    function's ``read_fraction`` attribute is then the share of the scan's
-    patterns read (0 before it is called).
+    navigation order; -1: none; regions numbered from 0), filters
+    ``(n_filters, qy * qx)`` and the flat positions ``at`` with the filter
+    of each, ``which``; it returns the mean pattern of each region, (n, qy,
+    qx) float64, and every requested response ``pattern(at[i]) @
+    filters[which[i]]`` (float64, ``(m,)``), from one read of the bands of
+    the scan that hold a region's or a requested position (a lazy signal
+    band by band, as :func:`_iter_nav_blocks`; the others are not read).
+    The function's ``read_fraction`` attribute is then the share of the
+    scan's patterns read (0 before it is called).
     """
 
-    def means(region):
+    def means(region, filters, at, which):
         (qy, qx), _, _, _ = _signal_geometry(signal)
         n = int(region.max()) + 1
         sums = np.zeros((n, qy * qx))
+        response = np.zeros(at.size)
         data = signal.data
         if data.ndim == 2:
             data = data[None]
         per_row = int(np.prod(data.shape[1:-2], dtype=np.int64))
         read = 0
         for y0, y1 in _bands(data):
-            r = region[y0 * per_row : y1 * per_row]
-            if (r >= 0).any():
-                read += y1 - y0
-                band = _compute(data[y0:y1]).reshape(-1, qy * qx)
-                at = np.flatnonzero(r >= 0)
-                at = at[np.argsort(r[at], kind="stable")]
-                first = np.flatnonzero(np.r_[True, np.diff(r[at]) > 0])
-                sums[r[at[first]]] += np.add.reduceat(
-                    np.nan_to_num(band[at].astype(np.float64)), first, axis=0
+            lo, hi = y0 * per_row, y1 * per_row
+            r = region[lo:hi]
+            asked = np.flatnonzero((at >= lo) & (at < hi))
+            if not ((r >= 0).any() or asked.size):
+                continue
+            read += y1 - y0
+            band = _compute(data[y0:y1]).reshape(-1, qy * qx)
+            at_r = np.flatnonzero(r >= 0)
+            if at_r.size:
+                at_r = at_r[np.argsort(r[at_r], kind="stable")]
+                first = np.flatnonzero(np.r_[True, np.diff(r[at_r]) > 0])
+                sums[r[at_r[first]]] += np.add.reduceat(
+                    np.nan_to_num(band[at_r].astype(np.float64)), first, axis=0
                 )
-                del band
+            for i0 in range(0, asked.size, 256):
+                part = asked[i0 : i0 + 256]
+                x = np.nan_to_num(band[at[part] - lo].astype(np.float64))
+                response[part] = np.einsum("ij,ij->i", x, filters[which[part]])
+            del band
         means.read_fraction = read / data.shape[0]
         counts = np.bincount(region[region >= 0], minlength=n)
-        return (sums / np.maximum(counts, 1)[:, None]).reshape(n, qy, qx)
+        return (sums / np.maximum(counts, 1)[:, None]).reshape(n, qy, qx), response
 
     means.read_fraction = 0.0
     return means
