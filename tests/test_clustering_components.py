@@ -992,6 +992,7 @@ def test_grain_groups_rules():
     d[3, [0, 1]] = d[[0, 1], 3] = 0.1  # near that phase
     d[4, 2] = d[2, 4] = 0.45  # noisy, not clearly another pattern
     d[9, 2] = d[2, 9] = 0.9  # clearly another pattern
+    d[7, 8] = d[8, 7] = 0.3  # two pieces of one phase
     np.fill_diagonal(d, 0.0)
     touching = np.zeros((10, 10))
     touching[[4, 9], 2] = touching[2, [4, 9]] = 3  # touching region 2's grain
@@ -1000,8 +1001,17 @@ def test_grain_groups_rules():
     assert group[5] == group[0]  # its cluster's large regions
     assert group[7] == group[8] != group[6]  # one group per cluster
     assert evidence[group[7]] and not evidence[group[6]]  # 24 and 5 positions
+    # 24 positions of unlike patterns (the glass's speckle): no phase
+    unlike = d.copy()
+    unlike[7, 8] = unlike[8, 7] = 0.6
+    group, evidence = _grain_groups(unlike, sizes, owner, touching)
+    assert group[7] == group[8] and not evidence[group[7]]
     # a region without Bragg disks is not placed by its pattern or its neighbour
     empty = np.zeros(10, dtype=bool)
     empty[[3, 4]] = True
     group, _ = _grain_groups(d, sizes, owner, touching, empty)
     assert group[3] == group[0] and group[4] != group[2]  # its cluster's / its own
+    # nor counted as evidence; large regions without disks make no phase
+    empty[[2, 7]] = True
+    group, evidence = _grain_groups(d, sizes, owner, touching, empty)
+    assert not evidence[group[2]] and not evidence[group[7]] and evidence[group[0]]

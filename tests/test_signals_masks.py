@@ -226,6 +226,47 @@ def test_unmasked_hot_pixel_is_reported_and_cannot_move_the_beam(lazy):
     )
 
 
+@pytest.mark.parametrize("lazy", [False, True], ids=["eager", "lazy"])
+def test_unmasked_hot_pixel_is_left_out_of_the_fit(lazy):
+    """``defect_pixel_mask=True`` (default): the hot pixel found on the mean pattern is
+    excluded like a ``signal_mask`` pixel (NaN factors, in ``learning_results.signal_mask``);
+    the fit is that of the masked data up to the row sums of the Poisson weights, which the
+    statistics read took with the pixel in."""
+    hot_mask = np.zeros(SIG, bool)
+    hot_mask[HOT] = True
+    masked = _signal(_with_hot_pixel(), lazy=lazy)
+    _fit(masked, signal_mask=hot_mask)
+    s = _signal(_with_hot_pixel(), lazy=lazy)
+    with pytest.warns(UserWarning, match=r"1 hot detector pixel.*left out of the fit"):
+        s.decomposition(**FIT)
+    lr = s.learning_results
+    assert np.asarray(lr.signal_mask).reshape(SIG)[HOT]
+    factors = np.asarray(lr.factors).reshape(*SIG, -1)
+    assert np.isnan(factors[HOT]).all()
+    assert lr.cnmf_parameters and '"defect_pixel_mask": true' in str(lr.cnmf_parameters)
+    ref = np.asarray(masked.learning_results.factors)
+    got = np.asarray(lr.factors)
+    ok = np.isfinite(ref).all(axis=1)
+    assert np.array_equal(ok, np.isfinite(got).all(axis=1))
+    cos = (
+        np.sum(ref[ok] * got[ok], 0)
+        / np.linalg.norm(ref[ok], axis=0)
+        / np.linalg.norm(got[ok], axis=0)
+    )
+    assert cos.min() >= 0.999
+    # fitted on request: the warning gives the mask that excludes it
+    fitted = _signal(_with_hot_pixel(), lazy=lazy)
+    with pytest.warns(
+        UserWarning, match=r"1 hot detector pixel.*mask\[\(3,\), \(20,\)\] = True"
+    ):
+        fitted.decomposition(**FIT, defect_pixel_mask=False)
+    assert np.isfinite(
+        np.asarray(fitted.learning_results.factors).reshape(*SIG, -1)[HOT]
+    ).all()
+    with pytest.raises(ValueError, match="defect_pixel_mask"):
+        fitted.decomposition(**FIT, defect_pixel_mask="yes")
+
+
 def test_auto_probe_size_ignores_a_masked_hot_pixel():
     def calibrated(data):
         s = STEM4D(data)

@@ -1313,9 +1313,11 @@ def _grain_groups(distance, sizes, owner, touching, empty=None):
     region whose mean pattern shows no Bragg disk (``empty``) skips the first
     two: nothing in it tells its phase. The
     remaining small regions form one group per cluster, marked False in the
-    second return value when they hold fewer than
-    :data:`MIN_GRAIN_POSITIONS` positions in all (no evidence of a phase of
-    their own).
+    second return value (no evidence of a phase of their own) when those
+    that show disks hold fewer than :data:`MIN_GRAIN_POSITIONS` positions in
+    all or are unlike one another (mean pairwise distance beyond twice the
+    cut: scattered speckle of the glass, not pieces of one phase); so is a
+    group of large regions none of which shows a disk.
     """
     reliable = np.flatnonzero(sizes >= MIN_GRAIN_POSITIONS)
     group = np.full(sizes.size, -1, dtype=np.int64)
@@ -1344,7 +1346,11 @@ def _grain_groups(distance, sizes, owner, touching, empty=None):
             g = group[reliable[np.argmax(border)]]
             if distance[r, reliable[group[reliable] == g]].mean() <= 2 * GRAIN_DISTANCE:
                 group[r] = g
-    evidence = [True] * n_groups
+    empty = np.zeros(sizes.size, bool) if empty is None else np.asarray(empty)
+    # a group of large regions none of which shows a disk is no crystal
+    evidence = [
+        bool((~empty[reliable[group[reliable] == g]]).any()) for g in range(n_groups)
+    ]
     for c in np.unique(owner[group < 0]):
         held = reliable[owner[reliable] == c]
         left = (owner == c) & (group < 0)
@@ -1352,7 +1358,12 @@ def _grain_groups(distance, sizes, owner, touching, empty=None):
             g = int(np.argmax(np.bincount(group[held], weights=sizes[held])))
         else:
             g = len(evidence)
-            evidence.append(sizes[left].sum() >= MIN_GRAIN_POSITIONS)
+            shown = np.flatnonzero(left & ~empty)
+            pairs = distance[np.ix_(shown, shown)][np.triu_indices(shown.size, 1)]
+            evidence.append(
+                sizes[shown].sum() >= MIN_GRAIN_POSITIONS
+                and (pairs.size == 0 or pairs.mean() <= 2 * GRAIN_DISTANCE)
+            )
         group[left] = g
     return group, np.asarray(evidence)
 

@@ -292,13 +292,17 @@ def find_beam_disk(pattern, mask=None):
     return locate_direct_beam(pattern, mask=excluded)
 
 
-def warn_defect_pixels(mean_pattern, n_positions, mask=None):
+def warn_defect_pixels(mean_pattern, n_positions, mask=None, excluded=False):
     """Warn about hot and dead pixels of the mean pattern left outside ``mask``.
 
     See :func:`hyperspy_cnmf._beam.defect_pixels` for the criteria (the
     mean pattern of counts data: a hot pixel must be significant against
     Poisson noise, ``poisson=True``). The warning names the pixels (row,
-    column) and the remedy: ``signal_mask``.
+    column) and, for hot pixels the caller leaves out of the fit
+    (``excluded=True``, the decomposition's ``defect_pixel_mask``), says
+    so; otherwise it gives the remedy: ``signal_mask``. Dead pixels are
+    only reported: a column of zeros costs the fit nothing, and whether a
+    dark pixel is dead depends on the counts scale (Poisson test).
 
     Returns
     -------
@@ -313,11 +317,17 @@ def warn_defect_pixels(mean_pattern, n_positions, mask=None):
             rows, cols = np.nonzero(found)
             where = ", ".join(f"({r}, {c})" for r, c in zip(rows[:10], cols[:10]))
             more = f" and {len(rows) - 10} more" if len(rows) > 10 else ""
+            remedy = (
+                "they are left out of the fit (NaN in the factors, added to "
+                "learning_results.signal_mask; defect_pixel_mask=False fits them)"
+                if excluded and kind == "hot"
+                else "they distort the components. Exclude them with signal_mask (True = "
+                f"excluded), e.g. mask = np.zeros({tuple(found.shape)}, bool); "
+                f"mask[{tuple(rows[:10].tolist())}, {tuple(cols[:10].tolist())}] = True"
+            )
             warn(
-                f"{len(rows)} {kind} detector pixel(s) ({why}) at (row, column) {where}{more}; "
-                "they distort the components. Exclude them with signal_mask (True = excluded), e.g. "
-                f"mask = np.zeros({tuple(found.shape)}, bool); mask[{tuple(rows[:10].tolist())}, "
-                f"{tuple(cols[:10].tolist())}] = True",
+                f"{len(rows)} {kind} detector pixel(s) ({why}) at (row, column) "
+                f"{where}{more}; {remedy}",
                 UserWarning,
             )
     return hot, dead

@@ -853,7 +853,9 @@ def cluster_diffraction(
     cpx, rr, dbr = _geometry_to_px(
         self, centre, units, radial_range, direct_beam_radius
     )
-    region_patterns = _region_mean_patterns(self) if grain_patterns else None
+    # the pixels the decomposition left out (masks, direct beam, defect pixels)
+    excluded = np.all(np.isnan(factors), axis=0).ravel()
+    region_patterns = _region_mean_patterns(self, excluded) if grain_patterns else None
     res = core.cluster_components(
         factors,
         loadings,
@@ -1064,7 +1066,7 @@ def _iter_nav_blocks(signal, rows=256):
         del band
 
 
-def _region_mean_patterns(signal):
+def _region_mean_patterns(signal, excluded=None):
     """``region_patterns`` for :func:`~hyperspy_cnmf.clustering.cluster_components`.
 
     The returned function takes the region of every position (flat,
@@ -1076,8 +1078,12 @@ def _region_mean_patterns(signal):
     the scan that hold a region's or a requested position (a lazy signal
     band by band, as :func:`_iter_nav_blocks`; the others are not read).
     The function's ``read_fraction`` attribute is then the share of the
-    scan's patterns read (0 before it is called).
+    scan's patterns read (0 before it is called). The ``excluded`` pixels
+    (flat, bool: those the decomposition left out, e.g. a hot pixel in
+    ``signal_mask``) count as 0: a hot pixel would otherwise be the
+    brightest "disk" of every grain's mean.
     """
+    keep = None if excluded is None or not np.any(excluded) else ~np.asarray(excluded)
 
     def means(region, filters, at, which):
         (qy, qx), _, _, _ = _signal_geometry(signal)
@@ -1097,6 +1103,8 @@ def _region_mean_patterns(signal):
                 continue
             read += y1 - y0
             band = _compute(data[y0:y1]).reshape(-1, qy * qx)
+            if keep is not None:
+                band = band * keep  # a copy: the data are never modified
             at_r = np.flatnonzero(r >= 0)
             if at_r.size:
                 at_r = at_r[np.argsort(r[at_r], kind="stable")]
