@@ -143,15 +143,22 @@ def main(argv=None):
     p.add_argument(
         "--files",
         nargs="+",
-        help="other case files (simulate_abtem_4dstem.py output) instead of abtem_dev",
+        help="other case files (simulate_abtem_4dstem.py output) instead of abtem_dev; "
+        "the table then goes to results/quality_physics_independent.md unless --out is given",
     )
     p.add_argument(
         "--k", nargs="+", default=["true", "2x", "30"], help="'true', '2x' or integers"
     )
     p.add_argument("--no-lazy", action="store_true", help="in memory only")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=DEFAULT_OUT)
+    p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    if args.out is None:
+        args.out = (
+            str(HERE / "results" / "quality_physics_independent.md")
+            if args.files
+            else DEFAULT_OUT
+        )
     if not DATA.is_dir() and not args.files:
         if args.out == DEFAULT_OUT:
             raise SystemExit(

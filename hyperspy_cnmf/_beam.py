@@ -166,7 +166,9 @@ def defect_pixels(pattern, n_positions=1, mask=None, poisson=False):
     """Hot and dead pixels of a mean pattern.
 
     * hot: more than :data:`HOT_PIXEL_RATIO` times brighter than the
-      brightest of its 8 neighbours, and brighter than
+      brightest of its 8 neighbours (or, for touching hot pixels, a group
+      of at most 2 x 2 more than 3 px from the direct beam's half-maximum
+      disk: than the brightest pixel 2 px away), and brighter than
       :data:`HOT_PIXEL_FLOOR` times the pattern's maximum after a 3 x 3
       median filter (scale-free: the same pixels for data in any units).
       With ``poisson=True`` (counts data) also significant against the
@@ -203,15 +205,43 @@ def defect_pixels(pattern, n_positions=1, mask=None, poisson=False):
         else ~np.isfinite(img) | np.asarray(mask, dtype=bool)
     )
     img = np.where(bad, 0.0, img)
-    nmax = _neighbours(img, "max")
-    top = float(ndimage.median_filter(img, size=3, mode="nearest").max())
-    hot = (img > HOT_PIXEL_RATIO * nmax) & (img > HOT_PIXEL_FLOOR * top) & ~bad
-    if poisson:
-        n = float(n_positions)
-        count, ncount = np.maximum(img, 0.0) * n, np.maximum(nmax, 0.0) * n
-        hot &= count - HOT_PIXEL_RATIO * ncount > HOT_PIXEL_SIGNIFICANCE * np.sqrt(
-            count + HOT_PIXEL_RATIO**2 * ncount
-        )
+    smooth = ndimage.median_filter(img, size=3, mode="nearest")
+    top = float(smooth.max())
+
+    def above(reference):
+        out = (img > HOT_PIXEL_RATIO * reference) & (img > HOT_PIXEL_FLOOR * top) & ~bad
+        if poisson:
+            n = float(n_positions)
+            count, ncount = np.maximum(img, 0.0) * n, np.maximum(reference, 0.0) * n
+            out &= count - HOT_PIXEL_RATIO * ncount > HOT_PIXEL_SIGNIFICANCE * np.sqrt(
+                count + HOT_PIXEL_RATIO**2 * ncount
+            )
+        return out
+
+    hot = above(_neighbours(img, "max"))
+    # touching hot pixels (a pair, a 2 x 2 block) are each other's brightest
+    # neighbour: compared with the ring of pixels 2 away instead, as a group of
+    # at most 2 x 2 pixels away from the direct beam (the brightest feature
+    # that a 3 x 3 median keeps, to its half maximum)
+    ring = np.ones((5, 5), dtype=bool)
+    ring[1:4, 1:4] = False
+    groups, n_groups = ndimage.label(
+        above(ndimage.maximum_filter(img, footprint=ring, mode="nearest")) & ~hot,
+        structure=np.ones((3, 3), dtype=bool),
+    )
+    bright, _ = ndimage.label(smooth >= 0.5 * top)
+    beam = ndimage.binary_dilation(
+        bright == bright.flat[np.argmax(smooth)], iterations=3
+    )  # the direct beam's half-maximum disk and 3 px around it
+    for g, box in enumerate(ndimage.find_objects(groups), start=1):
+        rows, cols = box
+        member = groups[box] == g
+        if (
+            rows.stop - rows.start <= 2
+            and cols.stop - cols.start <= 2
+            and not beam[box][member].any()
+        ):
+            hot[box] |= member
     nmed = (
         _neighbours(np.where(bad, np.nan, img), "median")
         if bad.any()

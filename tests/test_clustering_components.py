@@ -943,6 +943,9 @@ def test_rim_growth_claims_the_rim_that_shows_the_disks():
     """Matrix positions next to a grain join it where their patterns show its disks
     above the local matrix's fluctuation, and nowhere else."""
     from hyperspy_cnmf.clustering._components import (
+        EDGE,
+        NULL,
+        RING,
         _bragg_filters,
         _rim_growth,
         _rim_requests,
@@ -959,24 +962,38 @@ def test_rim_growth_claims_the_rim_that_shows_the_disks():
     model = 30.0 * (halo[None] + amount.ravel()[:, None, None] * grain[None])
     data = rng.poisson(model).astype(float).reshape(1024, -1)
     region = np.where(core.ravel(), 0, -1)
-    at, which, null = _rim_requests(region, ~core.ravel(), (32, 32))
-    ring = at[~null]
-    assert set(ring) == set(
-        np.flatnonzero((ndimage.binary_dilation(core, np.ones((3, 3))) & ~core).ravel())
-    )
-    assert null.sum() >= 20 and not np.isin(at[null], ring).any()
+    at, which, role = _rim_requests(region, ~core.ravel(), (32, 32))
+    ring = at[role == RING]
+    next_to = ndimage.binary_dilation(core, np.ones((3, 3))) & ~core
+    assert set(ring) == set(np.flatnonzero(next_to.ravel()))
+    assert (role == NULL).sum() >= 20 and not np.isin(at[role == NULL], ring).any()
+    edge = core & ~ndimage.binary_erosion(core, np.ones((3, 3)))
+    assert set(at[role == EDGE]) == set(np.flatnonzero(edge.ravel()))
     filters = _bragg_filters(grain[None], (20.0, 20.0), 3.0, 5.0)
     assert abs(filters.sum()) < 1e-4  # ring means removed: a flat pattern answers 0
     response = np.einsum("ij,ij->i", data[at], filters[which])
-    claimed, by = _rim_growth(at, which, null, response, 1)
+    claimed, by = _rim_growth(at, which, role, response, 1)
     truth = set(np.flatnonzero(rim.ravel()))
     assert (by == 0).all()
     assert len(truth & set(claimed)) >= 0.9 * len(truth & set(ring))
     assert len(set(claimed) - truth) <= 1
     # a flat null (no spread) or too few null positions: nothing claimed
-    assert _rim_growth(at, which, null, np.zeros(at.size), 1)[0].size == 0
+    assert _rim_growth(at, which, role, np.zeros(at.size), 1)[0].size == 0
+    few = np.where((role == NULL) & (np.cumsum(role == NULL) > 5), RING, role)
+    assert _rim_growth(at, which, few.astype(np.int8), response, 1)[0].size == 0
+    # a ring that stands out of the noise but holds under a quarter of the edge's
+    # excess (the tail of a probe centred outside, at high counts) is not claimed
+    null_med = np.median(response[role == NULL])
+    step = np.median(response[role == EDGE]) - null_med
+    mad = 1.4826 * np.median(np.abs(response[role == NULL] - null_med))
+    tail = np.where(role == RING, null_med + 0.2 * step, response)
+    assert 0.2 * step > 3.5 * mad  # significant, yet too weak
+    assert _rim_growth(at, which, role, tail, 1)[0].size == 0
     assert (
-        _rim_growth(at, which, null & (np.cumsum(null) <= 5), response, 1)[0].size == 0
+        _rim_growth(
+            at, which, role, np.where(role == RING, null_med + 0.3 * step, response), 1
+        )[0].size
+        == ring.size
     )
 
 

@@ -332,3 +332,29 @@ def test_beam_helpers():
     mask[8:11, 12:15] = True
     usable = beam_search_pixels(mask)
     assert not usable[HOT] and usable[8:11, 12:15].all()
+
+
+def test_touching_hot_pixels_are_found_and_a_small_beam_is_not():
+    """A pair, a diagonal pair or a 2 x 2 block of hot pixels (each the other's brightest
+    neighbour) is found; a direct beam of radius 1 px, as sharp, is not."""
+    yy, xx = np.indices(SIG, dtype=float)
+    for radius in (1.0, 3.0):
+        base = 200.0 * (np.hypot(yy - 9, xx - 13) <= radius) + 2.0
+        assert not defect_pixels(base, n_positions=1e4, poisson=True)[0].any()
+        for pixels in (
+            [(3, 20), (3, 21)],
+            [(3, 20), (4, 21)],
+            [(3, 20), (3, 21), (4, 20), (4, 21)],
+        ):
+            hot = base.copy()
+            for p in pixels:
+                hot[p] = 10 * base.max()
+            found, _ = defect_pixels(hot, n_positions=1e4, poisson=True)
+            assert sorted(map(tuple, np.argwhere(found).tolist())) == sorted(pixels)
+    # a 3 x 3 block is no defect of single pixels (nor a 2 x 2 block at the beam)
+    block = base.copy()
+    block[2:5, 19:22] = 10 * base.max()
+    assert not defect_pixels(block, n_positions=1e4, poisson=True)[0].any()
+    near = base.copy()
+    near[8:10, 15:17] = 10 * base.max()
+    assert not defect_pixels(near, n_positions=1e4, poisson=True)[0][8:10, 15:17].any()

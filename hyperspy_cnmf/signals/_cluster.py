@@ -215,10 +215,10 @@ def _min_cluster_positions(signal, value):
 def _probe_fwhm_steps(signal):
     """The probe FWHM of the last decomposition in scan steps (the finer step), or None.
 
-    None when the decomposition recorded no probe size from the data's
-    calibration (map constraint off, a value given by hand is kept; the
-    2-step fallback of uncalibrated data is no measurement) or the scan is
-    not calibrated in lengths.
+    None when the map constraint was off, when its size is the 2-step
+    fallback of uncalibrated data (no measurement), or when the scan is not
+    calibrated in lengths. A ``map_resolution`` given by hand counts as the
+    probe size.
     """
     params = decomposition_settings(signal.learning_results) or {}
     res = params.get("map_resolution")
@@ -685,17 +685,20 @@ def cluster_diffraction(
         :data:`~hyperspy_cnmf.clustering.MIN_GRAIN_POSITIONS`. In the same
         read, the matrix positions next to each grain join it where their
         patterns show its Bragg disks detectably above the matrix around it
-        (the thin rims of spherical grains; robust z of the grain's
-        disk filter against its surroundings at least
-        :data:`~hyperspy_cnmf.clustering.RIM_Z`; their number is recorded as
-        ``grain_rim_positions``), when the decomposition's probe FWHM (from
-        the calibration, ``map_resolution``) is at most
-        :data:`~hyperspy_cnmf.clustering.RIM_MAX_PROBE_FWHM` scan steps: a
-        broader probe shows a grain's disks one step outside it too. Costs one read of the scan bands that hold
-        grain positions or lie within 10 positions of one (a lazy signal
-        band by band; the number of regions compared is recorded as
+        (robust z of the grain's disk filter against the matrix 4-10
+        positions away at least :data:`~hyperspy_cnmf.clustering.RIM_Z`) and
+        at least :data:`~hyperspy_cnmf.clustering.RIM_EDGE_FRACTION` as
+        strongly as the grain's own edge: the thin rims of spherical grains.
+        Their number is recorded as ``grain_rim_positions``. Only when the
+        decomposition's probe FWHM (from the calibration, ``map_resolution``)
+        is at most :data:`~hyperspy_cnmf.clustering.RIM_MAX_PROBE_FWHM` scan
+        steps: a broader probe shows a grain's disks one step outside it as
+        strongly. Costs one read of the scan bands that hold grain positions
+        (and, when rims grow, their matrix surroundings up to
+        ``RIM_NULL_SHELL[1]`` = 10 positions away); a lazy signal is read
+        band by band. The number of regions compared is recorded as
         ``grain_regions``, the share of the scan read as
-        ``grain_pattern_reads``, in ``cdiff_parameters``). False: the labels
+        ``grain_pattern_reads``, in ``cdiff_parameters``. False: the labels
         of the component clusters as they are.
 
     Returns

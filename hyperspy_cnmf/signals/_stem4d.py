@@ -129,16 +129,20 @@ class STEM4D(Signal2D):
             by :meth:`cluster_diffraction` as the centre of the polar transform.
         defect_pixel_mask : bool, default True
             Leave the hot detector pixels found on the mean pattern
-            (:func:`hyperspy_cnmf._beam.defect_pixels`: a pixel far brighter
-            than all its neighbours, significant against counting noise) out
-            of the fit, with a warning that names them; they come back as NaN
-            in the factors and are added to ``learning_results.signal_mask``.
+            (:func:`hyperspy_cnmf._beam.defect_pixels`: a pixel, or a group of
+            up to 2 x 2 away from the direct beam, far brighter than the
+            pixels around it and significant against counting noise) out of
+            the fit, with a warning that names them; they come back as NaN in
+            the factors and are added to ``learning_results.signal_mask``.
             Dead pixels are only reported (with the ``signal_mask`` that
-            excludes them). A hot pixel fitted takes the
-            components: on the 3-phase descan multislice case, one hot pixel
-            at 50 times the data's maximum gave position ARI 0.000 (one
-            cluster) fitted and 0.889 (4 clusters) left out. False: fit them
-            (the warning then shows the ``signal_mask`` that excludes them).
+            excludes them). A hot pixel fitted takes the components: on the
+            3-phase descan multislice case, one hot pixel at (5, 30) at 50
+            times the data's maximum gave position ARI 0.000 (one cluster)
+            fitted and 0.889 (4 clusters) left out. The mean pattern cannot
+            tell a hot pixel from a one-pixel Bragg spot of a grain that
+            covers a few % of the scan with many counts: such a spot is left
+            out too (the warning names it). False: fit them (the warning then
+            shows the ``signal_mask`` that excludes them).
         algorithm : str or object, default "SVD"
             ``"constrained_nmf"`` or any HyperSpy algorithm.
         output_dimension : int
