@@ -1023,6 +1023,11 @@ def test_grain_groups_rules():
     unlike[7, 8] = unlike[8, 7] = 0.6
     group, evidence = _grain_groups(unlike, sizes, owner, touching)
     assert group[7] == group[8] and not evidence[group[7]]
+    # ... unless one of them holds three quarters: one particle beside a stray piece
+    one = sizes.copy()
+    one[7], one[8] = 18, 4
+    group, evidence = _grain_groups(unlike, one, owner, touching)
+    assert evidence[group[7]]
     # a region without Bragg disks is not placed by its pattern or its neighbour
     empty = np.zeros(10, dtype=bool)
     empty[[3, 4]] = True

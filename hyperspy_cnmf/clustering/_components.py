@@ -1315,9 +1315,10 @@ def _grain_groups(distance, sizes, owner, touching, empty=None):
     remaining small regions form one group per cluster, marked False in the
     second return value (no evidence of a phase of their own) when those
     that show disks hold fewer than :data:`MIN_GRAIN_POSITIONS` positions in
-    all or are unlike one another (mean pairwise distance beyond twice the
-    cut: scattered speckle of the glass, not pieces of one phase); so is a
-    group of large regions none of which shows a disk.
+    all, or are unlike one another (mean pairwise distance beyond twice the
+    cut) with none holding three quarters of them: scattered speckle of the
+    glass, not pieces of one phase nor one particle; so is a group of large
+    regions none of which shows a disk.
     """
     reliable = np.flatnonzero(sizes >= MIN_GRAIN_POSITIONS)
     group = np.full(sizes.size, -1, dtype=np.int64)
@@ -1360,9 +1361,14 @@ def _grain_groups(distance, sizes, owner, touching, empty=None):
             g = len(evidence)
             shown = np.flatnonzero(left & ~empty)
             pairs = distance[np.ix_(shown, shown)][np.triu_indices(shown.size, 1)]
+            held = sizes[shown].sum()
             evidence.append(
-                sizes[shown].sum() >= MIN_GRAIN_POSITIONS
-                and (pairs.size == 0 or pairs.mean() <= 2 * GRAIN_DISTANCE)
+                held >= MIN_GRAIN_POSITIONS
+                and (
+                    pairs.size == 0
+                    or pairs.mean() <= 2 * GRAIN_DISTANCE
+                    or sizes[shown].max() >= 0.75 * held
+                )
             )
         group[left] = g
     return group, np.asarray(evidence)
@@ -1631,16 +1637,20 @@ def _regroup_by_grain_patterns(
     ext = np.flatnonzero(extended)
     grow = probe_fwhm is not None and probe_fwhm <= RIM_MAX_PROBE_FWHM
     at, which, role = _rim_requests(region, np.isin(pos, ext) & grow, nav_shape)
-    # each grain's filter from its model mean pattern (known before the read)
-    weights = np.stack(
-        [np.nanmean(loadings[:, region == r], axis=1) for r in range(owner.size)]
-    )
-    model = np.nan_to_num(weights) @ np.nan_to_num(
-        factors.reshape(factors.shape[0], -1)
-    )
-    filters = _bragg_filters(
-        model.reshape((owner.size,) + pattern_shape), cpx, radius, dbr or 0.0
-    )
+    # the filter of each grain with a ring to test, from its model mean
+    # pattern (known before the read); zero for the others
+    filters = np.zeros((owner.size, int(np.prod(pattern_shape))), dtype=np.float32)
+    tested = np.unique(which)
+    if tested.size:
+        weights = np.stack(
+            [np.nanmean(loadings[:, region == r], axis=1) for r in tested]
+        )
+        model = np.nan_to_num(weights) @ np.nan_to_num(
+            factors.reshape(factors.shape[0], -1)
+        )
+        filters[tested] = _bragg_filters(
+            model.reshape((tested.size,) + pattern_shape), cpx, radius, dbr or 0.0
+        )
     out = region_patterns(region, filters, at, which)
     patterns, response = (np.asarray(a, dtype=np.float64) for a in out)
     if patterns.shape != (owner.size,) + pattern_shape or response.shape != at.shape:

@@ -856,9 +856,11 @@ def cluster_diffraction(
     cpx, rr, dbr = _geometry_to_px(
         self, centre, units, radial_range, direct_beam_radius
     )
-    # the pixels the decomposition left out (masks, direct beam, defect pixels)
-    excluded = np.all(np.isnan(factors), axis=0).ravel()
-    region_patterns = _region_mean_patterns(self, excluded) if grain_patterns else None
+    region_patterns = (
+        _region_mean_patterns(self, _excluded_defects(self, factors))
+        if grain_patterns
+        else None
+    )
     res = core.cluster_components(
         factors,
         loadings,
@@ -1067,6 +1069,23 @@ def _iter_nav_blocks(signal, rows=256):
         for i0 in range(0, band.shape[0], rows):
             yield band[i0 : i0 + rows].astype(np.float64)
         del band
+
+
+def _excluded_defects(signal, factors):
+    """The pixels the decomposition left out (flat bool), but for its direct-beam disk.
+
+    The masked and hot pixels hold no data to compare grains by; the direct
+    beam's disk does (the Bragg-disk images leave it out by its radius), and
+    zeroing it would change the rings' medians next to it.
+    """
+    out = np.all(np.isnan(factors), axis=0)
+    params = decomposition_settings(signal.learning_results) or {}
+    x, y = params.get("direct_beam_x_px"), params.get("direct_beam_y_px")
+    radius = params.get("direct_beam_mask_radius_px") or 0.0
+    if radius > 0 and x is not None and y is not None:
+        yy, xx = np.indices(out.shape)
+        out &= np.hypot(xx - x, yy - y) > radius
+    return out.ravel()
 
 
 def _region_mean_patterns(signal, excluded=None):
