@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from quality_physics import DATA
-from quality_rules import _patched
+from quality_rules import _decompose, _patched
 from sklearn.metrics import adjusted_rand_score
 
 HERE = Path(__file__).resolve().parent
@@ -50,18 +50,6 @@ def _labels(s):
     return out
 
 
-def _decompose(s, k):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        s.decomposition(
-            algorithm="constrained_nmf",
-            output_dimension=k,
-            random_state=0,
-            print_info=False,
-            show_progressbar=False,
-        )
-
-
 def simulator(seeds=(0, 1, 2), doses=(2000.0, 20000.0)):
     from hyperspy_cnmf.data import simulated_precipitates
 
@@ -72,7 +60,7 @@ def simulator(seeds=(0, 1, 2), doses=(2000.0, 20000.0)):
                 random_state=seed, probe_fwhm=0.75, grain_diameter=6.0, dose=dose
             )
             truth = np.asarray(s.metadata.Simulation.phase_map).ravel()
-            _decompose(s, 7)
+            _decompose(s, 7, 0)
             aris = {w: adjusted_rand_score(truth, lab) for w, lab in _labels(s).items()}
             rows.append((f"simulator seed {seed}", f"{dose:g}", 7, aris))
             print(rows[-1], flush=True)
@@ -93,7 +81,7 @@ def multislice(files, doses=(1500.0, 15000.0, 100000.0)):
                 s.data = rng.poisson(s0.data.astype(np.float64) * dose).astype(
                     np.float32
                 )
-                _decompose(s, k)
+                _decompose(s, k, 0)
                 aris = {
                     w: adjusted_rand_score(phase_map, lab)
                     for w, lab in _labels(s).items()

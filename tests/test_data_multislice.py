@@ -180,7 +180,7 @@ def test_grains_classed_by_their_own_patterns_lazy_and_in_memory(monkeypatch):
     ``grain_patterns=False``). Classing each grain by its own mean pattern gives the 4
     phases, in memory and lazily (the region means read the lazy file band by band).
     The rims that show a grain's disks join it in the same read: measured ARI 0.900
-    without, 0.926 with (22 positions, 18 of them inside a true grain)."""
+    without, 0.926 with (20 positions, 17 of them inside a true grain)."""
     s, truth = load_multislice_case(abtem_path(THREE_PHASE))
     lazy = load_multislice_case(abtem_path(THREE_PHASE), lazy=True)[0]
     labels = _main_job(s, 30)
@@ -189,7 +189,7 @@ def test_grains_classed_by_their_own_patterns_lazy_and_in_memory(monkeypatch):
     ari = adjusted_rand_score(truth["phase_map"].ravel(), labels)
     assert ari >= 0.91
     assert params["grain_regions"] >= 4 and params["grain_rim_positions"] >= 10
-    assert adjusted_rand_score(labels, _main_job(lazy, 30)) >= 0.99
+    np.testing.assert_array_equal(_main_job(lazy, 30), labels)
     with monkeypatch.context() as m:
         m.setattr(_components, "RIM_Z", np.inf)
         s.cluster_diffraction()

@@ -1426,9 +1426,10 @@ def _members_by_positions(contrib, pos_labels, n_clusters, labels):
 #: decomposition on the three multislice cases of
 #: ``benchmarks/quality_physics.py`` and three independent ones (k = true,
 #: 2x and 30, random_state 0-2, 54 runs), mean / min position ARI: 0.880 /
-#: 0.775 without rim growth, 0.891 / 0.813 as shipped (up to +0.06 on the
-#: 3.5 mrad probe case at k = 30); with k = true and 30 only (24 runs) 0.887
-#: at z 3.0, 0.885 with the shell (4, 6), 0.887 with (3, 8). Scratch scripts;
+#: 0.764 without rim growth, 0.889 / 0.804 as shipped (up to +0.06 on the
+#: 3.5 mrad probe case at k = 30), 0.890 / 0.817 at z 3.0; with an earlier
+#: filter and k = true and 30 only (24 runs) the shell (4, 6) gave 0.002 and
+#: (3, 8) 0 less than (4, 10). Scratch scripts;
 #: ``python benchmarks/quality_rules.py`` compares it over 3 seeds (variant
 #: ``no rim growth``).
 RIM_Z = 3.5
@@ -1455,11 +1456,11 @@ RIM_MAX_PROBE_FWHM = 2.0
 #: that a ring position's response must reach (:func:`_rim_growth`): at high
 #: counts the tail of a probe centred outside a grain is significant too.
 #: Measured on the package's simulator with a 1.5-step probe (seeds 0-2, k =
-#: 7): at 20000 counts per position mean ARI 0.910 without rim growth, 0.856
-#: with z alone, 0.929 at 0.25 (0.919 at 0.4); at 2000 counts 0.796 / 0.800 /
-#: 0.800. On the 54 multislice runs of :data:`RIM_Z` 0.891 at 0 and 0.25,
-#: 0.887 at 0.4; on four multislice cases re-noised at 15000 and 100000
-#: counts (k = true and 30) it is neutral to positive.
+#: 7): at 20000 counts per position mean ARI 0.910 without rim growth, 0.868
+#: with z alone, 0.930 at 0.25; at 2000 counts 0.796 / 0.800 / 0.800
+#: (``python benchmarks/quality_dose.py``, which also re-noises the multislice
+#: cases at 15000 and 100000). On the 54 multislice runs of :data:`RIM_Z`
+#: 0.889 at 0 and 0.25, 0.887 at 0.4.
 RIM_EDGE_FRACTION = 0.25
 
 #: Fewest null positions a grain needs for its rim to grow.
@@ -1469,13 +1470,17 @@ RIM_MIN_NULL = 20
 def _bragg_filters(patterns, centre, disk_radius, beam_radius):
     """Matched filter of each pattern's Bragg disks, (n, qy * qx) float32.
 
-    The :func:`bragg_disk_image` of each pattern convolved with a disk of
-    ``disk_radius`` (its disks at full size), zero within 2 px beyond the
-    direct beam's edge (the beam's rim moves with any centring error), unit
-    sum, then the mean of every 1-px ring about ``centre`` subtracted: a
-    position's response is its excess in those disks over its own ring means,
-    which removes the amorphous halo and any isotropic background. A pattern
-    without disks gives a zero filter.
+    The pattern's excess over the median of every 1-px ring about ``centre``
+    (its Bragg disks; the amorphous halo and any isotropic background gone)
+    correlated with a disk of ``disk_radius`` (the matched filter of
+    :func:`bragg_disk_image`, without its peak picking: a continuous function
+    of the pattern, so that the lazy and in-memory fits, which differ in the
+    last digits, give the same responses; the peak-picked disk image flipped
+    a rim position of the 3.5 mrad case at k = 30), zero within 2 px beyond
+    the direct beam's edge (the beam's rim moves with any centring error),
+    unit sum, then the mean of every ring subtracted: a position's response
+    is its excess in those disks over its own ring means. A pattern without
+    excess gives a zero filter.
     """
     from scipy.signal import fftconvolve
 
@@ -1489,8 +1494,10 @@ def _bragg_filters(patterns, centre, disk_radius, beam_radius):
     disk = (np.hypot(ky, kx) <= disk_radius).astype(np.float64)
     out = np.zeros((n_pat, ny * nx), dtype=np.float32)
     for i, p in enumerate(patterns):
-        img = bragg_disk_image(p, centre, disk_radius, beam_radius)
-        f = np.clip(fftconvolve(img, disk, mode="same"), 0.0, None)
+        img = np.nan_to_num(np.asarray(p, dtype=np.float64)).ravel()
+        median = np.asarray(ndimage.median(img, ring, np.arange(ring_size.size)))
+        excess = np.clip(img - median[ring], 0.0, None).reshape(ny, nx)
+        f = np.clip(fftconvolve(excess, disk / disk.sum(), mode="same"), 0.0, None)
         if beam_radius:
             f[rr <= beam_radius + 2.0] = 0.0
         f = f.ravel()
