@@ -29,15 +29,14 @@ SOLVERS = ("hals", "mu", "als")
 #: most, leaving one read for ``cluster_diffraction``'s grain patterns within
 #: 12. The exact phase refines a fit already converged on the sketch; run
 #: on to ``tol`` it takes 30-60 iterations at k = 30 for no better phases.
-#: Position ARI of the main job on the multislice cases and the embedded
-#: default (``python benchmarks/quality_rules.py --exact``: k = true / 2x /
-#: 30, random_state 0-2, 36 runs each; session-7 clustering rules): mean
-#: 0.884, min 0.802, true cluster count in 30 runs to ``tol``; mean 0.883,
-#: min 0.802, 32 runs at 9; mean 0.877, min 0.765, 28 runs at 6. With the
-#: grain patterns (session 8), the six multislice cases of
-#: ``benchmarks/results/quality_physics*.md`` at k = true / 2x / 30,
-#: random_state 0-2 (54 runs): mean 0.878 and the true count in all 54 at 9,
-#: mean 0.879 and all 54 at 8.
+#: Position ARI of the main job (``python benchmarks/quality_rules.py
+#: --exact``, k = true / 2x / 30, random_state 0-2; the clustering with the
+#: grains' own patterns and rims): the three multislice cases and the
+#: embedded default (36 runs each), mean 0.891 and the true cluster count
+#: in 35 runs to ``tol``, 0.892 and 36 at 9, 8 and 6; three independent
+#: multislice cases (27 runs each, ``--files``), 0.882 and 26 to ``tol``,
+#: 0.890 and 27 at 9, 0.892 and 27 at 8, 0.882 and 26 at 6
+#: (``benchmarks/results/quality_exact*.md``).
 EXACT_REFINEMENT = 8
 #: Default extra rank of the randomized sketch beyond ``k``.
 SKETCH_OVERSAMPLE = 10
