@@ -10,8 +10,8 @@ sweeps, position ARI against the true phase map after the default decomposition
   ``data`` drawn again as Poisson counts at 1500, 15000 and 100000 per unit intensity, k = the
   true count and 30.
 
-Each decomposition is clustered three ways: without rim growth
-(:data:`~hyperspy_cnmf.clustering.RIM_MAX_PROBE_FWHM` 0), with the z test alone
+Each decomposition is clustered three ways: without the rim rules (no growth, no release:
+:data:`~hyperspy_cnmf.clustering.RIM_MAX_PROBE_FWHM` 0), with the growth's z test alone
 (:data:`~hyperspy_cnmf.clustering.RIM_EDGE_FRACTION` 0) and as shipped.
 
     python benchmarks/quality_dose.py
@@ -30,7 +30,7 @@ from sklearn.metrics import adjusted_rand_score
 
 HERE = Path(__file__).resolve().parent
 WAYS = {
-    "no rim growth": ("RIM_MAX_PROBE_FWHM", 0.0),
+    "no rim rules": ("RIM_MAX_PROBE_FWHM", 0.0),
     "z test alone": ("RIM_EDGE_FRACTION", 0.0),
     "shipped": None,
 }

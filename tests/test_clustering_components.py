@@ -948,6 +948,7 @@ def test_rim_growth_claims_the_rim_that_shows_the_disks():
         RING,
         _bragg_filters,
         _rim_growth,
+        _rim_release,
         _rim_requests,
     )
 
@@ -995,6 +996,16 @@ def test_rim_growth_claims_the_rim_that_shows_the_disks():
         )[0].size
         == ring.size
     )
+    # the grain's own positions all show its disks: none goes back to the matrix
+    assert _rim_release(at, which, role, response, 1).size == 0
+    # a patch of glass that a broad component map took with the grain does
+    patch = (yy >= 5) & (yy < 12) & (np.abs(xx - 16) <= 1)  # through the rim
+    grid = np.where(core | patch, 0, -1)
+    at, which, role = _rim_requests(grid.ravel(), grid.ravel() < 0, (32, 32))
+    response = np.einsum("ij,ij->i", data[at], filters[which])
+    released = set(_rim_release(at, which, role, response, 1))
+    glass = np.flatnonzero((patch & (amount == 0)).ravel())
+    assert released <= set(glass) and len(released) >= 0.8 * glass.size
 
 
 def test_grain_groups_rules():

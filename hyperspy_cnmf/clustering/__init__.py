@@ -22,6 +22,7 @@ numpy, numba and scipy only. The HyperSpy methods live in
 
 from hyperspy_cnmf.clustering._components import (
     GRAIN_DISTANCE,
+    GRAIN_RELEASE_Z,
     MAP_ARTEFACTS,
     MATRIX_OVERLAP,
     MAX_ENCLOSURE,
@@ -75,6 +76,7 @@ from hyperspy_cnmf.clustering._similarity import (
 
 __all__ = [
     "GRAIN_DISTANCE",
+    "GRAIN_RELEASE_Z",
     "MAP_ARTEFACTS",
     "MAX_ENCLOSURE",
     "MATRIX_OVERLAP",

@@ -1463,6 +1463,16 @@ RIM_MAX_PROBE_FWHM = 2.0
 #: 0.889 at 0 and 0.25, 0.887 at 0.4.
 RIM_EDGE_FRACTION = 0.25
 
+#: Robust z (against the same null as :data:`RIM_Z`) below which a grain's
+#: own position goes back to the matrix (:func:`_rim_release`): its pattern
+#: shows none of the grain's disks. Measured (scratch scripts) on the 54
+#: multislice runs of :data:`RIM_Z`: mean ARI 0.889 without, 0.890 at 1
+#: (0.885 at 2); on three multislice cases re-noised at 15000 and 100000
+#: counts per unit intensity at k = 30 (``benchmarks/quality_dose.py``):
+#: 0.551 / 0.870 / 0.914 and 0.798 / 0.690 / 0.862 without, 0.578 / 0.895 /
+#: 0.932 and 0.802 / 0.730 / 0.883 at 1; at k = true unchanged.
+GRAIN_RELEASE_Z = 1.0
+
 #: Fewest null positions a grain needs for its rim to grow.
 RIM_MIN_NULL = 20
 
@@ -1509,18 +1519,19 @@ def _bragg_filters(patterns, centre, disk_radius, beam_radius):
     return out
 
 
-RING, NULL, EDGE = 0, 1, 2  # roles of the positions the rim growth asks for
+RING, NULL, EDGE, INSIDE = 0, 1, 2, 3  # roles of the positions the rims ask for
 
 
 def _rim_requests(region, claimable, nav_shape):
     """The positions whose filter responses the rim growth needs.
 
     For every region: its ring (the ``claimable`` positions next to it,
-    8-connectivity), its null shell (:data:`RIM_NULL_SHELL`) and its edge
-    (its own positions next to another). Returns ``at`` (flat positions),
-    ``which`` (their region) and ``role`` (``RING``, ``NULL`` or ``EDGE``),
-    int64 / int64 / int8 arrays of one length; nothing for a region with no
-    claimable position in its ring.
+    8-connectivity), its null shell (:data:`RIM_NULL_SHELL`), its edge (its
+    own positions next to another) and all its own positions. Returns
+    ``at`` (flat positions), ``which`` (their region) and ``role``
+    (``RING``, ``NULL``, ``EDGE`` or ``INSIDE``), int64 / int64 / int8
+    arrays of one length; nothing for a region with no claimable position
+    in its ring.
     """
     grid = region.reshape(nav_shape)
     claim = claimable.reshape(nav_shape)
@@ -1547,6 +1558,7 @@ def _rim_requests(region, claimable, nav_shape):
                 own & (ndimage.distance_transform_cdt(own, metric="chessboard") == 1),
                 EDGE,
             ),
+            (own, INSIDE),
         )
         for sel, kind in parts:
             idx = flat[box][sel]
@@ -1556,6 +1568,38 @@ def _rim_requests(region, claimable, nav_shape):
     if not at:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int8)
     return np.concatenate(at), np.concatenate(which), np.concatenate(role)
+
+
+def _nulls(which, role, response, n_regions):
+    """``(region, median, 1.4826 MAD)`` of every region's null responses.
+
+    Only for regions with at least :data:`RIM_MIN_NULL` null positions and
+    a spread (MAD > 0).
+    """
+    for r in range(n_regions):
+        ref = response[(which == r) & (role == NULL)]
+        if ref.size < RIM_MIN_NULL:
+            continue
+        med = np.median(ref)
+        mad = 1.4826 * np.median(np.abs(ref - med))
+        if mad > 0:
+            yield r, med, mad
+
+
+def _rim_release(at, which, role, response, n_regions):
+    """A grain's own positions whose patterns do not show its disks (int64 array).
+
+    The mirror of :func:`_rim_growth`: a position of the grain whose
+    response to the grain's filter stays below :data:`GRAIN_RELEASE_Z`
+    robust standard deviations above the null's median carries none of the
+    grain's diffraction; it goes back to the matrix (the glass that a
+    component's broad map took with the grain, measured at high counts).
+    """
+    out = []
+    for r, med, mad in _nulls(which, role, response, n_regions):
+        inside = (which == r) & (role == INSIDE)
+        out.append(at[inside][(response[inside] - med) / mad < GRAIN_RELEASE_Z])
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
 def _rim_growth(at, which, role, response, n_regions):
@@ -1574,16 +1618,11 @@ def _rim_growth(at, which, role, response, n_regions):
     than the null claim nothing.
     """
     z = np.full(at.size, -np.inf)
-    for r in range(n_regions):
+    for r, med, mad in _nulls(which, role, response, n_regions):
         mine = which == r
-        ref = response[mine & (role == NULL)]
         edge = response[mine & (role == EDGE)]
-        if ref.size < RIM_MIN_NULL or not edge.size:
-            continue
-        med = np.median(ref)
-        mad = 1.4826 * np.median(np.abs(ref - med))
-        step = np.median(edge) - med
-        if mad > 0 and step > 0:
+        step = np.median(edge) - med if edge.size else 0.0
+        if step > 0:
             ring = mine & (role == RING)
             excess = response[ring] - med
             z[ring] = np.where(
@@ -1621,12 +1660,14 @@ def _regroup_by_grain_patterns(
     positions next to each grain answer its Bragg-disk filter
     (:func:`_bragg_filters` of the grain's model mean pattern, known before
     the read), and those that show its disks detectably above the local
-    matrix join it (:func:`_rim_growth`), when ``probe_fwhm`` (scan steps)
-    is at most :data:`RIM_MAX_PROBE_FWHM`. Components go to the cluster
+    matrix join it (:func:`_rim_growth`), while its own positions that show
+    none go back to the matrix (:func:`_rim_release`), when ``probe_fwhm``
+    (scan steps) is at most :data:`RIM_MAX_PROBE_FWHM`. Components go to the cluster
     where most of their map's excess lies (:func:`_members_by_positions`).
     Returns the fields (unchanged when the partition of the positions is),
-    the number of grain regions whose patterns were compared and the number
-    of rim positions claimed.
+    the number of grain regions whose patterns were compared, the number of
+    rim positions claimed and the number of grain positions released to the
+    matrix (:func:`_rim_release`).
     """
     cpx, radius, dbr, grid, similarity_kwargs, pattern_shape = geometry
     percentiles, smoothing, _ = rules
@@ -1636,10 +1677,10 @@ def _regroup_by_grain_patterns(
         _smooth_maps(contrib, nav_shape, smoothing), labels, masked, percentiles
     )
     if not extended.any() or extended.all():
-        return fields, 0, 0
+        return fields, 0, 0, 0
     region, owner = _grain_regions(pos, nav_shape, extended)
     if not owner.size:
-        return fields, 0, 0
+        return fields, 0, 0, 0
     sizes = np.bincount(region[region >= 0], minlength=owner.size)
     ext = np.flatnonzero(extended)
     grow = probe_fwhm is not None and probe_fwhm <= RIM_MAX_PROBE_FWHM
@@ -1690,20 +1731,23 @@ def _regroup_by_grain_patterns(
         region_label = region_label + ext.size
     inside = region >= 0
     new_pos[inside] = region_label[region[inside]]
+    released = _rim_release(at, which, role, response, owner.size)
+    new_pos[released] = matrix
     claimed, by = _rim_growth(at, which, role, response, owner.size)
     claimed_ok = region_label[by] >= ext.size  # grains that stayed grains
     new_pos[claimed[claimed_ok]] = region_label[by[claimed_ok]]
     grown = int(claimed_ok.sum())
+    counts = (int(owner.size), grown, int(released.size))
     if _same_partition(pos, new_pos):
-        return fields, int(owner.size), grown
+        return (fields,) + counts
     n_new = int(new_pos.max()) + 1
     new_labels = _members_by_positions(contrib, new_pos, n_new, labels)
     if new_labels is None:
-        return fields, int(owner.size), 0
+        return fields, int(owner.size), 0, 0
     fields = _cluster_positions(
         contrib, new_labels, loadings, nav_shape, *rules, pos=new_pos
     )
-    return fields, int(owner.size), grown
+    return (fields,) + counts
 
 
 def _aligned_merge(factors, cpx, sim, labels, beam_only, factor_sum, loading_sum):
@@ -1867,11 +1911,12 @@ def cluster_components(
         and returns the mean data pattern of each region, shape
         ``(n_regions, qy, qx)``, and the response of every requested
         position, ``pattern(at[i]).ravel() @ filters[which[i]]``, shape
-        ``(m,)``. Each grain is then classed by its own pattern and its rim
-        grown where its patterns show the grain's disks
-        (:func:`_regroup_by_grain_patterns`). Recorded as ``grain_regions``
-        and ``grain_rim_positions`` in ``parameters`` (0: not used). None:
-        off.
+        ``(m,)``. Each grain is then classed by its own pattern, its rim
+        grown where its patterns show the grain's disks and its positions
+        that show none given back to the matrix
+        (:func:`_regroup_by_grain_patterns`). Recorded as ``grain_regions``,
+        ``grain_rim_positions`` and ``grain_released_positions`` in
+        ``parameters`` (0: not used). None: off.
     probe_fwhm : float, optional
         The probe's FWHM in scan steps (navigation pixels). Rims grow only
         when it is known and at most :data:`RIM_MAX_PROBE_FWHM`; None: they
@@ -2030,9 +2075,14 @@ def cluster_components(
             same_crystal,
         ),
     )
-    grain_regions = grain_rim_positions = 0
+    grain_regions = grain_rim_positions = grain_released_positions = 0
     if region_patterns is not None and n_clusters is None and disk_radius is not None:
-        fields, grain_regions, grain_rim_positions = _regroup_by_grain_patterns(
+        (
+            fields,
+            grain_regions,
+            grain_rim_positions,
+            grain_released_positions,
+        ) = _regroup_by_grain_patterns(
             fields,
             contrib,
             loadings,
@@ -2056,6 +2106,7 @@ def cluster_components(
     parameters["split_clusters"] = split
     parameters["grain_regions"] = grain_regions
     parameters["grain_rim_positions"] = grain_rim_positions
+    parameters["grain_released_positions"] = grain_released_positions
     # share of one read pass the reader reports (its ``read_fraction``), if any
     parameters["grain_pattern_reads"] = round(
         float(getattr(region_patterns, "read_fraction", 0.0)), 3

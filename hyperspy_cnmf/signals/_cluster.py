@@ -689,7 +689,10 @@ def cluster_diffraction(
         positions away at least :data:`~hyperspy_cnmf.clustering.RIM_Z`) and
         at least :data:`~hyperspy_cnmf.clustering.RIM_EDGE_FRACTION` as
         strongly as the grain's own edge: the thin rims of spherical grains.
-        Their number is recorded as ``grain_rim_positions``. Only when the
+        Their number is recorded as ``grain_rim_positions``; the grain's own
+        positions whose patterns stay below
+        :data:`~hyperspy_cnmf.clustering.GRAIN_RELEASE_Z` of that measure go
+        back to the matrix (``grain_released_positions``). Only when the
         decomposition's probe FWHM (from the calibration, ``map_resolution``)
         is at most :data:`~hyperspy_cnmf.clustering.RIM_MAX_PROBE_FWHM` scan
         steps: a broader probe shows a grain's disks one step outside it as
