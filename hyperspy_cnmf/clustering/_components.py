@@ -1426,8 +1426,9 @@ def _members_by_positions(contrib, pos_labels, n_clusters, labels):
 #: decomposition on the three multislice cases of
 #: ``benchmarks/quality_physics.py`` and three independent ones (k = true,
 #: 2x and 30, random_state 0-2, 54 runs), mean / min position ARI: 0.880 /
-#: 0.764 without rim growth, 0.889 / 0.804 as shipped (up to +0.06 on the
-#: 3.5 mrad probe case at k = 30), 0.890 / 0.817 at z 3.0; with an earlier
+#: 0.764 without rim growth, 0.889 / 0.804 with it (up to +0.06 on the 3.5
+#: mrad probe case at k = 30), 0.890 / 0.817 at z 3.0, 0.890 / 0.804 with
+#: the release of :data:`GRAIN_RELEASE_Z` (shipped); with an earlier
 #: filter and k = true and 30 only (24 runs) the shell (4, 6) gave 0.002 and
 #: (3, 8) 0 less than (4, 10). Scratch scripts;
 #: ``python benchmarks/quality_rules.py`` compares it over 3 seeds (variant
