@@ -271,6 +271,33 @@ MIN_DISK_FRACTION = 0.15
 # --------------------------------------------------------------------------
 # Stages
 # --------------------------------------------------------------------------
+def _ring_excess(img, centre, disk_radius, beam_radius=None):
+    """A pattern's excess over its rings' medians, and its matched-filter response.
+
+    ``img`` (qy, qx) float64 without NaN; ``centre`` (x, y) px. The median
+    of every 1-px ring about ``centre`` (the amorphous halo and any
+    isotropic background) is subtracted and the positive excess kept (zero
+    within ``beam_radius`` px when given), then correlated with a unit-sum
+    disk of ``disk_radius`` px (:func:`scipy.signal.fftconvolve`). Returns
+    ``(rr, excess, response)``, each (qy, qx): every pixel's distance to the
+    centre, the excess and the response.
+    """
+    from scipy.signal import fftconvolve
+
+    ny, nx = img.shape
+    yy, xx = np.mgrid[:ny, :nx]
+    rr = np.hypot(xx - centre[0], yy - centre[1])
+    ring = np.round(rr).astype(np.int64)
+    median = np.asarray(ndimage.median(img, ring, np.arange(ring.max() + 1)))
+    excess = np.clip(img - median[ring], 0.0, None)
+    if beam_radius is not None:
+        excess[rr <= beam_radius] = 0.0
+    n = int(np.ceil(disk_radius))
+    ky, kx = np.mgrid[-n : n + 1, -n : n + 1]
+    disk = (np.hypot(ky, kx) <= disk_radius).astype(np.float64)
+    return rr, excess, fftconvolve(excess, disk / disk.sum(), mode="same")
+
+
 def bragg_disk_image(
     pattern,
     centre,
@@ -334,8 +361,6 @@ def bragg_disk_image(
     >>> np.unravel_index(np.argmax(img), img.shape)
     (np.int64(20), np.int64(30))
     """
-    from scipy.signal import fftconvolve
-
     img = np.nan_to_num(np.asarray(pattern, dtype=np.float64))
     if img.ndim != 2:
         raise ValueError(f"`pattern` must be 2-D (qy, qx), got shape {img.shape}.")
@@ -349,15 +374,7 @@ def bragg_disk_image(
         )
     centre = _check_centre(centre, img.shape)
     yy, xx = np.mgrid[:ny, :nx]
-    rr = np.hypot(xx - centre[0], yy - centre[1])
-    ring = np.round(rr).astype(np.int64)
-    median = np.asarray(ndimage.median(img, ring, np.arange(ring.max() + 1)))
-    excess = np.clip(img - median[ring], 0.0, None)
-    excess[rr <= beam_radius] = 0.0
-    n = int(np.ceil(disk_radius))
-    ky, kx = np.mgrid[-n : n + 1, -n : n + 1]
-    disk = (np.hypot(ky, kx) <= disk_radius).astype(np.float64)
-    response = fftconvolve(excess, disk / disk.sum(), mode="same")
+    rr, excess, response = _ring_excess(img, centre, disk_radius, beam_radius)
     size = 2 * int(round(disk_radius)) + 1
     peak = (
         (response == ndimage.maximum_filter(response, size=size))
@@ -1332,9 +1349,9 @@ def _grain_groups(distance, sizes, owner, touching, empty=None):
     else:
         group[reliable] = 0
     n_groups = int(group.max()) + 1
+    empty = np.zeros(sizes.size, bool) if empty is None else np.asarray(empty)
     small = np.flatnonzero(group < 0)
-    if empty is not None:
-        small = small[~empty[small]]
+    small = small[~empty[small]]
     for r in small:
         mean = [
             distance[r, reliable[group[reliable] == g]].mean() for g in range(n_groups)
@@ -1347,7 +1364,6 @@ def _grain_groups(distance, sizes, owner, touching, empty=None):
             g = group[reliable[np.argmax(border)]]
             if distance[r, reliable[group[reliable] == g]].mean() <= 2 * GRAIN_DISTANCE:
                 group[r] = g
-    empty = np.zeros(sizes.size, bool) if empty is None else np.asarray(empty)
     # a group of large regions none of which shows a disk is no crystal
     evidence = [
         bool((~empty[reliable[group[reliable] == g]]).any()) for g in range(n_groups)
@@ -1493,22 +1509,16 @@ def _bragg_filters(patterns, centre, disk_radius, beam_radius):
     is its excess in those disks over its own ring means. A pattern without
     excess gives a zero filter.
     """
-    from scipy.signal import fftconvolve
-
     n_pat, ny, nx = patterns.shape
     yy, xx = np.mgrid[:ny, :nx]
     rr = np.hypot(xx - centre[0], yy - centre[1])
     ring = np.round(rr).astype(np.int64).ravel()
     ring_size = np.bincount(ring)
-    n = int(np.ceil(disk_radius))
-    ky, kx = np.mgrid[-n : n + 1, -n : n + 1]
-    disk = (np.hypot(ky, kx) <= disk_radius).astype(np.float64)
     out = np.zeros((n_pat, ny * nx), dtype=np.float32)
     for i, p in enumerate(patterns):
-        img = np.nan_to_num(np.asarray(p, dtype=np.float64)).ravel()
-        median = np.asarray(ndimage.median(img, ring, np.arange(ring_size.size)))
-        excess = np.clip(img - median[ring], 0.0, None).reshape(ny, nx)
-        f = np.clip(fftconvolve(excess, disk / disk.sum(), mode="same"), 0.0, None)
+        img = np.nan_to_num(np.asarray(p, dtype=np.float64))
+        _, _, response = _ring_excess(img, centre, disk_radius)
+        f = np.clip(response, 0.0, None)
         if beam_radius:
             f[rr <= beam_radius + 2.0] = 0.0
         f = f.ravel()
@@ -1528,11 +1538,11 @@ def _rim_requests(region, claimable, nav_shape):
 
     For every region: its ring (the ``claimable`` positions next to it,
     8-connectivity), its null shell (:data:`RIM_NULL_SHELL`), its edge (its
-    own positions next to another) and all its own positions. Returns
+    own positions next to another) and its other own positions. Returns
     ``at`` (flat positions), ``which`` (their region) and ``role``
     (``RING``, ``NULL``, ``EDGE`` or ``INSIDE``), int64 / int64 / int8
-    arrays of one length; nothing for a region with no claimable position
-    in its ring.
+    arrays of one length, each position once per region; nothing for a
+    region with no claimable position in its ring.
     """
     grid = region.reshape(nav_shape)
     claim = claimable.reshape(nav_shape)
@@ -1552,14 +1562,12 @@ def _rim_requests(region, claimable, nav_shape):
         ring = (d_own == 1) & claim[box]
         if not ring.any():
             continue
+        edge = own & (ndimage.distance_transform_cdt(own, metric="chessboard") == 1)
         parts = (
             (ring, RING),
             ((d_own <= far) & (d_any[box] >= near) & claim[box], NULL),
-            (
-                own & (ndimage.distance_transform_cdt(own, metric="chessboard") == 1),
-                EDGE,
-            ),
-            (own, INSIDE),
+            (edge, EDGE),
+            (own & ~edge, INSIDE),
         )
         for sel, kind in parts:
             idx = flat[box][sel]
@@ -1597,9 +1605,10 @@ def _rim_release(at, which, role, response, n_regions):
     component's broad map took with the grain, measured at high counts).
     """
     out = []
+    own = (role == EDGE) | (role == INSIDE)
     for r, med, mad in _nulls(which, role, response, n_regions):
-        inside = (which == r) & (role == INSIDE)
-        out.append(at[inside][(response[inside] - med) / mad < GRAIN_RELEASE_Z])
+        mine = (which == r) & own
+        out.append(at[mine][(response[mine] - med) / mad < GRAIN_RELEASE_Z])
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 

@@ -30,7 +30,12 @@ from hyperspy_cnmf._schema import from_stored, to_stored
 from hyperspy_cnmf._warnings import warn
 from hyperspy_cnmf.signals._axes import axis_info, calibrated_origin_px
 from hyperspy_cnmf.signals._calibration import navigation_scales
-from hyperspy_cnmf.signals._decomposition import _NONE, _check_params, _real
+from hyperspy_cnmf.signals._decomposition import (
+    _NONE,
+    _check_params,
+    _direct_beam_disk,
+    _real,
+)
 from hyperspy_cnmf.signals._store import (
     clear_learning_results,
     decomposition_settings,
@@ -185,20 +190,10 @@ def _min_cluster_positions(signal, value):
             raise ValueError(
                 f"`min_cluster_positions` must be 'auto', None or an integer >= 0, got {value!r}."
             )
-        res = (decomposition_settings(signal.learning_results) or {}).get(
-            "map_resolution"
-        )
-        if (
-            isinstance(res, bool)
-            or not isinstance(res, (int, float))
-            or not np.isfinite(res)
-            or res <= 0
-        ):
-            return 0  # the map constraint was off (NaN) or not recorded
-        try:
-            sy, sx, _ = navigation_scales(signal)
-        except (ValueError, IndexError):
+        recorded = _recorded_map_resolution(signal)
+        if recorded is None:
             return 0
+        res, _, sy, sx = recorded
         ny, nx = (tuple(signal.axes_manager._navigation_shape_in_array) + (1, 1))[:2]
         width = 1.76 * res  # the disc a point-like particle dominates, across
         fits = min(1.0, ny * abs(sy) / width) * min(1.0, nx * abs(sx) / width)
@@ -212,13 +207,13 @@ def _min_cluster_positions(signal, value):
     return int(value)
 
 
-def _probe_fwhm_steps(signal):
-    """The probe FWHM of the last decomposition in scan steps (the finer step), or None.
+def _recorded_map_resolution(signal):
+    """``(fwhm, method, step_y, step_x)`` of the last decomposition's map constraint, or None.
 
-    None when the map constraint was off, when its size is the 2-step
-    fallback of uncalibrated data (no measurement), or when the scan is not
-    calibrated in lengths. A ``map_resolution`` given by hand counts as the
-    probe size.
+    The probe FWHM (``map_resolution``, in the navigation units) and how it
+    was found, with the scan steps in those units (pint-converted). None
+    when the map constraint was off (NaN) or not recorded, or when the scan
+    is not calibrated in lengths.
     """
     params = decomposition_settings(signal.learning_results) or {}
     res = params.get("map_resolution")
@@ -227,13 +222,27 @@ def _probe_fwhm_steps(signal):
         or not isinstance(res, (int, float))
         or not np.isfinite(res)
         or res <= 0
-        or str(params.get("map_resolution_method", "")).startswith("fallback")
     ):
         return None
     try:
         sy, sx, _ = navigation_scales(signal)
     except (ValueError, IndexError):
         return None
+    return res, str(params.get("map_resolution_method", "")), sy, sx
+
+
+def _probe_fwhm_steps(signal):
+    """The probe FWHM of the last decomposition in scan steps (the finer step), or None.
+
+    None when the map constraint was off, when its size is the 2-step
+    fallback of uncalibrated data (no measurement), or when the scan is not
+    calibrated in lengths. A ``map_resolution`` given by hand counts as the
+    probe size.
+    """
+    recorded = _recorded_map_resolution(signal)
+    if recorded is None or recorded[1].startswith("fallback"):
+        return None
+    res, _, sy, sx = recorded
     step = min(abs(sy), abs(sx))
     return float(res / step) if step > 0 else None
 
@@ -1081,14 +1090,13 @@ def _excluded_defects(signal, factors):
     beam's disk does (the Bragg-disk images leave it out by its radius), and
     zeroing it would change the rings' medians next to it.
     """
-    out = np.all(np.isnan(factors), axis=0)
+    out = np.all(np.isnan(factors), axis=0).ravel()
+    beam = _measured_beam_px(signal)
     params = decomposition_settings(signal.learning_results) or {}
-    x, y = params.get("direct_beam_x_px"), params.get("direct_beam_y_px")
     radius = params.get("direct_beam_mask_radius_px") or 0.0
-    if radius > 0 and x is not None and y is not None:
-        yy, xx = np.indices(out.shape)
-        out &= np.hypot(xx - x, yy - y) > radius
-    return out.ravel()
+    if beam is not None and radius > 0:
+        out &= ~_direct_beam_disk(radius, beam, factors.shape[1:])
+    return out
 
 
 def _region_mean_patterns(signal, excluded=None):
