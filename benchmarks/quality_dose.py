@@ -6,17 +6,21 @@ sweeps, position ARI against the true phase map after the default decomposition
 
 - the package's simulator with a 1.5-step probe (``probe_fwhm=0.75`` nm, 0.5 nm steps: rims
   grow) at 2000 and 20000 counts per position, seeds 0-2, k = 7;
-- the multislice cases of ``../shared/data/abtem_dev`` (and any ``--files``), their noise-free
+- the multislice cases of ``../shared/data/abtem_dev`` (or ``--files``), their noise-free
   ``data`` drawn again as Poisson counts at 1500, 15000 and 100000 per unit intensity, k = the
-  true count and 30.
+  true count and 30, random_state ``--seeds`` (default 0 1 2).
 
-Each decomposition is clustered three ways: without the rim rules (no growth, no release:
+Each decomposition is clustered four ways: without the rim rules (no growth, no release:
 :data:`~hyperspy_cnmf.clustering.RIM_MAX_PROBE_FWHM` 0), with the growth's z test alone
-(:data:`~hyperspy_cnmf.clustering.RIM_EDGE_FRACTION` 0) and as shipped.
+(:data:`~hyperspy_cnmf.clustering.RIM_EDGE_FRACTION` 0), without the crystal test of the grain
+regions (:data:`~hyperspy_cnmf.clustering.CRYSTAL_Z` -inf: patches of the glass's speckle count
+as grains) and as shipped; the phases found are the shipped clustering's.
 
     python benchmarks/quality_dose.py
+    python benchmarks/quality_dose.py --files F1.npz F2.npz --no-simulator
 
-The table (markdown) goes to ``benchmarks/results/quality_dose.md``.
+The table (markdown) goes to ``benchmarks/results/quality_dose.md`` (with ``--files``:
+``quality_dose_independent.md``).
 """
 
 import argparse
@@ -32,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 WAYS = {
     "no rim rules": ("RIM_MAX_PROBE_FWHM", 0.0),
     "z test alone": ("RIM_EDGE_FRACTION", 0.0),
+    "no crystal test": ("CRYSTAL_Z", -np.inf),
     "shipped": None,
 }
 
@@ -50,6 +55,10 @@ def _labels(s):
     return out
 
 
+def _found(labels):
+    return int(np.unique(labels[labels >= 0]).size)
+
+
 def simulator(seeds=(0, 1, 2), doses=(2000.0, 20000.0)):
     from hyperspy_cnmf.data import simulated_precipitates
 
@@ -61,13 +70,16 @@ def simulator(seeds=(0, 1, 2), doses=(2000.0, 20000.0)):
             )
             truth = np.asarray(s.metadata.Simulation.phase_map).ravel()
             _decompose(s, 7, 0)
-            aris = {w: adjusted_rand_score(truth, lab) for w, lab in _labels(s).items()}
-            rows.append((f"simulator seed {seed}", f"{dose:g}", 7, aris))
+            labels = _labels(s)
+            aris = {w: adjusted_rand_score(truth, lab) for w, lab in labels.items()}
+            n_true = int(np.unique(truth[truth >= 0]).size)
+            found = f"{_found(labels['shipped'])} / {n_true}"
+            rows.append((f"simulator seed {seed}", f"{dose:g}", 7, 0, aris, found))
             print(rows[-1], flush=True)
     return rows
 
 
-def multislice(files, doses=(1500.0, 15000.0, 100000.0)):
+def multislice(files, doses=(1500.0, 15000.0, 100000.0), seeds=(0,)):
     from hyperspy_cnmf.data import load_multislice_case
 
     rows = []
@@ -75,19 +87,21 @@ def multislice(files, doses=(1500.0, 15000.0, 100000.0)):
         s0, truth = load_multislice_case(path, key="data")
         phase_map = truth["phase_map"].ravel()
         for dose in doses:
+            rng = np.random.default_rng(1)
+            data = rng.poisson(s0.data.astype(np.float64) * dose).astype(np.float32)
             for k in (truth["n_grains"] + 1, 30):
-                s = s0.deepcopy()
-                rng = np.random.default_rng(1)
-                s.data = rng.poisson(s0.data.astype(np.float64) * dose).astype(
-                    np.float32
-                )
-                _decompose(s, k, 0)
-                aris = {
-                    w: adjusted_rand_score(phase_map, lab)
-                    for w, lab in _labels(s).items()
-                }
-                rows.append((Path(path).stem, f"{dose:g}", k, aris))
-                print(rows[-1], flush=True)
+                for seed in seeds:
+                    s = s0.deepcopy()
+                    s.data = data
+                    _decompose(s, k, seed)
+                    labels = _labels(s)
+                    aris = {
+                        w: adjusted_rand_score(phase_map, lab)
+                        for w, lab in labels.items()
+                    }
+                    found = f"{_found(labels['shipped'])} / {truth['n_phases']}"
+                    rows.append((Path(path).stem, f"{dose:g}", k, seed, aris, found))
+                    print(rows[-1], flush=True)
     return rows
 
 
@@ -98,41 +112,82 @@ def main(argv=None):
     p.add_argument(
         "--files", nargs="+", help="multislice case files (default: abtem_dev)"
     )
-    p.add_argument("--out", default=str(HERE / "results" / "quality_dose.md"))
+    p.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[0, 1, 2],
+        help="random_state of the fits",
+    )
+    p.add_argument(
+        "--no-simulator", action="store_true", help="the multislice cases only"
+    )
+    p.add_argument("--out", help="default: results/quality_dose[_independent].md")
     args = p.parse_args(argv)
     files = args.files or sorted(str(f) for f in DATA.glob("*.npz"))
     if not files:
         raise SystemExit(f"no multislice cases: {DATA} not found; pass --files")
-    rows = simulator() + multislice(files)
+    out = args.out or str(
+        HERE
+        / "results"
+        / ("quality_dose_independent.md" if args.files else "quality_dose.md")
+    )
+    rows = ([] if args.no_simulator else simulator()) + multislice(
+        files, seeds=tuple(args.seeds)
+    )
     text = [
         "# The main job against dose (benchmarks/quality_dose.py)",
         "",
         "Command: `python benchmarks/quality_dose.py"
         + (" --files " + " ".join(args.files) if args.files else "")
+        + (
+            " --seeds " + " ".join(map(str, args.seeds))
+            if args.seeds != [0, 1, 2]
+            else ""
+        )
+        + (" --no-simulator" if args.no_simulator else "")
         + "`",
         "",
-        "Position ARI against the true phase map, default decomposition (random_state 0). "
-        "Dose: counts per position (simulator) or per unit of the multislice intensity "
-        "(Poisson draw of the noise-free `data`, seed 1).",
+        "Position ARI against the true phase map, default decomposition (random_state "
+        "as listed). Dose: counts per position (simulator) or per unit of the "
+        "multislice intensity (Poisson draw of the noise-free `data`, seed 1). "
+        "Phases: found by the shipped clustering / true.",
         "",
-        "| case | dose | k | " + " | ".join(WAYS) + " |",
-        "|---|---:|---:|" + "---:|" * len(WAYS),
+        "| case | dose | k | random_state | " + " | ".join(WAYS) + " | phases |",
+        "|---|---:|---:|---:|" + "---:|" * len(WAYS) + "---:|",
     ]
-    for case, dose, k, aris in rows:
+    for case, dose, k, seed, aris, found in rows:
         text.append(
-            f"| {case} | {dose} | {k} | "
+            f"| {case} | {dose} | {k} | {seed} | "
             + " | ".join(f"{aris[w]:.3f}" for w in WAYS)
-            + " |"
+            + f" | {found} |"
         )
-    sim = [r for r in rows if r[0].startswith("simulator")]
     text.append("")
+    sim = [r for r in rows if r[0].startswith("simulator")]
     for dose in sorted({r[1] for r in sim}, key=float):
-        means = {w: np.mean([r[3][w] for r in sim if r[1] == dose]) for w in WAYS}
+        means = {w: np.mean([r[4][w] for r in sim if r[1] == dose]) for w in WAYS}
         text.append(
             f"- simulator at {dose}: mean "
             + ", ".join(f"{w} {m:.3f}" for w, m in means.items())
         )
-    Path(args.out).write_text("\n".join(text) + "\n")
+    ms = [r for r in rows if not r[0].startswith("simulator")]
+    for dose in sorted({r[1] for r in ms}, key=float):
+        for which, pick in (
+            ("k = true", lambda k: k != 30),
+            ("k = 30", lambda k: k == 30),
+        ):
+            sel = [r for r in ms if r[1] == dose and pick(r[2])]
+            if not sel:
+                continue
+            means = {w: np.mean([r[4][w] for r in sel]) for w in WAYS}
+            mins = {w: np.min([r[4][w] for r in sel]) for w in WAYS}
+            true = sum(r[5].split(" / ")[0] == r[5].split(" / ")[1] for r in sel)
+            text.append(
+                f"- multislice at {dose}, {which} ({len(sel)} fits): mean / min "
+                + ", ".join(f"{w} {means[w]:.3f} / {mins[w]:.3f}" for w in WAYS)
+                + f"; true number of phases {true} / {len(sel)}"
+            )
+    Path(out).write_text("\n".join(text) + "\n")
     print("\n".join(text))
 
 

@@ -1048,3 +1048,78 @@ def test_grain_groups_rules():
     empty[[2, 7]] = True
     group, evidence = _grain_groups(d, sizes, owner, touching, empty)
     assert not evidence[group[2]] and not evidence[group[7]] and evidence[group[0]]
+
+
+def test_grain_groups_weak_regions_and_pieces_across_clusters():
+    """A region whose disks are the glass's speckle (weak) is placed by its pattern
+    or goes to the matrix, and is no evidence; small pieces of one pattern in several
+    clusters make a phase together."""
+    from hyperspy_cnmf.clustering._components import _grain_groups
+
+    sizes = np.array([30, 30, 25, 5, 12, 10, 6])
+    owner = np.array([0, 1, 2, 0, 3, 4, 0])
+    d = np.full((7, 7), 0.6)
+    d[0, 1] = d[1, 0] = 0.1  # a weak region near a crystal's pattern
+    d[4, 5] = d[5, 4] = 0.1  # two pieces of one phase in two clusters
+    np.fill_diagonal(d, 0.0)
+    touching = np.zeros((7, 7))
+    weak = np.zeros(7, dtype=bool)
+    weak[[1, 2, 6]] = True
+    group, evidence = _grain_groups(d, sizes, owner, touching, None, weak)
+    assert group[1] == group[0] and evidence[group[0]]  # placed by its pattern
+    assert not evidence[group[2]]  # speckle alone: no phase
+    assert group[6] != group[0] and not evidence[group[6]]  # not its cluster's grain
+    assert group[3] == group[0]  # a small piece that shows disks: its cluster's
+    assert group[4] == group[5] and evidence[group[4]]  # 22 positions of one pattern
+    assert len(set(group[[0, 2, 4]])) == 3
+    # a small weak region is not the nearest evidence for a pattern
+    group, evidence = _grain_groups(
+        d, sizes, owner, touching, None, weak | (sizes < 20)
+    )
+    assert not evidence[group[4]] and not evidence[group[5]]
+
+
+def _speckled_scan(counts, rng):
+    """A 32 x 32 scan of glass whose every pattern holds its own speckle (41 x 41 px),
+    with a crystal grain (disk of radius 4 about (8, 8)); expected counts and the grain."""
+    yy, xx = np.mgrid[:32, :32]
+    grain = np.hypot(yy - 8, xx - 8) <= 4.0
+    halo = _disks([], halo=1.0) + 0.05
+    disks = _disks([(10, a, 1.0) for a in (20, 110, 200, 290)])
+    speckle = ndimage.gaussian_filter(rng.normal(size=(1024, 41, 41)), (0, 1.5, 1.5))
+    speckle = 1.0 + 0.3 * speckle / speckle.std()
+    model = halo[None] * np.clip(speckle, 0.0, None)
+    model[grain.ravel()] += disks
+    return counts * model.reshape(1024, -1), grain
+
+
+def test_crystal_evidence_tells_a_grain_from_a_patch_of_speckle():
+    """Where the glass's speckle spreads the matrix's responses beyond counting noise,
+    a patch of glass (whose filter is its own mean speckle) shows no crystal and a grain
+    does; under counting noise nothing is ruled out."""
+    from hyperspy_cnmf.clustering._components import (
+        FAR,
+        _bragg_filters,
+        _crystal_evidence,
+        _rim_requests,
+    )
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:32, :32]
+    patch = (np.abs(yy - 22) <= 3) & (np.abs(xx - 22) <= 3)
+    for counts, expected in ((20000.0, [True, False]), (0.3, [True, True])):
+        model, grain = _speckled_scan(counts, rng)
+        data = rng.poisson(model).astype(float)
+        region = np.full(1024, -1)
+        region[grain.ravel()] = 0
+        region[patch.ravel()] = 1
+        at, which, role = _rim_requests(region, region < 0, (32, 32))
+        assert (role == FAR).sum() > 0
+        means = np.stack([data[region == r].mean(0) for r in (0, 1)])
+        shape = (2, 41, 41)
+        filters = _bragg_filters(means.reshape(shape), (20.0, 20.0), 3.0, 5.0)
+        response = np.einsum("ij,ij->i", data[at], filters[which])
+        out = _crystal_evidence(
+            at, which, role, response, filters, means.reshape(shape)
+        )
+        assert out.tolist() == expected, counts

@@ -21,6 +21,8 @@ numpy, numba and scipy only. The HyperSpy methods live in
 """
 
 from hyperspy_cnmf.clustering._components import (
+    CRYSTAL_Z,
+    FAR_NULL_POSITIONS,
     GRAIN_DISTANCE,
     GRAIN_RELEASE_Z,
     MAP_ARTEFACTS,
@@ -37,6 +39,7 @@ from hyperspy_cnmf.clustering._components import (
     RIM_MAX_PROBE_FWHM,
     RIM_NULL_SHELL,
     RIM_Z,
+    SPECKLE_RATIO,
     SPLIT_DISTANCE,
     ComponentClustering,
     bragg_disk_image,
@@ -75,6 +78,8 @@ from hyperspy_cnmf.clustering._similarity import (
 )
 
 __all__ = [
+    "CRYSTAL_Z",
+    "FAR_NULL_POSITIONS",
     "GRAIN_DISTANCE",
     "GRAIN_RELEASE_Z",
     "MAP_ARTEFACTS",
@@ -91,6 +96,7 @@ __all__ = [
     "RIM_MAX_PROBE_FWHM",
     "RIM_NULL_SHELL",
     "RIM_Z",
+    "SPECKLE_RATIO",
     "SPLIT_DISTANCE",
     "map_artefacts",
     "map_compactness",

@@ -1317,26 +1317,38 @@ def _grain_regions(pos_labels, nav_shape, background):
     return region, np.asarray(owner, dtype=np.int64)
 
 
-def _grain_groups(distance, sizes, owner, touching, empty=None):
+def _grain_groups(distance, sizes, owner, touching, empty=None, weak=None):
     """Group of every grain region by its mean pattern's Bragg-disk geometry.
 
     The regions of at least :data:`MIN_GRAIN_POSITIONS` positions are cut
-    (average linkage of ``distance`` at :data:`GRAIN_DISTANCE`). A smaller
-    region joins, in this order: the group nearest on average if within the
-    cut; the group of the large region it shares most border with
-    (``touching``: border positions shared, regions x regions; the rim or a
-    patch of that grain) unless its pattern is clearly another (beyond twice
-    the cut); the group of its cluster's large regions. A small
-    region whose mean pattern shows no Bragg disk (``empty``) skips the first
-    two: nothing in it tells its phase. The
-    remaining small regions form one group per cluster, marked False in the
-    second return value (no evidence of a phase of their own) when those
-    that show disks hold fewer than :data:`MIN_GRAIN_POSITIONS` positions in
-    all, or are unlike one another (mean pairwise distance beyond twice the
-    cut) with none holding three quarters of them: scattered speckle of the
-    glass, not pieces of one phase nor one particle; so is a group of large
-    regions none of which shows a disk.
+    (average linkage of ``distance`` at :data:`GRAIN_DISTANCE`); a group
+    none of whose regions shows a crystal's disks is no evidence of a phase.
+    A smaller region joins, in this order: the group of a crystal nearest on
+    average if within the cut; the group of the crystal's large region it
+    shares most border with (``touching``: border positions shared, regions
+    x regions; the rim or a patch of that grain) unless its pattern is
+    clearly another (beyond twice the cut); a group of its own with the
+    small regions of its pattern left over in other clusters (the same cut,
+    and touching pieces within it: the pieces of one phase that several
+    components share) if they hold :data:`MIN_GRAIN_POSITIONS` positions in
+    all; the group of its cluster's large crystal regions. A small region
+    whose mean pattern shows no Bragg disk (``empty``) skips all but the
+    last: nothing in it tells its phase. A region whose patterns show disks no stronger
+    than the glass's speckle (``weak``, :func:`_crystal_evidence`) is placed
+    by its pattern only (the cut and the nearest group) and otherwise joins
+    the matrix. The remaining small regions form one group per cluster,
+    marked False in the second return value (no evidence of a phase of
+    their own) when those that show disks hold fewer than
+    :data:`MIN_GRAIN_POSITIONS` positions in all, or are unlike one another
+    (mean pairwise distance beyond twice the cut) with none holding three
+    quarters of them: scattered speckle of the glass, not pieces of one
+    phase nor one particle. At high counts the glass's speckle forms
+    patches that the NMF fits with components of their own (2-phase case
+    re-drawn at 15000 counts per unit intensity, k = 30: 13 such regions);
+    ``weak`` keeps them out of the phases.
     """
+    empty = np.zeros(sizes.size, bool) if empty is None else np.asarray(empty)
+    weak = np.zeros(sizes.size, bool) if weak is None else np.asarray(weak) & ~empty
     reliable = np.flatnonzero(sizes >= MIN_GRAIN_POSITIONS)
     group = np.full(sizes.size, -1, dtype=np.int64)
     if reliable.size > 1:
@@ -1349,28 +1361,51 @@ def _grain_groups(distance, sizes, owner, touching, empty=None):
     else:
         group[reliable] = 0
     n_groups = int(group.max()) + 1
-    empty = np.zeros(sizes.size, bool) if empty is None else np.asarray(empty)
-    small = np.flatnonzero(group < 0)
-    small = small[~empty[small]]
+    # a group of large regions none of which shows a crystal's disks is none
+    shows = ~empty & ~weak
+    evidence = [
+        bool(shows[reliable[group[reliable] == g]].any()) for g in range(n_groups)
+    ]
+    small = np.flatnonzero((group < 0) & ~empty)
     for r in small:
         mean = [
             distance[r, reliable[group[reliable] == g]].mean() for g in range(n_groups)
         ]
-        if min(mean) <= GRAIN_DISTANCE:
+        mean = np.where(evidence, mean, np.inf) if mean else mean
+        if min(mean, default=np.inf) <= GRAIN_DISTANCE:
             group[r] = int(np.argmin(mean))
-    for r in small[group[small] < 0]:
-        border = touching[r, reliable]
-        if border.max() > 0:
-            g = group[reliable[np.argmax(border)]]
+    small = small[(group[small] < 0) & ~weak[small]]
+    # the large regions of a crystal (a group with evidence)
+    crystal = reliable[np.asarray(evidence, dtype=bool)[group[reliable]]]
+    for r in small:
+        border = touching[r, crystal]
+        if border.size and border.max() > 0:
+            g = group[crystal[np.argmax(border)]]
             if distance[r, reliable[group[reliable] == g]].mean() <= 2 * GRAIN_DISTANCE:
                 group[r] = g
-    # a group of large regions none of which shows a disk is no crystal
-    evidence = [
-        bool((~empty[reliable[group[reliable] == g]]).any()) for g in range(n_groups)
-    ]
-    for c in np.unique(owner[group < 0]):
-        held = reliable[owner[reliable] == c]
-        left = (owner == c) & (group < 0)
+    # pieces of one pattern in several clusters
+    left = small[group[small] < 0]
+    if left.size > 1:
+        sub, _, _ = hierarchical_clustering(
+            distance[np.ix_(left, left)],
+            method="average",
+            distance_threshold=GRAIN_DISTANCE,
+        )
+        # touching pieces within the cut are one grain
+        near = (touching[np.ix_(left, left)] > 0) & (
+            distance[np.ix_(left, left)] <= GRAIN_DISTANCE
+        )
+        member = np.eye(sub.max() + 1)[sub]  # piece x sub-group
+        same = member.T @ near @ member + np.eye(member.shape[1]) > 0
+        sub = _connected_groups(same | same.T)[1][sub]
+        for g in np.unique(sub):
+            members = left[sub == g]
+            if members.size > 1 and sizes[members].sum() >= MIN_GRAIN_POSITIONS:
+                group[members] = len(evidence)
+                evidence.append(True)
+    for c in np.unique(owner[(group < 0) & ~weak]):
+        held = crystal[owner[crystal] == c]
+        left = (owner == c) & (group < 0) & ~weak
         if held.size:
             g = int(np.argmax(np.bincount(group[held], weights=sizes[held])))
         else:
@@ -1387,6 +1422,9 @@ def _grain_groups(distance, sizes, owner, touching, empty=None):
                 )
             )
         group[left] = g
+    if (group < 0).any():  # weak regions placed by nothing: the matrix
+        group[group < 0] = len(evidence)
+        evidence.append(False)
     return group, np.asarray(evidence)
 
 
@@ -1530,7 +1568,12 @@ def _bragg_filters(patterns, centre, disk_radius, beam_radius):
     return out
 
 
-RING, NULL, EDGE, INSIDE = 0, 1, 2, 3  # roles of the positions the rims ask for
+RING, NULL, EDGE, INSIDE, FAR = 0, 1, 2, 3, 4  # roles of the requested positions
+
+#: Matrix positions far from every grain (:data:`RIM_NULL_SHELL`'s inner
+#: distance) that answer every grain's filter: the null of
+#: :func:`_crystal_evidence` for a grain without a null shell of its own.
+FAR_NULL_POSITIONS = 64
 
 
 def _rim_requests(region, claimable, nav_shape):
@@ -1538,17 +1581,27 @@ def _rim_requests(region, claimable, nav_shape):
 
     For every region: its ring (the ``claimable`` positions next to it,
     8-connectivity), its null shell (:data:`RIM_NULL_SHELL`), its edge (its
-    own positions next to another) and its other own positions. Returns
-    ``at`` (flat positions), ``which`` (their region) and ``role``
-    (``RING``, ``NULL``, ``EDGE`` or ``INSIDE``), int64 / int64 / int8
-    arrays of one length, each position once per region; nothing for a
-    region with no claimable position in its ring.
+    own positions next to another), its other own positions and up to
+    :data:`FAR_NULL_POSITIONS` claimable positions far from every region,
+    evenly spread over the scan rows (first navigation axis) within
+    :data:`RIM_NULL_SHELL`'s outer distance of a region. Returns ``at``
+    (flat positions), ``which`` (their region) and ``role`` (``RING``, ``NULL``, ``EDGE``, ``INSIDE``
+    or ``FAR``), int64 / int64 / int8 arrays of one length, each position
+    once per region and role; a region with no claimable position in its
+    ring has no ring and no null shell.
     """
     grid = region.reshape(nav_shape)
     claim = claimable.reshape(nav_shape)
     near, far = RIM_NULL_SHELL
     d_any = ndimage.distance_transform_cdt(grid < 0, metric="chessboard")
     flat = np.arange(region.size).reshape(nav_shape)
+    # far from every region, in the scan rows the grains' requests read anyway
+    rows = np.any((grid >= 0).reshape(grid.shape[0], -1), axis=1)
+    rows = ndimage.binary_dilation(rows, iterations=far) if rows.any() else rows
+    pool = claim & (d_any >= near) & rows.reshape((-1,) + (1,) * (grid.ndim - 1))
+    pool = np.flatnonzero(pool.ravel())
+    if pool.size > FAR_NULL_POSITIONS:
+        pool = pool[np.linspace(0, pool.size - 1, FAR_NULL_POSITIONS).astype(np.int64)]
     at, which, role = [], [], []
     for r, box in enumerate(ndimage.find_objects(grid + 1)):
         if box is None:
@@ -1560,39 +1613,83 @@ def _rim_requests(region, claimable, nav_shape):
         own = grid[box] == r
         d_own = ndimage.distance_transform_cdt(~own, metric="chessboard")
         ring = (d_own == 1) & claim[box]
-        if not ring.any():
-            continue
         edge = own & (ndimage.distance_transform_cdt(own, metric="chessboard") == 1)
-        parts = (
-            (ring, RING),
-            ((d_own <= far) & (d_any[box] >= near) & claim[box], NULL),
-            (edge, EDGE),
-            (own & ~edge, INSIDE),
-        )
+        parts = [(edge, EDGE), (own & ~edge, INSIDE)]
+        if ring.any():
+            parts += [
+                (ring, RING),
+                ((d_own <= far) & (d_any[box] >= near) & claim[box], NULL),
+            ]
         for sel, kind in parts:
             idx = flat[box][sel]
             at.append(idx)
             which.append(np.full(idx.size, r, dtype=np.int64))
             role.append(np.full(idx.size, kind, dtype=np.int8))
+        at.append(pool)
+        which.append(np.full(pool.size, r, dtype=np.int64))
+        role.append(np.full(pool.size, FAR, dtype=np.int8))
     if not at:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int8)
     return np.concatenate(at), np.concatenate(which), np.concatenate(role)
 
 
-def _nulls(which, role, response, n_regions):
+def _nulls(which, role, response, n_regions, kind=NULL):
     """``(region, median, 1.4826 MAD)`` of every region's null responses.
 
-    Only for regions with at least :data:`RIM_MIN_NULL` null positions and
-    a spread (MAD > 0).
+    Only for regions with at least :data:`RIM_MIN_NULL` null positions (of
+    role ``kind``) and a spread (MAD > 0).
     """
     for r in range(n_regions):
-        ref = response[(which == r) & (role == NULL)]
+        ref = response[(which == r) & (role == kind)]
         if ref.size < RIM_MIN_NULL:
             continue
         med = np.median(ref)
         mad = 1.4826 * np.median(np.abs(ref - med))
         if mad > 0:
             yield r, med, mad
+
+
+#: Upper-quartile robust z of a grain's own responses (its positions'
+#: response to its Bragg-disk filter against the local matrix, as in
+#: :func:`_rim_growth`) that a crystal's disks reach where the glass's
+#: speckle, not counting noise, spreads the matrix's responses
+#: (:func:`_crystal_evidence`).
+CRYSTAL_Z = 8.0
+
+#: Variance of the matrix's responses over their counting (Poisson) variance
+#: from which the glass's speckle dominates (:func:`_crystal_evidence`).
+SPECKLE_RATIO = 2.0
+
+
+def _crystal_evidence(at, which, role, response, filters, patterns):
+    """Whether each grain region's own patterns show a crystal's disks (bool, (n,)).
+
+    At high counts the glass's speckle is significant and the NMF spends
+    components on patches of it, which :func:`_grain_regions` returns as
+    grains whose mean patterns show "disks". A region's disks are a
+    crystal's unless the spread of its null's responses (:func:`_nulls`,
+    ``1.4826 MAD``) is speckle's, its square beyond :data:`SPECKLE_RATIO`
+    times the counting variance of the response (``sum(filter**2 *
+    mean pattern)``, Poisson), and the upper quartile of its own positions'
+    responses (EDGE and INSIDE) stays below :data:`CRYSTAL_Z` of that
+    spread above the null's median. Regions without a null are not tested
+    (True).
+    """
+    n = patterns.shape[0]
+    out = np.ones(n, dtype=bool)
+    own = (role == EDGE) | (role == INSIDE)
+    nulls = {r: (med, mad) for r, med, mad in _nulls(which, role, response, n, FAR)}
+    nulls.update((r, (med, mad)) for r, med, mad in _nulls(which, role, response, n))
+    for r, (med, mad) in nulls.items():
+        mine = (which == r) & own
+        if not mine.any():
+            continue
+        z = (response[mine] - med) / mad
+        f = filters[r].astype(np.float64)
+        counting = (f * f) @ np.clip(patterns[r].ravel(), 0.0, None)
+        speckle = mad * mad > SPECKLE_RATIO * counting
+        out[r] = not speckle or np.percentile(z, 75) >= CRYSTAL_Z
+    return out
 
 
 def _rim_release(at, which, role, response, n_regions):
@@ -1666,8 +1763,10 @@ def _regroup_by_grain_patterns(
     component that took grains of two phases (too few components, or two
     near patterns) parts them, and pieces of one phase in several clusters
     meet. See :func:`_grain_groups`; groups without evidence join the
-    matrix (the largest extended cluster). In the same read, the matrix
-    positions next to each grain answer its Bragg-disk filter
+    matrix (the largest extended cluster); a region whose own patterns show
+    its disks no more than the glass's speckle would
+    (:func:`_crystal_evidence`) is no evidence of a phase. In the same
+    read, the matrix positions next to each grain answer its Bragg-disk filter
     (:func:`_bragg_filters` of the grain's model mean pattern, known before
     the read), and those that show its disks detectably above the local
     matrix join it (:func:`_rim_growth`), while its own positions that show
@@ -1694,9 +1793,9 @@ def _regroup_by_grain_patterns(
     sizes = np.bincount(region[region >= 0], minlength=owner.size)
     ext = np.flatnonzero(extended)
     grow = probe_fwhm is not None and probe_fwhm <= RIM_MAX_PROBE_FWHM
-    at, which, role = _rim_requests(region, np.isin(pos, ext) & grow, nav_shape)
-    # the filter of each grain with a ring to test, from its model mean
-    # pattern (known before the read); zero for the others
+    at, which, role = _rim_requests(region, np.isin(pos, ext), nav_shape)
+    # the filter of each grain, from its model mean pattern (known before
+    # the read)
     filters = np.zeros((owner.size, int(np.prod(pattern_shape))), dtype=np.float32)
     tested = np.unique(which)
     if tested.size:
@@ -1733,7 +1832,8 @@ def _regroup_by_grain_patterns(
         distance = 0.5 * (sim.pseudo_distance + sim.pseudo_distance.T)
         touching = _region_contacts(region, nav_shape, owner.size)
         empty = ~np.any(disks.reshape(owner.size, -1) > 0, axis=1)
-        group, evidence = _grain_groups(distance, sizes, owner, touching, empty)
+        weak = ~_crystal_evidence(at, which, role, response, filters, patterns)
+        group, evidence = _grain_groups(distance, sizes, owner, touching, empty, weak)
         target = np.where(evidence, np.cumsum(evidence) - 1 + ext.size, matrix)
         region_label = target[group]
     else:  # no grain large enough to tell a phase: the clusters as they are
@@ -1741,9 +1841,12 @@ def _regroup_by_grain_patterns(
         region_label = region_label + ext.size
     inside = region >= 0
     new_pos[inside] = region_label[region[inside]]
-    released = _rim_release(at, which, role, response, owner.size)
+    if grow:
+        released = _rim_release(at, which, role, response, owner.size)
+        claimed, by = _rim_growth(at, which, role, response, owner.size)
+    else:
+        released = claimed = by = np.zeros(0, np.int64)
     new_pos[released] = matrix
-    claimed, by = _rim_growth(at, which, role, response, owner.size)
     claimed_ok = region_label[by] >= ext.size  # grains that stayed grains
     new_pos[claimed[claimed_ok]] = region_label[by[claimed_ok]]
     grown = int(claimed_ok.sum())

@@ -684,7 +684,15 @@ def cluster_diffraction(
         (:func:`~hyperspy_cnmf.clustering.bragg_disk_image`, rotation-invariant
         pseudo-distance, average-linkage cut at 0.25 over the regions of at
         least 20 positions; smaller regions join the nearest group, the grain
-        they touch, or their cluster's). An NMF component that took grains of
+        they touch, the small regions of their pattern in other clusters when
+        those hold 20 positions, or their cluster's). Where the matrix's
+        responses to a grain's disk filter spread beyond counting noise (the
+        glass's speckle at high counts,
+        :data:`~hyperspy_cnmf.clustering.SPECKLE_RATIO`), a region is a
+        crystal only if the upper quartile of its own positions' responses
+        stands :data:`~hyperspy_cnmf.clustering.CRYSTAL_Z` robust z above
+        the matrix's: patches of speckle that over-complete components took
+        make no phase. An NMF component that took grains of
         two phases (too few components, or two near patterns) no longer puts
         them in one cluster, and pieces of one phase spread over several
         clusters meet; components then belong to the cluster where most of
@@ -706,8 +714,8 @@ def cluster_diffraction(
         is at most :data:`~hyperspy_cnmf.clustering.RIM_MAX_PROBE_FWHM` scan
         steps: a broader probe shows a grain's disks one step outside it as
         strongly. Costs one read of the scan bands that hold grain positions
-        (and, when rims grow, their matrix surroundings up to
-        ``RIM_NULL_SHELL[1]`` = 10 positions away); a lazy signal is read
+        and their matrix surroundings up to ``RIM_NULL_SHELL[1]`` = 10
+        positions away; a lazy signal is read
         band by band. The number of regions compared is recorded as
         ``grain_regions``, the share of the scan read as
         ``grain_pattern_reads``, in ``cdiff_parameters``. False: the labels
