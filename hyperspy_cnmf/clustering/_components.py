@@ -1666,8 +1666,12 @@ def _crystal_evidence(at, which, role, response, filters, patterns):
 
     At high counts the glass's speckle is significant and the NMF spends
     components on patches of it, which :func:`_grain_regions` returns as
-    grains whose mean patterns show "disks". A region's disks are a
-    crystal's unless the spread of its null's responses (:func:`_nulls`,
+    grains whose mean patterns show "disks". The counting variance assumes
+    data in counts, as the decomposition's default Poisson weighting does:
+    data scaled down by a large factor leave the test off (speckle patches
+    count as grains), scaled up it is on at any dose (a crystal whose disks
+    stay below :data:`CRYSTAL_Z` then joins a phase by its pattern only). A
+    region's disks are a crystal's unless the spread of its null's responses (:func:`_nulls`,
     ``1.4826 MAD``) is speckle's, its square beyond :data:`SPECKLE_RATIO`
     times the counting variance of the response (``sum(filter**2 *
     mean pattern)``, Poisson), and the upper quartile of its own positions'
@@ -1775,8 +1779,9 @@ def _regroup_by_grain_patterns(
     where most of their map's excess lies (:func:`_members_by_positions`).
     Returns the fields (unchanged when the partition of the positions is),
     the number of grain regions whose patterns were compared, the number of
-    rim positions claimed and the number of grain positions released to the
-    matrix (:func:`_rim_release`).
+    rim positions claimed, the number of grain positions released to the
+    matrix (:func:`_rim_release`) and the number of regions whose disks
+    were the glass's speckle (:func:`_crystal_evidence`).
     """
     cpx, radius, dbr, grid, similarity_kwargs, pattern_shape = geometry
     percentiles, smoothing, _ = rules
@@ -1786,10 +1791,10 @@ def _regroup_by_grain_patterns(
         _smooth_maps(contrib, nav_shape, smoothing), labels, masked, percentiles
     )
     if not extended.any() or extended.all():
-        return fields, 0, 0, 0
+        return fields, 0, 0, 0, 0
     region, owner = _grain_regions(pos, nav_shape, extended)
     if not owner.size:
-        return fields, 0, 0, 0
+        return fields, 0, 0, 0, 0
     sizes = np.bincount(region[region >= 0], minlength=owner.size)
     ext = np.flatnonzero(extended)
     grow = probe_fwhm is not None and probe_fwhm <= RIM_MAX_PROBE_FWHM
@@ -1822,6 +1827,7 @@ def _regroup_by_grain_patterns(
     new_pos = np.full_like(pos, -1)
     for i, c in enumerate(ext):
         new_pos[pos == c] = i
+    n_weak = 0
     if (sizes >= MIN_GRAIN_POSITIONS).any():
         disks = np.stack(
             [bragg_disk_image(p, cpx, radius, dbr or 0.0) for p in patterns]
@@ -1833,6 +1839,7 @@ def _regroup_by_grain_patterns(
         touching = _region_contacts(region, nav_shape, owner.size)
         empty = ~np.any(disks.reshape(owner.size, -1) > 0, axis=1)
         weak = ~_crystal_evidence(at, which, role, response, filters, patterns)
+        n_weak = int(weak.sum())
         group, evidence = _grain_groups(distance, sizes, owner, touching, empty, weak)
         target = np.where(evidence, np.cumsum(evidence) - 1 + ext.size, matrix)
         region_label = target[group]
@@ -1850,13 +1857,13 @@ def _regroup_by_grain_patterns(
     claimed_ok = region_label[by] >= ext.size  # grains that stayed grains
     new_pos[claimed[claimed_ok]] = region_label[by[claimed_ok]]
     grown = int(claimed_ok.sum())
-    counts = (int(owner.size), grown, int(released.size))
+    counts = (int(owner.size), grown, int(released.size), n_weak)
     if _same_partition(pos, new_pos):
         return (fields,) + counts
     n_new = int(new_pos.max()) + 1
     new_labels = _members_by_positions(contrib, new_pos, n_new, labels)
     if new_labels is None:
-        return fields, int(owner.size), 0, 0
+        return fields, int(owner.size), 0, 0, n_weak
     fields = _cluster_positions(
         contrib, new_labels, loadings, nav_shape, *rules, pos=new_pos
     )
@@ -2024,10 +2031,11 @@ def cluster_components(
         and returns the mean data pattern of each region, shape
         ``(n_regions, qy, qx)``, and the response of every requested
         position, ``pattern(at[i]).ravel() @ filters[which[i]]``, shape
-        ``(m,)``. Each grain is then classed by its own pattern, its rim
-        grown where its patterns show the grain's disks and its positions
-        that show none given back to the matrix
-        (:func:`_regroup_by_grain_patterns`). Recorded as ``grain_regions``,
+        ``(m,)``. Each grain is then classed by its own pattern, tested as a
+        crystal against the glass's speckle, its rim grown where its
+        patterns show the grain's disks and its positions that show none
+        given back to the matrix (:func:`_regroup_by_grain_patterns`).
+        Recorded as ``grain_regions``, ``grain_weak_regions``,
         ``grain_rim_positions`` and ``grain_released_positions`` in
         ``parameters`` (0: not used). None: off.
     probe_fwhm : float, optional
@@ -2189,12 +2197,14 @@ def cluster_components(
         ),
     )
     grain_regions = grain_rim_positions = grain_released_positions = 0
+    grain_weak_regions = 0
     if region_patterns is not None and n_clusters is None and disk_radius is not None:
         (
             fields,
             grain_regions,
             grain_rim_positions,
             grain_released_positions,
+            grain_weak_regions,
         ) = _regroup_by_grain_patterns(
             fields,
             contrib,
@@ -2220,6 +2230,7 @@ def cluster_components(
     parameters["grain_regions"] = grain_regions
     parameters["grain_rim_positions"] = grain_rim_positions
     parameters["grain_released_positions"] = grain_released_positions
+    parameters["grain_weak_regions"] = grain_weak_regions
     # share of one read pass the reader reports (its ``read_fraction``), if any
     parameters["grain_pattern_reads"] = round(
         float(getattr(region_patterns, "read_fraction", 0.0)), 3
