@@ -1123,3 +1123,33 @@ def test_crystal_evidence_tells_a_grain_from_a_patch_of_speckle():
             at, which, role, response, filters, means.reshape(shape)
         )
         assert out.tolist() == expected, counts
+
+
+def test_crystal_evidence_threshold_falls_with_the_region_size():
+    """Where speckle rules (counting variance far below the null's), a region's upper
+    quartile must reach CRYSTAL_Z up to 20 positions, CRYSTAL_Z * sqrt(20 / n) beyond:
+    z 6 is speckle for 20 positions and a crystal for 80."""
+    from hyperspy_cnmf.clustering._components import (
+        CRYSTAL_Z,
+        EDGE,
+        FAR,
+        INSIDE,
+        _crystal_evidence,
+    )
+
+    rng = np.random.default_rng(0)
+    null = rng.normal(size=64)
+    med = np.median(null)
+    mad = 1.4826 * np.median(np.abs(null - med))
+    filters = np.full((2, 25), 1e-6, dtype=np.float32)
+    patterns = np.ones((2, 5, 5))  # counting variance ~1e-11: speckle rules
+    at, which, role, response = [], [], [], []
+    for r, n in enumerate((20, 80)):
+        at += [np.arange(64), np.arange(64, 64 + n)]
+        which += [np.full(64, r), np.full(n, r)]
+        role += [np.full(64, FAR), np.where(np.arange(n) % 4 == 0, EDGE, INSIDE)]
+        response += [null, np.full(n, med + 6.0 * mad)]
+    out = _crystal_evidence(
+        *(np.concatenate(a) for a in (at, which, role, response)), filters, patterns
+    )
+    assert 6.0 < CRYSTAL_Z and out.tolist() == [False, True]

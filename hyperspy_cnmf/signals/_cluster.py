@@ -691,8 +691,9 @@ def cluster_diffraction(
         :data:`~hyperspy_cnmf.clustering.SPECKLE_RATIO`), a region is a
         crystal only if the upper quartile of its own positions' responses
         stands :data:`~hyperspy_cnmf.clustering.CRYSTAL_Z` robust z above
-        the matrix's: patches of speckle that over-complete components took
-        make no phase. An NMF component that took grains of
+        the matrix's (less for regions beyond 20 positions, as
+        ``sqrt(20 / n)``): patches of speckle that over-complete components
+        took make no phase. An NMF component that took grains of
         two phases (too few components, or two near patterns) no longer puts
         them in one cluster, and pieces of one phase spread over several
         clusters meet; components then belong to the cluster where most of
