@@ -1676,9 +1676,9 @@ def _crystal_evidence(at, which, role, response, filters, patterns):
     data scaled down by a large factor leave the test off (speckle patches
     count as grains), scaled up it is on at any dose (a crystal whose disks
     stay below :data:`CRYSTAL_Z` then joins a phase by its pattern only). A
-    region's disks are a crystal's unless the spread of its null's responses (:func:`_nulls`,
-    ``1.4826 MAD``) is speckle's, its square beyond :data:`SPECKLE_RATIO`
-    times the counting variance of the response (``sum(filter**2 *
+    region's disks are a crystal's unless the spread of its null's
+    responses (:func:`_nulls`, ``1.4826 MAD``) is speckle's, its square
+    beyond :data:`SPECKLE_RATIO` times the counting variance of the response (``sum(filter**2 *
     mean pattern)``, Poisson), and the upper quartile of its own positions'
     responses (EDGE and INSIDE) stays below :data:`CRYSTAL_Z` of that
     spread above the null's median (times ``sqrt(20 / n)`` for a region of
