@@ -1811,19 +1811,16 @@ def _regroup_by_grain_patterns(
     grow = probe_fwhm is not None and probe_fwhm <= RIM_MAX_PROBE_FWHM
     at, which, role = _rim_requests(region, np.isin(pos, ext), nav_shape)
     # the filter of each grain, from its model mean pattern (known before
-    # the read)
-    filters = np.zeros((owner.size, int(np.prod(pattern_shape))), dtype=np.float32)
-    tested = np.unique(which)
-    if tested.size:
-        weights = np.stack(
-            [np.nanmean(loadings[:, region == r], axis=1) for r in tested]
-        )
-        model = np.nan_to_num(weights) @ np.nan_to_num(
-            factors.reshape(factors.shape[0], -1)
-        )
-        filters[tested] = _bragg_filters(
-            model.reshape((tested.size,) + pattern_shape), cpx, radius, dbr or 0.0
-        )
+    # the read); every grain has requests (its own positions at least)
+    weights = np.stack(
+        [np.nanmean(loadings[:, region == r], axis=1) for r in range(owner.size)]
+    )
+    model = np.nan_to_num(weights) @ np.nan_to_num(
+        factors.reshape(factors.shape[0], -1)
+    )
+    filters = _bragg_filters(
+        model.reshape((owner.size,) + pattern_shape), cpx, radius, dbr or 0.0
+    )
     out = region_patterns(region, filters, at, which)
     patterns, response = (np.asarray(a, dtype=np.float64) for a in out)
     if patterns.shape != (owner.size,) + pattern_shape or response.shape != at.shape:
