@@ -1758,6 +1758,15 @@ def _rim_growth(at, which, role, response, n_regions):
     return at[ok][first], which[ok][first]
 
 
+#: What :func:`_regroup_by_grain_patterns` counts, recorded in ``parameters``.
+_GRAIN_COUNTS = (
+    "grain_regions",
+    "grain_rim_positions",
+    "grain_released_positions",
+    "grain_weak_regions",
+)
+
+
 def _regroup_by_grain_patterns(
     fields,
     contrib,
@@ -1788,11 +1797,11 @@ def _regroup_by_grain_patterns(
     none go back to the matrix (:func:`_rim_release`), when ``probe_fwhm``
     (scan steps) is at most :data:`RIM_MAX_PROBE_FWHM`. Components go to the cluster
     where most of their map's excess lies (:func:`_members_by_positions`).
-    Returns the fields (unchanged when the partition of the positions is),
-    the number of grain regions whose patterns were compared, the number of
-    rim positions claimed, the number of grain positions released to the
-    matrix (:func:`_rim_release`) and the number of regions whose disks
-    were the glass's speckle (:func:`_crystal_evidence`).
+    Returns the fields (unchanged when the partition of the positions is)
+    and the counts of :data:`_GRAIN_COUNTS` (dict): grain regions whose
+    patterns were compared, rim positions claimed, grain positions released
+    to the matrix (:func:`_rim_release`) and regions whose disks were the
+    glass's speckle (:func:`_crystal_evidence`).
     """
     cpx, radius, dbr, grid, similarity_kwargs, pattern_shape = geometry
     percentiles, smoothing, _ = rules
@@ -1801,11 +1810,12 @@ def _regroup_by_grain_patterns(
     extended = _extended_clusters(
         _smooth_maps(contrib, nav_shape, smoothing), labels, masked, percentiles
     )
+    none = dict.fromkeys(_GRAIN_COUNTS, 0)
     if not extended.any() or extended.all():
-        return fields, 0, 0, 0, 0
+        return fields, none
     region, owner = _grain_regions(pos, nav_shape, extended)
     if not owner.size:
-        return fields, 0, 0, 0, 0
+        return fields, none
     sizes = np.bincount(region[region >= 0], minlength=owner.size)
     ext = np.flatnonzero(extended)
     grow = probe_fwhm is not None and probe_fwhm <= RIM_MAX_PROBE_FWHM
@@ -1865,17 +1875,19 @@ def _regroup_by_grain_patterns(
     claimed_ok = region_label[by] >= ext.size  # grains that stayed grains
     new_pos[claimed[claimed_ok]] = region_label[by[claimed_ok]]
     grown = int(claimed_ok.sum())
-    counts = (int(owner.size), grown, int(released.size), n_weak)
+    counts = dict(
+        zip(_GRAIN_COUNTS, (int(owner.size), grown, int(released.size), n_weak))
+    )
     if _same_partition(pos, new_pos):
-        return (fields,) + counts
+        return fields, counts
     n_new = int(new_pos.max()) + 1
     new_labels = _members_by_positions(contrib, new_pos, n_new, labels)
-    if new_labels is None:
-        return fields, int(owner.size), 0, 0, n_weak
+    if new_labels is None:  # nothing changed: no rim grown, none released
+        return fields, dict(counts, grain_rim_positions=0, grain_released_positions=0)
     fields = _cluster_positions(
         contrib, new_labels, loadings, nav_shape, *rules, pos=new_pos
     )
-    return (fields,) + counts
+    return fields, counts
 
 
 def _aligned_merge(factors, cpx, sim, labels, beam_only, factor_sum, loading_sum):
@@ -2204,16 +2216,9 @@ def cluster_components(
             same_crystal,
         ),
     )
-    grain_regions = grain_rim_positions = grain_released_positions = 0
-    grain_weak_regions = 0
+    grain = dict.fromkeys(_GRAIN_COUNTS, 0)  # 0: not used
     if region_patterns is not None and n_clusters is None and disk_radius is not None:
-        (
-            fields,
-            grain_regions,
-            grain_rim_positions,
-            grain_released_positions,
-            grain_weak_regions,
-        ) = _regroup_by_grain_patterns(
+        fields, grain = _regroup_by_grain_patterns(
             fields,
             contrib,
             loadings,
@@ -2235,10 +2240,7 @@ def cluster_components(
     parameters["dissolved_clusters"] = dissolved
     parameters["joined_clusters"] = joined
     parameters["split_clusters"] = split
-    parameters["grain_regions"] = grain_regions
-    parameters["grain_rim_positions"] = grain_rim_positions
-    parameters["grain_released_positions"] = grain_released_positions
-    parameters["grain_weak_regions"] = grain_weak_regions
+    parameters.update(grain)
     # share of one read pass the reader reports (its ``read_fraction``), if any
     parameters["grain_pattern_reads"] = round(
         float(getattr(region_patterns, "read_fraction", 0.0)), 3
