@@ -57,7 +57,6 @@ from dask.sizeof import sizeof
 from hyperspy_cnmf._beam import beam_search_pixels
 from hyperspy_cnmf.nmf._kernels import (
     block_beam_centres,
-    block_left,
     block_right,
     block_row_col_sums,
     block_stats,
@@ -68,6 +67,8 @@ from hyperspy_cnmf.nmf._operators import (
     _beam_shape,
     _scale_vector,
     flushed_left,
+    gram_block,
+    round_sums,
 )
 
 __all__ = ["DaskOperator"]
@@ -165,11 +166,8 @@ def _summary_block(block, rows, shape, row_scale, sh):
 def _gram(X, row_scale, AcT):
     """``Y = diag(r) X AcT.T`` and ``(Xe.T @ Y).T`` (float64 sums, no column scale)."""
     Y = np.empty((X.shape[0], AcT.shape[0]))
-    block_right(X, AcT, row_scale, Y)
-    # float64: Y may be ill-conditioned and the range finder multiplies this
-    # by the inverse of its R factor.
     P = np.zeros((Y.shape[1], X.shape[1]))
-    block_left(X, Y * row_scale[:, None], P)
+    gram_block(X, row_scale, AcT, Y, P)
     return Y, {"P": P}
 
 
@@ -356,7 +354,7 @@ def _merge(parts):
 
 def _mean(part):
     with np.errstate(invalid="ignore", divide="ignore"):
-        return part["pattern"] / part["n_rows"]
+        return round_sums(part["pattern"] / part["n_rows"])
 
 
 def _split(chunks, limit):

@@ -19,7 +19,11 @@ import numpy as np
 
 from hyperspy_cnmf.nmf._init import nndsvd_from_svd, random_init, spa_from_svd
 from hyperspy_cnmf.nmf._kernels import hals_rows, mu_rows
-from hyperspy_cnmf.nmf._operators import SketchOperator, randomized_range
+from hyperspy_cnmf.nmf._operators import (
+    SketchOperator,
+    randomized_range,
+    round_sums,
+)
 
 SOLVERS = ("hals", "mu", "als")
 #: Exact iterations after the sketch phase in the signal methods' default
@@ -494,10 +498,14 @@ def _start(W0, Ht0, op, map_c, diff_c):
     return W, Ht
 
 
-def _initial_factors(op, k, init, rng, n_power_iter, oversample):
-    stats = op.stats()
+def _data_mean(op):
+    """Mean of the unmasked effective data (:func:`round_sums`: the same for any split of the data)."""
     n_valid = max(1, int((op.row_scale != 0).sum()) * int((op.col_scale != 0).sum()))
-    mean = stats["total"] / n_valid
+    return float(round_sums(np.array(op.stats()["total"] / n_valid)))
+
+
+def _initial_factors(op, k, init, rng, n_power_iter, oversample):
+    mean = _data_mean(op)
     if isinstance(init, tuple):
         W0, Ht0 = (np.array(a, dtype=np.float64) for a in init)
         if W0.shape != (op.shape[0], k) or Ht0.shape != (op.shape[1], k):
@@ -597,7 +605,6 @@ def _fit_phases(
     n_init,
     max_iter,
     max_exact_iter,
-    n_valid,
     map_c,
     diff_c,
 ):
@@ -614,7 +621,7 @@ def _fit_phases(
     first_op = SketchOperator(*sketch_basis, op) if sketch else op
     first_phase = "sketch" if sketch else "exact"
     first_cap = max_iter if sketch else max_exact_iter
-    mean = op.stats()["total"] / n_valid
+    mean = _data_mean(op)
     best = None
     for start in range(n_init):
         if start > 0:
@@ -787,7 +794,6 @@ def constrained_nmf(
         n_init=n_init,
         max_iter=max_iter,
         max_exact_iter=max_exact_iter,
-        n_valid=n_valid,
         map_c=map_c,
         diff_c=diff_c,
     )
