@@ -412,8 +412,10 @@ class ConstrainedNMF:
         Maximum iterations.
     tol : float, default 1e-5
         Relative change of the loss at which the iterations stop.
-    random_state : int, numpy.random.Generator or None
-        Seed of the randomized initialisation and sketch.
+    random_state : int, numpy.random.Generator or None, default 0
+        Seed of the randomized sketch (its Gaussian test matrix) and of random
+        starts. Fixed by default: the same call on the same data gives the
+        same result; ``None`` draws a fresh seed.
     navigation_shape : tuple of int, optional
         Shape of the scan in array order, ``(rows, columns)``: the rows of
         ``X`` reshaped in C order are the maps, i.e. ``s.data.shape[:2]``
@@ -471,10 +473,9 @@ class ConstrainedNMF:
     >>> s = hs.signals.Signal2D(simulated_precipitates(
     ...     scan_shape=(16, 16), detector_shape=(24, 24), n_grains=2, grain_diameter=3.0).data)
     >>> est = ConstrainedNMF(n_components=4, navigation_shape=s.data.shape[:2],
-    ...                      map_resolution=3.0, signal_shape=s.data.shape[-2:],
-    ...                      random_state=0)
+    ...                      map_resolution=3.0, signal_shape=s.data.shape[-2:])
     >>> est
-    ConstrainedNMF(map_resolution=3.0, n_components=4, navigation_shape=(16, 16), random_state=0, signal_shape=(24, 24))
+    ConstrainedNMF(map_resolution=3.0, n_components=4, navigation_shape=(16, 16), signal_shape=(24, 24))
     >>> s.decomposition(algorithm=est, print_info=False)
     >>> bool((s.learning_results.factors >= 0).all()), s.learning_results.loadings.shape
     (True, (256, 4))
@@ -488,7 +489,7 @@ class ConstrainedNMF:
         init="nndsvda",
         max_iter=200,
         tol=1e-5,
-        random_state=None,
+        random_state=0,
         navigation_shape=None,
         map_resolution=None,
         map_filter="tukey",

@@ -125,6 +125,20 @@ def test_lazy_decomposition_equals_eager(small, options, chunks):
     assert info_l["n_passes"] <= info_e["n_passes"]
 
 
+def test_the_default_call_gives_the_same_result_lazily_and_again(small):
+    """No random_state given: the sketch's seed is fixed (0), so two calls, in memory
+    and lazily in tiles, agree (a fresh seed per call made them differ)."""
+    runs = []
+    for s in (small.deepcopy(), small.deepcopy(), _lazy(small, (5, 7, 24, 24))):
+        s.decomposition(
+            algorithm="constrained_nmf", output_dimension=K, print_info=False
+        )
+        runs.append(s)
+    _assert_same_results(runs[0], runs[1], rtol=1e-12)
+    _assert_same_results(runs[0], runs[2])
+    assert json.loads(runs[2].learning_results.cnmf_parameters)["random_state"] == 0
+
+
 def test_first_range_product_shares_the_statistics_read(small):
     # n_power_iter (2) reads for the range finder, whose first product came
     # with the statistics read, plus 1 for the exact iteration (Xe @ Ht and

@@ -528,7 +528,7 @@ def constrained_nmf_decomposition(
     init="nndsvda",
     max_iter=200,
     tol=1e-5,
-    random_state=None,
+    random_state=0,
     map_resolution="auto",
     map_filter="tukey",
     diffraction_constraint=True,

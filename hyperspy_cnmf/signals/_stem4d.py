@@ -162,8 +162,11 @@ class STEM4D(Signal2D):
         tol : float, default 1e-5
             Stop when the mean squared error changes by less than this
             relative amount between iterations.
-        random_state : int, numpy.random.Generator or None
-            Seed of the randomized initialisation and sketch.
+        random_state : int, numpy.random.Generator or None, default 0
+            Seed of the randomized sketch (its Gaussian test matrix) and of
+            random starts. Fixed by default, so that the same call on the same
+            data gives the same result, in memory or lazily in any chunks;
+            ``None`` draws a fresh seed (the result then varies between calls).
         map_resolution : "auto", float or None, default "auto"
             Probe size (FWHM) in the navigation axes' units; power beyond the
             spatial frequency ``1 / map_resolution`` is removed from every
