@@ -1026,7 +1026,11 @@ def test_grain_groups_rules():
     touching[[4, 9], 2] = touching[2, [4, 9]] = 3  # touching region 2's grain
     group, evidence = _grain_groups(d, sizes, owner, touching)
     assert group[0] == group[1] == group[3] != group[2] == group[4] != group[9]
-    assert group[5] == group[0]  # its cluster's large regions
+    assert group[5] != group[0] and not evidence[group[5]]  # clearly another: matrix
+    near = d.copy()
+    near[5, [0, 1]] = near[[0, 1], 5] = 0.45  # noisy, not clearly another pattern
+    group_near, _ = _grain_groups(near, sizes, owner, touching)
+    assert group_near[5] == group_near[0]  # its cluster's large regions
     assert group[7] == group[8] != group[6]  # one group per cluster
     assert evidence[group[7]] and not evidence[group[6]]  # 24 and 5 positions
     # 24 positions of unlike patterns (the glass's speckle): no phase
@@ -1061,6 +1065,7 @@ def test_grain_groups_weak_regions_and_pieces_across_clusters():
     d = np.full((7, 7), 0.6)
     d[0, 1] = d[1, 0] = 0.1  # a weak region near a crystal's pattern
     d[4, 5] = d[5, 4] = 0.1  # two pieces of one phase in two clusters
+    d[3, [0, 1]] = d[[0, 1], 3] = 0.45  # a noisy small piece of that crystal
     np.fill_diagonal(d, 0.0)
     touching = np.zeros((7, 7))
     weak = np.zeros(7, dtype=bool)

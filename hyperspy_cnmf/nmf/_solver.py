@@ -36,10 +36,10 @@ SOLVERS = ("hals", "mu", "als")
 #: Position ARI of the main job (``python benchmarks/quality_rules.py
 #: --exact``, k = true / 2x / 30, random_state 0-2; the clustering with the
 #: grains' own patterns and rims): the three multislice cases and the
-#: embedded default (36 runs each), mean 0.894 and the true cluster count
-#: in 35 runs to ``tol``, 0.894 and 36 at 9, 8 and 6; three independent
-#: multislice cases (27 runs each, ``--files``), 0.892 and 27 to ``tol``,
-#: 0.890 at 9, 0.893 at 8, 0.889 at 6, 27 each
+#: embedded default (36 runs each), mean 0.896 and the true cluster count
+#: in 35 runs to ``tol``, 0.896 at 9 and 8, 0.895 at 6, 36 each; three
+#: independent multislice cases (27 runs each, ``--files``), 0.893 and 27 to
+#: ``tol``, 0.892 at 9 and 8, 0.889 at 6, 27 each
 #: (``benchmarks/results/quality_exact*.md``).
 EXACT_REFINEMENT = 8
 #: Default extra rank of the randomized sketch beyond ``k``.
