@@ -1336,10 +1336,10 @@ def _grain_groups(distance, sizes, owner, touching, empty=None, weak=None):
     of glass that a grain's component map picks up far from the grain, a few
     positions each; six multislice cases, k = true / 2x / 30, random_state
     0-9: fits below ARI 0.85 at k = 2x 3 -> 1, 2-phase case at k = 30,
-    random_state 1: 0.832 -> 0.877). A
-    small region whose mean pattern shows no Bragg disk (``empty``) skips all
-    but the last: nothing in it tells its phase. A region whose patterns show disks no stronger
-    than the glass's speckle (``weak``, :func:`_crystal_evidence`) is placed
+    random_state 1: 0.832 -> 0.877). A small region whose mean pattern shows
+    no Bragg disk (``empty``) skips all but the last: nothing in it tells its
+    phase. A region whose patterns show disks no stronger than the glass's
+    speckle (``weak``, :func:`_crystal_evidence`) is placed
     by its pattern only (the cut and the nearest group) and otherwise joins
     the matrix. The remaining small regions form one group per cluster,
     marked False in the second return value (no evidence of a phase of
