@@ -748,7 +748,7 @@ class DaskOperator:
         )
 
     def row_col_sums(self, row_valid, col_valid):
-        """Raw row sums over valid columns and column sums over valid rows."""
+        """Raw row sums over valid columns and column sums over valid rows (:func:`round_sums`)."""
         row_valid = np.asarray(row_valid, dtype=bool)
         col_valid = np.asarray(col_valid, dtype=bool)
         if (
@@ -761,14 +761,15 @@ class DaskOperator:
             if np.array_equal(row_valid, s["row_valid"]) and np.array_equal(
                 col_valid, s["col_valid"]
             ):
-                return s["rows"].copy(), s["cols"].copy()
+                return round_sums(s["rows"]), round_sums(s["cols"])
         rows, part = self._read(
             _sums_block,
             local=True,
             per_block=lambda r: (row_valid[r],),
             col_valid=col_valid,
         )
-        return self._scatter([r[:, None] for r in rows], 1)[:, 0], part["cols"]
+        rows = self._scatter([r[:, None] for r in rows], 1)[:, 0]
+        return round_sums(rows), round_sums(part["cols"])
 
     def mean_pattern(self, row_valid):
         """Mean raw pattern over the valid rows (masked pixels included)."""

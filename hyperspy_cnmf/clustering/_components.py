@@ -1366,6 +1366,11 @@ def _grain_groups(distance, sizes, owner, touching, empty=None, weak=None):
     else:
         group[reliable] = 0
     n_groups = int(group.max()) + 1
+
+    def mean_distance(regions, g):
+        """Mean distance of each of ``regions`` to the large regions of group ``g``."""
+        return distance[np.ix_(regions, reliable[group[reliable] == g])].mean(axis=1)
+
     # a group of large regions none of which shows a crystal's disks is none
     shows = ~empty & ~weak
     evidence = [
@@ -1373,9 +1378,7 @@ def _grain_groups(distance, sizes, owner, touching, empty=None, weak=None):
     ]
     small = np.flatnonzero((group < 0) & ~empty)
     for r in small:
-        mean = [
-            distance[r, reliable[group[reliable] == g]].mean() for g in range(n_groups)
-        ]
+        mean = [mean_distance([r], g)[0] for g in range(n_groups)]
         mean = np.where(evidence, mean, np.inf) if mean else mean
         if min(mean, default=np.inf) <= GRAIN_DISTANCE:
             group[r] = int(np.argmin(mean))
@@ -1386,7 +1389,7 @@ def _grain_groups(distance, sizes, owner, touching, empty=None, weak=None):
         border = touching[r, crystal]
         if border.size and border.max() > 0:
             g = group[crystal[np.argmax(border)]]
-            if distance[r, reliable[group[reliable] == g]].mean() <= 2 * GRAIN_DISTANCE:
+            if mean_distance([r], g)[0] <= 2 * GRAIN_DISTANCE:
                 group[r] = g
     # pieces of one pattern in several clusters
     left = small[group[small] < 0]
@@ -1415,11 +1418,7 @@ def _grain_groups(distance, sizes, owner, touching, empty=None, weak=None):
             g = int(np.argmax(np.bincount(group[held], weights=sizes[held])))
             # not a region whose disks are clearly another pattern's (as at a border)
             far = np.flatnonzero(left & ~empty)
-            far = far[
-                distance[np.ix_(far, reliable[group[reliable] == g])].mean(axis=1)
-                > 2 * GRAIN_DISTANCE
-            ]
-            left[far] = False
+            left[far[mean_distance(far, g) > 2 * GRAIN_DISTANCE]] = False
         else:
             g = len(evidence)
             shown = np.flatnonzero(left & ~empty)

@@ -16,7 +16,8 @@ Every operator provides:
 - ``shape``, ``dtype``, ``row_scale``, ``col_scale``;
 - ``rescaled(row_scale, col_scale)``: the same data with other scales;
 - ``row_col_sums(row_valid, col_valid)``, ``mean_pattern(row_valid)``: raw
-  sums for the Poisson normalisation and the calibration helpers;
+  sums for the Poisson normalisation and the calibration helpers, rounded by
+  :func:`round_sums` (the same however the rows are split);
 - ``stats()``: ``dict(total, sq_norm, minimum, n_bad)`` over unmasked entries;
 - ``beam_positions()``: the direct-beam centre ``(x, y)`` in px of every row
   (pattern), measured in the same read as ``stats()``
@@ -284,7 +285,7 @@ class DenseOperator:
         return op
 
     def row_col_sums(self, row_valid, col_valid):
-        """Raw row sums over valid columns and column sums over valid rows."""
+        """Raw row sums over valid columns and column sums over valid rows (:func:`round_sums`)."""
         self.n_passes += 1
         rows = np.zeros(self.shape[0])
         cols = np.zeros(self.shape[1])
@@ -292,7 +293,7 @@ class DenseOperator:
             r, c = block_row_col_sums(self.X[sl], row_valid[sl], col_valid)
             rows[sl] = r
             cols += c
-        return rows, cols
+        return round_sums(rows), round_sums(cols)
 
     def mean_pattern(self, row_valid):
         """Mean raw pattern over the valid rows (masked pixels included)."""
@@ -303,9 +304,11 @@ class DenseOperator:
         )  # no copy when nothing is masked
         return round_sums(X.mean(axis=0, dtype=np.float64))
 
-    def _scaled_patterns_t(self, A):
-        """``(diag(col_scale) @ A).T`` in the data's dtype, C-contiguous."""
-        return np.ascontiguousarray((A * self.col_scale[:, None]).T, dtype=self.dtype)
+    def _scaled_patterns_t(self, A, dtype=None):
+        """``(diag(col_scale) @ A).T`` in ``dtype`` (default: the data's), C-contiguous."""
+        return np.ascontiguousarray(
+            (A * self.col_scale[:, None]).T, dtype=dtype or self.dtype
+        )
 
     def _right_blocks(self, HcT, out, blocks):
         for sl in blocks:
@@ -369,7 +372,7 @@ class DenseOperator:
         self.n_passes += 1
         A = np.asarray(A, dtype=np.float64)
         dtype = self.dtype if self._kernels else np.result_type(self.dtype, np.float32)
-        AcT = np.ascontiguousarray((A * self.col_scale[:, None]).T, dtype=dtype)
+        AcT = self._scaled_patterns_t(A, dtype)
         Y = np.empty((self.shape[0], A.shape[1]))
 
         def work(blocks):

@@ -20,7 +20,7 @@ from hyperspy_cnmf.nmf import (
     DenseOperator,
     constrained_nmf,
 )
-from hyperspy_cnmf.nmf._operators import range_test_matrix, round_sums
+from hyperspy_cnmf.nmf._operators import range_test_matrix
 from hyperspy_cnmf.nmf._solver import SKETCH_OVERSAMPLE
 from hyperspy_cnmf.signals._axes import check_4d
 from hyperspy_cnmf.signals._beam_shift import beam_motion, warn_if_beam_moves
@@ -227,8 +227,7 @@ def _poisson_scales(op, nav_valid, sig_valid):
     reduced chi-square: about 1 for a fit at the noise level. The constant
     factor changes nothing else (HyperSpy's own scaling omits it).
     """
-    # rounded: the column sums' last digits depend on how the data are split (threads, chunks)
-    rows, cols = (round_sums(a) for a in op.row_col_sums(nav_valid, sig_valid))
+    rows, cols = op.row_col_sums(nav_valid, sig_valid)
     r = np.where(
         nav_valid & (rows > 0), 1.0 / np.sqrt(np.where(rows > 0, rows, 1.0)), 0.0
     )
