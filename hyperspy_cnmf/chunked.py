@@ -63,12 +63,11 @@ from hyperspy_cnmf.nmf._kernels import (
     block_summary,
 )
 from hyperspy_cnmf.nmf._operators import (
-    FLUSH_ROWS,
     _beam_shape,
     _scale_vector,
-    flushed_left,
     gram_block,
     round_sums,
+    summed_left,
 )
 
 __all__ = ["DaskOperator"]
@@ -200,25 +199,21 @@ def _right_block(block, rows, shape, row_scale, sh):
     return Y, {}
 
 
-def _left(X, Br):
-    """``(X.T @ Br).T`` in float64, summed over row slabs computed in ``Br``'s dtype."""
-    slabs = (
-        (X[i : i + FLUSH_ROWS], Br[i : i + FLUSH_ROWS])
-        for i in range(0, X.shape[0], FLUSH_ROWS)
-    )
-    return flushed_left(slabs, Br.shape[1], X.shape[1], Br.dtype)
+def _left(X, B, row_scale):
+    """``(X.T @ diag(row_scale) B).T``, float64 (:func:`~hyperspy_cnmf.nmf._operators.summed_left`)."""
+    return summed_left([(X, B * row_scale[:, None])], B.shape[1], X.shape[1])
 
 
 def _left_t_block(block, rows, shape, row_scale, B, sh):
     X = _prepare(block, shape, sh.dtype, row_scale, sh.col_masked)
-    return {"P": _left(X, (B * row_scale[:, None]).astype(sh.dtype))}
+    return {"P": _left(X, B, row_scale)}
 
 
 def _right_left_t_block(block, rows, shape, row_scale, B, sh):
     X = _prepare(block, shape, sh.dtype, row_scale, sh.col_masked)
     Y = np.empty((X.shape[0], sh.AcT.shape[0]))
     block_right(X, sh.AcT, row_scale, Y)
-    return Y, {"P": _left(X, (B * row_scale[:, None]).astype(sh.dtype))}
+    return Y, {"P": _left(X, B, row_scale)}
 
 
 def _fused_block(block, rows, shape, row_scale, W, sh):
@@ -226,7 +221,7 @@ def _fused_block(block, rows, shape, row_scale, W, sh):
     R = np.empty((X.shape[0], sh.HcT.shape[0]))
     block_right(X, sh.HcT, row_scale, R)
     sh.update(W, R, row_scale == 0)
-    return W, {"P": _left(X, (W * row_scale[:, None]).astype(sh.dtype))}
+    return W, {"P": _left(X, W, row_scale)}
 
 
 _MERGE = {
@@ -814,7 +809,7 @@ class DaskOperator:
         """``Xe.T @ B`` for ``B`` of shape (n_rows, r), in one read."""
         B = np.asarray(B, dtype=np.float64)
         _, part = self._read(_left_t_block, per_block=lambda r: (B[r],))
-        return part["P"].T * self.col_scale[:, None]
+        return self._summed(part)
 
     def right_left_t(self, A, B):
         """``Xe @ A`` and ``Xe.T @ B`` (shapes (n_cols, r), (n_rows, s)), in one read."""
@@ -824,7 +819,7 @@ class DaskOperator:
         Y, part = self._read(
             _right_left_t_block, local=True, per_block=lambda r: (B[r],), AcT=AcT
         )
-        return self._scatter(Y, A.shape[1]), part["P"].T * self.col_scale[:, None]
+        return self._scatter(Y, A.shape[1]), self._summed(part)
 
     def fused_pass(self, W, Ht, update):
         """Update the maps block by block and return ``Xe.T @ W`` (updated maps).
@@ -846,4 +841,8 @@ class DaskOperator:
         )
         for (_, rows), value in zip(self._layout.blocks, Wb):
             W[rows] = value
-        return part["P"].T * self.col_scale[:, None]
+        return self._summed(part)
+
+    def _summed(self, part):
+        """The blocks' float64 ``(Xe.T @ B).T`` scaled and rounded (:func:`round_sums`)."""
+        return round_sums(part["P"].T * self.col_scale[:, None])

@@ -38,8 +38,10 @@ def test_core_never_imports_hyperspy_dask_py4dstem():
 def test_unconstrained_objective_never_increases(lowrank, solver):
     r = _fit(lowrank, solver=solver, sketch=False, max_iter=60, tol=0)
     # The iterations; the final separation may trade a little loss (up to max_clip) for less mixed patterns.
+    # The loss comes from sums over positions rounded to 24 bits (round_sums): measured
+    # rises up to 1e-7 of the first loss from that rounding (HALS, ALS), none above 1e-6.
     loss = r.loss[np.asarray(r.phases) != "separate"]
-    assert np.all(np.diff(loss) <= 1e-9 * loss[0]), np.diff(loss).max()
+    assert np.all(np.diff(loss) <= 1e-6 * loss[0]), np.diff(loss).max()
     assert loss[-1] < loss[0]
 
 
@@ -118,8 +120,11 @@ def test_randomized_range_captures_low_rank():
     X = rng.random((300, 5)) @ rng.random((5, 120))
     op = DenseOperator(X)
     Q, Bt = randomized_range(op, 8, n_power_iter=1, rng=0)
-    assert np.linalg.norm(X - Q @ Bt.T) / np.linalg.norm(X) < 1e-10
-    assert op.n_passes == 4  # 2 * n_power_iter + 2 reads of the data
+    # to the rounding of the sums over positions (round_sums, 2**-24; measured 5e-8)
+    assert np.linalg.norm(X - Q @ Bt.T) / np.linalg.norm(X) < 1e-6
+    # n_power_iter + 1 reads: the 3 directions beyond the rank are dropped, not read
+    assert op.n_passes == 2
+    assert np.abs(Bt[:, 5:]).max() == 0
     sk = SketchOperator(Q, Bt, op)
     A = rng.random((120, 3))
     np.testing.assert_allclose(sk.right(A), X @ A, rtol=1e-8)
@@ -224,11 +229,12 @@ def test_constrained_exact_iteration_reads_the_data_once(lowrank):
         )
     assert r.n_iter == 5
     assert r.n_passes - ref.n_passes == 5  # the sketch phase and its reads are the same
-    # the reported loss is that of the returned (constrained) factors, evaluated exactly
+    # the reported loss is that of the returned (constrained) factors, evaluated from
+    # the sums of the read (rounded to 24 bits, round_sums: measured 1e-8 from exact)
     np.testing.assert_allclose(
         r.loss[-1],
         np.mean((lowrank - r.W @ r.Ht.T) ** 2),
-        rtol=1e-9,
+        rtol=1e-7,
     )
     np.testing.assert_allclose(r.W, _smooth_maps(r.W), atol=1e-12 * r.W.max())
 
@@ -296,21 +302,27 @@ def test_scale_equivariance_of_the_core(lowrank, solver, init):
     """The data times c give the same patterns and c times the maps (no absolute thresholds)."""
     ref = _fit(lowrank, solver=solver, init=init, max_iter=30)
     model = ref.W @ ref.Ht.T
-    # Powers of two scale every float exactly: any absolute threshold would show.
-    # Other factors differ by rounding (the sums that start the fit keep 24 bits,
-    # round_sums), which the multiplicative updates amplify a little.
+    # Powers of four scale every float exactly, the factors (times sqrt(c)) included:
+    # any absolute threshold would show. Other factors round every sum over positions
+    # differently in its 24th bit (round_sums), which the iterations carry on: measured
+    # within 4e-4 of the model's maximum and 7e-6 of the final loss (ALS stopping one
+    # iteration earlier for three of them).
     for c, rtol in (
         (2.0**-10, 1e-12),
-        (2.0**13, 1e-12),
-        (1e-3, 1e-4),
-        (10.0, 1e-4),
-        (1e4, 1e-4),
+        (2.0**14, 1e-12),
+        (2.0**13, 1e-3),
+        (1e-3, 1e-3),
+        (10.0, 1e-3),
+        (1e4, 1e-3),
     ):
         r = _fit(lowrank * c, solver=solver, init=init, max_iter=30)
         np.testing.assert_allclose(
             r.W @ r.Ht.T, c * model, rtol=rtol, atol=rtol * c * model.max()
         )
-        np.testing.assert_allclose(r.loss, c**2 * ref.loss, rtol=rtol)
+        if rtol < 1e-6:
+            np.testing.assert_allclose(r.loss, c**2 * ref.loss, rtol=rtol)
+        else:
+            np.testing.assert_allclose(r.loss[-1], c**2 * ref.loss[-1], rtol=1e-4)
 
 
 def test_nndsvda_start_is_scale_equivariant(lowrank):

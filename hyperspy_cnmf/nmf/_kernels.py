@@ -219,17 +219,18 @@ def block_right(X, HcT, row_scale, R):
 def block_left(X, Wr, AccT):
     """``AccT += Wr.T @ X`` for a block of rows, in place.
 
-    Accumulates the transposed-data product with the (row-scaled) maps in the
-    data's precision. Four rows times four components at a time; the updates
-    along the pixels are vectorized.
+    Accumulates the transposed-data product with the (row-scaled) maps in
+    ``AccT``'s precision (float64 in the package:
+    :func:`~hyperspy_cnmf.nmf._operators.summed_left`). Four rows times four
+    components at a time; the updates along the pixels are vectorized.
 
     Parameters
     ----------
-    X : ndarray, shape (n, m), C-contiguous
+    X : ndarray, shape (n, m), float32 or float64, C-contiguous
         A block of rows of the data.
-    Wr : ndarray, shape (n, k), same dtype as ``X``
+    Wr : ndarray, shape (n, k), float64 (or ``X``'s dtype)
         Row-scaled maps of the block.
-    AccT : ndarray, shape (k, m), same dtype as ``X``, C-contiguous
+    AccT : ndarray, shape (k, m), ``Wr``'s dtype, C-contiguous
         Accumulator.
     """
     n, m = X.shape

@@ -59,10 +59,6 @@ from hyperspy_cnmf.nmf._kernels import (
 )
 
 _BLOCK_BYTES = 2 * 2**20
-#: Rows of ``X.T @ B`` summed in the data's precision before they are added to
-#: the float64 total (fewer float64 flushes: measured 3 ms of a 52 ms exact
-#: iteration at 128 rows; the out-of-core operator sums its slabs the same way).
-FLUSH_ROWS = 512
 
 #: Significant bits kept by :func:`round_sums` (float32's 24): sums that differ in
 #: their last float64 digits (about 1e-15) then round alike unless one lies
@@ -80,15 +76,19 @@ def round_sums(a):
     unit intensity) in-memory and lazy runs parted by 1e-15 ended in different
     local minima (label ARI 0.79 between them). Every sum that feeds the fit
     (the mean pattern, the Poisson row and column sums, the range finder's
-    ``Xe.T @ Y``) is therefore rounded onto a grid of about ``2**-SUM_BITS`` of
+    ``Xe.T @ Y``, the exact iterations' ``Xe.T @ W``) is therefore rounded
+    onto a grid of about ``2**-SUM_BITS`` of
     its largest magnitude (per column of a 2D array), a power of two, so the
     rounding itself is exact arithmetic. In-memory runs on any number of
     threads and lazy runs in any chunks then start from the same numbers.
 
-    The price: data multiplied by a constant other than a power of two round
-    differently in the 24th bit (as storing them in float32 would), so the
-    fit of ``c X`` equals ``c`` times that of ``X`` to its convergence (measured
-    within 7e-5 of the maximum) rather than to float64 precision.
+    The price: sums keep float32's precision relative to their column's
+    largest entry (the loss, computed from them, to about 1e-7 of the data's
+    squared norm), and data multiplied by a constant other than a power of 16
+    (the factors scale by its fourth root under Poisson weighting) round
+    differently in the 24th bit, so the fit of ``c X`` equals ``c`` times that
+    of ``X`` to its convergence (measured within 7e-5 of the maximum) rather
+    than to float64 precision.
 
     Parameters
     ----------
@@ -134,13 +134,16 @@ def _scale_vector(scale, n, name):
 class DenseOperator:
     """An in-memory data matrix, read in blocks of rows.
 
-    For C-contiguous float32/float64 data the products with the factors are
-    Numba kernels (:func:`~hyperspy_cnmf.nmf._kernels.block_right`,
+    The products with the factors are Numba kernels
+    (:func:`~hyperspy_cnmf.nmf._kernels.block_right`,
     :func:`~hyperspy_cnmf.nmf._kernels.block_left`) run by ``n_threads``
-    threads, each on its own contiguous range of rows; other layouts use
-    BLAS. In :meth:`fused_pass` the ``update`` of a block is called by the
-    thread that owns the block (blocks of different threads are disjoint), so
-    ``update`` must only touch the rows it is given.
+    threads, each on its own contiguous range of rows (other layouts and
+    dtypes than C-contiguous float32/float64 are copied block by block).
+    Every product's entry is the same however the rows are split: ``Xe @ A``
+    row by row, ``Xe.T @ B`` summed in float64 and rounded
+    (:func:`round_sums`). In :meth:`fused_pass` the ``update`` of a block is
+    called by the thread that owns the block (blocks of different threads are
+    disjoint), so ``update`` must only touch the rows it is given.
 
     Parameters
     ----------
@@ -183,6 +186,8 @@ class DenseOperator:
             n_threads = numba.get_num_threads()
         self.n_threads = max(1, int(n_threads))
         self._kernels = X.flags.c_contiguous and X.dtype in (np.float32, np.float64)
+        # other layouts and dtypes: read as C-contiguous float blocks
+        self._kdtype = X.dtype if self._kernels else np.result_type(X.dtype, np.float32)
         self._stats = None
         self._beam = None
         self.signal_shape = _beam_shape(signal_shape, X.shape[1])
@@ -304,62 +309,61 @@ class DenseOperator:
         )  # no copy when nothing is masked
         return round_sums(X.mean(axis=0, dtype=np.float64))
 
-    def _scaled_patterns_t(self, A, dtype=None):
-        """``(diag(col_scale) @ A).T`` in ``dtype`` (default: the data's), C-contiguous."""
-        return np.ascontiguousarray(
-            (A * self.col_scale[:, None]).T, dtype=dtype or self.dtype
-        )
+    def _scaled_patterns_t(self, A):
+        """``(diag(col_scale) @ A).T`` in the kernels' precision, C-contiguous."""
+        return np.ascontiguousarray((A * self.col_scale[:, None]).T, dtype=self._kdtype)
 
-    def _right_blocks(self, HcT, out, blocks):
-        for sl in blocks:
-            block_right(self.X[sl], HcT, self.row_scale[sl], out[sl])
+    def _rows(self, sl):
+        """Rows ``sl`` of the data as the kernels read them (a copy only for other layouts)."""
+        X = self.X[sl]
+        return X if self._kernels else np.ascontiguousarray(X, self._kdtype)
 
-    def _left_blocks(self, B, blocks):
-        pairs = (
-            (self.X[sl], (B[sl] * self.row_scale[sl, None]).astype(self.dtype))
-            for sl in blocks
-        )
-        return flushed_left(pairs, B.shape[1], self.shape[1], self.dtype)
+    def _scaled_rows(self, B, sl):
+        """``diag(row_scale) @ B`` on the rows ``sl``, float64."""
+        return B[sl] * self.row_scale[sl, None]
+
+    def _summed(self, parts):
+        """The threads' float64 ``(Xe.T @ B).T`` summed, scaled and rounded (:func:`round_sums`)."""
+        return round_sums(_sum_parts(parts).T * self.col_scale[:, None])
 
     def right(self, A):
         self.n_passes += 1
-        if not self._kernels:
-            Ac = (A * self.col_scale[:, None]).astype(self.dtype)
-            return (self.X @ Ac).astype(np.float64) * self.row_scale[:, None]
         HcT = self._scaled_patterns_t(A)
         out = np.empty((self.shape[0], A.shape[1]))
-        self._map_threads(lambda blocks: self._right_blocks(HcT, out, blocks))
+
+        def work(blocks):
+            for sl in blocks:
+                block_right(self._rows(sl), HcT, self.row_scale[sl], out[sl])
+
+        self._map_threads(work)
         return out
 
     def left_t(self, B):
         self.n_passes += 1
-        if not self._kernels:
-            Br = (B * self.row_scale[:, None]).astype(self.dtype)
-            return (self.X.T @ Br).astype(np.float64) * self.col_scale[:, None]
-        parts = self._map_threads(lambda blocks: self._left_blocks(B, blocks))
-        return _sum_parts(parts).T * self.col_scale[:, None]
+        B = np.asarray(B, dtype=np.float64)
+
+        def work(blocks):
+            pairs = ((self._rows(sl), self._scaled_rows(B, sl)) for sl in blocks)
+            return summed_left(pairs, B.shape[1], self.shape[1])
+
+        return self._summed(self._map_threads(work))
 
     def right_left_t(self, A, B):
         self.n_passes += 1
-        if not self._kernels:
-            Ac = (A * self.col_scale[:, None]).astype(self.dtype)
-            Br = (B * self.row_scale[:, None]).astype(self.dtype)
-            R = (self.X @ Ac).astype(np.float64) * self.row_scale[:, None]
-            return R, (self.X.T @ Br).astype(np.float64) * self.col_scale[:, None]
+        B = np.asarray(B, dtype=np.float64)
         AcT = self._scaled_patterns_t(A)
         R = np.empty((self.shape[0], A.shape[1]))
 
         def pairs(blocks):
             for sl in blocks:
-                Xb = self.X[sl]
+                Xb = self._rows(sl)
                 block_right(Xb, AcT, self.row_scale[sl], R[sl])
-                yield Xb, (B[sl] * self.row_scale[sl, None]).astype(self.dtype)
+                yield Xb, self._scaled_rows(B, sl)
 
         def work(blocks):
-            return flushed_left(pairs(blocks), B.shape[1], self.shape[1], self.dtype)
+            return summed_left(pairs(blocks), B.shape[1], self.shape[1])
 
-        XtB = _sum_parts(self._map_threads(work)).T
-        return R, XtB * self.col_scale[:, None]
+        return R, self._summed(self._map_threads(work))
 
     def right_gram(self, A):
         """``Y = Xe @ A`` and ``Xe.T @ Y`` in one read (:func:`randomized_range`'s product).
@@ -371,19 +375,13 @@ class DenseOperator:
         """
         self.n_passes += 1
         A = np.asarray(A, dtype=np.float64)
-        dtype = self.dtype if self._kernels else np.result_type(self.dtype, np.float32)
-        AcT = self._scaled_patterns_t(A, dtype)
+        AcT = self._scaled_patterns_t(A)
         Y = np.empty((self.shape[0], A.shape[1]))
 
         def work(blocks):
             P = np.zeros((A.shape[1], self.shape[1]))
             for sl in blocks:
-                X = (
-                    self.X[sl]
-                    if self._kernels
-                    else np.ascontiguousarray(self.X[sl], dtype)
-                )
-                gram_block(X, self.row_scale[sl], AcT, Y[sl], P)
+                gram_block(self._rows(sl), self.row_scale[sl], AcT, Y[sl], P)
             return P
 
         P = _sum_parts(self._map_threads(work)).T
@@ -392,57 +390,37 @@ class DenseOperator:
     def fused_pass(self, W, Ht, update):
         self.n_passes += 1
         skip = self.row_scale == 0
-        if not self._kernels:
-            Hc = (Ht * self.col_scale[:, None]).astype(self.dtype)
-            XtW = np.zeros(Ht.shape)
-            for sl in self._blocks():
-                Xb = self.X[sl]
-                r = self.row_scale[sl, None]
-                Rb = (Xb @ Hc).astype(np.float64) * r
-                update(W[sl], Rb, skip[sl])
-                XtW += Xb.T @ (W[sl] * r).astype(self.dtype)
-            XtW *= self.col_scale[:, None]
-            return XtW
         HcT = self._scaled_patterns_t(Ht)
         k, m = HcT.shape
 
         def pairs(blocks):
             for sl in blocks:
-                Xb = self.X[sl]
-                r = self.row_scale[sl]
+                Xb = self._rows(sl)
                 Rb = np.empty((Xb.shape[0], k))
-                block_right(Xb, HcT, r, Rb)
+                block_right(Xb, HcT, self.row_scale[sl], Rb)
                 update(W[sl], Rb, skip[sl])
-                yield Xb, (W[sl] * r[:, None]).astype(self.dtype)
+                yield Xb, self._scaled_rows(W, sl)
 
         def work(blocks):
-            return flushed_left(pairs(blocks), k, m, self.dtype)
+            return summed_left(pairs(blocks), k, m)
 
-        XtW = _sum_parts(self._map_threads(work)).T
-        XtW *= self.col_scale[:, None]
-        return XtW
+        return self._summed(self._map_threads(work))
 
 
-def flushed_left(pairs, k, m, dtype):
+def summed_left(pairs, k, m):
     """``sum(Xb.T @ Br)`` over ``(Xb, Br)`` row blocks, transposed: shape (k, m), float64.
 
-    The products are summed in ``dtype`` (the data's precision, as
-    :func:`~hyperspy_cnmf.nmf._kernels.block_left` computes them) and added to
-    the float64 total every :data:`FLUSH_ROWS` rows and at the end. Used by
-    the in-memory operator and by the out-of-core blocks, so both sum in the
-    same order.
+    Products and sums in float64 (``Br`` float64, ``Xb`` in the data's
+    precision), so that the total depends on the order of the rows only in
+    its last digits, which :func:`round_sums` then removes: in float32 the
+    partial sums differed by 1e-7 between splits of the data (threads,
+    chunks), and long exact phases at high counts parted (label ARI 0.78
+    between 1 and 3 threads). Used by the in-memory operator and by the
+    out-of-core blocks.
     """
     total = np.zeros((k, m))
-    part = np.zeros((k, m), dtype=dtype)
-    pending = 0
     for Xb, Br in pairs:
-        block_left(Xb, Br, part)
-        pending += Xb.shape[0]
-        if pending >= FLUSH_ROWS:
-            total += part
-            part.fill(0)
-            pending = 0
-    total += part
+        block_left(Xb, Br, total)
     return total
 
 
@@ -526,9 +504,14 @@ def _orth_range(op, A):
 
     The orthonormal basis is the QR factor of ``Y = Xe @ A`` for every
     operator (so in-memory and out-of-core data give the same basis); with
-    ``right_gram`` ``Xe.T @ Q = (Xe.T @ Y) R^-1``, unless ``R`` is too
-    ill-conditioned for that (rank-deficient ``Y``), in which case the caller
-    reads ``Xe.T @ Q`` itself.
+    ``right_gram`` ``Xe.T @ Q = (Xe.T @ Y) R^-1``. Where ``R`` is too
+    ill-conditioned for that (data of lower rank than ``A`` has columns,
+    e.g. noise-free), the basis is rotated onto the singular vectors of ``R``
+    (``Q U``, with ``R = U S V^T``) and ``Xe.T @ Q U = (Xe.T @ Y) V S^-1``
+    is kept for the singular values above ``S[0] / _MAX_COND``; the others
+    span rounding error of ``Y`` and get zero columns. No read of its own,
+    so the result does not depend on how the data are split. Operators
+    without ``right_gram`` return ``None``: the caller reads ``Xe.T @ Q``.
     """
     gram = getattr(op, "right_gram", None)
     if gram is None:
@@ -536,17 +519,26 @@ def _orth_range(op, A):
         return Q, None
     Y, P = gram(A)
     Q, R = np.linalg.qr(Y)
-    if not R.size or np.linalg.cond(R) > _MAX_COND:
+    if not R.size:
         return Q, None
     # Y's rows do not depend on how the data are split; P is a sum over them
-    return Q, np.linalg.solve(R.T, round_sums(P).T).T
+    P = round_sums(P)
+    if np.linalg.cond(R) <= _MAX_COND:
+        return Q, np.linalg.solve(R.T, P.T).T
+    U, S, Vt = np.linalg.svd(R)
+    keep = S > S[0] / _MAX_COND
+    XtQ = np.zeros_like(P)
+    XtQ[:, keep] = (P @ Vt[keep].T) / S[keep]
+    return Q @ U, XtQ
 
 
 #: Largest condition number of the range-finder product for which
 #: ``Xe.T @ Q`` is taken from ``Xe.T @ Y`` (rounded by :func:`round_sums`:
-#: relative error about ``2**-24 * cond``, at most 6e-4) instead of a read.
-#: Measured on the six multislice cases (k = 30): 13-30 with the default Poisson
-#: weighting and direct-beam mask, 850-1300 with neither.
+#: relative error about ``2**-24 * cond``, at most 6e-4); beyond it, the
+#: directions of ``Y`` weaker than ``1 / _MAX_COND`` of the strongest are
+#: dropped (:func:`_orth_range`). Measured on the six multislice cases
+#: (k = 30): 13-30 with the default Poisson weighting and direct-beam mask,
+#: 850-1300 with neither.
 _MAX_COND = 1e4
 
 
@@ -569,7 +561,7 @@ def randomized_range(op, rank, n_power_iter=1, rng=None):
 
     Costs ``2 * n_power_iter + 2`` reads of the data through ``op``, or
     ``n_power_iter + 1`` for an operator with ``right_gram`` (each read
-    returns ``Xe @ A`` and ``Xe.T @ (Xe @ A)``).
+    returns ``Xe @ A`` and ``Xe.T @ (Xe @ A)``; :func:`_orth_range`).
 
     Parameters
     ----------
