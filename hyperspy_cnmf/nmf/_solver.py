@@ -504,8 +504,7 @@ def _data_mean(op):
     return float(round_sums(np.array(op.stats()["total"] / n_valid)))
 
 
-def _initial_factors(op, k, init, rng, n_power_iter, oversample):
-    mean = _data_mean(op)
+def _initial_factors(op, k, init, rng, n_power_iter, oversample, mean):
     if isinstance(init, tuple):
         W0, Ht0 = (np.array(a, dtype=np.float64) for a in init)
         if W0.shape != (op.shape[0], k) or Ht0.shape != (op.shape[1], k):
@@ -613,15 +612,15 @@ def _fit_phases(
     Returns the :class:`NMFResult` (``loss`` still a list, ``n_passes`` not
     set) and ``Xe.T @ W`` of its factors (None when no exact iteration ran).
     """
+    mean = _data_mean(op)
     W0, Ht0, sketch_basis = _initial_factors(
-        op, k, init, rng, n_power_iter, sketch_oversample
+        op, k, init, rng, n_power_iter, sketch_oversample, mean
     )
     if sketch and sketch_basis is None:
         sketch_basis = randomized_range(op, k + sketch_oversample, n_power_iter, rng)
     first_op = SketchOperator(*sketch_basis, op) if sketch else op
     first_phase = "sketch" if sketch else "exact"
     first_cap = max_iter if sketch else max_exact_iter
-    mean = _data_mean(op)
     best = None
     for start in range(n_init):
         if start > 0:
