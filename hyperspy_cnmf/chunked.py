@@ -65,6 +65,7 @@ from hyperspy_cnmf.nmf._kernels import (
 from hyperspy_cnmf.nmf._operators import (
     _beam_shape,
     _scale_vector,
+    compute_dtype,
     gram_block,
     round_sums,
     summed_left,
@@ -386,9 +387,7 @@ class _Layout:
         n_rows = int(np.prod(self.nav_shape))
         n_cols = int(np.prod(darray.shape[nav_nd:]))
         self.shape = (n_rows, n_cols)
-        dtype = np.dtype(darray.dtype)
-        is_f64 = np.issubdtype(dtype, np.floating) and dtype.itemsize >= 8
-        self.dtype = np.dtype(np.float64 if is_f64 else np.float32)
+        self.dtype = compute_dtype(darray.dtype)
 
         # Whole patterns in every block (merging signal chunks is lazy: each
         # block task reads the chunks of its own navigation region), and at
@@ -844,5 +843,5 @@ class DaskOperator:
         return self._summed(part)
 
     def _summed(self, part):
-        """The blocks' float64 ``(Xe.T @ B).T`` scaled and rounded (:func:`round_sums`)."""
-        return round_sums(part["P"].T * self.col_scale[:, None])
+        """The blocks' float64 ``(Xe.T @ B).T``, scaled."""
+        return part["P"].T * self.col_scale[:, None]

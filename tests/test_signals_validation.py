@@ -185,10 +185,11 @@ def test_decomposition_is_scale_equivariant(small, poisson):
 
     Exact to float64 rounding for powers of 16: the Poisson-weighted data scale by
     sqrt(c) and the factors by its square root, and every sum over positions is rounded
-    on a power-of-two grid (``round_sums``), so that no split of the data shows. Other
-    factors round those sums differently in their 24th bit, as storing ``c X`` in float32
-    would: measured within 2e-5 (factors) and 7e-5 (loadings) of the maximum, the fit's own
-    convergence (``tol`` 1e-5 on the loss); 8e-7 for 2**-10 and 2**13.
+    on a power-of-two grid (``round_sums``, ``round_entries``), so that no split of the
+    data shows. Other factors round those sums differently in their 24th bit, as storing
+    ``c X`` in float32 would: measured within 2e-5 (factors) and 7e-5 (loadings) of the
+    maximum, the fit's own convergence (``tol`` 1e-5 on the loss); 1e-6 for 2**-10 and
+    2**13.
     """
     ref = small.deepcopy()
     ref.data = ref.data.astype(np.float64)

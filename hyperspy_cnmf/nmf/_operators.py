@@ -76,19 +76,17 @@ def round_sums(a):
     unit intensity) in-memory and lazy runs parted by 1e-15 ended in different
     local minima (label ARI 0.79 between them). Every sum that feeds the fit
     (the mean pattern, the Poisson row and column sums, the range finder's
-    ``Xe.T @ Y``, the exact iterations' ``Xe.T @ W``) is therefore rounded
-    onto a grid of about ``2**-SUM_BITS`` of
+    ``Xe.T @ Y``) is therefore rounded onto a grid of about ``2**-SUM_BITS`` of
     its largest magnitude (per column of a 2D array), a power of two, so the
     rounding itself is exact arithmetic. In-memory runs on any number of
     threads and lazy runs in any chunks then start from the same numbers.
 
-    The price: sums keep float32's precision relative to their column's
-    largest entry (the loss, computed from them, to about 1e-7 of the data's
-    squared norm), and data multiplied by a constant other than a power of 16
-    (the factors scale by its fourth root under Poisson weighting) round
-    differently in the 24th bit, so the fit of ``c X`` equals ``c`` times that
-    of ``X`` to its convergence (measured within 7e-5 of the maximum) rather
-    than to float64 precision.
+    The price: data multiplied by a constant other than a power of two round
+    differently in the 24th bit (as storing them in float32 would), so the
+    fit of ``c X`` equals ``c`` times that of ``X`` to its convergence (measured
+    within 7e-5 of the maximum) rather than to float64 precision. The exact
+    iterations' ``Xe.T @ W``, sums of non-negative terms, are rounded entry by
+    entry instead (:func:`round_entries`).
 
     Parameters
     ----------
@@ -108,6 +106,40 @@ def round_sums(a):
     grid = np.ldexp(1.0, exponent - SUM_BITS)
     grid = np.where((peak > 0) & np.isfinite(peak), grid, 1.0)
     return np.round(a / grid) * grid
+
+
+def round_entries(a):
+    """Every entry rounded to ``SUM_BITS`` significant bits (float32's mantissa).
+
+    For sums of non-negative terms, such as the exact iterations' ``Xe.T @ W``
+    (data and maps non-negative), whose float64 value changes with the
+    summation order (threads, chunks) only in its last digits: each entry
+    keeps its own relative precision (``2**-SUM_BITS``), so weak detector
+    pixels beside a bright direct beam are not rounded away, as a grid set by
+    the largest entry (:func:`round_sums`, for sums with cancellation) would
+    do (a pixel 1e5 times weaker than the beam lost all its digits). A flip
+    needs a sum within its float64 error of a rounding midpoint (about 1e-8
+    per entry). Powers of two scale exactly; NaN and infinities stay.
+
+    Parameters
+    ----------
+    a : array-like, float
+
+    Returns
+    -------
+    ndarray, float64, same shape
+    """
+    mantissa, exponent = np.frexp(np.asarray(a, dtype=np.float64))
+    return np.ldexp(np.round(np.ldexp(mantissa, SUM_BITS)), exponent - SUM_BITS)
+
+
+def compute_dtype(dtype):
+    """The float type the kernels read data of ``dtype`` in: float64 for float64
+    (and wider) data, float32 for everything else (integer counts included), in
+    memory and out of core alike."""
+    dtype = np.dtype(dtype)
+    wide = np.issubdtype(dtype, np.floating) and dtype.itemsize >= 8
+    return np.dtype(np.float64 if wide else np.float32)
 
 
 def _beam_shape(signal_shape, n_cols):
@@ -139,9 +171,10 @@ class DenseOperator:
     :func:`~hyperspy_cnmf.nmf._kernels.block_left`) run by ``n_threads``
     threads, each on its own contiguous range of rows (other layouts and
     dtypes than C-contiguous float32/float64 are copied block by block).
-    Every product's entry is the same however the rows are split: ``Xe @ A``
-    row by row, ``Xe.T @ B`` summed in float64 and rounded
-    (:func:`round_sums`). In :meth:`fused_pass` the ``update`` of a block is
+    ``Xe @ A`` is computed row by row, the same however the rows are split;
+    ``Xe.T @ B`` is summed in float64, so the split shows only in its last
+    digits, which the solver rounds away (:func:`round_entries`,
+    :func:`round_sums`). In :meth:`fused_pass` the ``update`` of a block is
     called by the thread that owns the block (blocks of different threads are
     disjoint), so ``update`` must only touch the rows it is given.
 
@@ -187,7 +220,7 @@ class DenseOperator:
         self.n_threads = max(1, int(n_threads))
         self._kernels = X.flags.c_contiguous and X.dtype in (np.float32, np.float64)
         # other layouts and dtypes: read as C-contiguous float blocks
-        self._kdtype = X.dtype if self._kernels else np.result_type(X.dtype, np.float32)
+        self._kdtype = X.dtype if self._kernels else compute_dtype(X.dtype)
         self._stats = None
         self._beam = None
         self.signal_shape = _beam_shape(signal_shape, X.shape[1])
@@ -323,8 +356,8 @@ class DenseOperator:
         return B[sl] * self.row_scale[sl, None]
 
     def _summed(self, parts):
-        """The threads' float64 ``(Xe.T @ B).T`` summed, scaled and rounded (:func:`round_sums`)."""
-        return round_sums(_sum_parts(parts).T * self.col_scale[:, None])
+        """The threads' float64 ``(Xe.T @ B).T`` summed and scaled."""
+        return _sum_parts(parts).T * self.col_scale[:, None]
 
     def right(self, A):
         self.n_passes += 1
@@ -412,7 +445,7 @@ def summed_left(pairs, k, m):
 
     Products and sums in float64 (``Br`` float64, ``Xb`` in the data's
     precision), so that the total depends on the order of the rows only in
-    its last digits, which :func:`round_sums` then removes: in float32 the
+    its last digits, which :func:`round_entries` then removes: in float32 the
     partial sums differed by 1e-7 between splits of the data (threads,
     chunks), and long exact phases at high counts parted (label ARI 0.78
     between 1 and 3 threads). Used by the in-memory operator and by the

@@ -22,6 +22,7 @@ from hyperspy_cnmf.nmf._kernels import hals_rows, mu_rows
 from hyperspy_cnmf.nmf._operators import (
     SketchOperator,
     randomized_range,
+    round_entries,
     round_sums,
 )
 
@@ -294,7 +295,9 @@ def _iterate(
             XtW = op.left_t(W)
         Wv = W[valid_rows]
         WtW = Wv.T @ Wv
-        _pattern_update(solver, Ht, XtW, WtW, skip_cols, diff_c, n_inner, inner_tol)
+        _pattern_update(
+            solver, Ht, round_entries(XtW), WtW, skip_cols, diff_c, n_inner, inner_tol
+        )
         _record(losses, _loss(sq_norm, XtW, WtW, Ht, n_valid), W, Ht, phase, it)
         XtW *= _balance(W, Ht)  # Xe.T @ W of the balanced maps
         if callback is not None:
@@ -306,7 +309,13 @@ def _iterate(
 
 
 def _pattern_update(solver, Ht, XtW, WtW, skip_cols, diff_c, n_inner, inner_tol):
-    """The patterns' update (projected by ``diff_c`` when given), in place."""
+    """The patterns' update (projected by ``diff_c`` when given), in place.
+
+    ``XtW`` is a sum over positions, rounded by the caller
+    (:func:`~hyperspy_cnmf.nmf._operators.round_entries`) so that no split of
+    the data (threads, chunks) shows in the fit; the loss is evaluated from
+    the unrounded sum, whose precision near an exact fit it needs.
+    """
     if diff_c is None:
         _update(solver, Ht, XtW, WtW, skip_cols, n_inner, inner_tol)
     else:
@@ -351,7 +360,9 @@ def _iterate_one_read(
         Wv = W[valid_rows]
         WtW = Wv.T @ Wv
         Ht_read = Ht.copy()
-        _pattern_update(solver, Ht, XtW, WtW, skip_cols, diff_c, n_inner, inner_tol)
+        _pattern_update(
+            solver, Ht, round_entries(XtW), WtW, skip_cols, diff_c, n_inner, inner_tol
+        )
         _record(losses, _loss(sq_norm, XtW, WtW, Ht, n_valid), W, Ht, phase, it)
         R += sketch_op.right(Ht - Ht_read)  # ~ Xe @ Ht_{t+1}
         d = _balance(W, Ht)
