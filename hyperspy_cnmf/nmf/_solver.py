@@ -33,14 +33,14 @@ SOLVERS = ("hals", "mu", "als")
 #: the range finder's, the lazy decomposition reads the data 11 times at
 #: most, leaving one read for ``cluster_diffraction``'s grain patterns within
 #: 12. The exact phase refines a fit already converged on the sketch; run
-#: on to ``tol`` it takes 30-60 iterations at k = 30 for no better phases.
+#: on to ``tol`` it takes 9-43 iterations at k = 30 (six multislice cases).
 #: Position ARI of the main job (``python benchmarks/quality_rules.py
 #: --exact``, k = true / 2x / 30, random_state 0-2; the clustering with the
 #: grains' own patterns and rims): the three multislice cases and the
 #: embedded default (36 runs each), mean 0.896 and the true cluster count
 #: in 35 runs to ``tol``, 0.896 at 9 and 8, 0.895 at 6, 36 each; three
-#: independent multislice cases (27 runs each, ``--files``), 0.893 and 27 to
-#: ``tol``, 0.892 at 9 and 8, 0.889 at 6, 27 each
+#: independent multislice cases (27 runs each, ``--files``), 0.890 and 27 to
+#: ``tol``, 0.878 and 26 at 9, 0.881 and 26 at 8, 0.886 and 27 at 6
 #: (``benchmarks/results/quality_exact*.md``).
 EXACT_REFINEMENT = 8
 #: Default extra rank of the randomized sketch beyond ``k``.
@@ -296,7 +296,14 @@ def _iterate(
         Wv = W[valid_rows]
         WtW = Wv.T @ Wv
         _pattern_update(
-            solver, Ht, round_entries(XtW), WtW, skip_cols, diff_c, n_inner, inner_tol
+            solver,
+            Ht,
+            _update_sums(op, XtW),
+            WtW,
+            skip_cols,
+            diff_c,
+            n_inner,
+            inner_tol,
         )
         _record(losses, _loss(sq_norm, XtW, WtW, Ht, n_valid), W, Ht, phase, it)
         XtW *= _balance(W, Ht)  # Xe.T @ W of the balanced maps
@@ -308,14 +315,20 @@ def _iterate(
     return losses, converged, XtW
 
 
-def _pattern_update(solver, Ht, XtW, WtW, skip_cols, diff_c, n_inner, inner_tol):
-    """The patterns' update (projected by ``diff_c`` when given), in place.
+def _update_sums(op, XtW):
+    """``Xe.T @ W`` as the patterns' update takes it.
 
-    ``XtW`` is a sum over positions, rounded by the caller
-    (:func:`~hyperspy_cnmf.nmf._operators.round_entries`) so that no split of
+    A sum over the data's positions is rounded entry by entry
+    (:func:`~hyperspy_cnmf.nmf._operators.round_entries`), so that no split of
     the data (threads, chunks) shows in the fit; the loss is evaluated from
-    the unrounded sum, whose precision near an exact fit it needs.
+    the unrounded sum, whose precision it needs near an exact fit. The
+    sketch's products are no such sums and stay as they are.
     """
+    return XtW if isinstance(op, SketchOperator) else round_entries(XtW)
+
+
+def _pattern_update(solver, Ht, XtW, WtW, skip_cols, diff_c, n_inner, inner_tol):
+    """The patterns' update (projected by ``diff_c`` when given), in place."""
     if diff_c is None:
         _update(solver, Ht, XtW, WtW, skip_cols, n_inner, inner_tol)
     else:
@@ -361,7 +374,14 @@ def _iterate_one_read(
         WtW = Wv.T @ Wv
         Ht_read = Ht.copy()
         _pattern_update(
-            solver, Ht, round_entries(XtW), WtW, skip_cols, diff_c, n_inner, inner_tol
+            solver,
+            Ht,
+            _update_sums(op, XtW),
+            WtW,
+            skip_cols,
+            diff_c,
+            n_inner,
+            inner_tol,
         )
         _record(losses, _loss(sq_norm, XtW, WtW, Ht, n_valid), W, Ht, phase, it)
         R += sketch_op.right(Ht - Ht_read)  # ~ Xe @ Ht_{t+1}
