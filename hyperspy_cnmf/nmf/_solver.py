@@ -295,16 +295,7 @@ def _iterate(
             XtW = op.left_t(W)
         Wv = W[valid_rows]
         WtW = Wv.T @ Wv
-        _pattern_update(
-            solver,
-            Ht,
-            _update_sums(op, XtW),
-            WtW,
-            skip_cols,
-            diff_c,
-            n_inner,
-            inner_tol,
-        )
+        _pattern_update(op, solver, Ht, XtW, WtW, skip_cols, diff_c, n_inner, inner_tol)
         _record(losses, _loss(sq_norm, XtW, WtW, Ht, n_valid), W, Ht, phase, it)
         XtW *= _balance(W, Ht)  # Xe.T @ W of the balanced maps
         if callback is not None:
@@ -327,8 +318,12 @@ def _update_sums(op, XtW):
     return XtW if isinstance(op, SketchOperator) else round_entries(XtW)
 
 
-def _pattern_update(solver, Ht, XtW, WtW, skip_cols, diff_c, n_inner, inner_tol):
-    """The patterns' update (projected by ``diff_c`` when given), in place."""
+def _pattern_update(op, solver, Ht, XtW, WtW, skip_cols, diff_c, n_inner, inner_tol):
+    """The patterns' update (projected by ``diff_c`` when given), in place.
+
+    ``XtW`` is ``op``'s ``Xe.T @ W``, taken as :func:`_update_sums` gives it.
+    """
+    XtW = _update_sums(op, XtW)
     if diff_c is None:
         _update(solver, Ht, XtW, WtW, skip_cols, n_inner, inner_tol)
     else:
@@ -373,16 +368,7 @@ def _iterate_one_read(
         Wv = W[valid_rows]
         WtW = Wv.T @ Wv
         Ht_read = Ht.copy()
-        _pattern_update(
-            solver,
-            Ht,
-            _update_sums(op, XtW),
-            WtW,
-            skip_cols,
-            diff_c,
-            n_inner,
-            inner_tol,
-        )
+        _pattern_update(op, solver, Ht, XtW, WtW, skip_cols, diff_c, n_inner, inner_tol)
         _record(losses, _loss(sq_norm, XtW, WtW, Ht, n_valid), W, Ht, phase, it)
         R += sketch_op.right(Ht - Ht_read)  # ~ Xe @ Ht_{t+1}
         d = _balance(W, Ht)
