@@ -36,6 +36,7 @@ from libertem.io.dataset.base import DataSet
 from libertem.udf import UDF
 
 from hyperspy_cnmf.chunked import SPLIT_EVERY, DaskOperator, _merge, _Shared
+from hyperspy_cnmf.nmf._operators import compute_dtype
 
 __all__ = ["BlockUDF", "LiberTEMOperator"]
 
@@ -207,8 +208,7 @@ class _PartitionLayout:
             np.issubdtype(dtype, np.number) or dtype.kind == "b"
         ):
             raise TypeError(f"the data must be real numbers, got dtype {dtype}")
-        is_f64 = np.issubdtype(dtype, np.floating) and dtype.itemsize >= 8
-        self.dtype = np.dtype(np.float64 if is_f64 else np.float32)
+        self.dtype = compute_dtype(dtype)
         self.blocks = []
         for part in dataset.get_partitions():
             start = int(part.slice.origin[0])

@@ -94,12 +94,18 @@ def test_masked_rows_and_columns_take_no_part(lowrank):
     assert np.all(a.Ht[-20:] == 0)
 
 
+def _sums_in_three_orders(terms):
+    """Column sums of ``terms`` forward, backward and pairwise; they differ in their last digits."""
+    forward, backward = terms.sum(axis=0), terms[::-1].sum(axis=0)
+    pairwise = np.add.reduceat(terms, np.arange(0, len(terms), 7), axis=0).sum(axis=0)
+    assert not (np.array_equal(forward, backward) and np.array_equal(forward, pairwise))
+    return forward, backward, pairwise
+
+
 def test_round_sums_makes_the_summation_order_invisible():
     rng = np.random.default_rng(0)
     terms = rng.standard_normal((4000, 6)) * rng.random(6) * 10.0 ** np.arange(6)
-    forward, backward = terms.sum(axis=0), terms[::-1].sum(axis=0)
-    pairwise = np.add.reduceat(terms, np.arange(0, 4000, 7), axis=0).sum(axis=0)
-    assert not (np.array_equal(forward, backward) and np.array_equal(forward, pairwise))
+    forward, backward, pairwise = _sums_in_three_orders(terms)
     rounded = round_sums(forward)
     assert np.array_equal(round_sums(backward), rounded)
     assert np.array_equal(round_sums(pairwise), rounded)
@@ -120,9 +126,7 @@ def test_round_entries_keeps_every_entry_s_precision():
     all its digits: measured median error 5.6e-2 with entries rounded to 0)."""
     rng = np.random.default_rng(0)
     terms = rng.random((4000, 6)) * np.array([1e5, 1.0, 0.3, 1e-3, 7.0, 1e-9])
-    forward, backward = terms.sum(axis=0), terms[::-1].sum(axis=0)
-    pairwise = np.add.reduceat(terms, np.arange(0, 4000, 7), axis=0).sum(axis=0)
-    assert not (np.array_equal(forward, backward) and np.array_equal(forward, pairwise))
+    forward, backward, pairwise = _sums_in_three_orders(terms)
     rounded = round_entries(forward)
     assert np.array_equal(round_entries(backward), rounded)
     assert np.array_equal(round_entries(pairwise), rounded)

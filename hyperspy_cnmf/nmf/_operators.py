@@ -209,7 +209,7 @@ class DenseOperator:
             raise ValueError("the data operator needs a 2D (positions x pixels) array")
         self.X = X
         self.shape = X.shape
-        self.dtype = X.dtype
+        self.dtype = compute_dtype(X.dtype)  # the float type the kernels read
         self.row_scale = _scale_vector(row_scale, X.shape[0], "row_scale")
         self.col_scale = _scale_vector(col_scale, X.shape[1], "col_scale")
         if block_rows is None:
@@ -218,9 +218,8 @@ class DenseOperator:
         if n_threads is None:
             n_threads = numba.get_num_threads()
         self.n_threads = max(1, int(n_threads))
-        self._kernels = X.flags.c_contiguous and X.dtype in (np.float32, np.float64)
-        # other layouts and dtypes: read as C-contiguous float blocks
-        self._kdtype = X.dtype if self._kernels else compute_dtype(X.dtype)
+        # other layouts and dtypes: read as C-contiguous blocks of self.dtype
+        self._kernels = X.flags.c_contiguous and X.dtype == self.dtype
         self._stats = None
         self._beam = None
         self.signal_shape = _beam_shape(signal_shape, X.shape[1])
@@ -344,12 +343,12 @@ class DenseOperator:
 
     def _scaled_patterns_t(self, A):
         """``(diag(col_scale) @ A).T`` in the kernels' precision, C-contiguous."""
-        return np.ascontiguousarray((A * self.col_scale[:, None]).T, dtype=self._kdtype)
+        return np.ascontiguousarray((A * self.col_scale[:, None]).T, dtype=self.dtype)
 
     def _rows(self, sl):
         """Rows ``sl`` of the data as the kernels read them (a copy only for other layouts)."""
         X = self.X[sl]
-        return X if self._kernels else np.ascontiguousarray(X, self._kdtype)
+        return X if self._kernels else np.ascontiguousarray(X, self.dtype)
 
     def _scaled_rows(self, B, sl):
         """``diag(row_scale) @ B`` on the rows ``sl``, float64."""
