@@ -900,6 +900,83 @@ def test_grain_patterns_part_a_mixed_component():
         )
 
 
+def test_matrix_rises_mark_a_grain_the_matrix_carries():
+    """Matrix positions where the matrix's map stands well above its level form regions;
+    its noise, its dips (thinner glass in a grain) and single spikes do not."""
+    from hyperspy_cnmf.clustering._components import (
+        MATRIX_RISE,
+        MATRIX_RISE_POSITIONS,
+        _matrix_rises,
+    )
+
+    rng = np.random.default_rng(3)
+    shape = (30, 30)
+    yy, xx = np.mgrid[:30, :30]
+    bump = np.hypot(yy - 8, xx - 20) <= 3  # a grain the matrix component carries
+    dip = np.hypot(yy - 20, xx - 8) <= 3  # a grain of its own: the glass dips
+    level = 1.0 + 0.05 * rng.standard_normal(shape)
+    level[bump] = 3.0
+    level[dip] = 0.6
+    level[2, 2] = 5.0  # one position's spike
+    contrib = np.stack([0.5 * level, 0.5 * level, dip * 2.0]).reshape(3, -1)
+    labels = np.array([0, 0, 1])
+    pos = np.where(dip.ravel(), 1, 0)
+    out = _matrix_rises(contrib, labels, pos, 0, shape)
+    np.testing.assert_array_equal(out, np.where(bump.ravel(), 0, -1))
+    assert MATRIX_RISE_POSITIONS > 1
+    # a rise short of (1 + MATRIX_RISE) times the level, or lost in the noise: none
+    low = level.copy()
+    low[bump] = 1.0 + 0.8 * MATRIX_RISE
+    contrib[:2] = 0.5 * low.ravel()
+    assert (_matrix_rises(contrib, labels, pos, 0, shape) < 0).all()
+    noisy = 1.0 + 0.5 * rng.standard_normal(shape)
+    noisy[bump] = 3.0  # 4 sigma
+    contrib[:2] = 0.5 * np.abs(noisy).ravel()
+    assert (_matrix_rises(contrib, labels, pos, 0, shape) < 0).all()
+    # positions another cluster holds are not the matrix's to give
+    contrib[:2] = 0.5 * level.ravel()
+    assert (
+        _matrix_rises(contrib, labels, np.where(bump.ravel(), 1, 0), 0, shape) < 0
+    ).all()
+
+
+def test_grain_the_matrix_carries_is_classed_by_its_pattern():
+    """A grain that only the matrix's component carries (the glass's pattern plus its
+    disks, too few components) is found where the matrix's map rises, and classed with
+    the grain of its phase by its own patterns."""
+    f, m, model, grains = _mixed_component()
+    halo = f[2]
+    square = _disks([(10, a, 1.0) for a in (0, 90, 180, 270)])
+    rhomb = _disks([(10, a + 10, 1.0) for a in (0, 74, 180, 254)])
+    square33 = _disks([(10, a + 33, 1.0) for a in (0, 90, 180, 270)])
+    yy, xx = np.mgrid[:32, :32]
+    g = np.stack(
+        [
+            np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 8.0)
+            for y, x in [(8, 8), (8, 24), (24, 16)]
+        ]
+    ).reshape(3, -1)
+    matrix = 1.0 - 0.8 * g.sum(0)
+    # the matrix's component carries the square grain at (8, 8)
+    factors = np.stack([halo + 0.4 * square, rhomb, square33])
+    maps = np.stack([matrix + 2.5 * g[0], g[1], g[2]])
+    kw = dict(nav_shape=(32, 32), direct_beam_radius=5.0, disk_radius=3.0)
+    plain = cl.cluster_components(factors, maps, (20.0, 20.0), **kw)
+    pos = plain.position_labels
+    matrix_label = np.bincount(pos).argmax()
+    assert (pos[grains[0]] == matrix_label).all()  # the grain is matrix
+    res = cl.cluster_components(
+        factors, maps, (20.0, 20.0), region_patterns=_means(model), **kw
+    )
+    pos = res.position_labels
+    found = [np.bincount(pos[grains[i]]).argmax() for i in range(3)]
+    assert found[0] == found[2] != found[1] != np.bincount(pos).argmax()
+    assert np.mean(pos[grains[0]] == found[0]) > 0.8
+    assert len(np.unique(pos)) == 3  # matrix, square, rhomb
+    assert res.parameters["grain_matrix_regions"] == 1
+    assert plain.parameters["grain_matrix_regions"] == 0
+
+
 def test_grain_patterns_keep_a_right_partition():
     """Where every grain already sits with its phase, the phases stay; only rims grow."""
     f, m = _near_phases()

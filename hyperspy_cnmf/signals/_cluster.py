@@ -685,7 +685,12 @@ def cluster_diffraction(
         pseudo-distance, average-linkage cut at 0.25 over the regions of at
         least 20 positions; smaller regions join the nearest group, the grain
         they touch, the small regions of their pattern in other clusters when
-        those hold 20 positions, or their cluster's). Where the matrix's
+        those hold 20 positions, or their cluster's). Regions of matrix
+        positions where the matrix's own summed map rises above 1.5 times
+        its median and :data:`~hyperspy_cnmf.clustering.MATRIX_RISE_Z`
+        robust z (a grain that the matrix's components carry: the glass's
+        map can only dip inside a grain) are classed the same way
+        (``grain_matrix_regions``). Where the matrix's
         responses to a grain's disk filter spread beyond counting noise (the
         glass's speckle at high counts,
         :data:`~hyperspy_cnmf.clustering.SPECKLE_RATIO`), a region is a
