@@ -900,13 +900,16 @@ def test_grain_patterns_part_a_mixed_component():
         )
 
 
-def test_matrix_rises_mark_a_grain_the_matrix_carries():
+def test_map_rises_mark_grains_that_no_cluster_dominates():
     """Matrix positions where the matrix's map stands well above its level form regions;
-    its noise, its dips (thinner glass in a grain) and single spikes do not."""
+    its noise, its dips (thinner glass in a grain) and single spikes do not. So do a
+    particle cluster's second, weaker grain away from its own, not its rim."""
     from hyperspy_cnmf.clustering._components import (
         MATRIX_RISE,
         MATRIX_RISE_POSITIONS,
-        _matrix_rises,
+        PARTICLE_RISE,
+        PARTICLE_RISE_POSITIONS,
+        _map_rises,
     )
 
     rng = np.random.default_rng(3)
@@ -921,23 +924,42 @@ def test_matrix_rises_mark_a_grain_the_matrix_carries():
     contrib = np.stack([0.5 * level, 0.5 * level, dip * 2.0]).reshape(3, -1)
     labels = np.array([0, 0, 1])
     pos = np.where(dip.ravel(), 1, 0)
-    out = _matrix_rises(contrib, labels, pos, 0, shape)
+    out, owner = _map_rises(contrib, labels, pos, 0, shape)
     np.testing.assert_array_equal(out, np.where(bump.ravel(), 0, -1))
+    assert owner.tolist() == [0]
     assert MATRIX_RISE_POSITIONS > 1
     # a rise short of (1 + MATRIX_RISE) times the level, or lost in the noise: none
     low = level.copy()
     low[bump] = 1.0 + 0.8 * MATRIX_RISE
     contrib[:2] = 0.5 * low.ravel()
-    assert (_matrix_rises(contrib, labels, pos, 0, shape) < 0).all()
+    assert (_map_rises(contrib, labels, pos, 0, shape)[0] < 0).all()
     noisy = 1.0 + 0.5 * rng.standard_normal(shape)
     noisy[bump] = 3.0  # 4 sigma
     contrib[:2] = 0.5 * np.abs(noisy).ravel()
-    assert (_matrix_rises(contrib, labels, pos, 0, shape) < 0).all()
+    assert (_map_rises(contrib, labels, pos, 0, shape)[0] < 0).all()
     # positions another cluster holds are not the matrix's to give
     contrib[:2] = 0.5 * level.ravel()
     assert (
-        _matrix_rises(contrib, labels, np.where(bump.ravel(), 1, 0), 0, shape) < 0
+        _map_rises(contrib, labels, np.where(bump.ravel(), 1, 0), 0, shape)[0] < 0
     ).all()
+    # a particle cluster's second grain, weak beside its main one, away from both
+    grain = np.zeros(shape)
+    grain[dip] = 10.0
+    second = np.hypot(yy - 24, xx - 24) <= 2  # 13 positions at 0.2 of the range
+    grain[second] = 2.0
+    grain[np.hypot(yy - 8, xx - 5) <= 1] = 2.0  # 5 positions: too few
+    grain[dip.nonzero()[0].min() - 1, 8] = 2.0  # next to its grain: a rim's
+    grain += 0.2 + 0.01 * rng.standard_normal(shape)
+    contrib = np.stack([0.5 * level, 0.5 * level, grain]).reshape(3, -1)
+    contrib[:2, bump.ravel()] = 0.5  # the matrix carries nothing
+    out, owner = _map_rises(contrib, labels, pos, 0, shape)
+    np.testing.assert_array_equal(out, np.where(second.ravel(), 0, -1))
+    assert owner.tolist() == [1] and PARTICLE_RISE_POSITIONS > 5
+    # below PARTICLE_RISE of the range: none
+    weak = grain.copy()
+    weak[second] = 0.2 + 0.8 * PARTICLE_RISE * 9.8
+    contrib[2] = weak.ravel()
+    assert (_map_rises(contrib, labels, pos, 0, shape)[0] < 0).all()
 
 
 def test_grain_the_matrix_carries_is_classed_by_its_pattern():
@@ -973,8 +995,8 @@ def test_grain_the_matrix_carries_is_classed_by_its_pattern():
     assert found[0] == found[2] != found[1] != np.bincount(pos).argmax()
     assert np.mean(pos[grains[0]] == found[0]) > 0.8
     assert len(np.unique(pos)) == 3  # matrix, square, rhomb
-    assert res.parameters["grain_matrix_regions"] == 1
-    assert plain.parameters["grain_matrix_regions"] == 0
+    assert res.parameters["grain_rise_regions"] == 1
+    assert plain.parameters["grain_rise_regions"] == 0
 
 
 def test_grain_patterns_keep_a_right_partition():

@@ -689,8 +689,11 @@ def cluster_diffraction(
         positions where the matrix's own summed map rises above 1.5 times
         its median and :data:`~hyperspy_cnmf.clustering.MATRIX_RISE_Z`
         robust z (a grain that the matrix's components carry: the glass's
-        map can only dip inside a grain) are classed the same way
-        (``grain_matrix_regions``). Where the matrix's
+        map can only dip inside a grain), and where a particle cluster's map
+        rises above :data:`~hyperspy_cnmf.clustering.PARTICLE_RISE` of its
+        range away from every grain (a second grain its component carries
+        weakly; placed by its pattern only), are classed the same way
+        (``grain_rise_regions``). Where the matrix's
         responses to a grain's disk filter spread beyond counting noise (the
         glass's speckle at high counts,
         :data:`~hyperspy_cnmf.clustering.SPECKLE_RATIO`), a region is a
