@@ -967,35 +967,6 @@ def test_map_rises_mark_grains_that_no_cluster_dominates():
     assert (_map_rises(contrib, labels, pos, 0, shape)[0] < 0).all()
 
 
-def test_touching_fragments_of_a_grain_are_one_region():
-    """Small regions that touch are one region (of the cluster holding most of it);
-    regions of MIN_GRAIN_POSITIONS or more, and small ones apart, stay."""
-    from hyperspy_cnmf.clustering._components import (
-        MIN_GRAIN_POSITIONS,
-        _joined_fragments,
-    )
-
-    grid = np.full((12, 12), -1)
-    grid[0:2, 0:3] = 0  # 6 positions of cluster 4
-    grid[0:2, 3:5] = 1  # 4 positions of cluster 5, touching region 0
-    grid[2, 0:2] = 2  # 2 positions of cluster 6, touching region 0
-    grid[6:11, 6:11] = 3  # 25 positions (a whole grain), cluster 4
-    grid[5, 6:9] = 4  # 3 positions touching the large region 3
-    grid[9:11, 0:2] = 5  # 4 positions alone
-    owner = np.array([4, 5, 6, 4, 7, 5])
-    assert grid[grid == 3].size >= MIN_GRAIN_POSITIONS
-    region, new_owner = _joined_fragments(grid.ravel(), owner, (12, 12))
-    region = region.reshape(12, 12)
-    assert np.unique(region[grid >= 0]).size == 4
-    assert (region[grid == 0] == region[0, 0]).all()
-    assert region[0, 3] == region[2, 0] == region[0, 0]  # the touching fragments
-    assert new_owner[region[0, 0]] == 4  # the cluster with most of them
-    assert region[5, 6] != region[6, 6] and new_owner[region[6, 6]] == 4
-    assert region[9, 0] not in (region[0, 0], region[5, 6], region[6, 6])
-    assert (region[grid < 0] == -1).all()
-    np.testing.assert_array_equal(np.unique(region[region >= 0]), np.arange(4))
-
-
 def test_grain_the_matrix_carries_is_classed_by_its_pattern():
     """A grain that only the matrix's component carries (the glass's pattern plus its
     disks, too few components) is found where the matrix's map rises, and classed with

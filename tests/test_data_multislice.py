@@ -129,13 +129,16 @@ def test_over_complete_k_keeps_the_phases(two_phase):
     # every texture component sits in the cluster that holds the most positions
     matrix = np.bincount(labels[labels >= 0]).argmax()
     assert np.all(lr.cdiff_labels[lr.cdiff_texture] == matrix)
-    # without the texture rule: measured 0.742 with 3 clusters (the grains' own
-    # patterns send the scattered speckle pieces back to the matrix; 0.760 with 4
-    # clusters before touching fragments were joined, 0.711 before _grain_groups'
-    # cluster fallback checked their patterns), 0.401 with 10 without them too
+    # without the texture rule: measured 0.832 with 3 clusters (the grains' own
+    # patterns and the maps' rises send the scattered speckle pieces back to the
+    # matrix; 0.760 with 4 clusters before particle components' rises, 0.711 before
+    # _grain_groups' cluster fallback checked their patterns), 0.401 with 10
+    # without them too
     s.cluster_diffraction(min_map_compactness=0)
     off = np.asarray(s.learning_results.cdiff_position_labels)
-    assert adjusted_rand_score(phase_map, off) < 0.8
+    assert adjusted_rand_score(phase_map, off) <= (
+        adjusted_rand_score(phase_map, labels) - 0.05
+    )
     s.cluster_diffraction(min_map_compactness=0, grain_patterns=False)
     off = np.asarray(s.learning_results.cdiff_position_labels)
     assert adjusted_rand_score(phase_map, off) < 0.6

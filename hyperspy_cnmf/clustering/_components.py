@@ -1344,11 +1344,10 @@ MATRIX_RISE_Z = 5.0
 #: 8-connectivity): a single position is a noise spike.
 MATRIX_RISE_POSITIONS = 3
 
-#: Share of a particle cluster's range (median to maximum of its summed
-#: map) that its rise must also reach (:func:`_map_rises`): a second grain
-#: of the phase that the cluster's component carries weakly beside its main
-#: one, below the dominance threshold (:data:`PARTICLE_THRESHOLD`) of the
-#: component's range. Measured as :data:`MATRIX_RISE` (63 fits): the 2-phase
+#: Share of a particle component's range (median to maximum of its map) that
+#: its rise must also reach (:func:`_map_rises`): a second grain of the
+#: phase that the component carries weakly beside its main one, below the
+#: dominance threshold (:data:`PARTICLE_THRESHOLD`) of its range. Measured as :data:`MATRIX_RISE` (63 fits): the 2-phase
 #: case at k = true, random_state 1 and 2, whose second CuZr2 grain stood at
 #: 0.11 (mean) to 0.21 (peak) of its component's range, 0.821 / 0.819 (3 of
 #: 4 grains) -> 0.889 / 0.886 (4 of 4); the 3-phase descan case at k = 5
@@ -1356,7 +1355,7 @@ MATRIX_RISE_POSITIONS = 3
 #: k = 5, random_state 1 fell from 0.838 to 0.787.
 PARTICLE_RISE = 0.1
 
-#: Fewest positions of a region of a particle cluster's rise. Such a region
+#: Fewest positions of a region of a particle component's rise. Such a region
 #: is placed by its mean pattern only (the grains' cut or nothing, as a
 #: ``weak`` region of :func:`_grain_groups`), whose distances tell phases
 #: apart from about 6 positions (:data:`MIN_GRAIN_POSITIONS`). Measured as
@@ -1427,39 +1426,6 @@ def _map_rises(contrib, labels, pos, matrix, nav_shape):
             taken |= lab == r
             owner.append(c)
     return out, np.asarray(owner, dtype=np.int64)
-
-
-def _joined_fragments(region, owner, nav_shape):
-    """Touching regions below :data:`MIN_GRAIN_POSITIONS` joined into one region.
-
-    At over-complete k a grain that no component holds whole is shared out
-    position by position among several clusters' components, and its
-    regions are a few positions each: their mean patterns are too noisy to
-    tell the phase (pairwise distances 0.2-0.7 on a B2 grain in 12 pieces
-    of 1-7 positions), while the grain's whole mean pattern does. Small
-    regions that touch (8-connectivity) are therefore one region, of the
-    cluster holding most of its positions; regions of
-    :data:`MIN_GRAIN_POSITIONS` or more stay as they are. Measured (scratch
-    scripts, the 63 + 56 fits of :data:`PARTICLE_RISE` with random_state
-    3-6 at k = true and 30): the independent B2 / CuZr2 descan case at
-    k = 30, random_state 6, 0.773 (2 of 3 grains) -> 0.892, and a 3-phase
-    independent case at k = 30, random_state 3, 0.896 -> 0.916; no fit
-    lower. Returns the new
-    region of every position and owner of every region, numbered in order
-    of their first old region.
-    """
-    n = owner.size
-    if n < 2:
-        return region, owner
-    sizes = np.bincount(region[region >= 0], minlength=n)
-    small = sizes < MIN_GRAIN_POSITIONS
-    near = (_region_contacts(region, nav_shape, n) > 0) & small[:, None] & small
-    _, joined = _connected_groups(near | near.T | np.eye(n, dtype=bool))
-    new_owner = np.empty(joined.max() + 1, dtype=np.int64)
-    for g in range(new_owner.size):
-        pieces = np.flatnonzero(joined == g)
-        new_owner[g] = np.argmax(np.bincount(owner[pieces], weights=sizes[pieces]))
-    return np.where(region >= 0, joined[np.maximum(region, 0)], -1), new_owner
 
 
 def _grain_groups(distance, sizes, owner, touching, empty=None, weak=None):
@@ -1945,9 +1911,10 @@ def _regroup_by_grain_patterns(
     near patterns) parts them, and pieces of one phase in several clusters
     meet. Regions of the matrix's positions where its own summed map rises
     well above its level (a grain the matrix's components carry, which no
-    particle cluster dominates), or a particle cluster's well above its
+    particle cluster dominates), or a particle component's well above its
     background away from every grain (:func:`_map_rises`), are grains to
-    class too; the latter are placed by their patterns only. See :func:`_grain_groups`; groups without evidence join the
+    class too; the latter are placed by their patterns only. See
+    :func:`_grain_groups`; groups without evidence join the
     matrix (the largest extended cluster); a region whose own patterns show
     its disks no more than the glass's speckle would
     (:func:`_crystal_evidence`) is no evidence of a phase. In the same
@@ -1976,8 +1943,6 @@ def _regroup_by_grain_patterns(
     if not extended.any() or extended.all():
         return fields, none
     region, owner = _grain_regions(pos, nav_shape, extended)
-    # a grain shared out among several clusters, a few positions each: one region
-    region, owner = _joined_fragments(region, owner, nav_shape)
     ext = np.flatnonzero(extended)
     counts = np.bincount(pos[pos >= 0], minlength=extended.size)
     matrix = int(np.argmax(counts[ext]))
@@ -2234,8 +2199,8 @@ def cluster_components(
         given back to the matrix (:func:`_regroup_by_grain_patterns`).
         Regions of matrix positions where the matrix's own map rises well
         above its level (a grain that the matrix's components carry,
-        :func:`_map_rises`; and where a particle cluster's map rises
-        well above its background away from its grains: a second grain it
+        :func:`_map_rises`; and where a particle component's map rises
+        well above its background away from every grain: a second grain it
         carries weakly) are classed the same way. Recorded as
         ``grain_regions``, ``grain_weak_regions``, ``grain_rim_positions``,
         ``grain_released_positions`` and ``grain_rise_regions`` in

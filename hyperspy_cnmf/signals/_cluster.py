@@ -689,10 +689,10 @@ def cluster_diffraction(
         positions where the matrix's own summed map rises above 1.5 times
         its median and :data:`~hyperspy_cnmf.clustering.MATRIX_RISE_Z`
         robust z (a grain that the matrix's components carry: the glass's
-        map can only dip inside a grain), and where a particle cluster's map
-        rises above :data:`~hyperspy_cnmf.clustering.PARTICLE_RISE` of its
-        range away from every grain (a second grain its component carries
-        weakly; placed by its pattern only), are classed the same way
+        map can only dip inside a grain), and where a particle component's
+        map rises above :data:`~hyperspy_cnmf.clustering.PARTICLE_RISE` of
+        its range away from every grain (a second grain it carries weakly;
+        placed by its pattern only), are classed the same way
         (``grain_rise_regions``). Where the matrix's
         responses to a grain's disk filter spread beyond counting noise (the
         glass's speckle at high counts,
