@@ -20,8 +20,6 @@ default decomposition once and then ``cluster_diffraction`` with each rule varia
 - ``no map rises``: no grain found where the matrix's map, or a particle component's, rises
   well above its level (``_map_rises`` bypassed); ``no particle rises``: the matrix's only
   (:data:`~hyperspy_cnmf.clustering.PARTICLE_RISE` infinite);
-- ``no fragment join``: touching small grain regions not joined before the read
-  (``_joined_fragments`` bypassed);
 - ``particle_threshold`` other than the default (:data:`PARTICLE_THRESHOLD`).
 
 It reports the mean and minimum position ARI against the true phase map and the number of runs
@@ -69,10 +67,6 @@ VARIANTS = {
         ),
     ),
     "no particle rises": ("PARTICLE_RISE", float("inf")),
-    "no fragment join": (
-        "_joined_fragments",
-        lambda region, owner, *a: (region, owner),
-    ),
     "particle_threshold=0.12": {"particle_threshold": 0.12},
     "particle_threshold=0.09": {"particle_threshold": 0.09},
     "MAX_SPLIT_OVERLAP=0.1": ("MAX_SPLIT_OVERLAP", 0.1),

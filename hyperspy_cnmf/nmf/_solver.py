@@ -36,11 +36,11 @@ SOLVERS = ("hals", "mu", "als")
 #: on to ``tol`` it takes 9-43 iterations at k = 30 (six multislice cases).
 #: Position ARI of the main job (``python benchmarks/quality_rules.py
 #: --exact``, k = true / 2x / 30, random_state 0-2; the clustering with the
-#: grains' own patterns and rims): the three multislice cases and the
-#: embedded default (36 runs each), mean 0.896 and the true cluster count
-#: in 35 runs to ``tol``, 0.896 at 9 and 8, 0.895 at 6, 36 each; three
-#: independent multislice cases (27 runs each, ``--files``), 0.890 and 27 to
-#: ``tol``, 0.878 and 26 at 9, 0.881 and 26 at 8, 0.886 and 27 at 6
+#: grains' own patterns, rims and the maps' rises): the three multislice
+#: cases and the embedded default (36 runs each), mean 0.903 and the true
+#: cluster count in 35 runs to ``tol``, 0.903 and 36 at 9, 8 and 6; five
+#: independent multislice cases (45 runs each, ``--files``), 0.887 and 44 to
+#: ``tol``, 0.889, 0.890 and 0.887 and 45 at 9, 8 and 6
 #: (``benchmarks/results/quality_exact*.md``).
 EXACT_REFINEMENT = 8
 #: Default extra rank of the randomized sketch beyond ``k``.
