@@ -828,6 +828,19 @@ def test_parted_glass_joins_the_matrix():
     assert parted == 1 and out.tolist() == [0, 1, 1, 2]
 
 
+def _three_grains():
+    """Maps (3, 32 * 32) of three Gaussian grains at (8, 8), (8, 24) and (24, 16) and
+    the matrix's map around them."""
+    yy, xx = np.mgrid[:32, :32]
+    grains = np.stack(
+        [
+            np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 8.0)
+            for y, x in [(8, 8), (8, 24), (24, 16)]
+        ]
+    ).reshape(3, -1)
+    return grains, 1.0 - 0.8 * grains.sum(0)
+
+
 def _mixed_component():
     """Three grains (square disks at 0 and 33 degrees, one rhomb at 10) in a halo
     matrix; one component took the square-0 and the rhomb grain (a mixed NMF
@@ -837,14 +850,7 @@ def _mixed_component():
     rot = lambda cs, t: [(r, a + t, i) for r, a, i in cs]  # noqa: E731
     halo = _disks([], halo=1.0) + 0.01
     true = [_disks(rot(square, 0)), _disks(rot(rhomb, 10)), _disks(rot(square, 33))]
-    yy, xx = np.mgrid[:32, :32]
-    grains = np.stack(
-        [
-            np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 8.0)
-            for y, x in [(8, 8), (8, 24), (24, 16)]
-        ]
-    ).reshape(3, -1)
-    matrix = 1.0 - 0.8 * grains.sum(0)
+    grains, matrix = _three_grains()
     model = (
         np.tensordot(grains.T, np.stack(true), axes=1)
         + matrix[:, None, None] * halo[None]
@@ -976,14 +982,7 @@ def test_grain_the_matrix_carries_is_classed_by_its_pattern():
     square = _disks([(10, a, 1.0) for a in (0, 90, 180, 270)])
     rhomb = _disks([(10, a + 10, 1.0) for a in (0, 74, 180, 254)])
     square33 = _disks([(10, a + 33, 1.0) for a in (0, 90, 180, 270)])
-    yy, xx = np.mgrid[:32, :32]
-    g = np.stack(
-        [
-            np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 8.0)
-            for y, x in [(8, 8), (8, 24), (24, 16)]
-        ]
-    ).reshape(3, -1)
-    matrix = 1.0 - 0.8 * g.sum(0)
+    g, matrix = _three_grains()
     # the matrix's component carries the square grain at (8, 8)
     factors = np.stack([halo + 0.4 * square, rhomb, square33])
     maps = np.stack([matrix + 2.5 * g[0], g[1], g[2]])

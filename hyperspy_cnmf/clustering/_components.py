@@ -1935,8 +1935,8 @@ def _regroup_by_grain_patterns(
     and the counts of :data:`_GRAIN_COUNTS` (dict): grain regions whose
     patterns were compared, rim positions claimed, grain positions released
     to the matrix (:func:`_rim_release`), regions whose disks were the
-    glass's speckle (:func:`_crystal_evidence`) and regions of the maps'
-    rises among them.
+    glass's speckle (:func:`_crystal_evidence`) and the maps' rises found
+    (:func:`_map_rises`, those dropped by the crystal test included).
     """
     cpx, radius, dbr, grid, similarity_kwargs, pattern_shape = geometry
     percentiles, smoothing, _ = rules
