@@ -37,10 +37,10 @@ SOLVERS = ("hals", "mu", "als")
 #: Position ARI of the main job (``python benchmarks/quality_rules.py
 #: --exact``, k = true / 2x / 30, random_state 0-2; the clustering with the
 #: grains' own patterns, rims and the maps' rises): the three multislice
-#: cases and the embedded default (36 runs each), mean 0.903 and the true
-#: cluster count in 35 runs to ``tol``, 0.903 and 36 at 9, 8 and 6; five
+#: cases and the embedded default (36 runs each), mean 0.902 and the true
+#: cluster count in 35 runs to ``tol``, 0.902 and 36 at 9, 8 and 6; five
 #: independent multislice cases (45 runs each, ``--files``), 0.887 and 44 to
-#: ``tol``, 0.889, 0.890 and 0.887 and 45 at 9, 8 and 6
+#: ``tol``, 0.889, 0.889 and 0.887 and 45 at 9, 8 and 6
 #: (``benchmarks/results/quality_exact*.md``).
 EXACT_REFINEMENT = 8
 #: Default extra rank of the randomized sketch beyond ``k``.
