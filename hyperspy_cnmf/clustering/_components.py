@@ -1405,8 +1405,7 @@ def _map_rises(contrib, labels, pos, matrix, nav_shape):
     taken = pos != matrix
     # the matrix's summed map (its tiles), then every particle component's own
     maps = [(matrix, labels == matrix)] + [
-        (int(labels[j]), np.arange(labels.size) == j)
-        for j in np.flatnonzero(labels != matrix)
+        (int(labels[j]), [j]) for j in np.flatnonzero(labels != matrix)
     ]
     for c, which in maps:
         members = contrib[which]
@@ -1965,8 +1964,6 @@ def _regroup_by_grain_patterns(
         which = np.r_[which, more[1] + owner.size]
         region[rises >= 0] = rises[rises >= 0] + owner.size
     rise = np.r_[np.zeros(owner.size, bool), np.ones(n_rises, bool)]
-    # a particle cluster's rise is placed by its pattern only
-    by_pattern = rise & (np.r_[owner, rise_owner] != ext[matrix])
     owner = np.r_[owner, rise_owner]
     if not owner.size:
         return fields, none
@@ -2000,7 +1997,7 @@ def _regroup_by_grain_patterns(
         mine = keep[which]
         at, role, response = at[mine], role[mine], response[mine]
         which = new_index[which[mine]]
-        owner, patterns, by_pattern = owner[keep], patterns[keep], by_pattern[keep]
+        owner, patterns = owner[keep], patterns[keep]
         weak, rise = weak[keep], rise[keep]
         if not owner.size:
             return fields, dict(none, grain_rise_regions=n_rises)
@@ -2021,6 +2018,8 @@ def _regroup_by_grain_patterns(
         distance = 0.5 * (sim.pseudo_distance + sim.pseudo_distance.T)
         touching = _region_contacts(region, nav_shape, owner.size)
         empty = ~np.any(disks.reshape(owner.size, -1) > 0, axis=1)
+        # a particle component's rise is placed by its pattern only
+        by_pattern = rise & (owner != ext[matrix])
         group, evidence = _grain_groups(
             distance, sizes, owner, touching, empty, weak | by_pattern
         )
