@@ -333,6 +333,37 @@ def test_separation_does_not_inflate_the_model():
     assert totals[1] <= 1.05
 
 
+def test_separation_gives_no_grain_a_floor_of_the_matrix():
+    """The matrix's pattern keeps a grain's spots' pixels: no carve, no floor in the grain's map.
+
+    By the ratio rule alone the matrix's halo "holds" 0.2 of the grain's
+    pattern (spots 5x the halo on two pixels): the move would zero the halo
+    at the spots and add 0.2 of the matrix's map to the grain's everywhere.
+    """
+    from hyperspy_cnmf.nmf._solver import _separate
+
+    h_matrix = np.ones(40)  # a flat halo
+    h_grain = np.zeros(40)
+    h_grain[[3, 7]] = 5.0  # two Bragg spots on it
+    w_matrix = np.ones(30)  # the glass is everywhere
+    w_grain = np.zeros(30)
+    w_grain[10:14] = 1.0  # a grain on 4 of 30 positions
+    W = np.stack([w_matrix, w_grain], axis=1)
+    Ht = np.stack([h_matrix, h_grain], axis=1)
+    X = W @ Ht.T
+    M = _separate(W, Ht, np.ones(40))
+    np.testing.assert_array_equal(Ht[:, 0], h_matrix)  # no dip at the spots
+    np.testing.assert_array_equal(W[:, 1], w_grain)  # no floor
+    np.testing.assert_array_equal(M, np.eye(2))
+    np.testing.assert_allclose(W @ Ht.T, X)
+    # the other way, the grain's share of the matrix still goes
+    Ht = np.stack([h_matrix, h_grain + 0.3 * h_matrix], axis=1)
+    W = np.stack([w_matrix - 0.3 * w_grain, w_grain], axis=1)
+    _separate(W, Ht, np.ones(40))
+    np.testing.assert_allclose(Ht[:, 1], h_grain, atol=1e-12)
+    np.testing.assert_allclose(W[:, 0], w_matrix, atol=1e-12)
+
+
 @pytest.mark.parametrize("solver", ["hals", "mu", "als"])
 @pytest.mark.parametrize("init", ["nndsvda", "nndsvd", "spa"])
 def test_scale_equivariance_of_the_core(lowrank, solver, init):
