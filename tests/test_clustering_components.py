@@ -1187,6 +1187,44 @@ def test_grain_groups_weak_regions_and_pieces_across_clusters():
     assert not evidence[group[4]] and not evidence[group[5]]
 
 
+def test_grain_groups_a_strong_small_core_unlike_every_crystal_is_a_phase():
+    """A cluster's small region below MIN_GRAIN_POSITIONS makes a phase when its
+    crystal is strong, it holds STRONG_CRYSTAL_POSITIONS, and its pattern is none
+    of the crystals' (the 3.0 mrad case at half counts: a CuZr2 grain's 12-position
+    core beside two fcc-Cu grains)."""
+    from hyperspy_cnmf.clustering._components import (
+        GRAIN_DISTANCE,
+        STRONG_CRYSTAL_POSITIONS,
+        _grain_groups,
+    )
+
+    sizes = np.array([29, 38, STRONG_CRYSTAL_POSITIONS + 2, 3])
+    owner = np.array([1, 1, 2, 0])
+    d = np.full((4, 4), 0.77)
+    d[0, 1] = d[1, 0] = 0.07  # the two grains of one phase
+    d[2, 3] = d[3, 2] = 0.49
+    np.fill_diagonal(d, 0.0)
+    touching = np.zeros((4, 4))
+    strong = np.array([True, True, True, True])
+    group, evidence = _grain_groups(d, sizes, owner, touching)
+    assert not evidence[group[2]]  # 14 positions: no phase by size
+    group, evidence = _grain_groups(d, sizes, owner, touching, None, None, strong)
+    assert evidence[group[2]] and group[2] != group[0] and evidence[group[0]]
+    # not strong, too few positions, or near a crystal found: no phase
+    for sz, st, dist in (
+        (sizes[2], False, 0.77),
+        (STRONG_CRYSTAL_POSITIONS - 1, True, 0.77),
+        (sizes[2], True, 1.9 * GRAIN_DISTANCE),
+    ):
+        s2, d2 = sizes.copy(), d.copy()
+        s2[2] = sz
+        d2[2, [0, 1]] = d2[[0, 1], 2] = dist
+        group, evidence = _grain_groups(
+            d2, s2, owner, touching, None, None, strong & [True, True, st, True]
+        )
+        assert not evidence[group[2]] or group[2] == group[0]
+
+
 def _speckled_scan(counts, rng):
     """A 32 x 32 scan of glass whose every pattern holds its own speckle (41 x 41 px),
     with a crystal grain (disk of radius 4 about (8, 8)); expected counts and the grain."""

@@ -701,7 +701,14 @@ def cluster_diffraction(
         stands :data:`~hyperspy_cnmf.clustering.CRYSTAL_Z` robust z above
         the matrix's (less for regions beyond 20 positions, as
         ``sqrt(20 / n)``): patches of speckle that over-complete components
-        took make no phase. An NMF component that took grains of
+        took make no phase. Where counting noise dominates, a cluster's
+        small regions make a phase of their own when they hold
+        :data:`~hyperspy_cnmf.clustering.STRONG_CRYSTAL_POSITIONS` positions
+        whose responses stand
+        :data:`~hyperspy_cnmf.clustering.STRONG_CRYSTAL_Z` robust z above the
+        matrix's and their pattern is clearly none of the phases found
+        (twice the cut away): a grain whose component holds only its core.
+        An NMF component that took grains of
         two phases (too few components, or two near patterns) no longer puts
         them in one cluster, and pieces of one phase spread over several
         clusters meet; components then belong to the cluster where most of
