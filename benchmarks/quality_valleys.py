@@ -438,7 +438,7 @@ def analyse(name, make, k_spec, seed=0, fit_kwargs=None):
     for cl in range(M.shape[0]):
         on = pos == cl
         ph = int(np.bincount(pm[on]).argmax()) if on.any() else 0
-        if ph == 0:
+        if ph == 0 and on.any():
             glass_clusters.append(cl)
         c = compare(M[cl], M_truth[cl], centre, n_r, rings_of(ph), dip, rng)
         if ph == 0 and tr["spots"] is not None:
@@ -454,7 +454,7 @@ def analyse(name, make, k_spec, seed=0, fit_kwargs=None):
             phase=ph,
         )
         rows.append(c)
-    # the model's counts on the glass far from every grain (>= 4 steps, 8-connected)
+    # the model's counts on the glass far from every grain (>= 5 steps, Chebyshev)
     # that components outside the glass's cluster carry: their maps' floors
     far = ~binary_dilation(tr["labels"] > 0, iterations=4, structure=np.ones((3, 3)))
     counts = np.nan_to_num(L[:, far.ravel()]).sum(axis=1) * np.nansum(
@@ -595,7 +595,7 @@ def main(argv=None):
                 f"{res['mask_r']:.2f} px; halo ring {res['halo']} px; dip closing {res['dip_r']:.0f} px; "
                 f"fit + clustering {res['wall']:.1f} s. Merged patterns rebuilt from the factors to "
                 f"{res['rebuild']:.1e} (max relative difference). Position ARI {res['ari']:.3f}. "
-                f"On the glass >= 4 steps from every grain ({res['far_positions']} positions), "
+                f"On the glass >= 5 steps (Chebyshev) from every grain ({res['far_positions']} positions), "
                 f"components outside the glass's cluster carry {res['far_share']:.2f} of the "
                 "model's counts (their maps' floors). "
                 + (
@@ -633,7 +633,7 @@ def main(argv=None):
         "Radial: valley depth relative to the profile maximum; azimuthal: relative to the ring "
         "maximum. Beam-edge level: estimate / truth of profile(first radius outside the masked "
         "disk) / profile maximum (below 1: darker around the direct beam than the truth). "
-        "Far glass: the share of the model's counts on the glass >= 4 steps from every grain "
+        "Far glass: the share of the model's counts on the glass >= 5 steps (Chebyshev) from every grain "
         "that components outside the glass's cluster carry (0 in the truth).",
         "",
         SUMMARY_HEADER,

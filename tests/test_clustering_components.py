@@ -1223,6 +1223,20 @@ def test_grain_groups_a_strong_small_core_unlike_every_crystal_is_a_phase():
             d2, s2, owner, touching, None, None, strong & [True, True, st, True]
         )
         assert not evidence[group[2]] or group[2] == group[0]
+    # dots of glass the core's component picked up (patterns far from it) go to
+    # the matrix and do not stop the phase
+    for n_dots in (1, 2):
+        n = 4 + n_dots
+        dd = np.full((n, n), 0.8)
+        dd[:4, :4] = d
+        dd[4:, 4:] = 0.3
+        np.fill_diagonal(dd, 0.0)
+        sz = np.r_[sizes, [3] * n_dots]
+        ow = np.r_[owner, [2] * n_dots]
+        st = np.r_[strong, [False] * n_dots]
+        group, evidence = _grain_groups(dd, sz, ow, np.zeros((n, n)), None, None, st)
+        assert evidence[group[2]] and group[2] != group[0]
+        assert all(not evidence[group[r]] for r in range(4, n))
 
 
 def _speckled_scan(counts, rng):

@@ -362,6 +362,24 @@ def test_separation_gives_no_grain_a_floor_of_the_matrix():
     _separate(W, Ht, np.ones(40))
     np.testing.assert_allclose(Ht[:, 1], h_grain, atol=1e-12)
     np.testing.assert_allclose(W[:, 0], w_matrix, atol=1e-12)
+    # a component whose map is all zero is present nowhere: no floor for it either
+    W = np.stack([w_matrix, np.zeros(30)], axis=1)
+    Ht = np.stack([h_matrix, h_grain], axis=1)
+    _separate(W, Ht, np.ones(40))
+    np.testing.assert_array_equal(W[:, 1], 0.0)
+    np.testing.assert_array_equal(Ht[:, 0], h_matrix)
+    # nor through a chain: the matrix into a wide component, that one into the grain
+    h_wide = np.zeros(40)
+    h_wide[10:20] = 2.0
+    h_wide[[3, 7]] = 1.0
+    w_wide = np.zeros(30)
+    w_wide[:16] = 1.0
+    w_small = np.zeros(30)
+    w_small[:8] = 1.0
+    W = np.stack([w_matrix, w_wide, w_small], axis=1)
+    Ht = np.stack([h_matrix, h_wide, h_grain], axis=1)
+    _separate(W, Ht, np.ones(40))
+    np.testing.assert_array_equal(W[8:, 2], 0.0)
 
 
 @pytest.mark.parametrize("solver", ["hals", "mu", "als"])

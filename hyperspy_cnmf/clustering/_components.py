@@ -1471,7 +1471,9 @@ def _grain_groups(distance, sizes, owner, touching, empty=None, weak=None, stron
     :data:`STRONG_CRYSTAL_POSITIONS` positions in their cluster are
     evidence of a phase as well when their pattern is clearly none of the
     crystals' (beyond twice the cut from each): a grain whose component
-    holds only its core.
+    holds only its core. The cluster's other regions join that phase where
+    their patterns lie within twice the cut of the core's, else the matrix
+    (dots of glass the component picked up).
     """
     empty = np.zeros(sizes.size, bool) if empty is None else np.asarray(empty)
     weak = np.zeros(sizes.size, bool) if weak is None else np.asarray(weak) & ~empty
@@ -1496,6 +1498,15 @@ def _grain_groups(distance, sizes, owner, touching, empty=None, weak=None, stron
     def mean_distance(regions, g):
         """Mean distance of each of ``regions`` to the large regions of group ``g``."""
         return distance[np.ix_(regions, reliable[group[reliable] == g])].mean(axis=1)
+
+    def alike(regions):
+        """Whether ``regions`` are pieces of one pattern (or one holds 3/4 of them)."""
+        pairs = distance[np.ix_(regions, regions)][np.triu_indices(regions.size, 1)]
+        return bool(
+            pairs.size == 0
+            or pairs.mean() <= 2 * GRAIN_DISTANCE
+            or sizes[regions].max() >= 0.75 * sizes[regions].sum()
+        )
 
     # a group of large regions none of which shows a crystal's disks is none
     shows = ~empty & ~weak
@@ -1548,27 +1559,23 @@ def _grain_groups(distance, sizes, owner, touching, empty=None, weak=None, stron
         else:
             g = len(evidence)
             shown = np.flatnonzero(left & ~empty)
-            pairs = distance[np.ix_(shown, shown)][np.triu_indices(shown.size, 1)]
-            held = sizes[shown].sum()
-            alike = (
-                pairs.size == 0
-                or pairs.mean() <= 2 * GRAIN_DISTANCE
-                or sizes[shown].max() >= 0.75 * held
-            )
-            # a crystal's core far above the glass, unlike every crystal found
+            phase = sizes[shown].sum() >= MIN_GRAIN_POSITIONS and alike(shown)
             core = shown[strong[shown]]
-            other = all(
-                mean_distance(core, h).min() > 2 * GRAIN_DISTANCE
-                for h in range(n_groups)
-                if evidence[h] and core.size
-            )
-            evidence.append(
-                alike
-                and (
-                    held >= MIN_GRAIN_POSITIONS
-                    or (sizes[core].sum() >= STRONG_CRYSTAL_POSITIONS and other)
+            if not phase and sizes[core].sum() >= STRONG_CRYSTAL_POSITIONS:
+                # a crystal's core far above the glass, unlike every crystal
+                # found: a phase of its regions and those near them (other
+                # dots of the cluster stay the glass's)
+                near = shown[
+                    distance[np.ix_(shown, core)].mean(axis=1) <= 2 * GRAIN_DISTANCE
+                ]
+                phase = alike(core) and all(
+                    mean_distance(core, h).min() > 2 * GRAIN_DISTANCE
+                    for h in range(n_groups)
+                    if evidence[h]
                 )
-            )
+                if phase:
+                    left[np.setdiff1d(shown, near)] = False
+            evidence.append(phase)
         group[left] = g
     if (group < 0).any():  # weak regions placed by nothing: the matrix
         group[group < 0] = len(evidence)
@@ -1817,7 +1824,7 @@ SPECKLE_RATIO = 2.0
 #: Upper-quartile robust z of a region's own responses (as in
 #: :func:`_crystal_evidence`, counting noise only: not where the glass's
 #: speckle dominates) from which a small region is a crystal's core
-#: (:func:`_grain_groups`). Measured over the six multislice cases (three of
+#: (:func:`_grain_groups`). Measured over the eight multislice cases (three of
 #: ``../shared/data/abtem_dev``, five independent), k = 30, random_state
 #: 0-2, at their native counts and re-drawn at 1500 and 15000 per unit
 #: intensity: glass regions reach 9.5 (12.4 where half the region lies on a
@@ -1880,12 +1887,16 @@ def _crystal_evidence(at, which, role, response, filters, patterns):
     averages down over it, a crystal's disks do not). Regions without a
     null are not tested (True).
     """
-    q75, speckle, count = _crystal_scores(at, which, role, response, filters, patterns)
+    return _evidence_of(*_crystal_scores(at, which, role, response, filters, patterns))
+
+
+def _evidence_of(q75, speckle, count):
+    """:func:`_crystal_evidence` from :func:`_crystal_scores`."""
     # a patch's self-selected speckle fades as 1 / sqrt(its size)
     level = CRYSTAL_Z * np.sqrt(
         MIN_GRAIN_POSITIONS / np.maximum(count, MIN_GRAIN_POSITIONS)
     )
-    return ~speckle | ~(q75 < level)
+    return ~speckle | (q75 >= level)
 
 
 def _rim_release(at, which, role, response, n_regions):
@@ -2041,9 +2052,10 @@ def _regroup_by_grain_patterns(
             f"expected {(owner.size,) + pattern_shape} (one mean pattern per region) "
             f"and {at.shape} (one response per requested position)."
         )
-    q75, speckle, _ = _crystal_scores(at, which, role, response, filters, patterns)
-    weak = ~_crystal_evidence(at, which, role, response, filters, patterns)
-    strong = ~speckle & (q75 >= STRONG_CRYSTAL_Z)
+    q75, speckle, count = _crystal_scores(at, which, role, response, filters, patterns)
+    weak = ~_evidence_of(q75, speckle, count)
+    with np.errstate(invalid="ignore"):
+        strong = ~speckle & (q75 >= STRONG_CRYSTAL_Z)
     if (rise & weak).any():
         # a rise whose patterns show the glass's speckle, not a crystal: none
         # (at high counts particle components carry patches of speckle)

@@ -456,8 +456,9 @@ def _separate(W, Ht, col_scale, support=0.1, max_clip=0.1, max_moves=None):
     constraint (a linear filter) still holds.
 
     A move adds ``a W_i`` to ``W_j``; it is not made when ``W_i`` is present
-    (``>= support * max``) on more positions outside ``W_j``'s than ``W_j``
-    is present on: the matrix's map added to a grain's gives the grain a
+    (``> 0`` and ``>= support * max``, on the maps as they stand after the
+    moves so far, in the fit's weighted units) on more positions outside
+    ``W_j``'s than ``W_j`` is present on: the matrix's map added to a grain's gives the grain a
     floor wherever the matrix is, and the grain's pattern taken from the
     matrix's carves its Bragg spots out of the matrix's halo, a dip the data
     do not have (issue 10, item 9). On the embedded default at k = 7
@@ -482,10 +483,10 @@ def _separate(W, Ht, col_scale, support=0.1, max_clip=0.1, max_moves=None):
     Hd = Ht / unit
     strong = Hd >= support * Hd.max(axis=0, keepdims=True)
     exhausted = np.eye(k, dtype=bool)
-    # no move that spreads a map over positions where the other is absent
-    present = W >= support * W.max(axis=0, keepdims=True)
-    outside = present.T.astype(np.float64) @ (~present).astype(np.float64)
-    exhausted |= outside > present.sum(axis=0)[None, :]
+    # no move that spreads a map over more positions where the receiving
+    # component is absent than it covers (kept up to date as maps grow)
+    present = _presence(W, support)
+    blocked = _spreads(present)
     floor = 1e-3 * float((wsum * Ht.sum(axis=0)).sum())
     for _ in range(max_moves):
         best, gain = None, 0.0
@@ -495,7 +496,7 @@ def _separate(W, Ht, col_scale, support=0.1, max_clip=0.1, max_moves=None):
                 continue
             ratio = Ht[mask] / Ht[mask, j : j + 1]
             a = ratio.min(axis=0)
-            a[exhausted[:, j]] = 0.0
+            a[exhausted[:, j] | blocked[:, j]] = 0.0
             moved = a * Ht[:, j].sum() * wsum
             i = int(np.argmax(moved))
             if moved[i] > gain:
@@ -513,7 +514,30 @@ def _separate(W, Ht, col_scale, support=0.1, max_clip=0.1, max_moves=None):
         wsum = W.sum(axis=0)
         Hd[:, i] = Ht[:, i] / unit[:, 0]
         strong[:, i] = Hd[:, i] >= support * Hd[:, i].max()
+        present[:, j] = _presence(W[:, j : j + 1], support)[:, 0]
+        _spreads(present, blocked, j)
     return M
+
+
+def _presence(W, support):
+    """Where each map is present: ``> 0`` and ``>= support`` of its maximum (bool, like ``W``)."""
+    return (W > 0) & (W >= support * W.max(axis=0, keepdims=True))
+
+
+def _spreads(present, out=None, j=None):
+    """``[i, j]``: adding map ``i`` to map ``j`` would cover more positions where
+    ``j`` is absent than ``j`` is present on (bool, (k, k)).
+
+    With ``out`` and ``j``, updates the row and column of ``j`` in ``out``
+    (after map ``j`` changed) instead.
+    """
+    p = present.astype(np.float64)
+    count = p.sum(axis=0)
+    if out is None:
+        return p.T @ (1.0 - p) > count[None, :]
+    out[:, j] = p.T @ (1.0 - p[:, j]) > count[j]
+    out[j, :] = (1.0 - p).T @ p[:, j] > count
+    return out
 
 
 def _start(W0, Ht0, op, map_c, diff_c):

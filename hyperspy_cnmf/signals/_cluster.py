@@ -702,12 +702,13 @@ def cluster_diffraction(
         the matrix's (less for regions beyond 20 positions, as
         ``sqrt(20 / n)``): patches of speckle that over-complete components
         took make no phase. Where counting noise dominates, a cluster's
-        small regions make a phase of their own when they hold
-        :data:`~hyperspy_cnmf.clustering.STRONG_CRYSTAL_POSITIONS` positions
-        whose responses stand
+        small regions make a phase of their own when those whose responses'
+        upper quartile stands
         :data:`~hyperspy_cnmf.clustering.STRONG_CRYSTAL_Z` robust z above the
-        matrix's and their pattern is clearly none of the phases found
-        (twice the cut away): a grain whose component holds only its core.
+        matrix's hold
+        :data:`~hyperspy_cnmf.clustering.STRONG_CRYSTAL_POSITIONS` positions
+        and their pattern is clearly none of the large grains' groups (twice
+        the cut away): a grain whose component holds only its core.
         An NMF component that took grains of
         two phases (too few components, or two near patterns) no longer puts
         them in one cluster, and pieces of one phase spread over several
