@@ -1867,7 +1867,7 @@ def _crystal_scores(at, which, role, response, filters, patterns):
     return q75, speckle, count
 
 
-def _crystal_evidence(at, which, role, response, filters, patterns):
+def _crystal_evidence(at, which, role, response, filters, patterns, scores=None):
     """Whether each grain region's own patterns show a crystal's disks (bool, (n,)).
 
     At high counts the glass's speckle is significant and the NMF spends
@@ -1885,13 +1885,12 @@ def _crystal_evidence(at, which, role, response, filters, patterns):
     spread above the null's median (times ``sqrt(20 / n)`` for a region of
     ``n`` > 20 positions: the speckle a component selects in a patch
     averages down over it, a crystal's disks do not). Regions without a
-    null are not tested (True).
+    null are not tested (True). ``scores``: :func:`_crystal_scores` of the
+    same arguments, when the caller has them already.
     """
-    return _evidence_of(*_crystal_scores(at, which, role, response, filters, patterns))
-
-
-def _evidence_of(q75, speckle, count):
-    """:func:`_crystal_evidence` from :func:`_crystal_scores`."""
+    if scores is None:
+        scores = _crystal_scores(at, which, role, response, filters, patterns)
+    q75, speckle, count = scores
     # a patch's self-selected speckle fades as 1 / sqrt(its size)
     level = CRYSTAL_Z * np.sqrt(
         MIN_GRAIN_POSITIONS / np.maximum(count, MIN_GRAIN_POSITIONS)
@@ -2052,10 +2051,10 @@ def _regroup_by_grain_patterns(
             f"expected {(owner.size,) + pattern_shape} (one mean pattern per region) "
             f"and {at.shape} (one response per requested position)."
         )
-    q75, speckle, count = _crystal_scores(at, which, role, response, filters, patterns)
-    weak = ~_evidence_of(q75, speckle, count)
-    with np.errstate(invalid="ignore"):
-        strong = ~speckle & (q75 >= STRONG_CRYSTAL_Z)
+    scores = _crystal_scores(at, which, role, response, filters, patterns)
+    weak = ~_crystal_evidence(at, which, role, response, filters, patterns, scores)
+    q75, speckle, _ = scores
+    strong = ~speckle & (q75 >= STRONG_CRYSTAL_Z)
     if (rise & weak).any():
         # a rise whose patterns show the glass's speckle, not a crystal: none
         # (at high counts particle components carry patches of speckle)

@@ -458,10 +458,10 @@ def _separate(W, Ht, col_scale, support=0.1, max_clip=0.1, max_moves=None):
     A move adds ``a W_i`` to ``W_j``; it is not made when ``W_i`` is present
     (``> 0`` and ``>= support * max``, on the maps as they stand after the
     moves so far, in the fit's weighted units) on more positions outside
-    ``W_j``'s than ``W_j`` is present on: the matrix's map added to a grain's gives the grain a
-    floor wherever the matrix is, and the grain's pattern taken from the
-    matrix's carves its Bragg spots out of the matrix's halo, a dip the data
-    do not have (issue 10, item 9). On the embedded default at k = 7
+    ``W_j``'s than ``W_j`` is present on: the matrix's map added to a
+    grain's gives the grain a floor wherever the matrix is, and the grain's
+    pattern taken from the matrix's carves its Bragg spots out of the
+    matrix's halo, a dip the data do not have (issue 10, item 9). On the embedded default at k = 7
     (``benchmarks/quality_valleys.py``, random_state 0-2) the grains'
     components then carried 0.19 of the model's counts on the glass far from
     every grain (0.05 with the rule) and the matrix's halo ring dipped 0.288
