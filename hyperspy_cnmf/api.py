@@ -450,6 +450,9 @@ class ConstrainedNMF:
     separate_components : bool, default True
         Move pattern content shared between components to the component that
         owns it at the end (see :func:`hyperspy_cnmf.nmf.constrained_nmf`).
+    map_support : bool, default True
+        With the map constraint: confine every compact object's map to its
+        support after the sketch (:class:`hyperspy_cnmf.constraints.MapSupport`).
 
     Attributes
     ----------
@@ -502,6 +505,7 @@ class ConstrainedNMF:
         n_init=1,
         max_exact_iter=None,
         separate_components=True,
+        map_support=True,
     ):
         self.n_components = n_components
         self.solver = solver
@@ -521,6 +525,7 @@ class ConstrainedNMF:
         self.n_init = n_init
         self.max_exact_iter = max_exact_iter
         self.separate_components = separate_components
+        self.map_support = map_support
 
     # scikit-learn's estimator protocol, without importing scikit-learn
     @classmethod
@@ -660,6 +665,7 @@ class ConstrainedNMF:
         -------
         ndarray, shape (n_samples, n_components)
         """
+        from hyperspy_cnmf.constraints import MapSupport
         from hyperspy_cnmf.nmf import DenseOperator, constrained_nmf
 
         if self.n_components is None:
@@ -682,6 +688,9 @@ class ConstrainedNMF:
             n_init=self.n_init,
             max_exact_iter=self.max_exact_iter,
             separate=self.separate_components,
+            map_support=MapSupport(tuple(self.navigation_shape))
+            if self.map_support and map_c is not None
+            else None,
         )
         self.components_ = np.ascontiguousarray(result.Ht.T)
         self.n_components_ = int(result.Ht.shape[1])

@@ -1313,3 +1313,98 @@ def test_crystal_evidence_threshold_falls_with_the_region_size():
         *(np.concatenate(a) for a in (at, which, role, response)), filters, patterns
     )
     assert 6.0 < CRYSTAL_Z and out.tolist() == [False, True]
+
+
+def test_members_by_positions_judge_a_component_by_its_object():
+    """A grain component's floor noise over the matrix does not outweigh its grain;
+    textures join the matrix even where they also carry a small grain."""
+    from hyperspy_cnmf.clustering._components import _members_by_positions
+
+    rng = np.random.default_rng(0)
+    n = 1600
+    pos = np.zeros(n, dtype=np.int64)  # cluster 0: the matrix
+    pos[:30] = 1  # a grain of 30 positions
+    pos[30:60] = 2  # another
+    grain = np.where(pos == 1, 1.0, 0.0) + np.abs(
+        rng.normal(0.0, 0.1, n)
+    )  # noisy floor
+    other = np.where(pos == 2, 1.0, 0.0) + np.abs(rng.normal(0.0, 0.02, n))
+    glass = np.where(pos == 0, 1.0, 0.0) + rng.normal(0.0, 0.05, n)
+    glass[pos == 2] += 0.5  # the glass's component also carries the second grain
+    contrib = np.stack([glass, grain, other, glass.copy()])
+    labels = np.array([0, 0, 2, 0])
+    # over the median alone the floor's noise summed over 1540 positions wins
+    excess = np.clip(grain - np.median(grain), 0, None)
+    assert excess[pos == 0].sum() > excess[pos == 1].sum()
+    new = _members_by_positions(contrib, pos, 3, labels)
+    assert new[1] == 1 and new[2] == 2
+    texture = np.array([True, False, False, True])
+    new = _members_by_positions(contrib, pos, 3, labels, texture, 0)
+    assert new.tolist() == [0, 1, 2, 0]
+
+
+def test_textures_merge_unrotated():
+    """The glass's components with complementary anisotropic halos sum to an even
+    halo; rotated onto one reference their lobes would add up."""
+    from hyperspy_cnmf.clustering._components import _aligned_merge
+    from hyperspy_cnmf.clustering._hierarchical import polar_similarity
+
+    n = 41
+    yy, xx = np.indices((n, n)) - 20.0
+    r, phi = np.hypot(yy, xx), np.arctan2(yy, xx)
+    ring = np.exp(-0.5 * ((r - 12.0) / 2.0) ** 2)
+    lobes_a = ring * np.cos(phi) ** 2  # lobes along x
+    lobes_b = ring * np.sin(phi) ** 2  # along y
+    factors = np.stack([lobes_a, lobes_b])
+    _, _, sim = polar_similarity(factors, (20.0, 20.0))
+    labels = np.zeros(2, dtype=np.int64)
+    ones = np.ones(2)
+    no = np.zeros(2, dtype=bool)
+    rotated = _aligned_merge(factors, (20.0, 20.0), sim, labels, no, ones, ones)
+    even = _aligned_merge(
+        factors, (20.0, 20.0), sim, labels, no, ones, ones, np.ones(2, bool)
+    )
+    assert abs(abs(rotated["rotation"][1]) - 90.0) < 10.0  # aligned: lobes added
+    assert even["rotation"].tolist() == [0.0, 0.0]
+    on_ring = (r > 11.5) & (r < 12.5)
+    m_even = even["merged_factors"][0][on_ring]
+    m_rot = rotated["merged_factors"][0][on_ring]
+    assert m_even.min() > 0.9 * m_even.max()  # an even halo
+    assert m_rot.min() < 0.5 * m_rot.max()
+
+
+def test_grain_groups_a_strong_small_region_near_a_crystal_joins_it():
+    """A small region with a crystal far above the glass, beyond the cut but within
+    twice it of one crystal's group, joins that group, not the glass."""
+    from hyperspy_cnmf.clustering._components import GRAIN_DISTANCE, _grain_groups
+
+    sizes = np.array([45, 37, 32, 8])
+    owner = np.array([1, 2, 3, 0])  # the small region: a rise of the matrix's cluster
+    d = np.array(
+        [
+            [0.0, 0.82, 0.6, 0.56],
+            [0.82, 0.0, 0.82, 0.81],
+            [0.6, 0.82, 0.0, 1.01 * GRAIN_DISTANCE],
+            [0.56, 0.81, 1.01 * GRAIN_DISTANCE, 0.0],
+        ]
+    )
+    touching = np.zeros((4, 4))
+    strong = np.array([True, True, True, True])
+    group, evidence = _grain_groups(d, sizes, owner, touching, None, None, strong)
+    assert group[3] == group[2] and evidence[group[3]]
+    # not strong: the glass, as before
+    group, evidence = _grain_groups(d, sizes, owner, touching, None, None, None)
+    assert not evidence[group[3]]
+    # in a cluster that holds a crystal, its cluster's rule places it (the real
+    # NIST scan: a particle's edge piece stays with its particle's phase)
+    d3 = d.copy()
+    d3[3, 1] = d3[1, 3] = 1.8 * GRAIN_DISTANCE  # within twice the cut of its own
+    group, evidence = _grain_groups(
+        d3, sizes, np.array([1, 2, 3, 2]), touching, None, None, strong
+    )
+    assert group[3] == group[1] != group[2]
+    # beyond twice the cut from every crystal: not joined
+    d2 = d.copy()
+    d2[3, :3] = d2[:3, 3] = 2.1 * GRAIN_DISTANCE
+    group, evidence = _grain_groups(d2, sizes, owner, touching, None, None, strong)
+    assert group[3] not in group[:3]

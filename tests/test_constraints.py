@@ -155,3 +155,33 @@ def test_truth_patterns_of_the_simulation_have_no_dips(sim):
     P = np.asarray(T.patterns)
     c = DiffractionDipConstraint(P.shape[1:], radius=2, centre=tuple(T.centre_px[::-1]))
     assert dip_measure(P, c).max() < 0.05
+
+
+def test_map_support_confines_objects_and_leaves_the_matrix_free():
+    """A grain's support: its cores' connected region down to the level, grown by one step."""
+    from hyperspy_cnmf.constraints import MapSupport
+
+    n = 16
+    grain = np.full((n, n), 0.02)  # a floor below the support level
+    grain[3:6, 3:6] = 1.0  # two grains of one orientation
+    grain[11:13, 10:12] = 0.8
+    grain[14, 0] = 0.1  # a patch above the level, away from every core
+    W = np.stack([grain.ravel(), np.ones(n * n), np.zeros(n * n)], axis=1)
+    m = MapSupport((n, n)).masks(W)
+    assert m.shape == W.shape and set(np.unique(m)) <= {0.0, 1.0}
+    support = m[:, 0].reshape(n, n).astype(bool)
+    assert support.sum() == 5 * 5 + 4 * 4  # each core grown by one step
+    assert support[2:7, 2:7].all() and support[10:14, 9:13].all()
+    assert not support[14, 0]
+    assert m[:, 1].all() and m[:, 2].all()  # the matrix and a dead map stay free
+    assert MapSupport((n, n), dilation=0).masks(W)[:, 0].sum() == 9 + 4
+    # a map wider than max_fraction of the scan is free
+    assert MapSupport((n, n), max_fraction=0.1).masks(W)[:, 0].all()
+    for bad in (
+        dict(level=0.6),
+        dict(core=0.0),
+        dict(max_fraction=0.0),
+        dict(dilation=-1),
+    ):
+        with pytest.raises(ValueError):
+            MapSupport((n, n), **bad)

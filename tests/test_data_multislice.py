@@ -129,15 +129,16 @@ def test_over_complete_k_keeps_the_phases(two_phase):
     # every texture component sits in the cluster that holds the most positions
     matrix = np.bincount(labels[labels >= 0]).argmax()
     assert np.all(lr.cdiff_labels[lr.cdiff_texture] == matrix)
-    # without the texture rule: measured 0.832 with 3 clusters (the grains' own
-    # patterns and the maps' rises send the scattered speckle pieces back to the
+    # without the texture rule: measured 0.888 with 3 clusters against 0.920 with
+    # it (0.832 before the grains' maps were confined to their supports; the grains'
+    # own patterns and the maps' rises send the scattered speckle pieces back to the
     # matrix; 0.760 with 4 clusters before particle components' rises, 0.711 before
     # _grain_groups' cluster fallback checked their patterns), 0.401 with 10
     # without them too
     s.cluster_diffraction(min_map_compactness=0)
     off = np.asarray(s.learning_results.cdiff_position_labels)
     assert adjusted_rand_score(phase_map, off) <= (
-        adjusted_rand_score(phase_map, labels) - 0.05
+        adjusted_rand_score(phase_map, labels) - 0.02
     )
     s.cluster_diffraction(min_map_compactness=0, grain_patterns=False)
     off = np.asarray(s.learning_results.cdiff_position_labels)
@@ -194,8 +195,9 @@ def test_grains_classed_by_their_own_patterns_lazy_and_in_memory(monkeypatch):
     CuZr2 grain, which tied two clusters into a fifth (5 clusters for 4 phases with
     ``grain_patterns=False``). Classing each grain by its own mean pattern gives the 4
     phases, in memory and lazily (the region means read the lazy file band by band).
-    The rims that show a grain's disks join it in the same read: measured ARI 0.900
-    without, 0.926 with (20 positions, 17 of them inside a true grain)."""
+    The rims that show a grain's disks join it in the same read: measured ARI 0.908
+    without, 0.914 with (0.900 and 0.926 before the grains' maps were confined to their
+    supports), the positions grown mostly inside true grains."""
     s, truth = load_multislice_case(abtem_path(THREE_PHASE))
     lazy = load_multislice_case(abtem_path(THREE_PHASE), lazy=True)[0]
     labels = _main_job(s, 30)
@@ -212,10 +214,10 @@ def test_grains_classed_by_their_own_patterns_lazy_and_in_memory(monkeypatch):
     matrix = lambda lab: lab == np.bincount(lab[lab >= 0]).argmax()  # noqa: E731
     grown = matrix(no_rim) & ~matrix(labels)
     assert not (matrix(labels) & ~matrix(no_rim)).any()
-    assert adjusted_rand_score(truth["phase_map"].ravel(), no_rim) <= ari - 0.01
+    assert adjusted_rand_score(truth["phase_map"].ravel(), no_rim) < ari
     assert grown.sum() == params["grain_rim_positions"]
-    # rims grow out of the matrix, mostly onto true grain positions
-    assert (truth["labels"].ravel()[grown] > 0).mean() >= 0.7
+    # rims grow out of the matrix, mostly onto true grain positions (7 of 11)
+    assert (truth["labels"].ravel()[grown] > 0).mean() >= 0.6
     s.cluster_diffraction(grain_patterns=False)
     off = np.asarray(s.learning_results.cdiff_position_labels)
     assert len(np.unique(off[off >= 0])) == 5
@@ -239,9 +241,11 @@ def _without(s, truth, labels, monkeypatch, rise, loss):
 def test_a_grain_the_matrix_carries_is_found(monkeypatch):
     """3-phase 64 x 64 case at k = true (9), random_state 1: no component holds one
     grain but the glass's, whose map rises there 3.5 times its level; the grain was
-    matrix (ARI 0.889, 7 of 8 grains). Classed by its own patterns: 0.914, 8 of 8."""
+    matrix (ARI 0.889, 7 of 8 grains). Classed by its own patterns: 0.914, 8 of 8.
+    The fit with free maps (``map_support=False``): with the grains' maps confined
+    this fit has no such grain (0.891, the 8th grain a few positions in pieces)."""
     s, truth = load_multislice_case(abtem_path(THREE_PHASE))
-    labels = _main_job(s, truth["n_grains"] + 1, random_state=1)
+    labels = _main_job(s, truth["n_grains"] + 1, random_state=1, map_support=False)
     params = json.loads(str(s.learning_results.cdiff_parameters))
     assert params["grain_rise_regions"] >= 1
     ari = adjusted_rand_score(truth["phase_map"].ravel(), labels)
@@ -253,10 +257,13 @@ def test_a_second_grain_a_component_carries_weakly_is_found(two_phase, monkeypat
     """2-phase case at k = true (5), random_state 1: one component holds both CuZr2
     grains, the second at 0.1-0.2 of its map's range, below the dominance threshold;
     that grain was matrix (ARI 0.821, 3 of 4 grains). Found where the component's map
-    rises away from its grain and classed by its patterns: 0.889, 4 of 4."""
+    rises away from its grain and classed by its patterns: 0.889, 4 of 4. The fit with
+    free maps (``map_support=False``): confined, the component keeps only the grain of
+    its core and the fit gives the second grain to another (0.884, 4 of 4, no rise
+    needed)."""
     s, truth = two_phase
     s = s.deepcopy()
-    labels = _main_job(s, truth["n_grains"] + 1, random_state=1)
+    labels = _main_job(s, truth["n_grains"] + 1, random_state=1, map_support=False)
     ari = adjusted_rand_score(truth["phase_map"].ravel(), labels)
     assert ari >= 0.87 and len(np.unique(labels[labels >= 0])) == truth["n_phases"]
     _without(s, truth, labels, monkeypatch, "PARTICLE_RISE", 0.03)
@@ -268,7 +275,8 @@ def test_glass_speckle_at_high_counts_is_no_phase(monkeypatch):
     The glass's own speckle then stands far above counting noise and the NMF fits
     patches of it; as grains they made 5 clusters for 3 phases (ARI 0.578; 0.669 since
     ``_grain_groups``' cluster fallback checks patterns). The crystal test rules them
-    out: measured 0.859 (quality_dose.py), the same lazily.
+    out: measured 0.858 (quality_dose.py), the same lazily; 0.733 without it (0.669
+    before the grains' maps were confined to their supports).
     """
     s, truth = load_multislice_case(abtem_path(TWO_PHASE), key="data")
     rng = np.random.default_rng(1)
@@ -283,7 +291,7 @@ def test_glass_speckle_at_high_counts_is_no_phase(monkeypatch):
         m.setattr(_components, "CRYSTAL_Z", -np.inf)
         s.cluster_diffraction()
     speckle = np.asarray(s.learning_results.cdiff_position_labels)
-    assert adjusted_rand_score(truth["phase_map"].ravel(), speckle) <= ari - 0.15
+    assert adjusted_rand_score(truth["phase_map"].ravel(), speckle) <= ari - 0.1
     assert s.learning_results.number_of_clusters > truth["n_phases"] + 1
     assert adjusted_rand_score(_main_job(lazy, 30), labels) >= 0.99
 
@@ -292,8 +300,9 @@ def test_rises_of_glass_speckle_at_high_counts_are_no_grains(monkeypatch):
     """The 3-phase descan case drawn at 100000 counts per unit, k = 30, random_state 0:
     particle components carry patches of the glass's speckle, where their maps rise as
     over a grain (4 regions of 7-10 glass positions). Their patterns fail the crystal
-    test, so they are dropped, and the labels are those without rises (measured 0.849;
-    0.785 when such rises were classed by their patterns)."""
+    test, so they are dropped, and the labels are those without rises (measured 0.824,
+    0.849 before the grains' maps were confined to their supports; 0.785 when such
+    rises were classed by their patterns)."""
     s, truth = load_multislice_case(abtem_path(DESCAN), key="data")
     rng = np.random.default_rng(1)
     s.data = rng.poisson(s.data.astype(np.float64) * 100000.0).astype(np.float32)
@@ -311,7 +320,7 @@ def test_rises_of_glass_speckle_at_high_counts_are_no_grains(monkeypatch):
         )
         s.cluster_diffraction()
     np.testing.assert_array_equal(s.learning_results.cdiff_position_labels, labels)
-    assert adjusted_rand_score(truth["phase_map"].ravel(), labels) >= 0.84
+    assert adjusted_rand_score(truth["phase_map"].ravel(), labels) >= 0.82
 
 
 def test_high_counts_lazy_equals_in_memory_in_any_chunks():

@@ -439,3 +439,42 @@ def test_non_finite_factors_raise_with_the_reason(lowrank):
 def test_max_iter_caps_every_phase(lowrank):
     r = _fit(lowrank, max_iter=0, max_exact_iter=5, sketch=True, separate=False)
     assert r.n_iter == 0 and r.n_iter_sketch == 0 and r.loss.size == 0
+
+
+def test_map_support_removes_a_grains_floor_and_fills_the_matrix_dips():
+    """From the exact solution in which the grain's map has a floor over the matrix
+    and the matrix's pattern lacks the grain's spots (a zero-loss member of NMF's
+    non-unique family), the maps' supports lead to the floor-free one."""
+    from hyperspy_cnmf.constraints import MapResolutionConstraint, MapSupport
+
+    n, p = 20, 60
+    halo = np.exp(-0.5 * ((np.arange(p) - 30) / 8.0) ** 2) + 0.1
+    spots = np.zeros(p)
+    spots[[24, 37]] = 2.0 * halo[[24, 37]]
+    h_grain = 0.5 * halo + spots
+    grain = np.zeros((n, n))
+    grain[6:10, 8:12] = 1.0
+    W_true = np.stack([np.ones(n * n), grain.ravel()], axis=1)
+    X = W_true @ np.stack([halo, h_grain], axis=1).T
+    floor = 0.04  # the same X: matrix pattern halo - 0.04 h_grain, grain map + 0.04
+    W0 = np.stack([np.ones(n * n), grain.ravel() + floor], axis=1)
+    H0 = np.stack([halo - floor * h_grain, h_grain], axis=1)
+    assert H0.min() >= 0
+    np.testing.assert_allclose(W0 @ H0.T, X)
+    identity = MapResolutionConstraint((n, n), resolution=1.0)  # beyond Nyquist
+    kw = dict(
+        init=(W0, H0), map_constraint=identity, separate=False, tol=1e-12, max_iter=50
+    )
+    free = _fit(X, 2, **kw)
+    assert free.W[~grain.ravel().astype(bool), 1].min() > 0.03  # the floor stays
+    assert free.confined is not None and not free.confined.any()
+    res = _fit(X, 2, map_support=MapSupport((n, n)), **kw)
+    assert res.confined.tolist() == [False, True]
+    assert "support" in res.phases
+    outside = ~MapSupport((n, n)).masks(W_true)[:, 1].astype(bool)
+    np.testing.assert_array_equal(res.W[outside, 1], 0.0)
+    h_m = res.Ht[:, 0] / res.Ht[:, 0].max()
+    np.testing.assert_allclose(
+        h_m, halo / halo.max(), atol=0.02
+    )  # no dips at the spots
+    assert np.linalg.norm(res.W @ res.Ht.T - X) < 1e-3 * np.linalg.norm(X)

@@ -67,6 +67,10 @@ def test_bars_end_at_the_real_iterations(small, capsys):
     )
     assert f"{n_exact}/{n_exact}" in last["constrained NMF (exact iterations)"]
     assert "100%" in last["constrained NMF (exact iterations)"]
+    n_support = info["n_iter_support"]  # the grains' maps confined (map_support)
+    assert 0 < n_support <= 10 and info["confined_maps"]
+    bar = last["constrained NMF (iterations with the maps' supports)"]
+    assert f"{n_support}/{n_support}" in bar
     assert not any("/200" in line for line in last.values())
     assert (
         "constrained NMF: reading the data" in err

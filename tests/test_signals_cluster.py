@@ -572,9 +572,10 @@ def test_with_constrained_nmf(base_signal):
     assert clear.sum() >= truth.n_components
     assert adjusted_rand_score(phase[clear], lr.cdiff_labels[clear]) >= 0.95
     ari = adjusted_rand_score(truth.phase_map.ravel(), lr.cdiff_position_labels)
-    # measured 0.950 here; 0.910-0.957 over seeds 0-5 at k = 7, 14 and 21
-    # (benchmarks/quality_clustering.py)
-    assert ari >= 0.9
+    # measured 0.897 here (0.950 before the grains' maps were confined to their
+    # supports: on this simulator's broad probe the grains' labels reach one step
+    # further); see benchmarks/quality_clustering.py for seeds 0-5 at k = 7, 14, 21
+    assert ari >= 0.88
 
 
 def test_map_artefacts_are_reported(base_signal):

@@ -313,3 +313,27 @@ def test_poisson_weighted_loss_reads_as_reduced_chi_square(fitted):
     """With Poisson weighting a fit at the noise level has a loss near 1."""
     _, info = fitted
     assert 0.9 < info["final_loss"] < 1.1
+
+
+def test_grain_maps_are_confined_to_their_supports(sim, fitted):
+    """map_support (default): the grains' maps are zero away from their grains,
+    the matrix's is not; the record names the confined components in the
+    stored order; map_support=False leaves every map free."""
+    s, info = fitted
+    par = json.loads(s.learning_results.cnmf_parameters)
+    confined = par["confined_maps"]
+    assert par["map_support"] is True and confined == info["confined_maps"]
+    assert info["n_iter_support"] > 0
+    W = s.learning_results.loadings
+    zero = (W == 0).mean(axis=0)
+    assert len(confined) >= sim.metadata.Simulation.n_components - 2
+    for j in range(W.shape[1]):
+        if j in confined:
+            assert zero[j] > 0.5  # a grain's support covers under a quarter of the scan
+        else:
+            assert zero[j] < 0.25
+    free = sim.deepcopy()
+    info_free = _run(free, normalize_poissonian_noise=True, map_support=False)
+    assert info_free["confined_maps"] == [] and info_free["n_iter_support"] == 0
+    with pytest.raises(ValueError, match="map_support"):
+        _run(sim.deepcopy(), map_support="yes")

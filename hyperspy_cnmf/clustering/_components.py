@@ -1471,7 +1471,11 @@ def _grain_groups(distance, sizes, owner, touching, empty=None, weak=None, stron
     :data:`STRONG_CRYSTAL_POSITIONS` positions in their cluster are
     evidence of a phase as well when their pattern is clearly none of the
     crystals' (beyond twice the cut from each): a grain whose component
-    holds only its core. The cluster's other regions join that phase where
+    holds only its core. In a cluster that holds no crystal and makes no
+    phase, such a region within twice the cut of a crystal's group joins the
+    nearest one (a small grain of a found phase that the matrix's components
+    carry: the 4-grain descan case at k = 5, an 8-position rise at 0.25 from
+    its phase, went to the glass). The cluster's other regions join that phase where
     their patterns lie within twice the cut of the core's, else the matrix
     (dots of glass the component picked up).
     """
@@ -1575,6 +1579,20 @@ def _grain_groups(distance, sizes, owner, touching, empty=None, weak=None, stron
                 )
                 if phase:
                     left[np.setdiff1d(shown, near)] = False
+            if not phase:
+                # a crystal far above the glass, in a cluster that holds no
+                # crystal, within twice the cut of a crystal's group: that
+                # crystal's phase, not the glass's
+                for r in shown[strong[shown]]:
+                    mean = np.array(
+                        [
+                            mean_distance([r], h)[0] if evidence[h] else np.inf
+                            for h in range(n_groups)
+                        ]
+                    )
+                    if mean.size and mean.min() <= 2 * GRAIN_DISTANCE:
+                        group[r] = int(np.argmin(mean))
+                        left[r] = False
             evidence.append(phase)
         group[left] = g
     if (group < 0).any():  # weak regions placed by nothing: the matrix
@@ -1599,19 +1617,33 @@ def _same_partition(a, b):
     return pairs.shape[1] == np.unique(a).size == np.unique(b).size
 
 
-def _members_by_positions(contrib, pos_labels, n_clusters, labels):
-    """Cluster of every component: where most of its excess over its median lies.
+def _members_by_positions(
+    contrib, pos_labels, n_clusters, labels, texture=None, matrix=None
+):
+    """Cluster of every component: where most of its map's excess lies.
 
-    Every cluster keeps at least one member: an empty one takes the
-    component with the largest share of its excess there, from a cluster
-    with other members. Returns None when that is impossible.
+    The excess is the map over its median plus :data:`NOISE_FLOOR` robust
+    standard deviations (:func:`_median_and_noise`): where the component
+    stands out, its object. Over the median alone, the noise of a grain
+    component's floor summed over the whole matrix outweighed its grain (on
+    the 2-phase multislice case at k = 5 two of the four grains' components
+    went to the matrix's cluster, whose merged pattern then showed their
+    Bragg disks). Components whose maps are a texture (``texture``, bool
+    (k,)) join the ``matrix`` cluster: the glass's speckle, even where one
+    of them also carries a small grain. Every cluster keeps at least one
+    member: an empty one takes the component with the largest share of its
+    excess there, from a cluster with other members. Returns None when that
+    is impossible.
     """
-    excess = np.nan_to_num(contrib - np.nanmedian(contrib, axis=1, keepdims=True))
+    median, noise = _median_and_noise(contrib)
+    excess = np.nan_to_num(contrib - (median + NOISE_FLOOR * noise)[:, None])
     excess = np.clip(excess, 0.0, None)
     score = np.stack(
         [excess[:, pos_labels == c].sum(axis=1) for c in range(n_clusters)], axis=1
     )
     new = np.where(score.max(axis=1) > 0, np.argmax(score, axis=1), -1)
+    if texture is not None and matrix is not None:
+        new[texture] = matrix
     # a component with no excess anywhere (flat map) stays with its old mates
     for j in np.flatnonzero(new < 0):
         mates = (labels == labels[j]) & (new >= 0)
@@ -1969,6 +2001,7 @@ def _regroup_by_grain_patterns(
     geometry,
     rules,
     probe_fwhm=None,
+    texture=None,
 ):
     """Positions of every grain classed by its own mean pattern in the data.
 
@@ -1994,7 +2027,8 @@ def _regroup_by_grain_patterns(
     matrix join it (:func:`_rim_growth`), while its own positions that show
     none go back to the matrix (:func:`_rim_release`), when ``probe_fwhm``
     (scan steps) is at most :data:`RIM_MAX_PROBE_FWHM`. Components go to the cluster
-    where most of their map's excess lies (:func:`_members_by_positions`).
+    where most of their map's excess lies, textures (``texture``, bool (k,))
+    to the matrix (:func:`_members_by_positions`).
     Returns the fields (unchanged when the partition of the positions is)
     and the counts of :data:`_GRAIN_COUNTS` (dict): grain regions whose
     patterns were compared, rim positions claimed, grain positions released
@@ -2116,7 +2150,7 @@ def _regroup_by_grain_patterns(
     if _same_partition(pos, new_pos):
         return fields, counts
     n_new = int(new_pos.max()) + 1
-    new_labels = _members_by_positions(contrib, new_pos, n_new, labels)
+    new_labels = _members_by_positions(contrib, new_pos, n_new, labels, texture, matrix)
     if new_labels is None:  # nothing changed: no rim grown, none released
         return fields, dict(counts, grain_rim_positions=0, grain_released_positions=0)
     fields = _cluster_positions(
@@ -2125,12 +2159,25 @@ def _regroup_by_grain_patterns(
     return fields, counts
 
 
-def _aligned_merge(factors, cpx, sim, labels, beam_only, factor_sum, loading_sum):
+def _aligned_merge(
+    factors, cpx, sim, labels, beam_only, factor_sum, loading_sum, texture=None
+):
     """Pairwise similarity, references, alignment and merged factor of every cluster.
 
-    Returns these :class:`ComponentClustering` fields as a dict.
+    Components whose maps are a texture (``texture``, bool (k,):
+    :func:`_texture`, the amorphous matrix's speckle) are merged unrotated,
+    as beam-only ones: an amorphous pattern has no orientation to align,
+    and the NMF splits the glass's halo into components whose anisotropies
+    complement each other where they lie (lobes along one axis in one, along
+    the other in the next); rotated onto one reference, their lobes add up
+    to an azimuthal modulation of the merged halo that the data do not have
+    (issue 10, item 9). Returns these :class:`ComponentClustering` fields as
+    a dict.
     """
     refs, rot, mir = _align(sim, labels, beam_only, np.abs(factor_sum * loading_sum))
+    if texture is not None:
+        rot = np.where(texture, 0.0, rot)
+        mir = mir & ~texture
     return dict(
         pseudo_distance=sim.pseudo_distance,
         similarity=sim.similarity,
@@ -2468,10 +2515,18 @@ def cluster_components(
             (cpx, float(disk_radius), dbr, grid, similarity_kwargs, factors.shape[1:]),
             (dominance_percentiles, map_smoothing, particle_threshold),
             None if probe_fwhm is None else float(probe_fwhm),
+            texture,
         )
     fields.update(
         _aligned_merge(
-            factors, cpx, sim, fields["labels"], beam_only, factor_sum, loading_sum
+            factors,
+            cpx,
+            sim,
+            fields["labels"],
+            beam_only,
+            factor_sum,
+            loading_sum,
+            texture,
         )
     )
     parameters = _component_parameters(

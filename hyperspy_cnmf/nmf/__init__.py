@@ -8,6 +8,7 @@ from hyperspy_cnmf.nmf._solver import (
     EXACT_REFINEMENT,
     INITS,
     SOLVERS,
+    SUPPORT_ITERATIONS,
     ConvergenceWarning,
     NMFResult,
     constrained_nmf,
@@ -23,4 +24,5 @@ __all__ = [
     "SOLVERS",
     "INITS",
     "EXACT_REFINEMENT",
+    "SUPPORT_ITERATIONS",
 ]

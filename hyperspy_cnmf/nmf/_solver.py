@@ -37,12 +37,19 @@ SOLVERS = ("hals", "mu", "als")
 #: Position ARI of the main job (``python benchmarks/quality_rules.py
 #: --exact``, k = true / 2x / 30, random_state 0-2; the clustering with the
 #: grains' own patterns, rims and the maps' rises): the three multislice
-#: cases and the embedded default (36 runs each), mean 0.902 and the true
-#: cluster count in 35 runs to ``tol``, 0.902 and 36 at 9, 8 and 6; five
-#: independent multislice cases (45 runs each, ``--files``), 0.887 and 44 to
-#: ``tol``, 0.889, 0.889 and 0.887 and 45 at 9, 8 and 6
-#: (``benchmarks/results/quality_exact*.md``).
+#: cases and the embedded default (36 runs each), mean 0.900 and the true
+#: cluster count in 35 runs to ``tol``, 0.902, 0.900 and 0.899 and 36 at 9,
+#: 8 and 6; five independent multislice cases (45 runs each, ``--files``),
+#: 0.892 and 44 to ``tol``, 0.891 and 45 at 9 and 8, 0.890 and 44 at 6
+#: (``benchmarks/results/quality_exact*.md``, with the maps' supports).
 EXACT_REFINEMENT = 8
+#: Iterations run after the maps' supports are fixed (``map_support``), on
+#: the sketch (no data read) when there is one, before the exact phase: the
+#: matrix's components take up what the grains' floors held (the 64²
+#: multislice case at k = 9: the grains' components' share of the far
+#: glass's counts 0.74 -> 0.06, and the matrix's halo within truth + noise
+#: along the azimuth, ``benchmarks/quality_valleys.py``).
+SUPPORT_ITERATIONS = 10
 #: Default extra rank of the randomized sketch beyond ``k``.
 SKETCH_OVERSAMPLE = 10
 INITS = ("nndsvda", "nndsvd", "spa", "random")
@@ -74,19 +81,23 @@ class NMFResult:
     n_iter : int
         Exact iterations (each one read of the data).
     n_iter_sketch : int
-        Iterations on the randomized sketch (no data read).
+        Iterations on the randomized sketch (no data read), those after the
+        maps' supports were fixed (phase "support") not included.
     converged : bool
         Whether the relative loss change fell below ``tol``.
     n_passes : int
         Reads of the data, all phases included.
     phases : list of str
-        The phase of every entry of ``loss``: "sketch", "exact" or
-        "separate" (the loss after the component separation).
+        The phase of every entry of ``loss``: "sketch", "support" (after the
+        maps' supports were fixed, ``map_support``), "exact" or "separate"
+        (the loss after the component separation).
     best_init : int
         Which of the ``n_init`` starts was kept (0 = ``init``).
     sketch_converged : bool
         The sketch phase reached ``tol`` (``sketch=True`` only); with a
         capped exact phase the result is then a refined sketch fit.
+    confined : ndarray of bool, shape (k,)
+        The maps confined to their support (``map_support``).
     """
 
     W: np.ndarray
@@ -99,6 +110,7 @@ class NMFResult:
     phases: list = field(default_factory=list)
     best_init: int = 0
     sketch_converged: bool = False
+    confined: np.ndarray = None
 
 
 def _update(solver, A, R, G, skip, n_inner, inner_tol):
@@ -164,7 +176,7 @@ def _loss(sq_norm, XtW, WtW, Ht, n_valid):
     return max(value, 0.0) / n_valid
 
 
-def _projected_update(solver, A, R, G, skip, project, n_inner, inner_tol):
+def _projected_update(solver, A, R, G, skip, project, n_inner, inner_tol, masks=None):
     """Update ``A`` (in place) on the set allowed by a column constraint.
 
     The constraint couples all rows of a column (a map is filtered over the
@@ -173,12 +185,17 @@ def _projected_update(solver, A, R, G, skip, project, n_inner, inner_tol):
     ``min ||R_j - A G_j||`` is isotropic in ``a_j``: its constrained solution
     is the projection of the unconstrained one, so every column step is
     followed by ``project`` and the sweeps descend on the constrained
-    problem. MU and ALS update all columns, then project.
+    problem. MU and ALS update all columns, then project. ``masks`` (0/1,
+    shaped like ``A``, or None): each column is multiplied by its mask after
+    the projection (the supports of :class:`~hyperspy_cnmf.constraints.MapSupport`;
+    zeroing entries is a projection too).
     """
     has_skip = skip.shape[0] == A.shape[0] and skip.any()
     if solver != "hals":
         _update(solver, A, R, G, skip, n_inner, inner_tol)  # leaves A >= 0
         A[:] = project(A)
+        if masks is not None:
+            A *= masks
         if has_skip:
             A[skip] = 0.0
         return
@@ -186,6 +203,7 @@ def _projected_update(solver, A, R, G, skip, project, n_inner, inner_tol):
     # columns, which in the (n, k) C layout would be strided passes over A.
     At = np.ascontiguousarray(A.T)
     Rt = np.ascontiguousarray(np.asarray(R, dtype=np.float64).T)
+    Mt = None if masks is None else np.ascontiguousarray(masks.T)
     k = At.shape[0]
     first = None
     for sweep in range(max(1, n_inner)):
@@ -198,6 +216,8 @@ def _projected_update(solver, A, R, G, skip, project, n_inner, inner_tol):
             step += At[j]
             np.maximum(step, 0.0, out=step)
             new = project(step[:, None])[:, 0]
+            if Mt is not None:
+                new *= Mt[j]
             if has_skip:
                 new[skip] = 0.0
             diff = new - At[j]
@@ -245,6 +265,7 @@ def _iterate(
     callback,
     phase,
     sketch_op=None,
+    masks=None,
 ):
     """Alternate map and pattern updates until the loss settles.
 
@@ -256,6 +277,9 @@ def _iterate(
     (:func:`_iterate_one_read`); otherwise the maps' product and
     ``Xe.T @ W`` take a read each. Every iterate satisfies the constraint,
     so the loss reported is that of constrained factors.
+
+    ``masks``: the maps' supports (:func:`_projected_update`), with a map
+    constraint only.
 
     Returns the losses, whether ``tol`` was reached, and ``op.left_t(W)`` for
     the final factors (None without iterations).
@@ -275,6 +299,7 @@ def _iterate(
             inner_tol=inner_tol,
             callback=callback,
             phase=phase,
+            masks=masks,
         )
     valid_rows, skip_rows, skip_cols, n_valid, sq_norm = _masks_and_norm(op)
     losses = []
@@ -290,7 +315,15 @@ def _iterate(
             )
         else:
             _projected_update(
-                solver, W, op.right(Ht), G, skip_rows, map_c, n_inner, inner_tol
+                solver,
+                W,
+                op.right(Ht),
+                G,
+                skip_rows,
+                map_c,
+                n_inner,
+                inner_tol,
+                masks,
             )
             XtW = op.left_t(W)
         Wv = W[valid_rows]
@@ -345,6 +378,7 @@ def _iterate_one_read(
     inner_tol,
     callback,
     phase,
+    masks=None,
 ):
     """:func:`_iterate` with a map constraint, one read of the data per iteration.
 
@@ -381,7 +415,9 @@ def _iterate_one_read(
             break
         if it == max_iter - 1:
             break  # the maps' update would need another read to evaluate
-        _projected_update(solver, W, R, Ht.T @ Ht, skip_rows, map_c, n_inner, inner_tol)
+        _projected_update(
+            solver, W, R, Ht.T @ Ht, skip_rows, map_c, n_inner, inner_tol, masks
+        )
     return losses, converged, XtW
 
 
@@ -663,8 +699,14 @@ def _fit_phases(
     max_exact_iter,
     map_c,
     diff_c,
+    map_support=None,
 ):
     """Every start iterated (on the sketch if ``sketch``), the best one refined on the data.
+
+    With ``map_support`` (and a map constraint), the best start's maps fix
+    the supports (:class:`~hyperspy_cnmf.constraints.MapSupport`, on the
+    maps in data units), :data:`SUPPORT_ITERATIONS` iterations follow on the
+    same operator (phase "support") and the exact phase keeps them.
 
     Returns the :class:`NMFResult` (``loss`` still a list, ``n_passes`` not
     set) and ``Xe.T @ W`` of its factors (None when no exact iteration ran).
@@ -689,20 +731,48 @@ def _fit_phases(
         if best is None or run_losses[-1] < best[2][-1]:
             best = (W, Ht, run_losses, run_conv, start, run_xtw)
     W, Ht, first_losses, converged, best_start, XtW = best
+    masks = None
+    confined = np.zeros(k, dtype=bool)
+    if map_support is not None and map_c is not None:
+        scale = np.where(op.row_scale > 0, op.row_scale, np.inf)[:, None]
+        masks = map_support.masks(W / scale)
+        confined = ~np.all(masks > 0, axis=0)
+        if confined.any():
+            W *= masks
+            support_losses, _, XtW = iterate(
+                first_op,
+                W,
+                Ht,
+                max_iter=SUPPORT_ITERATIONS,
+                phase="support",
+                masks=masks,
+            )
+            first_losses = list(first_losses) + list(support_losses)
+        else:
+            masks = None
+    n_support = len(first_losses) - len(best[2])
     result = NMFResult(
         W=W,
         Ht=Ht,
         loss=list(first_losses),
         n_iter=0 if sketch else len(first_losses),
-        n_iter_sketch=len(first_losses) if sketch else 0,
+        n_iter_sketch=len(first_losses) - n_support if sketch else 0,
         converged=converged,
-        phases=[first_phase] * len(first_losses),
+        phases=[first_phase] * (len(first_losses) - n_support)
+        + ["support"] * n_support,
         best_init=best_start,
         sketch_converged=bool(sketch and converged),
+        confined=confined,
     )
     if sketch:  # XtW holds products with the sketch, not the data: replaced
         ex_losses, result.converged, XtW = iterate(
-            op, W, Ht, max_iter=max_exact_iter, phase="exact", sketch_op=first_op
+            op,
+            W,
+            Ht,
+            max_iter=max_exact_iter,
+            phase="exact",
+            sketch_op=first_op,
+            masks=masks,
         )
         result.loss += ex_losses
         result.phases += ["exact"] * len(ex_losses)
@@ -747,6 +817,7 @@ def constrained_nmf(
     max_exact_iter=None,
     separate=True,
     callback=None,
+    map_support=None,
 ):
     """Non-negative matrix factorization with projection constraints.
 
@@ -814,6 +885,14 @@ def constrained_nmf(
     callback : callable or None
         ``callback(phase, iteration, loss)`` after every iteration; it may
         raise to interrupt the fit.
+    map_support : MapSupport or None
+        With a map constraint: after the first phase (the sketch), confine
+        every compact object's map to its support
+        (:class:`~hyperspy_cnmf.constraints.MapSupport`), iterate
+        :data:`SUPPORT_ITERATIONS` times more on the same operator (no read
+        on the sketch) and keep the supports in the exact phase, so that no
+        grain's component carries a floor over the matrix. Ignored without a
+        map constraint.
 
     Returns
     -------
@@ -852,6 +931,7 @@ def constrained_nmf(
         max_exact_iter=max_exact_iter,
         map_c=map_c,
         diff_c=diff_c,
+        map_support=map_support,
     )
     if separate and k > 1:
         result.loss.append(

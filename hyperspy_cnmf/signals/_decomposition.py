@@ -12,11 +12,16 @@ from types import SimpleNamespace
 import numpy as np
 
 from hyperspy_cnmf._schema import DecompositionRecord
-from hyperspy_cnmf.constraints import DiffractionDipConstraint, MapResolutionConstraint
+from hyperspy_cnmf.constraints import (
+    DiffractionDipConstraint,
+    MapResolutionConstraint,
+    MapSupport,
+)
 from hyperspy_cnmf.nmf import (
     EXACT_REFINEMENT,
     INITS,
     SOLVERS,
+    SUPPORT_ITERATIONS,
     DenseOperator,
     constrained_nmf,
 )
@@ -257,7 +262,11 @@ def _run_label(map_resolution, diffraction_constraint):
 
 
 #: What the fit does in each phase reported by the solver's callback.
-_PHASES = {"sketch": "iterations on the sketch", "exact": "exact iterations"}
+_PHASES = {
+    "sketch": "iterations on the sketch",
+    "support": "iterations with the maps' supports",
+    "exact": "exact iterations",
+}
 
 
 def _stage_bar(show_progressbar, text):
@@ -300,6 +309,7 @@ def _progress_callback(
 
     caps = {
         "sketch": int(max_iter),
+        "support": SUPPORT_ITERATIONS,
         "exact": int(
             max_iter
             if max_exact_iter is None
@@ -464,6 +474,7 @@ _PARAMETER_CONSTRAINTS = {
     "n_init": [_integer(1)],
     "max_exact_iter": [_options("auto"), _NONE, _integer(0)],
     "separate_components": [_BOOL],
+    "map_support": [_BOOL],
     "print_info": [_BOOL],
     "return_info": [_BOOL],
     "show_progressbar": [_NONE, _BOOL],
@@ -543,6 +554,7 @@ def constrained_nmf_decomposition(
     n_init=1,
     max_exact_iter="auto",
     separate_components=True,
+    map_support=True,
     print_info=True,
     return_info=False,
     show_progressbar=None,
@@ -574,9 +586,12 @@ def constrained_nmf_decomposition(
         signal, p, beam, mean_pattern, sig_valid, settings
     )
     result = _fit(op, p, seed, row_scale, col_scale, map_c, diff_c)
-    loadings, factors = _to_data_units(
+    loadings, factors, order = _to_data_units(
         result, row_scale, col_scale, ~p.nav_mask, sig_valid, p.nav_mask, sig_mask
     )
+    # the components confined to their supports, in the stored order
+    confined = np.zeros(p.k, bool) if result.confined is None else result.confined
+    settings["confined_maps"] = np.flatnonzero(confined[order]).tolist()
     record = DecompositionRecord(
         loss=result.loss,
         n_iter=result.n_iter,
@@ -592,6 +607,7 @@ def constrained_nmf_decomposition(
         loss=result.loss,
         n_iter=result.n_iter,
         n_iter_sketch=result.n_iter_sketch,
+        n_iter_support=result.phases.count("support"),
         converged=result.converged,
         sketch_converged=result.sketch_converged,
         n_passes=result.n_passes,
@@ -834,6 +850,7 @@ def _settings(p, beam, mask_radius):
         n_init=int(p.n_init),
         max_exact_iter=None if p.max_exact_iter is None else int(p.max_exact_iter),
         separate_components=bool(p.separate_components),
+        map_support=bool(p.map_support),
         init=p.init if isinstance(p.init, str) else "custom",
         direct_beam_mask=dbm
         if isinstance(dbm, str) or dbm is None
@@ -922,6 +939,7 @@ def _fit(op, p, seed, row_scale, col_scale, map_c, diff_c):
                 max_exact_iter=p.max_exact_iter,
                 separate=p.separate_components,
                 callback=callback,
+                map_support=MapSupport(p.nav_shape) if p.map_support else None,
             )
     finally:
         close()
@@ -933,7 +951,8 @@ def _to_data_units(
     """Stage 7: HyperSpy's ``(loadings, factors)`` in data units.
 
     Unit-sum patterns (over the fitted pixels), components sorted by total
-    intensity, NaN in the masked positions and pixels.
+    intensity, NaN in the masked positions and pixels. Returns them and the
+    order (the solver's index of every stored component).
     """
     r_safe = np.where(row_scale > 0, row_scale, 1.0)[:, None]
     c_safe = np.where(col_scale > 0, col_scale, 1.0)[:, None]
@@ -947,7 +966,7 @@ def _to_data_units(
     loadings, factors = loadings[:, order], factors[:, order]
     loadings[nav_mask] = np.nan
     factors[sig_mask] = np.nan
-    return loadings, factors
+    return loadings, factors, order
 
 
 def _write_results(lr, p, loadings, factors, sig_mask, record):
@@ -996,7 +1015,14 @@ def _summary(info, k):
         f"  map constraint: resolution={info['map_resolution']:.4g} ({info['map_resolution_method']}), filter={info['map_filter']}",
         f"  diffraction constraint: {info['diffraction_constraint']} "
         f"({info['diffraction_constraint_mode']} closing, size {info['diffraction_constraint_size']:g} px)",
-        f"  iterations: {info['n_iter_sketch']} on the sketch + {info['n_iter']} exact "
+        f"  iterations: {info['n_iter_sketch']} on the sketch"
+        + (
+            f" + {info['n_iter_support']} with the supports of maps "
+            f"{info['confined_maps']}"
+            if info.get("n_iter_support")
+            else ""
+        )
+        + f" + {info['n_iter']} exact "
         f"({info['n_passes']} data reads), converged={info['converged']}"
         + (
             f" (sketch converged, exact refinement capped at max_exact_iter={info['max_exact_iter']})"

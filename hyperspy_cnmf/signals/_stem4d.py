@@ -221,6 +221,18 @@ class STEM4D(Signal2D):
             content back to the component that owns it, as far as
             non-negativity allows (then re-apply the diffraction constraint).
             Turn off for plain NMF output.
+        map_support : bool, default True
+            With the map constraint: after the sketch, confine the map of
+            every compact object (a grain; not the matrix, whose map covers
+            more than a quarter of the scan) to its support, the connected
+            region around its core down to 5 % of its maximum grown by one
+            scan step (:class:`~hyperspy_cnmf.constraints.MapSupport`). NMF
+            otherwise lets a grain's component keep a floor over the matrix
+            that fits the glass's speckle, and the matrix's pattern then
+            loses the grain's Bragg disks (dips the data do not have) while
+            the grains' patterns hold the matrix. No extra read of the data.
+            The confined components are listed in ``cnmf_parameters``
+            (``confined_maps``).
         print_info : bool, default True
             Print a summary of the run.
         return_info : bool, default False

@@ -322,6 +322,7 @@ _CNMF_SUMMARY_KEYS = (
     "n_init",
     "max_exact_iter",
     "separate_components",
+    "map_support",
 )
 
 
