@@ -789,7 +789,10 @@ def _run_rows(s, args, info, m, dt_nmf):
         ],
         ["components k", args.components],
         ["solver", args.solver],
-        ["iterations (sketch + exact)", f"{info['n_iter_sketch']} + {info['n_iter']}"],
+        [
+            "iterations (sketch + supports + exact)",
+            f"{info['n_iter_sketch']} + {info.get('n_iter_support', 0)} + {info['n_iter']}",
+        ],
         [
             "converged",
             "sketch to tol; exact refinement of "

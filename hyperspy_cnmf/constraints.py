@@ -264,7 +264,9 @@ class MapSupport:
     matrix or a piece of it and stays free. Used by
     :func:`hyperspy_cnmf.nmf.constrained_nmf` (``map_support``): the maps of
     the fit on the sketch fix the supports, the maps outside them are set to
-    zero and stay zero in every further update.
+    zero and stay zero in every further iteration (the component separation
+    at the end, :func:`hyperspy_cnmf.nmf._solver._separate`, may still add
+    one grain's map to another's whose pattern the first holds).
 
     Parameters
     ----------
@@ -314,16 +316,19 @@ class MapSupport:
         self.level, self.core, self.max_fraction = level, core, max_fraction
         self.dilation = int(dilation)
 
-    def masks(self, W):
+    def masks(self, W, valid=None):
         """Support of every map: float64 array of 0 and 1 shaped like ``W`` (n, k).
 
-        Columns of maps without a support (wider than ``max_fraction``, or
-        zero everywhere) are all ones.
+        Columns of maps without a support (wider than ``max_fraction`` of
+        the ``valid`` positions, bool (n,), all by default; or zero
+        everywhere) are all ones.
         """
         from scipy import ndimage
 
         W = np.asarray(W, dtype=np.float64)
         out = np.ones_like(W)
+        valid = np.ones(W.shape[0], bool) if valid is None else np.asarray(valid, bool)
+        n_valid = max(int(valid.sum()), 1)
         eight = np.ones((3, 3), dtype=bool)
         for j in range(W.shape[1]):
             w = W[:, j].reshape(self.nav_shape)
@@ -337,7 +342,7 @@ class MapSupport:
                 support = ndimage.binary_dilation(
                     support, structure=eight, iterations=self.dilation
                 )
-            if support.mean() <= self.max_fraction:
+            if (support.ravel() & valid).sum() <= self.max_fraction * n_valid:
                 out[:, j] = support.ravel()
         return out
 

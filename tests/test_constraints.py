@@ -185,3 +185,16 @@ def test_map_support_confines_objects_and_leaves_the_matrix_free():
     ):
         with pytest.raises(ValueError):
             MapSupport((n, n), **bad)
+
+
+def test_map_support_counts_the_unmasked_positions():
+    """max_fraction is a share of the valid (unmasked) positions."""
+    from hyperspy_cnmf.constraints import MapSupport
+
+    w = np.zeros((20, 20))
+    w[:, :4] = 1.0  # a quarter of the scan, 5/8 of the valid columns 0-7
+    valid = np.zeros((20, 20), bool)
+    valid[:, :8] = True
+    W = w.reshape(-1, 1)
+    assert not MapSupport((20, 20), dilation=0).masks(W).all()
+    assert MapSupport((20, 20), dilation=0).masks(W, valid=valid.ravel()).all()

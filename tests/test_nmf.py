@@ -478,3 +478,44 @@ def test_map_support_removes_a_grains_floor_and_fills_the_matrix_dips():
         h_m, halo / halo.max(), atol=0.02
     )  # no dips at the spots
     assert np.linalg.norm(res.W @ res.Ht.T - X) < 1e-3 * np.linalg.norm(X)
+
+
+def test_map_support_bookkeeping_caps_and_separation():
+    """The support phase obeys max_iter and is counted once; the maps stay in their
+    supports through the exact iterations (the separation after them may still add
+    one grain's map to another's: a reviewer's case, grain A's pattern holding B's;
+    not blocked yet)."""
+    from hyperspy_cnmf.constraints import MapResolutionConstraint, MapSupport
+
+    ny, nx, p = 16, 24, 60
+    halo = np.exp(-0.5 * ((np.arange(p) - 30) / 8.0) ** 2) + 0.1
+    h_b = np.zeros(p)
+    h_b[[10, 50]] = 3.0
+    pure = np.zeros(p)
+    pure[[20, 40]] = 3.0
+    g_a = np.zeros((ny, nx))
+    g_a[2:4, 2:4] = 1.0
+    g_b = np.zeros((ny, nx))
+    g_b[9:12, 15:18] = 1.0
+    W0 = np.stack([np.ones(ny * nx), g_a.ravel(), g_b.ravel()], axis=1)
+    H0 = np.stack([halo, pure + h_b, h_b], axis=1)
+    X = W0 @ H0.T
+    kw = dict(
+        init=(W0, H0),
+        map_constraint=MapResolutionConstraint((ny, nx), resolution=1.0),
+        map_support=MapSupport((ny, nx)),
+        tol=1e-12,
+    )
+    res = _fit(X, 3, max_iter=20, sketch=False, separate=False, **kw)
+    m = MapSupport((ny, nx)).masks(W0)
+    assert res.confined.tolist() == [False, True, True]
+    np.testing.assert_array_equal(res.W[m == 0], 0.0)
+    n_support = res.phases.count("support")
+    assert n_support == 10 and res.n_iter + n_support == len(res.loss)
+    capped = _fit(X, 3, max_iter=2, sketch=False, separate=False, **kw)
+    assert capped.phases.count("support") == 2 and capped.n_iter == 2
+    sk = _fit(X, 3, max_iter=2, separate=False, sketch=True, **kw)
+    assert sk.phases.count("support") == 2
+    assert sk.n_iter_sketch == sk.phases.count("sketch")
+    start = _fit(X, 3, max_iter=0, separate=False, sketch=False, **kw)
+    assert "support" not in start.phases

@@ -143,9 +143,11 @@ def test_summary_lists_constraints_convergence_and_clustering(small, tmp_path):
     assert "Constrained NMF parameters" in text
     assert f"map constraint: resolution={params['map_resolution']:.4g}" in text
     assert f"size={params['diffraction_constraint_size']:.4g} px" in text
+    assert params["n_iter_support"] > 0  # the grains' maps confined (map_support)
     assert (
-        f"iterations={lr.cnmf_n_iter_sketch} on the sketch + {lr.cnmf_n_iter} exact"
-        in text
+        f"iterations={lr.cnmf_n_iter_sketch} on the sketch + "
+        f"{params['n_iter_support']} with the maps' supports {params['confined_maps']} + "
+        f"{lr.cnmf_n_iter} exact" in text
     )
     assert f"converged={lr.cnmf_converged}" in text
     assert f"final reduced chi-square (Poisson-weighted)={lr.cnmf_loss[-1]:.6g}" in text

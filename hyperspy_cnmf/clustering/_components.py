@@ -1472,8 +1472,8 @@ def _grain_groups(distance, sizes, owner, touching, empty=None, weak=None, stron
     evidence of a phase as well when their pattern is clearly none of the
     crystals' (beyond twice the cut from each): a grain whose component
     holds only its core. In a cluster that holds no crystal and makes no
-    phase, such a region within twice the cut of a crystal's group joins the
-    nearest one (a small grain of a found phase that the matrix's components
+    phase, a strong region (of any size) within twice the cut of a crystal's
+    group joins the nearest one (a small grain of a found phase that the matrix's components
     carry: the 4-grain descan case at k = 5, an 8-position rise at 0.25 from
     its phase, went to the glass). The cluster's other regions join that phase where
     their patterns lie within twice the cut of the core's, else the matrix

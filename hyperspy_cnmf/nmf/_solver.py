@@ -705,8 +705,12 @@ def _fit_phases(
 
     With ``map_support`` (and a map constraint), the best start's maps fix
     the supports (:class:`~hyperspy_cnmf.constraints.MapSupport`, on the
-    maps in data units), :data:`SUPPORT_ITERATIONS` iterations follow on the
-    same operator (phase "support") and the exact phase keeps them.
+    maps in data units, over the unmasked positions), up to
+    :data:`SUPPORT_ITERATIONS` iterations (at most the first phase's cap)
+    follow on the same operator (phase "support": a fixed refinement, like
+    the capped exact phase; ``sketch_converged`` stays the sketch phase's)
+    and the exact phase keeps them. Without a sketch the support phase reads
+    the data twice per iteration and its convergence is the result's.
 
     Returns the :class:`NMFResult` (``loss`` still a list, ``n_passes`` not
     set) and ``Xe.T @ W`` of its factors (None when no exact iteration ran).
@@ -733,21 +737,25 @@ def _fit_phases(
     W, Ht, first_losses, converged, best_start, XtW = best
     masks = None
     confined = np.zeros(k, dtype=bool)
-    if map_support is not None and map_c is not None:
-        scale = np.where(op.row_scale > 0, op.row_scale, np.inf)[:, None]
-        masks = map_support.masks(W / scale)
+    support_cap = min(SUPPORT_ITERATIONS, first_cap)
+    if map_support is not None and map_c is not None and support_cap > 0:
+        valid = op.row_scale > 0
+        scale = np.where(valid, op.row_scale, np.inf)[:, None]
+        masks = map_support.masks(W / scale, valid=valid)
         confined = ~np.all(masks > 0, axis=0)
         if confined.any():
             W *= masks
-            support_losses, _, XtW = iterate(
+            support_losses, support_conv, XtW = iterate(
                 first_op,
                 W,
                 Ht,
-                max_iter=SUPPORT_ITERATIONS,
+                max_iter=support_cap,
                 phase="support",
                 masks=masks,
             )
             first_losses = list(first_losses) + list(support_losses)
+            if not sketch:  # the fit returned is the support phase's
+                converged = support_conv
         else:
             masks = None
     n_support = len(first_losses) - len(best[2])
@@ -755,7 +763,7 @@ def _fit_phases(
         W=W,
         Ht=Ht,
         loss=list(first_losses),
-        n_iter=0 if sketch else len(first_losses),
+        n_iter=0 if sketch else len(first_losses) - n_support,
         n_iter_sketch=len(first_losses) - n_support if sketch else 0,
         converged=converged,
         phases=[first_phase] * (len(first_losses) - n_support)

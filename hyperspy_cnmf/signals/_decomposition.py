@@ -585,6 +585,8 @@ def constrained_nmf_decomposition(
     map_c, diff_c, res_value, dip_radius = _build_constraints(
         signal, p, beam, mean_pattern, sig_valid, settings
     )
+    # the supports act with the map constraint only: record what ran
+    settings["map_support"] = bool(p.map_support and map_c is not None)
     result = _fit(op, p, seed, row_scale, col_scale, map_c, diff_c)
     loadings, factors, order = _to_data_units(
         result, row_scale, col_scale, ~p.nav_mask, sig_valid, p.nav_mask, sig_mask
@@ -592,6 +594,7 @@ def constrained_nmf_decomposition(
     # the components confined to their supports, in the stored order
     confined = np.zeros(p.k, bool) if result.confined is None else result.confined
     settings["confined_maps"] = np.flatnonzero(confined[order]).tolist()
+    settings["n_iter_support"] = result.phases.count("support")
     record = DecompositionRecord(
         loss=result.loss,
         n_iter=result.n_iter,

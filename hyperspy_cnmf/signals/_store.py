@@ -364,7 +364,13 @@ def _convergence_block(lr, params):
     conv = ["Convergence", "-----------"]
     conv.append(
         f"iterations={_fmt(getattr(lr, 'cnmf_n_iter_sketch', None))} on the sketch + "
-        f"{_fmt(getattr(lr, 'cnmf_n_iter', None))} exact"
+        + (
+            f"{params['n_iter_support']} with the maps' supports "
+            f"{params.get('confined_maps')} + "
+            if params.get("n_iter_support")
+            else ""
+        )
+        + f"{_fmt(getattr(lr, 'cnmf_n_iter', None))} exact"
     )
     conv.append(f"converged={getattr(lr, 'cnmf_converged', None)}")
     if loss is not None and np.size(loss):
