@@ -256,10 +256,11 @@ class MapSupport:
     data do not have). On the multislice cases of ``../shared/data`` the
     grains' components carried up to 0.74 of the model's counts on the glass
     >= 5 steps from every grain (the 3-phase 64 x 64 case at k = 9;
-    ``benchmarks/quality_valleys.py``, "far glass"). The support of a map is the connected region of its positions
-    at or above ``level`` of its maximum that holds its core (positions at or
-    above ``core`` of the maximum; several for a component that found grains
-    of one orientation), grown by ``dilation`` scan steps (8-connectivity).
+    ``benchmarks/quality_valleys.py``, "far glass"). The support of a map is
+    the connected region of its positions at or above ``level`` of its
+    maximum that holds its core (positions at or above ``core`` of the
+    maximum; several for a component that found grains of one orientation),
+    grown by ``dilation`` scan steps (8-connectivity).
     A map whose support covers more than ``max_fraction`` of the scan is the
     matrix or a piece of it and stays free. Used by
     :func:`hyperspy_cnmf.nmf.constrained_nmf` (``map_support``): the maps of
