@@ -337,3 +337,8 @@ def test_grain_maps_are_confined_to_their_supports(sim, fitted):
     assert info_free["confined_maps"] == [] and info_free["n_iter_support"] == 0
     with pytest.raises(ValueError, match="map_support"):
         _run(sim.deepcopy(), map_support="yes")
+    # without the map constraint the supports do not act, and the record says so
+    off = sim.deepcopy()
+    info_off = _run(off, map_resolution=None)
+    assert json.loads(off.learning_results.cnmf_parameters)["map_support"] is False
+    assert info_off["confined_maps"] == [] and info_off["n_iter_support"] == 0
