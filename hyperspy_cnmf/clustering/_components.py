@@ -1471,13 +1471,13 @@ def _grain_groups(distance, sizes, owner, touching, empty=None, weak=None, stron
     :data:`STRONG_CRYSTAL_POSITIONS` positions in their cluster are
     evidence of a phase as well when their pattern is clearly none of the
     crystals' (beyond twice the cut from each): a grain whose component
-    holds only its core. In a cluster that holds no crystal and makes no
-    phase, a strong region (of any size) within twice the cut of a crystal's
-    group joins the nearest one (a small grain of a found phase that the matrix's components
-    carry: the 4-grain descan case at k = 5, an 8-position rise at 0.25 from
-    its phase, went to the glass). The cluster's other regions join that phase where
+    holds only its core. The cluster's other regions join that phase where
     their patterns lie within twice the cut of the core's, else the matrix
-    (dots of glass the component picked up).
+    (dots of glass the component picked up). In a cluster that holds no
+    crystal and makes no phase, a strong region (of any size) within twice
+    the cut of a crystal's group joins the nearest one (a small grain of a
+    found phase that the matrix's components carry: the 4-grain descan case
+    at k = 5, an 8-position rise at 0.25 from its phase, went to the glass).
     """
     empty = np.zeros(sizes.size, bool) if empty is None else np.asarray(empty)
     weak = np.zeros(sizes.size, bool) if weak is None else np.asarray(weak) & ~empty
@@ -1517,12 +1517,26 @@ def _grain_groups(distance, sizes, owner, touching, empty=None, weak=None, stron
     evidence = [
         bool(shows[reliable[group[reliable] == g]].any()) for g in range(n_groups)
     ]
+
+    def nearest_crystal(r):
+        """The crystal group (of the large regions' cut) nearest region ``r`` on
+        average and that mean distance (-1 and inf without one)."""
+        mean = np.array(
+            [
+                mean_distance([r], g)[0] if evidence[g] else np.inf
+                for g in range(n_groups)
+            ]
+        )
+        if not np.isfinite(mean).any():
+            return -1, np.inf
+        g = int(np.argmin(mean))
+        return g, mean[g]
+
     small = np.flatnonzero((group < 0) & ~empty)
     for r in small:
-        mean = [mean_distance([r], g)[0] for g in range(n_groups)]
-        mean = np.where(evidence, mean, np.inf) if mean else mean
-        if min(mean, default=np.inf) <= GRAIN_DISTANCE:
-            group[r] = int(np.argmin(mean))
+        g, d = nearest_crystal(r)
+        if d <= GRAIN_DISTANCE:
+            group[r] = g
     small = small[(group[small] < 0) & ~weak[small]]
     # the large regions of a crystal (a group with evidence)
     crystal = reliable[np.asarray(evidence, dtype=bool)[group[reliable]]]
@@ -1584,14 +1598,9 @@ def _grain_groups(distance, sizes, owner, touching, empty=None, weak=None, stron
                 # crystal, within twice the cut of a crystal's group: that
                 # crystal's phase, not the glass's
                 for r in shown[strong[shown]]:
-                    mean = np.array(
-                        [
-                            mean_distance([r], h)[0] if evidence[h] else np.inf
-                            for h in range(n_groups)
-                        ]
-                    )
-                    if mean.size and mean.min() <= 2 * GRAIN_DISTANCE:
-                        group[r] = int(np.argmin(mean))
+                    h, d = nearest_crystal(r)
+                    if d <= 2 * GRAIN_DISTANCE:
+                        group[r] = h
                         left[r] = False
             evidence.append(phase)
         group[left] = g

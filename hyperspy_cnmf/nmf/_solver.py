@@ -497,12 +497,12 @@ def _separate(W, Ht, col_scale, support=0.1, max_clip=0.1, max_moves=None):
     ``W_j``'s than ``W_j`` is present on: the matrix's map added to a
     grain's gives the grain a floor wherever the matrix is, and the grain's
     pattern taken from the matrix's carves its Bragg spots out of the
-    matrix's halo, a dip the data do not have (issue 10, item 9). On the embedded default at k = 7
-    (``benchmarks/quality_valleys.py``, random_state 0-2) the grains'
-    components then carried 0.19 of the model's counts on the glass far from
-    every grain (0.05 with the rule) and the matrix's halo ring dipped 0.288
-    of its maximum along the azimuth (0.172; truth 0.127, truth + noise
-    0.15).
+    matrix's halo, a dip the data do not have (issue 10, item 9). On the
+    embedded default at k = 7 (``benchmarks/quality_valleys.py``,
+    random_state 0-2) the grains' components then carried 0.19 of the
+    model's counts on the glass far from every grain (0.05 with the rule)
+    and the matrix's halo ring dipped 0.288 of its maximum along the azimuth
+    (0.172; truth 0.127, truth + noise 0.15).
 
     Returns the ``(k, k)`` matrix ``M`` with ``W_after = W_before @ M`` (the
     moves are column operations on ``W``), so that ``Xe.T @ W`` of the
@@ -737,13 +737,15 @@ def _fit_phases(
     W, Ht, first_losses, converged, best_start, XtW = best
     masks = None
     confined = np.zeros(k, dtype=bool)
+    support_losses = []
     support_cap = min(SUPPORT_ITERATIONS, first_cap)
     if map_support is not None and map_c is not None and support_cap > 0:
         valid = op.row_scale > 0
         scale = np.where(valid, op.row_scale, np.inf)[:, None]
-        masks = map_support.masks(W / scale, valid=valid)
-        confined = ~np.all(masks > 0, axis=0)
+        supports = map_support.masks(W / scale, valid=valid)
+        confined = ~np.all(supports > 0, axis=0)
         if confined.any():
+            masks = supports
             W *= masks
             support_losses, support_conv, XtW = iterate(
                 first_op,
@@ -753,21 +755,17 @@ def _fit_phases(
                 phase="support",
                 masks=masks,
             )
-            first_losses = list(first_losses) + list(support_losses)
             if not sketch:  # the fit returned is the support phase's
                 converged = support_conv
-        else:
-            masks = None
-    n_support = len(first_losses) - len(best[2])
+    n_first = len(first_losses)
     result = NMFResult(
         W=W,
         Ht=Ht,
-        loss=list(first_losses),
-        n_iter=0 if sketch else len(first_losses) - n_support,
-        n_iter_sketch=len(first_losses) - n_support if sketch else 0,
+        loss=list(first_losses) + list(support_losses),
+        n_iter=0 if sketch else n_first,
+        n_iter_sketch=n_first if sketch else 0,
         converged=converged,
-        phases=[first_phase] * (len(first_losses) - n_support)
-        + ["support"] * n_support,
+        phases=[first_phase] * n_first + ["support"] * len(support_losses),
         best_init=best_start,
         sketch_converged=bool(sketch and converged),
         confined=confined,
@@ -896,7 +894,7 @@ def constrained_nmf(
     map_support : MapSupport or None
         With a map constraint: after the first phase (the sketch), confine
         every compact object's map to its support
-        (:class:`~hyperspy_cnmf.constraints.MapSupport`), iterate
+        (:class:`~hyperspy_cnmf.constraints.MapSupport`), iterate up to
         :data:`SUPPORT_ITERATIONS` times more on the same operator (no read
         on the sketch) and keep the supports in the exact phase, so that no
         grain's component carries a floor over the matrix. Ignored without a

@@ -36,7 +36,11 @@ from hyperspy_cnmf.signals._calibration import (
     navigation_scales,
     warn_defect_pixels,
 )
-from hyperspy_cnmf.signals._store import clear_learning_results, to_learning_results
+from hyperspy_cnmf.signals._store import (
+    clear_learning_results,
+    support_iterations_text,
+    to_learning_results,
+)
 
 ALGORITHM = "constrained_nmf"
 
@@ -585,15 +589,12 @@ def constrained_nmf_decomposition(
     map_c, diff_c, res_value, dip_radius = _build_constraints(
         signal, p, beam, mean_pattern, sig_valid, settings
     )
-    # the supports act with the map constraint only: record what ran
-    settings["map_support"] = bool(p.map_support and map_c is not None)
     result = _fit(op, p, seed, row_scale, col_scale, map_c, diff_c)
     loadings, factors, order = _to_data_units(
         result, row_scale, col_scale, ~p.nav_mask, sig_valid, p.nav_mask, sig_mask
     )
     # the components confined to their supports, in the stored order
-    confined = np.zeros(p.k, bool) if result.confined is None else result.confined
-    settings["confined_maps"] = np.flatnonzero(confined[order]).tolist()
+    settings["confined_maps"] = np.flatnonzero(result.confined[order]).tolist()
     settings["n_iter_support"] = result.phases.count("support")
     record = DecompositionRecord(
         loss=result.loss,
@@ -610,7 +611,6 @@ def constrained_nmf_decomposition(
         loss=result.loss,
         n_iter=result.n_iter,
         n_iter_sketch=result.n_iter_sketch,
-        n_iter_support=result.phases.count("support"),
         converged=result.converged,
         sketch_converged=result.sketch_converged,
         n_passes=result.n_passes,
@@ -853,7 +853,6 @@ def _settings(p, beam, mask_radius):
         n_init=int(p.n_init),
         max_exact_iter=None if p.max_exact_iter is None else int(p.max_exact_iter),
         separate_components=bool(p.separate_components),
-        map_support=bool(p.map_support),
         init=p.init if isinstance(p.init, str) else "custom",
         direct_beam_mask=dbm
         if isinstance(dbm, str) or dbm is None
@@ -889,6 +888,8 @@ def _build_constraints(signal, p, beam, mean_pattern, sig_valid, settings):
         map_resolution=float(res_value),
         map_resolution_method=res_how,
         map_filter=p.map_filter if map_c is not None else "off",
+        # the supports act with the map constraint only: record what runs
+        map_support=bool(p.map_support and map_c is not None),
     )
 
     diff_c = None
@@ -1018,14 +1019,8 @@ def _summary(info, k):
         f"  map constraint: resolution={info['map_resolution']:.4g} ({info['map_resolution_method']}), filter={info['map_filter']}",
         f"  diffraction constraint: {info['diffraction_constraint']} "
         f"({info['diffraction_constraint_mode']} closing, size {info['diffraction_constraint_size']:g} px)",
-        f"  iterations: {info['n_iter_sketch']} on the sketch"
-        + (
-            f" + {info['n_iter_support']} with the supports of maps "
-            f"{info['confined_maps']}"
-            if info.get("n_iter_support")
-            else ""
-        )
-        + f" + {info['n_iter']} exact "
+        f"  iterations: {info['n_iter_sketch']} on the sketch + "
+        f"{support_iterations_text(info)}{info['n_iter']} exact "
         f"({info['n_passes']} data reads), converged={info['converged']}"
         + (
             f" (sketch converged, exact refinement capped at max_exact_iter={info['max_exact_iter']})"

@@ -358,19 +358,19 @@ def _cnmf_parameters_block(params):
     return "\n".join(lines)
 
 
+def support_iterations_text(params):
+    """``"N with the maps' supports [j, ...] + "`` of a run's parameters, or "" without them."""
+    n = params.get("n_iter_support")
+    return f"{n} with the maps' supports {params.get('confined_maps')} + " if n else ""
+
+
 def _convergence_block(lr, params):
     """The summary's convergence block: iterations, converged, final loss."""
     loss = getattr(lr, "cnmf_loss", None)
     conv = ["Convergence", "-----------"]
     conv.append(
         f"iterations={_fmt(getattr(lr, 'cnmf_n_iter_sketch', None))} on the sketch + "
-        + (
-            f"{params['n_iter_support']} with the maps' supports "
-            f"{params.get('confined_maps')} + "
-            if params.get("n_iter_support")
-            else ""
-        )
-        + f"{_fmt(getattr(lr, 'cnmf_n_iter', None))} exact"
+        f"{support_iterations_text(params)}{_fmt(getattr(lr, 'cnmf_n_iter', None))} exact"
     )
     conv.append(f"converged={getattr(lr, 'cnmf_converged', None)}")
     if loss is not None and np.size(loss):
