@@ -1519,3 +1519,44 @@ def test_grain_groups_a_faint_region_makes_no_phase_of_its_own():
     d3[0, 1] = d3[1, 0] = 0.5 * GRAIN_DISTANCE
     group, evidence = _grain_groups(d3, sizes, owner, touching, faint=faint)
     assert group[1] == group[0] and evidence[group[0]]
+
+
+def test_halves_self_distances_and_noise_correction():
+    """Regions part like a chessboard; the halves of a noisier mean lie further
+    apart; the correction takes (d_a + d_b) / 4 off large regions' distances only."""
+    from hyperspy_cnmf.clustering._components import (
+        MIN_GRAIN_POSITIONS,
+        _halves,
+        _noise_corrected,
+        _self_distances,
+    )
+
+    region = np.array([[0, 0, -1], [0, 1, 1]]).ravel()
+    assert _halves(region, (2, 3)).tolist() == [0, 1, -1, 1, 2, 3]
+
+    rng = np.random.default_rng(0)
+    n = 40
+    yy, xx = np.mgrid[:n, :n]
+    clean = 5.0 * np.exp(-np.hypot(xx - 20, yy - 20) / 6.0)
+    for a in np.deg2rad([10, 70, 130, 190, 250, 310]):
+        cx, cy = 20 + 11 * np.cos(a), 20 + 11 * np.sin(a)
+        clean += 4.0 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 2.0)
+
+    def half(counts):  # the mean of `counts` noisy patterns
+        return rng.poisson(clean * 50 * counts) / (50.0 * counts)
+
+    halves = np.stack([half(40), half(40), half(0.3), half(0.3), half(40), clean * 0])
+    counts = np.array([40, 40, 1, 1, 40, 0])
+    d = _self_distances(halves, counts, (20.0, 20.0), 1.5, 3.0, {}, {})
+    assert d.shape == (3,)
+    assert d[0] < d[1]
+    assert d[2] == d.max()  # an empty half: the largest of the others
+
+    dist = np.array([[0.0, 0.34, 0.6], [0.34, 0.0, 0.6], [0.6, 0.6, 0.0]])
+    sizes = np.array([44, 22, MIN_GRAIN_POSITIONS - 1])
+    self_d = np.array([0.04, 0.36, 0.8])
+    out = _noise_corrected(dist, self_d, sizes)
+    assert out[0, 1] == out[1, 0] == pytest.approx(0.34 - 0.1)
+    assert out[0, 2] == 0.6 and out[1, 2] == 0.6  # small regions keep theirs
+    assert (np.diag(out) == 0).all()
+    assert _noise_corrected(dist, np.full(3, 2.0), np.full(3, 30)).min() == 0.0

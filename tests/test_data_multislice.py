@@ -276,7 +276,8 @@ def test_glass_speckle_at_high_counts_is_no_phase(monkeypatch):
     patches of it; as grains they made 5 clusters for 3 phases (ARI 0.578; 0.669 since
     ``_grain_groups``' cluster fallback checks patterns). The crystal test rules them
     out: measured 0.858 (quality_dose.py), the same lazily; 0.733 without it (0.669
-    before the grains' maps were confined to their supports).
+    before the grains' maps were confined to their supports), with 4 clusters for 3
+    phases (more before the grain regions' distances were corrected for their noise).
     """
     s, truth = load_multislice_case(abtem_path(TWO_PHASE), key="data")
     rng = np.random.default_rng(1)
@@ -292,7 +293,7 @@ def test_glass_speckle_at_high_counts_is_no_phase(monkeypatch):
         s.cluster_diffraction()
     speckle = np.asarray(s.learning_results.cdiff_position_labels)
     assert adjusted_rand_score(truth["phase_map"].ravel(), speckle) <= ari - 0.1
-    assert s.learning_results.number_of_clusters > truth["n_phases"] + 1
+    assert s.learning_results.number_of_clusters > truth["n_phases"]
     assert adjusted_rand_score(_main_job(lazy, 30), labels) >= 0.99
 
 
