@@ -265,9 +265,8 @@ class MapSupport:
     matrix or a piece of it and stays free. Used by
     :func:`hyperspy_cnmf.nmf.constrained_nmf` (``map_support``): the maps of
     the fit on the sketch fix the supports, the maps outside them are set to
-    zero and stay zero in every further iteration (the component separation
-    at the end, :func:`hyperspy_cnmf.nmf._solver._separate`, may still add
-    one grain's map to another's whose pattern the first holds).
+    zero and stay zero in every further iteration and in the component
+    separation at the end (:func:`hyperspy_cnmf.nmf._solver._separate`).
 
     Parameters
     ----------

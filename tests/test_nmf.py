@@ -482,9 +482,9 @@ def test_map_support_removes_a_grains_floor_and_fills_the_matrix_dips():
 
 def test_map_support_bookkeeping_caps_and_separation():
     """The support phase obeys max_iter and is counted once; the maps stay in their
-    supports through the exact iterations (the separation after them may still add
-    one grain's map to another's: a reviewer's case, grain A's pattern holding B's;
-    not blocked yet)."""
+    supports through the exact iterations and the separation after them (a
+    reviewer's case, grain A's pattern holding B's: the separation added B's map to
+    A's, 4 positions outside A's support, before such moves were blocked)."""
     from hyperspy_cnmf.constraints import MapResolutionConstraint, MapSupport
 
     ny, nx, p = 16, 24, 60
@@ -519,3 +519,16 @@ def test_map_support_bookkeeping_caps_and_separation():
     assert sk.n_iter_sketch == sk.phases.count("sketch")
     start = _fit(X, 3, max_iter=0, separate=False, sketch=False, **kw)
     assert "support" not in start.phases
+    np.testing.assert_array_equal(res.supports, m)
+    sep = _fit(X, 3, max_iter=20, sketch=False, separate=True, **kw)
+    assert sep.phases[-1] == "separate"
+    np.testing.assert_array_equal(sep.W[m == 0], 0.0)
+    # the same separation without the supports moves B's map into A's
+    from hyperspy_cnmf.nmf._solver import _separate
+
+    W, Ht = res.W.copy(), res.Ht.copy()
+    _separate(W, Ht, np.ones(p))
+    assert (W[m == 0] > 0).any()
+    W, Ht = res.W.copy(), res.Ht.copy()
+    _separate(W, Ht, np.ones(p), supports=res.supports)
+    np.testing.assert_array_equal(W[m == 0], 0.0)

@@ -98,6 +98,9 @@ class NMFResult:
         capped exact phase the result is then a refined sketch fit.
     confined : ndarray of bool, shape (k,)
         The maps confined to their support (``map_support``).
+    supports : ndarray of float64, shape (n_rows, k), or None
+        1 on the support of every confined map and everywhere for the free
+        ones, 0 elsewhere (None when no map is confined).
     """
 
     W: np.ndarray
@@ -111,6 +114,7 @@ class NMFResult:
     best_init: int = 0
     sketch_converged: bool = False
     confined: np.ndarray = None
+    supports: np.ndarray = None
 
 
 def _update(solver, A, R, G, skip, n_inner, inner_tol):
@@ -472,7 +476,9 @@ def _safe_share(hi, hj, a, max_clip):
     return lo
 
 
-def _separate(W, Ht, col_scale, support=0.1, max_clip=0.1, max_moves=None):
+def _separate(
+    W, Ht, col_scale, support=0.1, max_clip=0.1, max_moves=None, supports=None
+):
     """Move shared pattern content to the component that owns it (in place).
 
     NMF is not unique: for components i, j, ``(W_j + a W_i, H_i - a H_j)``
@@ -504,6 +510,12 @@ def _separate(W, Ht, col_scale, support=0.1, max_clip=0.1, max_moves=None):
     and the matrix's halo ring dipped 0.288 of its maximum along the azimuth
     (0.172; truth 0.127, truth + noise 0.15).
 
+    With ``supports`` (``(n, k)`` 0/1, :attr:`NMFResult.supports`), no move
+    adds a map that is present where the receiving map's support is 0: a
+    confined map stays confined (the 2-phase multislice case at k = 10,
+    random_state 0: ARI 0.912 -> 0.905; no other fit of the sweep at
+    k = true, 2x and 30 changed).
+
     Returns the ``(k, k)`` matrix ``M`` with ``W_after = W_before @ M`` (the
     moves are column operations on ``W``), so that ``Xe.T @ W`` of the
     separated maps follows from the one of the fit without a data read.
@@ -522,7 +534,7 @@ def _separate(W, Ht, col_scale, support=0.1, max_clip=0.1, max_moves=None):
     # no move that spreads a map over more positions where the receiving
     # component is absent than it covers (kept up to date as maps grow)
     present = _presence(W, support)
-    blocked = _spreads(present)
+    blocked = _spreads(present) | _outside(present, supports)
     floor = 1e-3 * float((wsum * Ht.sum(axis=0)).sum())
     for _ in range(max_moves):
         best, gain = None, 0.0
@@ -552,7 +564,18 @@ def _separate(W, Ht, col_scale, support=0.1, max_clip=0.1, max_moves=None):
         strong[:, i] = Hd[:, i] >= support * Hd[:, i].max()
         present[:, j] = _presence(W[:, j : j + 1], support)[:, 0]
         _spreads(present, blocked, j)
+        blocked |= _outside(present, supports)
     return M
+
+
+def _outside(present, supports):
+    """``[i, j]``: map ``i`` is present where map ``j``'s support is 0 (bool, (k, k))."""
+    k = present.shape[1]
+    if supports is None:
+        return np.zeros((k, k), dtype=bool)
+    out = present.astype(np.float64).T @ (np.asarray(supports) == 0) > 0
+    np.fill_diagonal(out, False)
+    return out
 
 
 def _presence(W, support):
@@ -769,6 +792,7 @@ def _fit_phases(
         best_init=best_start,
         sketch_converged=bool(sketch and converged),
         confined=confined,
+        supports=masks,
     )
     if sketch:  # XtW holds products with the sketch, not the data: replaced
         ex_losses, result.converged, XtW = iterate(
@@ -786,13 +810,13 @@ def _fit_phases(
     return result, XtW
 
 
-def _separate_stage(op, W, Ht, XtW, diff_c, n_valid):
+def _separate_stage(op, W, Ht, XtW, diff_c, n_valid, supports=None):
     """Separate the components in place (:func:`_separate`); the loss of the result."""
     # Last, since further iterations drift back into the mixed members
     # of the family (they fit a little more noise). The moves are column
     # operations on the maps, so the loss of the final factors needs no
     # read when the last iteration was exact.
-    M = _separate(W, Ht, op.col_scale)
+    M = _separate(W, Ht, op.col_scale, supports=supports)
     if diff_c is not None:
         # The subtraction leaves noise-deep holes where the other
         # pattern is strong: close them again.
@@ -941,7 +965,9 @@ def constrained_nmf(
     )
     if separate and k > 1:
         result.loss.append(
-            _separate_stage(op, result.W, result.Ht, XtW, diff_c, n_valid)
+            _separate_stage(
+                op, result.W, result.Ht, XtW, diff_c, n_valid, result.supports
+            )
         )
         result.phases.append("separate")
     refinement_budget = result.sketch_converged and max_exact_iter < max_iter
