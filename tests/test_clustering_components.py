@@ -1550,7 +1550,9 @@ def test_halves_self_distances_and_noise_correction():
     d = _self_distances(halves, counts, (20.0, 20.0), 1.5, 3.0, {}, {})
     assert d.shape == (3,)
     assert d[0] < d[1]
-    assert d[2] == d.max()  # an empty half: the largest of the others
+    assert d[2] == 0.0  # an empty half: no measure, no correction
+    assert _halves(np.array([0, 0, 0, -1]), (4,)).tolist() == [0, 1, 0, -1]
+    assert _halves(np.zeros(8, int), (2, 2, 2)).tolist() == [0, 1, 1, 0, 1, 0, 0, 1]
 
     dist = np.array([[0.0, 0.34, 0.6], [0.34, 0.0, 0.6], [0.6, 0.6, 0.0]])
     sizes = np.array([44, 22, MIN_GRAIN_POSITIONS - 1])

@@ -2026,8 +2026,8 @@ def _crystal_evidence(
     the null's spread (counting noise too): a patch of glass that an
     over-complete fit selects from its counting noise reaches z 5 at 20
     positions (the 2-phase B2 / CuZr2 descan case re-drawn at 1500 counts,
-    k = 30), the grains of the cases 12-25; :func:`_grain_groups` asks it of
-    a phase of its own (``faint``).
+    k = 30), the grains' regions of that fit 15-24; :func:`_grain_groups`
+    asks it of a phase of its own (``faint``).
     """
     if scores is None:
         scores = _crystal_scores(at, which, role, response, filters, patterns)
@@ -2104,9 +2104,10 @@ _GRAIN_COUNTS = (
 
 def _halves(region, nav_shape):
     """Every region parted in two like the squares of a chessboard: region ``r``
-    becomes ``2 r`` (even ``y + x``) and ``2 r + 1`` (odd), -1 stays -1."""
+    becomes ``2 r`` (even ``y + x``; even index on a line scan) and ``2 r + 1``
+    (odd), -1 stays -1."""
     index = np.unravel_index(np.arange(region.size), nav_shape)
-    parity = (index[0] + index[-1]) % 2
+    parity = (sum(index) if len(nav_shape) > 1 else index[0]) % 2
     return np.where(region >= 0, 2 * region + parity, -1)
 
 
@@ -2115,8 +2116,8 @@ def _self_distances(halves, counts, centre, disk_radius, beam_radius, grid, kwar
 
     ``halves``: the mean patterns of the regions' halves (:func:`_halves`),
     ``(2 n, qy, qx)``; ``counts``: their positions, ``(2 n,)``. A region
-    with an empty half takes the largest distance of the others (1 when
-    none has two halves).
+    with an empty half (a single position, or a diagonal line) gets 0: no
+    measure of its noise, no correction.
     """
     disks = np.stack(
         [bragg_disk_image(p, centre, disk_radius, beam_radius or 0.0) for p in halves]
@@ -2127,9 +2128,7 @@ def _self_distances(halves, counts, centre, disk_radius, beam_radius, grid, kwar
     d = 0.5 * (sim.pseudo_distance + sim.pseudo_distance.T)
     n = halves.shape[0] // 2
     both = (counts[0::2] > 0) & (counts[1::2] > 0)
-    out = np.where(both, d[2 * np.arange(n), 2 * np.arange(n) + 1], np.nan)
-    fill = np.nanmax(out) if both.any() else 1.0
-    return np.where(both, out, fill)
+    return np.where(both, d[2 * np.arange(n), 2 * np.arange(n) + 1], 0.0)
 
 
 def _noise_corrected(distance, self_distance, sizes):
@@ -2178,8 +2177,9 @@ def _regroup_by_grain_patterns(
     meet. A region whose cluster's components each dominate a large piece is
     parted first (:func:`_split_regions_by_component`); the read returns the
     means of each region's two halves (:func:`_halves`), whose distance
-    measures the noise of its mean (:func:`_noise_corrected`). Regions of the matrix's positions where its own summed map rises
-    well above its level (a grain the matrix's components carry, which no
+    measures the noise of its mean (:func:`_noise_corrected`). Regions of
+    the matrix's positions where its own summed map rises well above its
+    level (a grain the matrix's components carry, which no
     particle cluster dominates), or a particle component's well above its
     background away from every grain (:func:`_map_rises`), are grains to
     class too (with requests of their own; dropped when their patterns fail
@@ -2529,11 +2529,13 @@ def cluster_components(
         With ``n_clusters`` None and ``disk_radius``: one read of the data,
         ``region_patterns(region, filters, at, which)``. It takes the grain
         region of every position (ndarray of int64, shape
-        ``(n_positions,)``, -1 outside any region, regions numbered from 0),
-        filters (float32, ``(n_regions, qy * qx)``) and flat positions
-        ``at`` with the filter of each, ``which`` (int64, ``(m,)`` both),
-        and returns the mean data pattern of each region, shape
-        ``(n_regions, qy, qx)``, and the response of every requested
+        ``(n_positions,)``, -1 outside any region, regions numbered from 0
+        to ``n_regions - 1``; a number may hold no position: its mean is
+        then 0; the grains' regions are passed in two halves each,
+        :func:`_halves`), filters (float32, ``(n_filters, qy * qx)``) and
+        flat positions ``at`` with the filter of each, ``which`` (int64,
+        ``(m,)`` both), and returns the mean data pattern of each region,
+        shape ``(n_regions, qy, qx)``, and the response of every requested
         position, ``pattern(at[i]).ravel() @ filters[which[i]]``, shape
         ``(m,)``. Each grain is then classed by its own pattern, tested as a
         crystal against the glass's speckle, its rim grown where its
