@@ -1450,6 +1450,17 @@ def test_split_regions_by_component_parts_touching_grains():
     contrib2[3, np.flatnonzero(a.ravel())[0]] = 2.0
     r2, o2 = _split_regions_by_component(region, owner, contrib2, np.r_[labels, 1], nav)
     assert o2.size == 2 and np.unique(r2[a.ravel()]).size == 1
+    # a chain of small pieces (each its own component) below B joins B, not A
+    chain = region.copy().reshape(nav)
+    chain[8, 12] = chain[9, 13] = 0
+    contrib4 = np.vstack([contrib, np.zeros((2, n))])
+    contrib4[:, np.ravel_multi_index((8, 12), nav)] = [0, 0, 0, 1.0, 0]
+    contrib4[:, np.ravel_multi_index((9, 13), nav)] = [0, 0, 0, 0, 1.0]
+    r5, o5 = _split_regions_by_component(
+        chain.ravel(), owner, contrib4, np.r_[labels, 1, 1], nav
+    )
+    b_region = r5[np.flatnonzero(b.ravel())[0]]
+    assert o5.size == 2 and r5[np.ravel_multi_index((9, 13), nav)] == b_region
     # one component over both grains, or B below MIN_GRAIN_POSITIONS: one region
     one = contrib.copy()
     one[1, b.ravel()] = 2.0
@@ -1523,7 +1534,7 @@ def test_grain_groups_a_faint_region_makes_no_phase_of_its_own():
 
 def test_halves_self_distances_and_noise_correction():
     """Regions part like a chessboard; the halves of a noisier mean lie further
-    apart; the correction takes (d_a + d_b) / 4 off large regions' distances only."""
+    apart; the correction takes both regions' noise off large regions' distances only."""
     from hyperspy_cnmf.clustering._components import (
         MIN_GRAIN_POSITIONS,
         _halves,
@@ -1554,11 +1565,27 @@ def test_halves_self_distances_and_noise_correction():
     assert _halves(np.array([0, 0, 0, -1]), (4,)).tolist() == [0, 1, 0, -1]
     assert _halves(np.zeros(8, int), (2, 2, 2)).tolist() == [0, 1, 1, 0, 1, 0, 0, 1]
 
+    # unequal halves of one region: the same noise measured (the halves' distance
+    # scaled by n1 n2 / N^2; unscaled, 20 / 2 read 5x the noise of 11 / 11)
+    def noise(n1, n2, draws=12):
+        out = []
+        for _ in range(draws):
+            h = np.stack([half(n1 / 50), half(n2 / 50)])
+            out.append(
+                _self_distances(h, np.array([n1, n2]), (20.0, 20.0), 1.5, 3.0, {}, {})[
+                    0
+                ]
+            )
+        return np.mean(out)
+
+    even, odd = noise(11, 11), noise(20, 2)
+    assert 0.5 < odd / even < 2.0
+
     dist = np.array([[0.0, 0.34, 0.6], [0.34, 0.0, 0.6], [0.6, 0.6, 0.0]])
     sizes = np.array([44, 22, MIN_GRAIN_POSITIONS - 1])
-    self_d = np.array([0.04, 0.36, 0.8])
+    self_d = np.array([0.01, 0.09, 0.2])
     out = _noise_corrected(dist, self_d, sizes)
     assert out[0, 1] == out[1, 0] == pytest.approx(0.34 - 0.1)
     assert out[0, 2] == 0.6 and out[1, 2] == 0.6  # small regions keep theirs
     assert (np.diag(out) == 0).all()
-    assert _noise_corrected(dist, np.full(3, 2.0), np.full(3, 30)).min() == 0.0
+    assert _noise_corrected(dist, np.full(3, 0.5), np.full(3, 30)).min() == 0.0

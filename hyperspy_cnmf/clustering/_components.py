@@ -1331,8 +1331,9 @@ def _split_regions_by_component(region, owner, contrib, labels, nav_shape):
     Within a region, each position goes to the cluster's component with the
     largest contribution there; the connected pieces (8-connectivity) of
     :data:`MIN_GRAIN_POSITIONS` or more positions become regions, and every
-    smaller piece joins the large piece it shares most border with (else the
-    largest). A region with fewer than two large pieces stays whole.
+    smaller piece joins the large piece it shares most border with, directly
+    or through other small pieces (so every part stays connected). A region
+    with fewer than two large pieces stays whole.
 
     Parameters
     ----------
@@ -1379,10 +1380,20 @@ def _split_regions_by_component(region, owner, contrib, labels, nav_shape):
         target = np.full(piece.max() + 1, -1, np.int64)
         target[big] = np.arange(big.size)
         grid = grid.reshape(nav_shape)
-        for p in np.setdiff1d(np.unique(piece), big):
-            ring = ndimage.binary_dilation(grid == p, structure=structure)
-            border = np.bincount(grid[ring], minlength=target.size)[big]
-            target[p] = np.argmax(border if border.max() > 0 else sizes[big])
+        small = list(np.setdiff1d(np.unique(piece), big))
+        while small:  # through touching pieces: the region is connected
+            placed = []
+            for p in small:
+                ring = ndimage.binary_dilation(grid == p, structure=structure)
+                mates = target[grid[ring]]
+                mates = mates[mates >= 0]
+                if mates.size:
+                    target[p] = np.bincount(mates).argmax()
+                    placed.append(p)
+            if not placed:  # not connected after all: the largest piece
+                target[small] = np.argmax(sizes[big])
+                break
+            small = [p for p in small if p not in placed]
         new_region[at] = len(new_owner) + target[piece]
         new_owner += [int(owner[r])] * big.size
     return new_region, np.asarray(new_owner, dtype=np.int64)
@@ -2112,12 +2123,17 @@ def _halves(region, nav_shape):
 
 
 def _self_distances(halves, counts, centre, disk_radius, beam_radius, grid, kwargs):
-    """Disk-image pseudo-distance between the two halves of every region (float64, (n,)).
+    """Noise of every region's mean pattern, from its two halves (float64, (n,)).
 
     ``halves``: the mean patterns of the regions' halves (:func:`_halves`),
-    ``(2 n, qy, qx)``; ``counts``: their positions, ``(2 n,)``. A region
-    with an empty half (a single position, or a diagonal line) gets 0: no
-    measure of its noise, no correction.
+    ``(2 n, qy, qx)``; ``counts``: their positions, ``(2 n,)``. Returns the
+    disk-image pseudo-distance ``d`` of the two halves times ``n_1 n_2 /
+    (n_1 + n_2)^2`` (``d / 4`` for equal halves): to first order the noise
+    energy of the region's mean over twice its signal energy (see
+    :func:`_noise_corrected`; a half of ``n_i`` positions holds ``N / n_i``
+    times the noise energy of the mean of all ``N``). A region with an empty
+    half (a single position, or a diagonal line) or a half without disks gets
+    0: no measure of its noise, no correction.
     """
     disks = np.stack(
         [bragg_disk_image(p, centre, disk_radius, beam_radius or 0.0) for p in halves]
@@ -2127,29 +2143,31 @@ def _self_distances(halves, counts, centre, disk_radius, beam_radius, grid, kwar
     )
     d = 0.5 * (sim.pseudo_distance + sim.pseudo_distance.T)
     n = halves.shape[0] // 2
-    both = (counts[0::2] > 0) & (counts[1::2] > 0)
-    return np.where(both, d[2 * np.arange(n), 2 * np.arange(n) + 1], 0.0)
+    n1, n2 = counts[0::2].astype(np.float64), counts[1::2].astype(np.float64)
+    shows = np.any(disks.reshape(2 * n, -1) > 0, axis=1)
+    ok = (n1 > 0) & (n2 > 0) & shows[0::2] & shows[1::2]
+    share = n1 * n2 / np.maximum(n1 + n2, 1.0) ** 2
+    return np.where(ok, d[2 * np.arange(n), 2 * np.arange(n) + 1] * share, 0.0)
 
 
-def _noise_corrected(distance, self_distance, sizes):
+def _noise_corrected(distance, noise, sizes):
     """Pseudo-distances of the large regions less their mean patterns' noise.
 
     The pseudo-distance of two noisy means of one pattern grows with their
     noise: to first order (``1 -`` a normalised correlation) by ``(e_a +
-    e_b) / 2 s`` for noise energies ``e`` and signal energy ``s``, while
-    the two halves of a region (twice its noise energy each) lie ``2 e /
-    s`` apart. So ``(d_a + d_b) / 4`` of the halves' distances ``d`` is
-    taken off the distance of every two regions of
-    :data:`MIN_GRAIN_POSITIONS` or more positions (smaller regions keep
-    theirs: the rules of :func:`_grain_groups` for them were measured on
-    the raw distances), clipped at 0. A thin grain at 2000 counts (22
-    positions, its halves 0.38 apart) lay 0.34 from the 44-position grain
-    of its phase, beyond :data:`GRAIN_DISTANCE`, and made a phase of its
-    own.
+    e_b) / 2 s`` for noise energies ``e`` and signal energy ``s``; ``noise``
+    (:func:`_self_distances`) is each region's ``e / 2 s``, measured on its
+    two halves. The sum of the two regions' is taken off the distance of
+    every two regions of :data:`MIN_GRAIN_POSITIONS` or more positions
+    (smaller regions keep theirs: the rules of :func:`_grain_groups` for
+    them were measured on the raw distances), clipped at 0. A thin grain at
+    2000 counts (22 positions, its halves 0.38 apart) lay 0.34 from the
+    44-position grain of its phase, beyond :data:`GRAIN_DISTANCE`, and made
+    a phase of its own (0.24 after the correction).
     """
     big = sizes >= MIN_GRAIN_POSITIONS
-    noise = 0.25 * (self_distance[:, None] + self_distance[None, :])
-    out = np.clip(distance - noise * (big[:, None] & big[None, :]), 0.0, None)
+    both = noise[:, None] + noise[None, :]
+    out = np.clip(distance - both * (big[:, None] & big[None, :]), 0.0, None)
     np.fill_diagonal(out, 0.0)
     return out
 
@@ -2187,7 +2205,8 @@ def _regroup_by_grain_patterns(
     :func:`_grain_groups`; groups without evidence join the
     matrix (the largest extended cluster); a region whose own patterns show
     its disks no more than the glass's speckle would
-    (:func:`_crystal_evidence`) is no evidence of a phase. In the same
+    (:func:`_crystal_evidence`) is no evidence of a phase, nor of a phase of
+    its own one whose disks stay within the counting noise (``faint``). In the same
     read, the matrix positions next to each grain answer its Bragg-disk filter
     (:func:`_bragg_filters` of the grain's model mean pattern, known before
     the read), and those that show its disks detectably above the local
@@ -2261,6 +2280,7 @@ def _regroup_by_grain_patterns(
     halves = np.concatenate(
         [halves, np.zeros((2 * owner.size - n_split,) + pattern_shape)]
     )
+    halves[half_counts == 0] = 0.0  # whatever the callable gave for no position
     patterns = np.stack(
         [
             np.average(
@@ -2530,11 +2550,13 @@ def cluster_components(
         ``region_patterns(region, filters, at, which)``. It takes the grain
         region of every position (ndarray of int64, shape
         ``(n_positions,)``, -1 outside any region, regions numbered from 0
-        to ``n_regions - 1``; a number may hold no position: its mean is
-        then 0; the grains' regions are passed in two halves each,
-        :func:`_halves`), filters (float32, ``(n_filters, qy * qx)``) and
-        flat positions ``at`` with the filter of each, ``which`` (int64,
-        ``(m,)`` both), and returns the mean data pattern of each region,
+        to ``n_regions - 1``; each grain region ``g`` is passed as its two
+        halves ``2 g`` and ``2 g + 1``, :func:`_halves`, and a number that
+        holds no position gets any mean: it is not used), filters (float32,
+        ``(n_filters, qy * qx)``, one per grain region ``g``) and flat
+        positions ``at`` with the filter of each, ``which`` (int64, ``(m,)``
+        both; ``which`` numbers the grains, not the halves), and returns the
+        mean data pattern of each region,
         shape ``(n_regions, qy, qx)``, and the response of every requested
         position, ``pattern(at[i]).ravel() @ filters[which[i]]``, shape
         ``(m,)``. Each grain is then classed by its own pattern, tested as a

@@ -534,7 +534,7 @@ def _separate(
     # no move that spreads a map over more positions where the receiving
     # component is absent than it covers (kept up to date as maps grow)
     present = _presence(W, support)
-    blocked = _spreads(present) | _outside(present, supports)
+    blocked = _spreads(present) | _outside(W, supports)
     floor = 1e-3 * float((wsum * Ht.sum(axis=0)).sum())
     for _ in range(max_moves):
         best, gain = None, 0.0
@@ -564,16 +564,16 @@ def _separate(
         strong[:, i] = Hd[:, i] >= support * Hd[:, i].max()
         present[:, j] = _presence(W[:, j : j + 1], support)[:, 0]
         _spreads(present, blocked, j)
-        blocked |= _outside(present, supports)
+        blocked |= _outside(W, supports)
     return M
 
 
-def _outside(present, supports):
-    """``[i, j]``: map ``i`` is present where map ``j``'s support is 0 (bool, (k, k))."""
-    k = present.shape[1]
+def _outside(W, supports):
+    """``[i, j]``: map ``i`` is nonzero where map ``j``'s support is 0 (bool, (k, k))."""
+    k = W.shape[1]
     if supports is None:
         return np.zeros((k, k), dtype=bool)
-    out = present.astype(np.float64).T @ (np.asarray(supports) == 0) > 0
+    out = (W > 0).astype(np.float64).T @ (np.asarray(supports) == 0) > 0
     np.fill_diagonal(out, False)
     return out
 
