@@ -2205,8 +2205,9 @@ def _regroup_by_grain_patterns(
     :func:`_grain_groups`; groups without evidence join the
     matrix (the largest extended cluster); a region whose own patterns show
     its disks no more than the glass's speckle would
-    (:func:`_crystal_evidence`) is no evidence of a phase, nor of a phase of
-    its own one whose disks stay within the counting noise (``faint``). In the same
+    (:func:`_crystal_evidence`) is no evidence of a phase, and one whose
+    disks stay within the counting noise (``faint``) none of a phase of its
+    own. In the same
     read, the matrix positions next to each grain answer its Bragg-disk filter
     (:func:`_bragg_filters` of the grain's model mean pattern, known before
     the read), and those that show its disks detectably above the local
