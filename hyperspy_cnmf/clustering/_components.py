@@ -1352,49 +1352,41 @@ def _split_regions_by_component(region, owner, contrib, labels, nav_shape):
     region, owner
         As the inputs, renumbered (a region's pieces are consecutive).
     """
-    structure = np.ones((3,) * len(nav_shape), dtype=bool)
     new_region = np.full_like(region, -1)
     new_owner = []
     for r in range(owner.size):
         at = np.flatnonzero(region == r)
         members = np.flatnonzero(labels == owner[r])
-        piece, big = np.zeros(at.size, np.int64), np.zeros(0, np.int64)
+        big = np.zeros(0, np.int64)
         if members.size > 1:
-            top = members[np.argmax(contrib[np.ix_(members, at)], axis=0)]
-            grid = np.zeros(region.size, np.int64)
-            n = 0
-            for j in np.unique(top):
-                mine = np.zeros(region.size, bool)
-                mine[at[top == j]] = True
-                lab, m = ndimage.label(mine.reshape(nav_shape), structure=structure)
-                lab = lab.ravel()
-                grid[lab > 0] = lab[lab > 0] + n
-                n += m
-            piece = grid[at]
-            sizes = np.bincount(piece, minlength=n + 1)
+            top = np.full(region.size, -1, np.int64)
+            top[at] = members[np.argmax(contrib[np.ix_(members, at)], axis=0)]
+            # the connected pieces each of the cluster's components dominates
+            piece, _ = _grain_regions(top, nav_shape, labels != owner[r])
+            sizes = np.bincount(piece[at])
             big = np.flatnonzero(sizes >= MIN_GRAIN_POSITIONS)
         if big.size < 2:
             new_region[at] = len(new_owner)
             new_owner.append(owner[r])
             continue
-        target = np.full(piece.max() + 1, -1, np.int64)
+        contacts = _region_contacts(piece, nav_shape, sizes.size)
+        target = np.full(sizes.size, -1, np.int64)
         target[big] = np.arange(big.size)
-        grid = grid.reshape(nav_shape)
-        small = list(np.setdiff1d(np.unique(piece), big))
+        small = list(np.flatnonzero(target < 0))
         while small:  # through touching pieces: the region is connected
-            placed = []
-            for p in small:
-                ring = ndimage.binary_dilation(grid == p, structure=structure)
-                mates = target[grid[ring]]
-                mates = mates[mates >= 0]
-                if mates.size:
-                    target[p] = np.bincount(mates).argmax()
-                    placed.append(p)
-            if not placed:  # not connected after all: the largest piece
+            left = len(small)
+            for p in list(small):
+                mates = np.flatnonzero((target >= 0) & (contacts[p] > 0))
+                if mates.size:  # the large piece whose pieces share most border
+                    border = np.bincount(
+                        target[mates], weights=contacts[p, mates], minlength=big.size
+                    )
+                    target[p] = np.argmax(border)
+                    small.remove(p)
+            if len(small) == left:  # not connected after all: the largest piece
                 target[small] = np.argmax(sizes[big])
                 break
-            small = [p for p in small if p not in placed]
-        new_region[at] = len(new_owner) + target[piece]
+        new_region[at] = len(new_owner) + target[piece[at]]
         new_owner += [int(owner[r])] * big.size
     return new_region, np.asarray(new_owner, dtype=np.int64)
 
@@ -2282,18 +2274,11 @@ def _regroup_by_grain_patterns(
         [halves, np.zeros((2 * owner.size - n_split,) + pattern_shape)]
     )
     halves[half_counts == 0] = 0.0  # whatever the callable gave for no position
-    patterns = np.stack(
-        [
-            np.average(
-                halves[2 * r : 2 * r + 2],
-                axis=0,
-                weights=half_counts[2 * r : 2 * r + 2],
-            )
-            if half_counts[2 * r : 2 * r + 2].sum()
-            else np.zeros(pattern_shape)
-            for r in range(owner.size)
-        ]
+    # the regions' means, weighted by their halves' positions
+    c0, c1 = (
+        half_counts[i::2].reshape((-1,) + (1,) * len(pattern_shape)) for i in (0, 1)
     )
+    patterns = (halves[0::2] * c0 + halves[1::2] * c1) / np.maximum(c0 + c1, 1)
     scores = _crystal_scores(at, which, role, response, filters, patterns)
     weak = ~_crystal_evidence(at, which, role, response, filters, patterns, scores)
     q75, speckle, _ = scores

@@ -511,7 +511,7 @@ def _separate(
     (0.172; truth 0.127, truth + noise 0.15).
 
     With ``supports`` (``(n, k)`` 0/1, :attr:`NMFResult.supports`), no move
-    adds a map that is present where the receiving map's support is 0: a
+    adds a map that is nonzero where the receiving map's support is 0: a
     confined map stays confined (the 2-phase multislice case at k = 10,
     random_state 0: ARI 0.912 -> 0.905; no other fit of the sweep at
     k = true, 2x and 30 changed).
@@ -534,7 +534,8 @@ def _separate(
     # no move that spreads a map over more positions where the receiving
     # component is absent than it covers (kept up to date as maps grow)
     present = _presence(W, support)
-    blocked = _spreads(present) | _outside(W, supports)
+    outside = _outside(W, supports)
+    blocked = _spreads(present) | outside
     floor = 1e-3 * float((wsum * Ht.sum(axis=0)).sum())
     for _ in range(max_moves):
         best, gain = None, 0.0
@@ -564,18 +565,27 @@ def _separate(
         strong[:, i] = Hd[:, i] >= support * Hd[:, i].max()
         present[:, j] = _presence(W[:, j : j + 1], support)[:, 0]
         _spreads(present, blocked, j)
-        blocked |= _outside(W, supports)
+        if supports is not None:  # only map j grew: its row
+            outside[j] = _outside(W, supports, j)
+            blocked |= outside
     return M
 
 
-def _outside(W, supports):
-    """``[i, j]``: map ``i`` is nonzero where map ``j``'s support is 0 (bool, (k, k))."""
+def _outside(W, supports, i=None):
+    """``[i, j]``: map ``i`` is nonzero where map ``j``'s support is 0 (bool, (k, k)).
+
+    With ``i``, that row only (bool, (k,)).
+    """
     k = W.shape[1]
     if supports is None:
         return np.zeros((k, k), dtype=bool)
-    out = (W > 0).astype(np.float64).T @ (np.asarray(supports) == 0) > 0
-    np.fill_diagonal(out, False)
-    return out
+    rows = W if i is None else W[:, i : i + 1]
+    out = (rows > 0).astype(np.float64).T @ (np.asarray(supports) == 0) > 0
+    if i is None:
+        np.fill_diagonal(out, False)
+        return out
+    out[0, i] = False
+    return out[0]
 
 
 def _presence(W, support):
