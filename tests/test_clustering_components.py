@@ -1557,11 +1557,13 @@ def test_halves_self_distances_and_noise_correction():
         return rng.poisson(clean * 50 * counts) / (50.0 * counts)
 
     halves = np.stack([half(40), half(40), half(0.3), half(0.3), half(40), clean * 0])
-    counts = np.array([40, 40, 1, 1, 40, 0])
+    counts = np.array([40, 40, 10, 10, 40, 0])
     d = _self_distances(halves, counts, (20.0, 20.0), 1.5, 3.0, {}, {})
     assert d.shape == (3,)
-    assert d[0] < d[1]
+    assert 0 < d[0] < d[1]
     assert d[2] == 0.0  # an empty half: no measure, no correction
+    small = np.array([40, 40, 9, 10, 40, 0])  # 19 positions: not measured
+    assert _self_distances(halves, small, (20.0, 20.0), 1.5, 3.0, {}, {})[1] == 0.0
     assert _halves(np.array([0, 0, 0, -1]), (4,)).tolist() == [0, 1, 0, -1]
     assert _halves(np.zeros(8, int), (2, 2, 2)).tolist() == [0, 1, 1, 0, 1, 0, 0, 1]
 

@@ -532,3 +532,40 @@ def test_map_support_bookkeeping_caps_and_separation():
     W, Ht = res.W.copy(), res.Ht.copy()
     _separate(W, Ht, np.ones(p), supports=res.supports)
     np.testing.assert_array_equal(W[m == 0], 0.0)
+
+
+def test_a_cycling_loss_stops_at_its_lowest_iterate(lowrank, monkeypatch):
+    """A constraint that keeps the loss from settling: the fit stops after
+    ``STALL_ITERATIONS`` iterations without a new minimum, on its lowest iterate."""
+    import hyperspy_cnmf.nmf._solver as solver
+
+    def fit():
+        rng = np.random.default_rng(0)
+
+        def shaky(Ht):  # not a projection: a fresh random tilt every call
+            return Ht * (1.0 + 0.3 * rng.random(Ht.shape))
+
+        return constrained_nmf(
+            DenseOperator(lowrank),
+            4,
+            random_state=0,
+            max_iter=400,
+            sketch=False,
+            separate=False,
+            diffraction_constraint=shaky,
+        )
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # a stall is no cap
+        r = fit()
+    assert r.converged
+    assert r.n_iter + solver.STALL_ITERATIONS < 400
+    assert r.loss[-1] == r.loss.min()  # the history stops at the kept iterate
+    model = np.mean((lowrank - r.W @ r.Ht.T) ** 2)
+    np.testing.assert_allclose(model, r.loss[-1], rtol=1e-8)
+    # without the rule the same fit runs to its cap and ends higher
+    monkeypatch.setattr(solver, "STALL_ITERATIONS", 10**6)
+    with pytest.warns(ConvergenceWarning, match="max_iter"):
+        capped = fit()
+    assert not capped.converged and capped.n_iter == 400
+    assert capped.loss[-1] > r.loss[-1]

@@ -2115,7 +2115,7 @@ def _halves(region, nav_shape):
 
 
 def _self_distances(halves, counts, centre, disk_radius, beam_radius, grid, kwargs):
-    """Noise of every region's mean pattern, from its two halves (float64, (n,)).
+    """Noise of every large region's mean pattern, from its two halves (float64, (n,)).
 
     ``halves``: the mean patterns of the regions' halves (:func:`_halves`),
     ``(2 n, qy, qx)``; ``counts``: their positions, ``(2 n,)``. Returns the
@@ -2125,21 +2125,37 @@ def _self_distances(halves, counts, centre, disk_radius, beam_radius, grid, kwar
     :func:`_noise_corrected`; a half of ``n_i`` positions holds ``N / n_i``
     times the noise energy of the mean of all ``N``). A region with an empty
     half (a single position, or a diagonal line) or a half without disks gets
-    0: no measure of its noise, no correction.
+    0: no measure of its noise, no correction; so does a region of fewer
+    than :data:`MIN_GRAIN_POSITIONS` positions, whose distances
+    :func:`_noise_corrected` leaves as they are (only the large regions'
+    halves are compared: the similarity of ``2 m`` patterns for ``m`` large
+    regions, not of all ``2 n``).
     """
+    n = halves.shape[0] // 2
+    n1, n2 = counts[0::2].astype(np.float64), counts[1::2].astype(np.float64)
+    out = np.zeros(n)
+    use = np.flatnonzero((n1 > 0) & (n2 > 0) & (n1 + n2 >= MIN_GRAIN_POSITIONS))
+    if not use.size:
+        return out
+    pairs = np.stack([2 * use, 2 * use + 1], axis=1).ravel()
     disks = np.stack(
-        [bragg_disk_image(p, centre, disk_radius, beam_radius or 0.0) for p in halves]
+        [
+            bragg_disk_image(halves[i], centre, disk_radius, beam_radius or 0.0)
+            for i in pairs
+        ]
     )
+    shows = np.any(disks.reshape(pairs.size, -1) > 0, axis=1)
+    ok = shows[0::2] & shows[1::2]
+    if not ok.any():
+        return out
     _, _, sim = polar_similarity(
         disks, centre, direct_beam_radius=beam_radius, **grid, **kwargs
     )
     d = 0.5 * (sim.pseudo_distance + sim.pseudo_distance.T)
-    n = halves.shape[0] // 2
-    n1, n2 = counts[0::2].astype(np.float64), counts[1::2].astype(np.float64)
-    shows = np.any(disks.reshape(2 * n, -1) > 0, axis=1)
-    ok = (n1 > 0) & (n2 > 0) & shows[0::2] & shows[1::2]
-    share = n1 * n2 / np.maximum(n1 + n2, 1.0) ** 2
-    return np.where(ok, d[2 * np.arange(n), 2 * np.arange(n) + 1] * share, 0.0)
+    m = np.arange(use.size)
+    share = n1[use] * n2[use] / (n1[use] + n2[use]) ** 2
+    out[use] = np.where(ok, d[2 * m, 2 * m + 1] * share, 0.0)
+    return out
 
 
 def _noise_corrected(distance, noise, sizes):
