@@ -1591,3 +1591,54 @@ def test_halves_self_distances_and_noise_correction():
     assert out[0, 2] == 0.6 and out[1, 2] == 0.6  # small regions keep theirs
     assert (np.diag(out) == 0).all()
     assert _noise_corrected(dist, np.full(3, 0.5), np.full(3, 30)).min() == 0.0
+
+
+def test_grain_patterns_are_compared_on_the_fits_pixels():
+    """The grains' mean patterns (read from the data, direct beam included) are
+    compared where the fit's factors are defined: a beam that wanders with the scan
+    (descan) inside the disk the fit left out makes no phase."""
+    f, m, model, grains = _mixed_component()
+    kw = dict(nav_shape=(32, 32), direct_beam_radius=5.0, disk_radius=3.0)
+    yy, xx = np.mgrid[:41, :41]
+    f = f.copy()
+    f[:, np.hypot(xx - 20, yy - 20) <= 7.5] = np.nan  # the fit's direct-beam mask
+    moving = model.copy()
+    for p in range(model.shape[0]):  # a spot at 6.5 px turning across the scan
+        moving[p] += 3.0 * _disks([(6.5, 360.0 * (p % 32) / 32, 1.0)], radius=2.0)
+    still = cl.cluster_components(
+        f, m, (20.0, 20.0), region_patterns=_means(model), **kw
+    )
+    res = cl.cluster_components(
+        f, m, (20.0, 20.0), region_patterns=_means(moving), **kw
+    )
+    np.testing.assert_array_equal(res.position_labels, still.position_labels)
+    found = [np.bincount(res.position_labels[grains[i]]).argmax() for i in range(3)]
+    assert found[0] == found[2] != found[1]  # the two square grains: one phase
+
+
+def test_on_crystal_borders_marks_the_rim_a_larger_unlike_crystal_lends():
+    """Own positions next to a larger crystal region whose pattern is unlike the
+    region's are marked (their disks may be that crystal's rim); not next to a
+    smaller one, an alike one (pieces of one grain) or a region without a crystal."""
+    from hyperspy_cnmf.clustering._components import INSIDE, _on_crystal_borders
+
+    grid = np.full((6, 8), -1)
+    grid[:, :4] = 0  # a large crystal
+    grid[:, 4:6] = 1  # a patch beside it
+    grid[:, 7] = 2  # apart
+    region = grid.ravel()
+    at = np.flatnonzero(region >= 0)
+    which = region[at]
+    role = np.full(at.size, INSIDE, dtype=np.int8)
+    crystal = np.ones(3, dtype=bool)
+    unlike = ~np.eye(3, dtype=bool)
+    out = _on_crystal_borders(at, which, role, region, (6, 8), crystal, unlike)
+    x = at % 8
+    np.testing.assert_array_equal(out, (which == 1) & (x == 4))
+    alike = unlike.copy()
+    alike[1, 0] = False
+    assert not _on_crystal_borders(
+        at, which, role, region, (6, 8), crystal, alike
+    ).any()
+    none = np.array([False, True, True])
+    assert not _on_crystal_borders(at, which, role, region, (6, 8), none, unlike).any()

@@ -1975,6 +1975,34 @@ STRONG_CRYSTAL_Z = 12.0
 STRONG_CRYSTAL_POSITIONS = 10
 
 
+def _own_z(at, which, role, response, n_regions):
+    """Every region's own positions and their robust z against its null.
+
+    Yields ``(region, positions, z, mad)`` for the regions with own
+    positions (EDGE and INSIDE) and a null: the matrix near the grain
+    (NULL) where it has one, else the matrix far from every grain (FAR).
+    """
+    own = (role == EDGE) | (role == INSIDE)
+    nulls = {
+        r: (med, mad) for r, med, mad in _nulls(which, role, response, n_regions, FAR)
+    }
+    nulls.update(
+        (r, (med, mad)) for r, med, mad in _nulls(which, role, response, n_regions)
+    )
+    for r, (med, mad) in nulls.items():
+        mine = (which == r) & own
+        if mine.any():
+            yield r, at[mine], (response[mine] - med) / mad, mad
+
+
+def _crystal_level(count):
+    """The robust z a region of ``count`` positions must reach (:func:`_crystal_evidence`)."""
+    # a patch's self-selected speckle fades as 1 / sqrt(its size)
+    return CRYSTAL_Z * np.sqrt(
+        MIN_GRAIN_POSITIONS / np.maximum(count, MIN_GRAIN_POSITIONS)
+    )
+
+
 def _crystal_scores(at, which, role, response, filters, patterns):
     """Each grain region's crystal score against its null (:func:`_crystal_evidence`).
 
@@ -1987,20 +2015,40 @@ def _crystal_scores(at, which, role, response, filters, patterns):
     q75 = np.full(n, np.nan)
     speckle = np.zeros(n, dtype=bool)
     count = np.zeros(n, dtype=np.int64)
-    own = (role == EDGE) | (role == INSIDE)
-    nulls = {r: (med, mad) for r, med, mad in _nulls(which, role, response, n, FAR)}
-    nulls.update((r, (med, mad)) for r, med, mad in _nulls(which, role, response, n))
-    for r, (med, mad) in nulls.items():
-        mine = (which == r) & own
-        if not mine.any():
-            continue
-        z = (response[mine] - med) / mad
+    for r, _, z, mad in _own_z(at, which, role, response, n):
         f = filters[r].astype(np.float64)
         counting = (f * f) @ np.clip(patterns[r].ravel(), 0.0, None)
         speckle[r] = mad * mad > SPECKLE_RATIO * counting
         q75[r] = np.percentile(z, 75)
         count[r] = z.size
     return q75, speckle, count
+
+
+def _on_crystal_borders(at, which, role, region, nav_shape, crystal, unlike):
+    """Own positions touching a larger crystal unlike the region (bool, like ``at``).
+
+    A region's own positions (EDGE and INSIDE) with, among their 8
+    neighbours (``nav_shape``), a position of a larger region of ``crystal``
+    (bool, (n,): regions whose own test found a crystal) whose pattern is
+    ``unlike`` the region's (bool, (n, n)): their disks may be that
+    crystal's rim or the tail of its probe rather than the region's own.
+    The pieces of one grain that several components share are alike and
+    lend each other nothing.
+    """
+    out = np.zeros(at.size, dtype=bool)
+    grid = region.reshape(nav_shape)
+    sizes = np.bincount(region[region >= 0], minlength=crystal.size)
+    footprint = np.ones((3,) * grid.ndim, dtype=bool)
+    own = (role == EDGE) | (role == INSIDE)
+    for r in np.unique(which[own]):
+        lenders = np.flatnonzero(crystal & (sizes > sizes[r]) & unlike[r])
+        others = np.isin(grid, lenders)
+        if not others.any():
+            continue
+        near = ndimage.binary_dilation(others, structure=footprint).ravel()
+        mine = own & (which == r)
+        out[mine] = near[at[mine]]
+    return out
 
 
 def _crystal_evidence(
@@ -2035,10 +2083,7 @@ def _crystal_evidence(
     if scores is None:
         scores = _crystal_scores(at, which, role, response, filters, patterns)
     q75, speckle, count = scores
-    # a patch's self-selected speckle fades as 1 / sqrt(its size)
-    level = CRYSTAL_Z * np.sqrt(
-        MIN_GRAIN_POSITIONS / np.maximum(count, MIN_GRAIN_POSITIONS)
-    )
+    level = _crystal_level(count)
     if not speckle_only:
         return np.isnan(q75) | (q75 >= level)
     return ~speckle | (q75 >= level)
@@ -2215,7 +2260,15 @@ def _regroup_by_grain_patterns(
     its disks no more than the glass's speckle would
     (:func:`_crystal_evidence`) is no evidence of a phase, and one whose
     disks stay within the counting noise (``faint``) none of a phase of its
-    own. In the same
+    own; nor is one whose disks pass the test only with its positions next
+    to a larger crystal unlike it (:func:`_on_crystal_borders`: that
+    crystal's rim, which a patch of glass took; the test is repeated
+    without them). The regions' mean patterns are compared on the pixels
+    the fit used: where the factors are NaN (the direct beam's disk that the
+    fit left out, widened by the beam's measured movement) they are set to
+    0, so that a beam that wanders with the scan (descan) is no disk (the
+    B2 / fcc case with 2 px of descan at 20000 counts, k = 30: glass
+    regions 0.00-0.01 apart by the beam's offset made a phase). In the same
     read, the matrix positions next to each grain answer its Bragg-disk filter
     (:func:`_bragg_filters` of the grain's model mean pattern, known before
     the read), and those that show its disks detectably above the local
@@ -2290,6 +2343,9 @@ def _regroup_by_grain_patterns(
         [halves, np.zeros((2 * owner.size - n_split,) + pattern_shape)]
     )
     halves[half_counts == 0] = 0.0  # whatever the callable gave for no position
+    # compared on the pixels the fit used: not where it left the direct beam
+    # out (its disk with the margin of the beam's measured movement, descan)
+    halves[:, np.all(np.isnan(factors.reshape((-1,) + pattern_shape)), axis=0)] = 0.0
     # the regions' means, weighted by their halves' positions
     c0, c1 = (
         half_counts[i::2].reshape((-1,) + (1,) * len(pattern_shape)) for i in (0, 1)
@@ -2302,6 +2358,7 @@ def _regroup_by_grain_patterns(
     faint = ~_crystal_evidence(
         at, which, role, response, filters, patterns, scores, speckle_only=False
     )
+    tested, count = ~faint & ~np.isnan(q75), scores[2]
     if (rise & weak).any():
         # a rise whose patterns show the glass's speckle, not a crystal: none
         # (at high counts particle components carry patches of speckle)
@@ -2313,6 +2370,7 @@ def _regroup_by_grain_patterns(
         which = new_index[which[mine]]
         owner, patterns = owner[keep], patterns[keep]
         weak, rise, strong, faint = weak[keep], rise[keep], strong[keep], faint[keep]
+        tested, count, filters = tested[keep], count[keep], filters[keep]
         halves, half_counts = (
             halves[np.repeat(keep, 2)],
             half_counts[np.repeat(keep, 2)],
@@ -2345,6 +2403,24 @@ def _regroup_by_grain_patterns(
         empty = ~np.any(disks.reshape(owner.size, -1) > 0, axis=1)
         # a particle component's rise is placed by its pattern only
         by_pattern = rise & (owner != ext[matrix])
+        # a phase of its own is shown away from the borders of larger crystals
+        # unlike it (where a patch of glass holds their rims)
+        border = _on_crystal_borders(
+            at, which, role, region, nav_shape, tested, distance > GRAIN_DISTANCE
+        )
+        if border.any():
+            q75_own, _, count_own = _crystal_scores(
+                at[~border],
+                which[~border],
+                role[~border],
+                response[~border],
+                filters,
+                patterns,
+            )
+            lost = (count > 0) & (count_own == 0)  # all its positions on borders
+            with np.errstate(invalid="ignore"):
+                faint = faint | lost | (q75_own < _crystal_level(count_own))
+                strong = strong & ~lost & ~(q75_own < STRONG_CRYSTAL_Z)
         group, evidence = _grain_groups(
             distance, sizes, owner, touching, empty, weak | by_pattern, strong, faint
         )
