@@ -1642,3 +1642,55 @@ def test_on_crystal_borders_marks_the_rim_a_larger_unlike_crystal_lends():
     ).any()
     none = np.array([False, True, True])
     assert not _on_crystal_borders(at, which, role, region, (6, 8), none, unlike).any()
+
+
+def test_rim_release_returns_a_probes_tail_at_high_counts():
+    """Edge positions whose excess stays below RELEASE_FRACTION of the grain's interior
+    go back to the matrix where the interior stands RELEASE_INTERIOR_Z above the null
+    (high counts: the tail of a probe outside the grain is significant, yet weak);
+    at low counts only the robust z decides."""
+    from hyperspy_cnmf.clustering._components import (
+        EDGE,
+        GRAIN_RELEASE_Z,
+        INSIDE,
+        NULL,
+        RELEASE_FRACTION,
+        RELEASE_INTERIOR_Z,
+        _bragg_filters,
+        _rim_release,
+        _rim_requests,
+    )
+
+    grain = _disks([(10, a, 1.0) for a in (20, 110, 200, 290)])
+    halo = _disks([], halo=1.0) + 0.05
+    yy, xx = np.mgrid[:32, :32]
+    d = np.hypot(yy - 16, xx - 16)
+    core, ring = d <= 4.0, (d > 4.0) & (d <= 5.5)
+    region = np.where((core | ring).ravel(), 0, -1)  # the map took a ring of glass
+    at, which, role = _rim_requests(region, region < 0, (32, 32))
+    filters = _bragg_filters(grain[None], (20.0, 20.0), 3.0, 5.0)
+    edges = set(at[role == EDGE])
+    assert edges <= set(np.flatnonzero(ring.ravel()))
+
+    def release(counts, share):
+        amount = np.where(core, 1.0, np.where(ring, share, 0.0)).ravel()
+        model = counts * (halo[None] + amount[:, None, None] * grain[None])
+        data = np.random.default_rng(1).poisson(model).astype(float).reshape(1024, -1)
+        response = np.einsum("ij,ij->i", data[at], filters[which])
+        null = response[role == NULL]
+        med = np.median(null)
+        mad = 1.4826 * np.median(np.abs(null - med))
+        z = (response - med) / mad
+        interior = np.median(z[role == INSIDE])
+        return set(_rim_release(at, which, role, response, 1)), z, interior
+
+    tail = 0.5 * RELEASE_FRACTION
+    released, z, interior = release(3000.0, tail)
+    assert interior >= RELEASE_INTERIOR_Z and z[role == EDGE].min() > 3.5
+    assert released == edges  # significant, yet a tail
+    assert not release(3000.0, 3 * RELEASE_FRACTION)[0]  # a rim: kept
+    released, z, interior = release(2.0, tail)
+    assert interior < RELEASE_INTERIOR_Z  # low counts: the robust z alone
+    own = (role == EDGE) | (role == INSIDE)
+    assert released == set(at[own & (z < GRAIN_RELEASE_Z)])
+    assert (z[role == EDGE] >= GRAIN_RELEASE_Z).any()  # some of the tail kept

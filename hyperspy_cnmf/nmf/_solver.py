@@ -52,16 +52,16 @@ EXACT_REFINEMENT = 8
 SUPPORT_ITERATIONS = 10
 #: Iterations without a new minimum of the loss after which a phase of
 #: :func:`_iterate` stops and returns to its lowest iterate (:class:`_Lowest`).
-#: Measured (sketch phase of the default call, the ten multislice cases of
-#: ``benchmarks/quality_rules.py`` and ``quality_physics_more.md`` and the
-#: embedded default, k = true and 30, random_state 0-2): every fit that
+#: Measured on the sketch phase of the default call (fourteen multislice
+#: cases, ``benchmarks/results/quality_physics*.md``, and the embedded
+#: default; k = true and 30, random_state 0-2: 90 fits): every fit that
 #: settles within ``tol`` does so at most 28 iterations after its last new
-#: minimum; on the 64 x 64 detector case (``v10`` of
-#: ``benchmarks/results/quality_physics_more.md``) at k = 30 the loss cycled
-#: between 1.00 and 1.09 times its minimum for all 200 iterations of
-#: ``max_iter`` (17-24 s; the time of the other cases 1-4 s): with the rule
-#: it stops after 11 (7 s, position ARI 0.910 / 0.937 / 0.948 -> 0.955 /
-#: 0.951 / 0.952 at random_state 0-2) and no other of those 78 fits changes.
+#: minimum. On the 64 x 64 detector case (``v10`` of
+#: ``quality_physics_more.md``) at k = 30 the loss cycled between 1.00 and
+#: 1.09 times its minimum for all 200 iterations of ``max_iter`` (17-24 s;
+#: the other cases 1-4 s); with the rule it stops at iteration 51 and keeps
+#: the 11th (7 s; position ARI 0.910 / 0.937 / 0.948 -> 0.955 / 0.951 /
+#: 0.952 at random_state 0-2) and no other of the 90 fits changes.
 #: Re-drawn at 15000 and 100000 counts (the 126 fits of
 #: ``benchmarks/quality_dose.py``'s multislice cases) 13 fits at k = 30 stop
 #: on the rule, each somewhere else on its cycle (ARI -0.080 to +0.103; mean
