@@ -198,11 +198,15 @@ class DecompositionRecord:
         ``normalize_poissonian_noise=True`` the Poisson-weighted one, a reduced
         chi-square, about 1 at the noise level).
     n_iter : int
-        Iterations run on the full data (exact phase).
+        Iterations on the full data (exact phase), up to the one kept.
     n_iter_sketch : int
-        Iterations run on the sketch (0 without a sketch phase).
+        Iterations on the sketch (0 without a sketch phase), up to the one
+        kept: a phase whose loss cycles stops after ``STALL_ITERATIONS``
+        without a new minimum and keeps its lowest iterate
+        (:mod:`hyperspy_cnmf.nmf`).
     converged : bool
-        Whether the relative loss decrease fell below ``tol``.
+        Whether the last phase stopped by its rule: the relative loss change
+        fell below ``tol``, or the loss stalled (above).
     map_resolution : float
         Resolved probe size of the map constraint, calibrated navigation
         units (NaN when the constraint is off).

@@ -467,6 +467,8 @@ class ConstrainedNMF:
     n_iter_ : int
         Exact iterations.
     converged_ : bool
+        Whether the fit stopped by its rule (``tol``, or a stalled loss)
+        rather than by ``max_iter``.
 
     Examples
     --------

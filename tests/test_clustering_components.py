@@ -1642,6 +1642,17 @@ def test_on_crystal_borders_marks_the_rim_a_larger_unlike_crystal_lends():
     ).any()
     none = np.array([False, True, True])
     assert not _on_crystal_borders(at, which, role, region, (6, 8), none, unlike).any()
+    # a touch at a corner counts (8-connectivity)
+    corner = np.full((6, 8), -1)
+    corner[:3, :3] = 0
+    corner[3:, 3:5] = 1
+    region = corner.ravel()
+    at = np.flatnonzero(region >= 0)
+    which, role = region[at], np.full(at.size, INSIDE, dtype=np.int8)
+    out = _on_crystal_borders(
+        at, which, role, region, (6, 8), crystal[:2], unlike[:2, :2]
+    )
+    assert out.sum() == 1 and at[out][0] == 3 * 8 + 3
 
 
 def test_rim_release_returns_a_probes_tail_at_high_counts():
@@ -1694,3 +1705,61 @@ def test_rim_release_returns_a_probes_tail_at_high_counts():
     own = (role == EDGE) | (role == INSIDE)
     assert released == set(at[own & (z < GRAIN_RELEASE_Z)])
     assert (z[role == EDGE] >= GRAIN_RELEASE_Z).any()  # some of the tail kept
+
+
+def test_crystal_evidence_on_a_larger_crystals_border_is_borrowed():
+    """A region whose disks show only on its positions next to a larger crystal
+    unlike it (that crystal's rim, in a patch of glass) has no evidence of its own:
+    its test, repeated without them, fails; elsewhere, or next to an alike region,
+    it keeps its evidence; a region left without positions has none."""
+    from hyperspy_cnmf.clustering._components import (
+        INSIDE,
+        NULL,
+        STRONG_CRYSTAL_Z,
+        _borrowed_evidence,
+    )
+
+    rng = np.random.default_rng(0)
+    grid = np.full((12, 16), -1)
+    grid[2:8, :5] = 0  # a large crystal (30 positions)
+    grid[2:8, 5:7] = 1  # a patch beside it (12)
+    grid[10, 5:7] = 2  # a small region apart (2)
+    region = grid.ravel()
+    own = np.flatnonzero(region >= 0)
+    null = np.flatnonzero(grid.ravel() < 0)[:60]
+    at = np.concatenate([own] + [null] * 3)
+    which = np.concatenate([region[own]] + [np.full(null.size, r) for r in range(3)])
+    role = np.concatenate(
+        [np.full(own.size, INSIDE), np.full(3 * null.size, NULL)]
+    ).astype(np.int8)
+    response = rng.standard_normal(at.size)
+    x = at % 16
+    response[(which == 0) & (role == INSIDE)] += 30.0
+    touching = (which == 1) & (role == INSIDE) & (x == 5)
+    response[touching] += 3.0 * STRONG_CRYSTAL_Z  # its disks: the crystal's rim
+    response[(which == 2) & (role == INSIDE)] += 30.0
+    filters, patterns = np.zeros((3, 4)), np.ones((3, 4))
+    tested = np.ones(3, dtype=bool)
+    count = np.array([30, 12, 2])
+    unlike = ~np.eye(3, dtype=bool)
+    args = (at, which, role, response, filters, patterns, region, grid.shape)
+    faint, weak = _borrowed_evidence(*args, tested, count, unlike)
+    assert faint.tolist() == [False, True, False] and weak.tolist() == faint.tolist()
+    alike = unlike.copy()
+    alike[1, 0] = False  # a piece of the same grain lends nothing
+    assert not _borrowed_evidence(*args, tested, count, alike)[0].any()
+    far = response.copy()
+    far[touching] -= 3.0 * STRONG_CRYSTAL_Z
+    far[(which == 1) & (role == INSIDE) & (x == 6)] += 3.0 * STRONG_CRYSTAL_Z
+    faint, weak = _borrowed_evidence(*args[:3], far, *args[4:], tested, count, unlike)
+    assert not faint[1] and not weak[1]  # its own disks, away from the border
+    # every position on the border: none left to show a crystal of its own
+    grid2 = grid.copy()
+    grid2[2:8, 6] = -1
+    region2 = grid2.ravel()
+    keep = (region2[at] >= 0) | (role == NULL)
+    args2 = (at[keep], which[keep], role[keep], response[keep], filters, patterns)
+    faint, weak = _borrowed_evidence(
+        *args2, region2, grid.shape, tested, np.array([30, 6, 2]), unlike
+    )
+    assert faint[1] and weak[1]

@@ -555,6 +555,7 @@ def test_a_cycling_loss_stops_at_its_lowest_iterate(lowrank, monkeypatch):
             diffraction_constraint=shaky,
         )
 
+    rng = np.random.default_rng(0)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)  # a stall is no cap
         r = fit()
@@ -563,9 +564,39 @@ def test_a_cycling_loss_stops_at_its_lowest_iterate(lowrank, monkeypatch):
     assert r.loss[-1] == r.loss.min()  # the history stops at the kept iterate
     model = np.mean((lowrank - r.W @ r.Ht.T) ** 2)
     np.testing.assert_allclose(model, r.loss[-1], rtol=1e-8)
-    # without the rule the same fit runs to its cap and ends higher
+    # the separation after it starts from the kept iterate's products
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        sep = constrained_nmf(
+            DenseOperator(lowrank),
+            4,
+            random_state=0,
+            max_iter=400,
+            sketch=False,
+            diffraction_constraint=lambda Ht: Ht * (1.0 + 0.3 * rng.random(Ht.shape)),
+        )
+    assert sep.phases[-1] == "separate"
+    model = np.mean((lowrank - sep.W @ sep.Ht.T) ** 2)
+    np.testing.assert_allclose(model, sep.loss[-1], rtol=1e-8)
+    # without the rule the same fit runs to its cap and ends higher; so does
+    # a fit with tol = 0 (no stall rule: max_iter iterations)
     monkeypatch.setattr(solver, "STALL_ITERATIONS", 10**6)
     with pytest.warns(ConvergenceWarning, match="max_iter"):
         capped = fit()
     assert not capped.converged and capped.n_iter == 400
     assert capped.loss[-1] > r.loss[-1]
+    monkeypatch.setattr(solver, "STALL_ITERATIONS", 40)
+    n_calls = []
+    with pytest.warns(ConvergenceWarning, match="max_iter"):
+        constrained_nmf(
+            DenseOperator(lowrank),
+            4,
+            random_state=0,
+            tol=0,
+            max_iter=120,
+            sketch=False,
+            separate=False,
+            diffraction_constraint=lambda Ht: Ht * (1.0 + 0.3 * rng.random(Ht.shape)),
+            callback=lambda phase, it, loss: n_calls.append(it),
+        )
+    assert len(n_calls) == 120

@@ -1842,6 +1842,9 @@ RELEASE_FRACTION = 0.1
 #: counts stand 8-22 z above the null; at 15000-20000 counts 20-53).
 RELEASE_INTERIOR_Z = 25.0
 
+#: Fewest interior positions whose median :data:`RELEASE_FRACTION` takes.
+RELEASE_MIN_INSIDE = 3
+
 #: Fewest null positions a grain needs for its rim to grow.
 RIM_MIN_NULL = 20
 
@@ -2050,8 +2053,9 @@ def _crystal_scores(at, which, role, response, filters, patterns):
 def _on_crystal_borders(at, which, role, region, nav_shape, crystal, unlike):
     """Own positions touching a larger crystal unlike the region (bool, like ``at``).
 
-    A region's own positions (EDGE and INSIDE) with, among their 8
-    neighbours (``nav_shape``), a position of a larger region of ``crystal``
+    A region's own positions (EDGE and INSIDE) with, among their neighbours
+    (the 3 x 3 block of a 2-D scan, 3^d in ``d`` navigation dimensions), a
+    position of a larger region of ``crystal``
     (bool, (n,): regions whose own test found a crystal) whose pattern is
     ``unlike`` the region's (bool, (n, n)): their disks may be that
     crystal's rim or the tail of its probe rather than the region's own.
@@ -2072,6 +2076,47 @@ def _on_crystal_borders(at, which, role, region, nav_shape, crystal, unlike):
         mine = own & (which == r)
         out[mine] = near[at[mine]]
     return out
+
+
+def _borrowed_evidence(
+    at,
+    which,
+    role,
+    response,
+    filters,
+    patterns,
+    region,
+    nav_shape,
+    tested,
+    count,
+    unlike,
+):
+    """Regions whose crystal evidence lies on a larger, unlike crystal's border.
+
+    :func:`_crystal_scores` is repeated without the own positions that touch
+    a larger region of ``tested`` (bool, (n,): regions whose test found a
+    crystal) whose pattern is ``unlike`` theirs (bool, (n, n);
+    :func:`_on_crystal_borders`): a patch of glass beside a grain that holds
+    a few of the grain's rim positions passes on them (the B2 / fcc case
+    with 2 px of descan at 20000 counts, k = 30: an 11-position patch with 3
+    of the fcc grain's positions, q75 18.6, made a phase). ``count``: the
+    own positions each region's test counted (:func:`_crystal_scores`).
+    Returns two bool arrays of shape (n,): the regions whose test fails
+    without those positions, or that have none left (their evidence is
+    borrowed: no phase of their own, ``faint``), and those whose upper
+    quartile without them stays below :data:`STRONG_CRYSTAL_Z` (not
+    ``strong``). Regions without such positions keep their results.
+    """
+    n = count.size
+    border = _on_crystal_borders(at, which, role, region, nav_shape, tested, unlike)
+    if not border.any():
+        return np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    q75, _, own = _crystal_scores(
+        at[~border], which[~border], role[~border], response[~border], filters, patterns
+    )
+    lost = (count > 0) & (own == 0)  # all its positions on borders
+    with np.errstate(invalid="ignore"):
+        return lost | (q75 < _crystal_level(own)), lost | (q75 < STRONG_CRYSTAL_Z)
 
 
 def _crystal_evidence(
@@ -2124,8 +2169,9 @@ def _rim_release(at, which, role, response, n_regions):
     :data:`RELEASE_FRACTION` of the grain's interior (the median of its
     INSIDE positions), where that interior stands
     :data:`RELEASE_INTERIOR_Z` robust standard deviations or more above the
-    null: the tail of a probe centred outside the grain, significant at high
-    counts, as :data:`RIM_EDGE_FRACTION` keeps it from the rim growth.
+    null and holds :data:`RELEASE_MIN_INSIDE` positions or more: the tail of
+    a probe centred outside the grain, significant at high counts, as
+    :data:`RIM_EDGE_FRACTION` keeps it from the rim growth.
     """
     out = []
     own = (role == EDGE) | (role == INSIDE)
@@ -2134,7 +2180,7 @@ def _rim_release(at, which, role, response, n_regions):
         excess = response[mine] - med
         release = excess / mad < GRAIN_RELEASE_Z
         inside = (which == r) & (role == INSIDE)
-        if inside.any():
+        if inside.sum() >= RELEASE_MIN_INSIDE:
             step = np.median(response[inside]) - med
             if step >= RELEASE_INTERIOR_Z * mad:
                 release |= (role[mine] == EDGE) & (excess < RELEASE_FRACTION * step)
@@ -2441,22 +2487,20 @@ def _regroup_by_grain_patterns(
         by_pattern = rise & (owner != ext[matrix])
         # a phase of its own is shown away from the borders of larger crystals
         # unlike it (where a patch of glass holds their rims)
-        border = _on_crystal_borders(
-            at, which, role, region, nav_shape, tested, distance > GRAIN_DISTANCE
+        borrowed, not_strong = _borrowed_evidence(
+            at,
+            which,
+            role,
+            response,
+            filters,
+            patterns,
+            region,
+            nav_shape,
+            tested,
+            count,
+            distance > GRAIN_DISTANCE,
         )
-        if border.any():
-            q75_own, _, count_own = _crystal_scores(
-                at[~border],
-                which[~border],
-                role[~border],
-                response[~border],
-                filters,
-                patterns,
-            )
-            lost = (count > 0) & (count_own == 0)  # all its positions on borders
-            with np.errstate(invalid="ignore"):
-                faint = faint | lost | (q75_own < _crystal_level(count_own))
-                strong = strong & ~lost & ~(q75_own < STRONG_CRYSTAL_Z)
+        faint, strong = faint | borrowed, strong & ~not_strong
         group, evidence = _grain_groups(
             distance, sizes, owner, touching, empty, weak | by_pattern, strong, faint
         )

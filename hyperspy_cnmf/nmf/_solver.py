@@ -295,7 +295,12 @@ class _Lowest:
         self.kept = None
 
     def stalled(self, losses, W, Ht, XtW):
-        """Record the iterate just evaluated; True once the loss has stalled."""
+        """Record the iterate just evaluated; True once the loss has stalled.
+
+        Never with ``tol == 0``: the phase then runs its ``max_iter``
+        iterations. A phase stopped by its cap (the support phase's fixed
+        refinement, or ``max_iter``) ends on its last iterate, as before.
+        """
         loss = losses[-1]
         if loss < self.loss:
             self.loss = loss
@@ -309,7 +314,7 @@ class _Lowest:
             self.mark, self.since = loss, 0
         else:
             self.since += 1
-        return self.since >= STALL_ITERATIONS
+        return self.tol > 0 and self.since >= STALL_ITERATIONS
 
     def restore(self, losses, W, Ht):
         """Put the lowest iterate back (in place); its ``XtW``. The history is cut there."""
@@ -961,7 +966,12 @@ def constrained_nmf(
         Maximum number of exact iterations (each one read of the data).
     tol : float
         Stop when the loss changes by less than ``tol`` (relative) between
-        two iterations.
+        two iterations, or, where the constraints make it cycle, when it has
+        made no new minimum (by more than ``tol``, relative) for
+        :data:`STALL_ITERATIONS` iterations: the phase then returns to its
+        lowest iterate, and the iterations after it are neither counted nor
+        kept in ``loss`` (the callback has seen them). ``tol=0`` runs
+        ``max_iter`` iterations.
     random_state : int, numpy.random.Generator or None
     map_constraint, diffraction_constraint : callable or None
         ``f(W) -> W'`` and ``f(Ht) -> Ht'`` acting on data-unit factors.
@@ -991,7 +1001,8 @@ def constrained_nmf(
         out-of-core data. If the cap is reached before ``tol``, the result is
         flagged as not converged; a :class:`ConvergenceWarning` is raised
         unless the cap is a refinement budget (``sketch=True``, the sketch
-        phase reached ``tol`` and ``max_exact_iter < max_iter``).
+        phase stopped by its rule, see ``tol``, and ``max_exact_iter <
+        max_iter``).
     separate : bool
         After the iterations, move pattern content shared between components
         to the component that owns it (see :func:`_separate`): NMF's
@@ -1000,8 +1011,8 @@ def constrained_nmf(
         (the loss of the separated factors follows from the last one's
         products), else one.
     callback : callable or None
-        ``callback(phase, iteration, loss)`` after every iteration; it may
-        raise to interrupt the fit.
+        ``callback(phase, iteration, loss)`` after every iteration (those a
+        stalled phase discards included); it may raise to interrupt the fit.
     map_support : MapSupport or None
         With a map constraint: after the first phase (the sketch), confine
         every compact object's map to its support
