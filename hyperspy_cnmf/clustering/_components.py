@@ -1827,8 +1827,9 @@ GRAIN_RELEASE_Z = 1.0
 #: counts, k = 30: the glass edge of a grain's region at 0.10 of the
 #: interior or less, z up to 5; the grain's own edge positions 0.12-1.4).
 #: Measured (scratch sweeps; labels of the 126 re-drawn fits of
-#: ``benchmarks/quality_dose.py`` and 147 native fits of the fourteen
-#: multislice cases and the embedded default): at k = 30 over the re-drawn
+#: ``benchmarks/quality_dose.py`` and 147 native fits of the eighteen
+#: multislice cases of ``benchmarks/results/quality_physics*.md`` and the
+#: embedded default, random_state 0-2): at k = 30 over the re-drawn
 #: fits mean ARI 0.875 -> 0.881 and 16 -> 13 fits below 0.85; native fits
 #: 0.903 / 0.895 -> 0.903 / 0.897 (k = true and 2x / k = 30), four of them
 #: changed by more than 0.005. 0.15 gave 0.879 and 0.900 / 0.893; 0.1 without the
