@@ -1738,11 +1738,10 @@ def test_crystal_evidence_on_a_larger_crystals_border_is_borrowed():
     touching = (which == 1) & (role == INSIDE) & (x == 5)
     response[touching] += 3.0 * STRONG_CRYSTAL_Z  # its disks: the crystal's rim
     response[(which == 2) & (role == INSIDE)] += 30.0
-    filters, patterns = np.zeros((3, 4)), np.ones((3, 4))
     tested = np.ones(3, dtype=bool)
     count = np.array([30, 12, 2])
     unlike = ~np.eye(3, dtype=bool)
-    args = (at, which, role, response, filters, patterns, region, grid.shape)
+    args = (at, which, role, response, region, grid.shape)
     faint, weak = _borrowed_evidence(*args, tested, count, unlike)
     assert faint.tolist() == [False, True, False] and weak.tolist() == faint.tolist()
     alike = unlike.copy()
@@ -1758,7 +1757,7 @@ def test_crystal_evidence_on_a_larger_crystals_border_is_borrowed():
     grid2[2:8, 6] = -1
     region2 = grid2.ravel()
     keep = (region2[at] >= 0) | (role == NULL)
-    args2 = (at[keep], which[keep], role[keep], response[keep], filters, patterns)
+    args2 = (at[keep], which[keep], role[keep], response[keep])
     faint, weak = _borrowed_evidence(
         *args2, region2, grid.shape, tested, np.array([30, 6, 2]), unlike
     )

@@ -2005,9 +2005,9 @@ STRONG_CRYSTAL_POSITIONS = 10
 def _own_z(at, which, role, response, n_regions):
     """Every region's own positions and their robust z against its null.
 
-    Yields ``(region, positions, z, mad)`` for the regions with own
-    positions (EDGE and INSIDE) and a null: the matrix near the grain
-    (NULL) where it has one, else the matrix far from every grain (FAR).
+    Yields ``(region, z, mad)`` for the regions with own positions (EDGE
+    and INSIDE) and a null: the matrix near the grain (NULL) where it has
+    one, else the matrix far from every grain (FAR).
     """
     own = (role == EDGE) | (role == INSIDE)
     nulls = {
@@ -2019,7 +2019,7 @@ def _own_z(at, which, role, response, n_regions):
     for r, (med, mad) in nulls.items():
         mine = (which == r) & own
         if mine.any():
-            yield r, at[mine], (response[mine] - med) / mad, mad
+            yield r, (response[mine] - med) / mad, mad
 
 
 def _crystal_level(count):
@@ -2042,7 +2042,7 @@ def _crystal_scores(at, which, role, response, filters, patterns):
     q75 = np.full(n, np.nan)
     speckle = np.zeros(n, dtype=bool)
     count = np.zeros(n, dtype=np.int64)
-    for r, _, z, mad in _own_z(at, which, role, response, n):
+    for r, z, mad in _own_z(at, which, role, response, n):
         f = filters[r].astype(np.float64)
         counting = (f * f) @ np.clip(patterns[r].ravel(), 0.0, None)
         speckle[r] = mad * mad > SPECKLE_RATIO * counting
@@ -2080,21 +2080,12 @@ def _on_crystal_borders(at, which, role, region, nav_shape, crystal, unlike):
 
 
 def _borrowed_evidence(
-    at,
-    which,
-    role,
-    response,
-    filters,
-    patterns,
-    region,
-    nav_shape,
-    tested,
-    count,
-    unlike,
+    at, which, role, response, region, nav_shape, tested, count, unlike
 ):
     """Regions whose crystal evidence lies on a larger, unlike crystal's border.
 
-    :func:`_crystal_scores` is repeated without the own positions that touch
+    The upper quartile of :func:`_crystal_scores` is taken again (robust z
+    of :func:`_own_z`) without the own positions that touch
     a larger region of ``tested`` (bool, (n,): regions whose test found a
     crystal) whose pattern is ``unlike`` theirs (bool, (n, n);
     :func:`_on_crystal_borders`): a patch of glass beside a grain that holds
@@ -2112,9 +2103,11 @@ def _borrowed_evidence(
     border = _on_crystal_borders(at, which, role, region, nav_shape, tested, unlike)
     if not border.any():
         return np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
-    q75, _, own = _crystal_scores(
-        at[~border], which[~border], role[~border], response[~border], filters, patterns
-    )
+    q75 = np.full(n, np.nan)
+    own = np.zeros(n, dtype=np.int64)
+    rest = ~border
+    for r, z, _ in _own_z(at[rest], which[rest], role[rest], response[rest], n):
+        q75[r], own[r] = np.percentile(z, 75), z.size
     lost = (count > 0) & (own == 0)  # all its positions on borders
     with np.errstate(invalid="ignore"):
         return lost | (q75 < _crystal_level(own)), lost | (q75 < STRONG_CRYSTAL_Z)
@@ -2453,7 +2446,7 @@ def _regroup_by_grain_patterns(
         which = new_index[which[mine]]
         owner, patterns = owner[keep], patterns[keep]
         weak, rise, strong, faint = weak[keep], rise[keep], strong[keep], faint[keep]
-        tested, count, filters = tested[keep], count[keep], filters[keep]
+        tested, count = tested[keep], count[keep]
         halves, half_counts = (
             halves[np.repeat(keep, 2)],
             half_counts[np.repeat(keep, 2)],
@@ -2493,8 +2486,6 @@ def _regroup_by_grain_patterns(
             which,
             role,
             response,
-            filters,
-            patterns,
             region,
             nav_shape,
             tested,

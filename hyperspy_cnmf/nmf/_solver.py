@@ -302,7 +302,7 @@ class _Lowest:
         refinement, or ``max_iter``) ends on its last iterate, as before.
         """
         loss = losses[-1]
-        if loss < self.loss:
+        if self.tol > 0 and loss < self.loss:  # (never restored with tol == 0)
             self.loss = loss
             self.kept = (
                 len(losses),
