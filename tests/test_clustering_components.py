@@ -1109,6 +1109,16 @@ def test_rim_growth_claims_the_rim_that_shows_the_disks():
     released = set(_rim_release(at, which, role, response, 1))
     glass = np.flatnonzero((patch & (amount == 0)).ravel())
     assert released <= set(glass) and len(released) >= 0.8 * glass.size
+    # a region next to the grain (a piece of grain and glass that may go to the
+    # matrix whole): its positions next to the grain are in the grain's ring too,
+    # and the grain's next to it in its own
+    piece = (d > 4.0) & (d <= 7.0) & (yy < 16)
+    grid = np.where(core, 0, np.where(piece, 1, -1))
+    at, which, role = _rim_requests(grid.ravel(), grid.ravel() < 0, (32, 32))
+    assert set(at[(role == RING) & (which == 0)]) == set(np.flatnonzero(next_to.ravel()))
+    ring1 = set(at[(role == RING) & (which == 1)])
+    assert ring1 & set(np.flatnonzero(core.ravel()))
+    assert not ring1 & set(np.flatnonzero(piece.ravel()))
 
 
 def test_grain_groups_rules():

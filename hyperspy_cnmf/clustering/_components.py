@@ -1897,8 +1897,10 @@ FAR_NULL_POSITIONS = 64
 def _rim_requests(region, claimable, nav_shape):
     """The positions whose filter responses the rim growth needs.
 
-    For every region: its ring (the ``claimable`` positions next to it,
-    8-connectivity), its null shell (:data:`RIM_NULL_SHELL`), its edge (its
+    For every region: its ring (the ``claimable`` positions next to it and
+    the positions of other regions next to it, 8-connectivity: those of a
+    region that ends in the matrix can join it too), its null shell
+    (:data:`RIM_NULL_SHELL`), its edge (its
     own positions next to another), its other own positions and up to
     :data:`FAR_NULL_POSITIONS` claimable positions far from every region,
     evenly spread over the scan rows (first navigation axis) within
@@ -1930,7 +1932,7 @@ def _rim_requests(region, claimable, nav_shape):
         )
         own = grid[box] == r
         d_own = ndimage.distance_transform_cdt(~own, metric="chessboard")
-        ring = (d_own == 1) & claim[box]
+        ring = (d_own == 1) & (claim[box] | ((grid[box] >= 0) & ~own))
         edge = own & (ndimage.distance_transform_cdt(own, metric="chessboard") == 1)
         parts = [(edge, EDGE), (own & ~edge, INSIDE)]
         if ring.any():
@@ -2345,10 +2347,14 @@ def _regroup_by_grain_patterns(
     0, so that a beam that wanders with the scan (descan) is no disk (the
     B2 / fcc case with 2 px of descan at 20000 counts, k = 30: glass
     regions 0.00-0.01 apart by the beam's offset made a phase). In the same
-    read, the matrix positions next to each grain answer its Bragg-disk filter
-    (:func:`_bragg_filters` of the grain's model mean pattern, known before
-    the read), and those that show its disks detectably above the local
-    matrix join it (:func:`_rim_growth`), while its own positions that show
+    read, the positions next to each grain (the matrix's and other regions')
+    answer its Bragg-disk filter (:func:`_bragg_filters` of the grain's model
+    mean pattern, known before the read), and those in the matrix after the
+    grouping that show its disks detectably above the local matrix join it
+    (:func:`_rim_growth`): a matrix rim, or the grain's positions in a region
+    that went to the matrix whole (at k = 30 and high counts, a component
+    that took a piece of the grain with glass beside it makes a region
+    without a crystal test of its own), while its own positions that show
     none go back to the matrix (:func:`_rim_release`), when ``probe_fwhm``
     (scan steps) is at most :data:`RIM_MAX_PROBE_FWHM`. Components go to the cluster
     where most of their map's excess lies, textures (``texture``, bool (k,))
@@ -2510,7 +2516,10 @@ def _regroup_by_grain_patterns(
     else:
         released = claimed = by = np.zeros(0, np.int64)
     new_pos[released] = matrix
-    claimed_ok = region_label[by] >= ext.size  # grains that stayed grains
+    # by grains that stayed grains, out of the matrix (a region that went to
+    # the matrix included: a piece of glass and grain without a crystal of
+    # its own, whose grain positions show the neighbour's disks)
+    claimed_ok = (region_label[by] >= ext.size) & (new_pos[claimed] < ext.size)
     new_pos[claimed[claimed_ok]] = region_label[by[claimed_ok]]
     grown = int(claimed_ok.sum())
     counts = dict(
