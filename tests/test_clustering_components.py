@@ -1115,7 +1115,9 @@ def test_rim_growth_claims_the_rim_that_shows_the_disks():
     piece = (d > 4.0) & (d <= 7.0) & (yy < 16)
     grid = np.where(core, 0, np.where(piece, 1, -1))
     at, which, role = _rim_requests(grid.ravel(), grid.ravel() < 0, (32, 32))
-    assert set(at[(role == RING) & (which == 0)]) == set(np.flatnonzero(next_to.ravel()))
+    assert set(at[(role == RING) & (which == 0)]) == set(
+        np.flatnonzero(next_to.ravel())
+    )
     ring1 = set(at[(role == RING) & (which == 1)])
     assert ring1 & set(np.flatnonzero(core.ravel()))
     assert not ring1 & set(np.flatnonzero(piece.ravel()))
