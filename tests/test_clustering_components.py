@@ -1123,6 +1123,22 @@ def test_rim_growth_claims_the_rim_that_shows_the_disks():
     assert not ring1 & set(np.flatnonzero(piece.ravel()))
 
 
+def test_standing_claims_take_no_grain_position():
+    """A rim-growth claim stands on a position in the matrix after the grouping (its
+    rim, a released position, a region that went to the matrix whole) by a region
+    that stayed a grain; never on a position of a grain, nor by a region sent to
+    the matrix."""
+    from hyperspy_cnmf.clustering._components import _standing_claims
+
+    n_ext = 2  # labels 0 (the matrix) and 1 (a texture cluster) are extended
+    region_label = np.array([2, 3, 0])  # regions 0, 1 stayed grains; 2 went to 0
+    new_pos = np.array([0, 1, 0, 2, 3, 0])  # 0-2 extended, 3-4 grains, 5 released
+    claimed = np.array([0, 1, 2, 3, 4, 5, 0])
+    by = np.array([0, 1, 0, 1, 0, 1, 2])
+    ok = _standing_claims(claimed, by, region_label, new_pos, n_ext)
+    assert ok.tolist() == [True, True, True, False, False, True, False]
+
+
 def test_grain_groups_rules():
     """Large regions are cut on their distance; small ones join the nearest group, the
     grain they touch, their cluster's, or form a group that needs enough positions."""

@@ -1907,8 +1907,10 @@ def _rim_requests(region, claimable, nav_shape):
     :data:`RIM_NULL_SHELL`'s outer distance of a region. Returns ``at``
     (flat positions), ``which`` (their region) and ``role`` (``RING``, ``NULL``, ``EDGE``, ``INSIDE``
     or ``FAR``), int64 / int64 / int8 arrays of one length, each position
-    once per region and role; a region with no claimable position in its
-    ring has no ring and no null shell.
+    once per region and role; a region with nothing next to it (neither a
+    claimable position nor another region's) has no ring and no null shell,
+    and one next to other regions only has both (its null shell the matrix
+    beyond them).
     """
     grid = region.reshape(nav_shape)
     claim = claimable.reshape(nav_shape)
@@ -2184,6 +2186,28 @@ def _rim_release(at, which, role, response, n_regions):
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
+def _standing_claims(claimed, by, region_label, new_pos, n_extended):
+    """Which rim-growth claims stand (bool, like ``claimed``).
+
+    A claim stands where the claiming region stayed a grain
+    (``region_label[by] >= n_extended``: labels below are the extended
+    clusters, the matrix among them) and the claimed position lies in an
+    extended cluster after the grouping and the release (``new_pos <
+    n_extended``): the matrix's rim, a position a grain released, or one of
+    a region that went to the matrix whole. A position of a region that
+    stayed a grain is never taken by its neighbour's growth.
+
+    Examples
+    --------
+    >>> labels = np.array([0, 2, 3])  # region 0 went to the matrix (0)
+    >>> new_pos = np.array([0, 0, 2, 3])  # positions 2 and 3: grains
+    >>> claimed, by = np.arange(4), np.array([1, 1, 2, 0])
+    >>> _standing_claims(claimed, by, labels, new_pos, 2)
+    array([ True,  True, False, False])
+    """
+    return (region_label[by] >= n_extended) & (new_pos[claimed] < n_extended)
+
+
 def _rim_growth(at, which, role, response, n_regions):
     """Ring positions claimed by a grain: ``(positions, region)`` int64 arrays.
 
@@ -2353,8 +2377,9 @@ def _regroup_by_grain_patterns(
     grouping that show its disks detectably above the local matrix join it
     (:func:`_rim_growth`): a matrix rim, or the grain's positions in a region
     that went to the matrix whole (at k = 30 and high counts, a component
-    that took a piece of the grain with glass beside it makes a region
-    without a crystal test of its own), while its own positions that show
+    that took a piece of the grain with glass beside it makes a region whose
+    own crystal test fails; :func:`_standing_claims`), while its own
+    positions that show
     none go back to the matrix (:func:`_rim_release`), when ``probe_fwhm``
     (scan steps) is at most :data:`RIM_MAX_PROBE_FWHM`. Components go to the cluster
     where most of their map's excess lies, textures (``texture``, bool (k,))
@@ -2516,10 +2541,7 @@ def _regroup_by_grain_patterns(
     else:
         released = claimed = by = np.zeros(0, np.int64)
     new_pos[released] = matrix
-    # by grains that stayed grains, out of the matrix (a region that went to
-    # the matrix included: a piece of glass and grain without a crystal of
-    # its own, whose grain positions show the neighbour's disks)
-    claimed_ok = (region_label[by] >= ext.size) & (new_pos[claimed] < ext.size)
+    claimed_ok = _standing_claims(claimed, by, region_label, new_pos, ext.size)
     new_pos[claimed[claimed_ok]] = region_label[by[claimed_ok]]
     grown = int(claimed_ok.sum())
     counts = dict(
