@@ -1123,6 +1123,37 @@ def test_rim_growth_claims_the_rim_that_shows_the_disks():
     assert not ring1 & set(np.flatnonzero(piece.ravel()))
 
 
+def test_rim_release_asks_a_placed_region_for_a_rims_evidence():
+    """A region joined to a phase by its pattern only (``placed``) keeps only the
+    positions whose response stands RIM_Z above its null; a grain keeps those above
+    GRAIN_RELEASE_Z."""
+    from hyperspy_cnmf.clustering._components import (
+        EDGE,
+        GRAIN_RELEASE_Z,
+        INSIDE,
+        NULL,
+        RIM_Z,
+        _rim_release,
+    )
+
+    rng = np.random.default_rng(0)
+    null = rng.standard_normal(200)
+    z_own = np.array([0.5, 2.0, 3.0, 5.0, 8.0])
+    assert GRAIN_RELEASE_Z < 2.0 < 3.0 < RIM_Z < 5.0
+    med, mad = np.median(null), 1.4826 * np.median(np.abs(null - np.median(null)))
+    response = np.r_[null, med + z_own * mad]
+    at = np.arange(response.size)
+    which = np.zeros(response.size, np.int64)
+    role = np.r_[np.full(200, NULL), [EDGE, EDGE, INSIDE, INSIDE, INSIDE]].astype(
+        np.int8
+    )
+    grain = set(_rim_release(at, which, role, response, 1))
+    placed = set(_rim_release(at, which, role, response, 1, np.array([True])))
+    assert grain == {200}
+    assert placed == {200, 201, 202}
+    assert set(_rim_release(at, which, role, response, 1, np.array([False]))) == grain
+
+
 def test_standing_claims_take_no_grain_position():
     """A rim-growth claim stands on a position in the matrix after the grouping (its
     rim, a released position, a region that went to the matrix whole) by a region

@@ -2155,7 +2155,7 @@ def _crystal_evidence(
     return ~speckle | (q75 >= level)
 
 
-def _rim_release(at, which, role, response, n_regions):
+def _rim_release(at, which, role, response, n_regions, placed=None):
     """A grain's own positions whose patterns do not show its disks (int64 array).
 
     The mirror of :func:`_rim_growth`: a position of the grain whose
@@ -2170,13 +2170,22 @@ def _rim_release(at, which, role, response, n_regions):
     null and holds :data:`RELEASE_MIN_INSIDE` positions or more: the tail of
     a probe centred outside the grain, significant at high counts, as
     :data:`RIM_EDGE_FRACTION` keeps it from the rim growth.
+
+    ``placed`` (bool, ``(n_regions,)``, optional): regions without a crystal
+    of their own (``weak``, :func:`_crystal_evidence`) that joined a phase
+    by their pattern only. Each of their positions needs the evidence a
+    matrix position needs to join a grain: it stays where its response
+    stands :data:`RIM_Z` robust standard deviations above the null, else it
+    goes back to the matrix (a component that took a few of a grain's
+    positions with glass beside it, at k = 30 and high counts).
     """
     out = []
     own = (role == EDGE) | (role == INSIDE)
     for r, med, mad in _nulls(which, role, response, n_regions):
         mine = (which == r) & own
         excess = response[mine] - med
-        release = excess / mad < GRAIN_RELEASE_Z
+        keep_z = RIM_Z if placed is not None and placed[r] else GRAIN_RELEASE_Z
+        release = excess / mad < keep_z
         inside = (which == r) & (role == INSIDE)
         if inside.sum() >= RELEASE_MIN_INSIDE:
             step = np.median(response[inside]) - med
@@ -2536,7 +2545,8 @@ def _regroup_by_grain_patterns(
     inside = region >= 0
     new_pos[inside] = region_label[region[inside]]
     if grow:
-        released = _rim_release(at, which, role, response, owner.size)
+        placed = weak & (region_label >= ext.size)
+        released = _rim_release(at, which, role, response, owner.size, placed)
         claimed, by = _rim_growth(at, which, role, response, owner.size)
     else:
         released = claimed = by = np.zeros(0, np.int64)
