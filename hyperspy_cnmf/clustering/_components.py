@@ -2172,8 +2172,8 @@ def _rim_release(at, which, role, response, n_regions, placed=None):
     :data:`RIM_EDGE_FRACTION` keeps it from the rim growth.
 
     ``placed`` (bool, ``(n_regions,)``, optional): regions without a crystal
-    of their own (``weak``, :func:`_crystal_evidence`) that joined a phase
-    by their pattern only. Each of their positions needs the evidence a
+    of their own (``weak``, :func:`_crystal_evidence`) that carry a phase's
+    label (joined by their pattern). Each of their positions needs the evidence a
     matrix position needs to join a grain: it stays where its response
     stands :data:`RIM_Z` robust standard deviations above the null, else it
     goes back to the matrix (a component that took a few of a grain's
@@ -2388,8 +2388,9 @@ def _regroup_by_grain_patterns(
     that went to the matrix whole (at k = 30 and high counts, a component
     that took a piece of the grain with glass beside it makes a region whose
     own crystal test fails; :func:`_standing_claims`), while its own
-    positions that show
-    none go back to the matrix (:func:`_rim_release`), when ``probe_fwhm``
+    positions that show none go back to the matrix (:func:`_rim_release`;
+    those of a region that shows no crystal of its own yet carries a
+    phase's label need a rim's evidence each), when ``probe_fwhm``
     (scan steps) is at most :data:`RIM_MAX_PROBE_FWHM`. Components go to the cluster
     where most of their map's excess lies, textures (``texture``, bool (k,))
     to the matrix (:func:`_members_by_positions`).
