@@ -1042,6 +1042,15 @@ def test_grain_patterns_keep_a_right_partition():
         assert (grid[max(y - 1, 0) : y + 2, max(x - 1, 0) : x + 2] == after[p]).any()
 
 
+def _grain_on_glass():
+    """A grain's four disks, the glass's halo, and a 32 x 32 scan's grid with each
+    position's distance from the grain's centre (16, 16)."""
+    grain = _disks([(10, a, 1.0) for a in (20, 110, 200, 290)])
+    halo = _disks([], halo=1.0) + 0.05
+    yy, xx = np.mgrid[:32, :32]
+    return grain, halo, yy, xx, np.hypot(yy - 16, xx - 16)
+
+
 def test_rim_growth_claims_the_rim_that_shows_the_disks():
     """Matrix positions next to a grain join it where their patterns show its disks
     above the local matrix's fluctuation, and nowhere else."""
@@ -1055,10 +1064,7 @@ def test_rim_growth_claims_the_rim_that_shows_the_disks():
         _rim_requests,
     )
 
-    grain = _disks([(10, a, 1.0) for a in (20, 110, 200, 290)])
-    halo = _disks([], halo=1.0) + 0.05
-    yy, xx = np.mgrid[:32, :32]
-    d = np.hypot(yy - 16, xx - 16)
+    grain, halo, yy, xx, d = _grain_on_glass()
     core = d <= 4.0
     rim = (d > 4.0) & (d <= 5.5)  # one ring of positions: weak disks
     amount = np.where(core, 1.0, np.where(rim, 0.4, 0.0))
@@ -1731,10 +1737,7 @@ def test_rim_release_returns_a_probes_tail_at_high_counts():
         _rim_requests,
     )
 
-    grain = _disks([(10, a, 1.0) for a in (20, 110, 200, 290)])
-    halo = _disks([], halo=1.0) + 0.05
-    yy, xx = np.mgrid[:32, :32]
-    d = np.hypot(yy - 16, xx - 16)
+    grain, halo, yy, xx, d = _grain_on_glass()
     core, ring = d <= 4.0, (d > 4.0) & (d <= 5.5)
     region = np.where((core | ring).ravel(), 0, -1)  # the map took a ring of glass
     at, which, role = _rim_requests(region, region < 0, (32, 32))
