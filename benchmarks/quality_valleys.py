@@ -7,8 +7,9 @@ default call
     s.decomposition(algorithm="constrained_nmf", output_dimension=k, random_state=0)
     s.cluster_diffraction()
 
-is run and every constrained factor (``learning_results.factors``) and every merged cluster
-pattern (``learning_results.cdiff_merged_factors``) is compared with its true pattern.
+is run and every constrained factor (``learning_results.factors``), every merged cluster
+pattern (``learning_results.cdiff_merged_factors``) and every cluster's mean pattern
+(``learning_results.cdiff_mean_patterns``) is compared with its true pattern.
 
 Truth
 -----
@@ -29,6 +30,12 @@ component may carry part of the matrix), so:
   mirrors and summed-loading weights) of its members' truths; the cluster is named by the true
   phase most of its dominated positions (``cdiff_position_labels``) have, whose Bragg radii
   give the azimuthal rings;
+- a cluster's mean pattern (the aligned mean of the model over its positions) is compared with
+  the same aligned mean of the true *clean* patterns of those positions (each position rotated
+  as its owner, ``_aligned_means``; the package's simulator: the maps times the true patterns),
+  in counts of the cluster's positions. The same mean of the *data* (noisy) is measured too and
+  named in the table (``data: radial``, at the estimate's deepest radius; ``azim.``, on its
+  ring): what a pattern that follows the data shows;
 - every truth is compared on the estimate's pixels: detector pixels that are NaN in the
   estimate (the direct-beam disk that the fit leaves out, ``direct_beam_mask="auto"``) are left
   out of the truth too.
@@ -198,7 +205,7 @@ def compare(est, truth, centre, n_r, rings, dip, rng):
     m_t = measures(truth, centre, n_r, rings, dip)
     counts = float(np.nansum(est))
     unit = np.clip(truth, 0, None) / np.nansum(np.clip(truth, 0, None))
-    noisy = {"D": [], "Dc": [], "ring": [], "dip": []}
+    noisy = {"D": [], "Dc": [], "ring": [], "dip": [], "edge": []}
     for _ in range(N_DRAWS):
         x = rng.poisson(np.nan_to_num(unit) * counts).astype(float)
         x[~np.isfinite(truth)] = np.nan
@@ -207,6 +214,7 @@ def compare(est, truth, centre, n_r, rings, dip, rng):
         noisy["Dc"].append(np.nanmax(m["Dc"]))
         noisy["ring"].append(m["ring"])
         noisy["dip"].append(m["dip"])
+        noisy["edge"].append(m["edge"])
     i = int(np.nanargmax(m_e["D"]))
     frac = lambda m: m["D"][i] / m["level"][i] if m["level"][i] > 0 else 0.0  # noqa: E731
     ic = int(np.nanargmax(m_e["Dc"]))
@@ -226,6 +234,10 @@ def compare(est, truth, centre, n_r, rings, dip, rng):
         "chord_truth_max": float(np.nanmax(m_t["Dc"])),
         "chord_noise95": float(np.percentile(noisy["Dc"], 95)),
         "edge": m_e["edge"] / m_t["edge"] if m_t["edge"] > 0 else np.inf,
+        # 5th percentile of the same ratio for truth + noise (below it: darker than noise)
+        "edge_noise05": float(np.percentile(noisy["edge"], 5)) / m_t["edge"]
+        if m_t["edge"] > 0
+        else np.nan,
         "r0": m_e["r0"],
         "ring_r": rings[j],
         "ring": m_e["ring"][j],
@@ -247,6 +259,7 @@ def embedded():
     sim = s.metadata.Simulation
     phase = np.asarray(sim.phase_of_component)
     refs = np.asarray(sim.reference_patterns)
+    maps = np.asarray(sim.maps)
     return (
         s,
         {
@@ -266,6 +279,10 @@ def embedded():
                 1,
             ),
             "kind": "the true component patterns (matrix with beam and halos; each grain's Bragg spots)",
+            # the clean pattern of every position (the maps times the patterns)
+            "clean": np.tensordot(
+                maps.reshape(len(maps), -1).T, np.asarray(sim.patterns), 1
+            ),
         },
     )
 
@@ -294,6 +311,7 @@ def multislice(path):
         "halo_px": None,
         "spots": None,
         "kind": "the mean clean pattern of the glass positions and of each grain's positions",
+        "clean": clean.reshape((-1,) + clean.shape[2:]),
     }
 
 
@@ -321,6 +339,7 @@ def bragg_rings(P_cryst, halo, n=2, min_gap=2.0):
 def analyse(name, make, k_spec, seed=0, fit_kwargs=None):
     from hyperspy_cnmf._beam import Beam
     from hyperspy_cnmf.clustering import merge_aligned
+    from hyperspy_cnmf.clustering._components import _aligned_means, _position_owners
     from hyperspy_cnmf.constraints import DiffractionDipConstraint, dip_measure
 
     s, tr = make()
@@ -454,6 +473,56 @@ def analyse(name, make, k_spec, seed=0, fit_kwargs=None):
             phase=ph,
         )
         rows.append(c)
+    # the aligned mean model pattern of each cluster's positions (cdiff_mean_patterns)
+    # against the same aligned mean of the true (clean) patterns of those positions,
+    # and of the data (noisy: what a pattern that follows the data shows)
+    MP = np.asarray(lr.cdiff_mean_patterns, dtype=np.float64).T.reshape(-1, qy, qx)
+    owner = _position_owners(
+        np.nansum(F[comp], axis=(1, 2)),
+        L[comp],
+        merge_args[1],
+        pos,
+        ~np.asarray(lr.cdiff_beam_only, dtype=bool),
+    )
+    data = np.asarray(s.data, dtype=np.float64).reshape((-1, qy, qx))
+    align = (owner, pos, MP.shape, merge_args[0], merge_args[2], merge_args[3])
+    # on the fit's pixels only, as the model (a rotation must not bring in the masked disk)
+    MP_truth = _aligned_means(
+        lambda sel: np.where(valid, tr["clean"][sel].mean(axis=0), np.nan), *align
+    )
+    MP_data = _aligned_means(
+        lambda sel: np.where(valid, data[sel].mean(axis=0), np.nan), *align
+    )
+    for cl in range(MP.shape[0]):
+        on = pos == cl
+        if not on.any():
+            continue
+        ph = int(np.bincount(pm[on]).argmax())
+        n = int(on.sum())
+        c = compare(MP[cl] * n, MP_truth[cl], centre, n_r, rings_of(ph), dip, rng)
+        m_d = measures(
+            np.where(np.isfinite(MP[cl]), MP_data[cl] * n, np.nan),
+            centre,
+            n_r,
+            rings_of(ph),
+            dip,
+        )
+        ring_i = rings_of(ph).index(c["ring_r"])
+        t_edge = measures(
+            np.where(np.isfinite(MP[cl]), MP_truth[cl], np.nan),
+            centre,
+            n_r,
+            rings_of(ph),
+            dip,
+        )["edge"]
+        c.update(
+            what=f"mean {cl} ({n} pos.)",
+            match=f"phase {ph}; data: radial {m_d['D'][c['r']]:.3f}, "
+            f"azim. {m_d['ring'][ring_i]:.2f}, beam-edge {m_d['edge'] / t_edge:.2f}",
+            mean=True,
+            phase=ph,
+        )
+        rows.append(c)
     # the model's counts on the glass far from every grain (>= 5 steps, Chebyshev)
     # that components outside the glass's cluster carry: their maps' floors
     far = ~binary_dilation(tr["labels"] > 0, iterations=4, structure=np.ones((3, 3)))
@@ -522,23 +591,35 @@ def summary_row(res):
             f"{c[noise]:.3f}{where}"
         )
 
-    factors = [c for c in res["rows"] if not c.get("cluster")]
+    factors = [c for c in res["rows"] if not c.get("cluster") and not c.get("mean")]
     grains = [c for c in res["rows"] if c.get("cluster") and c["phase"] != 0]
     matrix = [c for c in res["rows"] if c.get("cluster") and c["phase"] == 0]
+    means = [c for c in res["rows"] if c.get("mean")]
     edge = min((c["edge"] for c in grains), default=np.nan)
+    grain_means = [c for c in means if c["phase"] != 0]
+    low = min(grain_means, key=lambda c: c["edge"] - c["edge_noise05"], default=None)
+    mean_edge = (
+        "–"
+        if low is None
+        else f"{sum(c['edge'] < c['edge_noise05'] for c in grain_means)}/{len(grain_means)}; "
+        f"{low['edge']:.2f} / {low['edge_noise05']:.2f}"
+    )
     return (
         f"| {res['case']} | {res['k']} | {worst(factors, 'depth', 'noise95')} "
         f"| {worst(grains, 'depth', 'noise95')} | {worst(matrix, 'depth', 'noise95')} "
         f"| {worst(grains, 'ring', 'ring_noise95')} | {worst(matrix, 'ring', 'ring_noise95')} "
-        f"| {edge:.2f} | {res['far_share']:.2f} |"
+        f"| {edge:.2f} | {res['far_share']:.2f} "
+        f"| {worst(means, 'depth', 'noise95')} | {worst(means, 'ring', 'ring_noise95')} "
+        f"| {mean_edge} |"
     )
 
 
 SUMMARY_HEADER = (
     "| case | k | factors: radial | merged grain clusters: radial | merged matrix cluster: radial "
     "| grain clusters: azimuthal | matrix cluster: azimuthal | grain clusters: beam-edge level (min) "
-    "| far glass: others' share |\n"
-    "|---|---:|---|---|---|---|---|---:|---:|"
+    "| far glass: others' share | mean patterns: radial | mean patterns: azimuthal "
+    "| mean patterns of grains: beam-edge level |\n"
+    "|---|---:|---|---|---|---|---|---:|---:|---|---|---|"
 )
 
 
@@ -634,7 +715,12 @@ def main(argv=None):
         "maximum. Beam-edge level: estimate / truth of profile(first radius outside the masked "
         "disk) / profile maximum (below 1: darker around the direct beam than the truth). "
         "Far glass: the share of the model's counts on the glass >= 5 steps (Chebyshev) from every grain "
-        "that components outside the glass's cluster carry (0 in the truth).",
+        "that components outside the glass's cluster carry (0 in the truth). "
+        "Mean patterns (`cdiff_mean_patterns`, the aligned mean of the model over each cluster's "
+        "positions) against the aligned mean of the clean patterns of the same positions; their "
+        "beam-edge cell: grain clusters below the 5th percentile of truth + noise / clusters; the "
+        "lowest against that percentile (estimate / noise05). The rows name the same measures "
+        "on the data's (noisy) aligned mean.",
         "",
         SUMMARY_HEADER,
         *summary,

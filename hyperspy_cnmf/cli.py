@@ -435,6 +435,7 @@ def _demo_clustering(s, k_cluster, max_iter, out):
     dend = rp.save_figure(c.plot_cluster_dendrogram(), out / "dendrogram.png")
     gallery = rp.save_figure(c.plot_cluster_gallery(), out / "cluster_gallery.png")
     res["merged_factors"].save(out / "cluster_merged_diffraction.hspy", overwrite=True)
+    res["mean_patterns"].save(out / "cluster_mean_patterns.hspy", overwrite=True)
     row = [
         k_cluster,
         n_clusters,
@@ -759,6 +760,7 @@ def _run_clustering(s, args, beam, out, written, figs):
     dt_cl = time.perf_counter() - t0
     for key, stem in (
         ("merged_factors", "cluster_merged_diffraction"),
+        ("mean_patterns", "cluster_mean_patterns"),
         ("merged_maps", "cluster_maps"),
         ("position_labels", "cluster_position_labels"),
         ("labels", "cluster_labels"),

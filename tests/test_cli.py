@@ -56,6 +56,7 @@ def test_run_writes_loadable_results(tiny_file, tmp_path, capsys):
         "loadings.hspy",
         "learning_results.npz",
         "cluster_merged_diffraction.hspy",
+        "cluster_mean_patterns.hspy",
         "cluster_maps.hspy",
         "cluster_position_labels.hspy",
         "report.md",
@@ -79,6 +80,11 @@ def test_run_writes_loadable_results(tiny_file, tmp_path, capsys):
     assert np.nanmin(factors.data) >= 0 and np.nanmin(loadings.data) >= 0
     merged = hs.load(out / "cluster_merged_diffraction.hspy")
     assert merged.data.shape == (3, 24, 24)
+    mean = hs.load(out / "cluster_mean_patterns.hspy")
+    assert (
+        mean.data.shape == (3, 24, 24)
+        and mean.axes_manager.signal_axes[0].units == "1/nm"
+    )
     lr = np.load(out / "learning_results.npz", allow_pickle=False)
     assert lr["factors"].shape == (24 * 24, 4) and "cdiff_labels" in lr.files
     report = (out / "report.md").read_text()

@@ -1824,3 +1824,73 @@ def test_crystal_evidence_on_a_larger_crystals_border_is_borrowed():
         *args2, region2, grid.shape, tested, np.array([30, 6, 2]), unlike
     )
     assert faint[1] and weak[1]
+
+
+def test_mean_patterns_align_each_position_as_the_member_that_dominates_it():
+    """``mean_patterns``: the model over a cluster's positions, each rotated as its owner."""
+    yy, xx = np.mgrid[:21, :21]
+    spot = np.exp(-((xx - 16.0) ** 2 + (yy - 10.0) ** 2))
+    beam = np.exp(-((xx - 10.0) ** 2 + (yy - 10.0) ** 2))
+    f = np.stack(
+        [
+            spot,
+            np.nan_to_num(
+                cl.rotate_patterns(spot, (10, 10), 90)
+            ),  # the same grain rotated
+            np.full((21, 21), 0.1),  # the glass
+            100 * beam,  # a beam-only component, attached to the grains' cluster
+        ]
+    )
+    f[:, 0, 0] = np.nan  # a masked detector pixel
+    # positions: grain a, grain b, glass, glass, an undecided one
+    w = np.array(
+        [
+            [2.0, 0.0, 0.0, 0.0, 1.0],
+            [0.0, 2.0, 0.0, 0.0, 0.0],
+            [1.0, 1.0, 1.0, 1.0, 1.0],
+            [1.0, 1.0, 0.0, 0.0, 0.0],
+        ]
+    )
+    labels, rot = [0, 0, 1, 0], [0.0, -90.0, 0.0, 0.0]
+    aligned = np.array([True, True, True, False])
+    m = cl.mean_patterns(f, w, labels, [0, 0, 1, 1, -1], (10, 10), rot, aligned=aligned)
+    assert m.shape == (2, 21, 21) and np.isnan(m[:, 0, 0]).all()
+    # both grains' spots on the reference's, with the glass and the beam under them
+    assert m[0, 10, 16] == pytest.approx(2 * spot.max() + 0.1, rel=1e-6)
+    assert m[0, 16, 10] == pytest.approx(0.1 + 100 * beam[16, 10], abs=1e-6)
+    assert m[0, 10, 10] == pytest.approx(100.1, rel=1e-6)
+    np.testing.assert_allclose(m[1][1:, 1:], 0.1)  # the glass positions' own mean
+    # the beam-only member, the largest everywhere, would own the grains: no alignment
+    m2 = cl.mean_patterns(f, w, labels, [0, 0, 1, 1, -1], (10, 10), rot)
+    assert m2[0, 10, 16] == pytest.approx(spot.max() + 0.1, rel=1e-3)
+    # a cluster without positions is NaN; the undecided position counts nowhere
+    m3 = cl.mean_patterns(f, w, [0, 0, 2, 0], [0, 0, 2, 2, -1], (10, 10), rot)
+    assert np.isnan(m3[1]).all() and np.isfinite(m3[2][1:, 1:]).all()
+    with pytest.raises(ValueError, match="Shapes disagree"):
+        cl.mean_patterns(f, w[:, :3], labels, [0, 0, 1, 1, -1], (10, 10), rot)
+
+
+def test_clustering_stores_the_mean_pattern_of_each_cluster(result, data):
+    # the pipeline's mean patterns are mean_patterns of its own labels and alignment
+    factors, loadings, _, _ = data
+    again = cl.mean_patterns(
+        factors,
+        loadings,
+        result.labels,
+        result.position_labels,
+        tuple(result.centre),
+        result.rotation,
+        result.mirrored,
+        aligned=~result.beam_only,
+    )
+    np.testing.assert_array_equal(result.mean_patterns, again)
+    assert result.mean_patterns.shape == result.merged_factors.shape
+    # the alignment moves counts, it does not make them: each cluster's mean holds the
+    # model's counts per position there (the matrix under a grain included)
+    model = loadings.T @ factors.reshape(len(factors), -1)
+    for c in range(result.mean_patterns.shape[0]):
+        on = result.position_labels == c
+        per_position = model[on].sum(axis=1).mean()
+        assert np.nansum(result.mean_patterns[c]) == pytest.approx(
+            per_position, rel=0.02
+        )

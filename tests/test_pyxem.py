@@ -258,9 +258,12 @@ def test_merged_patterns_are_electron_diffraction(pxm, sim, lazy):
     s.calibration.mask = mask
     hyperspy_cnmf.decomposition(s, 7, **FIT)
     res = hyperspy_cnmf.cluster_diffraction(s)
+    again = hyperspy_cnmf.get_cluster_diffraction_results(s)
     for merged in (
         res["merged_factors"],
-        hyperspy_cnmf.get_cluster_diffraction_results(s)["merged_factors"],
+        again["merged_factors"],
+        res["mean_patterns"],
+        again["mean_patterns"],
     ):
         assert type(merged) is pxm.signals.ElectronDiffraction2D
         assert merged.calibration.beam_energy == ENERGY_KV

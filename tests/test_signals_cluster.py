@@ -123,7 +123,10 @@ def test_signal_method_stores_the_core_result(clustered):
         lr.factors.T.reshape(k, 48, 48), lr.loadings.T, (24.0, 24.0), nav_shape=(48, 48)
     )
     back = from_learning_results(
-        lr, ComponentClustering, "cdiff_", shapes={"merged_factors": (48, 48)}
+        lr,
+        ComponentClustering,
+        "cdiff_",
+        shapes={"merged_factors": (48, 48), "mean_patterns": (48, 48)},
     )
     for f in stored_fields(ComponentClustering):
         a, b = getattr(core, f.name), getattr(back, f.name)
@@ -271,6 +274,10 @@ def test_hyperspy_cluster_fields(clustered):
     assert lr.cluster_labels.sum(0).max() == 1
     assert lr.number_of_clusters == n_c
     assert lr.cluster_sum_signals.shape == (n_c, sig)
+    # HyperSpy's sum over a cluster's positions: the mean patterns times their number
+    mean = np.asarray(lr.cdiff_mean_patterns).T
+    np.testing.assert_allclose(lr.cluster_sum_signals, mean * sizes[:, None])
+    np.testing.assert_allclose(lr.cluster_centers, mean)
     assert lr.cluster_centroid_signals.shape == (n_c, sig)
     assert lr.cluster_distances.shape == (n_c, nav)
     assert np.array_equal(

@@ -62,6 +62,7 @@ NAMES = {
             "parameters",
             "map_artefact",  # added with issue 10, item 8
             "texture",  # added with issue 10, item 4
+            "mean_patterns",  # added with issue 10, item 9
         ),
     ),
     "cpat_": (
@@ -149,6 +150,7 @@ def test_stored_representation_is_arrays_scalars_and_strings(records):
     c = records["cdiff_"].references.size
     n = SCAN[0] * SCAN[1]
     assert comp["merged_factors"].shape == (DETECTOR[0] * DETECTOR[1], c)
+    assert comp["mean_patterns"].shape == (DETECTOR[0] * DETECTOR[1], c)
     assert comp["merged_maps"].shape == comp["normalised_maps"].shape == (n, c)
     assert comp["labels"].dtype == np.int64 and comp["beam_only"].dtype == bool
     assert isinstance(comp["parameters"], str) and isinstance(comp["threshold"], float)
@@ -156,7 +158,9 @@ def test_stored_representation_is_arrays_scalars_and_strings(records):
 
 
 def _shapes(prefix):
-    return {"merged_factors": DETECTOR} if prefix != "cnmf_" else None
+    if prefix == "cnmf_":
+        return None
+    return {"merged_factors": DETECTOR, "mean_patterns": DETECTOR}
 
 
 def test_round_trip_in_memory(records):

@@ -53,6 +53,7 @@ from hyperspy_cnmf.clustering._components import (
     cluster_components,
     map_artefacts,
     map_compactness,
+    mean_patterns,
 )
 from hyperspy_cnmf.clustering._hierarchical import (
     DEFAULT_DISTANCE_THRESHOLD,
@@ -114,6 +115,7 @@ __all__ = [
     "STRONG_CRYSTAL_Z",
     "map_artefacts",
     "map_compactness",
+    "mean_patterns",
     "DEFAULT_DISTANCE_THRESHOLD",
     "LINKAGE_METHODS",
     "ComponentClustering",

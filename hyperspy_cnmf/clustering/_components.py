@@ -21,6 +21,8 @@ cluster. It runs as a sequence of small named stages, each its own function:
 6. :func:`_align`: a reference per cluster and the rotation of every member
    onto it;
 7. :func:`~hyperspy_cnmf.clustering.merge_aligned`: merged diffraction;
+   :func:`mean_patterns`: the aligned mean model pattern of each cluster's
+   positions;
 8. :func:`_centroids`: the HyperSpy centroid signals.
 
 Everything is in detector pixels and data units; the calibrated geometry is
@@ -106,7 +108,16 @@ class ComponentClustering:
         else).
     merged_factors : ndarray of float64, shape (c, qy, qx)
         Rotation-aligned merged diffraction, data units (counts of the
-        cluster summed over the scan). Stored as ``(qy * qx, c)``.
+        cluster summed over the scan): the members' factors, the crystal's
+        share of the patterns alone (the paper's merge). Stored as
+        ``(qy * qx, c)``.
+    mean_patterns : ndarray of float64, shape (c, qy, qx)
+        Rotation-aligned mean of the model's pattern over each cluster's
+        positions (all components, :func:`mean_patterns`), data units per
+        position: what the positions of the phase show, less the noise, the
+        matrix under a grain and the direct beam's tail included, with no
+        valley carved by the separation of the components. Stored as
+        ``(qy * qx, c)``.
     merged_maps : ndarray of float64, shape (c, n_positions)
         Summed maps, data units (counts per probe position; NaN where every
         loading is NaN). When texture components were grouped (over-complete
@@ -163,6 +174,7 @@ class ComponentClustering:
     mirrored: np.ndarray = stored(dtype=bool)
     references: np.ndarray = stored(dtype=np.int64)
     merged_factors: np.ndarray = stored(columns=True)
+    mean_patterns: np.ndarray = stored(columns=True)
     merged_maps: np.ndarray = stored(columns=True)
     normalised_maps: np.ndarray = stored(columns=True)
     objects: np.ndarray = stored(dtype=np.int64)
@@ -2606,6 +2618,175 @@ def _aligned_merge(
     )
 
 
+def _position_owners(factor_sum, loadings, labels, position_labels, aligned):
+    """The member of its cluster that dominates each position (-1: none, or no cluster).
+
+    Among the components of the position's cluster with ``aligned`` True,
+    the one with the largest contribution ``loadings[i, p] * factor_sum[i]``
+    (-1 where none contributes). int64, shape ``(n_positions,)``.
+    """
+    contrib = np.nan_to_num(loadings) * factor_sum[:, None]
+    owner = np.full(position_labels.size, -1, dtype=np.int64)
+    for c in np.unique(position_labels[position_labels >= 0]):
+        on = np.flatnonzero(position_labels == c)
+        cand = np.flatnonzero((labels == c) & aligned)
+        if cand.size:
+            best = cand[np.argmax(contrib[np.ix_(cand, on)], axis=0)]
+            owner[on] = np.where(contrib[best, on] > 0, best, -1)
+    return owner
+
+
+def mean_patterns(
+    factors,
+    loadings,
+    labels,
+    position_labels,
+    centre,
+    rotation,
+    mirrored=None,
+    aligned=None,
+):
+    """Rotation-aligned mean of the model's pattern over each cluster's positions.
+
+    The model of position ``p`` is ``sum_i loadings[i, p] * factors[i]`` over
+    *all* components (the matrix under a grain, the direct beam's tail and
+    the floors of other components included): where the model fits the data,
+    its mean over a cluster's positions is the mean pattern those positions
+    hold, less the noise, and so has no valley that the separation of the
+    components carves into one factor and fills with another (issue 10,
+    item 9). Each position's model is transformed as the cluster aligns the
+    member that dominates it there: the member (among ``aligned``) with the
+    largest contribution ``loadings[i, p] * sum(factors[i])``, so that the
+    rotated grains of one phase add up in the reference's orientation; a
+    position where no such member contributes keeps its orientation. A
+    detector pixel that the rotations bring in from outside the detector
+    for some positions is the mean of the others; for all of them, the
+    positions' unrotated mean.
+
+    Parameters
+    ----------
+    factors : array_like, shape (k, qy, qx)
+        Patterns of the components, data units per unit loading; NaN on
+        masked detector pixels.
+    loadings : array_like, shape (k, n_positions)
+        Maps of the components (NaN at masked positions).
+    labels : array_like of int, shape (k,)
+        Cluster of each component.
+    position_labels : array_like of int, shape (n_positions,)
+        Cluster of each position (-1: none; left out).
+    centre : tuple of float
+        ``(x, y)`` of the rotation centre (the direct beam), px.
+    rotation : array_like of float, shape (k,)
+        Degrees: rotation of each component onto its cluster's reference
+        (:func:`~hyperspy_cnmf.clustering.rotate_patterns` convention).
+    mirrored : array_like of bool, shape (k,), optional
+        Whether that alignment mirrors the component; default none.
+    aligned : array_like of bool, shape (k,), optional
+        Members whose orientation a position can take (default all):
+        :func:`cluster_components` leaves out the beam-only components, so
+        that the direct beam does not dominate a grain's positions (its
+        texture components, the matrix's speckle, have rotation 0: the
+        positions they dominate keep their orientation).
+
+    Returns
+    -------
+    ndarray of float64, shape (c, qy, qx)
+        ``c = labels.max() + 1``; data units per position (the mean over the
+        cluster's positions, counts per position for counting data). NaN on
+        the pixels that are NaN in some factor, and everywhere for a cluster
+        without positions.
+
+    Raises
+    ------
+    ValueError
+        If the shapes disagree.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hyperspy_cnmf.clustering import mean_patterns, rotate_patterns
+    >>> f = np.zeros((3, 21, 21)); f[0, 10, 16] = 1.0; f[2] = 0.1   # a spot; a flat glass
+    >>> f[1] = rotate_patterns(f[0], (10, 10), 90)                   # the spot rotated by 90
+    >>> w = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])           # two grains on the glass
+    >>> m = mean_patterns(f, w, [0, 0, 1], [0, 0], (10, 10), [0.0, -90.0, 0.0])
+    >>> float(m[0, 10, 16]), float(m[0, 10, 10])                     # aligned spot on the glass
+    (1.1, 0.1)
+    """
+    F = np.asarray(factors, dtype=np.float64)
+    W = np.asarray(loadings, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    pos = np.asarray(position_labels, dtype=np.int64).ravel()
+    k = F.shape[0]
+    rotation = np.asarray(rotation, dtype=np.float64)
+    mirrored = (
+        np.zeros(k, dtype=bool) if mirrored is None else np.asarray(mirrored, bool)
+    )
+    aligned = np.ones(k, dtype=bool) if aligned is None else np.asarray(aligned, bool)
+    if F.ndim != 3 or W.shape != (k, pos.size) or labels.shape != (k,):
+        raise ValueError(
+            f"Shapes disagree: factors {F.shape}, loadings {W.shape}, labels "
+            f"{labels.shape}, position_labels {pos.shape}."
+        )
+    if rotation.shape != (k,) or mirrored.shape != (k,) or aligned.shape != (k,):
+        raise ValueError(
+            "`rotation`, `mirrored` and `aligned` need one value per component."
+        )
+    n_c = int(labels.max()) + 1
+    missing = np.any(np.isnan(F), axis=0)
+    flat = np.nan_to_num(F).reshape(k, -1)
+    W = np.nan_to_num(W)
+    owner = _position_owners(flat.sum(axis=1), W, labels, pos, aligned)
+
+    def model_mean(sel):
+        out = (W[:, sel].mean(axis=1) @ flat).reshape(F.shape[1:])
+        out[missing] = np.nan
+        return out
+
+    out = _aligned_means(
+        model_mean, owner, pos, (n_c,) + F.shape[1:], centre, rotation, mirrored
+    )
+    out[:, missing] = np.nan
+    return out
+
+
+def _aligned_means(
+    group_mean, owner, position_labels, shape, centre, rotation, mirrored
+):
+    """Mean over each cluster's positions of ``group_mean``, each group aligned as its owner.
+
+    ``group_mean(sel)`` returns the mean pattern ``(qy, qx)`` of the flat
+    positions ``sel``; the positions of a cluster are grouped by ``owner``
+    (:func:`_position_owners`) and each group's mean is rotated (mirrored)
+    as its owner (-1: not at all), weighted by its positions. A pixel that
+    some rotations bring in from outside the detector is the mean of the
+    other groups; one that all of them do, the positions' unrotated mean.
+    Float64, ``shape`` ``(n_c, qy, qx)``; NaN for a cluster without positions.
+    (Also used by ``benchmarks/quality_valleys.py`` on the true patterns.)
+    """
+    out = np.full(shape, np.nan)
+    means, sizes, member, which = [], [], [], []
+    for c in range(shape[0]):
+        on = np.flatnonzero(position_labels == c)
+        for j in np.unique(owner[on]):
+            sel = on[owner[on] == j]
+            means.append(np.asarray(group_mean(sel), dtype=np.float64))
+            sizes.append(sel.size)
+            member.append(j)
+            which.append(c)
+    if not means:
+        return out
+    member, which, sizes = np.asarray(member), np.asarray(which), np.asarray(sizes)
+    stack = np.stack(means)
+    rot = np.where(member >= 0, rotation[member], 0.0)
+    mir = np.where(member >= 0, mirrored[member], False)
+    aligned_sum = merge_aligned(stack, centre, which, rot, mir, weights=sizes)
+    plain_sum = merge_aligned(stack, centre, which, np.zeros(rot.size), weights=sizes)
+    for c in np.unique(which):
+        total = np.where(np.isfinite(aligned_sum[c]), aligned_sum[c], plain_sum[c])
+        out[c] = total / sizes[which == c].sum()
+    return out
+
+
 def _component_parameters(
     args, components, cpx, radii, n_theta, dbr, similarity_kwargs, threshold
 ):
@@ -2946,6 +3127,16 @@ def cluster_components(
             loading_sum,
             texture,
         )
+    )
+    fields["mean_patterns"] = mean_patterns(
+        factors,
+        loadings,
+        fields["labels"],
+        fields["position_labels"],
+        cpx,
+        fields["rotation"],
+        fields["mirrored"],
+        aligned=~beam_only,
     )
     parameters = _component_parameters(
         args, components, cpx, radii, polar.shape[-1], dbr, similarity_kwargs, threshold

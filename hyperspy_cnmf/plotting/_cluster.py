@@ -266,6 +266,7 @@ def plot_gallery(
     map_cmap="viridis",
     per_row=4,
     title=None,
+    pattern_label="counts (sum over scan)",
 ):
     """Gallery of merged diffractions and summed maps, one column per cluster.
 
@@ -296,6 +297,8 @@ def plot_gallery(
     per_row : int, default 4
         Clusters per row of panels.
     title : str, optional
+    pattern_label : str, default "counts (sum over scan)"
+        Label of the diffractions' colour bars (their units).
 
     Returns
     -------
@@ -393,7 +396,7 @@ def plot_gallery(
         ax_d.set_title(head, color=palette[k], fontsize="medium", fontweight="bold")
         label_axes(ax_d, signal_axes, ("kx", "ky"))
         cb = fig.colorbar(im, ax=ax_d, shrink=0.8, pad=0.02)
-        cb.set_label("counts (sum over scan)", fontsize="small")
+        cb.set_label(pattern_label, fontsize="small")
         if isinstance(im.norm, mcolors.PowerNorm):
             # ticks evenly spaced along the (non-linear) colour bar
             ticks = im.norm.vmax * np.linspace(0, 1, 5) ** (1 / im.norm.gamma)

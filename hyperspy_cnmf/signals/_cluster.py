@@ -465,7 +465,8 @@ def _source(source):
 def _read_clustering(signal, source):
     """The stored clustering of ``source`` (merged factors as (c, qy, qx)), or None."""
     prefix, cls = _source(source)
-    shapes = {"merged_factors": _signal_geometry(signal)[0]}
+    qyqx = _signal_geometry(signal)[0]
+    shapes = {"merged_factors": qyqx, "mean_patterns": qyqx}
     res = from_learning_results(signal.learning_results, cls, prefix, shapes=shapes)
     return None if res is None or res.labels is None else res
 
@@ -746,10 +747,19 @@ def cluster_diffraction(
         ``"pseudo_distance"`` (k x k), ``"linkage"``, ``"merged_factors"``
         (rotation-aligned merged diffraction per cluster, a signal of the
         input's type with calibrated detector axes: ``ElectronDiffraction2D``
-        for pyxem's, with its beam energy and mask), ``"merged_maps"`` (summed map per
-        cluster) and ``"position_labels"`` (dominant cluster at each probe
-        position, -1 where unlabelled). The same as
-        :meth:`get_cluster_diffraction_results`.
+        for pyxem's, with its beam energy and mask: the members' factors, the
+        crystal's share alone), ``"mean_patterns"`` (the rotation-aligned mean
+        of the model's pattern over each cluster's positions, counts per
+        position, the same signal type: what the phase's positions show, the
+        matrix under a grain and the direct beam's tail included, without the
+        valleys that the separation of the components carves into single
+        factors; what :meth:`plot_cluster_gallery` shows),
+        ``"merged_maps"`` (summed map per cluster) and ``"position_labels"``
+        (dominant cluster at each probe position, -1 where unlabelled). The
+        same as :meth:`get_cluster_diffraction_results`. HyperSpy's
+        ``learning_results.cluster_sum_signals`` holds the mean patterns
+        times each cluster's positions (the sum of its positions' model
+        patterns), ``cluster_centers`` the mean patterns.
 
     Raises
     ------
@@ -844,10 +854,12 @@ def cluster_diffraction(
 
     - ``cluster_labels`` (c, nav_size) bool: the dominant-cluster
       membership; masked positions belong to no cluster;
-    - ``cluster_sum_signals`` (c, sig_size): the rotation-aligned merged
-      diffraction (the cluster's counts summed over the whole scan), so
-      ``get_cluster_signals("mean")`` is it divided by the number of
-      dominated positions;
+    - ``cluster_sum_signals`` (c, sig_size): the sum of the model's
+      patterns over the dominated positions, each rotated as the cluster
+      aligns the member that dominates it (``mean_patterns`` times their
+      number), so ``get_cluster_signals("mean")`` is ``mean_patterns``
+      (before issue 10's item 9: the merged diffraction, the cluster's
+      factors' counts summed over the whole scan);
     - ``cluster_centroid_signals`` (c, sig_size): the reference component's
       factor scaled by its mean loading over the dominated positions;
     - ``cluster_distances`` (c, nav_size): ``1 - score`` clipped to
@@ -866,7 +878,7 @@ def cluster_diffraction(
     ...                 print_info=False, random_state=0)
     >>> res = s.cluster_diffraction()
     >>> sorted(res)
-    ['labels', 'linkage', 'merged_factors', 'merged_maps', 'position_labels', 'pseudo_distance', 'rotation']
+    ['labels', 'linkage', 'mean_patterns', 'merged_factors', 'merged_maps', 'position_labels', 'pseudo_distance', 'rotation']
     >>> res["labels"].data.shape, s.learning_results.number_of_clusters
     ((8,), 3)
     >>> res["merged_factors"].plot()
@@ -935,10 +947,11 @@ def cluster_diffraction(
         lr, "cdiff_"
     )  # the decomposition it was made from (checked by the getters)
     n_c = res.references.size
+    counts = np.bincount(res.position_labels[res.position_labels >= 0], minlength=n_c)
     _fill_hyperspy_cluster_fields(
         lr,
         res.position_labels,
-        res.merged_factors.reshape(n_c, -1),
+        res.mean_patterns.reshape(n_c, -1) * counts[:n_c, None],
         res.centroids.reshape(n_c, -1),
         res.distances,
         "cluster_diffraction",
@@ -963,7 +976,8 @@ def get_cluster_diffraction_results(self, source="components"):
     dict
         Signals ``"labels"``, ``"rotation"``, ``"pseudo_distance"``,
         ``"linkage"``, ``"merged_factors"``, ``"position_labels"`` and, for
-        components, ``"merged_maps"``; see :meth:`cluster_diffraction`.
+        components, ``"mean_patterns"`` and ``"merged_maps"``; see
+        :meth:`cluster_diffraction`.
 
     Raises
     ------
@@ -1041,6 +1055,13 @@ def _results_signals(signal, res, source):
     }
     out["linkage"].metadata.General.title = "Linkage matrix"
     nav_shape = tuple(signal.axes_manager._navigation_shape_in_array)
+    if getattr(res, "mean_patterns", None) is not None:
+        out["mean_patterns"] = _pattern_stack_signal(
+            signal,
+            np.asarray(res.mean_patterns),
+            "Cluster index",
+            f"Mean pattern of the positions of clusters of {title}",
+        )
     if source == "components":
         maps = np.asarray(res.merged_maps).reshape((n_c,) + nav_shape)
         out["merged_maps"] = _nav_stack_signal(
@@ -1553,10 +1574,12 @@ def plot_cluster_dendrogram(self, source="components", ax=None, **kwargs):
     )
 
 
-def plot_cluster_gallery(self, clusters=None, norm="log", cmap="inferno", **kwargs):
-    """Plot the merged diffraction and the summed map of every cluster.
+def plot_cluster_gallery(
+    self, clusters=None, norm="log", cmap="inferno", patterns="mean", **kwargs
+):
+    """Plot the diffraction and the summed map of every cluster.
 
-    One column per cluster: the rotation-aligned merged diffraction (top,
+    One column per cluster: its rotation-aligned diffraction (top,
     calibrated detector axes, logarithmic or gamma colour scale) and its
     summed map (bottom, calibrated scan axes); a first column shows the
     dominant cluster of every probe position in the cluster colours.
@@ -1566,6 +1589,15 @@ def plot_cluster_gallery(self, clusters=None, norm="log", cmap="inferno", **kwar
     self : STEM4D or LazySTEM4D
     clusters : list of int, optional
         Clusters to show; default all.
+    patterns : {"mean", "merged"}, default "mean"
+        The diffraction shown: ``"mean"`` the aligned mean pattern of the
+        cluster's positions (``learning_results.cdiff_mean_patterns``, the
+        model there, counts per position: what the phase's positions show,
+        the matrix under a grain included); ``"merged"`` the paper's merged
+        diffraction (``cdiff_merged_factors``, the aligned sum of the
+        members' factors: the crystal's share alone, which can show the
+        matrix's halo and the direct beam's tail carved out by the
+        separation of the components, issue 10 item 9).
     norm : {"log", "gamma", "linear"}, default "log"
         Colour scale of the diffraction (``"gamma"``: power 0.3).
     cmap : str, default "inferno"
@@ -1576,6 +1608,15 @@ def plot_cluster_gallery(self, clusters=None, norm="log", cmap="inferno", **kwar
     Returns
     -------
     matplotlib.figure.Figure
+
+    Raises
+    ------
+    ValueError
+        For another ``patterns``.
+    RuntimeError
+        Without a current :meth:`cluster_diffraction`, or for
+        ``patterns="mean"`` on a clustering stored before its mean patterns
+        existed (run it again).
 
     Examples
     --------
@@ -1588,10 +1629,17 @@ def plot_cluster_gallery(self, clusters=None, norm="log", cmap="inferno", **kwar
     """
     from hyperspy_cnmf.plotting import _cluster as plotting
 
+    if patterns not in ("mean", "merged"):
+        raise ValueError(f"`patterns` must be 'mean' or 'merged', got {patterns!r}.")
     stored = _read_clustering(self, "components")
     if stored is None:
         raise RuntimeError("Run `cluster_diffraction` first.")
     _check_current(self, "components")
+    if patterns == "mean" and stored.mean_patterns is None:
+        raise RuntimeError(
+            "This clustering has no mean patterns (stored by an older version): run "
+            "`cluster_diffraction` again, or pass patterns='merged'."
+        )
     res = _results_signals(self, stored, "components")
     labels, comps = stored.labels, stored.components
     n_c = int(labels.max()) + 1
@@ -1599,8 +1647,16 @@ def plot_cluster_gallery(self, clusters=None, norm="log", cmap="inferno", **kwar
     pos = res.get("position_labels")
     sig_axes = self.axes_manager.signal_axes
     nav_axes = self.axes_manager.navigation_axes
+    if patterns == "mean":
+        shown, label = res["mean_patterns"].data, "counts per position (mean)"
+        what = "aligned mean pattern of the positions of each cluster"
+    else:
+        shown, label = res["merged_factors"].data, "counts (sum over scan)"
+        what = "merged diffraction (aligned sum of the factors)"
+    kwargs.setdefault("title", f"Clusters of {self.metadata.General.title}\n{what}")
+    kwargs.setdefault("pattern_label", label)
     return plotting.plot_gallery(
-        res["merged_factors"].data,
+        shown,
         res["merged_maps"].data,
         members=members,
         position_labels=None if pos is None else pos.data,
@@ -1609,6 +1665,5 @@ def plot_cluster_gallery(self, clusters=None, norm="log", cmap="inferno", **kwar
         clusters=clusters,
         norm=norm,
         cmap=cmap,
-        title=f"Clusters of {self.metadata.General.title}",
         **kwargs,
     )

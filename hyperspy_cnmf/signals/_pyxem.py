@@ -168,24 +168,25 @@ def as_polar_diffraction(polar, signal):
 
 
 def with_input_metadata(results, signal):
-    """The clustering's merged patterns of a pyxem signal, carrying the input's metadata.
+    """The clustering's patterns of a pyxem signal, carrying the input's metadata.
 
-    ``merged_factors`` already has the input's signal type
-    (``ElectronDiffraction2D`` for an ``ElectronDiffraction2D`` or its lazy
-    class) and calibrated axes; here it also gets the input's
+    ``merged_factors`` and ``mean_patterns`` already have the input's signal
+    type (``ElectronDiffraction2D`` for an ``ElectronDiffraction2D`` or its
+    lazy class) and calibrated axes; here they also get the input's
     ``Acquisition_instrument`` (beam energy, convergence angle, ...) and
     pyxem's detector mask, which pyxem's azimuthal integration uses by
     default. ``results`` is changed in place and returned.
     """
-    merged = results.get("merged_factors")
-    if merged is None:
-        return results
     md = signal.metadata
-    if md.has_item("Acquisition_instrument"):
-        merged.metadata.set_item(
-            "Acquisition_instrument", md.Acquisition_instrument.deepcopy()
-        )
     mask = stored_mask(signal)
-    if mask is not None:
-        merged.metadata.set_item("General.mask", mask)
+    for key in ("merged_factors", "mean_patterns"):
+        patterns = results.get(key)
+        if patterns is None:
+            continue
+        if md.has_item("Acquisition_instrument"):
+            patterns.metadata.set_item(
+                "Acquisition_instrument", md.Acquisition_instrument.deepcopy()
+            )
+        if mask is not None:
+            patterns.metadata.set_item("General.mask", mask)
     return results
