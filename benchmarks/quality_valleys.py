@@ -532,11 +532,17 @@ def analyse(name, make, k_spec, seed=0, fit_kwargs=None):
     glass_comp = comp[np.isin(merge_args[1], glass_clusters)]
     others = np.setdiff1d(np.arange(k), glass_comp)
     far_share = float(counts[others].sum() / max(counts.sum(), 1e-300))
+    # the model's level: its counts over the data's on the fitted pixels (all positions)
+    level = float(
+        (np.nansum(L, axis=1) @ np.nan_to_num(F.reshape(k, -1))[:, valid.ravel()]).sum()
+        / data.reshape(len(data), -1)[:, valid.ravel()].sum()
+    )
     return {
         "case": name,
         "k": k,
         "rows": rows,
         "far_share": far_share,
+        "level": level,
         "far_positions": int(far.sum()),
         "halo": halo,
         "beam_r": beam_r,
@@ -610,7 +616,7 @@ def summary_row(res):
         f"| {worst(grains, 'ring', 'ring_noise95')} | {worst(matrix, 'ring', 'ring_noise95')} "
         f"| {edge:.2f} | {res['far_share']:.2f} "
         f"| {worst(means, 'depth', 'noise95')} | {worst(means, 'ring', 'ring_noise95')} "
-        f"| {mean_edge} |"
+        f"| {mean_edge} | {res['level']:.3f} |"
     )
 
 
@@ -618,8 +624,8 @@ SUMMARY_HEADER = (
     "| case | k | factors: radial | merged grain clusters: radial | merged matrix cluster: radial "
     "| grain clusters: azimuthal | matrix cluster: azimuthal | grain clusters: beam-edge level (min) "
     "| far glass: others' share | mean patterns: radial | mean patterns: azimuthal "
-    "| mean patterns of grains: beam-edge level |\n"
-    "|---|---:|---|---|---|---|---|---:|---:|---|---|---|"
+    "| mean patterns of grains: beam-edge level | model / data counts |\n"
+    "|---|---:|---|---|---|---|---|---:|---:|---|---|---|---:|"
 )
 
 
@@ -720,7 +726,8 @@ def main(argv=None):
         "positions) against the aligned mean of the clean patterns of the same positions; their "
         "beam-edge cell: grain clusters below the 5th percentile of truth + noise / clusters; the "
         "lowest against that percentile (estimate / noise05). The rows name the same measures "
-        "on the data's (noisy) aligned mean.",
+        "on the data's (noisy) aligned mean. Model / data counts: the model's counts "
+        "(loadings times factors) over the data's on the fitted detector pixels, all positions.",
         "",
         SUMMARY_HEADER,
         *summary,

@@ -1866,6 +1866,20 @@ def test_mean_patterns_align_each_position_as_the_member_that_dominates_it():
     # a cluster without positions is NaN; the undecided position counts nowhere
     m3 = cl.mean_patterns(f, w, [0, 0, 2, 0], [0, 0, 2, 2, -1], (10, 10), rot)
     assert np.isnan(m3[1]).all() and np.isfinite(m3[2][1:, 1:]).all()
+    # a dead detector column off the centre: where the one rotated grain brings it,
+    # no position has data (NaN, not another orientation's counts); corners that
+    # every rotation brings in from outside the detector take the unrotated mean
+    g = f.copy()
+    g[:, :, 3] = np.nan
+    m4 = cl.mean_patterns(
+        g, w, labels, [1, 0, 1, 1, -1], (10, 10), rot, aligned=aligned
+    )
+    assert np.isnan(m4[0, 17, :]).all() and np.isnan(m4[0, :, 3]).all()
+    m5 = cl.mean_patterns(
+        f, w, labels, [1, 0, 1, 1, -1], (10, 10), [0, 45, 0, 0], aligned=aligned
+    )
+    assert np.isnan(cl.rotate_patterns(np.ones((21, 21)), (10, 10), 45.0)[20, 20])
+    assert m5[0, 20, 20] == pytest.approx(0.1 + 100 * beam[20, 20])  # unrotated
     with pytest.raises(ValueError, match="Shapes disagree"):
         cl.mean_patterns(f, w[:, :3], labels, [0, 0, 1, 1, -1], (10, 10), rot)
 

@@ -55,6 +55,7 @@ from hyperspy_cnmf.clustering._polar import (
     beam_search_mask,
     estimate_direct_beam_radius,
     find_direct_beam,
+    rotate_patterns,
 )
 from hyperspy_cnmf.clustering._similarity import prepare_polar, rotational_similarity
 from hyperspy_cnmf.nmf._kernels import hals_rows
@@ -2660,8 +2661,10 @@ def mean_patterns(
     rotated grains of one phase add up in the reference's orientation; a
     position where no such member contributes keeps its orientation. A
     detector pixel that the rotations bring in from outside the detector
-    for some positions is the mean of the others; for all of them, the
-    positions' unrotated mean.
+    (or from a masked pixel) for some positions is the mean of the others;
+    one that every rotation brings in from outside the detector (a corner),
+    the positions' unrotated mean; a masked pixel rotated onto one that no
+    other position has stays NaN (:func:`_aligned_means`).
 
     Parameters
     ----------
@@ -2692,9 +2695,11 @@ def mean_patterns(
     -------
     ndarray of float64, shape (c, qy, qx)
         ``c = labels.max() + 1``; data units per position (the mean over the
-        cluster's positions, counts per position for counting data). NaN on
-        the pixels that are NaN in some factor, and everywhere for a cluster
-        without positions.
+        cluster's positions, counts per position for counting data), at the
+        model's level (the dip constraint lifts the factors' noise a little,
+        :class:`~hyperspy_cnmf.constraints.DiffractionDipConstraint`). NaN
+        on the pixels that are NaN in some factor or that a rotation brings
+        in from them alone, and everywhere for a cluster without positions.
 
     Raises
     ------
@@ -2758,8 +2763,11 @@ def _aligned_means(
     positions ``sel``; the positions of a cluster are grouped by ``owner``
     (:func:`_position_owners`) and each group's mean is rotated (mirrored)
     as its owner (-1: not at all), weighted by its positions. A pixel that
-    some rotations bring in from outside the detector is the mean of the
-    other groups; one that all of them do, the positions' unrotated mean.
+    some rotations bring in from outside the detector or from a missing
+    (NaN) pixel is the mean of the other groups; one that every rotation
+    brings in from outside the detector (a corner), the positions'
+    unrotated mean; one that no group has otherwise stays NaN (a rotated
+    detector mask is not filled with another orientation's counts).
     Float64, ``shape`` ``(n_c, qy, qx)``; NaN for a cluster without positions.
     (Also used by ``benchmarks/quality_valleys.py`` on the true patterns.)
     """
@@ -2781,8 +2789,14 @@ def _aligned_means(
     mir = np.where(member >= 0, mirrored[member], False)
     aligned_sum = merge_aligned(stack, centre, which, rot, mir, weights=sizes)
     plain_sum = merge_aligned(stack, centre, which, np.zeros(rot.size), weights=sizes)
+    # where each group's rotation samples outside the detector
+    outside = np.isnan(
+        rotate_patterns(np.ones((rot.size,) + stack.shape[1:]), centre, rot, mir)
+    )
     for c in np.unique(which):
-        total = np.where(np.isfinite(aligned_sum[c]), aligned_sum[c], plain_sum[c])
+        corner = np.all(outside[which == c], axis=0)
+        total = np.where(corner, plain_sum[c], aligned_sum[c])
+        total = np.where(np.isfinite(aligned_sum[c]), aligned_sum[c], total)
         out[c] = total / sizes[which == c].sum()
     return out
 

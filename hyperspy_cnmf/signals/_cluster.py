@@ -758,8 +758,10 @@ def cluster_diffraction(
         (dominant cluster at each probe position, -1 where unlabelled). The
         same as :meth:`get_cluster_diffraction_results`. HyperSpy's
         ``learning_results.cluster_sum_signals`` holds the mean patterns
-        times each cluster's positions (the sum of its positions' model
-        patterns), ``cluster_centers`` the mean patterns.
+        times each cluster's positions (the sum of its positions' aligned
+        model patterns: the rotations move counts, corners that they bring
+        in from outside the detector are the unrotated mean's),
+        ``cluster_centers`` the mean patterns.
 
     Raises
     ------
@@ -976,7 +978,8 @@ def get_cluster_diffraction_results(self, source="components"):
     dict
         Signals ``"labels"``, ``"rotation"``, ``"pseudo_distance"``,
         ``"linkage"``, ``"merged_factors"``, ``"position_labels"`` and, for
-        components, ``"mean_patterns"`` and ``"merged_maps"``; see
+        components, ``"mean_patterns"`` (absent for a clustering stored by
+        a version before them) and ``"merged_maps"``; see
         :meth:`cluster_diffraction`.
 
     Raises
@@ -1053,6 +1056,12 @@ def _results_signals(signal, res, source):
             + f" of clusters of {title}",
         ),
     }
+    out["merged_factors"].metadata.set_item(
+        "Signal.quantity",
+        "Intensity summed over the scan (data units)"
+        if source == "components"
+        else "Intensity per probe position (data units)",
+    )
     out["linkage"].metadata.General.title = "Linkage matrix"
     nav_shape = tuple(signal.axes_manager._navigation_shape_in_array)
     if getattr(res, "mean_patterns", None) is not None:
@@ -1061,6 +1070,9 @@ def _results_signals(signal, res, source):
             np.asarray(res.mean_patterns),
             "Cluster index",
             f"Mean pattern of the positions of clusters of {title}",
+        )
+        out["mean_patterns"].metadata.set_item(
+            "Signal.quantity", "Intensity per probe position (data units)"
         )
     if source == "components":
         maps = np.asarray(res.merged_maps).reshape((n_c,) + nav_shape)
