@@ -752,3 +752,35 @@ def test_disk_radius_auto_without_record_warns(base_signal):
     s = with_decomposition(base_signal, factors, loadings)  # no constrained NMF record
     with pytest.warns(UserWarning, match="No direct-beam radius was measured"):
         _cluster.cluster_diffraction(s)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint16])
+def test_region_mean_patterns_read_as_nan_to_num(dtype):
+    """The grains' read: region means and responses of ``nan_to_num`` of the data,
+    the data untouched, in memory and lazily (chunks of 2 scan rows)."""
+    from hyperspy_cnmf.signals import STEM4D
+
+    rng = np.random.default_rng(0)
+    data = rng.poisson(5.0, (4, 5, 6, 6)).astype(dtype)
+    if dtype is np.float32:
+        data[1, 2, 3, 3] = np.nan
+        data[2, 0, 0, 1] = np.inf
+    region = np.full(20, -1)
+    region[[1, 2, 7, 12]] = 0
+    region[[13, 14]] = 1
+    at, which = np.array([0, 7, 10, 19]), np.array([0, 1, 0, 1])
+    filters = rng.random((2, 36)).astype(np.float32)
+    flat = np.nan_to_num(data.reshape(20, 36).astype(np.float64))
+    want = [flat[region == g].mean(axis=0).reshape(6, 6) for g in (0, 1)]
+    s = STEM4D(data.copy())
+    for sig in (s, s.as_lazy()):
+        if sig._lazy:
+            sig.data = sig.data.rechunk((2, 5, 6, 6))
+        means, response = _cluster._region_mean_patterns(sig)(
+            region, filters, at, which
+        )
+        np.testing.assert_array_equal(means, np.stack(want))
+        np.testing.assert_array_equal(
+            response, np.einsum("ij,ij->i", flat[at], filters[which])
+        )
+    np.testing.assert_array_equal(s.data, data)  # NaN and inf still there

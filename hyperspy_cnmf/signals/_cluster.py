@@ -1157,6 +1157,20 @@ def _excluded_defects(signal, factors):
     return out
 
 
+def _finite_float64(rows):
+    """``np.nan_to_num(rows.astype(np.float64))`` of fancy-indexed rows (a copy already).
+
+    Integer data hold no NaN, and finite float data need no replacement: the
+    full ``nan_to_num`` (three scans and a copy) only runs where a value is
+    not finite. It took half of ``cluster_diffraction``'s read of a 1 GB
+    scan (6.1 of 12.2 s, cProfile, session 19).
+    """
+    x = np.asarray(rows, dtype=np.float64)
+    if rows.dtype.kind in "fc" and not np.isfinite(x).all():
+        x = np.nan_to_num(x, copy=False)
+    return x
+
+
 def _region_mean_patterns(signal, excluded=None):
     """``region_patterns`` for :func:`~hyperspy_cnmf.clustering.cluster_components`.
 
@@ -1201,11 +1215,11 @@ def _region_mean_patterns(signal, excluded=None):
                 at_r = at_r[np.argsort(r[at_r], kind="stable")]
                 first = np.flatnonzero(np.r_[True, np.diff(r[at_r]) > 0])
                 sums[r[at_r[first]]] += np.add.reduceat(
-                    np.nan_to_num(band[at_r].astype(np.float64)), first, axis=0
+                    _finite_float64(band[at_r]), first, axis=0
                 )
             for i0 in range(0, asked.size, 256):
                 part = asked[i0 : i0 + 256]
-                x = np.nan_to_num(band[at[part] - lo].astype(np.float64))
+                x = _finite_float64(band[at[part] - lo])
                 response[part] = np.einsum("ij,ij->i", x, filters[which[part]])
             del band
         means.read_fraction = read / data.shape[0]
