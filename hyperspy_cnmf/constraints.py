@@ -61,9 +61,10 @@ grey-scale morphological *closing* with a disk of radius ``r``:
   the embedded default (``benchmarks/results/quality_valleys.md``, "model /
   data counts"); without the constraint 1.004 and 1.028 on the 2-phase (k =
   5) and descan (k = 10) cases. Filling only what exceeds the ring's noise
-  (its 75th percentile fill, or twice its robust noise) brought it to
-  1.03-1.07 with labels as good (66 fits, mean ARI 0.897 both), but left more
-  carved valleys (scratch sweeps, session 19); not adopted.
+  brought it to 1.03-1.07 (subtracting the ring's 75th percentile fill, with
+  labels as good: 66 fits, mean ARI 0.897 both; or twice the ring's robust
+  noise), but both left more carved valleys (``quality_valleys.py`` with
+  scratch patches, session 19); not adopted.
 
 Valleys wider than the disk (e.g. between the direct beam and the first
 amorphous halo) are real and kept. For convergent-beam data whose disks

@@ -544,6 +544,16 @@ def test_figures(clustered, tmp_path):
     assert "1/nm" in labels and "nm" in labels
     fig.savefig(tmp_path / "gallery.png")
     fig = _cluster.plot_cluster_gallery(s, clusters=[1, 2], norm="gamma")
+    # the mean patterns by default, the paper's merged diffraction on request
+    mean = np.asarray(lr.cdiff_mean_patterns).T[0].reshape(48, 48)
+    merged = np.asarray(lr.cdiff_merged_factors).T[0].reshape(48, 48)
+    for which, shown in (("mean", mean), ("merged", merged)):
+        fig = _cluster.plot_cluster_gallery(s, patterns=which)
+        img = fig.axes[1].images[0].get_array()  # cluster 0, beside the overview
+        np.testing.assert_array_equal(np.ma.filled(img, np.nan), shown)
+        assert which in fig._suptitle.get_text()
+    with pytest.raises(ValueError, match="'mean' or 'merged'"):
+        _cluster.plot_cluster_gallery(s, patterns="sum")
     plt.close("all")
     with pytest.raises(RuntimeError):
         _cluster.plot_cluster_gallery(s.deepcopy().__class__(np.zeros((2, 2, 4, 4))))
