@@ -17,6 +17,7 @@ import textwrap
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import colors as mcolors
+from matplotlib import ticker as mticker
 from scipy.cluster import hierarchy
 
 __all__ = ["cluster_colors", "diffraction_cmap", "plot_dendrogram", "plot_gallery"]
@@ -397,6 +398,12 @@ def plot_gallery(
         label_axes(ax_d, signal_axes, ("kx", "ky"))
         cb = fig.colorbar(im, ax=ax_d, shrink=0.8, pad=0.02)
         cb.set_label(pattern_label, fontsize="small")
+        if isinstance(im.norm, mcolors.LogNorm):
+            # a bar of two decades or less: ticks at 1, 2, 5 x 10^n, no crowd
+            # of labelled minor ticks (a mean pattern spans few decades)
+            if np.log10(im.norm.vmax / im.norm.vmin) <= 2:
+                cb.ax.yaxis.set_major_locator(mticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            cb.ax.yaxis.set_minor_formatter(mticker.NullFormatter())
         if isinstance(im.norm, mcolors.PowerNorm):
             # ticks evenly spaced along the (non-linear) colour bar
             ticks = im.norm.vmax * np.linspace(0, 1, 5) ** (1 / im.norm.gamma)
