@@ -234,6 +234,7 @@ def compare(est, truth, centre, n_r, rings, dip, rng):
         "chord_truth_max": float(np.nanmax(m_t["Dc"])),
         "chord_noise95": float(np.percentile(noisy["Dc"], 95)),
         "edge": m_e["edge"] / m_t["edge"] if m_t["edge"] > 0 else np.inf,
+        "edge_truth": m_t["edge"],
         # 5th percentile of the same ratio for truth + noise (below it: darker than noise)
         "edge_noise05": float(np.percentile(noisy["edge"], 5)) / m_t["edge"]
         if m_t["edge"] > 0
@@ -508,17 +509,10 @@ def analyse(name, make, k_spec, seed=0, fit_kwargs=None):
             dip,
         )
         ring_i = rings_of(ph).index(c["ring_r"])
-        t_edge = measures(
-            np.where(np.isfinite(MP[cl]), MP_truth[cl], np.nan),
-            centre,
-            n_r,
-            rings_of(ph),
-            dip,
-        )["edge"]
         c.update(
             what=f"mean {cl} ({n} pos.)",
             match=f"phase {ph}; data: radial {m_d['D'][c['r']]:.3f}, "
-            f"azim. {m_d['ring'][ring_i]:.2f}, beam-edge {m_d['edge'] / t_edge:.2f}",
+            f"azim. {m_d['ring'][ring_i]:.2f}, beam-edge {m_d['edge'] / c['edge_truth']:.2f}",
             mean=True,
             phase=ph,
         )
