@@ -10,8 +10,9 @@ sweeps, position ARI against the true phase map after the default decomposition
   ``data`` drawn again as Poisson counts at 1500, 15000 and 100000 per unit intensity, k = the
   true count and 30, random_state ``--seeds`` (default 0 1 2).
 
-Each decomposition is clustered four ways: without the rim rules (no growth, no release:
-:data:`~hyperspy_cnmf.clustering.RIM_MAX_PROBE_FWHM` 0), with the growth's z test alone
+Each decomposition is clustered four ways: without the rim rules (no growth:
+:data:`~hyperspy_cnmf.clustering.RIM_MAX_PROBE_FWHM` 0; no release: ``_rim_release`` returns
+nothing), with the growth's z test alone
 (:data:`~hyperspy_cnmf.clustering.RIM_EDGE_FRACTION` 0), without the crystal test of the grain
 regions (:data:`~hyperspy_cnmf.clustering.CRYSTAL_Z` -inf: patches of the glass's speckle count
 as grains) and as shipped; the phases found are the shipped clustering's. The multislice fits
@@ -27,6 +28,7 @@ The table (markdown) goes to ``benchmarks/results/quality_dose.md`` (with ``--fi
 
 import argparse
 import warnings
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +40,12 @@ HERE = Path(__file__).resolve().parent
 #: The column of ARI between the lazy (8 x 8 navigation chunks) and the in-memory shipped labels.
 LAZY = "lazy = in memory"
 WAYS = {
-    "no rim rules": ("RIM_MAX_PROBE_FWHM", 0.0),
-    "z test alone": ("RIM_EDGE_FRACTION", 0.0),
-    "no crystal test": ("CRYSTAL_Z", -np.inf),
+    "no rim rules": (
+        ("RIM_MAX_PROBE_FWHM", 0.0),
+        ("_rim_release", lambda *a, **kw: np.zeros(0, dtype=np.int64)),
+    ),
+    "z test alone": (("RIM_EDGE_FRACTION", 0.0),),
+    "no crystal test": (("CRYSTAL_Z", -np.inf),),
     "shipped": None,
 }
 
@@ -53,7 +58,9 @@ def _labels(s):
             if patch is None:
                 s.cluster_diffraction()
             else:
-                with _patched(*patch):
+                with ExitStack() as stack:
+                    for name_value in patch:
+                        stack.enter_context(_patched(*name_value))
                     s.cluster_diffraction()
         out[name] = np.asarray(s.learning_results.cdiff_position_labels).copy()
     return out

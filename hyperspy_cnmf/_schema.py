@@ -215,6 +215,13 @@ class DecompositionRecord:
         when the constraint is off).
     parameters : dict
         Every setting of the run (stored as a JSON string).
+    beam_positions : ndarray of float64, shape (n_positions, 2)
+        ``(x, y)`` direct-beam centre of every scan position (detector column,
+        row; px, navigation order; NaN where masked), measured in the
+        statistics read (:func:`~hyperspy_cnmf.nmf._kernels.block_beam_centres`);
+        absent for one signal axis. The clustering compares each grain's
+        patterns about its own beam (descan; ``cluster_components``'s
+        ``beam_positions``).
     """
 
     loss: np.ndarray = stored(dtype=np.float64)
@@ -224,3 +231,4 @@ class DecompositionRecord:
     map_resolution: float = stored("float")
     diffraction_constraint_size: float = stored("float")
     parameters: dict = stored("json")
+    beam_positions: np.ndarray = stored(dtype=np.float64)

@@ -1668,8 +1668,8 @@ def test_grain_patterns_are_compared_on_the_fits_pixels():
     f = f.copy()
     f[:, np.hypot(xx - 20, yy - 20) <= 7.5] = np.nan  # the fit's direct-beam mask
     moving = model.copy()
-    for p in range(model.shape[0]):  # a spot at 6.5 px turning across the scan
-        moving[p] += 3.0 * _disks([(6.5, 360.0 * (p % 32) / 32, 1.0)], radius=2.0)
+    for p in range(model.shape[0]):  # a spot within 7.5 px turning across the scan
+        moving[p] += 3.0 * _disks([(5.5, 360.0 * (p % 32) / 32, 1.0)], radius=2.0)
     still = cl.cluster_components(
         f, m, (20.0, 20.0), region_patterns=_means(model), **kw
     )
@@ -1679,6 +1679,109 @@ def test_grain_patterns_are_compared_on_the_fits_pixels():
     np.testing.assert_array_equal(res.position_labels, still.position_labels)
     found = [np.bincount(res.position_labels[grains[i]]).argmax() for i in range(3)]
     assert found[0] == found[2] != found[1]  # the two square grains: one phase
+
+
+def _descan(model, amplitude, nav_shape=(32, 32), centre=(20.0, 20.0)):
+    """``model``'s patterns moved by a linear descan of +-``amplitude`` px in x and
+    half that in y over the scan (bilinear); returns them and every position's
+    ``(x, y)`` beam centre."""
+    yy, xx = np.mgrid[: nav_shape[0], : nav_shape[1]]
+    shift = np.stack(
+        [
+            amplitude * (2 * xx / (nav_shape[1] - 1) - 1),
+            0.5 * amplitude * (2 * yy / (nav_shape[0] - 1) - 1),
+        ],
+        axis=-1,
+    ).reshape(-1, 2)
+    moved = np.stack(
+        [
+            ndimage.shift(p, (d[1], d[0]), order=1, mode="nearest")
+            for p, d in zip(model, shift)
+        ]
+    )
+    return moved, shift + np.asarray(centre)
+
+
+def test_grain_patterns_are_compared_about_each_regions_own_beam():
+    """Under descan the whole pattern moves with the beam: with the beam of every
+    position (``cnmf_beam_positions``) each grain's mean pattern is compared about
+    its own beam and the grains are classed as without descan; about one fixed
+    centre, 3 px of descan makes the rhomb grain the square grains' phase."""
+    f, m, model, grains = _mixed_component()
+    kw = dict(nav_shape=(32, 32), direct_beam_radius=5.0, disk_radius=3.0)
+    still = cl.cluster_components(
+        f, m, (20.0, 20.0), region_patterns=_means(model), **kw
+    )
+    moved, beam = _descan(model, 3.0)
+    fixed = cl.cluster_components(
+        f, m, (20.0, 20.0), region_patterns=_means(moved), **kw
+    )
+    found = [np.bincount(fixed.position_labels[grains[i]]).argmax() for i in range(3)]
+    assert found[0] == found[1] == found[2]  # the failure: one phase for all
+    res = cl.cluster_components(
+        f, m, (20.0, 20.0), region_patterns=_means(moved), beam_positions=beam, **kw
+    )
+    np.testing.assert_array_equal(res.position_labels, still.position_labels)
+    # without descan the beam positions change nothing
+    flat = np.tile([20.0, 20.0], (32 * 32, 1))
+    same = cl.cluster_components(
+        f, m, (20.0, 20.0), region_patterns=_means(model), beam_positions=flat, **kw
+    )
+    np.testing.assert_array_equal(same.position_labels, still.position_labels)
+    with pytest.raises(ValueError, match="beam_positions"):
+        cl.cluster_components(f, m, (20.0, 20.0), beam_positions=beam[:-1], **kw)
+
+
+def test_bragg_filter_is_taken_about_the_patterns_most_isotropic_centre():
+    """A glass pattern whose halo sits 1.5 px off the scan's centre (descan) leaves,
+    about that centre, a crescent of excess that the filter takes for disks; of the
+    candidate centres its own gives an empty filter. A grain's disks stay."""
+    from hyperspy_cnmf.clustering._components import _bragg_filters, _ring_excess
+
+    own = (21.5, 20.0)
+    glass = _disks([], halo=1.0, centre=own) + 0.05
+    beyond = np.hypot(*np.mgrid[-20:21, -18.5:22.5]) > 7.0  # 2 px beyond the beam
+    excess = [_ring_excess(glass, c, 3.0)[1][beyond].sum() for c in ((20.0, 20.0), own)]
+    assert excess[1] < 0.5 * excess[0]  # a crescent about the scan's centre (0.26)
+    both = np.array([[[20.0, 20.0], list(own)]])
+    np.testing.assert_array_equal(
+        _bragg_filters(glass[None], both, 3.0, 5.0),
+        _bragg_filters(glass[None], own, 3.0, 5.0),
+    )
+    grain = glass + _disks([(10, a, 1.0) for a in (20, 110, 200, 290)], centre=own)
+    best = _bragg_filters(grain[None], both, 3.0, 5.0)[0].reshape(41, 41)
+    direct = _bragg_filters(grain[None], own, 3.0, 5.0)[0].reshape(41, 41)
+    np.testing.assert_array_equal(best, direct)
+    x, y = own[0] + 10 * np.cos(np.deg2rad(20)), own[1] + 10 * np.sin(np.deg2rad(20))
+    assert best[int(round(y)), int(round(x))] > 0.5 * best.max()
+
+
+def test_beam_offsets_of_regions_and_of_their_model_patterns():
+    """A region's offset is its positions' mean beam less the scan's (NaN left out);
+    its model pattern's, its components' offsets (each the mean over its map, by
+    contribution) weighted by their counts in the region."""
+    from hyperspy_cnmf.clustering._components import _beam_offsets, _model_offsets
+
+    beam = np.array([[10.0, 5.0], [12.0, 5.0], [14.0, 8.0], [np.nan, np.nan]])
+    region = np.array([0, 0, 1, 1])
+    mean = np.array([12.0, 6.0])
+    np.testing.assert_allclose(
+        _beam_offsets(region, 3, beam),
+        [[11.0 - 12.0, 5.0 - 6.0], [14.0 - 12.0, 8.0 - 6.0], [0.0, 0.0]],
+    )
+    assert not _beam_offsets(region, 2, None).any()
+    assert not _beam_offsets(region, 2, np.full((4, 2), np.nan)).any()
+    loadings = np.array([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 2.0, 5.0]])
+    comp = np.array([[11.0, 5.0], [14.0, 8.0]]) - mean  # NaN position: no weight
+    weights = np.array([[1.0, 0.0], [0.5, 0.5], [0.0, 0.0]])
+    factor_sum = np.array([1.0, 3.0])
+    out = _model_offsets(weights, loadings, factor_sum, beam)
+    np.testing.assert_allclose(out[0], comp[0])
+    np.testing.assert_allclose(out[1], (0.5 * comp[0] + 1.5 * comp[1]) / 2.0)
+    assert (
+        not out[2].any()
+        and not _model_offsets(weights, loadings, factor_sum, None).any()
+    )
 
 
 def test_on_crystal_borders_marks_the_rim_a_larger_unlike_crystal_lends():

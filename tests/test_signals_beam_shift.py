@@ -249,6 +249,10 @@ def test_decomposition_warns_on_descan_and_returns_positions(descan, lazy):
     bp = info["beam_positions"]
     assert bp.shape == (truth.shape[0] * truth.shape[1], 2)
     assert _rms(bp, truth.reshape(-1, 2)) < 0.1
+    # stored with the run, for the clustering (each grain about its own beam)
+    stored = s.learning_results.cnmf_beam_positions
+    assert stored.dtype == np.float64
+    np.testing.assert_array_equal(stored, bp)
 
 
 def test_decomposition_silent_without_descan(descan):

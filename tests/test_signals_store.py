@@ -36,6 +36,7 @@ NAMES = {
             "map_resolution",
             "diffraction_constraint_size",
             "parameters",
+            "beam_positions",  # added with issue 10 (descan in the clustering)
         ),
     ),
     "cdiff_": (
@@ -116,6 +117,7 @@ def records():
         map_resolution=float("nan"),
         diffraction_constraint_size=2.5,
         parameters={"k": 3, "map_filter": "gaussian", "tol": 1e-4, "x": None},
+        beam_positions=np.array([[8.0, 8.25], [np.nan, np.nan]] * 6),
     )
     return {"cnmf_": dec, "cdiff_": comp, "cpat_": pat}
 

@@ -727,11 +727,14 @@ def cluster_diffraction(
         Their number is recorded as ``grain_rim_positions``; the grain's own
         positions whose patterns stay below
         :data:`~hyperspy_cnmf.clustering.GRAIN_RELEASE_Z` of that measure go
-        back to the matrix (``grain_released_positions``). Only when the
-        decomposition's probe FWHM (from the calibration, ``map_resolution``)
-        is at most :data:`~hyperspy_cnmf.clustering.RIM_MAX_PROBE_FWHM` scan
-        steps: a broader probe shows a grain's disks one step outside it as
-        strongly. Costs one read of the scan bands that hold grain positions
+        back to the matrix (``grain_released_positions``). Rims grow only
+        when the decomposition's probe FWHM (from the calibration,
+        ``map_resolution``) is at most
+        :data:`~hyperspy_cnmf.clustering.RIM_MAX_PROBE_FWHM` scan steps: a
+        broader probe shows a grain's disks one step outside it as strongly.
+        Each grain's patterns are taken about its own direct beam
+        (``cnmf_beam_positions``, measured by the decomposition): descan
+        left uncorrected moves the whole pattern. Costs one read of the scan bands that hold grain positions
         and their matrix surroundings up to ``RIM_NULL_SHELL[1]`` = 10
         positions away; a lazy signal is read
         band by band. The number of regions compared is recorded as
@@ -941,6 +944,7 @@ def cluster_diffraction(
         signal_mask=_signal_mask(self),
         region_patterns=region_patterns,
         probe_fwhm=_probe_fwhm_steps(self),
+        beam_positions=getattr(lr, "cnmf_beam_positions", None),
     )
     _warn_map_artefacts(res)
     clear_learning_results(lr, "cdiff_")  # no field of an older clustering stays

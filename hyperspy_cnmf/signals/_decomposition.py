@@ -604,6 +604,7 @@ def constrained_nmf_decomposition(
         map_resolution=res_value,
         diffraction_constraint_size=dip_radius,
         parameters=settings,
+        beam_positions=beam_positions,
     )
     _write_results(signal.learning_results, p, loadings, factors, sig_mask, record)
     info = dict(
