@@ -1228,7 +1228,8 @@ def _region_mean_patterns(signal, excluded=None):
             del band
         means.read_fraction = read / data.shape[0]
         counts = np.bincount(region[region >= 0], minlength=n)
-        return (sums / np.maximum(counts, 1)[:, None]).reshape(n, qy, qx), response
+        sums /= np.maximum(counts, 1)[:, None]  # in place: regions x pixels once
+        return sums.reshape(n, qy, qx), response
 
     means.read_fraction = 0.0
     return means
