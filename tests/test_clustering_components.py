@@ -1623,12 +1623,13 @@ def test_halves_self_distances_and_noise_correction():
 
     halves = np.stack([half(40), half(40), half(0.3), half(0.3), half(40), clean * 0])
     counts = np.array([40, 40, 10, 10, 40, 0])
-    d = _self_distances(halves, counts, (20.0, 20.0), 1.5, 3.0, {}, {})
+    d = _self_distances(halves, counts, [(20.0, 20.0)] * 3, 1.5, 3.0, {}, {}, (20, 20))
     assert d.shape == (3,)
     assert 0 < d[0] < d[1]
     assert d[2] == 0.0  # an empty half: no measure, no correction
     small = np.array([40, 40, 9, 10, 40, 0])  # 19 positions: not measured
-    assert _self_distances(halves, small, (20.0, 20.0), 1.5, 3.0, {}, {})[1] == 0.0
+    centres = [(20.0, 20.0)] * 3
+    assert _self_distances(halves, small, centres, 1.5, 3.0, {}, {}, (20, 20))[1] == 0.0
     assert _halves(np.array([0, 0, 0, -1]), (4,)).tolist() == [0, 1, 0, -1]
     assert _halves(np.zeros(8, int), (2, 2, 2)).tolist() == [0, 1, 1, 0, 1, 0, 0, 1]
 
@@ -1639,9 +1640,16 @@ def test_halves_self_distances_and_noise_correction():
         for _ in range(draws):
             h = np.stack([half(n1 / 50), half(n2 / 50)])
             out.append(
-                _self_distances(h, np.array([n1, n2]), (20.0, 20.0), 1.5, 3.0, {}, {})[
-                    0
-                ]
+                _self_distances(
+                    h,
+                    np.array([n1, n2]),
+                    [(20.0, 20.0)],
+                    1.5,
+                    3.0,
+                    {},
+                    {},
+                    (20.0, 20.0),
+                )[0]
             )
         return np.mean(out)
 

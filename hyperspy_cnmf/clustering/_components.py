@@ -55,6 +55,7 @@ from hyperspy_cnmf.clustering._polar import (
     beam_search_mask,
     estimate_direct_beam_radius,
     find_direct_beam,
+    polar_transform,
     rotate_patterns,
 )
 from hyperspy_cnmf.clustering._similarity import prepare_polar, rotational_similarity
@@ -1999,19 +2000,44 @@ def _model_offsets(weights, loadings, factor_sum, beam_positions):
     )
 
 
-def _recentred(patterns, offsets):
-    """``patterns`` (n, qy, qx) float64, each shifted in place by ``-offsets[i]``.
+def _disk_similarity(disks, centres, beam_radius, grid, kwargs, reference):
+    """Pairwise similarity of disk images, each polar-transformed about its own centre.
 
-    ``offsets`` ``(x, y)`` px; bilinear, 0 outside. Patterns whose offset is
-    below 0.05 px in both coordinates are left as they are. Returns
-    ``patterns``.
+    ``disks`` (n, qy, qx); ``centres`` (n, 2) ``(x, y)`` px, each image's
+    direct beam. Every image is sampled on the polar grid that ``grid``
+    gives about ``reference`` (the scan's mean beam: the same radii and
+    azimuths; samples that fall off the detector are NaN and do not count),
+    about its own centre: under descan a region's patterns sit on its own
+    beam, and sampling them there costs no interpolation beyond the polar
+    transform's own (shifting the patterns first blurred some by up to half
+    a pixel and moved two pieces of one grain 0.24 -> 0.27 apart). With one
+    centre for all this is :func:`polar_similarity`'s result. Returns the
+    :class:`~hyperspy_cnmf.clustering.SimilarityResult`.
     """
-    for i, (dx, dy) in enumerate(offsets):
-        if max(abs(dx), abs(dy)) >= 0.05:
-            patterns[i] = ndimage.shift(
-                patterns[i], (-dy, -dx), order=1, mode="constant"
-            )
-    return patterns
+    centres = np.asarray(centres, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    if np.all(centres == reference[None, :]):
+        return polar_similarity(
+            disks, reference, direct_beam_radius=beam_radius, **grid, **kwargs
+        )[2]
+    _, radii, theta = polar_transform(
+        disks[:1], centre=reference, direct_beam_radius=beam_radius, **grid
+    )
+    fixed = dict(
+        grid,
+        radial_range=(float(radii[0]), float(radii[-1])),
+        n_theta=int(theta.size),
+        delta_theta=None,
+    )
+    polar = np.concatenate(
+        [
+            polar_transform(d[None], centre=c, direct_beam_radius=beam_radius, **fixed)[
+                0
+            ]
+            for d, c in zip(disks, centres)
+        ]
+    )
+    return rotational_similarity(polar, radii=radii, **kwargs)
 
 
 RING, NULL, EDGE, INSIDE, FAR = 0, 1, 2, 3, 4  # roles of the requested positions
@@ -2398,11 +2424,15 @@ def _halves(region, nav_shape):
     return np.where(region >= 0, 2 * region + parity, -1)
 
 
-def _self_distances(halves, counts, centre, disk_radius, beam_radius, grid, kwargs):
+def _self_distances(
+    halves, counts, centres, disk_radius, beam_radius, grid, kwargs, reference
+):
     """Noise of every large region's mean pattern, from its two halves (float64, (n,)).
 
     ``halves``: the mean patterns of the regions' halves (:func:`_halves`),
-    ``(2 n, qy, qx)``; ``counts``: their positions, ``(2 n,)``. Returns the
+    ``(2 n, qy, qx)``; ``counts``: their positions, ``(2 n,)``; ``centres``
+    (n, 2): each region's direct beam (:func:`_disk_similarity`, on the
+    polar grid about ``reference``). Returns the
     disk-image pseudo-distance ``d`` of the two halves times ``n_1 n_2 /
     (n_1 + n_2)^2`` (``d / 4`` for equal halves): to first order the noise
     energy of the region's mean over twice its signal energy (see
@@ -2423,14 +2453,14 @@ def _self_distances(halves, counts, centre, disk_radius, beam_radius, grid, kwar
     for r in use:
         disks = np.stack(
             [
-                bragg_disk_image(halves[i], centre, disk_radius, beam_radius or 0.0)
+                bragg_disk_image(halves[i], centres[r], disk_radius, beam_radius or 0.0)
                 for i in (2 * r, 2 * r + 1)
             ]
         )
         if not np.all(np.any(disks.reshape(2, -1) > 0, axis=1)):
             continue  # a half without disks: no measure of the noise
-        _, _, sim = polar_similarity(
-            disks, centre, direct_beam_radius=beam_radius, **grid, **kwargs
+        sim = _disk_similarity(
+            disks, np.stack([centres[r]] * 2), beam_radius, grid, kwargs, reference
         )
         d = 0.5 * (sim.pseudo_distance[0, 1] + sim.pseudo_distance[1, 0])
         out[r] = d * n1[r] * n2[r] / (n1[r] + n2[r]) ** 2
@@ -2518,7 +2548,7 @@ def _regroup_by_grain_patterns(
     ``probe_fwhm`` (scan steps) is at most :data:`RIM_MAX_PROBE_FWHM`. Each
     region's filter and mean pattern are taken about its own direct beam
     when ``beam_positions`` are given (:func:`_beam_offsets`,
-    :func:`_model_offsets`, :func:`_recentred`; descan). Components go to the cluster
+    :func:`_model_offsets`, :func:`_disk_similarity`; descan). Components go to the cluster
     where most of their map's excess lies, textures (``texture``, bool (k,))
     to the matrix (:func:`_members_by_positions`).
     Returns the fields (unchanged when the partition of the positions is)
@@ -2645,20 +2675,27 @@ def _regroup_by_grain_patterns(
     n_weak = 0
     if (sizes >= MIN_GRAIN_POSITIONS).any():
         n_weak = int(weak.sum())
-        # every region's patterns about the scan's mean beam (descan)
-        patterns = _recentred(patterns, offsets)
-        halves = _recentred(halves, np.repeat(offsets, 2, axis=0))
+        # every region's patterns about its own beam (descan)
+        centres = np.asarray(cpx, dtype=np.float64) + offsets
         disks = np.stack(
-            [bragg_disk_image(p, cpx, radius, dbr or 0.0) for p in patterns]
+            [
+                bragg_disk_image(p, c, radius, dbr or 0.0)
+                for p, c in zip(patterns, centres)
+            ]
         )
-        _, _, sim = polar_similarity(
-            disks, cpx, direct_beam_radius=dbr, **grid, **similarity_kwargs
-        )
+        sim = _disk_similarity(disks, centres, dbr, grid, similarity_kwargs, cpx)
         distance = 0.5 * (sim.pseudo_distance + sim.pseudo_distance.T)
         distance = _noise_corrected(
             distance,
             _self_distances(
-                halves, half_counts, cpx, radius, dbr, grid, similarity_kwargs
+                halves,
+                half_counts,
+                centres,
+                radius,
+                dbr,
+                grid,
+                similarity_kwargs,
+                cpx,
             ),
             sizes,
         )
@@ -3102,11 +3139,12 @@ def cluster_components(
     beam_positions : array_like of float, shape (n_positions, 2), optional
         ``(x, y)`` direct-beam centre of every position, px (NaN where
         unknown), as the decomposition measures it (``cnmf_beam_positions``).
-        With ``region_patterns``, each grain's mean patterns are shifted by
-        the region's mean beam offset from the scan's mean before they are
-        compared, and its filter is taken about whichever of the scan's mean
-        beam, the region's and its model components' (:func:`_model_offsets`)
-        leaves its model pattern most isotropic: under descan the whole
+        With ``region_patterns``, each grain's mean patterns are compared
+        about the region's own mean beam (their disk images and polar
+        transforms, :func:`_disk_similarity`), and its filter is taken about
+        whichever of the scan's mean beam, the region's and its model
+        components' (:func:`_model_offsets`) leaves its model pattern most
+        isotropic: under descan the whole
         pattern moves with the beam, and about one fixed centre a patch of
         glass whose beam sits off centre shows its halo as an excess on one
         side, a Bragg disk to the filter, while rotated grains of one phase
