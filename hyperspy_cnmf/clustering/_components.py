@@ -1895,7 +1895,10 @@ def _bragg_filters(patterns, centres, disk_radius, beam_radius, valid=None):
     least, the pattern's most isotropic centre, is taken (under descan a
     pattern's halo is centred on its own beam, and about another centre it
     leaves a crescent of excess that the filter would take for disks).
-    ``valid`` (bool, (qy, qx), optional): the pixels the fit used; the
+    The zone zeroed about the beam reaches as far beyond its edge as the
+    centre taken lies from the first candidate (the scan's mean beam, about
+    which the fit left the beam's disk out: its edge would otherwise leave a
+    crescent of excess). ``valid`` (bool, (qy, qx), optional): the pixels the fit used; the
     filter is zero elsewhere (the direct beam's disk that the fit left out,
     widened by the beam's measured movement: a beam that wanders with the
     scan changes no response) and its ring means are taken over them.
@@ -1915,8 +1918,13 @@ def _bragg_filters(patterns, centres, disk_radius, beam_radius, valid=None):
         best = None
         for centre in _distinct(centres[i]):
             rr, excess, response = _ring_excess(img, centre, disk_radius)
+            # the beam's disk as the fit left it out, about the first candidate
+            # (the scan's centre): reaching farther from a centre off it
+            shift = float(np.hypot(*(centre - centres[i][0])))
             near_beam = (
-                rr <= beam_radius + 2.0 if beam_radius else np.zeros_like(rr, bool)
+                rr <= beam_radius + 2.0 + shift
+                if beam_radius
+                else np.zeros_like(rr, bool)
             )
             total = excess[~near_beam].sum()
             if best is None or total < best[0]:
@@ -1998,6 +2006,18 @@ def _model_offsets(weights, loadings, factor_sum, beam_positions):
     return np.where(
         norm[:, None] > 0, (counts @ comp) / np.maximum(norm, 1e-300)[:, None], 0.0
     )
+
+
+def _beam_radii(centres, reference, beam_radius):
+    """The direct beam's radius about each centre, widened by its distance from ``reference``.
+
+    The fit left the beam's disk out about ``reference`` (the scan's mean
+    beam; the regions' patterns are 0 there); about a centre ``d`` px away
+    that zero disk reaches ``d`` px farther on one side, and its edge would
+    read as an excess (a disk) to :func:`bragg_disk_image`. float64, (n,).
+    """
+    d = np.hypot(*(np.asarray(centres, float) - np.asarray(reference, float)).T)
+    return (beam_radius or 0.0) + np.where(beam_radius, d, 0.0)
 
 
 def _disk_similarity(disks, centres, beam_radius, grid, kwargs, reference):
@@ -2449,11 +2469,12 @@ def _self_distances(
     n = halves.shape[0] // 2
     n1, n2 = counts[0::2].astype(np.float64), counts[1::2].astype(np.float64)
     out = np.zeros(n)
+    radii = _beam_radii(centres, reference, beam_radius)
     use = np.flatnonzero((n1 > 0) & (n2 > 0) & (n1 + n2 >= MIN_GRAIN_POSITIONS))
     for r in use:
         disks = np.stack(
             [
-                bragg_disk_image(halves[i], centres[r], disk_radius, beam_radius or 0.0)
+                bragg_disk_image(halves[i], centres[r], disk_radius, radii[r])
                 for i in (2 * r, 2 * r + 1)
             ]
         )
@@ -2677,10 +2698,11 @@ def _regroup_by_grain_patterns(
         n_weak = int(weak.sum())
         # every region's patterns about its own beam (descan)
         centres = np.asarray(cpx, dtype=np.float64) + offsets
+        beams = _beam_radii(centres, cpx, dbr)
         disks = np.stack(
             [
-                bragg_disk_image(p, c, radius, dbr or 0.0)
-                for p, c in zip(patterns, centres)
+                bragg_disk_image(p, c, radius, b)
+                for p, c, b in zip(patterns, centres, beams)
             ]
         )
         sim = _disk_similarity(disks, centres, dbr, grid, similarity_kwargs, cpx)
