@@ -37,10 +37,10 @@ SOLVERS = ("hals", "mu", "als")
 #: Position ARI of the main job (``python benchmarks/quality_rules.py
 #: --exact``, k = true / 2x / 30, random_state 0-2; the clustering with the
 #: grains' own patterns, rims and the maps' rises): the three multislice
-#: cases and the embedded default (36 runs each), mean 0.900 and the true
-#: cluster count in 35 runs to ``tol``, 0.902, 0.900 and 0.899 and 36 at 9,
-#: 8 and 6; five independent multislice cases (45 runs each, ``--files``),
-#: 0.892 and 44 to ``tol``, 0.891 and 45 at 9 and 8, 0.890 and 44 at 6
+#: cases and the embedded default (36 runs each), mean 0.903 to ``tol``,
+#: 0.903, 0.902 and 0.901 at 9, 8 and 6, the true cluster count in all 36
+#: each; five independent multislice cases (45 runs each, ``--files``),
+#: 0.893 to ``tol`` and 0.892 at 9, 8 and 6, the true count in all 45 each
 #: (``benchmarks/results/quality_exact*.md``, with the maps' supports).
 EXACT_REFINEMENT = 8
 #: Iterations run after the maps' supports are fixed (``map_support``), on
