@@ -2578,8 +2578,8 @@ def _regroup_by_grain_patterns(
     ``probe_fwhm`` (scan steps) is at most :data:`RIM_MAX_PROBE_FWHM`. Each
     region's filter and mean pattern are taken about its own direct beam
     when ``beam_positions`` are given (:func:`_beam_offsets`,
-    :func:`_model_offsets`, :func:`_disk_similarity`; descan). Components go to the cluster
-    where most of their map's excess lies, textures (``texture``, bool (k,))
+    :func:`_model_offsets`, :func:`_disk_similarity`; descan). Components go
+    to the cluster where most of their map's excess lies, textures (``texture``, bool (k,))
     to the matrix (:func:`_members_by_positions`).
     Returns the fields (unchanged when the partition of the positions is)
     and the counts of :data:`_GRAIN_COUNTS` (dict): grain regions whose
@@ -3175,11 +3175,10 @@ def cluster_components(
         transforms, :func:`_disk_similarity`), and its filter is taken about
         whichever of the scan's mean beam, the region's and its model
         components' (:func:`_model_offsets`) leaves its model pattern most
-        isotropic: under descan the whole
-        pattern moves with the beam, and about one fixed centre a patch of
-        glass whose beam sits off centre shows its halo as an excess on one
-        side, a Bragg disk to the filter, while rotated grains of one phase
-        compare at shifted radii (issue 10: two B2 grains and one CuZr2 grain
+        isotropic: under descan the whole pattern moves with the beam, and
+        about one fixed centre a patch of glass whose beam sits off centre
+        shows its halo as an excess on one side, a Bragg disk to the filter,
+        while rotated grains of one phase compare at shifted radii (issue 10: two B2 grains and one CuZr2 grain
         with 1.5 px of descan left uncorrected, k = 30, random_state 0-2: 3 /
         5 / 4 clusters for 3 phases about one centre, 3 / 3 / 3 with the beam
         positions). None: every region about ``centre``.

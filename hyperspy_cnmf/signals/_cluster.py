@@ -734,10 +734,10 @@ def cluster_diffraction(
         broader probe shows a grain's disks one step outside it as strongly.
         Each grain's patterns are taken about its own direct beam
         (``cnmf_beam_positions``, measured by the decomposition): descan
-        left uncorrected moves the whole pattern. Costs one read of the scan bands that hold grain positions
-        and their matrix surroundings up to ``RIM_NULL_SHELL[1]`` = 10
-        positions away; a lazy signal is read
-        band by band. The number of regions compared is recorded as
+        left uncorrected moves the whole pattern. Costs one read of the scan
+        bands that hold grain positions and their matrix surroundings up to
+        ``RIM_NULL_SHELL[1]`` = 10 positions away; a lazy signal is read band
+        by band. The number of regions compared is recorded as
         ``grain_regions``, the share of the scan read as
         ``grain_pattern_reads``, in ``cdiff_parameters``. False: the labels
         of the component clusters as they are.
