@@ -1794,6 +1794,41 @@ def test_beam_offsets_of_regions_and_of_their_model_patterns():
     )
 
 
+def test_rim_release_falls_back_on_the_far_null_without_a_null_shell():
+    """A region with other regions all around it has no null shell: its own
+    positions are judged against the matrix far from every grain (FAR), so the
+    glass it took goes back; with a null shell that one is used."""
+    from hyperspy_cnmf.clustering._components import (
+        EDGE,
+        FAR,
+        INSIDE,
+        NULL,
+        _rim_release,
+    )
+
+    rng = np.random.default_rng(0)
+    inside, glass, far = np.arange(10), np.arange(10, 16), np.arange(100, 140)
+    at = np.r_[inside, glass, far]
+    which = np.zeros(at.size, dtype=np.int64)
+    role = np.r_[
+        np.full(inside.size, INSIDE), np.full(glass.size, EDGE), np.full(far.size, FAR)
+    ].astype(np.int8)
+    response = np.r_[
+        100.0 + rng.normal(0, 1, inside.size),
+        np.full(glass.size, 0.2),
+        rng.normal(0, 1, far.size),
+    ]
+    released = _rim_release(at, which, role, response, 1)
+    assert set(released) == set(glass)
+    # a null shell of its own (here far above the glass) takes precedence
+    shell = np.arange(200, 230)
+    at2 = np.r_[at, shell]
+    which2 = np.zeros(at2.size, dtype=np.int64)
+    role2 = np.r_[role, np.full(shell.size, NULL)].astype(np.int8)
+    response2 = np.r_[response, -50.0 + rng.normal(0, 1, shell.size)]
+    assert _rim_release(at2, which2, role2, response2, 1).size == 0
+
+
 def test_on_crystal_borders_marks_the_rim_a_larger_unlike_crystal_lends():
     """Own positions next to a larger crystal region whose pattern is unlike the
     region's are marked (their disks may be that crystal's rim); not next to a
