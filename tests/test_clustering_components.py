@@ -1743,7 +1743,8 @@ def test_grain_patterns_are_compared_about_each_regions_own_beam():
 def test_bragg_filter_is_taken_about_the_patterns_most_isotropic_centre():
     """A glass pattern whose halo sits 1.5 px off the scan's centre (descan) leaves,
     about that centre, a crescent of excess that the filter takes for disks; of the
-    candidate centres its own gives an empty filter. A grain's disks stay."""
+    candidate centres its own, about which the excess is least, is taken. A grain's
+    disks stay."""
     from hyperspy_cnmf.clustering._components import _bragg_filters, _ring_excess
 
     own = (21.5, 20.0)
