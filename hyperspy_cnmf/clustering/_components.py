@@ -1817,9 +1817,8 @@ RIM_NULL_SHELL = (4, 10)
 #: own edge positions mostly 0.14-1.0); releasing there gives k = 30 mean
 #: ARI 0.677 -> 0.704 and 0.748 -> 0.817 over random_state 0-2, the
 #: embedded default (3-step probe, k = 7 and 30, random_state 0-2) +0.000
-#: to +0.004 per fit,
-#: the other native fits of ``benchmarks/results/quality_physics*.md``
-#: unchanged (their probes are narrower: the release held there already),
+#: to +0.004 per fit, the other native fits of
+#: ``benchmarks/results/quality_physics*.md`` unchanged (their probes are narrower: the release held there already),
 #: and the package's simulator at 20000 counts (3 steps, k = 7 and 30,
 #: seeds 0-2) 0.892 / 0.872 -> 0.892 / 0.877 (measured at commit 22608c0).
 RIM_MAX_PROBE_FWHM = 2.0
@@ -1900,10 +1899,11 @@ def _bragg_filters(patterns, centres, disk_radius, beam_radius, valid=None):
     The zone zeroed about the beam reaches as far beyond its edge as the
     centre taken lies from the first candidate (the scan's mean beam, about
     which the fit left the beam's disk out: its edge would otherwise leave a
-    crescent of excess). ``valid`` (bool, (qy, qx), optional): the pixels the fit used; the
-    filter is zero elsewhere (the direct beam's disk that the fit left out,
-    widened by the beam's measured movement: a beam that wanders with the
-    scan changes no response) and its ring means are taken over them.
+    crescent of excess; :func:`_beam_radii`). ``valid`` (bool, (qy, qx),
+    optional): the pixels the fit used; the filter is zero elsewhere (the
+    direct beam's disk that the fit left out, widened by the beam's measured
+    movement: a beam that wanders with the scan changes no response) and its
+    ring means are taken over them.
     """
     n_pat, ny, nx = patterns.shape
     centres = np.asarray(centres, dtype=np.float64)
@@ -1922,9 +1922,8 @@ def _bragg_filters(patterns, centres, disk_radius, beam_radius, valid=None):
             rr, excess, response = _ring_excess(img, centre, disk_radius)
             # the beam's disk as the fit left it out, about the first candidate
             # (the scan's centre): reaching farther from a centre off it
-            shift = float(np.hypot(*(centre - centres[i][0])))
             near_beam = (
-                rr <= beam_radius + 2.0 + shift
+                rr <= _beam_radii(centre[None], centres[i][0], beam_radius)[0] + 2.0
                 if beam_radius
                 else np.zeros_like(rr, bool)
             )
@@ -2595,8 +2594,8 @@ def _regroup_by_grain_patterns(
     region's filter and mean pattern are taken about its own direct beam
     when ``beam_positions`` are given (:func:`_beam_offsets`,
     :func:`_model_offsets`, :func:`_disk_similarity`; descan). Components go
-    to the cluster where most of their map's excess lies, textures (``texture``, bool (k,))
-    to the matrix (:func:`_members_by_positions`).
+    to the cluster where most of their map's excess lies, textures
+    (``texture``, bool (k,)) to the matrix (:func:`_members_by_positions`).
     Returns the fields (unchanged when the partition of the positions is)
     and the counts of :data:`_GRAIN_COUNTS` (dict): grain regions whose
     patterns were compared, rim positions claimed, grain positions released
@@ -3194,10 +3193,10 @@ def cluster_components(
         isotropic: under descan the whole pattern moves with the beam, and
         about one fixed centre a patch of glass whose beam sits off centre
         shows its halo as an excess on one side, a Bragg disk to the filter,
-        while rotated grains of one phase compare at shifted radii (issue 10: two B2 grains and one CuZr2 grain
-        with 1.5 px of descan left uncorrected, k = 30, random_state 0-2: 3 /
-        5 / 4 clusters for 3 phases about one centre, 3 / 3 / 3 with the beam
-        positions). None: every region about ``centre``.
+        while rotated grains of one phase compare at shifted radii (issue 10:
+        two B2 grains and one CuZr2 grain with 1.5 px of descan left
+        uncorrected, k = 30, random_state 0-2: 3 / 5 / 4 clusters for 3
+        phases about one centre, 3 / 3 / 3 with the beam positions). None: every region about ``centre``.
 
     Returns
     -------
