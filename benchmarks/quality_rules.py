@@ -8,7 +8,16 @@ default decomposition once and then ``cluster_diffraction`` with each rule varia
 - ``grain_patterns=False``: grains not classed again by their own mean patterns in the data
   (nor their rims grown);
 - ``no rim growth``: no matrix position next to a grain claimed where its pattern shows the
-  grain's disks (:data:`~hyperspy_cnmf.clustering.RIM_Z` infinite);
+  grain's disks (``_rim_growth`` bypassed; until session 21 ``RIM_Z`` infinite, which also
+  released every position of a placed region);
+- ``no core release``: under a probe broader than 2 steps, no position below a tenth of its
+  region's upper decile sent back (:data:`CORE_RELEASE_FRACTION` 0);
+- ``no mixed regions``: regions mostly of glass about a grain not asked for a rim's evidence
+  per position (``_mixed_regions`` bypassed);
+- ``no disk contrast``: a phase of its own not asked for disks that stand out of their rings
+  (:data:`MIN_DISK_CONTRAST` 0);
+- ``no orientation groups``: grain regions parted by single components, not by groups of one
+  orientation (``_orientation_groups`` bypassed);
 - ``max_enclosure=None`` and other values of it (pieces of a grain joined: :data:`MAX_ENCLOSURE`);
 - ``no unmixing``: the positions' model not re-fitted with the texture group as one pattern
   (``_unmixed_contributions`` bypassed; the cut and every other rule unchanged);
@@ -49,7 +58,20 @@ HERE = Path(__file__).resolve().parent
 VARIANTS = {
     "default": {},
     "grain_patterns=False": {"grain_patterns": False},
-    "no rim growth": ("RIM_Z", float("inf")),
+    "no rim growth": (
+        "_rim_growth",
+        lambda *a: (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)),
+    ),
+    "no core release": ("CORE_RELEASE_FRACTION", 0.0),
+    "no mixed regions": (
+        "_mixed_regions",
+        lambda at, which, role, response, n: np.zeros(n, dtype=bool),
+    ),
+    "no disk contrast": ("MIN_DISK_CONTRAST", 0.0),
+    "no orientation groups": (
+        "_orientation_groups",
+        lambda factors, *a: np.arange(factors.shape[0]),
+    ),
     "max_enclosure=None": {"max_enclosure": None},
     "max_enclosure=0.4": {"max_enclosure": 0.4},
     "max_enclosure=0.5": {"max_enclosure": 0.5},

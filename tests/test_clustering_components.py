@@ -2057,3 +2057,174 @@ def test_clustering_stores_the_mean_pattern_of_each_cluster(result, data):
         assert np.nansum(result.mean_patterns[c]) == pytest.approx(
             per_position, rel=0.02
         )
+
+
+def test_rim_release_under_a_broad_probe_returns_a_tenth_of_the_core():
+    """Under a probe broader than RIM_MAX_PROBE_FWHM steps (``broad``) any own position
+    whose excess stays below CORE_RELEASE_FRACTION of the region's upper decile goes
+    back (the probe's tail a step or two into the glass), wherever it lies in the
+    region; a rim at three times that share stays; without ``broad`` the tail inside
+    the region is kept."""
+    from hyperspy_cnmf.clustering._components import (
+        CORE_RELEASE_FRACTION,
+        EDGE,
+        INSIDE,
+        _bragg_filters,
+        _rim_release,
+        _rim_requests,
+    )
+
+    grain, halo, yy, xx, d = _grain_on_glass()
+    core, ring = d <= 4.0, (d > 4.0) & (d <= 7.5)  # two to three steps of glass
+    region = np.where((core | ring).ravel(), 0, -1)
+    at, which, role = _rim_requests(region, region < 0, (32, 32))
+    filters = _bragg_filters(grain[None], (20.0, 20.0), 3.0, 5.0)
+    own = (role == EDGE) | (role == INSIDE)
+    tail_inside = own & (role == INSIDE) & ring.ravel()[at]
+    assert tail_inside.any()  # glass that the plain release does not test
+
+    def release(share, broad):
+        amount = np.where(core, 1.0, np.where(ring, share, 0.0)).ravel()
+        model = 3000.0 * (halo[None] + amount[:, None, None] * grain[None])
+        data = np.random.default_rng(1).poisson(model).astype(float).reshape(1024, -1)
+        response = np.einsum("ij,ij->i", data[at], filters[which])
+        return set(_rim_release(at, which, role, response, 1, broad=broad))
+
+    tail = 0.5 * CORE_RELEASE_FRACTION
+    released = release(tail, True)
+    assert released == set(at[own & ring.ravel()[at]])
+    assert not released & set(np.flatnonzero(core.ravel()))
+    assert not set(at[tail_inside]) & release(tail, False)
+    assert not release(3 * CORE_RELEASE_FRACTION, True)  # a rim: kept
+
+
+def test_mixed_region_placed_by_its_pattern_needs_a_rims_evidence():
+    """A region mostly of glass about a small grain (median z below MIXED_FRACTION of
+    its upper decile) counts as placed when it carries a phase's label: its glass,
+    a little above the null through the component's self-selection, goes back, the
+    grain stays. A region that is all grain is not mixed."""
+    from hyperspy_cnmf.clustering._components import (
+        FAR,
+        INSIDE,
+        MIXED_FRACTION,
+        RIM_Z,
+        _mixed_regions,
+        _rim_release,
+    )
+
+    rng = np.random.default_rng(0)
+    null = rng.normal(size=64)
+    own = np.r_[rng.normal(14.0, 2.0, 12), rng.normal(2.0, 1.0, 95)]  # grain, glass
+    response = np.r_[null, own, null, rng.normal(14.0, 2.0, 40)]
+    at = np.r_[np.arange(64), 100 + np.arange(107), np.arange(64), 300 + np.arange(40)]
+    which = np.r_[np.zeros(171, np.int64), np.ones(104, np.int64)]
+    role = np.r_[
+        np.full(64, FAR), np.full(107, INSIDE), np.full(64, FAR), np.full(40, INSIDE)
+    ]
+    mixed = _mixed_regions(at, which, role, response, 2)
+    assert mixed.tolist() == [True, False]
+    z = own / (1.4826 * np.median(np.abs(null - np.median(null))))
+    assert np.median(z) < MIXED_FRACTION * np.percentile(z, 90)
+    plain = set(_rim_release(at, which, role, response, 2))
+    placed = set(_rim_release(at, which, role, response, 2, placed=mixed))
+    grain_at, glass_at = set(100 + np.arange(12)), set(100 + 12 + np.arange(95))
+    assert not placed & grain_at
+    assert len(placed & glass_at) > len(plain & glass_at) + 50
+    assert placed - plain <= glass_at
+    assert RIM_Z > 1.0
+
+
+def test_disk_contrast_tells_a_steady_patch_of_glass_from_a_crystal():
+    """The contrast of a region's disks in its mean pattern does not grow with the
+    counts: a patch of glass whose speckle is steady over it stays below
+    MIN_DISK_CONTRAST at any dose while its robust z grows past CRYSTAL_Z's level; a
+    grain's disks stand far above; the level falls as sqrt(20 / n)."""
+    from hyperspy_cnmf.clustering._components import (
+        CRYSTAL_Z,
+        MIN_DISK_CONTRAST,
+        _bragg_filters,
+        _contrast_level,
+        _crystal_level,
+        _crystal_scores,
+        _disk_contrast,
+        _rim_requests,
+    )
+
+    grain, halo, yy, xx, d = _grain_on_glass()
+    rng = np.random.default_rng(5)
+    # the patch's own speckle, steady over it (the same atoms' order in every pattern)
+    speckle = 1.0 + 0.5 * ndimage.gaussian_filter(rng.normal(size=halo.shape), 1.0)
+    speckle = np.clip(speckle, 0.0, None)
+    patch = d <= 4.5
+    region = np.where(patch.ravel(), 0, -1)
+    at, which, role = _rim_requests(region, region < 0, (32, 32))
+    n_own = int(patch.sum())
+    assert _contrast_level(n_own) < MIN_DISK_CONTRAST == _contrast_level(10)
+    out = {}
+    for name, inside in (("glass", halo * speckle), ("grain", halo + 3.0 * grain)):
+        for counts in (3000.0, 100000.0):
+            model = np.where(patch.ravel()[:, None, None], inside[None], halo[None])
+            data = rng.poisson(counts * model).astype(float).reshape(1024, -1)
+            mean = data[patch.ravel()].mean(0).reshape(1, 41, 41)
+            filters = _bragg_filters(mean, (20.0, 20.0), 3.0, 5.0)
+            response = np.einsum("ij,ij->i", data[at], filters[which])
+            q75 = _crystal_scores(at, which, role, response, filters, mean)[0][0]
+            c = _disk_contrast(at, which, role, response, filters, mean)[0]
+            out[name, counts] = q75, c
+    for counts in (3000.0, 100000.0):
+        assert out["glass", counts][1] < _contrast_level(n_own)
+        assert out["grain", counts][1] > 2 * MIN_DISK_CONTRAST
+    # the robust z of the glass patch grows with the dose past the crystal level
+    assert out["glass", 100000.0][0] > max(
+        _crystal_level(n_own), out["glass", 3000.0][0]
+    )
+    assert CRYSTAL_Z > 0
+
+
+def test_faint_asks_a_low_z_region_for_contrast():
+    """A region whose upper quartile passes the size-scaled crystal level but stays
+    below CRYSTAL_Z is no evidence of a phase of its own where its disks' contrast
+    stays below the level (a steady patch of glass); with the same z and clear
+    contrast, or far above the noise whatever its contrast, it is evidence."""
+    from hyperspy_cnmf.clustering._components import (
+        CRYSTAL_Z,
+        FAR,
+        INSIDE,
+        _contrast_level,
+        _crystal_level,
+        _crystal_scores,
+        _disk_contrast,
+        _faint,
+    )
+
+    rng = np.random.default_rng(2)
+    n = 55
+    null = rng.normal(size=64)
+    filters = np.zeros((1, 9), dtype=np.float32)
+    filters[0, :3], filters[0, 3:] = 1.0 / 3.0, -1.0 / 6.0  # disks and their rings
+    at = np.r_[np.arange(64), 100 + np.arange(n)]
+    which = np.zeros(64 + n, dtype=np.int64)
+    role = np.r_[np.full(64, FAR), np.full(n, INSIDE)]
+
+    def faint(z, disks):
+        response = np.r_[
+            null,
+            np.full(
+                n,
+                np.median(null)
+                + z * 1.4826 * np.median(np.abs(null - np.median(null))),
+            ),
+        ]
+        patterns = np.r_[np.full(3, disks), np.full(6, 1000.0)].reshape(1, 3, 3)
+        scores = _crystal_scores(at, which, role, response, filters, patterns)
+        c = _disk_contrast(at, which, role, response, filters, patterns)[0]
+        return bool(_faint(at, which, role, response, filters, patterns, scores)[0]), c
+
+    z = 0.5 * (_crystal_level(n) + CRYSTAL_Z)  # passes the size-scaled level only
+    assert _crystal_level(n) < z < CRYSTAL_Z
+    glass, c = faint(z, 1000.0)  # the disks no brighter than their rings
+    assert glass and c < _contrast_level(n)
+    crystal, c = faint(z, 5000.0)
+    assert not crystal and c > _contrast_level(n)
+    assert not faint(2 * CRYSTAL_Z, 1000.0)[0]  # far above the noise
+    assert faint(0.5 * _crystal_level(n), 5000.0)[0]  # within the noise

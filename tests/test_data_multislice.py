@@ -218,7 +218,8 @@ def test_grains_classed_by_their_own_patterns_lazy_and_in_memory(monkeypatch):
     assert params["grain_regions"] >= 4 and params["grain_rim_positions"] >= 10
     np.testing.assert_array_equal(_main_job(lazy, 30), labels)
     with monkeypatch.context() as m:
-        m.setattr(_components, "RIM_Z", np.inf)
+        # no growth (RIM_Z infinite would also clear the placed regions)
+        m.setattr(_components, "_rim_growth", lambda *a: (np.zeros(0, int),) * 2)
         s.cluster_diffraction()
     no_rim = np.asarray(s.learning_results.cdiff_position_labels)
     matrix = lambda lab: lab == np.bincount(lab[lab >= 0]).argmax()  # noqa: E731
@@ -378,7 +379,9 @@ def test_glass_of_a_weak_region_placed_in_a_phase_goes_back(monkeypatch):
     (``RIM_Z``): measured 0.815 against 0.793, the 6 positions sent back all glass.
     That region arises with every grain compared about the scan's mean beam (here
     0.815); about its own beam (``cnmf_beam_positions``, the default since) the same
-    fit gives 0.817.
+    fit gives 0.817. Since session 21 regions mostly of glass about a grain
+    (``_mixed_regions``) are placed too: 0.845 about one centre, 0.858 about each
+    region's own beam (0.797 with no region placed).
     """
     s, truth = load_multislice_case(abtem_path(DESCAN), key="data")
     rng = np.random.default_rng(1)
@@ -395,15 +398,16 @@ def test_glass_of_a_weak_region_placed_in_a_phase_goes_back(monkeypatch):
         m.setattr(
             _components,
             "_rim_release",
-            lambda at, which, role, response, n, placed=None: release(
-                at, which, role, response, n
+            lambda at, which, role, response, n, placed=None, broad=False: release(
+                at, which, role, response, n, broad=broad
             ),
         )
         s.cluster_diffraction()
     before = np.asarray(s.learning_results.cdiff_position_labels)
     assert ari >= adjusted_rand_score(phase_map, before) + 0.015
     matrix = lambda lab: lab == np.bincount(lab[lab >= 0]).argmax()  # noqa: E731
-    changed = before != labels
+    # (the phases' numbers follow their counts: compared as matrix or not)
+    changed = matrix(before) != matrix(labels)
     assert changed.sum() >= 5
     assert (matrix(labels)[changed] & ~matrix(before)[changed]).all()
     assert (phase_map[changed] == 0).mean() >= 0.8
