@@ -1361,6 +1361,8 @@ def _orientation_groups(factors, centre, disk_radius, beam_radius):
     [0, 0, 1]
     """
     k = factors.shape[0]
+    if k < 2:
+        return np.zeros(k, dtype=np.int64)
     images = np.stack(
         [
             bragg_disk_image(np.nan_to_num(f), centre, disk_radius, beam_radius).ravel()
@@ -1374,8 +1376,6 @@ def _orientation_groups(factors, centre, disk_radius, beam_radius):
         )
     distance = 1.0 - np.clip(cosine, 0.0, 1.0)
     np.fill_diagonal(distance, 0.0)
-    if k < 2:
-        return np.zeros(k, dtype=np.int64)
     labels, _, _ = hierarchical_clustering(
         distance, method="average", distance_threshold=ORIENTATION_DISTANCE
     )
@@ -1401,8 +1401,9 @@ def _split_regions_by_component(
     of one orientation whose summed contribution is largest (at k = 30 a
     grain's pieces spread over several components, none of which dominates
     a large piece: two B2 grains in other orientations, bridged by glass,
-    made one region whose mean pattern held both and parted the phase in an
-    independent case with a 2.2-step probe, random_state 2; 5 -> 4 clusters of 4); the connected pieces (8-connectivity) of
+    made one region whose mean pattern held both, and the phase parted in
+    two; an independent case with a 2.2-step probe, random_state 2). The
+    connected pieces (8-connectivity) of
     :data:`MIN_GRAIN_POSITIONS` or more positions become regions, and every
     smaller piece joins the large piece it shares most border with, directly
     or through other small pieces (so every part stays connected). A region
@@ -1948,9 +1949,10 @@ RELEASE_MIN_INSIDE = 3
 #: the grains' own positions, thin rims included, mostly stay above (a
 #: scratch tally on a 2.3-step case, k = true: glass 0.0-0.2 of the core,
 #: the grains' positions 0.1-1.5; ``/work/notes/s21/kt.py``). Measured on
-#: the 66 native fits of ``benchmarks/results/quality_physics*.md`` and five
+#: the 66 native fits of ``benchmarks/results/quality_physics*.md`` and four
 #: independent cases with probes of 2.2-2.4 steps at 6000-20000 counts
-#: (random_state 0-2, k = true and 30): the broad-probe fits at k = 30
+#: (random_state 0-2, k = true and 30; the mixed regions, orientation
+#: groups and contrast of this release in place): the broad-probe fits at k = 30
 #: 0.801 / 0.862 / 0.875 / 0.914 -> 0.840 / 0.894 / 0.883 / 0.960 (four
 #: cases' means), the embedded default (3-step probe) +0.016 to +0.020 per
 #: fit, the narrow-probe fits unchanged; 0.15 gave up to 0.045 at k = true.
@@ -2502,10 +2504,11 @@ def _faint(at, which, role, response, filters, patterns, scores):
         at, which, role, response, filters, patterns, scores, speckle_only=False
     )
     with np.errstate(invalid="ignore"):
-        return faint | (q75 < CRYSTAL_Z) & (
+        low = (q75 < CRYSTAL_Z) & (
             _disk_contrast(at, which, role, response, filters, patterns)
             < _contrast_level(count)
         )
+    return faint | low
 
 
 def _rim_release(at, which, role, response, n_regions, placed=None, broad=False):
@@ -2775,8 +2778,9 @@ def _regroup_by_grain_patterns(
     of its patterns in the data, which ``region_patterns`` returns: an NMF
     component that took grains of two phases (too few components, or two
     near patterns) parts them, and pieces of one phase in several clusters
-    meet. A region whose cluster's components each dominate a large piece is
-    parted first (:func:`_split_regions_by_component`); the read returns the
+    meet. A region whose cluster's components (grouped by orientation,
+    :func:`_orientation_groups`) each dominate a large piece is parted first
+    (:func:`_split_regions_by_component`); the read returns the
     means of each region's two halves (:func:`_halves`), whose distance
     measures the noise of its mean (:func:`_noise_corrected`). Regions of
     the matrix's positions where its own summed map rises well above its
@@ -2808,8 +2812,12 @@ def _regroup_by_grain_patterns(
     that took a piece of the grain with glass beside it makes a region whose
     own crystal test fails; :func:`_standing_claims`), while its own
     positions that show none go back to the matrix (:func:`_rim_release`;
-    those of a region that shows no crystal of its own yet carries a
-    phase's label need a rim's evidence each); rims grow only when
+    those of a region that shows no crystal of its own, or is mostly glass
+    about a grain (:func:`_mixed_regions`), yet carries a phase's label need
+    a rim's evidence each; under a probe broader than
+    :data:`RIM_MAX_PROBE_FWHM` those below a tenth of the region's core go
+    back too); a phase of its own needs a region that is not
+    :func:`_faint`; rims grow only when
     ``probe_fwhm`` (scan steps) is at most :data:`RIM_MAX_PROBE_FWHM`. Each
     region's filter and mean pattern are taken about its own direct beam
     when ``beam_positions`` are given (:func:`_beam_offsets`,
