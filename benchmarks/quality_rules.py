@@ -70,7 +70,7 @@ VARIANTS = {
     "no disk contrast": ("MIN_DISK_CONTRAST", 0.0),
     "no orientation groups": (
         "_orientation_groups",
-        lambda factors, *a: np.arange(factors.shape[0]),
+        lambda disks: np.arange(disks.shape[0]),
     ),
     "max_enclosure=None": {"max_enclosure": None},
     "max_enclosure=0.4": {"max_enclosure": 0.4},

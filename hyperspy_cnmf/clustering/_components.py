@@ -1337,17 +1337,19 @@ def _grain_regions(pos_labels, nav_shape, background):
 ORIENTATION_DISTANCE = 0.5
 
 
-def _orientation_groups(factors, centre, disk_radius, beam_radius):
+def _orientation_groups(disks):
     """Groups of components whose disks lie at the same places, int64 (k,).
 
     At k = 30 a grain's diffraction is spread over several components, each
     of whose maps holds a piece of it; they share its disks where they lie,
-    unrotated. The components' Bragg-disk images (:func:`bragg_disk_image`
-    about ``centre``, ``(x, y)`` px) are compared by their cosine, and the
-    average-linkage tree is cut at :data:`ORIENTATION_DISTANCE`: grains of
-    one phase in other orientations, whose disks lie elsewhere, fall in
-    other groups (:func:`_split_regions_by_component`). ``factors`` (k, qy,
-    qx), NaN counting as 0; a factor without disks is a group of its own.
+    unrotated. The components' Bragg-disk images (``disks``, (k, qy, qx):
+    :func:`bragg_disk_image` of each factor about the scan's centre, as
+    :func:`cluster_components` draws them for its Bragg-disk split) are
+    compared by their cosine, and the average-linkage tree is cut at
+    :data:`ORIENTATION_DISTANCE`: grains of one phase in other orientations,
+    whose disks lie elsewhere, fall in other groups
+    (:func:`_split_regions_by_component`). A factor without disks is a group
+    of its own.
 
     Examples
     --------
@@ -1356,24 +1358,19 @@ def _orientation_groups(factors, centre, disk_radius, beam_radius):
     ...     a = np.deg2rad(angle + np.arange(0, 360, 90))
     ...     x, y = 20 + 12 * np.cos(a), 20 + 12 * np.sin(a)
     ...     return sum(np.hypot(xx - u, yy - v) <= 2 for u, v in zip(x, y)) * 1.0
-    >>> f = np.stack([spots(0), 0.5 * spots(0), spots(30)])
-    >>> _orientation_groups(f, (20.0, 20.0), 2.0, 4.0).tolist()
+    >>> f = [spots(0), 0.5 * spots(0), spots(30)]
+    >>> disks = np.stack([bragg_disk_image(p, (20.0, 20.0), 2.0, 4.0) for p in f])
+    >>> _orientation_groups(disks).tolist()
     [0, 0, 1]
     """
-    k = factors.shape[0]
+    k = disks.shape[0]
     if k < 2:
         return np.zeros(k, dtype=np.int64)
-    images = np.stack(
-        [
-            bragg_disk_image(np.nan_to_num(f), centre, disk_radius, beam_radius).ravel()
-            for f in factors
-        ]
-    )
+    images = disks.reshape(k, -1)
     norm = np.linalg.norm(images, axis=1)
+    outer = np.outer(norm, norm)
     with np.errstate(invalid="ignore", divide="ignore"):
-        cosine = np.where(
-            np.outer(norm, norm) > 0, (images @ images.T) / np.outer(norm, norm), 0.0
-        )
+        cosine = np.where(outer > 0, (images @ images.T) / outer, 0.0)
     distance = 1.0 - np.clip(cosine, 0.0, 1.0)
     np.fill_diagonal(distance, 0.0)
     labels, _, _ = hierarchical_clustering(
@@ -2247,8 +2244,14 @@ def _nulls(which, role, response, n_regions, kind=NULL):
     Only for regions with at least :data:`RIM_MIN_NULL` null positions (of
     role ``kind``) and a spread (MAD > 0).
     """
+    # one sort by region, not a scan of every request per region (several
+    # callers ask, and k = 30 at scale makes thousands of regions)
+    sel = role == kind
+    order = np.argsort(which[sel], kind="stable")
+    bounds = np.searchsorted(which[sel][order], np.arange(n_regions + 1))
+    grouped = response[sel][order]
     for r in range(n_regions):
-        ref = response[(which == r) & (role == kind)]
+        ref = grouped[bounds[r] : bounds[r + 1]]
         if ref.size < RIM_MIN_NULL:
             continue
         med = np.median(ref)
@@ -2769,6 +2772,8 @@ def _regroup_by_grain_patterns(
     probe_fwhm=None,
     texture=None,
     beam_positions=None,
+    *,
+    factor_disks,
 ):
     """Positions of every grain classed by its own mean pattern in the data.
 
@@ -2824,6 +2829,9 @@ def _regroup_by_grain_patterns(
     :func:`_model_offsets`, :func:`_disk_similarity`; descan). Components go
     to the cluster where most of their map's excess lies, textures
     (``texture``, bool (k,)) to the matrix (:func:`_members_by_positions`).
+    ``factor_disks`` (k, qy, qx): the factors' Bragg-disk images about the
+    scan's centre (:func:`cluster_components` draws them for its Bragg-disk
+    split), grouped by orientation (:func:`_orientation_groups`).
     Returns the fields (unchanged when the partition of the positions is)
     and the counts of :data:`_GRAIN_COUNTS` (dict): grain regions whose
     patterns were compared, rim positions claimed, grain positions released
@@ -2848,9 +2856,7 @@ def _regroup_by_grain_patterns(
         contrib,
         labels,
         nav_shape,
-        _orientation_groups(
-            factors.reshape((-1,) + pattern_shape), cpx, radius, dbr or 0.0
-        ),
+        _orientation_groups(factor_disks),
     )
     ext = np.flatnonzero(extended)
     counts = np.bincount(pos[pos >= 0], minlength=extended.size)
@@ -3615,6 +3621,7 @@ def cluster_components(
             None if probe_fwhm is None else float(probe_fwhm),
             texture,
             beam_positions,
+            factor_disks=disks,
         )
     fields.update(
         _aligned_merge(
