@@ -1129,6 +1129,53 @@ def test_rim_growth_claims_the_rim_that_shows_the_disks():
     assert not ring1 & set(np.flatnonzero(piece.ravel()))
 
 
+def test_far_null_falls_back_to_nearer_matrix_when_regions_cover_the_scan():
+    """Where the regions leave fewer than RIM_MIN_NULL matrix positions RIM_NULL_SHELL's
+    inner distance away (the matrix cut into many regions), the far null takes the
+    farthest there are, never a region's rim; with room, it stays as far as before."""
+    from hyperspy_cnmf.clustering._components import (
+        EDGE,
+        FAR,
+        FAR_NULL_MIN_GAP,
+        INSIDE,
+        RIM_MIN_NULL,
+        RIM_NULL_SHELL,
+        _crystal_scores,
+        _rim_requests,
+    )
+
+    nav = (32, 32)
+    grid = -np.ones(nav, dtype=np.int64)
+    # 3 x 3 regions every 6 steps: no matrix position 4 steps from every region
+    n = 0
+    for y in range(1, 32, 6):
+        for x in range(1, 32, 6):
+            grid[y : y + 3, x : x + 3] = n
+            n += 1
+    d_any = ndimage.distance_transform_cdt(grid < 0, metric="chessboard")
+    assert ((grid < 0) & (d_any >= RIM_NULL_SHELL[0])).sum() < RIM_MIN_NULL
+    region = grid.ravel()
+    at, which, role = _rim_requests(region, region < 0, nav)
+    far = np.unique(at[role == FAR])
+    assert far.size >= RIM_MIN_NULL
+    assert d_any.ravel()[far].min() >= FAR_NULL_MIN_GAP  # never next to a region
+    assert d_any.ravel()[far].max() == d_any.max()
+    # so every region is tested: a crystal score, not NaN
+    rng = np.random.default_rng(0)
+    own = (role == EDGE) | (role == INSIDE)
+    response = rng.normal(0.0, 1.0, at.size) + 10.0 * own  # 10 sigma above the null
+    filters = np.ones((n, 4), dtype=np.float32)
+    patterns = np.ones((n, 2, 2))
+    q75 = _crystal_scores(at, which, role, response, filters, patterns)[0]
+    assert np.isfinite(q75).all() and (q75 > 5).all()
+    # one region in a wide matrix: the far null as far as before
+    grid = -np.ones(nav, dtype=np.int64)
+    grid[14:18, 14:18] = 0
+    at, which, role = _rim_requests(grid.ravel(), grid.ravel() < 0, nav)
+    d_any = ndimage.distance_transform_cdt(grid < 0, metric="chessboard")
+    assert d_any.ravel()[at[role == FAR]].min() >= RIM_NULL_SHELL[0]
+
+
 def test_rim_release_asks_a_placed_region_for_a_rims_evidence():
     """A region joined to a phase by its pattern only (``placed``) keeps only the
     positions whose response stands RIM_Z above its null; a grain keeps those above
