@@ -45,7 +45,7 @@ WAYS = {
         ("_rim_release", lambda *a, **kw: np.zeros(0, dtype=np.int64)),
     ),
     "z test alone": (("RIM_EDGE_FRACTION", 0.0),),
-    "no crystal test": (("CRYSTAL_Z", -np.inf),),
+    "no crystal test": (("CRYSTAL_Z", -np.inf), ("CRYSTAL_FLOOR_Z", -np.inf)),
     "shipped": None,
 }
 

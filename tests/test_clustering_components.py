@@ -1399,32 +1399,44 @@ def test_crystal_evidence_tells_a_grain_from_a_patch_of_speckle():
 
 def test_crystal_evidence_threshold_falls_with_the_region_size():
     """Where speckle rules (counting variance far below the null's), a region's upper
-    quartile must reach CRYSTAL_Z up to 20 positions, CRYSTAL_Z * sqrt(20 / n) beyond:
-    z 6 is speckle for 20 positions and a crystal for 80."""
+    quartile must reach CRYSTAL_Z up to 20 positions, CRYSTAL_Z * sqrt(20 / n) beyond,
+    never below CRYSTAL_FLOOR_Z: z 6.5 is speckle for 20 positions and a crystal for
+    80; z 5 (above the scaled level 4) is speckle for 80 too."""
     from hyperspy_cnmf.clustering._components import (
+        CRYSTAL_FLOOR_Z,
         CRYSTAL_Z,
         EDGE,
         FAR,
         INSIDE,
         _crystal_evidence,
+        _crystal_level,
     )
+
+    assert _crystal_level(np.array([10, 20, 80, 500])).tolist() == [
+        CRYSTAL_Z,
+        CRYSTAL_Z,
+        CRYSTAL_FLOOR_Z,
+        CRYSTAL_FLOOR_Z,
+    ]
+    assert _crystal_level(np.array([36]))[0] == pytest.approx(CRYSTAL_FLOOR_Z, rel=0.01)
 
     rng = np.random.default_rng(0)
     null = rng.normal(size=64)
     med = np.median(null)
     mad = 1.4826 * np.median(np.abs(null - med))
-    filters = np.full((2, 25), 1e-6, dtype=np.float32)
-    patterns = np.ones((2, 5, 5))  # counting variance ~1e-11: speckle rules
+    filters = np.full((3, 25), 1e-6, dtype=np.float32)
+    patterns = np.ones((3, 5, 5))  # counting variance ~1e-11: speckle rules
     at, which, role, response = [], [], [], []
-    for r, n in enumerate((20, 80)):
+    for r, (n, z) in enumerate(((20, 6.5), (80, 6.5), (80, 5.0))):
         at += [np.arange(64), np.arange(64, 64 + n)]
         which += [np.full(64, r), np.full(n, r)]
         role += [np.full(64, FAR), np.where(np.arange(n) % 4 == 0, EDGE, INSIDE)]
-        response += [null, np.full(n, med + 6.0 * mad)]
+        response += [null, np.full(n, med + z * mad)]
     out = _crystal_evidence(
         *(np.concatenate(a) for a in (at, which, role, response)), filters, patterns
     )
-    assert 6.0 < CRYSTAL_Z and out.tolist() == [False, True]
+    assert CRYSTAL_FLOOR_Z < 6.5 < CRYSTAL_Z and 5.0 < CRYSTAL_FLOOR_Z
+    assert out.tolist() == [False, True, False]
 
 
 def test_members_by_positions_judge_a_component_by_its_object():

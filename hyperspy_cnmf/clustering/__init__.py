@@ -21,7 +21,9 @@ numpy, numba and scipy only. The HyperSpy methods live in
 """
 
 from hyperspy_cnmf.clustering._components import (
+    CRYSTAL_FLOOR_Z,
     CRYSTAL_Z,
+    FAR_NULL_MIN_GAP,
     FAR_NULL_POSITIONS,
     GRAIN_DISTANCE,
     GRAIN_RELEASE_Z,
@@ -86,7 +88,9 @@ from hyperspy_cnmf.clustering._similarity import (
 )
 
 __all__ = [
+    "CRYSTAL_FLOOR_Z",
     "CRYSTAL_Z",
+    "FAR_NULL_MIN_GAP",
     "FAR_NULL_POSITIONS",
     "GRAIN_DISTANCE",
     "GRAIN_RELEASE_Z",

@@ -2284,12 +2284,28 @@ def _nulls(which, role, response, n_regions, kind=NULL):
 #: :func:`_rim_growth`) that a crystal's disks reach where the glass's
 #: speckle, not counting noise, spreads the matrix's responses
 #: (:func:`_crystal_evidence`), for a region of :data:`MIN_GRAIN_POSITIONS`
-#: positions or fewer; ``CRYSTAL_Z * sqrt(20 / n)`` for ``n`` > 20. Measured
+#: positions or fewer; ``CRYSTAL_Z * sqrt(20 / n)`` for ``n`` > 20, not below
+#: :data:`CRYSTAL_FLOOR_Z`. Measured
 #: on the multislice cases re-drawn at 15000 and 100000 counts, k = 30:
 #: patches of glass reach 4-6 at 20-40 positions and up to 8 below 10,
 #: regions of a crystal 8-45; grains weakened to 30 % of their crystal
 #: (a reviewer's test, 55 positions) 6.9-7.8, kept by the size scaling.
 CRYSTAL_Z = 8.0
+
+#: The lowest the size-scaled level of :data:`CRYSTAL_Z` goes (reached at 36
+#: positions): a patch of glass that an over-complete fit selects keeps its
+#: speckle steadier over it than ``1 / sqrt(n)``. An 82-position glass region
+#: (10 positions on a grain's rim) stood 4.5 z above its null, passed the
+#: scaled level (3.95) and made a phase of its own (a re-made independent
+#: case, five grains of three phases with 1.2 px of descan, k = 30,
+#: random_state 2: 6 clusters for 4 phases, ARI 0.75; 5 and 0.83 with the
+#: floor); so did a 55-position patch at 5.5 (session 21). Over the regions
+#: of 36 positions or more of 156 fits (23 re-made multislice cases and the
+#: three of ``../shared/data/abtem_dev``, k = true and 30, random_state 0-2;
+#: ``/work/notes/s22/survey.py``): those at least 80 % glass at most 4.8,
+#: those at most 30 % glass at least 9.4, mixed ones at least 7.7; a grain
+#: weakened to 30 % of its crystal (55 positions) 6.9-7.8.
+CRYSTAL_FLOOR_Z = 6.0
 
 #: Variance of the matrix's responses over their counting (Poisson) variance
 #: from which the glass's speckle dominates (:func:`_crystal_evidence`).
@@ -2383,9 +2399,11 @@ def _contrast_level(count):
 
 def _crystal_level(count):
     """The robust z a region of ``count`` positions must reach (:func:`_crystal_evidence`)."""
-    # a patch's self-selected speckle fades as 1 / sqrt(its size)
-    return CRYSTAL_Z * np.sqrt(
-        MIN_GRAIN_POSITIONS / np.maximum(count, MIN_GRAIN_POSITIONS)
+    # a patch's self-selected speckle fades as 1 / sqrt(its size), down to a floor
+    return np.maximum(
+        CRYSTAL_Z
+        * np.sqrt(MIN_GRAIN_POSITIONS / np.maximum(count, MIN_GRAIN_POSITIONS)),
+        CRYSTAL_FLOOR_Z,
     )
 
 
@@ -2490,8 +2508,9 @@ def _crystal_evidence(
     mean pattern)``, Poisson), and the upper quartile of its own positions'
     responses (EDGE and INSIDE) stays below :data:`CRYSTAL_Z` of that
     spread above the null's median (times ``sqrt(20 / n)`` for a region of
-    ``n`` > 20 positions: the speckle a component selects in a patch
-    averages down over it, a crystal's disks do not). Regions without a
+    ``n`` > 20 positions, not below :data:`CRYSTAL_FLOOR_Z`: the speckle a
+    component selects in a patch averages down over it, a crystal's disks do
+    not). Regions without a
     null are not tested (True). ``scores``: :func:`_crystal_scores` of the
     same arguments, when the caller has them already. With
     ``speckle_only=False`` the upper quartile must reach the level whatever
