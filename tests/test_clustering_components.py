@@ -1176,6 +1176,51 @@ def test_far_null_falls_back_to_nearer_matrix_when_regions_cover_the_scan():
     assert d_any.ravel()[at[role == FAR]].min() >= RIM_NULL_SHELL[0]
 
 
+def test_broad_probe_release_measures_a_region_against_its_grains_core():
+    """Under a broad probe a region mostly of the glass about a grain (three of its
+    positions on the grain, the rest the probe's tail at a twelfth of the grain's core)
+    keeps its tails against its own upper decile; against the strongest region of its
+    grain (``grain_of``) they go back to the matrix, its grain positions stay; a region
+    of another grain is not measured against it."""
+    from hyperspy_cnmf.clustering._components import (
+        CORE_RELEASE_FRACTION,
+        INSIDE,
+        NULL,
+        _rim_release,
+    )
+
+    rng = np.random.default_rng(0)
+    at, which, role, response = [], [], [], []
+    start = 0
+    own = {0: 100.0 + rng.normal(0.0, 5.0, 30), 1: np.r_[[60.0] * 3, [8.0] * 17]}
+    for r in (0, 1):
+        null = rng.normal(0.0, 1.0, 40)
+        for values, kind in ((null, NULL), (own[r], INSIDE)):
+            at.append(np.arange(start, start + values.size))
+            which.append(np.full(values.size, r))
+            role.append(np.full(values.size, kind, dtype=np.int8))
+            response.append(values)
+            start += values.size
+    at, which, role, response = (np.concatenate(a) for a in (at, which, role, response))
+    tails = at[(which == 1) & (role == INSIDE) & (response == 8.0)]
+    # 8 is above a tenth of the region's own decile (60) and below its grain's (~105)
+    assert CORE_RELEASE_FRACTION * 60.0 < 8.0 < CORE_RELEASE_FRACTION * 100.0
+    alone = _rim_release(at, which, role, response, 2, broad=True)
+    assert not set(alone) & set(tails)
+    grain = _rim_release(
+        at, which, role, response, 2, broad=True, grain_of=np.array([0, 0])
+    )
+    assert set(grain) == set(tails)
+    two = _rim_release(
+        at, which, role, response, 2, broad=True, grain_of=np.array([0, 1])
+    )
+    assert set(two) == set(alone)
+    # a narrow probe: no core release at all
+    assert not set(
+        _rim_release(at, which, role, response, 2, grain_of=np.array([0, 0]))
+    ) & set(tails)
+
+
 def test_rim_release_asks_a_placed_region_for_a_rims_evidence():
     """A region joined to a phase by its pattern only (``placed``) keeps only the
     positions whose response stands RIM_Z above its null; a grain keeps those above
