@@ -11,7 +11,12 @@ default decomposition once and then ``cluster_diffraction`` with each rule varia
   grain's disks (``_rim_growth`` bypassed; until session 21 ``RIM_Z`` infinite, which also
   released every position of a placed region);
 - ``no core release``: under a probe broader than 2 steps, no position below a tenth of its
-  region's upper decile sent back (:data:`CORE_RELEASE_FRACTION` 0);
+  grain's core sent back (:data:`CORE_RELEASE_FRACTION` 0); ``no grain core``: each region
+  measured against its own upper decile, not its grain's (``grain_of`` dropped);
+- ``no far-null fallback``: the far null only 4 steps from every region
+  (:data:`FAR_NULL_MIN_GAP` 4: where the regions leave no such positions, no region is
+  tested); ``no crystal floor``: the size-scaled crystal level without its floor
+  (:data:`CRYSTAL_FLOOR_Z` 0);
 - ``no mixed regions``: regions mostly of glass about a grain not asked for a rim's evidence
   per position (``_mixed_regions`` bypassed);
 - ``no disk contrast``: a phase of its own not asked for disks that stand out of their rings
@@ -55,6 +60,7 @@ from sklearn.metrics import adjusted_rand_score
 from hyperspy_cnmf.clustering import _components
 
 HERE = Path(__file__).resolve().parent
+_RELEASE = _components._rim_release
 VARIANTS = {
     "default": {},
     "grain_patterns=False": {"grain_patterns": False},
@@ -63,6 +69,12 @@ VARIANTS = {
         lambda *a: (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)),
     ),
     "no core release": ("CORE_RELEASE_FRACTION", 0.0),
+    "no grain core": (
+        "_rim_release",
+        lambda *a, grain_of=None, **kw: _RELEASE(*a, **kw),
+    ),
+    "no far-null fallback": ("FAR_NULL_MIN_GAP", 4),
+    "no crystal floor": ("CRYSTAL_FLOOR_Z", 0.0),
     "no mixed regions": (
         "_mixed_regions",
         lambda at, which, role, response, n: np.zeros(n, dtype=bool),
