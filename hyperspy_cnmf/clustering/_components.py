@@ -2343,7 +2343,7 @@ def _own_z(at, which, role, response, n_regions):
     one, else the matrix far from every grain (FAR).
     """
     for r, mine, med, mad in _own_nulls(which, role, response, n_regions):
-        if mine.any():
+        if mine.size:
             yield r, (response[mine] - med) / mad, mad
 
 
@@ -2610,7 +2610,7 @@ def _rim_release(
     nulls = list(_own_nulls(which, role, response, n_regions))
     top = np.full(n_regions, -np.inf)
     for r, mine, med, mad in nulls:
-        if mine.any():
+        if mine.size:
             core = np.percentile(response[mine] - med, 90)
             if core >= CORE_RELEASE_Z * mad:
                 top[r] = core
@@ -2619,13 +2619,13 @@ def _rim_release(
         np.maximum.at(best, grain_of, top)
         top = np.where(np.isfinite(top), best[grain_of], top)
     for r, mine, med, mad in nulls:
-        if not mine.any():
+        if not mine.size:
             continue
         excess = response[mine] - med
         keep_z = RIM_Z if placed is not None and placed[r] else GRAIN_RELEASE_Z
         release = excess / mad < keep_z
-        inside = (which == r) & (role == INSIDE)
-        if inside.sum() >= RELEASE_MIN_INSIDE:
+        inside = mine[role[mine] == INSIDE]
+        if inside.size >= RELEASE_MIN_INSIDE:
             step = np.median(response[inside]) - med
             if step >= RELEASE_INTERIOR_Z * mad:
                 release |= (role[mine] == EDGE) & (excess < RELEASE_FRACTION * step)
@@ -2638,12 +2638,15 @@ def _rim_release(
 def _own_nulls(which, role, response, n_regions):
     """Every region's own positions and the null they are measured against.
 
-    Yields ``(region, mine, median, mad)``: ``mine`` (bool, like ``which``)
-    the region's EDGE and INSIDE requests, and its null's median and 1.4826
-    MAD, for the regions with a null: their shell (:data:`NULL`) where they
-    have one, else the matrix far from every grain (:data:`FAR`).
+    Yields ``(region, mine, median, mad)``: ``mine`` (int64, ascending) the
+    indices of the region's EDGE and INSIDE requests, and its null's median
+    and 1.4826 MAD, for the regions with a null: their shell (:data:`NULL`)
+    where they have one, else the matrix far from every grain (:data:`FAR`).
     """
-    own = (role == EDGE) | (role == INSIDE)
+    # the requests grouped by region with one sort, as in _nulls (five callers)
+    own = np.flatnonzero((role == EDGE) | (role == INSIDE))
+    own = own[np.argsort(which[own], kind="stable")]
+    bounds = np.searchsorted(which[own], np.arange(n_regions + 1))
     shell = list(_nulls(which, role, response, n_regions))
     have = {r for r, _, _ in shell}
     far = [
@@ -2652,7 +2655,7 @@ def _own_nulls(which, role, response, n_regions):
         if n[0] not in have
     ]
     for r, med, mad in shell + far:
-        yield r, (which == r) & own, med, mad
+        yield r, own[bounds[r] : bounds[r + 1]], med, mad
 
 
 def _mixed_regions(at, which, role, response, n_regions):
@@ -3019,6 +3022,9 @@ def _regroup_by_grain_patterns(
     for i, c in enumerate(ext):
         new_pos[pos == c] = i
     n_weak = 0
+    # border positions each pair of regions shares: the grouping's contacts
+    # and the grains (touching regions of one label) of the release below
+    touching = _region_contacts(region, nav_shape, owner.size)
     if (sizes >= MIN_GRAIN_POSITIONS).any():
         n_weak = int(weak.sum())
         # every region's patterns about its own beam (descan)
@@ -3046,7 +3052,6 @@ def _regroup_by_grain_patterns(
             ),
             sizes,
         )
-        touching = _region_contacts(region, nav_shape, owner.size)
         empty = ~np.any(disks.reshape(owner.size, -1) > 0, axis=1)
         # a particle component's rise is placed by its pattern only
         by_pattern = rise & (owner != ext[matrix])
@@ -3082,9 +3087,7 @@ def _regroup_by_grain_patterns(
     )
     # the grains: touching regions of one label (the broad probe's core release
     # measures each against the strongest of its grain's regions)
-    same = (_region_contacts(region, nav_shape, owner.size) > 0) & (
-        region_label[:, None] == region_label[None, :]
-    )
+    same = (touching > 0) & (region_label[:, None] == region_label[None, :])
     grain_of = _connected_groups(same | same.T | np.eye(owner.size, dtype=bool))[1]
     released = _rim_release(
         at,
