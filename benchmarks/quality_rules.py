@@ -20,7 +20,10 @@ default decomposition once and then ``cluster_diffraction`` with each rule varia
 - ``no mixed regions``: regions mostly of glass about a grain not asked for a rim's evidence
   per position (``_mixed_regions`` bypassed);
 - ``no disk contrast``: a phase of its own not asked for disks that stand out of their rings
-  (:data:`MIN_DISK_CONTRAST` 0);
+  (:data:`MIN_DISK_CONTRAST` 0); ``no lattice closure``: nor for disks that close as a lattice
+  (:data:`LATTICE_CLOSURE` 0); ``no strong-phase distance``: a strong small region in a
+  cluster with another phase's crystal joins it up to twice the cut
+  (:data:`STRONG_PHASE_DISTANCE` infinite);
 - ``no orientation groups``: grain regions parted by single components, not by groups of one
   orientation (``_orientation_groups`` bypassed);
 - ``max_enclosure=None`` and other values of it (pieces of a grain joined: :data:`MAX_ENCLOSURE`);
@@ -80,6 +83,8 @@ VARIANTS = {
         lambda at, which, role, response, n: np.zeros(n, dtype=bool),
     ),
     "no disk contrast": ("MIN_DISK_CONTRAST", 0.0),
+    "no lattice closure": ("LATTICE_CLOSURE", 0.0),
+    "no strong-phase distance": ("STRONG_PHASE_DISTANCE", float("inf")),
     "no orientation groups": (
         "_orientation_groups",
         lambda disks: np.arange(disks.shape[0]),

@@ -1398,6 +1398,48 @@ def test_grain_groups_a_strong_small_core_unlike_every_crystal_is_a_phase():
         assert all(not evidence[group[r]] for r in range(4, n))
 
 
+def test_grain_groups_a_strong_region_beside_another_phases_grain_is_a_phase():
+    """A strong region of STRONG_CRYSTAL_POSITIONS or more in a cluster that holds
+    another phase's large grain makes a phase of its own where its pattern lies
+    beyond STRONG_PHASE_DISTANCE from every phase found (a CuZr2 grain whose
+    component the cut put with two B2 grains': 11 positions, 0.46 from the B2 grain,
+    joined it under the twice-the-cut rule); nearer, weaker or smaller, it joins its
+    cluster's phase as before. The cluster's small regions near it go with it."""
+    from hyperspy_cnmf.clustering._components import (
+        GRAIN_DISTANCE,
+        STRONG_CRYSTAL_POSITIONS,
+        STRONG_PHASE_DISTANCE,
+        _grain_groups,
+    )
+
+    # 0: fcc grain (cluster 1); 1: B2 grain, 2: CuZr2 core, 3: a piece of the
+    # CuZr2 grain, all three in cluster 2
+    sizes = np.array([34, 29, 11, 5])
+    owner = np.array([1, 2, 2, 2])
+    d = np.full((4, 4), 0.8)
+    d[1, 2] = d[2, 1] = d[1, 3] = d[3, 1] = 0.46
+    d[2, 3] = d[3, 2] = 0.1
+    np.fill_diagonal(d, 0.0)
+    touching = np.zeros((4, 4))
+    strong = np.array([True, True, True, False])
+    assert 0.46 < 2 * GRAIN_DISTANCE and 0.46 > STRONG_PHASE_DISTANCE
+    group, evidence = _grain_groups(d, sizes, owner, touching, None, None, strong)
+    assert evidence[group[2]] and len({group[0], group[1], group[2]}) == 3
+    assert group[3] == group[2]
+    for sz, st, dist in (
+        (sizes[2], False, 0.46),
+        (STRONG_CRYSTAL_POSITIONS - 1, True, 0.46),
+        (sizes[2], True, 0.9 * STRONG_PHASE_DISTANCE),
+    ):
+        s2, d2 = sizes.copy(), d.copy()
+        s2[2] = sz
+        d2[1, 2] = d2[2, 1] = dist
+        group, evidence = _grain_groups(
+            d2, s2, owner, touching, None, None, strong & [True, True, st, True]
+        )
+        assert group[2] == group[1]
+
+
 def _speckled_scan(counts, rng):
     """A 32 x 32 scan of glass whose every pattern holds its own speckle (41 x 41 px),
     with a crystal grain (disk of radius 4 about (8, 8)); expected counts and the grain."""
@@ -2330,3 +2372,101 @@ def test_faint_asks_a_low_z_region_for_contrast():
     assert not crystal and c > _contrast_level(n)
     assert not faint(2 * CRYSTAL_Z, 1000.0)[0]  # far above the noise
     assert faint(0.5 * _crystal_level(n), 5000.0)[0]  # within the noise
+
+
+def _spots(centres, shape=(41, 41), radius=2.0, weights=None):
+    """A pattern of flat disks of ``radius`` px at ``centres`` ((n, 2) x, y px) on a
+    weak uniform background."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    out = np.full(shape, 0.01)
+    for i, (x, y) in enumerate(centres):
+        w = 1.0 if weights is None else weights[i]
+        out += w * (np.hypot(xx - x, yy - y) <= radius)
+    return out
+
+
+def test_lattice_closure_tells_a_crystals_disks_from_the_glasss_speckle():
+    """A crystal's disks are its reciprocal lattice's points: the sum or difference of
+    two is a third wherever the detector shows it (closure 1 for a rotated square
+    lattice, a centred rectangular one and a systematic row). Spots of the glass's
+    speckle at random azimuths on its halo, in Friedel pairs, close by chance only:
+    below LATTICE_CLOSURE on average over 40 draws. One disk, or none, is not judged
+    (NaN)."""
+    from hyperspy_cnmf.clustering._components import (
+        LATTICE_CLOSURE,
+        _lattice_closure,
+    )
+
+    c = np.array([20.0, 20.0])
+
+    def lattice(a, b, reach=6):
+        # every point whose disk the detector shows, if only in part
+        pts = [
+            c + i * np.asarray(a) + j * np.asarray(b)
+            for i in range(-reach, reach + 1)
+            for j in range(-reach, reach + 1)
+            if (i, j) != (0, 0)
+        ]
+        return [p for p in pts if np.all((p >= -1) & (p <= 41))]
+
+    t = np.deg2rad(17.0)
+    square = lattice(7 * np.r_[np.cos(t), np.sin(t)], 7 * np.r_[-np.sin(t), np.cos(t)])
+    centred = [
+        p
+        for p in lattice((6.0, 0.0), (0.0, 8.0))
+        if round((p[0] - c[0]) / 6.0 + (p[1] - c[1]) / 8.0) % 2 == 0
+    ]
+    row = [c + i * np.r_[5.0, 3.0] for i in range(-4, 5) if i]
+    patterns = np.stack([_spots(p) for p in (square, centred, row)])
+    closure = _lattice_closure(patterns, np.tile(c, (3, 1)), 2.0, np.full(3, 3.0))
+    assert np.all(closure >= 0.9), closure
+    rng = np.random.default_rng(0)
+    draws = []
+    for _ in range(40):
+        phi = rng.uniform(0, np.pi, 3)  # three Friedel pairs on the halo (r = 12 px)
+        g = 12.0 * np.c_[np.cos(phi), np.sin(phi)]
+        speckle = _spots(np.r_[c + g, c - g], weights=rng.uniform(0.5, 1.0, 6))
+        draws.append(_lattice_closure(speckle[None], c[None], 2.0, np.array([3.0]))[0])
+    assert np.nanmean(draws) < LATTICE_CLOSURE
+    one = _spots([c + (10.0, 0.0)])[None]
+    assert np.isnan(_lattice_closure(one, c[None], 2.0, np.array([3.0]))[0])
+
+
+def test_faint_asks_a_region_below_the_strong_level_for_a_lattice():
+    """A region whose upper quartile passes CRYSTAL_Z and whose disks stand out of their
+    rings is still no evidence of a phase of its own where its disks close as a
+    lattice less than LATTICE_CLOSURE (a patch of glass whose speckle an over-complete
+    fit selected) while it stays below STRONG_CRYSTAL_Z; a lattice, an unjudged
+    closure (NaN) or a region far above the glass is evidence."""
+    from hyperspy_cnmf.clustering._components import (
+        CRYSTAL_Z,
+        FAR,
+        INSIDE,
+        LATTICE_CLOSURE,
+        STRONG_CRYSTAL_Z,
+        _crystal_scores,
+        _faint,
+    )
+
+    rng = np.random.default_rng(2)
+    n = 30
+    null = rng.normal(size=64)
+    filters = np.zeros((1, 9), dtype=np.float32)
+    filters[0, :3], filters[0, 3:] = 1.0 / 3.0, -1.0 / 6.0
+    at = np.r_[np.arange(64), 100 + np.arange(n)]
+    which = np.zeros(64 + n, dtype=np.int64)
+    role = np.r_[np.full(64, FAR), np.full(n, INSIDE)]
+    patterns = np.r_[np.full(3, 5000.0), np.full(6, 1000.0)].reshape(1, 3, 3)
+    mad = 1.4826 * np.median(np.abs(null - np.median(null)))
+
+    def faint(z, closure):
+        response = np.r_[null, np.full(n, np.median(null) + z * mad)]
+        scores = _crystal_scores(at, which, role, response, filters, patterns)
+        args = (at, which, role, response, filters, patterns, scores)
+        return bool(_faint(*args, closure=np.array([closure]))[0])
+
+    z = 0.5 * (CRYSTAL_Z + STRONG_CRYSTAL_Z)
+    assert faint(z, 0.5 * LATTICE_CLOSURE)
+    assert not faint(z, 2 * LATTICE_CLOSURE)
+    assert not faint(z, np.nan)
+    assert not faint(1.5 * STRONG_CRYSTAL_Z, 0.0)

@@ -288,7 +288,9 @@ def test_glass_speckle_at_high_counts_is_no_phase(monkeypatch):
     ``_grain_groups``' cluster fallback checks patterns). The crystal test rules them
     out: measured 0.858 (quality_dose.py), the same lazily; 0.733 without it (0.669
     before the grains' maps were confined to their supports), with 4 clusters for 3
-    phases (more before the grain regions' distances were corrected for their noise).
+    phases (more before the grain regions' distances were corrected for their noise);
+    without it the lattice test (``LATTICE_CLOSURE``) still keeps the patches from
+    making phases (3 clusters), without both 4.
     """
     s, truth = load_multislice_case(abtem_path(TWO_PHASE), key="data")
     rng = np.random.default_rng(1)
@@ -303,9 +305,13 @@ def test_glass_speckle_at_high_counts_is_no_phase(monkeypatch):
         m.setattr(_components, "CRYSTAL_Z", -np.inf)
         m.setattr(_components, "CRYSTAL_FLOOR_Z", -np.inf)
         s.cluster_diffraction()
-    speckle = np.asarray(s.learning_results.cdiff_position_labels)
-    assert adjusted_rand_score(truth["phase_map"].ravel(), speckle) <= ari - 0.1
-    assert s.learning_results.number_of_clusters > truth["n_phases"]
+        speckle = np.asarray(s.learning_results.cdiff_position_labels)
+        assert adjusted_rand_score(truth["phase_map"].ravel(), speckle) <= ari - 0.1
+        # the patches' spots close as no lattice: still no phase of their own
+        assert s.learning_results.number_of_clusters == truth["n_phases"]
+        m.setattr(_components, "LATTICE_CLOSURE", 0.0)
+        s.cluster_diffraction()
+        assert s.learning_results.number_of_clusters > truth["n_phases"]
     assert adjusted_rand_score(_main_job(lazy, 30), labels) >= 0.99
 
 
