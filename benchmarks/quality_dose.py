@@ -15,7 +15,8 @@ Each decomposition is clustered four ways: without the rim rules (no growth:
 nothing), with the growth's z test alone
 (:data:`~hyperspy_cnmf.clustering.RIM_EDGE_FRACTION` 0), without the crystal test of the grain
 regions (:data:`~hyperspy_cnmf.clustering.CRYSTAL_Z` -inf: patches of the glass's speckle count
-as grains) and as shipped; the phases found are the shipped clustering's. The multislice fits
+as grains unless their disks close as no lattice, :data:`~hyperspy_cnmf.clustering.LATTICE_CLOSURE`)
+and as shipped; the phases found are the shipped clustering's. The multislice fits
 are run again lazily (8 x 8 navigation chunks, the same call): the last column is the ARI
 between the lazy and the in-memory shipped labels.
 

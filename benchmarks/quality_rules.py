@@ -46,6 +46,7 @@ one decomposition per cap, each with the default clustering.
 
     python benchmarks/quality_rules.py                  # seeds 0-2, rule variants
     python benchmarks/quality_rules.py --exact          # seeds 0-2, the exact-refinement sweep
+    python benchmarks/quality_rules.py --variants default "no lattice closure"   # some rows only
 
 The tables (markdown) go to ``benchmarks/results/quality_rules.md`` and
 ``benchmarks/results/quality_exact.md`` (``..._independent.md`` with ``--files``).
@@ -150,14 +151,15 @@ def _decompose(s, k, seed, **kw):
         )
 
 
-def rules(seeds, ks, files=None):
-    out = {(v, k): [] for v in VARIANTS for k in ks}
+def rules(seeds, ks, files=None, variants=None):
+    variants = {v: VARIANTS[v] for v in (variants or VARIANTS)}
+    out = {(v, k): [] for v in variants for k in ks}
     for name, loader in cases(files=files):
         for which in ks:
             for seed in seeds:
                 s, truth = loader(False)
                 _decompose(s, _k(truth, which), seed)
-                for v, kw in VARIANTS.items():
+                for v, kw in variants.items():
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         if isinstance(kw, tuple):
@@ -223,6 +225,13 @@ def main(argv=None):
         help="case files (simulate_abtem_4dstem.py output) instead of the default cases; "
         "the table then goes to results/quality_*_independent.md unless --out is given",
     )
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        metavar="VARIANT",
+        help="only these rule variants (default: all; quote names with spaces)",
+    )
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if args.out is None:
@@ -235,6 +244,11 @@ def main(argv=None):
         "",
         f"Command: `python benchmarks/quality_rules.py --seeds {seeds} --k {' '.join(args.k)}"
         + (" --files " + " ".join(args.files) if args.files else "")
+        + (
+            " --variants " + " ".join(f'"{v}"' for v in args.variants)
+            if args.variants and not args.exact
+            else ""
+        )
         + (" --exact`" if args.exact else "`"),
         "",
         "Cases: the abTEM multislice cases and the embedded default of `quality_physics.py` (or the given "
@@ -248,11 +262,11 @@ def main(argv=None):
         ex = exact(args.seeds, args.k, caps, args.files)
         text += _table("max_exact_iter (default clustering)", ex, caps, args.k)
     else:
-        res = rules(args.seeds, args.k, args.files)
+        res = rules(args.seeds, args.k, args.files, args.variants)
         text += _table(
             "Clustering rules (one default decomposition per run)",
             res,
-            VARIANTS,
+            args.variants or VARIANTS,
             args.k,
         )
     Path(args.out).write_text("\n".join(text))

@@ -2325,6 +2325,21 @@ def test_disk_contrast_tells_a_steady_patch_of_glass_from_a_crystal():
     )
 
 
+def _one_region_on_a_far_null(n):
+    """One region's ``n`` own positions (INSIDE) after 64 far-null positions (FAR) with
+    normal responses, and one 3 x 3 filter (three disk pixels, six of their rings):
+    ``(null responses, filters, at, which, role)``."""
+    from hyperspy_cnmf.clustering._components import FAR, INSIDE
+
+    null = np.random.default_rng(2).normal(size=64)
+    filters = np.zeros((1, 9), dtype=np.float32)
+    filters[0, :3], filters[0, 3:] = 1.0 / 3.0, -1.0 / 6.0  # disks and their rings
+    at = np.r_[np.arange(64), 100 + np.arange(n)]
+    which = np.zeros(64 + n, dtype=np.int64)
+    role = np.r_[np.full(64, FAR), np.full(n, INSIDE)]
+    return null, filters, at, which, role
+
+
 def test_faint_asks_a_low_z_region_for_contrast():
     """A region whose upper quartile passes the size-scaled crystal level but stays
     below CRYSTAL_Z is no evidence of a phase of its own where its disks' contrast
@@ -2332,8 +2347,6 @@ def test_faint_asks_a_low_z_region_for_contrast():
     contrast, or far above the noise whatever its contrast, it is evidence."""
     from hyperspy_cnmf.clustering._components import (
         CRYSTAL_Z,
-        FAR,
-        INSIDE,
         _contrast_level,
         _crystal_level,
         _crystal_scores,
@@ -2341,14 +2354,8 @@ def test_faint_asks_a_low_z_region_for_contrast():
         _faint,
     )
 
-    rng = np.random.default_rng(2)
     n = 55
-    null = rng.normal(size=64)
-    filters = np.zeros((1, 9), dtype=np.float32)
-    filters[0, :3], filters[0, 3:] = 1.0 / 3.0, -1.0 / 6.0  # disks and their rings
-    at = np.r_[np.arange(64), 100 + np.arange(n)]
-    which = np.zeros(64 + n, dtype=np.int64)
-    role = np.r_[np.full(64, FAR), np.full(n, INSIDE)]
+    null, filters, at, which, role = _one_region_on_a_far_null(n)
 
     def faint(z, disks):
         response = np.r_[
@@ -2440,22 +2447,14 @@ def test_faint_asks_a_region_below_the_strong_level_for_a_lattice():
     closure (NaN) or a region far above the glass is evidence."""
     from hyperspy_cnmf.clustering._components import (
         CRYSTAL_Z,
-        FAR,
-        INSIDE,
         LATTICE_CLOSURE,
         STRONG_CRYSTAL_Z,
         _crystal_scores,
         _faint,
     )
 
-    rng = np.random.default_rng(2)
     n = 30
-    null = rng.normal(size=64)
-    filters = np.zeros((1, 9), dtype=np.float32)
-    filters[0, :3], filters[0, 3:] = 1.0 / 3.0, -1.0 / 6.0
-    at = np.r_[np.arange(64), 100 + np.arange(n)]
-    which = np.zeros(64 + n, dtype=np.int64)
-    role = np.r_[np.full(64, FAR), np.full(n, INSIDE)]
+    null, filters, at, which, role = _one_region_on_a_far_null(n)
     patterns = np.r_[np.full(3, 5000.0), np.full(6, 1000.0)].reshape(1, 3, 3)
     mad = 1.4826 * np.median(np.abs(null - np.median(null)))
 
