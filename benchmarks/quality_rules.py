@@ -23,7 +23,8 @@ default decomposition once and then ``cluster_diffraction`` with each rule varia
   (:data:`MIN_DISK_CONTRAST` 0); ``no lattice closure``: nor for disks that close as a lattice
   (:data:`LATTICE_CLOSURE` 0); ``no strong-phase distance``: a strong small region in a
   cluster with another phase's crystal joins it up to twice the cut
-  (:data:`STRONG_PHASE_DISTANCE` infinite);
+  (:data:`STRONG_PHASE_DISTANCE` infinite); ``no disk containment``: a large region whose disks
+  lie on a touching grain's is grouped by the cut only (:data:`CONTAINED_DISKS` infinite);
 - ``no orientation groups``: grain regions parted by single components, not by groups of one
   orientation (``_orientation_groups`` bypassed);
 - ``max_enclosure=None`` and other values of it (pieces of a grain joined: :data:`MAX_ENCLOSURE`);
@@ -86,6 +87,7 @@ VARIANTS = {
     "no disk contrast": ("MIN_DISK_CONTRAST", 0.0),
     "no lattice closure": ("LATTICE_CLOSURE", 0.0),
     "no strong-phase distance": ("STRONG_PHASE_DISTANCE", float("inf")),
+    "no disk containment": ("CONTAINED_DISKS", float("inf")),
     "no orientation groups": (
         "_orientation_groups",
         lambda disks: np.arange(disks.shape[0]),

@@ -1440,6 +1440,95 @@ def test_grain_groups_a_strong_region_beside_another_phases_grain_is_a_phase():
         assert group[2] == group[1]
 
 
+def test_disk_containment_finds_a_grains_disks_in_its_rims_region():
+    """A region of a grain's rim and glass holds some of the grain's disks, about its
+    own beam, and a spot of speckle: most of its disk weight lies on the grain's (not
+    all). A touching grain of another lattice, or the same lattice rotated, holds little
+    of it; only touching pairs are measured (NaN elsewhere)."""
+    from hyperspy_cnmf.clustering._components import (
+        CONTAINED_DISKS,
+        _disk_containment,
+        bragg_disk_image,
+    )
+
+    c = np.array([20.0, 20.0])
+    t = np.deg2rad(17.0)
+    a1, a2 = 8 * np.r_[np.cos(t), np.sin(t)], 8 * np.r_[-np.sin(t), np.cos(t)]
+    grain = [c + i * a1 + j * a2 for i in (-1, 0, 1) for j in (-1, 0, 1) if i or j]
+    rim = [grain[k] + (0.5, 0.0) for k in (1, 3, 4, 6)]  # 4 of the 8, beam 0.5 px off
+    speckle = [c + (11.0, 14.0)]
+    t2 = np.deg2rad(40.0)
+    other = [
+        c
+        + i * 7 * np.r_[np.cos(t2), np.sin(t2)]
+        + j * 9 * np.r_[-np.sin(t2), np.cos(t2)]
+        for i in (-1, 0, 1)
+        for j in (-1, 0, 1)
+        if i or j
+    ]
+    centres = np.array([c, c + (0.5, 0.0), c])
+    patterns = [
+        _spots(grain),
+        _spots(rim + speckle, weights=[1.0] * 4 + [0.4]),
+        _spots(other),
+    ]
+    disks = np.stack(
+        [bragg_disk_image(p, tuple(x), 2.0, 4.0) for p, x in zip(patterns, centres)]
+    )
+    touching = np.ones((3, 3)) - np.eye(3)
+    touching[0, 2] = touching[2, 0] = 0
+    cont = _disk_containment(disks, centres, 2.0, touching)
+    assert cont[1, 0] >= CONTAINED_DISKS and cont[1, 0] < 1.0
+    assert cont[1, 2] < 0.5 and cont[2, 1] < 0.5
+    assert np.isnan(cont[0, 2]) and np.isnan(np.diag(cont)).all()
+
+
+def test_grain_groups_a_region_whose_disks_lie_on_a_touching_grains_joins_it():
+    """A large region (glass and a grain's rim) whose mean pattern lies beyond the cut
+    from the grain's, but whose disks lie on the touching grain's, joins the grain's
+    group instead of making a phase of its own; below CONTAINED_DISKS, not touching,
+    or faint, it stays as the cut left it."""
+    from hyperspy_cnmf.clustering._components import (
+        CONTAINED_DISKS,
+        GRAIN_DISTANCE,
+        _grain_groups,
+    )
+
+    sizes = np.array([74, 52, 25])  # B2 grain, CuZr2 grain, the B2 grain's rim region
+    owner = np.array([1, 2, 3])
+    d = np.array([[0.0, 0.8, 0.35], [0.8, 0.0, 0.8], [0.35, 0.8, 0.0]])
+    assert d[0, 2] > GRAIN_DISTANCE
+    touching = np.zeros((3, 3))
+    touching[0, 2] = touching[2, 0] = 6
+    contained = np.full((3, 3), np.nan)
+    contained[2, 0] = 0.89
+    group, evidence = _grain_groups(d, sizes, owner, touching)
+    assert group[2] not in (group[0], group[1]) and evidence[group[2]]
+    group, evidence = _grain_groups(d, sizes, owner, touching, contained=contained)
+    assert group[2] == group[0] and group[1] != group[0]
+    assert evidence[group[0]] and evidence[group[1]]
+    for cont, touch, faint in (
+        (0.9 * CONTAINED_DISKS, 6, False),
+        (0.89, 0, False),
+        (0.89, 6, True),
+    ):
+        c2, t2 = contained.copy(), touching.copy()
+        c2[2, 0] = cont
+        t2[0, 2] = t2[2, 0] = touch
+        group, _ = _grain_groups(
+            d,
+            sizes,
+            owner,
+            t2,
+            None,
+            None,
+            None,
+            np.array([False, False, faint]),
+            c2,
+        )
+        assert group[2] != group[0]
+
+
 def _speckled_scan(counts, rng):
     """A 32 x 32 scan of glass whose every pattern holds its own speckle (41 x 41 px),
     with a crystal grain (disk of radius 4 about (8, 8)); expected counts and the grain."""

@@ -21,6 +21,7 @@ numpy, numba and scipy only. The HyperSpy methods live in
 """
 
 from hyperspy_cnmf.clustering._components import (
+    CONTAINED_DISKS,
     CRYSTAL_FLOOR_Z,
     CRYSTAL_Z,
     FAR_NULL_MIN_GAP,
@@ -90,6 +91,7 @@ from hyperspy_cnmf.clustering._similarity import (
 )
 
 __all__ = [
+    "CONTAINED_DISKS",
     "CRYSTAL_FLOOR_Z",
     "CRYSTAL_Z",
     "FAR_NULL_MIN_GAP",
