@@ -440,10 +440,10 @@ def _disk_peaks(img, centre, disk_radius, beam_radius, min_fraction=MIN_DISK_FRA
 #: mean patterns of every grain region of 6 positions or more of the cached
 #: fits of 26 multislice cases (23 re-made independent ones, w3-w5, and the
 #: three of ``../shared/data/abtem_dev``; k = true and 30, random_state 0-5;
-#: ``/work/notes/s23/survey3.py``): regions at least 80 % glass median 0.05,
-#: 90th percentile 0.35-0.45; those at most 30 % glass median 1.0, 10th
-#: percentile 0.82; every glass region that made a phase of its own (6 fits)
-#: at most 0.08.
+#: ``/work/notes/s23/survey3.py`` with ``MARGIN=0 TOLF=1``): regions at least
+#: 80 % glass median 0.10-0.13, 90th percentile 0.39-0.48; those at most 30 %
+#: glass median 1.0, 5th percentile 0.75; the seven glass regions, not faint
+#: otherwise, that lent a group a phase's evidence at most 0.06.
 LATTICE_CLOSURE = 0.25
 
 
@@ -1684,7 +1684,11 @@ def _grain_groups(
     """Group of every grain region by its mean pattern's Bragg-disk geometry.
 
     The regions of at least :data:`MIN_GRAIN_POSITIONS` positions are cut
-    (average linkage of ``distance`` at :data:`GRAIN_DISTANCE`); a group
+    (average linkage of ``distance`` at :data:`GRAIN_DISTANCE`); one that
+    shows a crystal and whose disks lie on a larger touching crystal's
+    (``contained``, (n, n), :func:`_disk_containment`, at least
+    :data:`CONTAINED_DISKS`) joins that crystal's group whatever the cut (a
+    piece of its grain: glass and the grain's rim); a group
     none of whose regions shows a crystal's disks is no evidence of a phase.
     A smaller region joins, in this order: the group of a crystal nearest on
     average if within the cut; the group of the crystal's large region it
@@ -1725,6 +1729,11 @@ def _grain_groups(
     the cut of a crystal's group joins the nearest one (a small grain of a
     found phase that the matrix's components carry: the 4-grain descan case
     at k = 5, an 8-position rise at 0.25 from its phase, went to the glass).
+    In a cluster that holds a crystal, its strong regions of
+    :data:`STRONG_CRYSTAL_POSITIONS` or more beyond
+    :data:`STRONG_PHASE_DISTANCE` from every phase found make a phase of
+    their own, with the cluster's regions within the cut of them (a grain
+    whose component the cut put with another phase's).
     A phase of its own (a group of the large regions' cut, of pieces in
     several clusters, or of a cluster's left-over regions) needs a region
     that is not ``faint`` (:func:`_crystal_evidence` with
@@ -3082,10 +3091,13 @@ def _regroup_by_grain_patterns(
     own; nor is one whose disks pass the test only with its positions next
     to a larger crystal unlike it (:func:`_on_crystal_borders`: that
     crystal's rim, which a patch of glass took; the test is repeated
-    without them). The regions' mean patterns are compared on the pixels
-    the fit used: where the factors are NaN (the direct beam's disk that the
-    fit left out, widened by the beam's measured movement) they are set to
-    0, so that a beam that wanders with the scan (descan) is no disk (the
+    without them), nor, below :data:`STRONG_CRYSTAL_Z`, one whose disks
+    close as no lattice (:func:`_lattice_closure`: the glass's speckle). A
+    large region whose disks lie on a touching larger crystal's joins its
+    group (:func:`_disk_containment`). The regions' mean patterns are
+    compared on the pixels the fit used: where the factors are NaN (the
+    direct beam's disk that the fit left out, widened by the beam's measured
+    movement) they are set to 0, so that a beam that wanders with the scan (descan) is no disk (the
     B2 / fcc case with 2 px of descan at 20000 counts, k = 30: glass
     regions 0.00-0.01 apart by the beam's offset made a phase). In the same
     read, the positions next to each grain (the matrix's and other regions')
@@ -3214,16 +3226,11 @@ def _regroup_by_grain_patterns(
     # every region's patterns about its own beam (descan)
     centres = np.asarray(cpx, dtype=np.float64) + offsets
     beams = _beam_radii(centres, cpx, dbr)
-    faint = _faint(
-        at,
-        which,
-        role,
-        response,
-        filters,
-        patterns,
-        scores,
-        _lattice_closure(patterns, centres, radius, beams),
-    )
+    # the lattice test asks only the regions below the strong level
+    closure = np.full(owner.size, np.nan)
+    ask = np.flatnonzero(q75 < STRONG_CRYSTAL_Z)  # NaN: no null, not tested
+    closure[ask] = _lattice_closure(patterns[ask], centres[ask], radius, beams[ask])
+    faint = _faint(at, which, role, response, filters, patterns, scores, closure)
     tested, count = ~faint & ~np.isnan(q75), scores[2]
     if (rise & weak).any():
         # a rise whose patterns show the glass's speckle, not a crystal: none
