@@ -21,7 +21,7 @@ default decomposition once and then ``cluster_diffraction`` with each rule varia
   per position (``_mixed_regions`` bypassed);
 - ``no disk contrast``: a phase of its own not asked for disks that stand out of their rings
   (:data:`MIN_DISK_CONTRAST` 0); ``no lattice closure``: nor for disks that close as a lattice
-  (:data:`LATTICE_CLOSURE` 0); ``no strong-phase distance``: a strong small region in a
+  (``_lattice_closure`` gives 1 for every region); ``no strong-phase distance``: a strong small region in a
   cluster with another phase's crystal joins it up to twice the cut
   (:data:`STRONG_PHASE_DISTANCE` infinite); ``no disk containment``: a large region whose disks
   lie on a touching grain's is grouped by the cut only (:data:`CONTAINED_DISKS` infinite);
@@ -85,7 +85,10 @@ VARIANTS = {
         lambda at, which, role, response, n: np.zeros(n, dtype=bool),
     ),
     "no disk contrast": ("MIN_DISK_CONTRAST", 0.0),
-    "no lattice closure": ("LATTICE_CLOSURE", 0.0),
+    "no lattice closure": (
+        "_lattice_closure",
+        lambda patterns, *a: np.ones(len(patterns)),
+    ),
     "no strong-phase distance": ("STRONG_PHASE_DISTANCE", float("inf")),
     "no disk containment": ("CONTAINED_DISKS", float("inf")),
     "no orientation groups": (

@@ -2532,8 +2532,9 @@ def test_faint_asks_a_region_below_the_strong_level_for_a_lattice():
     """A region whose upper quartile passes CRYSTAL_Z and whose disks stand out of their
     rings is still no evidence of a phase of its own where its disks close as a
     lattice less than LATTICE_CLOSURE (a patch of glass whose speckle an over-complete
-    fit selected) while it stays below STRONG_CRYSTAL_Z; a lattice, an unjudged
-    closure (NaN) or a region far above the glass is evidence."""
+    fit selected), or cannot be judged as one (NaN: a lone Friedel pair of the glass's
+    own mean pattern), while it stays below STRONG_CRYSTAL_Z; a lattice, or a region
+    far above the glass whatever its disks, is evidence."""
     from hyperspy_cnmf.clustering._components import (
         CRYSTAL_Z,
         LATTICE_CLOSURE,
@@ -2556,5 +2557,6 @@ def test_faint_asks_a_region_below_the_strong_level_for_a_lattice():
     z = 0.5 * (CRYSTAL_Z + STRONG_CRYSTAL_Z)
     assert faint(z, 0.5 * LATTICE_CLOSURE)
     assert not faint(z, 2 * LATTICE_CLOSURE)
-    assert not faint(z, np.nan)
+    assert faint(z, np.nan)
     assert not faint(1.5 * STRONG_CRYSTAL_Z, 0.0)
+    assert not faint(1.5 * STRONG_CRYSTAL_Z, np.nan)

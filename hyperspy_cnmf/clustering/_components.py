@@ -443,7 +443,9 @@ def _disk_peaks(img, centre, disk_radius, beam_radius, min_fraction=MIN_DISK_FRA
 #: ``/work/notes/s23/survey3.py`` with ``MARGIN=0 TOLF=1``): regions at least
 #: 80 % glass median 0.10-0.13, 90th percentile 0.39-0.48; those at most 30 %
 #: glass median 1.0, 5th percentile 0.75; the seven glass regions, not faint
-#: otherwise, that lent a group a phase's evidence at most 0.06.
+#: otherwise, that lent a group a phase's evidence at most 0.06. Disks that
+#: cannot be judged (NaN) count as no lattice: among those regions below
+#: :data:`STRONG_CRYSTAL_Z` none at most half glass was NaN.
 LATTICE_CLOSURE = 0.25
 
 
@@ -2760,11 +2762,15 @@ def _faint(at, which, role, response, filters, patterns, scores, closure=None):
     :func:`_contrast_level` (a patch of glass whose speckle is steady over
     it passes the size-scaled z level), and those whose disks close as a
     lattice less than :data:`LATTICE_CLOSURE` (``closure``, float (n,),
-    :func:`_lattice_closure`; NaN: not judged) while their upper quartile
-    stays below :data:`STRONG_CRYSTAL_Z` (a patch of glass whose speckle
-    stands 8-10 z above its null with a contrast of 2.2-2.9 over 20-35
-    positions, as the weakest crystals: four re-made independent cases at k
-    = 30 made a phase of such a patch). Regions without a null are not
+    :func:`_lattice_closure`), or cannot be judged as one (NaN: fewer than
+    two disks, or a lone Friedel pair whose difference falls off the
+    detector), while their upper quartile stays below
+    :data:`STRONG_CRYSTAL_Z` (a patch of glass whose speckle stands 8-10 z
+    above its null with a contrast of 2.2-2.9 over 20-35 positions, as the
+    weakest crystals: four re-made independent cases at k = 30 made a phase
+    of such a patch; a glass whose own mean pattern holds a Friedel pair on
+    its halo shows that pair in every patch, and two such patches made a
+    phase in a 300 kV case at 15000 counts). Regions without a null are not
     tested. ``scores``: :func:`_crystal_scores` of the same arguments.
     """
     q75, _, count = scores
@@ -2776,8 +2782,8 @@ def _faint(at, which, role, response, filters, patterns, scores, closure=None):
             _disk_contrast(at, which, role, response, filters, patterns)
             < _contrast_level(count)
         )
-        if closure is not None:
-            low |= (q75 < STRONG_CRYSTAL_Z) & (closure < LATTICE_CLOSURE)
+        if closure is not None:  # not judged (NaN): no lattice shown either
+            low |= (q75 < STRONG_CRYSTAL_Z) & ~(closure >= LATTICE_CLOSURE)
     return faint | low
 
 
