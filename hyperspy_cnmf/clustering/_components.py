@@ -387,11 +387,22 @@ def bragg_disk_image(
             f"pattern's size), got {disk_radius!r}."
         )
     centre = _check_centre(centre, img.shape)
+    found = _disk_peaks(img, centre, disk_radius, beam_radius, min_fraction)
+    return _draw_disks(found, disk_radius, sigma)
+
+
+def _draw_disks(found, disk_radius, sigma=0.8):
+    """The disk image of :func:`bragg_disk_image` from a pattern's disks.
+
+    ``found``: :func:`_disk_peaks` of the pattern. Each disk is drawn as a
+    Gaussian of ``sigma`` px at the centroid of the excess within
+    ``disk_radius`` px of its peak, weighted by the square root of its
+    filter response. float64 (qy, qx).
+    """
+    _, excess, response, peak = found
+    ny, nx = excess.shape
     yy, xx = np.mgrid[:ny, :nx]
-    rr, excess, response, peak = _disk_peaks(
-        img, centre, disk_radius, beam_radius, min_fraction
-    )
-    out = np.zeros_like(img)
+    out = np.zeros_like(excess)
     reach = int(np.ceil(max(disk_radius, 4.0 * sigma))) + 1
     for y, x in zip(*np.nonzero(peak)):
         # centroid of the excess within the disk, then the spot, on a local window
@@ -449,7 +460,23 @@ def _disk_peaks(img, centre, disk_radius, beam_radius, min_fraction=MIN_DISK_FRA
 LATTICE_CLOSURE = 0.25
 
 
-def _lattice_closure(patterns, centres, disk_radius, beam_radii):
+def _fill_disk_peaks(found, which, patterns, centres, disk_radius, beam_radii):
+    """Fill ``found[i]`` with :func:`_disk_peaks` of ``patterns[i]`` (NaN as 0)
+    about ``centres[i]`` beyond ``beam_radii[i]``, for each ``i`` of ``which``
+    not found yet: each region's disks are found once, for the lattice test
+    and the disk images both. Returns ``found`` (a list)."""
+    for i in which:
+        if found[i] is None:
+            found[i] = _disk_peaks(
+                np.nan_to_num(np.asarray(patterns[i], dtype=np.float64)),
+                np.asarray(centres[i], dtype=np.float64),
+                disk_radius,
+                beam_radii[i],
+            )
+    return found
+
+
+def _lattice_closure(patterns, centres, disk_radius, beam_radii, found=None):
     """How well each pattern's Bragg disks close as a lattice, float64 (n,).
 
     The disks (:func:`_disk_peaks`) of pattern ``i`` (``patterns`` (n, qy,
@@ -462,21 +489,25 @@ def _lattice_closure(patterns, centres, disk_radius, beam_radii):
     edge peaks up to a radius inward). Returns the closed
     share of the judged sums and differences, weighted by ``sqrt(w_i w_j)``;
     NaN where none is judged (fewer than two disks, or every sum and
-    difference off the detector or in the beam). See
-    :data:`LATTICE_CLOSURE`.
+    difference off the detector or in the beam). ``found``: the patterns'
+    :func:`_disk_peaks` where the caller has some (a list, None where not;
+    :func:`_fill_disk_peaks`). See :data:`LATTICE_CLOSURE`.
     """
     n = patterns.shape[0]
+    found = _fill_disk_peaks(
+        [None] * n if found is None else found,
+        range(n),
+        patterns,
+        centres,
+        disk_radius,
+        beam_radii,
+    )
     out = np.full(n, np.nan)
     tol = max(1.5, disk_radius)
     shape = np.asarray(patterns.shape[-2:][::-1], dtype=np.float64) - 1.0  # x, y
     for i in range(n):
         centre = np.asarray(centres[i], dtype=np.float64)
-        _, _, response, peak = _disk_peaks(
-            np.nan_to_num(np.asarray(patterns[i], dtype=np.float64)),
-            centre,
-            disk_radius,
-            beam_radii[i],
-        )
+        _, _, response, peak = found[i]
         y, x = np.nonzero(peak)
         if x.size < 2:
             continue
@@ -1766,10 +1797,10 @@ def _grain_groups(
         group[reliable] = sub
     else:
         group[reliable] = 0
+    shows = ~empty & ~weak & ~faint  # regions that show a crystal's disks
     if contained is not None and reliable.size > 1:
         # a large region whose disks lie on a touching larger crystal's is a
         # piece of that grain (glass and the grain's rim), whatever the cut
-        shows = ~empty & ~weak & ~faint
         for a in reliable[np.argsort(sizes[reliable], kind="stable")]:
             on = reliable[
                 (touching[a, reliable] > 0)
@@ -1797,7 +1828,6 @@ def _grain_groups(
         )
 
     # a group of large regions none of which shows a crystal's disks is none
-    shows = ~empty & ~weak & ~faint
     evidence = [
         bool(shows[reliable[group[reliable] == g]].any()) for g in range(n_groups)
     ]
@@ -3103,9 +3133,10 @@ def _regroup_by_grain_patterns(
     group (:func:`_disk_containment`). The regions' mean patterns are
     compared on the pixels the fit used: where the factors are NaN (the
     direct beam's disk that the fit left out, widened by the beam's measured
-    movement) they are set to 0, so that a beam that wanders with the scan (descan) is no disk (the
-    B2 / fcc case with 2 px of descan at 20000 counts, k = 30: glass
-    regions 0.00-0.01 apart by the beam's offset made a phase). In the same
+    movement) they are set to 0, so that a beam that wanders with the scan
+    (descan) is no disk (the B2 / fcc case with 2 px of descan at 20000
+    counts, k = 30: glass regions 0.00-0.01 apart by the beam's offset made
+    a phase). In the same
     read, the positions next to each grain (the matrix's and other regions')
     answer its Bragg-disk filter (:func:`_bragg_filters` of the grain's model
     mean pattern, known before the read), and those in the matrix after the
@@ -3232,10 +3263,14 @@ def _regroup_by_grain_patterns(
     # every region's patterns about its own beam (descan)
     centres = np.asarray(cpx, dtype=np.float64) + offsets
     beams = _beam_radii(centres, cpx, dbr)
-    # the lattice test asks only the regions below the strong level
-    closure = np.full(owner.size, np.nan)
+    # the lattice test asks only the regions below the strong level; each
+    # region's disks are found once, for it and for the disk images below
     ask = np.flatnonzero(q75 < STRONG_CRYSTAL_Z)  # NaN: no null, not tested
-    closure[ask] = _lattice_closure(patterns[ask], centres[ask], radius, beams[ask])
+    found = _fill_disk_peaks([None] * owner.size, ask, patterns, centres, radius, beams)
+    closure = np.full(owner.size, np.nan)
+    closure[ask] = _lattice_closure(
+        patterns[ask], centres[ask], radius, beams[ask], [found[i] for i in ask]
+    )
     faint = _faint(at, which, role, response, filters, patterns, scores, closure)
     tested, count = ~faint & ~np.isnan(q75), scores[2]
     if (rise & weak).any():
@@ -3249,6 +3284,7 @@ def _regroup_by_grain_patterns(
         which = new_index[which[mine]]
         owner, patterns, offsets = owner[keep], patterns[keep], offsets[keep]
         centres, beams = centres[keep], beams[keep]
+        found = [f for f, k in zip(found, keep) if k]
         weak, rise, strong, faint = weak[keep], rise[keep], strong[keep], faint[keep]
         tested, count = tested[keep], count[keep]
         halves, half_counts = (
@@ -3268,12 +3304,8 @@ def _regroup_by_grain_patterns(
     touching = _region_contacts(region, nav_shape, owner.size)
     if (sizes >= MIN_GRAIN_POSITIONS).any():
         n_weak = int(weak.sum())
-        disks = np.stack(
-            [
-                bragg_disk_image(p, c, radius, b)
-                for p, c, b in zip(patterns, centres, beams)
-            ]
-        )
+        _fill_disk_peaks(found, range(owner.size), patterns, centres, radius, beams)
+        disks = np.stack([_draw_disks(f, radius) for f in found])
         sim = _disk_similarity(disks, centres, dbr, grid, similarity_kwargs, cpx)
         distance = 0.5 * (sim.pseudo_distance + sim.pseudo_distance.T)
         distance = _noise_corrected(
