@@ -1529,6 +1529,73 @@ def test_grain_groups_a_region_whose_disks_lie_on_a_touching_grains_joins_it():
         assert group[2] != group[0]
 
 
+def test_one_grain_one_phase_joins_the_phases_of_a_grains_pieces():
+    """An over-complete fit cut a small B2 grain into pieces below MIN_GRAIN_POSITIONS:
+    one piece went with the B2 phase's other grain (another orientation), the other with a
+    piece of glass and the grain's rim (a large region beyond the cut): two phases for
+    one grain. The two touching pieces whose disks lie on each other's make them one,
+    under the larger; not where they do not touch, where their disks differ, where a
+    piece is below GRAIN_PIECE_POSITIONS or shows no crystal, nor for a group without
+    evidence."""
+    from hyperspy_cnmf.clustering._components import (
+        CONTAINED_DISKS,
+        GRAIN_DISTANCE,
+        GRAIN_PIECE_POSITIONS,
+        _grain_groups,
+    )
+
+    # B2 grain (30), rim + glass region (22), the small grain's two pieces (11, 10)
+    sizes = np.array([30, 22, 11, 10])
+    owner = np.array([1, 2, 3, 4])
+    d = np.array(
+        [
+            [0.0, 0.29, 0.20, 0.32],
+            [0.29, 0.0, 0.33, 0.20],
+            [0.20, 0.33, 0.0, 0.28],
+            [0.32, 0.20, 0.28, 0.0],
+        ]
+    )
+    touching = np.zeros((4, 4))
+    touching[2, 3] = touching[3, 2] = 5  # the two pieces
+    touching[1, 3] = touching[3, 1] = 4  # the rim region beside one piece
+    contained = np.full((4, 4), np.nan)
+    contained[2, 3], contained[3, 2] = 0.95, 1.0
+    group, evidence = _grain_groups(d, sizes, owner, touching)
+    assert d[0, 1] > GRAIN_DISTANCE and group[0] != group[1]
+    assert group[2] == group[0] and group[3] == group[1]
+    assert evidence[group[0]] and evidence[group[1]]
+    group, evidence = _grain_groups(d, sizes, owner, touching, contained=contained)
+    assert len(set(group)) == 1 and evidence[group[0]] and group[0] == 0
+    for cont, touch, size, faint in (
+        (0.9 * CONTAINED_DISKS, 5, 10, False),
+        (0.95, 0, 10, False),
+        (0.95, 5, GRAIN_PIECE_POSITIONS - 1, False),
+        (0.95, 5, 10, True),
+    ):
+        c2, t2, s2 = contained.copy(), touching.copy(), sizes.copy()
+        c2[2, 3] = c2[3, 2] = cont
+        t2[2, 3] = t2[3, 2] = touch
+        s2[3] = size
+        group, evidence = _grain_groups(
+            d, s2, owner, t2, None, None, None, np.array([False] * 3 + [faint]), c2
+        )
+        assert group[0] == group[2] and group[1] == group[3] != group[0]
+        assert evidence[group[0]] and evidence[group[1]]
+    # a group without evidence (the rim region faint too) is joined by nothing
+    group, evidence = _grain_groups(
+        d,
+        sizes,
+        owner,
+        touching,
+        None,
+        None,
+        None,
+        np.array([False, True, False, True]),
+        contained,
+    )
+    assert not evidence[group[1]] and group[2] == group[0]
+
+
 def _speckled_scan(counts, rng):
     """A 32 x 32 scan of glass whose every pattern holds its own speckle (41 x 41 px),
     with a crystal grain (disk of radius 4 about (8, 8)); expected counts and the grain."""
