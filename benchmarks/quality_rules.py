@@ -26,7 +26,8 @@ default decomposition once and then ``cluster_diffraction`` with each rule varia
   (:data:`STRONG_PHASE_DISTANCE` infinite); ``no disk containment``: a large region whose disks
   lie on a touching grain's is grouped by the cut only, and touching pieces of one grain in
   two phases stay apart (:data:`CONTAINED_DISKS` infinite); ``no one-grain merge``: only the
-  latter (:data:`GRAIN_PIECE_POSITIONS` infinite);
+  latter (:data:`GRAIN_PIECE_POSITIONS` infinite); ``no contact test``: a small region that
+  shows no crystal still joins the phase it touches (:data:`CONTACT_Z` -infinity);
 - ``no orientation groups``: grain regions parted by single components, not by groups of one
   orientation (``_orientation_groups`` bypassed);
 - ``max_enclosure=None`` and other values of it (pieces of a grain joined: :data:`MAX_ENCLOSURE`);
@@ -94,6 +95,7 @@ VARIANTS = {
     "no strong-phase distance": ("STRONG_PHASE_DISTANCE", float("inf")),
     "no disk containment": ("CONTAINED_DISKS", float("inf")),
     "no one-grain merge": ("GRAIN_PIECE_POSITIONS", float("inf")),
+    "no contact test": ("CONTACT_Z", float("-inf")),
     "no orientation groups": (
         "_orientation_groups",
         lambda disks: np.arange(disks.shape[0]),

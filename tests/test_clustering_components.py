@@ -1596,6 +1596,28 @@ def test_one_grain_one_phase_joins_the_phases_of_a_grains_pieces():
     assert not evidence[group[1]] and group[2] == group[0]
 
 
+def test_grain_groups_a_blank_region_joins_no_phase_by_contact():
+    """A small patch of glass beside a grain (faint, its upper quartile below CONTACT_Z:
+    it shows no crystal) whose mean pattern lies beyond the cut from the grain's joined
+    the grain's phase by touching it; it goes to the matrix. A blank region within the
+    cut of the grain's pattern (a piece of it) stays, as does one that is not blank."""
+    from hyperspy_cnmf.clustering._components import GRAIN_DISTANCE, _grain_groups
+
+    sizes = np.array([60, 14, 8])  # the grain, a glass patch, a weak piece of the grain
+    owner = np.array([1, 2, 2])
+    d = np.array([[0.0, 0.48, 0.2], [0.48, 0.0, 0.45], [0.2, 0.45, 0.0]])
+    assert GRAIN_DISTANCE < d[0, 1] <= 2 * GRAIN_DISTANCE and d[0, 2] <= GRAIN_DISTANCE
+    touching = np.zeros((3, 3))
+    touching[0, 1] = touching[1, 0] = touching[0, 2] = touching[2, 0] = 4
+    faint = np.array([False, True, True])
+    group, evidence = _grain_groups(d, sizes, owner, touching, faint=faint)
+    assert group[1] == group[0] == group[2] and evidence[group[0]]
+    blank = np.array([False, True, True])
+    group, evidence = _grain_groups(d, sizes, owner, touching, faint=faint, blank=blank)
+    assert evidence[group[0]] and group[2] == group[0]
+    assert group[1] != group[0] and not evidence[group[1]]
+
+
 def _speckled_scan(counts, rng):
     """A 32 x 32 scan of glass whose every pattern holds its own speckle (41 x 41 px),
     with a crystal grain (disk of radius 4 about (8, 8)); expected counts and the grain."""

@@ -21,6 +21,7 @@ numpy, numba and scipy only. The HyperSpy methods live in
 """
 
 from hyperspy_cnmf.clustering._components import (
+    CONTACT_Z,
     CONTAINED_DISKS,
     CRYSTAL_FLOOR_Z,
     CRYSTAL_Z,
@@ -92,6 +93,7 @@ from hyperspy_cnmf.clustering._similarity import (
 )
 
 __all__ = [
+    "CONTACT_Z",
     "CONTAINED_DISKS",
     "CRYSTAL_FLOOR_Z",
     "CRYSTAL_Z",
