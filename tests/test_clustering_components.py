@@ -1535,12 +1535,14 @@ def test_one_grain_one_phase_joins_the_phases_of_a_grains_pieces():
     piece of glass and the grain's rim (a large region beyond the cut): two phases for
     one grain. The two touching pieces whose disks lie on each other's make them one,
     under the larger; not where they do not touch, where their disks differ, where a
-    piece is below GRAIN_PIECE_POSITIONS or shows no crystal, nor for a group without
+    piece is below GRAIN_PIECE_POSITIONS or shows no crystal, where the two phases'
+    large regions lie beyond STRONG_PHASE_DISTANCE, nor for a group without
     evidence."""
     from hyperspy_cnmf.clustering._components import (
         CONTAINED_DISKS,
         GRAIN_DISTANCE,
         GRAIN_PIECE_POSITIONS,
+        STRONG_PHASE_DISTANCE,
         _grain_groups,
     )
 
@@ -1581,6 +1583,12 @@ def test_one_grain_one_phase_joins_the_phases_of_a_grains_pieces():
         )
         assert group[0] == group[2] and group[1] == group[3] != group[0]
         assert evidence[group[0]] and evidence[group[1]]
+    # two phases whose large regions lie beyond STRONG_PHASE_DISTANCE stay two (one
+    # holds a misplaced piece of the other's grain)
+    d2 = d.copy()
+    d2[0, 1] = d2[1, 0] = 1.1 * STRONG_PHASE_DISTANCE
+    group, evidence = _grain_groups(d2, sizes, owner, touching, contained=contained)
+    assert group[0] != group[1] and evidence[group[0]] and evidence[group[1]]
     # a group without evidence (the rim region faint too) is joined by nothing
     group, evidence = _grain_groups(
         d,
