@@ -1778,8 +1778,9 @@ def _grain_groups(
     0-2 (126 fits): true phase count at k = 30 56 -> 59 of 63, no other
     count changed (the B2 / CuZr2 descan case at 1500, random_state 0: a
     20-position glass patch was a phase, 0.825 -> 0.908). Last, phases
-    that hold touching pieces of one grain (``contained`` both ways) are
-    made one (:func:`_one_grain_one_phase`), and a small region that shows
+    that hold touching pieces of one grain (disks on each other's,
+    ``contained``) are made one (:func:`_one_grain_one_phase`; ``distance``
+    keeps two phases apart), and a small region that shows
     no crystal at all (``blank``: faint, its upper quartile below
     :data:`CONTACT_Z`) whose mean pattern lies beyond the cut from its
     phase's large regions goes to the matrix: it joined by contact alone.
