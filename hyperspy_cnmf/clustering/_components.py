@@ -1973,14 +1973,15 @@ def _grain_groups(
     if blank is not None:
         # a small region that shows no crystal, in a phase by contact only
         # (beyond the cut from the phase's large regions): the matrix's
-        drop = []
-        for r in np.flatnonzero(np.asarray(blank) & (sizes < MIN_GRAIN_POSITIONS)):
-            big = reliable[group[reliable] == group[r]]
-            if group[r] >= 0 and evidence[group[r]] and big.size:
-                if distance[r, big].mean() > GRAIN_DISTANCE:
-                    drop.append(r)
-        if drop:
-            group[drop] = -1
+        drop = [
+            r
+            for r in np.flatnonzero(np.asarray(blank) & (sizes < MIN_GRAIN_POSITIONS))
+            if group[r] >= 0
+            and evidence[group[r]]
+            and (group[reliable] == group[r]).any()
+            and mean_distance([r], group[r])[0] > GRAIN_DISTANCE
+        ]
+        group[drop] = -1
     if (group < 0).any():  # weak regions placed by nothing: the matrix
         group[group < 0] = evidence.size
         evidence = np.append(evidence, False)
