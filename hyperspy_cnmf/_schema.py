@@ -222,6 +222,12 @@ class DecompositionRecord:
         absent for one signal axis. The clustering compares each grain's
         patterns about its own beam (descan; ``cluster_components``'s
         ``beam_positions``).
+    row_scale, col_scale : ndarray of float64, shapes (n_positions,), (n_pixels,)
+        The weights the fit ran with, ``Xe = diag(row_scale) X diag(col_scale)``
+        (Poisson weights, 0 where masked or left out: the direct beam's
+        disk). The clustering's refit fits the model ``loadings @ factors.T``
+        again with them (``cluster_diffraction(refit="auto")``); absent from
+        records written before (then no refit).
     """
 
     loss: np.ndarray = stored(dtype=np.float64)
@@ -232,3 +238,5 @@ class DecompositionRecord:
     diffraction_constraint_size: float = stored("float")
     parameters: dict = stored("json")
     beam_positions: np.ndarray = stored(dtype=np.float64)
+    row_scale: np.ndarray = stored(dtype=np.float64)
+    col_scale: np.ndarray = stored(dtype=np.float64)

@@ -274,7 +274,7 @@ cluster_diffraction = _public(
     + """
 >>> res = hyperspy_cnmf.cluster_diffraction(s)
 >>> sorted(res)
-['labels', 'linkage', 'mean_patterns', 'merged_factors', 'merged_maps', 'position_labels', 'pseudo_distance', 'rotation']
+['labels', 'linkage', 'mean_patterns', 'merged_factors', 'merged_maps', 'position_labels', 'pseudo_distance', 'refit_factors', 'refit_loadings', 'rotation']
 >>> s.learning_results.cluster_algorithm
 'cluster_diffraction'""",
     result=_pyxem_results,

@@ -418,9 +418,9 @@ def _demo_clustering(s, k_cluster, max_iter, out):
     res = c.cluster_diffraction()
     dt_cluster = time.perf_counter() - t0
     lr = c.learning_results
-    _, Lc = rp.components(c)
+    _, Lc = rp.clustered_components(c)  # the refit's when the clustering refitted
     clear, comp_phase = rp.clear_component_phases(
-        Lc.reshape(len(Lc), -1)[np.asarray(lr.cdiff_components)],
+        Lc.reshape(len(Lc), -1),
         T.maps,
         T.phase_of_component,
     )
@@ -437,7 +437,7 @@ def _demo_clustering(s, k_cluster, max_iter, out):
     res["merged_factors"].save(out / "cluster_merged_diffraction.hspy", overwrite=True)
     res["mean_patterns"].save(out / "cluster_mean_patterns.hspy", overwrite=True)
     row = [
-        k_cluster,
+        _clustered_components_text(lr, k_cluster),
         n_clusters,
         n_phases,
         float(lr.cdiff_threshold),
@@ -756,6 +756,8 @@ def _run_clustering(s, args, beam, out, written, figs):
         kw["distance_threshold"] = args.distance_threshold
     if beam is not None:
         kw.update(centre=beam.xy, units="px", direct_beam_radius=beam.radius)
+    if args.no_refit:
+        kw["refit"] = False
     res = s.cluster_diffraction(**kw)
     dt_cl = time.perf_counter() - t0
     for key, stem in (
@@ -764,6 +766,8 @@ def _run_clustering(s, args, beam, out, written, figs):
         ("merged_maps", "cluster_maps"),
         ("position_labels", "cluster_position_labels"),
         ("labels", "cluster_labels"),
+        ("refit_factors", "cluster_refit_factors"),
+        ("refit_loadings", "cluster_refit_loadings"),
     ):
         if key in res:
             path = out / f"{stem}.{args.format}"
@@ -773,7 +777,13 @@ def _run_clustering(s, args, beam, out, written, figs):
     figs.append(rp.save_figure(s.plot_cluster_gallery(), out / "cluster_gallery.png"))
     lr = s.learning_results
     n_c = int(np.max(lr.cdiff_labels)) + 1
-    return [[k, n_c, float(lr.cdiff_threshold), dt_cl]]
+    return [[_clustered_components_text(lr, k), n_c, float(lr.cdiff_threshold), dt_cl]]
+
+
+def _clustered_components_text(lr, k):
+    """``k``, or ``"k (refit n)"`` when the clustering refitted ``n`` components (``refit="auto"``)."""
+    n = json.loads(str(lr.cdiff_parameters)).get("refit_components", 0)
+    return f"{k} (refit {n})" if n else k
 
 
 def _run_rows(s, args, info, m, dt_nmf):
@@ -987,6 +997,12 @@ def _run_cluster_output_arguments(run):
         type=_threshold,
         default=None,
         help="cut the dendrogram at this pseudo-distance 1-CC, or 'gap' (default 0.3)",
+    )
+    run.add_argument(
+        "--no-refit",
+        action="store_true",
+        help="cluster the decomposition's own components (the paper's clustering), without "
+        "refitting one component per grain found to their model (cluster_diffraction(refit=False))",
     )
     run.add_argument(
         "--output", default="cnmf_run", help="output folder (default: cnmf_run)"

@@ -44,6 +44,42 @@ def components(signal):
     return F, L
 
 
+def clustered_components(signal):
+    """Factors and loadings of the components that the last ``cluster_diffraction`` clustered.
+
+    The refit's components when the clustering refitted (``cdiff_refit_factors``,
+    ``cdiff_refit_loadings``), else the decomposition's components it
+    clustered (``cdiff_components``).
+
+    Returns
+    -------
+    factors : ndarray, shape (k, qy, qx)
+    loadings : ndarray, shape (k, ny, nx)
+
+    Raises
+    ------
+    RuntimeError
+        Without a clustering of the components.
+    """
+    lr = signal.learning_results
+    if getattr(lr, "cdiff_labels", None) is None:
+        raise RuntimeError("the signal has no cluster_diffraction result yet")
+    am = signal.axes_manager
+    refit_f = getattr(lr, "cdiff_refit_factors", None)
+    if refit_f is None:
+        F, L = components(signal)
+        idx = np.asarray(lr.cdiff_components)
+        return F[idx], L[idx]
+    k = refit_f.shape[1]
+    F = np.asarray(refit_f, dtype=np.float64).T.reshape(
+        (k,) + tuple(am._signal_shape_in_array)
+    )
+    L = np.asarray(lr.cdiff_refit_loadings, dtype=np.float64).T.reshape(
+        (k,) + tuple(am._navigation_shape_in_array)
+    )
+    return F, L
+
+
 #: Rows of one float64 piece inside a block of the streamed reads: at most
 #: this many bytes of float64 copies at a time (the block itself is one chunk).
 _PIECE_BYTES = 8 * 2**20

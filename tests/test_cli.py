@@ -1,5 +1,6 @@
 """The ``hyperspy-cnmf`` command line, in-process on tiny data."""
 
+import json
 import warnings
 
 import numpy as np
@@ -487,3 +488,33 @@ def test_sigint_in_a_real_process(tiny_file, tmp_path):
     assert [line for line in proc.stderr.splitlines() if line.strip()] == [
         "hyperspy-cnmf: interrupted"
     ]
+
+
+def test_run_refits_over_complete_fits_unless_told_not_to(tiny_file, tmp_path):
+    """k = 8 on a 16 x 16 scan with 2 small grains: the clustering refits the grains it counts
+    + 2 components to the model and saves them; ``--no-refit`` clusters the decomposition's own
+    8 components."""
+    import hyperspy.api as hs
+
+    params = {}
+    for flag in ([], ["--no-refit"]):
+        out = tmp_path / ("plain" if flag else "refit")
+        argv = [
+            "run",
+            str(tiny_file),
+            "-k",
+            "8",
+            "--max-iter",
+            "30",
+            "--output",
+            str(out),
+        ]
+        assert _run(argv + flag) == 0
+        lr = np.load(out / "learning_results.npz", allow_pickle=True)
+        params[bool(flag)] = json.loads(str(lr["cdiff_parameters"]))
+        labels = hs.load(out / "cluster_labels.hspy").data
+        assert labels.shape == (params[bool(flag)]["refit_components"] or 8,)
+        assert (out / "cluster_refit_factors.hspy").is_file() != bool(flag)
+    assert params[False]["refit_grains"] >= 1
+    assert params[False]["refit_components"] == params[False]["refit_grains"] + 2
+    assert params[True]["refit_components"] == 0

@@ -2657,3 +2657,20 @@ def test_faint_asks_a_region_below_the_strong_level_for_a_lattice():
     assert faint(z, np.nan)
     assert not faint(1.5 * STRONG_CRYSTAL_Z, 0.0)
     assert not faint(1.5 * STRONG_CRYSTAL_Z, np.nan)
+
+
+def test_grain_count_counts_the_regions_of_every_cluster_but_the_matrix():
+    """Connected regions (8-connected) of at least REFIT_GRAIN_POSITIONS positions; the cluster
+    with the most positions is the matrix; unlabelled positions (-1) count for none."""
+    lab = np.zeros((20, 20), int)
+    lab[1:5, 1:5] = 1  # 16 positions
+    lab[10:14, 10:14] = 1  # a second grain of the same phase
+    lab[5:8, 5:8] = 1  # 9, touching the first diagonally: one region with it
+    lab[15:19, 1:5] = 2
+    lab[0, 19] = 2  # a lone position: no grain
+    lab[17:19, 17:20] = 3  # 6 positions < 10
+    lab[19, 0] = -1
+    assert cl.REFIT_GRAIN_POSITIONS == 10
+    assert cl.grain_count(lab.ravel(), (20, 20)) == 3
+    assert cl.grain_count(np.zeros(400, int), (20, 20)) == 0
+    assert cl.grain_count(np.full(400, -1), (20, 20)) == 0

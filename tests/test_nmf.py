@@ -10,6 +10,7 @@ import pytest
 from hyperspy_cnmf.nmf import (
     ConvergenceWarning,
     DenseOperator,
+    FactoredOperator,
     SketchOperator,
     constrained_nmf,
     randomized_range,
@@ -19,9 +20,10 @@ from hyperspy_cnmf.nmf._operators import round_entries, round_sums
 
 def _fit(X, k=4, **kw):
     kw.setdefault("random_state", 0)
+    op = X if isinstance(X, FactoredOperator) else DenseOperator(X)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return constrained_nmf(DenseOperator(X), k, **kw)
+        return constrained_nmf(op, k, **kw)
 
 
 def test_core_never_imports_hyperspy_dask_py4dstem():
@@ -600,3 +602,47 @@ def test_a_cycling_loss_stops_at_its_lowest_iterate(lowrank, monkeypatch):
             callback=lambda phase, it, loss: n_calls.append(it),
         )
     assert len(n_calls) == 120
+
+
+def test_factored_operator_is_its_model_and_refuses_what_no_fit_gives():
+    """A fit's model as data: the products, statistics and scales of ``W @ Ht.T``, no read."""
+    rng = np.random.default_rng(3)
+    W, Ht = rng.random((30, 4)), rng.random((20, 4))
+    rs, cs = rng.random(30) + 0.5, np.r_[np.ones(18), 0.0, 0.0]
+    op = FactoredOperator(W, Ht, rs, cs)
+    X = W @ Ht.T
+    A, B = rng.random((20, 3)), rng.random((30, 3))
+    np.testing.assert_allclose(op.right(A), X @ A, rtol=1e-12)
+    np.testing.assert_allclose(op.left_t(B), X.T @ B, rtol=1e-12)
+    R, L = op.right_left_t(A, B)
+    np.testing.assert_allclose(R, X @ A, rtol=1e-12)
+    np.testing.assert_allclose(L, X.T @ B, rtol=1e-12)
+    stats = op.stats()
+    assert stats["sq_norm"] == pytest.approx((X**2).sum(), rel=1e-12)
+    assert stats["total"] == pytest.approx(X.sum(), rel=1e-12)
+    assert stats["minimum"] == 0.0 and stats["n_bad"] == 0
+    np.testing.assert_array_equal(op.row_scale, rs)
+    np.testing.assert_array_equal(op.col_scale, cs)
+    assert op.n_passes == 0
+    with pytest.raises(ValueError, match="non-negative"):
+        FactoredOperator(-W, Ht, rs, cs)
+    with pytest.raises(ValueError, match="finite"):
+        FactoredOperator(np.where(W > 0.5, np.nan, W), Ht, rs, cs)
+    with pytest.raises(ValueError, match="rank"):
+        FactoredOperator(W, Ht[:, :3], rs, cs)
+    with pytest.raises(ValueError, match="row_scale"):
+        FactoredOperator(W, Ht, rs[:5], cs)
+
+
+def test_a_fit_to_a_factored_model_recovers_it(lowrank):
+    """Fewer components fitted to an over-complete fit's model: the refit of the clustering
+    (``cluster_diffraction(refit="auto")``) reproduces the data it came from."""
+    X = lowrank
+    over = _fit(X, k=8, tol=1e-7, max_iter=400)
+    op = FactoredOperator(over.W, over.Ht, np.ones(X.shape[0]), np.ones(X.shape[1]))
+    refit = _fit(op, k=4, tol=1e-7, max_iter=400)
+    direct = _fit(X, k=4, tol=1e-7, max_iter=400)
+    err_refit = np.linalg.norm(refit.W @ refit.Ht.T - X)
+    err_direct = np.linalg.norm(direct.W @ direct.Ht.T - X)
+    assert err_refit <= 1.01 * err_direct  # as good as a fit to the data itself
+    assert op.n_passes == 0

@@ -152,9 +152,19 @@ def test_summary_lists_constraints_convergence_and_clustering(small, tmp_path):
     assert f"converged={lr.cnmf_converged}" in text
     assert f"final reduced chi-square (Poisson-weighted)={lr.cnmf_loss[-1]:.6g}" in text
     assert "Clustering parameters (cluster_diffraction)" in text
+    n_refit = json.loads(lr.cdiff_parameters)["refit_components"]
+    assert 0 < n_refit == lr.cdiff_labels.size < 6  # grains counted + matrix + spare
     assert (
-        f"number_of_clusters={int(lr.cdiff_labels.max()) + 1} of 6 components" in text
+        f"number_of_clusters={int(lr.cdiff_labels.max()) + 1} of {n_refit} refit components "
+        "(fitted to the model of the decomposition's 6; refit=False for those)" in text
     )
+    s.cluster_diffraction(refit=False)
+    assert (
+        f"number_of_clusters={int(lr.cdiff_labels.max()) + 1} of 6 components"
+        in lr.summary()
+    )
+    s.cluster_diffraction()
+    text = lr.summary()
     n_texture = int(np.sum(lr.cdiff_texture))
     assert (f"texture components={n_texture} " in text) == (n_texture > 0)
     assert (

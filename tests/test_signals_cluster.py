@@ -580,8 +580,11 @@ def test_with_constrained_nmf(base_signal):
     lr = s.learning_results
     assert time.perf_counter() - t0 < 60
     assert lr.cdiff_labels.max() + 1 == 3
-    # components whose map is clearly one true component's: label by its phase
-    maps = lr.loadings.T
+    # components whose map is clearly one true component's: label by its phase (the
+    # clustered components: the refit's, fitted to the model of the k over-complete ones)
+    assert lr.cdiff_refit_loadings is not None
+    maps = lr.cdiff_refit_loadings.T
+    k = maps.shape[0]
     corr = np.corrcoef(np.vstack([maps, truth.maps.reshape(truth.n_components, -1)]))
     corr = corr[:k, k:]
     clear = corr.max(1) > 0.9
@@ -794,3 +797,117 @@ def test_region_mean_patterns_read_as_nan_to_num(dtype):
             response, np.einsum("ij,ij->i", flat[at], filters[which])
         )
     np.testing.assert_array_equal(s.data, data)  # NaN and inf still there
+
+
+# --------------------------------------------------------------------------
+# the refit (cluster_diffraction(refit="auto"))
+# --------------------------------------------------------------------------
+def _constrained(s, k):
+    """The default constrained decomposition with ``k`` components, random_state 0."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s.decomposition(
+            algorithm="constrained_nmf",
+            output_dimension=k,
+            random_state=0,
+            print_info=False,
+        )
+
+
+@pytest.fixture(scope="module")
+def three_grains():
+    """3 grains of 2 phases in a 32 x 32 scan, decomposed over-complete (k = 9)."""
+    s = simulated_precipitates(scan_shape=(32, 32), n_grains=3)
+    _constrained(s, 9)
+    return s
+
+
+def _params(s):
+    return json.loads(str(s.learning_results.cdiff_parameters))
+
+
+def test_refit_fits_one_component_per_grain_and_clusters_those(three_grains):
+    """The over-complete fit's grains counted (3), a fit of grains + 1 + REFIT_SPARE components
+    to its model clustered: one component per grain, the phases and positions as the truth;
+    the decomposition stays as it was, and refit=False clusters its own components."""
+    from hyperspy_cnmf.clustering import REFIT_SPARE
+
+    s = three_grains.deepcopy()
+    T = s.metadata.Simulation
+    before = np.array(s.learning_results.factors)
+    res = s.cluster_diffraction()
+    p = _params(s)
+    assert p["refit_grains"] == 3
+    assert p["refit_components"] == 3 + 1 + REFIT_SPARE
+    n = p["refit_components"]
+    assert res["labels"].data.shape == (n,)
+    assert res["refit_factors"].data.shape == (n,) + s.data.shape[-2:]
+    assert res["refit_loadings"].data.shape == (n,) + s.data.shape[:2]
+    assert s.learning_results.number_of_clusters == 3
+    assert (
+        adjusted_rand_score(
+            np.ravel(T.phase_map), s.learning_results.cdiff_position_labels
+        )
+        >= 0.85
+    )
+    np.testing.assert_array_equal(
+        s.learning_results.factors, before
+    )  # not refitted in place
+
+    res = s.cluster_diffraction(refit=False)
+    assert res["labels"].data.shape == (9,)
+    assert "refit_factors" not in res and _params(s)["refit_components"] == 0
+
+
+def test_refit_gives_the_lazy_signal_the_in_memory_result(three_grains):
+    """The refit reads nothing (the decomposition's model): lazy labels are the in-memory ones."""
+    s = three_grains.deepcopy()
+    s.cluster_diffraction()
+    lz = three_grains.as_lazy()
+    _constrained(lz, 9)
+    lz.cluster_diffraction()
+    assert _params(lz)["refit_components"] == _params(s)["refit_components"] > 0
+    np.testing.assert_array_equal(
+        lz.learning_results.cdiff_position_labels,
+        s.learning_results.cdiff_position_labels,
+    )
+    np.testing.assert_allclose(
+        lz.learning_results.cdiff_refit_factors,
+        s.learning_results.cdiff_refit_factors,
+        rtol=1e-6,
+        atol=1e-12,
+    )
+
+
+def test_refit_needs_more_components_than_grains_and_the_fits_weights(three_grains):
+    """No refit where the decomposition has no more components than grains + 1 (k = true), nor
+    without the weights the fit ran with (a record of an older version); a bad value raises."""
+    s = three_grains.deepcopy()
+    s.learning_results.cnmf_row_scale = None
+    s.cluster_diffraction()
+    assert _params(s)["refit_components"] == 0
+    s = simulated_precipitates(scan_shape=(32, 32), n_grains=3)
+    _constrained(s, 4)
+    s.cluster_diffraction()
+    assert _params(s)["refit_components"] == 0 and _params(s)["refit_grains"] == 3
+    with pytest.raises(ValueError, match="refit"):
+        s.cluster_diffraction(refit="yes")
+
+
+def test_refit_goes_without_the_spare_where_it_splits_the_matrix():
+    """The embedded default at k = 30: with the spare the refit gave the matrix two components
+    0.33 apart and 4 clusters (position ARI 0.554); the refit then takes one per grain and one
+    for the matrix (7) and finds the 3 phases."""
+    s = simulated_precipitates()
+    T = s.metadata.Simulation
+    _constrained(s, 30)
+    s.cluster_diffraction()
+    p = _params(s)
+    assert p["refit_grains"] == 6 and p["refit_components"] == 7
+    assert s.learning_results.number_of_clusters == 3
+    assert (
+        adjusted_rand_score(
+            np.ravel(T.phase_map), s.learning_results.cdiff_position_labels
+        )
+        >= 0.9
+    )

@@ -37,6 +37,8 @@ NAMES = {
             "diffraction_constraint_size",
             "parameters",
             "beam_positions",  # added with issue 10 (descan in the clustering)
+            "row_scale",  # added with issue 10 (the clustering's refit)
+            "col_scale",
         ),
     ),
     "cdiff_": (
@@ -64,6 +66,8 @@ NAMES = {
             "map_artefact",  # added with issue 10, item 8
             "texture",  # added with issue 10, item 4
             "mean_patterns",  # added with issue 10, item 9
+            "refit_factors",  # added with issue 10 (the clustering's refit)
+            "refit_loadings",
         ),
     ),
     "cpat_": (
@@ -105,6 +109,10 @@ def records():
     factors[2] = np.roll(factors[2], 1, axis=0)
     loadings = rng.random((3, SCAN[0] * SCAN[1]))
     comp = cl.cluster_components(factors, loadings, (8, 8), nav_shape=SCAN)
+    comp.refit_factors, comp.refit_loadings = (
+        factors,
+        loadings,
+    )  # as a refit stores them
     blocks = iter([factors[:2], factors[2:]])
     pat = cl.cluster_patterns(
         factors, centre=(8, 8), positions=[0, 1, 2], all_patterns=blocks, step=(1, 1)
@@ -118,6 +126,8 @@ def records():
         diffraction_constraint_size=2.5,
         parameters={"k": 3, "map_filter": "gaussian", "tol": 1e-4, "x": None},
         beam_positions=np.array([[8.0, 8.25], [np.nan, np.nan]] * 6),
+        row_scale=rng.random(SCAN[0] * SCAN[1]),
+        col_scale=np.r_[0.0, rng.random(DETECTOR[0] * DETECTOR[1] - 1)],
     )
     return {"cnmf_": dec, "cdiff_": comp, "cpat_": pat}
 
@@ -162,7 +172,11 @@ def test_stored_representation_is_arrays_scalars_and_strings(records):
 def _shapes(prefix):
     if prefix == "cnmf_":
         return None
-    return {"merged_factors": DETECTOR, "mean_patterns": DETECTOR}
+    return {
+        "merged_factors": DETECTOR,
+        "mean_patterns": DETECTOR,
+        "refit_factors": DETECTOR,
+    }
 
 
 def test_round_trip_in_memory(records):

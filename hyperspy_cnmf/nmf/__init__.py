@@ -3,7 +3,12 @@
 This subpackage never imports HyperSpy, dask or py4DSTEM.
 """
 
-from hyperspy_cnmf.nmf._operators import DenseOperator, SketchOperator, randomized_range
+from hyperspy_cnmf.nmf._operators import (
+    DenseOperator,
+    FactoredOperator,
+    SketchOperator,
+    randomized_range,
+)
 from hyperspy_cnmf.nmf._solver import (
     EXACT_REFINEMENT,
     INITS,
@@ -17,6 +22,7 @@ from hyperspy_cnmf.nmf._solver import (
 __all__ = [
     "DenseOperator",
     "SketchOperator",
+    "FactoredOperator",
     "randomized_range",
     "constrained_nmf",
     "NMFResult",

@@ -487,7 +487,30 @@ def _pool(n):
         return pool
 
 
-class SketchOperator:
+class _LowRankOperator:
+    """The products of an operator held as two factors, ``Xe = left @ right.T`` (no read).
+
+    Subclasses set ``self._factors = (left, right)``, shapes (n_rows, r) and (n_cols, r).
+    """
+
+    def right(self, A):
+        left, right = self._factors
+        return left @ (right.T @ A)
+
+    def left_t(self, B):
+        left, right = self._factors
+        return right @ (left.T @ B)
+
+    def right_left_t(self, A, B):
+        return self.right(A), self.left_t(B)
+
+    def fused_pass(self, W, Ht, update):
+        R = self.right(Ht)
+        update(W, R, self.row_scale == 0)
+        return self.left_t(W)
+
+
+class SketchOperator(_LowRankOperator):
     """A low-rank sketch ``Xe ~ Q @ Bt.T`` of another operator.
 
     Products cost ``O((n_rows + n_cols) * rank * k)`` instead of a data read.
@@ -506,6 +529,7 @@ class SketchOperator:
     def __init__(self, Q, Bt, base):
         self.Q = Q
         self.Bt = Bt
+        self._factors = (Q, Bt)
         self.base = base
         self.shape = base.shape
         self.dtype = np.dtype(np.float64)
@@ -516,19 +540,67 @@ class SketchOperator:
     def stats(self):
         return self.base.stats()
 
-    def right(self, A):
-        return self.Q @ (self.Bt.T @ A)
 
-    def left_t(self, B):
-        return self.Bt @ (self.Q.T @ B)
+class FactoredOperator(_LowRankOperator):
+    """A fitted model ``Xe = W @ Ht.T`` (effective units) as data: no read of any file.
 
-    def right_left_t(self, A, B):
-        return self.right(A), self.left_t(B)
+    Another fit can then be run on a former fit's model, e.g. one component
+    per grain on the model of an over-complete fit (the clustering's refit,
+    :func:`~hyperspy_cnmf.clustering.cluster_components`). Products cost
+    ``O((n_rows + n_cols) * rank * k)``; unlike :class:`SketchOperator`,
+    ``stats()`` are the model's own (its loss is the distance to the model).
 
-    def fused_pass(self, W, Ht, update):
-        R = self.right(Ht)
-        update(W, R, self.row_scale == 0)
-        return self.left_t(W)
+    Parameters
+    ----------
+    W : ndarray, shape (n_rows, rank)
+        Maps in effective units (``row_scale`` times data units), finite and
+        non-negative (as ``Ht``); zero in masked rows.
+    Ht : ndarray, shape (n_cols, rank)
+        Patterns in effective units, zero in masked columns.
+    row_scale, col_scale : ndarray, shapes (n_rows,), (n_cols,)
+        The scales the model was fitted with (0: masked), so that the
+        constraints act in data units as they did.
+
+    Raises
+    ------
+    ValueError
+        For factors of inconsistent shapes or that are not finite.
+
+    Examples
+    --------
+    >>> W = np.array([[1.0, 0.0], [0.0, 2.0]]); Ht = np.array([[1.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    >>> op = FactoredOperator(W, Ht, np.ones(2), np.ones(3))
+    >>> np.allclose(op.right(np.eye(3)), W @ Ht.T), op.stats()["sq_norm"]
+    (True, 10.0)
+    """
+
+    def __init__(self, W, Ht, row_scale, col_scale):
+        W = np.asarray(W, dtype=np.float64)
+        Ht = np.asarray(Ht, dtype=np.float64)
+        if W.ndim != 2 or Ht.ndim != 2 or W.shape[1] != Ht.shape[1]:
+            raise ValueError(
+                f"W and Ht must be (n_rows, rank) and (n_cols, rank), got {W.shape} and {Ht.shape}"
+            )
+        if not (np.isfinite(W).all() and np.isfinite(Ht).all()):
+            raise ValueError("the factored model must be finite (zero where masked)")
+        if W.min(initial=0.0) < 0 or Ht.min(initial=0.0) < 0:
+            raise ValueError("the factored model must be non-negative (an NMF fit)")
+        self.W, self.Ht = W, Ht
+        self._factors = (W, Ht)
+        self.shape = (W.shape[0], Ht.shape[0])
+        self.dtype = np.dtype(np.float64)
+        self.row_scale = _scale_vector(row_scale, self.shape[0], "row_scale")
+        self.col_scale = _scale_vector(col_scale, self.shape[1], "col_scale")
+        self.n_passes = 0
+        self._stats = dict(
+            total=float(W.sum(axis=0) @ Ht.sum(axis=0)),
+            sq_norm=float(((W.T @ W) * (Ht.T @ Ht)).sum()),
+            minimum=0.0,
+            n_bad=0,
+        )
+
+    def stats(self):
+        return self._stats
 
 
 def _orth_range(op, A):

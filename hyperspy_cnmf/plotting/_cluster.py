@@ -268,6 +268,7 @@ def plot_gallery(
     per_row=4,
     title=None,
     pattern_label="counts (sum over scan)",
+    member_label="components",
 ):
     """Gallery of merged diffractions and summed maps, one column per cluster.
 
@@ -279,6 +280,8 @@ def plot_gallery(
         Summed map of each cluster (2D navigation).
     members : list of list of int, optional
         Component indices of each cluster (shown in the titles).
+    member_label : str, default "components"
+        What ``members`` number (``"refit components"`` after the clustering's refit).
     position_labels : array_like of int, shape (ny, nx), optional
         Dominant cluster per position (-1: none); shown first, in the cluster
         colours.
@@ -393,7 +396,7 @@ def plot_gallery(
         if members is not None:
             mem = members[k]
             txt = ", ".join(str(m) for m in mem[:8]) + (", …" if len(mem) > 8 else "")
-            head += f"\ncomponents {txt}"
+            head += f"\n{member_label} {txt}"
         ax_d.set_title(head, color=palette[k], fontsize="medium", fontweight="bold")
         label_axes(ax_d, signal_axes, ("kx", "ky"))
         cb = fig.colorbar(im, ax=ax_d, shrink=0.8, pad=0.02)

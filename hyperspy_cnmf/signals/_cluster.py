@@ -35,6 +35,7 @@ from hyperspy_cnmf.signals._decomposition import (
     _check_params,
     _direct_beam_disk,
     _real,
+    model_refit,
 )
 from hyperspy_cnmf.signals._store import (
     clear_learning_results,
@@ -466,7 +467,7 @@ def _read_clustering(signal, source):
     """The stored clustering of ``source`` (merged factors as (c, qy, qx)), or None."""
     prefix, cls = _source(source)
     qyqx = _signal_geometry(signal)[0]
-    shapes = {"merged_factors": qyqx, "mean_patterns": qyqx}
+    shapes = {"merged_factors": qyqx, "mean_patterns": qyqx, "refit_factors": qyqx}
     res = from_learning_results(signal.learning_results, cls, prefix, shapes=shapes)
     return None if res is None or res.labels is None else res
 
@@ -578,6 +579,7 @@ def cluster_diffraction(
     max_enclosure=core.MAX_ENCLOSURE,
     disk_radius="auto",
     grain_patterns=True,
+    refit="auto",
 ):
     """Group the decomposition components by rotation-invariant diffraction similarity.
 
@@ -741,6 +743,34 @@ def cluster_diffraction(
         ``grain_regions``, the share of the scan read as
         ``grain_pattern_reads``, in ``cdiff_parameters``. False: the labels
         of the component clusters as they are.
+    refit : "auto" or False, default "auto"
+        With ``n_clusters`` None, ``grain_patterns`` and a disk radius, after
+        a ``decomposition(algorithm="constrained_nmf")``: the over-complete
+        fit (the paper's k = 30) finds the grains, a fit with one component
+        per grain gives them their maps. The components are clustered once
+        with the model's own patterns (no read) and the grains counted in
+        its position labels (:func:`~hyperspy_cnmf.clustering.grain_count`:
+        connected regions of at least
+        :data:`~hyperspy_cnmf.clustering.REFIT_GRAIN_POSITIONS` positions of
+        every cluster but the matrix). Where the decomposition is
+        over-complete (at least
+        :data:`~hyperspy_cnmf.clustering.REFIT_OVER_COMPLETE` times one
+        component per grain and one for the matrix), that many plus
+        :data:`~hyperspy_cnmf.clustering.REFIT_SPARE` spare are fitted to
+        its model ``loadings @ factors.T`` with its own weights, constraints
+        and settings (no read of the data:
+        :class:`~hyperspy_cnmf.nmf.FactoredOperator`; without the spare
+        where it splits the matrix into two phases), and those are clustered
+        as above, reading the data once. Over-complete components split the
+        matrix's speckle into patches and share the grains' rims with it; in
+        the refit neither has a component of its own. The result's
+        components are then the refit's (``labels``, ``rotation``, the
+        dendrogram; ``cdiff_refit_factors`` and ``cdiff_refit_loadings``
+        hold them); the decomposition in ``learning_results`` is left as it
+        is. Recorded as ``refit_grains`` and ``refit_components`` (0: none)
+        in ``cdiff_parameters``. Measured: see
+        :data:`~hyperspy_cnmf.clustering.REFIT_SPARE`. False: the paper's
+        clustering of the decomposition's own components.
 
     Returns
     -------
@@ -758,7 +788,9 @@ def cluster_diffraction(
         valleys that the separation of the components carves into single
         factors; what :meth:`plot_cluster_gallery` shows),
         ``"merged_maps"`` (summed map per cluster) and ``"position_labels"``
-        (dominant cluster at each probe position, -1 where unlabelled). The
+        (dominant cluster at each probe position, -1 where unlabelled); with
+        a refit, ``"refit_factors"`` and ``"refit_loadings"`` (the clustered
+        components, which ``"labels"`` and ``"rotation"`` then number). The
         same as :meth:`get_cluster_diffraction_results`. HyperSpy's
         ``learning_results.cluster_sum_signals`` holds the mean patterns
         times each cluster's positions (the sum of its positions' aligned
@@ -883,9 +915,9 @@ def cluster_diffraction(
     ...                 print_info=False, random_state=0)
     >>> res = s.cluster_diffraction()
     >>> sorted(res)
-    ['labels', 'linkage', 'mean_patterns', 'merged_factors', 'merged_maps', 'position_labels', 'pseudo_distance', 'rotation']
-    >>> res["labels"].data.shape, s.learning_results.number_of_clusters
-    ((8,), 3)
+    ['labels', 'linkage', 'mean_patterns', 'merged_factors', 'merged_maps', 'position_labels', 'pseudo_distance', 'refit_factors', 'refit_loadings', 'rotation']
+    >>> res["labels"].data.shape, s.learning_results.number_of_clusters  # 3 grains: refit to 5
+    ((5,), 3)
     >>> res["merged_factors"].plot()
     >>> fig = s.plot_cluster_dendrogram()
     >>> s.plot_cluster_results()
@@ -915,6 +947,8 @@ def cluster_diffraction(
         if grain_patterns
         else None
     )
+    if refit not in ("auto", False):
+        raise ValueError(f"`refit` must be 'auto' or False, got {refit!r}.")
     res = core.cluster_components(
         factors,
         loadings,
@@ -945,6 +979,7 @@ def cluster_diffraction(
         region_patterns=region_patterns,
         probe_fwhm=_probe_fwhm_steps(self),
         beam_positions=getattr(lr, "cnmf_beam_positions", None),
+        refit=model_refit(self, idx) if refit == "auto" else None,
     )
     _warn_map_artefacts(res)
     clear_learning_results(lr, "cdiff_")  # no field of an older clustering stays
@@ -1088,6 +1123,17 @@ def _results_signals(signal, res, source):
         sig = signal._get_navigation_signal(pos)
         sig.metadata.General.title = f"Dominant cluster of {title}"
         out["position_labels"] = sig
+    if getattr(res, "refit_factors", None) is not None:
+        refit = np.asarray(res.refit_factors)
+        out["refit_factors"] = _pattern_stack_signal(
+            signal, refit, item, f"Refit components' diffraction of {title}"
+        )
+        out["refit_loadings"] = _nav_stack_signal(
+            signal,
+            np.asarray(res.refit_loadings).reshape((refit.shape[0],) + nav_shape),
+            item,
+            f"Refit components' maps of {title}",
+        )
     return out
 
 
@@ -1175,6 +1221,12 @@ def _finite_float64(rows):
     return x
 
 
+#: Bytes of float64 patterns (at least 16) whose filter responses
+#: :func:`_region_mean_patterns` computes at a time: 256 patterns before session 25
+#: (1.2 MiB on a 24 x 24 detector, 32 MiB on 128 x 128).
+_RESPONSE_BLOCK_BYTES = 2**19
+
+
 def _region_mean_patterns(signal, excluded=None):
     """``region_patterns`` for :func:`~hyperspy_cnmf.clustering.cluster_components`.
 
@@ -1196,6 +1248,10 @@ def _region_mean_patterns(signal, excluded=None):
 
     def means(region, filters, at, which):
         (qy, qx), _, _, _ = _signal_geometry(signal)
+        if keep is not None:
+            # the excluded pixels count as 0: zeroed in the filters and in the sums, not
+            # in a copy of every band (the data are never modified)
+            filters = filters * keep
         n = int(region.max()) + 1
         sums = np.zeros((n, qy * qx))
         response = np.zeros(at.size)
@@ -1212,8 +1268,6 @@ def _region_mean_patterns(signal, excluded=None):
                 continue
             read += y1 - y0
             band = _compute(data[y0:y1]).reshape(-1, qy * qx)
-            if keep is not None:
-                band = band * keep  # a copy: the data are never modified
             at_r = np.flatnonzero(r >= 0)
             if at_r.size:
                 at_r = at_r[np.argsort(r[at_r], kind="stable")]
@@ -1221,14 +1275,17 @@ def _region_mean_patterns(signal, excluded=None):
                 sums[r[at_r[first]]] += np.add.reduceat(
                     _finite_float64(band[at_r]), first, axis=0
                 )
-            for i0 in range(0, asked.size, 256):
-                part = asked[i0 : i0 + 256]
+            rows = max(16, _RESPONSE_BLOCK_BYTES // (8 * qy * qx))
+            for i0 in range(0, asked.size, rows):
+                part = asked[i0 : i0 + rows]
                 x = _finite_float64(band[at[part] - lo])
                 response[part] = np.einsum("ij,ij->i", x, filters[which[part]])
             del band
         means.read_fraction = read / data.shape[0]
         counts = np.bincount(region[region >= 0], minlength=n)
         sums /= np.maximum(counts, 1)[:, None]  # in place: regions x pixels once
+        if keep is not None:
+            sums *= keep
         return sums.reshape(n, qy, qx), response
 
     means.read_fraction = 0.0
@@ -1555,7 +1612,8 @@ def polar_transform(
 def plot_cluster_dendrogram(self, source="components", ax=None, **kwargs):
     """Plot the dendrogram of the last diffraction clustering.
 
-    Leaves are the clustered components (or patterns), coloured by cluster
+    Leaves are the clustered components (the refit's when the clustering
+    refitted, ``cluster_diffraction(refit="auto")``; or patterns), coloured by cluster
     (the colours of :meth:`plot_cluster_gallery`); the bottom axis is the
     pseudo-distance ``1 - CC``, the top axis the cross-correlation, and the
     dashed line marks the cut.
@@ -1587,7 +1645,11 @@ def plot_cluster_dendrogram(self, source="components", ax=None, **kwargs):
     if res is None or res.linkage is None:
         raise RuntimeError("Run `cluster_diffraction` (or `cluster_patterns`) first.")
     _check_current(self, source)
-    if source == "components":
+    if source == "components" and res.refit_factors is not None:
+        # the refit's components (cdiff_refit_factors), not the decomposition's
+        leaf_names = [str(int(i)) for i in res.components]
+        leaf_title = f"Refit component (of {len(res.parameters.get('refit_from_components', []))})"
+    elif source == "components":
         leaf_names = [str(int(i)) for i in res.components]
         leaf_title = "Component"
     else:
@@ -1696,5 +1758,8 @@ def plot_cluster_gallery(
         clusters=clusters,
         norm=norm,
         cmap=cmap,
+        member_label="components"
+        if stored.refit_factors is None
+        else "refit components",
         **kwargs,
     )

@@ -6,11 +6,13 @@ chunks), the constraints and the progress bar, runs the core solver and writes
 modified.
 """
 
+import warnings
 from functools import partial
 from types import SimpleNamespace
 
 import numpy as np
 
+from hyperspy_cnmf._beam import Beam
 from hyperspy_cnmf._schema import DecompositionRecord
 from hyperspy_cnmf.constraints import (
     DiffractionDipConstraint,
@@ -22,7 +24,9 @@ from hyperspy_cnmf.nmf import (
     INITS,
     SOLVERS,
     SUPPORT_ITERATIONS,
+    ConvergenceWarning,
     DenseOperator,
+    FactoredOperator,
     constrained_nmf,
 )
 from hyperspy_cnmf.nmf._operators import range_test_matrix
@@ -38,6 +42,7 @@ from hyperspy_cnmf.signals._calibration import (
 )
 from hyperspy_cnmf.signals._store import (
     clear_learning_results,
+    decomposition_settings,
     support_iterations_text,
     to_learning_results,
 )
@@ -605,6 +610,8 @@ def constrained_nmf_decomposition(
         diffraction_constraint_size=dip_radius,
         parameters=settings,
         beam_positions=beam_positions,
+        row_scale=row_scale,
+        col_scale=col_scale,
     )
     _write_results(signal.learning_results, p, loadings, factors, sig_mask, record)
     info = dict(
@@ -1035,3 +1042,114 @@ def _summary(info, k):
         ),
     ]
     return "\n".join(lines)
+
+
+def model_refit(signal, components):
+    """The refit of the decomposition's own model, for ``cluster_components(refit=...)``; or None.
+
+    Fits ``k`` new components to the model of the clustered components,
+    ``loadings[:, components] @ factors[:, components].T``, with the weights,
+    constraints and solver settings the decomposition recorded
+    (``cnmf_row_scale``, ``cnmf_col_scale``, ``cnmf_map_resolution``,
+    ``cnmf_parameters``): a :class:`~hyperspy_cnmf.nmf.FactoredOperator`,
+    so nothing is read, in memory and out of core alike (the lazy result is
+    the in-memory one). The initialisation is ``"nndsvda"`` with the
+    decomposition's ``random_state``; the fit runs to ``tol`` (no sketch).
+
+    Parameters
+    ----------
+    signal : STEM4D or LazySTEM4D
+        With a ``decomposition(algorithm="constrained_nmf")``.
+    components : ndarray of int
+        The decomposition's components that were clustered.
+
+    Returns
+    -------
+    callable or None
+        ``refit(k) -> (factors, loadings)``: float64 arrays of shapes
+        ``(k, qy, qx)`` and ``(k, n_positions)`` in data units, as the
+        decomposition stores them (unit-sum patterns over the fitted pixels,
+        sorted by intensity, NaN where masked); its ``info`` attribute then
+        holds the fit's ``n_iter``. None when the last
+        decomposition was another algorithm or its record holds no weights
+        (written by an older version).
+    """
+    lr = signal.learning_results
+    params = decomposition_settings(lr)
+    row_scale = getattr(lr, "cnmf_row_scale", None)
+    col_scale = getattr(lr, "cnmf_col_scale", None)
+    beam = Beam.from_record(params)
+    if params is None or row_scale is None or col_scale is None or beam is None:
+        return None
+    row_scale = np.asarray(row_scale, dtype=np.float64)
+    col_scale = np.asarray(col_scale, dtype=np.float64)
+    am = signal.axes_manager
+    nav_shape, sig_shape = am._navigation_shape_in_array, am._signal_shape_in_array
+    idx = np.asarray(components)
+    W = (
+        np.nan_to_num(np.asarray(lr.loadings[:, idx], dtype=np.float64))
+        * row_scale[:, None]
+    )
+    H = (
+        np.nan_to_num(np.asarray(lr.factors[:, idx], dtype=np.float64))
+        * col_scale[:, None]
+    )
+    sig_mask = (
+        np.zeros(int(np.prod(sig_shape)), bool)
+        if lr.signal_mask is None
+        else np.asarray(lr.signal_mask, bool).ravel()
+    )
+    nav_mask = (
+        np.zeros(int(np.prod(nav_shape)), bool)
+        if lr.navigation_mask is None
+        else np.asarray(lr.navigation_mask, bool).ravel()
+    )
+    map_c = None
+    resolution = float(getattr(lr, "cnmf_map_resolution", np.nan))
+    if np.isfinite(resolution):
+        map_c = MapResolutionConstraint(
+            nav_shape,
+            resolution,
+            scale=navigation_scales(signal)[:2],
+            filter=params.get("map_filter", "tukey"),
+        )
+    diff_c = None
+    if params.get("diffraction_constraint"):
+        diff_c = DiffractionDipConstraint.from_beam(  # as _build_constraints made it
+            beam,
+            sig_shape,
+            params["diffraction_constraint_size"],
+            params["diffraction_constraint_strength"],
+            valid=~sig_mask,
+            mode=params["diffraction_constraint_mode"],
+        )
+
+    def refit(k):
+        with _single_threaded_blas(), warnings.catch_warnings():
+            # recorded below (refit.info), not a user-facing cap
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            result = constrained_nmf(
+                FactoredOperator(W, H, row_scale, col_scale),
+                int(k),
+                solver=params.get("solver", "hals"),
+                init="nndsvda",
+                max_iter=int(params.get("max_iter", 200)),
+                tol=float(params.get("tol", 1e-5)),
+                random_state=params.get("random_state")
+                if isinstance(params.get("random_state"), int)
+                else None,
+                map_constraint=map_c,
+                diffraction_constraint=diff_c,
+                separate=bool(params.get("separate_components", True)),
+                map_support=MapSupport(nav_shape)
+                if params.get("map_support") and map_c is not None
+                else None,
+            )
+        loadings, factors, _ = _to_data_units(
+            result, row_scale, col_scale, ~nav_mask, ~sig_mask, nav_mask, sig_mask
+        )
+        refit.info = dict(n_iter=int(result.n_iter))
+        return factors.T.reshape((int(k),) + tuple(sig_shape)), loadings.T
+
+    refit.info = {}
+    return refit

@@ -388,9 +388,15 @@ def _clustering_block(lr, prefix, name):
     if labels is None:
         return None
     lines = [f"Clustering parameters ({name})", "-" * (len(name) + 24)]
+    what = "components" if prefix == "cdiff_" else "patterns"
+    refit = (cparams or {}).get("refit_components", 0)
+    if refit:
+        what = (
+            f"refit components (fitted to the model of the decomposition's "
+            f"{len(cparams.get('refit_from_components', []))}; refit=False for those)"
+        )
     lines.append(
-        f"number_of_clusters={int(np.max(labels)) + 1} of {np.size(labels)} "
-        f"{'components' if prefix == 'cdiff_' else 'patterns'}"
+        f"number_of_clusters={int(np.max(labels)) + 1} of {np.size(labels)} {what}"
     )
     threshold = getattr(lr, prefix + "threshold", None)
     if threshold is not None:
