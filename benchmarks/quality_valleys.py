@@ -8,7 +8,8 @@ default call
     s.cluster_diffraction()
 
 is run and every constrained factor (``learning_results.factors``), every merged cluster
-pattern (``learning_results.cdiff_merged_factors``) and every cluster's mean pattern
+pattern (``learning_results.cdiff_merged_factors``: of the clustered components, the refit's
+where the clustering refitted, ``cdiff_refit_factors``) and every cluster's mean pattern
 (``learning_results.cdiff_mean_patterns``) is compared with its true pattern.
 
 Truth
@@ -431,15 +432,31 @@ def analyse(name, make, k_spec, seed=0, fit_kwargs=None):
         )
         rows.append(c)
     M = np.asarray(lr.cdiff_merged_factors, dtype=np.float64).T.reshape(-1, qy, qx)
+    # the clustered components: the refit's when the clustering refitted (then
+    # cdiff_components numbers them), else the decomposition's that it clustered
     comp = np.asarray(lr.cdiff_components)
+    if getattr(lr, "cdiff_refit_factors", None) is not None:
+        Fc = np.asarray(lr.cdiff_refit_factors, dtype=np.float64).T.reshape(-1, qy, qx)
+        Lc = np.asarray(lr.cdiff_refit_loadings, dtype=np.float64).T
+        mixc = np.full(Fc.shape, np.nan)
+        for i in range(len(Fc)):
+            est = Fc[i] * Lc[i].sum()
+            ok = np.isfinite(est)
+            coef, _ = nnls(lib[:, ok].T, est[ok])
+            mixc[i] = (
+                np.where(ok, np.tensordot(coef, lib, axes=1), np.nan) / Lc[i].sum()
+            )
+    else:
+        Fc, Lc, mixc = F[comp], L[comp], mixes[comp]
+    kc = len(Fc)
     merge_args = (
         np.asarray(lr.cdiff_centre, dtype=float),
         np.asarray(lr.cdiff_labels),
         np.asarray(lr.cdiff_rotation, dtype=float),
         np.asarray(lr.cdiff_mirrored, dtype=bool),
     )
-    M_check = merge_aligned(F[comp], *merge_args, weights=lsum[comp])
-    M_truth = merge_aligned(mixes[comp], *merge_args, weights=lsum[comp])
+    M_check = merge_aligned(Fc, *merge_args, weights=Lc.sum(axis=1))
+    M_truth = merge_aligned(mixc, *merge_args, weights=Lc.sum(axis=1))
     rebuild = float(np.nanmax(np.abs(M_check - M)) / np.nanmax(np.abs(M)))
     pos = np.asarray(lr.cdiff_position_labels).ravel()
     pm = tr["phase_map"].ravel()
@@ -479,8 +496,8 @@ def analyse(name, make, k_spec, seed=0, fit_kwargs=None):
     # and of the data (noisy: what a pattern that follows the data shows)
     MP = np.asarray(lr.cdiff_mean_patterns, dtype=np.float64).T.reshape(-1, qy, qx)
     owner = _position_owners(
-        np.nansum(F[comp], axis=(1, 2)),
-        L[comp],
+        np.nansum(Fc, axis=(1, 2)),
+        Lc,
         merge_args[1],
         pos,
         ~np.asarray(lr.cdiff_beam_only, dtype=bool),
@@ -520,11 +537,11 @@ def analyse(name, make, k_spec, seed=0, fit_kwargs=None):
     # the model's counts on the glass far from every grain (>= 5 steps, Chebyshev)
     # that components outside the glass's cluster carry: their maps' floors
     far = ~binary_dilation(tr["labels"] > 0, iterations=4, structure=np.ones((3, 3)))
-    counts = np.nan_to_num(L[:, far.ravel()]).sum(axis=1) * np.nansum(
-        F.reshape(k, -1), axis=1
+    counts = np.nan_to_num(Lc[:, far.ravel()]).sum(axis=1) * np.nansum(
+        Fc.reshape(kc, -1), axis=1
     )
-    glass_comp = comp[np.isin(merge_args[1], glass_clusters)]
-    others = np.setdiff1d(np.arange(k), glass_comp)
+    glass_comp = np.flatnonzero(np.isin(merge_args[1], glass_clusters))
+    others = np.setdiff1d(np.arange(kc), glass_comp)
     far_share = float(counts[others].sum() / max(counts.sum(), 1e-300))
     # the model's level: its counts over the data's on the fitted pixels (all positions)
     level = float(
