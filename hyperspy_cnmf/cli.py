@@ -769,10 +769,12 @@ def _run_clustering(s, args, beam, out, written, figs):
         ("refit_factors", "cluster_refit_factors"),
         ("refit_loadings", "cluster_refit_loadings"),
     ):
+        path = out / f"{stem}.{args.format}"
         if key in res:
-            path = out / f"{stem}.{args.format}"
             res[key].save(path, overwrite=True)
             written.append(path)
+        elif path.is_file():  # an earlier run's (e.g. its refit), not this one's
+            path.unlink()
     figs.append(rp.save_figure(s.plot_cluster_dendrogram(), out / "dendrogram.png"))
     figs.append(rp.save_figure(s.plot_cluster_gallery(), out / "cluster_gallery.png"))
     lr = s.learning_results

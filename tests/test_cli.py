@@ -496,10 +496,8 @@ def test_run_refits_over_complete_fits_unless_told_not_to(tiny_file, tmp_path):
     8 components."""
     import hyperspy.api as hs
 
-    params = {}
-    for flag in ([], ["--no-refit"]):
-        out = tmp_path / ("plain" if flag else "refit")
-        argv = [
+    def argv(out):
+        return [
             "run",
             str(tiny_file),
             "-k",
@@ -509,7 +507,11 @@ def test_run_refits_over_complete_fits_unless_told_not_to(tiny_file, tmp_path):
             "--output",
             str(out),
         ]
-        assert _run(argv + flag) == 0
+
+    params = {}
+    for flag in ([], ["--no-refit"]):
+        out = tmp_path / ("plain" if flag else "refit")
+        assert _run(argv(out) + flag) == 0
         lr = np.load(out / "learning_results.npz", allow_pickle=True)
         params[bool(flag)] = json.loads(str(lr["cdiff_parameters"]))
         labels = hs.load(out / "cluster_labels.hspy").data
@@ -517,4 +519,9 @@ def test_run_refits_over_complete_fits_unless_told_not_to(tiny_file, tmp_path):
         assert (out / "cluster_refit_factors.hspy").is_file() != bool(flag)
     assert params[False]["refit_grains"] >= 1
     assert params[False]["refit_components"] == params[False]["refit_grains"] + 2
+    # a second run into the first's folder leaves none of its refit files
+    again = tmp_path / "refit"
+    assert _run(argv(again) + ["--no-refit"]) == 0
+    assert not (again / "cluster_refit_factors.hspy").exists()
+    assert not (again / "cluster_refit_loadings.hspy").exists()
     assert params[True]["refit_components"] == 0

@@ -156,7 +156,8 @@ def test_summary_lists_constraints_convergence_and_clustering(small, tmp_path):
     assert 0 < n_refit == lr.cdiff_labels.size < 6  # grains counted + matrix + spare
     assert (
         f"number_of_clusters={int(lr.cdiff_labels.max()) + 1} of {n_refit} refit components "
-        "(fitted to the model of the decomposition's 6; refit=False for those)" in text
+        "(fitted to the model of the decomposition's 6 components; "
+        "cluster_diffraction(refit=False) clusters those)" in text
     )
     s.cluster_diffraction(refit=False)
     assert (

@@ -131,6 +131,9 @@ def test_signal_method_stores_the_core_result(clustered):
     for f in stored_fields(ComponentClustering):
         a, b = getattr(core, f.name), getattr(back, f.name)
         if f.name == "parameters":
+            # the signal method adds the user's ``refit`` argument and, where "auto" could
+            # not refit (no constrained-NMF weights here), why
+            assert b.pop("refit") == "auto" and "no weights" in b.pop("refit_note")
             assert a == b
         else:
             assert np.array_equal(a, b, equal_nan=np.asarray(a).dtype.kind == "f"), (
@@ -911,3 +914,63 @@ def test_refit_goes_without_the_spare_where_it_splits_the_matrix():
         )
         >= 0.9
     )
+
+
+def _polycrystal(k):
+    """6 grains of 2 phases tiling a 32 x 32 scan (Voronoi cells), no amorphous matrix region:
+    the package simulator's grain patterns, each cell's map blurred by a 3-step probe, over a
+    uniform matrix of half the grains' weight, Poisson counts; decomposed with ``k``."""
+    from scipy import ndimage
+
+    src = simulated_precipitates(scan_shape=(48, 48), n_grains=6, random_state=0)
+    sim = src.metadata.Simulation
+    patterns, phase = np.asarray(sim.patterns), np.asarray(sim.phase_of_component)
+    yy, xx = np.mgrid[:32, :32]
+    seeds = np.random.default_rng(1).random((6, 2)) * 32
+    cell = np.argmin(
+        (yy[..., None] - seeds[:, 0]) ** 2 + (xx[..., None] - seeds[:, 1]) ** 2, axis=-1
+    )
+    maps = np.full((7, 32, 32), 0.5)
+    for g in range(6):
+        maps[g + 1] = (
+            ndimage.gaussian_filter((cell == g).astype(float), 3 / 2.355) * 0.5
+        )
+    data = np.einsum("cyx,cqp->yxqp", 2000 * maps, patterns)
+    s = src.inav[:32, :32].deepcopy()
+    s.data = np.random.default_rng(2).poisson(data).astype("float32")
+    _constrained(s, k)
+    return s, phase[cell + 1].ravel()
+
+
+def test_no_refit_where_the_count_misses_grains_of_a_film_without_matrix():
+    """A polycrystalline film has no matrix for the count to leave out: it takes the largest
+    phase for the matrix and counts 1 grain of 6. Refitted to 2-3 components the film gave
+    1-2 clusters at ARI 0.00 (k = 12, 20); the refit leaves 0.33 of the model unexplained
+    (REFIT_MAX_UNEXPLAINED 0.3), so the decomposition's own components are clustered."""
+    from hyperspy_cnmf.clustering import REFIT_MAX_UNEXPLAINED
+
+    s, truth = _polycrystal(12)
+    s.cluster_diffraction()
+    p = _params(s)
+    assert p["refit"] == "auto" and p["refit_components"] == 0
+    assert "unexplained" in p["refit_note"] and REFIT_MAX_UNEXPLAINED == 0.3
+    auto = np.asarray(s.learning_results.cdiff_position_labels)
+    s.cluster_diffraction(refit=False)
+    assert _params(s)["refit"] is False and "refit_note" not in _params(s)
+    np.testing.assert_array_equal(s.learning_results.cdiff_position_labels, auto)
+    assert adjusted_rand_score(truth, auto) >= 0.8
+
+
+def test_refit_records_its_argument_and_why_it_did_not_run(three_grains):
+    """``refit`` (True is "auto") and, where "auto" did not refit, ``refit_note``."""
+    s = three_grains.deepcopy()
+    s.cluster_diffraction(refit=True)
+    assert _params(s)["refit"] == "auto" and _params(s)["refit_components"] > 0
+    assert "refit_note" not in _params(s)
+    s.cluster_diffraction(n_clusters=3)
+    assert (
+        "n_clusters" in _params(s)["refit_note"] and _params(s)["refit_components"] == 0
+    )
+    s.learning_results.cnmf_col_scale = None
+    s.cluster_diffraction()
+    assert "no weights" in _params(s)["refit_note"]

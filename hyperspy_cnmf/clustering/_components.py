@@ -3793,15 +3793,24 @@ REFIT_GRAIN_POSITIONS = 10
 #: number of phases: 0.899 / 17 / 223 without a refit, 0.916 / 8 / 228 with
 #: no spare, 0.919 / 3 / 228 with one (``/work/notes/s25/refit3.py``, the
 #: count from the data's patterns); as shipped (the model's patterns, the
-#: spare dropped where it splits the matrix) 0.918 / 6 / 228
-#: (``/work/notes/s22/sweep.py``); two spares at random_state 0-2: 0.919
-#: against 0.919 with one. The spare helps the descan cases most (the
+#: spare dropped where it splits the matrix, no refit where it labels fewer phases than
+#: two or leaves too much unexplained) 0.919 / 3 / 228 (``/work/notes/s22/sweep.py``);
+#: two spares at random_state 0-2: 0.919 against 0.919 with one. The spare helps the descan cases most (the
 #: matrix's pattern moves with the beam).
 REFIT_SPARE = 1
 #: The refit runs where the decomposition holds at least this many times one component per
 #: counted grain and one for the matrix: an over-complete fit (the paper's k = 30, or twice
 #: the true count), not one near the true count, whose grains a short count would lose.
 REFIT_OVER_COMPLETE = 2
+#: Largest share of the over-complete model's (Poisson-weighted) sum of squares that a refit
+#: may leave unexplained. One component per grain and one for the matrix hold all but the
+#: speckle and the noise that the over-complete fit took: 0.03-0.23 over 114 fits of the
+#: scratch sweep (38 multislice cases, k = 30, random_state 0-2; 0.22-0.23 on the one at
+#: 1000 counts per position with descan). Where the count missed grains, far more is left: a
+#: polycrystalline film (6 grains of 2 phases tiling a 32 x 32 scan, no amorphous matrix; the
+#: count takes the largest phase for the matrix and finds 1-2 grains) 0.33-0.50 at k = 12-20,
+#: where the refit gave 1-2 clusters at ARI 0.00 against 0.84-0.97 unrefitted.
+REFIT_MAX_UNEXPLAINED = 0.3
 
 
 def grain_count(position_labels, nav_shape):
@@ -3890,9 +3899,13 @@ def _refitted(call, refit):
     read). The refit has one component per grain, one for the matrix and
     :data:`REFIT_SPARE` more; where the spare splits the matrix (its
     clustering, with the model's patterns, labels more phases than the
-    count's), the refit goes without it. The clustering that is returned
-    reads the data once, as without a refit. Only what the next step needs
-    of each clustering is kept (the lazy main job's memory).
+    count's), the refit goes without it, and where that one's labels fewer
+    than two phases while the count's labelled two or more, or a refit
+    leaves more than :data:`REFIT_MAX_UNEXPLAINED` of the model unexplained
+    (grains the count missed: no matrix of the kind it assumes), there is
+    no refit (``refit_note`` in the parameters says why). The clustering that is returned reads the data
+    once, as without a refit. Only what the next step needs of each
+    clustering is kept (the lazy main job's memory).
     """
     counting = cluster_components(
         **dict(
@@ -3915,27 +3928,55 @@ def _refitted(call, refit):
     # are one region: the package's simulator at random_state 3, k = 7 = the true count,
     # position ARI 0.880 -> 0.714 refitted to 6; thin crystals of the 2-phase multislice
     # case at 100000 counts, k = 5, 2 of 4 grains counted: 0.610 -> 0.329 refitted to 4).
-    sizes = [grains + 1 + REFIT_SPARE, grains + 1]
     if grains < 1 or k < REFIT_OVER_COMPLETE * (grains + 1):
         res = cluster_components(**fixed)
-        res.parameters.update(refit_grains=grains, refit_components=0)
+        res.parameters.update(
+            refit_grains=grains,
+            refit_components=0,
+            refit_note="no grain counted"
+            if grains < 1
+            else f"not over-complete: {k} < {REFIT_OVER_COMPLETE} x ({grains} grains + 1)",
+        )
         return res
-    n_refit = sizes[0]  # the spare first
-    factors, loadings = refit(n_refit)
-    if n_refit != sizes[1]:
+    # The spare first. A refit is kept only where its clustering (with the model's
+    # patterns, no read) labels no more phases than the count's (the spare can split
+    # the matrix: the embedded default at k = 30, 4 clusters for 3, ARI 0.554) and no
+    # fewer than two where the count had two: a scan without an amorphous matrix (a
+    # polycrystalline film) is no "grains in a matrix", and the count, which takes the
+    # largest cluster for the matrix, misses that phase's grains (6 grains of 2 phases
+    # tiling a 32 x 32 scan: 1 grain counted, one cluster, ARI 0.000 against 0.705-0.968
+    # unrefitted at k = 8-20).
+    kept, phases, note = None, None, ""
+    for n_refit in dict.fromkeys((grains + 1 + REFIT_SPARE, grains + 1)):
+        candidate = refit(n_refit)
+        unexplained = getattr(refit, "info", {}).get("unexplained", 0.0)
+        if unexplained > REFIT_MAX_UNEXPLAINED:
+            note = (
+                f"{n_refit} components leave {unexplained:.2f} of the model unexplained "
+                f"(more than REFIT_MAX_UNEXPLAINED, {REFIT_MAX_UNEXPLAINED}): grains not counted"
+            )
+            break  # fewer components leave more
         trial = cluster_components(
             **dict(
                 fixed,
-                factors=factors,
-                loadings=loadings,
+                factors=candidate[0],
+                loadings=candidate[1],
                 components=None,
-                region_patterns=_model_region_patterns(factors, loadings),
+                region_patterns=_model_region_patterns(*candidate),
             )
         )
-        if _phases(trial) > counted_phases:
-            n_refit = sizes[1]
-            factors, loadings = refit(n_refit)
+        phases = _phases(trial)
         del trial
+        if min(2, counted_phases) <= phases <= counted_phases:
+            kept = (n_refit, *candidate)
+            break
+        note = f"the refit's clustering labelled {phases} phases, the count's {counted_phases}"
+    if kept is None:
+        res = cluster_components(**fixed)
+        res.parameters.update(refit_grains=grains, refit_components=0, refit_note=note)
+        return res
+    n_refit, factors, loadings = kept
+    del candidate, kept
     refitted = dict(fixed, factors=factors, loadings=loadings, components=None)
     res = cluster_components(**refitted)
     res.refit_factors = np.asarray(factors, dtype=np.float64)
@@ -4105,11 +4146,14 @@ def cluster_components(
         (no read), the grains counted in the labels (:func:`grain_count`);
         where ``k`` is at least :data:`REFIT_OVER_COMPLETE` times the grains
         + 1, ``refit(grains + 1 + REFIT_SPARE)`` (``grains + 1`` where the
-        spare's clustering labels more phases than the count's) is clustered
-        instead, with ``region_patterns``: the result's components are the
-        refit's (``refit_factors``, ``refit_loadings``). Recorded as
-        ``refit_grains`` and ``refit_components`` (0: none) in
-        ``parameters``. None: the components as given.
+        spare's clustering labels more phases than the count's; none where
+        that one's labels fewer than two while the count's labelled two or
+        more, or where ``refit.info["unexplained"]``, if given, exceeds
+        :data:`REFIT_MAX_UNEXPLAINED`) is clustered instead, with ``region_patterns``: the result's
+        components are the refit's (``refit_factors``, ``refit_loadings``).
+        Recorded as ``refit_grains``, ``refit_components`` (0: none) and,
+        without a refit, ``refit_note`` (why) in ``parameters``. None: the
+        components as given.
 
     Returns
     -------

@@ -554,9 +554,10 @@ class FactoredOperator(_LowRankOperator):
     ----------
     W : ndarray, shape (n_rows, rank)
         Maps in effective units (``row_scale`` times data units), finite and
-        non-negative (as ``Ht``); zero in masked rows.
+        non-negative (as ``Ht``); masked rows should hold zeros (not checked:
+        the solver skips the rows whose scale is 0).
     Ht : ndarray, shape (n_cols, rank)
-        Patterns in effective units, zero in masked columns.
+        Patterns in effective units (zeros in masked columns, as ``W``).
     row_scale, col_scale : ndarray, shapes (n_rows,), (n_cols,)
         The scales the model was fitted with (0: masked), so that the
         constraints act in data units as they did.
@@ -564,7 +565,8 @@ class FactoredOperator(_LowRankOperator):
     Raises
     ------
     ValueError
-        For factors of inconsistent shapes or that are not finite.
+        For factors of inconsistent shapes, not finite or negative, or scales
+        of the wrong length.
 
     Examples
     --------

@@ -743,7 +743,7 @@ def cluster_diffraction(
         ``grain_regions``, the share of the scan read as
         ``grain_pattern_reads``, in ``cdiff_parameters``. False: the labels
         of the component clusters as they are.
-    refit : "auto" or False, default "auto"
+    refit : "auto", True or False, default "auto"
         With ``n_clusters`` None, ``grain_patterns`` and a disk radius, after
         a ``decomposition(algorithm="constrained_nmf")``: the over-complete
         fit (the paper's k = 30) finds the grains, a fit with one component
@@ -752,23 +752,33 @@ def cluster_diffraction(
         its position labels (:func:`~hyperspy_cnmf.clustering.grain_count`:
         connected regions of at least
         :data:`~hyperspy_cnmf.clustering.REFIT_GRAIN_POSITIONS` positions of
-        every cluster but the matrix). Where the decomposition is
-        over-complete (at least
+        every cluster but the matrix, taken to be the cluster with the most
+        positions). Where at least one grain is counted and the clustered
+        components are over-complete (at least
         :data:`~hyperspy_cnmf.clustering.REFIT_OVER_COMPLETE` times one
-        component per grain and one for the matrix), that many plus
+        per grain and one for the matrix), that many plus
         :data:`~hyperspy_cnmf.clustering.REFIT_SPARE` spare are fitted to
-        its model ``loadings @ factors.T`` with its own weights, constraints
-        and settings (no read of the data:
-        :class:`~hyperspy_cnmf.nmf.FactoredOperator`; without the spare
-        where it splits the matrix into two phases), and those are clustered
-        as above, reading the data once. Over-complete components split the
+        their model ``loadings @ factors.T`` with the decomposition's
+        weights, constraints and settings (no read of the data:
+        :class:`~hyperspy_cnmf.nmf.FactoredOperator`; up to its ``max_iter``
+        iterations), without the spare where it splits the matrix into two
+        phases, and those are clustered as above, reading the data once. A
+        refit that leaves more than
+        :data:`~hyperspy_cnmf.clustering.REFIT_MAX_UNEXPLAINED` of the model
+        unexplained, or whose clustering (with the model's patterns) labels
+        fewer than two phases where the count's labelled two or more, is
+        dropped: a scan with no amorphous matrix (a polycrystalline film)
+        has no matrix for the count to leave out, it misses grains, and the
+        clustering of the decomposition's own components is kept. Over-complete components split the
         matrix's speckle into patches and share the grains' rims with it; in
         the refit neither has a component of its own. The result's
         components are then the refit's (``labels``, ``rotation``, the
         dendrogram; ``cdiff_refit_factors`` and ``cdiff_refit_loadings``
         hold them); the decomposition in ``learning_results`` is left as it
-        is. Recorded as ``refit_grains`` and ``refit_components`` (0: none)
-        in ``cdiff_parameters``. Measured: see
+        is. Recorded as ``refit`` (the argument), ``refit_grains``,
+        ``refit_components`` (0: none), ``refit_n_iter``, ``refit_converged``
+        and, where "auto" did not refit, ``refit_note`` (why) in
+        ``cdiff_parameters``. Measured: see
         :data:`~hyperspy_cnmf.clustering.REFIT_SPARE`. False: the paper's
         clustering of the decomposition's own components.
 
@@ -947,8 +957,11 @@ def cluster_diffraction(
         if grain_patterns
         else None
     )
+    if refit is True:
+        refit = "auto"
     if refit not in ("auto", False):
-        raise ValueError(f"`refit` must be 'auto' or False, got {refit!r}.")
+        raise ValueError(f"`refit` must be 'auto' (or True) or False, got {refit!r}.")
+    refitter = model_refit(self, idx) if refit == "auto" else None
     res = core.cluster_components(
         factors,
         loadings,
@@ -979,8 +992,22 @@ def cluster_diffraction(
         region_patterns=region_patterns,
         probe_fwhm=_probe_fwhm_steps(self),
         beam_positions=getattr(lr, "cnmf_beam_positions", None),
-        refit=model_refit(self, idx) if refit == "auto" else None,
+        refit=refitter,
     )
+    res.parameters["refit"] = refit
+    if refit == "auto" and refitter is None:
+        res.parameters["refit_note"] = (
+            "the decomposition recorded no weights (not constrained_nmf, or an older record): "
+            "run it again to refit"
+        )
+    elif (
+        refit == "auto"
+        and "refit_note" not in res.parameters
+        and not res.parameters.get("refit_components")
+    ):
+        res.parameters["refit_note"] = (
+            "needs n_clusters=None, grain_patterns and a disk radius"
+        )
     _warn_map_artefacts(res)
     clear_learning_results(lr, "cdiff_")  # no field of an older clustering stays
     to_learning_results(lr, res, "cdiff_")
@@ -1070,8 +1097,11 @@ def _check_current(signal, source):
 
 def _results_signals(signal, res, source):
     """Signals from a clustering result (merged factors as (c, qy, qx))."""
+    refitted = getattr(res, "refit_factors", None) is not None
     item = "Component index" if source == "components" else "Pattern index"
     what = "component" if source == "components" else "pattern"
+    if refitted:
+        item, what = "Refit component index", "refit component"
     merged = np.asarray(res.merged_factors)
     n_c = merged.shape[0]
     title = signal.metadata.General.title

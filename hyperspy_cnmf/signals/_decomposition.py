@@ -1044,6 +1044,14 @@ def _summary(info, k):
     return "\n".join(lines)
 
 
+def _unexplained(W, H, Wr, Hr):
+    """``||W H^T - Wr Hr^T||^2 / ||W H^T||^2`` through the factors (effective units), float."""
+    A = np.hstack([W, Wr])
+    B = np.hstack([H, -Hr])
+    total = float(((W.T @ W) * (H.T @ H)).sum())
+    return float(((A.T @ A) * (B.T @ B)).sum()) / total if total > 0 else 0.0
+
+
 def model_refit(signal, components):
     """The refit of the decomposition's own model, for ``cluster_components(refit=...)``; or None.
 
@@ -1054,7 +1062,10 @@ def model_refit(signal, components):
     ``cnmf_parameters``): a :class:`~hyperspy_cnmf.nmf.FactoredOperator`,
     so nothing is read, in memory and out of core alike (the lazy result is
     the in-memory one). The initialisation is ``"nndsvda"`` with the
-    decomposition's ``random_state``; the fit runs to ``tol`` (no sketch).
+    decomposition's ``random_state`` (None where it was a Generator); no
+    sketch; the iterations stop at ``tol``, by the stall rule or at the
+    decomposition's ``max_iter`` (200 by default), as its sketch phase does
+    (``refit.info`` records which).
 
     Parameters
     ----------
@@ -1070,9 +1081,10 @@ def model_refit(signal, components):
         ``(k, qy, qx)`` and ``(k, n_positions)`` in data units, as the
         decomposition stores them (unit-sum patterns over the fitted pixels,
         sorted by intensity, NaN where masked); its ``info`` attribute then
-        holds the fit's ``n_iter``. None when the last
+        holds the fit's ``n_iter``, ``converged`` and ``unexplained``, the
+        share of the model's (weighted) sum of squares that the refit leaves. None when the last
         decomposition was another algorithm or its record holds no weights
-        (written by an older version).
+        (written by an older version) or no direct beam.
     """
     lr = signal.learning_results
     params = decomposition_settings(lr)
@@ -1148,7 +1160,11 @@ def model_refit(signal, components):
         loadings, factors, _ = _to_data_units(
             result, row_scale, col_scale, ~nav_mask, ~sig_mask, nav_mask, sig_mask
         )
-        refit.info = dict(n_iter=int(result.n_iter))
+        refit.info = dict(
+            n_iter=int(result.n_iter),
+            converged=bool(result.converged),
+            unexplained=_unexplained(W, H, result.W, result.Ht),
+        )
         return factors.T.reshape((int(k),) + tuple(sig_shape)), loadings.T
 
     refit.info = {}

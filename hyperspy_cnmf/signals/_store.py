@@ -393,7 +393,8 @@ def _clustering_block(lr, prefix, name):
     if refit:
         what = (
             f"refit components (fitted to the model of the decomposition's "
-            f"{len(cparams.get('refit_from_components', []))}; refit=False for those)"
+            f"{len(cparams.get('refit_from_components', []))} components; "
+            "cluster_diffraction(refit=False) clusters those)"
         )
     lines.append(
         f"number_of_clusters={int(np.max(labels)) + 1} of {np.size(labels)} {what}"
