@@ -769,9 +769,10 @@ def cluster_diffraction(
         fewer than two phases where the count's labelled two or more, is
         dropped: a scan with no amorphous matrix (a polycrystalline film)
         has no matrix for the count to leave out, it misses grains, and the
-        clustering of the decomposition's own components is kept. Over-complete components split the
-        matrix's speckle into patches and share the grains' rims with it; in
-        the refit neither has a component of its own. The result's
+        clustering of the decomposition's own components is kept.
+        Over-complete components split the matrix's speckle into patches and
+        share the grains' rims with it; in the refit neither has a component
+        of its own. The result's
         components are then the refit's (``labels``, ``rotation``, the
         dendrogram; ``cdiff_refit_factors`` and ``cdiff_refit_loadings``
         hold them); the decomposition in ``learning_results`` is left as it
@@ -1153,7 +1154,7 @@ def _results_signals(signal, res, source):
         sig = signal._get_navigation_signal(pos)
         sig.metadata.General.title = f"Dominant cluster of {title}"
         out["position_labels"] = sig
-    if getattr(res, "refit_factors", None) is not None:
+    if refitted:
         refit = np.asarray(res.refit_factors)
         out["refit_factors"] = _pattern_stack_signal(
             signal, refit, item, f"Refit components' diffraction of {title}"
@@ -1643,8 +1644,8 @@ def plot_cluster_dendrogram(self, source="components", ax=None, **kwargs):
     """Plot the dendrogram of the last diffraction clustering.
 
     Leaves are the clustered components (the refit's when the clustering
-    refitted, ``cluster_diffraction(refit="auto")``; or patterns), coloured by cluster
-    (the colours of :meth:`plot_cluster_gallery`); the bottom axis is the
+    refitted, ``cluster_diffraction(refit="auto")``; or patterns), coloured
+    by cluster (the colours of :meth:`plot_cluster_gallery`); the bottom axis is the
     pseudo-distance ``1 - CC``, the top axis the cross-correlation, and the
     dashed line marks the cut.
 

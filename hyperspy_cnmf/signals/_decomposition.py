@@ -1062,7 +1062,7 @@ def model_refit(signal, components):
     ``cnmf_parameters``): a :class:`~hyperspy_cnmf.nmf.FactoredOperator`,
     so nothing is read, in memory and out of core alike (the lazy result is
     the in-memory one). The initialisation is ``"nndsvda"`` with the
-    decomposition's ``random_state`` (None where it was a Generator); no
+    decomposition's ``random_state`` (0 where it was None or a Generator); no
     sketch; the iterations stop at ``tol``, by the stall rule or at the
     decomposition's ``max_iter`` (200 by default), as its sketch phase does
     (``refit.info`` records which).
@@ -1082,9 +1082,10 @@ def model_refit(signal, components):
         decomposition stores them (unit-sum patterns over the fitted pixels,
         sorted by intensity, NaN where masked); its ``info`` attribute then
         holds the fit's ``n_iter``, ``converged`` and ``unexplained``, the
-        share of the model's (weighted) sum of squares that the refit leaves. None when the last
-        decomposition was another algorithm or its record holds no weights
-        (written by an older version) or no direct beam.
+        share of the model's (weighted) sum of squares that the refit
+        leaves. None when the last decomposition was another algorithm or
+        its record holds no weights (written by an older version) or no
+        direct beam.
     """
     lr = signal.learning_results
     params = decomposition_settings(lr)
@@ -1149,7 +1150,7 @@ def model_refit(signal, components):
                 tol=float(params.get("tol", 1e-5)),
                 random_state=params.get("random_state")
                 if isinstance(params.get("random_state"), int)
-                else None,
+                else 0,  # a refit of the same model is the same refit
                 map_constraint=map_c,
                 diffraction_constraint=diff_c,
                 separate=bool(params.get("separate_components", True)),
