@@ -209,7 +209,7 @@ def main(argv=None):
         "`cluster_diffraction()`. ARI: position labels against the true phase map. k true = glass + one per grain. "
         "Reads: the decomposition's passes + the share of one pass read for the grains' mean patterns. "
         "Refit: the components the clustering fitted to the decomposition's model (`refit_components`, "
-        "0: none, k no larger than the grains it counted + 2).",
+        "0: none: k below twice the grains it counted + 1, or the refit dropped, `refit_note`).",
         "",
         "| case | k | ARI | clusters / true phases | grains found | refit | wall (s) | reads "
         "| lazy ARI | lazy clusters | lazy reads | lazy wall (s) | lazy vs eager labels (ARI) |",
