@@ -343,6 +343,7 @@ def analyse(name, make, k_spec, seed=0, fit_kwargs=None):
     from hyperspy_cnmf.clustering import merge_aligned
     from hyperspy_cnmf.clustering._components import _aligned_means, _position_owners
     from hyperspy_cnmf.constraints import DiffractionDipConstraint, dip_measure
+    from hyperspy_cnmf.report import clustered_components
 
     s, tr = make()
     k = {"true": tr["n_labels"], "2x": 2 * tr["n_labels"]}.get(k_spec) or int(k_spec)
@@ -436,8 +437,8 @@ def analyse(name, make, k_spec, seed=0, fit_kwargs=None):
     # cdiff_components numbers them), else the decomposition's that it clustered
     comp = np.asarray(lr.cdiff_components)
     if getattr(lr, "cdiff_refit_factors", None) is not None:
-        Fc = np.asarray(lr.cdiff_refit_factors, dtype=np.float64).T.reshape(-1, qy, qx)
-        Lc = np.asarray(lr.cdiff_refit_loadings, dtype=np.float64).T
+        Fc, Lc = clustered_components(s)
+        Lc = Lc.reshape(len(Lc), -1)
         mixc = np.full(Fc.shape, np.nan)
         for i in range(len(Fc)):
             est = Fc[i] * Lc[i].sum()

@@ -3837,23 +3837,25 @@ def grain_count(position_labels, nav_shape):
     >>> grain_count(lab.ravel(), (12, 12))
     2
     """
-    labels = np.asarray(position_labels).reshape(nav_shape)
-    counts = np.bincount(labels[labels >= 0].ravel())
+    labels = np.asarray(position_labels).ravel()
+    counts = np.bincount(labels[labels >= 0])
     if counts.size < 2:
         return 0
-    structure = np.ones((3,) * labels.ndim, bool)
-    n = 0
-    for c in np.flatnonzero(counts):
-        if c == np.argmax(counts):
-            continue
-        regions, _ = ndimage.label(labels == c, structure=structure)
-        sizes = np.bincount(regions.ravel())[1:]
-        n += int((sizes >= REFIT_GRAIN_POSITIONS).sum())
-    return n
+    matrix = np.arange(counts.size) == np.argmax(counts)
+    region, _ = _grain_regions(labels, tuple(nav_shape), matrix)
+    sizes = np.bincount(region[region >= 0])
+    return int((sizes >= REFIT_GRAIN_POSITIONS).sum())
 
 
-#: Bytes of model patterns (float64) that :func:`_model_region_patterns` holds at a time.
-_MODEL_BLOCK_BYTES = 2**19
+#: Bytes of float64 patterns whose filter responses a ``region_patterns`` reader forms at a
+#: time (:func:`_model_region_patterns`, the signal layer's data reader): 256 patterns before
+#: session 25 (1.2 MiB on a 24 x 24 detector, 32 MiB on 128 x 128).
+RESPONSE_BLOCK_BYTES = 2**19
+
+
+def response_block_rows(n_pixels):
+    """Patterns of ``n_pixels`` each per block of :data:`RESPONSE_BLOCK_BYTES` (at least 16)."""
+    return max(16, RESPONSE_BLOCK_BYTES // (8 * int(n_pixels)))
 
 
 def _model_region_patterns(factors, loadings):
@@ -3873,7 +3875,7 @@ def _model_region_patterns(factors, loadings):
         counts = np.bincount(region[inside], minlength=n)
         mean = (sums / np.maximum(counts, 1)[:, None]) @ F
         response = np.empty(at.size)
-        rows = max(16, _MODEL_BLOCK_BYTES // (8 * F.shape[1]))  # patterns at a time
+        rows = response_block_rows(F.shape[1])
         for i in range(0, at.size, rows):
             part = slice(i, i + rows)
             response[part] = np.einsum(

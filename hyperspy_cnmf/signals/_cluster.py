@@ -28,6 +28,7 @@ from hyperspy_cnmf._beam import Beam
 from hyperspy_cnmf._docstrings import fill_doc
 from hyperspy_cnmf._schema import from_stored, to_stored
 from hyperspy_cnmf._warnings import warn
+from hyperspy_cnmf.clustering._components import response_block_rows
 from hyperspy_cnmf.signals._axes import axis_info, calibrated_origin_px
 from hyperspy_cnmf.signals._calibration import navigation_scales
 from hyperspy_cnmf.signals._decomposition import (
@@ -1252,12 +1253,6 @@ def _finite_float64(rows):
     return x
 
 
-#: Bytes of float64 patterns (at least 16) whose filter responses
-#: :func:`_region_mean_patterns` computes at a time: 256 patterns before session 25
-#: (1.2 MiB on a 24 x 24 detector, 32 MiB on 128 x 128).
-_RESPONSE_BLOCK_BYTES = 2**19
-
-
 def _region_mean_patterns(signal, excluded=None):
     """``region_patterns`` for :func:`~hyperspy_cnmf.clustering.cluster_components`.
 
@@ -1306,7 +1301,7 @@ def _region_mean_patterns(signal, excluded=None):
                 sums[r[at_r[first]]] += np.add.reduceat(
                     _finite_float64(band[at_r]), first, axis=0
                 )
-            rows = max(16, _RESPONSE_BLOCK_BYTES // (8 * qy * qx))
+            rows = response_block_rows(qy * qx)
             for i0 in range(0, asked.size, rows):
                 part = asked[i0 : i0 + rows]
                 x = _finite_float64(band[at[part] - lo])
