@@ -9,8 +9,8 @@ grains it reports the rotation-invariant pseudo-distance (``1 - CC`` maximised o
 
 - the patterns, as the cut compares the components, and
 - their Bragg-disk images (:func:`hyperspy_cnmf.clustering.bragg_disk_image`, disk radius = the
-  convergence semi-angle in px, the direct beam left out to twice that plus 1 px, the disks
-  sought within the polar grid's reach), as the split compares them,
+  convergence semi-angle in px, the direct beam left out to twice that plus 1 px), as the split
+  compares them,
 
 grouped into pairs of one phase, B2-CuZr [001] with CuZr2 [100] (the pair with disks on one
 ring), and other pairs of two phases.
@@ -57,14 +57,8 @@ def true_patterns(path):
 def pair_distances(path):
     patterns, phase, centre, radius = true_patterns(path)
     beam = 2.0 * radius + 1.0
-    _, radii, d_pattern = polar_similarity(patterns, centre, direct_beam_radius=beam)
-    # disks within the polar grid's reach, as the clustering finds them
-    disks = np.stack(
-        [
-            bragg_disk_image(p, centre, radius, beam, max_radius=float(radii[-1]))
-            for p in patterns
-        ]
-    )
+    disks = np.stack([bragg_disk_image(p, centre, radius, beam) for p in patterns])
+    d_pattern = polar_similarity(patterns, centre, direct_beam_radius=beam)[2]
     d_disk = polar_similarity(disks, centre, direct_beam_radius=beam)[2]
     out = {"one phase": [], "B2-CuZr / CuZr2": [], "other phases": []}
     for i in range(phase.size):

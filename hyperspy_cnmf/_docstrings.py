@@ -102,10 +102,9 @@ mirror : bool, default False
 
 _COMPONENT_MAPS = """\
 min_structure_fraction : float, default 0.1
-    Components with less than this fraction of their intensity within the
-    radial range (the disc that every rotation keeps on the detector) inside
-    the compared annulus (outside the masked direct beam) have no
-    diffraction to compare: an over-complete NMF makes such
+    Components with less than this fraction of their intensity inside the
+    compared annulus (outside the masked direct beam, within the radial
+    range) have no diffraction to compare: an over-complete NMF makes such
     direct-beam-only components from thickness variations. They are drawn in
     the tree, but the cut (``n_clusters``, ``distance_threshold``) is made
     among the other components, so they never take a cluster slot, and each

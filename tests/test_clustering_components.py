@@ -780,69 +780,6 @@ def test_same_crystal_needs_one_orientation():
     assert not _same_crystal(polar, radii, kw, np.array([True, False, True]))[0, 1]
 
 
-def _edge_phase(turn):
-    """A phase whose strongest disks lie beyond a 41 x 41 detector's inscribed circle
-    (radius 20 px about its middle): in its corners at one rotation, off the detector
-    at another, 45 degrees on (a short camera length)."""
-    yy, xx = np.mgrid[:41, :41].astype(float)
-    out = np.zeros((41, 41))
-    for r, a, i in (
-        [(9, a, 0.3) for a in (0, 90, 180, 270)]
-        + [(21, a, 1.0) for a in (45, 135, 225, 315)]
-        + [(26, a, 8.0) for a in (0, 90, 180, 270)]
-    ):
-        x, y = (
-            20 + r * np.cos(np.deg2rad(a + turn)),
-            20 + r * np.sin(np.deg2rad(a + turn)),
-        )
-        out += i * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 4.5)
-    return out
-
-
-def test_disk_images_of_rotated_grains_keep_to_the_rotation_invariant_disc():
-    """Disks past the inscribed circle are seen at some rotations only: they set the
-    threshold of one grain's disks and not of the other's, and make the grain that
-    shows them look beam-only (its intensity outside the compared annulus). Within
-    ``max_radius`` (the polar grid's reach) the two disk images of one phase agree,
-    and the clustering keeps both grains one phase."""
-    grains = [_edge_phase(0), _edge_phase(45)]
-    dist = {}
-    for reach in (None, 20.0):
-        disks = np.stack(
-            [
-                cl.bragg_disk_image(p, (20.0, 20.0), 3.0, 5.0, max_radius=reach)
-                for p in grains
-            ]
-        )
-        sim = cl.polar_similarity(disks, (20.0, 20.0), direct_beam_radius=5.0)[2]
-        dist[reach] = sim.pseudo_distance[0, 1]
-        if reach is not None:  # nothing drawn beyond the reach but the spots' tails
-            yy, xx = np.mgrid[:41, :41]
-            far = np.hypot(xx - 20, yy - 20) > reach + 3.0
-            assert disks[:, far].max() < 1e-3 * disks.max()
-    assert dist[None] > cl._components.SPLIT_DISTANCE
-    assert dist[20.0] < 0.1
-    yy, xx = np.mgrid[:32, :32]
-    maps = np.stack(
-        [np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 8.0) for y, x in [(8, 8), (23, 23)]]
-    )
-    halo = np.exp(-((np.hypot(*(np.mgrid[:41, :41] - 20.0)) - 14) ** 2) / 8) + 0.01
-    factors = np.stack(grains + [halo])
-    loadings = np.concatenate([maps, 1.0 - 0.8 * maps.sum(0, keepdims=True)])
-    res = cl.cluster_components(
-        factors,
-        loadings.reshape(3, -1),
-        (20.0, 20.0),
-        nav_shape=(32, 32),
-        direct_beam_radius=5.0,
-        disk_radius=3.0,
-    )
-    # the grain with its disks in the corners is no beam-only component either
-    assert not res.beam_only[:2].any()
-    assert res.labels[0] == res.labels[1] != res.labels[2]
-    assert res.parameters["split_clusters"] == 0
-
-
 def test_bragg_disk_image_errors():
     p = np.zeros((41, 41))
     for centre, radius in [

@@ -293,12 +293,11 @@ MIN_DISK_FRACTION = 0.15
 # --------------------------------------------------------------------------
 # Stages
 # --------------------------------------------------------------------------
-def _ring_excess(img, centre, disk_radius, beam_radius=None, max_radius=None):
+def _ring_excess(img, centre, disk_radius, beam_radius=None):
     """A pattern's excess over its rings' medians, and its matched-filter response.
 
-    ``img`` (qy, qx) float64 without NaN, taken as zero beyond
-    ``max_radius`` px when given (:func:`bragg_disk_image`); ``centre`` (x, y)
-    px. The median of every 1-px ring about ``centre`` (the amorphous halo and any
+    ``img`` (qy, qx) float64 without NaN; ``centre`` (x, y) px. The median
+    of every 1-px ring about ``centre`` (the amorphous halo and any
     isotropic background) is subtracted and the positive excess kept (zero
     within ``beam_radius`` px when given), then correlated with a unit-sum
     disk of ``disk_radius`` px (:func:`scipy.signal.fftconvolve`). Returns
@@ -310,8 +309,6 @@ def _ring_excess(img, centre, disk_radius, beam_radius=None, max_radius=None):
     ny, nx = img.shape
     yy, xx = np.mgrid[:ny, :nx]
     rr = np.hypot(xx - centre[0], yy - centre[1])
-    if max_radius is not None:
-        img = np.where(rr <= max_radius, img, 0.0)
     ring = np.round(rr).astype(np.int64)
     median = np.asarray(ndimage.median(img, ring, np.arange(ring.max() + 1)))
     excess = np.clip(img - median[ring], 0.0, None)
@@ -330,7 +327,6 @@ def bragg_disk_image(
     beam_radius=0.0,
     min_fraction=MIN_DISK_FRACTION,
     sigma=0.8,
-    max_radius=None,
 ):
     """The Bragg-disk geometry of a pattern: one narrow spot at each disk centre.
 
@@ -346,10 +342,9 @@ def bragg_disk_image(
     disks lie on the same rings a fraction of a disk apart in azimuth
     (B2-CuZr [001] and CuZr2 [100]: 16 degrees at 10 px, with 3 px disks)
     are 0.19-0.28 apart as patterns (pseudo-distance, below the cut's 0.3)
-    but 0.28-0.49 as disk images (within the polar grid's reach), while
-    rotated grains of one phase stay within 0.19 and 0.21 (true grain
-    patterns of the multislice cases, ``python
-    benchmarks/quality_disk_geometry.py``).
+    but 0.31-0.53 as disk images, while rotated grains of one phase stay
+    within 0.19 in both (true grain patterns of the multislice cases,
+    ``python benchmarks/quality_disk_geometry.py``).
 
     Parameters
     ----------
@@ -365,15 +360,6 @@ def bragg_disk_image(
     min_fraction : float, default 0.15
     sigma : float, default 0.8
         Width (px) of the drawn spots.
-    max_radius : float or None, default None
-        Radius (px) about ``centre`` beyond which the pattern is taken as zero
-        before the disks are sought: the disc that a rectangular detector
-        keeps at every rotation of the pattern (the polar grid's reach in
-        :func:`cluster_components`, which compares the components' disk
-        images so). Disks beyond it are on the detector at some rotations
-        only, in its corners, and there they set the threshold
-        (``min_fraction`` of the strongest) of one grain's disks and not of
-        another's of the same phase. None: the whole pattern.
 
     Returns
     -------
@@ -409,7 +395,7 @@ def bragg_disk_image(
             f"pattern's size), got {disk_radius!r}."
         )
     centre = _check_centre(centre, img.shape)
-    found = _disk_peaks(img, centre, disk_radius, beam_radius, min_fraction, max_radius)
+    found = _disk_peaks(img, centre, disk_radius, beam_radius, min_fraction)
     return _draw_disks(found, disk_radius, sigma)
 
 
@@ -443,25 +429,16 @@ def _draw_disks(found, disk_radius, sigma=0.8):
     return out
 
 
-def _disk_peaks(
-    img,
-    centre,
-    disk_radius,
-    beam_radius,
-    min_fraction=MIN_DISK_FRACTION,
-    max_radius=None,
-):
+def _disk_peaks(img, centre, disk_radius, beam_radius, min_fraction=MIN_DISK_FRACTION):
     """The Bragg disks of a pattern: the local maxima of its matched-filter response.
 
     :func:`_ring_excess` of ``img`` (qy, qx, float64 without NaN) about
     ``centre`` (x, y) px, then every local maximum of the response (window
     ``2 disk_radius + 1``) beyond ``beam_radius`` px that reaches
-    ``min_fraction`` of the strongest (within ``max_radius`` px when given).
-    Returns ``(rr, excess, response, peak)``, each (qy, qx); ``peak`` is bool.
+    ``min_fraction`` of the strongest. Returns ``(rr, excess, response,
+    peak)``, each (qy, qx); ``peak`` is bool.
     """
-    rr, excess, response = _ring_excess(
-        img, centre, disk_radius, beam_radius, max_radius
-    )
+    rr, excess, response = _ring_excess(img, centre, disk_radius, beam_radius)
     size = 2 * int(round(disk_radius)) + 1
     peak = (
         (response == ndimage.maximum_filter(response, size=size))
@@ -708,17 +685,11 @@ def _annulus(shape, centre, radii, beam_radius):
     return (r >= inner) & (r <= float(radii[-1]))
 
 
-def _beam_only(factors, annulus, min_fraction, disc):
-    """Components with < ``min_fraction`` of their intensity in ``disc`` in the compared annulus.
-
-    ``disc``: the detector pixels within the polar grid's reach, the part that
-    every rotation of a pattern keeps: a grain whose strongest disks lie in the
-    detector's corners at its rotation is no more beam-only than one of the
-    same phase whose disks fall off the detector.
-    """
+def _beam_only(factors, annulus, min_fraction):
+    """Components with < ``min_fraction`` of their intensity in the compared annulus."""
     if not min_fraction:
         return np.zeros(factors.shape[0], dtype=bool)
-    total = np.nansum(np.abs(factors[:, disc]), axis=1)
+    total = np.nansum(np.abs(factors), axis=(1, 2))
     inside = np.nansum(np.abs(factors[:, annulus]), axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, inside / total, 0.0) < float(min_fraction)
@@ -4282,11 +4253,8 @@ def cluster_components(
         factors, cpx, direct_beam_radius=dbr, **grid, **similarity_kwargs
     )
     contrib = loadings * factor_sum[:, None]  # data units: counts per position
-    # the disc that every rotation of a pattern keeps on the detector
-    reach = float(radii[-1])
     annulus = _annulus(factors.shape[1:], cpx, radii, dbr)
-    disc = _annulus(factors.shape[1:], cpx, (0.0, reach), 0.0)  # beam included
-    beam_only = _beam_only(factors, annulus, min_structure_fraction, disc)
+    beam_only = _beam_only(factors, annulus, min_structure_fraction)
     texture = _texture(
         contrib, nav_shape, beam_only, min_map_compactness, min_cluster_positions
     )
@@ -4303,12 +4271,7 @@ def cluster_components(
     split, same_crystal = 0, None
     if n_clusters is None and disk_radius is not None:
         disks = np.stack(
-            [
-                bragg_disk_image(
-                    f, cpx, float(disk_radius), dbr or 0.0, max_radius=reach
-                )
-                for f in factors
-            ]
+            [bragg_disk_image(f, cpx, float(disk_radius), dbr or 0.0) for f in factors]
         )
         disk_polar, _, disk_sim = polar_similarity(
             disks, cpx, direct_beam_radius=dbr, **grid, **similarity_kwargs
