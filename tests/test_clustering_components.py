@@ -780,6 +780,44 @@ def test_same_crystal_needs_one_orientation():
     assert not _same_crystal(polar, radii, kw, np.array([True, False, True]))[0, 1]
 
 
+def test_refit_guard_keeps_grains_of_a_phase_found_twice_whose_disks_close():
+    """The count's grains that a refit must not give to the matrix: regions of a cluster
+    with two of them whose model pattern closes as a lattice; a cluster of glass patches
+    (disks at random azimuths on the halo) or a phase found once is no such grain."""
+    from hyperspy_cnmf.clustering._components import _confirmed_grains, _lost_grains
+
+    grid = [(8 * i, 8 * j) for i in range(-2, 3) for j in range(-2, 3)]
+    lattice = [
+        (np.hypot(x, y), np.degrees(np.arctan2(y, x)), 1.0)
+        for x, y in grid
+        if 0 < np.hypot(x, y) <= 18
+    ]
+    speckle = [(10, a, 1.0) for a in (17, 83, 151, 229, 301)]
+    lab = np.zeros((24, 24), int)
+    lab[2:6, 2:6] = 1
+    lab[2:6, 14:18] = 1
+    lab[14:18, 2:6] = 2
+    loadings = np.stack(
+        [np.ones((24, 24)), (lab == 1).astype(float), (lab == 2).astype(float)]
+    ).reshape(3, -1)
+    args = ((24, 24),)
+    beam = dict(centre=(20.0, 20.0), disk_radius=3.0, beam_radius=5.0)
+    halo = _disks([], halo=0.3) + 0.01
+    found = {}
+    for name, spots in (("lattice", lattice), ("speckle", speckle)):
+        factors = np.stack([halo, _disks(spots), _disks(lattice)])
+        found[name] = _confirmed_grains(lab.ravel(), *args, factors, loadings, **beam)
+    assert [g.size for g in found["lattice"]] == [
+        16,
+        16,
+    ]  # the phase found once: not asked
+    assert found["speckle"] == []
+    trial = lab.copy()
+    assert _lost_grains(found["lattice"], trial.ravel()) == 0
+    trial[2:6, 14:18] = 0  # one grain to the matrix
+    assert _lost_grains(found["lattice"], trial.ravel()) == 1
+
+
 def test_bragg_disk_image_errors():
     p = np.zeros((41, 41))
     for centre, radius in [
