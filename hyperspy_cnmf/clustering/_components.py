@@ -4227,12 +4227,12 @@ def cluster_components(
         (no read), the grains counted in the labels (:func:`grain_count`);
         where ``k`` is at least :data:`REFIT_OVER_COMPLETE` times the grains
         + 1, ``refit(grains + 1 + REFIT_SPARE)`` (``grains + 1`` where the
-        spare's clustering labels more phases than the count's; none where
-        that one's labels fewer than two while the count's labelled two or
-        more, where ``refit.info["unexplained"]``, if given, exceeds
-        :data:`REFIT_MAX_UNEXPLAINED`, or where its clustering gives the
+        spare's clustering labels more phases than the count's or gives the
         matrix a grain of a phase the count found twice whose disks close as
-        a lattice) is clustered instead, with ``region_patterns``: the result's
+        a lattice; none where that one's does so too, labels fewer than two
+        phases while the count's labelled two or more, or where
+        ``refit.info["unexplained"]``, if given, exceeds
+        :data:`REFIT_MAX_UNEXPLAINED`) is clustered instead, with ``region_patterns``: the result's
         components are the refit's (``refit_factors``, ``refit_loadings``).
         Recorded as ``refit_grains``, ``refit_components`` (0: none) and,
         without a refit, ``refit_note`` (why) in ``parameters``. None: the
