@@ -27,6 +27,24 @@ def base_signal():
     return simulated_precipitates(random_state=SEED)
 
 
+def _constrained(s, k):
+    """The default constrained decomposition with ``k`` components, random_state 0."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s.decomposition(
+            algorithm="constrained_nmf",
+            output_dimension=k,
+            random_state=0,
+            print_info=False,
+            show_progressbar=False,
+        )
+
+
+def _params(s):
+    """The last clustering's parameters (``cdiff_parameters``, stored as JSON)."""
+    return json.loads(str(s.learning_results.cdiff_parameters))
+
+
 def split_decomposition(signal, rng=None, rotate=0.0, map_noise=0.002):
     """An over-complete decomposition built from the simulation's ground truth.
 
@@ -570,15 +588,7 @@ def test_with_constrained_nmf(base_signal):
     truth = s.metadata.Simulation
     k = 2 * truth.n_components  # deliberately over-complete
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        s.decomposition(
-            algorithm="constrained_nmf",
-            output_dimension=k,
-            random_state=0,
-            print_info=False,
-            normalize_poissonian_noise=True,
-        )
+    _constrained(s, k)  # Poisson-weighted, the default
     _cluster.cluster_diffraction(s)
     lr = s.learning_results
     assert time.perf_counter() - t0 < 60
@@ -617,25 +627,14 @@ def test_map_artefacts_are_reported(base_signal):
 
 def test_min_cluster_positions_from_the_map_resolution(base_signal):
     s = base_signal.deepcopy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        s.decomposition(
-            algorithm="constrained_nmf",
-            output_dimension=7,
-            random_state=0,
-            print_info=False,
-            show_progressbar=False,
-        )
+    _constrained(s, 7)
     _cluster.cluster_diffraction(s)
-    params = json.loads(str(s.learning_results.cdiff_parameters))
+    params = _params(s)
     # probe FWHM 1.5 nm (0.514 lambda / alpha), scan step 0.5 nm: pi * 3^2 / 2
     assert params["min_cluster_positions"] == 15
     assert s.learning_results.number_of_clusters == 3
     _cluster.cluster_diffraction(s, min_cluster_positions=None)
-    assert (
-        json.loads(str(s.learning_results.cdiff_parameters))["min_cluster_positions"]
-        == 0
-    )
+    assert _params(s)["min_cluster_positions"] == 0
     for bad in ("big", -1, 2.5, True):
         with pytest.raises(ValueError, match="min_cluster_positions"):
             _cluster.cluster_diffraction(s, min_cluster_positions=bad)
@@ -651,10 +650,7 @@ def test_min_cluster_positions_from_the_map_resolution(base_signal):
             show_progressbar=False,
         )
     _cluster.cluster_diffraction(s)
-    assert (
-        json.loads(str(s.learning_results.cdiff_parameters))["min_cluster_positions"]
-        == 0
-    )
+    assert _params(s)["min_cluster_positions"] == 0
 
 
 @pytest.mark.parametrize(
@@ -708,15 +704,7 @@ def test_min_cluster_positions_on_a_line_scan(base_signal):
     holds (1 row of 0.5 nm across a 1.76 x 1.5 nm disc), not the disc's area."""
     line = base_signal.inav[:, 12:13].deepcopy()  # one row of the scan
     assert line.axes_manager._navigation_shape_in_array[0] == 1
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        line.decomposition(
-            algorithm="constrained_nmf",
-            output_dimension=3,
-            random_state=0,
-            print_info=False,
-            show_progressbar=False,
-        )
+    _constrained(line, 3)
     assert _cluster._min_cluster_positions(line, "auto") == int(
         np.ceil(0.5 / (1.76 * 1.5) * np.pi * 3**2 / 2)
     )
@@ -725,7 +713,6 @@ def test_min_cluster_positions_on_a_line_scan(base_signal):
 def test_disk_radius_auto_off_and_calibrated():
     """The Bragg-disk rules take the measured beam radius ("auto"), a radius in the
     signal's units, or None (off); the matrix of a single-phase scan is never parted."""
-    import json
 
     from hyperspy_cnmf.data import simulated_precipitates
 
@@ -742,18 +729,18 @@ def test_disk_radius_auto_off_and_calibrated():
         show_progressbar=False,
     )
     s.cluster_diffraction()
-    params = json.loads(str(s.learning_results.cdiff_parameters))
+    params = _params(s)
     labels = np.asarray(s.learning_results.cdiff_position_labels)
     assert len(np.unique(labels[labels >= 0])) == 2 and params["disk_radius_px"] > 0
     s.cluster_diffraction(disk_radius=None)
-    params = json.loads(str(s.learning_results.cdiff_parameters))
+    params = _params(s)
     assert params["disk_radius_px"] is None and params["split_clusters"] == 0
     scale = s.axes_manager.signal_axes[0].scale
     s.cluster_diffraction(disk_radius=3 * scale)  # calibrated units by default
-    params = json.loads(str(s.learning_results.cdiff_parameters))
+    params = _params(s)
     assert params["disk_radius_px"] == pytest.approx(3.0)
     s.cluster_diffraction(disk_radius=2.0, units="px")
-    assert json.loads(str(s.learning_results.cdiff_parameters))["disk_radius_px"] == 2.0
+    assert _params(s)["disk_radius_px"] == 2.0
     # a radius far from the measured one (e.g. px given as calibrated) is reported
     with pytest.warns(UserWarning, match="check `units`"):
         s.cluster_diffraction(disk_radius=20.0, units="px")
@@ -805,28 +792,12 @@ def test_region_mean_patterns_read_as_nan_to_num(dtype):
 # --------------------------------------------------------------------------
 # the refit (cluster_diffraction(refit="auto"))
 # --------------------------------------------------------------------------
-def _constrained(s, k):
-    """The default constrained decomposition with ``k`` components, random_state 0."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        s.decomposition(
-            algorithm="constrained_nmf",
-            output_dimension=k,
-            random_state=0,
-            print_info=False,
-        )
-
-
 @pytest.fixture(scope="module")
 def three_grains():
     """3 grains of 2 phases in a 32 x 32 scan, decomposed over-complete (k = 9)."""
     s = simulated_precipitates(scan_shape=(32, 32), n_grains=3)
     _constrained(s, 9)
     return s
-
-
-def _params(s):
-    return json.loads(str(s.learning_results.cdiff_parameters))
 
 
 def test_refit_fits_one_component_per_grain_and_clusters_those(three_grains):
