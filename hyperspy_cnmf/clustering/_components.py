@@ -3837,14 +3837,27 @@ def grain_count(position_labels, nav_shape):
     >>> grain_count(lab.ravel(), (12, 12))
     2
     """
+    counted = _counted_regions(position_labels, nav_shape)
+    return 0 if counted is None else int(counted[2].sum())
+
+
+def _counted_regions(position_labels, nav_shape):
+    """The regions :func:`grain_count` counts: ``(region, owner, big)``, or None.
+
+    ``region`` (n_positions,): the connected region of every particle
+    cluster's position (-1: the matrix's, the cluster with the most
+    positions, or unlabelled); ``owner``: each region's cluster; ``big``:
+    the regions of at least :data:`REFIT_GRAIN_POSITIONS` positions. None
+    where the labels hold fewer than two clusters.
+    """
     labels = np.asarray(position_labels).ravel()
     counts = np.bincount(labels[labels >= 0])
     if counts.size < 2:
-        return 0
+        return None
     matrix = np.arange(counts.size) == np.argmax(counts)
-    region, _ = _grain_regions(labels, tuple(nav_shape), matrix)
-    sizes = np.bincount(region[region >= 0])
-    return int((sizes >= REFIT_GRAIN_POSITIONS).sum())
+    region, owner = _grain_regions(labels, tuple(nav_shape), matrix)
+    sizes = np.bincount(region[region >= 0], minlength=owner.size)
+    return region, owner, sizes >= REFIT_GRAIN_POSITIONS
 
 
 #: Bytes of float64 patterns whose filter responses a ``region_patterns`` reader forms at a
@@ -3858,6 +3871,20 @@ def response_block_rows(n_pixels):
     return max(16, RESPONSE_BLOCK_BYTES // (8 * int(n_pixels)))
 
 
+def _region_means(F, L, region):
+    """The model's mean pattern over every region, float64 (n_regions, n_pixels).
+
+    ``F`` (k, n_pixels) and ``L`` (k, n_positions) without NaN; ``region``
+    (n_positions,) numbers the regions from 0 (-1: none).
+    """
+    n = int(region.max()) + 1
+    inside = region >= 0
+    sums = np.zeros((n, F.shape[0]))
+    np.add.at(sums, region[inside], L[:, inside].T)
+    counts = np.bincount(region[inside], minlength=n)
+    return (sums / np.maximum(counts, 1)[:, None]) @ F
+
+
 def _model_region_patterns(factors, loadings):
     """``region_patterns`` (:func:`cluster_components`) of the model ``loadings.T @ factors``: no read.
 
@@ -3868,12 +3895,7 @@ def _model_region_patterns(factors, loadings):
     L = np.nan_to_num(loadings)
 
     def means(region, filters, at, which):
-        n = int(region.max()) + 1
-        inside = region >= 0
-        sums = np.zeros((n, k))
-        np.add.at(sums, region[inside], L[:, inside].T)
-        counts = np.bincount(region[inside], minlength=n)
-        mean = (sums / np.maximum(counts, 1)[:, None]) @ F
+        mean = _region_means(F, L, region)
         response = np.empty(at.size)
         rows = response_block_rows(F.shape[1])
         for i in range(0, at.size, rows):
@@ -3881,7 +3903,7 @@ def _model_region_patterns(factors, loadings):
             response[part] = np.einsum(
                 "ij,ij->i", L[:, at[part]].T @ F, filters[which[part]]
             )
-        return mean.reshape((n,) + factors.shape[1:]), response
+        return mean.reshape((-1,) + factors.shape[1:]), response
 
     means.read_fraction = 0.0
     return means
@@ -3905,24 +3927,21 @@ def _confirmed_grains(
     1.6 mrad multislice case made one cluster of the count; their disks
     close at 0.00, a 7 A B2 grain's at 0.71).
     """
-    labels = np.asarray(position_labels).ravel()
-    counts = np.bincount(labels[labels >= 0])
-    if counts.size < 2 or disk_radius is None:
+    counted = _counted_regions(position_labels, nav_shape)
+    if counted is None or disk_radius is None:
         return []
-    matrix = np.arange(counts.size) == np.argmax(counts)
-    region, owner = _grain_regions(labels, tuple(nav_shape), matrix)
-    if not (region >= 0).any():
+    region, owner, big = counted
+    if not big.any():
         return []
-    sizes = np.bincount(region[region >= 0], minlength=owner.size)
-    big = sizes >= REFIT_GRAIN_POSITIONS
-    per_cluster = np.bincount(owner[big], minlength=counts.size)
+    per_cluster = np.bincount(owner[big])
     twice = np.flatnonzero(big & (per_cluster[owner] >= 2))
     if not twice.size:
         return []
-    F = np.nan_to_num(np.asarray(factors, dtype=np.float64))
+    k = np.asarray(factors).shape[0]
+    F = np.nan_to_num(np.asarray(factors, dtype=np.float64).reshape(k, -1))
     L = np.nan_to_num(np.asarray(loadings, dtype=np.float64))
-    patterns = np.stack(
-        [np.tensordot(L[:, region == r].mean(axis=1), F, axes=1) for r in twice]
+    patterns = _region_means(F, L, region)[twice].reshape(
+        (twice.size,) + np.asarray(factors).shape[1:]
     )
     closure = _lattice_closure(
         patterns,
