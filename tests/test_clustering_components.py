@@ -797,6 +797,7 @@ def test_refit_guard_keeps_grains_of_a_phase_found_twice_whose_disks_close():
     lab[2:6, 2:6] = 1
     lab[2:6, 14:18] = 1
     lab[14:18, 2:6] = 2
+    lab[20:22, 20:22] = 3  # a region too small to count, of a cluster after theirs
     loadings = np.stack(
         [np.ones((24, 24)), (lab == 1).astype(float), (lab == 2).astype(float)]
     ).reshape(3, -1)

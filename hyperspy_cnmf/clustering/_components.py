@@ -3933,7 +3933,7 @@ def _confirmed_grains(
     region, owner, big = counted
     if not big.any():
         return []
-    per_cluster = np.bincount(owner[big])
+    per_cluster = np.bincount(owner[big], minlength=owner.max() + 1)
     twice = np.flatnonzero(big & (per_cluster[owner] >= 2))
     if not twice.size:
         return []
