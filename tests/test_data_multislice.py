@@ -327,6 +327,30 @@ def test_glass_speckle_at_high_counts_is_no_phase(monkeypatch):
     assert adjusted_rand_score(_main_job(lazy, 30, refit=False), labels) >= 0.99
 
 
+def test_a_scan_of_glass_alone_is_one_phase(monkeypatch):
+    """A 30 x 30 window of the 3-phase 64 x 64 case that holds no grain (rows 9-38,
+    columns 0-29 of the scan; all glass in the truth), k = 30, random_state 0: the fit
+    gives patches of the glass's speckle components of their own, all smaller than
+    ``MIN_GRAIN_POSITIONS``, and those clusters stood as phases (6 clusters of 859, 12,
+    12, 7, 6 and 4 positions). Regions whose patterns show no crystal (``_faint``) go to
+    the matrix there too: one cluster. With nothing faint, the patches are phases
+    again. The lazy call gives the same labels."""
+    s, truth = load_multislice_case(abtem_path(THREE_PHASE))
+    window = (slice(0, 30), slice(9, 39))  # inav: x (columns), y (rows)
+    assert (truth["phase_map"][window[1], window[0]] == 0).all()
+    glass = s.inav[window].deepcopy()
+    lazy = glass.as_lazy()
+    labels = _main_job(glass, 30)
+    assert (labels == 0).all() and glass.learning_results.number_of_clusters == 1
+    params = json.loads(str(glass.learning_results.cdiff_parameters))
+    assert params["grain_regions"] >= 3  # the patches were judged, not absent
+    with monkeypatch.context() as m:
+        m.setattr(_components, "_faint", lambda *a, **kw: np.zeros(len(a[5]), bool))
+        glass.cluster_diffraction(refit=False)
+        assert glass.learning_results.number_of_clusters > 1
+    np.testing.assert_array_equal(_main_job(lazy, 30), labels)
+
+
 def test_rises_of_glass_speckle_at_high_counts_are_no_grains(monkeypatch):
     """The 3-phase descan case drawn at 100000 counts per unit, k = 30, random_state 0:
     particle components carry patches of the glass's speckle, where their maps rise as

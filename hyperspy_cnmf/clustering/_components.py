@@ -3228,7 +3228,11 @@ def _regroup_by_grain_patterns(
     of its patterns in the data, which ``region_patterns`` returns: an NMF
     component that took grains of two phases (too few components, or two
     near patterns) parts them, and pieces of one phase in several clusters
-    meet. A region whose cluster's components (grouped by orientation,
+    meet. Where no region holds :data:`MIN_GRAIN_POSITIONS` positions, too
+    few for a pattern to tell a phase, the clusters stay as they are, but
+    the regions that show no crystal (:func:`_faint`) join the matrix (a
+    scan of glass alone at k = 30 made clusters of its speckle patches). A
+    region whose cluster's components (grouped by orientation,
     :func:`_orientation_groups`) each dominate a large piece is parted first
     (:func:`_split_regions_by_component`); the read returns the
     means of each region's two halves (:func:`_halves`), whose distance
@@ -3474,10 +3478,12 @@ def _regroup_by_grain_patterns(
         )
         target = np.where(evidence, np.cumsum(evidence) - 1 + ext.size, matrix)
         region_label = target[group]
-    else:  # no grain large enough to tell a phase: the clusters as they are
+    else:  # no grain large enough to tell a phase: the clusters as they are,
+        # less the regions whose patterns show no crystal (a glass-only scan at
+        # k = 30: its speckle patches of 4-12 positions were clusters of their own)
         _, region_label = np.unique(owner, return_inverse=True)
         region_label = region_label + ext.size
-        region_label[rise] = matrix  # nothing tells their phase
+        region_label[rise | faint] = matrix  # nothing tells their phase
     inside = region >= 0
     new_pos[inside] = region_label[region[inside]]
     # the release under any probe (it tests a grain's own positions against
