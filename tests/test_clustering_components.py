@@ -784,7 +784,11 @@ def test_refit_guard_keeps_grains_of_a_phase_found_twice_whose_disks_close():
     """The count's grains that a refit must not give to the matrix: regions of a cluster
     with two of them whose model pattern closes as a lattice; a cluster of glass patches
     (disks at random azimuths on the halo) or a phase found once is no such grain."""
-    from hyperspy_cnmf.clustering._components import _confirmed_grains, _lost_grains
+    from hyperspy_cnmf.clustering._components import (
+        _confirmed_grains,
+        _counted_regions,
+        _lost_grains,
+    )
 
     grid = [(8 * i, 8 * j) for i in range(-2, 3) for j in range(-2, 3)]
     lattice = [
@@ -801,13 +805,13 @@ def test_refit_guard_keeps_grains_of_a_phase_found_twice_whose_disks_close():
     loadings = np.stack(
         [np.ones((24, 24)), (lab == 1).astype(float), (lab == 2).astype(float)]
     ).reshape(3, -1)
-    args = ((24, 24),)
+    counted = _counted_regions(lab.ravel(), (24, 24))
     beam = dict(centre=(20.0, 20.0), disk_radius=3.0, beam_radius=5.0)
     halo = _disks([], halo=0.3) + 0.01
     found = {}
     for name, spots in (("lattice", lattice), ("speckle", speckle)):
         factors = np.stack([halo, _disks(spots), _disks(lattice)])
-        found[name] = _confirmed_grains(lab.ravel(), *args, factors, loadings, **beam)
+        found[name] = _confirmed_grains(counted, factors, loadings, **beam)
     # the two grains of cluster 1; the phase found once (cluster 2) is not asked
     assert [g.size for g in found["lattice"]] == [16, 16]
     assert found["speckle"] == []

@@ -3921,11 +3921,10 @@ def _phases(res):
     return int(np.unique(labels[labels >= 0]).size)
 
 
-def _confirmed_grains(
-    position_labels, nav_shape, factors, loadings, centre, disk_radius, beam_radius
-):
+def _confirmed_grains(counted, factors, loadings, centre, disk_radius, beam_radius):
     """The count's credible grains: position index arrays (:func:`_refitted`).
 
+    ``counted``: the count's regions (:func:`_counted_regions`, None: none).
     A grain (a region of :func:`grain_count`) is credible where its cluster
     holds another and the model's mean pattern over it closes as a lattice
     (:func:`_lattice_closure` at least :data:`LATTICE_CLOSURE`): a crystal of
@@ -3933,7 +3932,6 @@ def _confirmed_grains(
     1.6 mrad multislice case made one cluster of the count; their disks
     close at 0.00, a 7 A B2 grain's at 0.71).
     """
-    counted = _counted_regions(position_labels, nav_shape)
     if counted is None or disk_radius is None:
         return []
     region, owner, big = counted
@@ -4002,11 +4000,11 @@ def _refitted(call, refit):
         )
     )
     nav_shape = call["nav_shape"] or (counting.position_labels.size,)
-    grains = grain_count(counting.position_labels, nav_shape)
+    regions = _counted_regions(counting.position_labels, nav_shape)  # grain_count's
+    grains = 0 if regions is None else int(regions[2].sum())
     counted_phases = _phases(counting)
     k = counting.components.size
-    counted = (
-        counting.position_labels,
+    geometry = (  # the count's beam centre, disk and beam radii
         counting.centre,
         counting.parameters.get("disk_radius_px"),
         counting.parameters["direct_beam_radius_px"],
@@ -4041,10 +4039,8 @@ def _refitted(call, refit):
     # tiling a 32 x 32 scan: 1 grain counted, one cluster, ARI 0.000 against 0.705-0.968
     # unrefitted at k = 8-20).
     # grains a refit must keep (a weak grain of a phase found twice, a lattice)
-    confirmed = _confirmed_grains(
-        counted[0], nav_shape, call["factors"], call["loadings"], *counted[1:]
-    )
-    del counted
+    confirmed = _confirmed_grains(regions, call["factors"], call["loadings"], *geometry)
+    del geometry, regions
     kept, phases, note = None, None, ""
     for n_refit in dict.fromkeys((grains + 1 + REFIT_SPARE, grains + 1)):
         candidate = refit(n_refit)
