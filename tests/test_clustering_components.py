@@ -8,6 +8,7 @@ variations.
 """
 
 import json
+import math
 import subprocess
 import sys
 import warnings
@@ -1055,8 +1056,10 @@ def test_grain_patterns_keep_a_right_partition():
         f, m, (20.0, 20.0), region_patterns=means, probe_fwhm=1.5, **kw
     )
     assert res.parameters["grain_regions"] == 4
-    # a probe of unknown size or broader than 2 steps: no rim grows
-    for probe in (None, 3.0):
+    # a probe of unknown size or broader than 2 steps: no rim grows (at 2.5 steps the
+    # core release's tenth leaves these grains whole; from 2.9 steps it grows,
+    # _core_release_fraction, and takes their faintest edge positions)
+    for probe in (None, 2.5):
         same = cl.cluster_components(
             f, m, (20.0, 20.0), region_patterns=means, probe_fwhm=probe, **kw
         )
@@ -1248,20 +1251,78 @@ def test_broad_probe_release_measures_a_region_against_its_grains_core():
     # its grain's (~106); the region's own decile stands 10 z above its null
     decile = [np.percentile(own[r], 90) for r in (0, 1)]
     assert CORE_RELEASE_FRACTION * decile[1] < 8.0 < CORE_RELEASE_FRACTION * decile[0]
-    alone = _rim_release(at, which, role, response, 2, broad=True)
+    alone = _rim_release(
+        at, which, role, response, 2, core_fraction=CORE_RELEASE_FRACTION
+    )
     assert not set(alone) & set(tails)
     grain = _rim_release(
-        at, which, role, response, 2, broad=True, grain_of=np.array([0, 0])
+        at,
+        which,
+        role,
+        response,
+        2,
+        core_fraction=CORE_RELEASE_FRACTION,
+        grain_of=np.array([0, 0]),
     )
     assert set(grain) == set(tails)
     two = _rim_release(
-        at, which, role, response, 2, broad=True, grain_of=np.array([0, 1])
+        at,
+        which,
+        role,
+        response,
+        2,
+        core_fraction=CORE_RELEASE_FRACTION,
+        grain_of=np.array([0, 1]),
     )
     assert set(two) == set(alone)
     # a narrow probe: no core release at all
     assert not set(
         _rim_release(at, which, role, response, 2, grain_of=np.array([0, 0]))
     ) & set(tails)
+
+
+def test_core_release_fraction_grows_with_the_probe():
+    """No core release under a narrow probe; a tenth of the core up to about 3 steps;
+    beyond, the share of a straight edge's signal a Gaussian probe of that FWHM holds
+    1.5 steps outside it (a quarter of the core under 5 steps), so that a probe's tail
+    at 0.15 of the core stays with a grain under 2.4 steps and goes back under 4."""
+    from hyperspy_cnmf.clustering._components import (
+        CORE_RELEASE_FRACTION,
+        INSIDE,
+        NULL,
+        RIM_MAX_PROBE_FWHM,
+        _core_release_fraction,
+        _rim_release,
+    )
+
+    assert _core_release_fraction(None) == 0.0
+    assert _core_release_fraction(RIM_MAX_PROBE_FWHM) == 0.0
+    widths = np.linspace(2.1, 8.0, 30)
+    fractions = [_core_release_fraction(w) for w in widths]
+    assert min(fractions) == CORE_RELEASE_FRACTION
+    assert np.all(np.diff(fractions) >= 0) and 0.18 < fractions[-1] < 0.5
+    sigma = 4.0 / 2.3548  # FWHM over sigma of a Gaussian
+    edge = 0.5 * math.erfc(1.5 / sigma / math.sqrt(2.0))
+    assert (
+        _core_release_fraction(4.0)
+        == pytest.approx(edge)
+        == pytest.approx(0.189, abs=1e-3)
+    )
+    rng = np.random.default_rng(1)
+    null = rng.normal(0.0, 1.0, 40)
+    own = np.r_[100.0 + rng.normal(0.0, 3.0, 30), [15.0] * 6]
+    at = np.arange(null.size + own.size)
+    which = np.zeros(at.size, int)
+    role = np.r_[np.full(null.size, NULL), np.full(own.size, INSIDE)].astype(np.int8)
+    response = np.r_[null, own]
+    tails = set(at[response == 15.0])
+    kept = _rim_release(
+        at, which, role, response, 1, core_fraction=_core_release_fraction(2.4)
+    )
+    gone = _rim_release(
+        at, which, role, response, 1, core_fraction=_core_release_fraction(4.0)
+    )
+    assert not set(kept) & tails and set(gone) == tails
 
 
 def test_rim_release_asks_a_placed_region_for_a_rims_evidence():
@@ -2463,7 +2524,8 @@ def test_rim_release_under_a_broad_probe_returns_a_tenth_of_the_core():
         model = 3000.0 * (halo[None] + amount[:, None, None] * grain[None])
         data = np.random.default_rng(1).poisson(model).astype(float).reshape(1024, -1)
         response = np.einsum("ij,ij->i", data[at], filters[which])
-        return set(_rim_release(at, which, role, response, 1, broad=broad))
+        fraction = CORE_RELEASE_FRACTION if broad else 0.0
+        return set(_rim_release(at, which, role, response, 1, core_fraction=fraction))
 
     tail = 0.5 * CORE_RELEASE_FRACTION
     released = release(tail, True)

@@ -29,6 +29,7 @@ Everything is in detector pixels and data units; the calibrated geometry is
 converted by the signal method. numpy/scipy (and the Numba kernels) only.
 """
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -2243,6 +2244,57 @@ RELEASE_MIN_INSIDE = 3
 #: 0.9184 / 0.9134 at k = true for 0.07 / 0.1 / 0.15.
 CORE_RELEASE_FRACTION = 0.1
 
+#: Distance outside a grain's edge, in scan steps, whose share of the grain's
+#: signal sets the core release's fraction under a probe broader than about
+#: 3 steps (:func:`_core_release_fraction`): the share a Gaussian probe of the
+#: measured FWHM centred that far outside a straight edge still holds,
+#: ``Phi(-CORE_RELEASE_STEPS / sigma)``, where it exceeds
+#: :data:`CORE_RELEASE_FRACTION` (from a FWHM of 2.9 steps on). Under a
+#: probe of 3.5-4.8 steps a position one step outside a grain holds a
+#: quarter to a third of its edge's disks, far above a tenth of its core,
+#: and the grains were labelled a step wide all round (multislice cases at
+#: 1.4, 1.2 and 1.0 mrad, 2.6-2.7 A steps, k = true and 30, random_state
+#: 0-2: mean ARI 0.86 / 0.82 / 0.77 at k = true, 0.81 / 0.76 / 0.75 at k =
+#: 30 with the fixed tenth; 0.92 / 0.92 / 0.95 and 0.91 / 0.90 / 0.94 with
+#: this rule; ``/work/notes/s27``). 1.75 steps gave 0.87 / 0.87 / 0.93 and
+#: 0.84 / 0.87 / 0.91. At 3.0 steps (0.12) the embedded default rose 0.010
+#: per k and the 1.6 mrad multislice case fell 0.009-0.016.
+CORE_RELEASE_STEPS = 1.5
+
+
+def _core_release_fraction(probe_fwhm):
+    """The share of a grain's core below which its positions go back to the matrix.
+
+    Under a probe broader than :data:`RIM_MAX_PROBE_FWHM` scan steps
+    (:func:`_rim_release`): :data:`CORE_RELEASE_FRACTION`, or the share of a
+    straight grain edge's signal that a Gaussian probe of FWHM
+    ``probe_fwhm`` centred :data:`CORE_RELEASE_STEPS` steps outside it holds,
+    ``Phi(-CORE_RELEASE_STEPS * 2.3548 / probe_fwhm)`` (``Phi`` the standard
+    normal distribution), whichever is larger. 0.0 (no core release) for a
+    narrower probe or ``probe_fwhm`` None.
+
+    Parameters
+    ----------
+    probe_fwhm : float or None
+        Probe FWHM in scan steps (:func:`~hyperspy_cnmf.constraints.probe_fwhm_from_convergence`
+        over the scan step).
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> [round(_core_release_fraction(w), 3) for w in (1.7, 2.4, 3.0, 4.0)]
+    [0.0, 0.1, 0.12, 0.189]
+    """
+    if probe_fwhm is None or not probe_fwhm > RIM_MAX_PROBE_FWHM:
+        return 0.0
+    sigma = float(probe_fwhm) / 2.3548  # FWHM of a Gaussian over its sigma
+    edge = 0.5 * math.erfc(CORE_RELEASE_STEPS / sigma / math.sqrt(2.0))
+    return max(CORE_RELEASE_FRACTION, edge)
+
+
 #: Robust z of a grain region's upper decile from which
 #: :data:`CORE_RELEASE_FRACTION` applies (10: 0.001-0.007 better than 25 on
 #: the same fits).
@@ -2938,7 +2990,7 @@ def _faint(at, which, role, response, filters, patterns, scores, closure=None):
 
 
 def _rim_release(
-    at, which, role, response, n_regions, placed=None, broad=False, grain_of=None
+    at, which, role, response, n_regions, placed=None, core_fraction=0.0, grain_of=None
 ):
     """A grain's own positions whose patterns do not show its disks (int64 array).
 
@@ -2953,11 +3005,11 @@ def _rim_release(
     :data:`RELEASE_INTERIOR_Z` robust standard deviations or more above the
     null and holds :data:`RELEASE_MIN_INSIDE` positions or more: the tail of
     a probe centred outside the grain, significant at high counts, as
-    :data:`RIM_EDGE_FRACTION` keeps it from the rim growth. With ``broad``
-    (a probe broader than :data:`RIM_MAX_PROBE_FWHM` steps) any own position
-    whose excess stays below :data:`CORE_RELEASE_FRACTION` of its grain's
-    core goes back too: such a probe's tail carries the grain's disks a step
-    or two into the glass. The core is the largest upper decile of excess
+    :data:`RIM_EDGE_FRACTION` keeps it from the rim growth. With
+    ``core_fraction`` (:func:`_core_release_fraction`: nonzero under a probe
+    broader than :data:`RIM_MAX_PROBE_FWHM` steps) any own position whose
+    excess stays below that share of its grain's core goes back too: such a
+    probe's tail carries the grain's disks a step or two into the glass. The core is the largest upper decile of excess
     among the regions of the grain (``grain_of``, int (n_regions,): the
     grain of each region, touching regions of one phase; None: each region
     its own) whose decile stands :data:`CORE_RELEASE_Z` robust standard
@@ -3009,8 +3061,8 @@ def _rim_release(
             step = np.median(response[inside]) - med
             if step >= RELEASE_INTERIOR_Z * mad:
                 release |= (role[mine] == EDGE) & (excess < RELEASE_FRACTION * step)
-        if broad and np.isfinite(top[r]):
-            release |= excess < CORE_RELEASE_FRACTION * top[r]
+        if core_fraction and np.isfinite(top[r]):
+            release |= excess < core_fraction * top[r]
         out.append(at[mine][release])
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
@@ -3502,7 +3554,7 @@ def _regroup_by_grain_patterns(
         response,
         owner.size,
         placed,
-        broad=probe_fwhm is not None and probe_fwhm > RIM_MAX_PROBE_FWHM,
+        core_fraction=_core_release_fraction(probe_fwhm),
         grain_of=grain_of,
     )
     claimed = by = np.zeros(0, np.int64)
