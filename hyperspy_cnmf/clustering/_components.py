@@ -2256,9 +2256,11 @@ CORE_RELEASE_FRACTION = 0.1
 #: 1.4, 1.2 and 1.0 mrad, 2.6-2.7 A steps, k = true and 30, random_state
 #: 0-2: mean ARI 0.86 / 0.82 / 0.77 at k = true, 0.81 / 0.76 / 0.75 at k =
 #: 30 with the fixed tenth; 0.92 / 0.92 / 0.95 and 0.91 / 0.90 / 0.94 with
-#: this rule; ``/work/notes/s27``). 1.75 steps gave 0.87 / 0.87 / 0.93 and
-#: 0.84 / 0.87 / 0.91. At 3.0 steps (0.12) the embedded default rose 0.010
-#: per k and the 1.6 mrad multislice case fell 0.009-0.016.
+#: this rule; scratch sweep ``/work/notes/s22/sweep.py``, logs CM0 / CM2 /
+#: CM3). 1.75 steps gave 0.87 / 0.87 / 0.93 and 0.84 / 0.87 / 0.91. At 3.0
+#: steps (0.12) the embedded default rose 0.010 per k (k = 7, 14, 30) and
+#: the 1.6 mrad multislice case moved -0.016 to +0.005 (k = true, 2x, 30);
+#: no other of the 42 cases has a probe above 2.7 steps.
 CORE_RELEASE_STEPS = 1.5
 
 
@@ -3009,9 +3011,10 @@ def _rim_release(
     ``core_fraction`` (:func:`_core_release_fraction`: nonzero under a probe
     broader than :data:`RIM_MAX_PROBE_FWHM` steps) any own position whose
     excess stays below that share of its grain's core goes back too: such a
-    probe's tail carries the grain's disks a step or two into the glass. The core is the largest upper decile of excess
-    among the regions of the grain (``grain_of``, int (n_regions,): the
-    grain of each region, touching regions of one phase; None: each region
+    probe's tail carries the grain's disks a step or two into the glass. The
+    core is the largest upper decile of excess among the regions of the
+    grain (``grain_of``, int (n_regions,): the grain of each region, touching
+    regions of one phase; None: each region
     its own) whose decile stands :data:`CORE_RELEASE_Z` robust standard
     deviations above its null: at k = 30 one grain's positions part among
     several components, and a region mostly of the glass about the grain,
