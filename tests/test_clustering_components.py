@@ -1251,30 +1251,24 @@ def test_broad_probe_release_measures_a_region_against_its_grains_core():
     # its grain's (~106); the region's own decile stands 10 z above its null
     decile = [np.percentile(own[r], 90) for r in (0, 1)]
     assert CORE_RELEASE_FRACTION * decile[1] < 8.0 < CORE_RELEASE_FRACTION * decile[0]
-    alone = _rim_release(
-        at, which, role, response, 2, core_fraction=CORE_RELEASE_FRACTION
-    )
-    assert not set(alone) & set(tails)
-    grain = _rim_release(
-        at,
-        which,
-        role,
-        response,
-        2,
-        core_fraction=CORE_RELEASE_FRACTION,
-        grain_of=np.array([0, 0]),
-    )
-    assert set(grain) == set(tails)
-    two = _rim_release(
-        at,
-        which,
-        role,
-        response,
-        2,
-        core_fraction=CORE_RELEASE_FRACTION,
-        grain_of=np.array([0, 1]),
-    )
-    assert set(two) == set(alone)
+
+    def released(grain_of=None):
+        return set(
+            _rim_release(
+                at,
+                which,
+                role,
+                response,
+                2,
+                core_fraction=CORE_RELEASE_FRACTION,
+                grain_of=grain_of,
+            )
+        )
+
+    alone = released()
+    assert not alone & set(tails)
+    assert released(np.array([0, 0])) == set(tails)
+    assert released(np.array([0, 1])) == alone
     # a narrow probe: no core release at all
     assert not set(
         _rim_release(at, which, role, response, 2, grain_of=np.array([0, 0]))
