@@ -2249,7 +2249,7 @@ CORE_RELEASE_FRACTION = 0.1
 #: 3 steps (:func:`_core_release_fraction`): the share a Gaussian probe of the
 #: measured FWHM centred that far outside a straight edge still holds,
 #: ``Phi(-CORE_RELEASE_STEPS / sigma)``, where it exceeds
-#: :data:`CORE_RELEASE_FRACTION` (from a FWHM of 2.9 steps on). Under a
+#: :data:`CORE_RELEASE_FRACTION` (from a FWHM of 2.76 steps on). Under a
 #: probe of 3.5-4.8 steps a position one step outside a grain holds a
 #: quarter to a third of its edge's disks, far above a tenth of its core,
 #: and the grains were labelled a step wide all round (multislice cases at
