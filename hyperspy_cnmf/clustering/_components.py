@@ -4059,11 +4059,6 @@ def _refitted(call, refit):
     grains = 0 if regions is None else int(regions[2].sum())
     counted_phases = _phases(counting)
     k = counting.components.size
-    geometry = (  # the count's beam centre, disk and beam radii
-        counting.centre,
-        counting.parameters.get("disk_radius_px"),
-        counting.parameters["direct_beam_radius_px"],
-    )
     fixed = dict(
         call,
         centre=tuple(float(v) for v in counting.centre),
@@ -4094,8 +4089,15 @@ def _refitted(call, refit):
     # tiling a 32 x 32 scan: 1 grain counted, one cluster, ARI 0.000 against 0.705-0.968
     # unrefitted at k = 8-20).
     # grains a refit must keep (a weak grain of a phase found twice, a lattice)
-    confirmed = _confirmed_grains(regions, call["factors"], call["loadings"], *geometry)
-    del geometry, regions
+    confirmed = _confirmed_grains(
+        regions,
+        call["factors"],
+        call["loadings"],
+        fixed["centre"],
+        call["disk_radius"],
+        fixed["direct_beam_radius"],
+    )
+    del regions
     kept, phases, note = None, None, ""
     for n_refit in dict.fromkeys((grains + 1 + REFIT_SPARE, grains + 1)):
         candidate = refit(n_refit)
