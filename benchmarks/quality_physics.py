@@ -103,8 +103,28 @@ def grains_found(truth, labels):
     return found
 
 
-def run(loader, k, lazy, seed=0):
+def with_detector_gap(s, width):
+    """``s`` with a cross of zero lines ``width`` px wide through the detector's middle.
+
+    A pixelated detector's gaps between chips (a Medipix quad's cross), here through the
+    direct beam (the multislice cases put it at the detector's middle pixel). The data
+    are replaced (in memory: a copy; lazily: a masked dask array), never modified.
+    """
+    if not width:
+        return s
+    qy, qx = s.data.shape[-2:]
+    keep = np.ones((qy, qx), dtype=np.float32)
+    keep[qy // 2 - width // 2 : qy // 2 - width // 2 + width, :] = 0
+    keep[:, qx // 2 - width // 2 : qx // 2 - width // 2 + width] = 0
+    s.data = s.data * keep
+    return s
+
+
+def run(loader, k, lazy, seed=0, gap=0, offset=0.0):
     s, truth = loader(lazy)
+    s = with_detector_gap(s, gap)
+    if offset:
+        s.data = s.data + np.float32(offset)  # a dark level left in (a new array)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -153,13 +173,36 @@ def main(argv=None):
     )
     p.add_argument("--no-lazy", action="store_true", help="in memory only")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--detector-gap",
+        type=int,
+        default=0,
+        help="zero a cross of lines this many px wide through the detector's middle (the "
+        "direct beam): the gaps between a pixelated detector's chips; the table then goes to "
+        "results/quality_physics_gap<WIDTH>.md unless --out is given",
+    )
     p.add_argument("--out", default=None)
+    p.add_argument(
+        "--offset",
+        type=float,
+        default=0.0,
+        help="add this dark level to every value (an offset left in the data); the table then "
+        "goes to results/quality_physics_offset<OFFSET>.md unless --out is given",
+    )
     args = p.parse_args(argv)
     if args.out is None:
-        args.out = (
-            str(HERE / "results" / "quality_physics_independent.md")
-            if args.files
-            else DEFAULT_OUT
+        args.out = str(
+            HERE
+            / "results"
+            / (
+                f"quality_physics_gap{args.detector_gap}.md"
+                if args.detector_gap
+                else f"quality_physics_offset{args.offset:g}.md"
+                if args.offset
+                else "quality_physics_independent.md"
+                if args.files
+                else "quality_physics.md"
+            )
         )
     if not DATA.is_dir() and not args.files:
         if args.out == DEFAULT_OUT:
@@ -174,8 +217,12 @@ def main(argv=None):
         k_true = truth["n_grains"] + 1
         for kk in args.k:
             k = {"true": k_true, "2x": 2 * k_true}.get(kk) or int(kk)
-            eager = run(loader, k, False, args.seed)
-            lazy = None if args.no_lazy else run(loader, k, True, args.seed)
+            eager = run(loader, k, False, args.seed, args.detector_gap, args.offset)
+            lazy = (
+                None
+                if args.no_lazy
+                else run(loader, k, True, args.seed, args.detector_gap, args.offset)
+            )
             row = {
                 "case": name,
                 "k": k,
@@ -202,8 +249,27 @@ def main(argv=None):
         "",
         f"Command: `python benchmarks/quality_physics.py{' --cases ' + ' '.join(args.cases) if args.cases else ''}"
         f"{' --files ' + ' '.join(args.files) if args.files else ''}"
-        f" --k {' '.join(args.k)}{' --no-lazy' if args.no_lazy else ''} --seed {args.seed}`",
+        f" --k {' '.join(args.k)}{' --no-lazy' if args.no_lazy else ''} --seed {args.seed}"
+        f"{f' --detector-gap {args.detector_gap}' if args.detector_gap else ''}"
+        f"{f' --offset {args.offset:g}' if args.offset else ''}`",
         "",
+        *(
+            [
+                f"Detector gap: a cross of zero lines {args.detector_gap} px wide through the "
+                "detector's middle (the direct beam) in every pattern.",
+                "",
+            ]
+            if args.detector_gap
+            else []
+        ),
+        *(
+            [
+                f"Offset: {args.offset:g} added to every value (a dark level left in the data).",
+                "",
+            ]
+            if args.offset
+            else []
+        ),
         *_simulation_commands(args.files),
         'Default call: `decomposition(algorithm="constrained_nmf", output_dimension=k, random_state=seed)` then '
         "`cluster_diffraction()`. ARI: position labels against the true phase map. k true = glass + one per grain. "

@@ -16,6 +16,7 @@ the detector raises (:func:`check_centre`), so a swapped ``(y, x)`` on a
 non-square detector, or off its middle, is caught where it falls outside.
 """
 
+import warnings
 from collections import namedtuple
 
 import numpy as np
@@ -29,6 +30,7 @@ __all__ = [
     "beam_search_pixels",
     "check_centre",
     "defect_pixels",
+    "fill_pixels",
     "locate_direct_beam",
 ]
 
@@ -148,9 +150,15 @@ HOT_PIXEL_FLOOR = 1e-3
 #: with a few stray counts over a short or low-dose scan (a 3 x 3 crop, 20 counts per pattern)
 #: is then no hot pixel; one needs > 25 counts where its neighbours have none.
 HOT_PIXEL_SIGNIFICANCE = 5.0
-#: A pixel whose mean is exactly 0 where the median of its 8 neighbours, summed over all
-#: positions, is at least this many counts is dead (the chance of no count at all is e**-20).
-DEAD_PIXEL_COUNTS = 20.0
+#: A pixel whose mean is exactly 0 where the median of the live pixels around it (see
+#: :data:`DEAD_PIXEL_REACH`), summed over all positions, is at least this many counts is dead
+#: (the chance of no count at all is e**-20).
+DEAD_PIXEL_COUNTS = 10.0
+#: Half-side (px) of the square about a zero pixel whose live (nonzero, unmasked) pixels give
+#: its expected counts: 3 px reaches across the gaps between the chips of a pixelated detector
+#: (a cross of zero lines up to 6 px wide, as Medipix quads write them), whose middle pixels
+#: have no live neighbour among their 8.
+DEAD_PIXEL_REACH = 3
 
 
 def _neighbours(img, reduce):
@@ -176,10 +184,13 @@ def defect_pixels(pattern, n_positions=1, mask=None, poisson=False):
       the positions), ``T_pix - 5 T_nmax > z sqrt(T_pix + 25 T_nmax)``, with
       ``z =`` :data:`HOT_PIXEL_SIGNIFICANCE` and ``T_nmax`` the brightest
       neighbour;
-    * dead: exactly 0 where the median of its 8 neighbours, times
+    * dead: exactly 0 where the median of the live pixels (nonzero,
+      unmasked) within :data:`DEAD_PIXEL_REACH` px of it (a square), times
       ``n_positions`` (the mean pattern's number of positions), is at least
       :data:`DEAD_PIXEL_COUNTS` (counts data: a live pixel would have
-      recorded something).
+      recorded something). Lines of zeros a few pixels wide (the gaps
+      between the chips of a pixelated detector) are dead as single pixels
+      are.
 
     Parameters
     ----------
@@ -205,7 +216,80 @@ def defect_pixels(pattern, n_positions=1, mask=None, poisson=False):
         else ~np.isfinite(img) | np.asarray(mask, dtype=bool)
     )
     img = np.where(bad, 0.0, img)
-    smooth = ndimage.median_filter(img, size=3, mode="nearest")
+    hot = _hot_pixels(img, img, bad, n_positions, poisson)
+    zero = (img == 0) & ~bad
+    dead = np.zeros_like(zero)
+    if zero.any():
+        # the live pixels around a zero one, hot ones left out (a hot pixel in a dark corner
+        # would make its zero neighbours dead)
+        dead[zero] = (
+            _live_median(img, ~bad & ~zero & ~hot, zero) * float(n_positions)
+            >= DEAD_PIXEL_COUNTS
+        )
+    bad = bad | dead
+    if bad.any() and not bad.all():
+        # hot pixels again, each dead or masked pixel read from the valid ones around it
+        # (fill_pixels): a piece of the direct beam cut off by a detector's gap is no hot pixel
+        # (a hot pixel touching a dead one is then missed)
+        filled = fill_pixels(img, bad)
+        hot = _hot_pixels(img, filled, bad, n_positions, poisson)
+    return hot, dead
+
+
+#: Gaussian sigma (px) of :func:`fill_pixels`' weighted mean of the valid pixels around.
+FILL_SIGMA = 1.0
+
+
+def fill_pixels(img, bad):
+    """``img`` with its ``bad`` pixels read from the valid ones around (a new array).
+
+    The Gaussian-weighted mean of the valid pixels (normalized convolution,
+    sigma :data:`FILL_SIGMA` px, :func:`scipy.ndimage.gaussian_filter`):
+    across a line of dead pixels it interpolates between both sides, so a
+    gap through the direct beam leaves its centre where it is (the nearest
+    valid pixel, taken from one side, moves it towards that side). Where
+    hardly any valid pixel lies within 3 sigma (inside a large masked
+    region) the nearest valid pixel.
+
+    Parameters
+    ----------
+    img : ndarray, shape (qy, qx), float64
+    bad : ndarray of bool, shape (qy, qx)
+        Pixels to fill; at least one pixel must be valid.
+
+    Returns
+    -------
+    ndarray, shape (qy, qx), float64
+
+    Examples
+    --------
+    >>> img = np.array([[4.0, 0.0, 0.0, 1.0]])  # a 2-px dead line between 4 and 1
+    >>> fill_pixels(img, img == 0).round(2)
+    array([[4.  , 3.45, 1.55, 1.  ]])
+    """
+    bad = np.asarray(bad, dtype=bool)
+    if not bad.any():
+        return np.array(img, dtype=np.float64)
+    valid = (~bad).astype(np.float64)
+    weight = ndimage.gaussian_filter(valid, FILL_SIGMA, mode="constant")
+    total = ndimage.gaussian_filter(
+        np.where(bad, 0.0, img), FILL_SIGMA, mode="constant"
+    )
+    nearest = img[
+        tuple(
+            ndimage.distance_transform_edt(
+                bad, return_distances=False, return_indices=True
+            )
+        )
+    ]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(weight > 1e-3, total / weight, nearest)
+    return np.where(bad, mean, img)
+
+
+def _hot_pixels(img, filled, bad, n_positions, poisson):
+    """The hot pixels of :func:`defect_pixels`; neighbours and the direct beam read on ``filled``."""
+    smooth = ndimage.median_filter(filled, size=3, mode="nearest")
     top = float(smooth.max())
 
     def above(reference):
@@ -218,7 +302,7 @@ def defect_pixels(pattern, n_positions=1, mask=None, poisson=False):
             )
         return out
 
-    hot = above(_neighbours(img, "max"))
+    hot = above(_neighbours(filled, "max"))
     # touching hot pixels (a pair, a 2 x 2 block) are each other's brightest
     # neighbour: compared with the ring of pixels 2 away instead, as a group of
     # at most 2 x 2 pixels away from the direct beam (the brightest feature
@@ -226,7 +310,7 @@ def defect_pixels(pattern, n_positions=1, mask=None, poisson=False):
     ring = np.ones((5, 5), dtype=bool)
     ring[1:4, 1:4] = False
     groups, n_groups = ndimage.label(
-        above(ndimage.maximum_filter(img, footprint=ring, mode="nearest")) & ~hot,
+        above(ndimage.maximum_filter(filled, footprint=ring, mode="nearest")) & ~hot,
         structure=np.ones((3, 3), dtype=bool),
     )
     bright, _ = ndimage.label(smooth >= 0.5 * top)
@@ -242,17 +326,23 @@ def defect_pixels(pattern, n_positions=1, mask=None, poisson=False):
             and not beam[box][member].any()
         ):
             hot[box] |= member
-    nmed = (
-        _neighbours(np.where(bad, np.nan, img), "median")
-        if bad.any()
-        else _neighbours(img, "median")
-    )
-    dead = (
-        (img == 0)
-        & ~bad
-        & (np.nan_to_num(nmed) * float(n_positions) >= DEAD_PIXEL_COUNTS)
-    )
-    return hot, dead
+    return hot
+
+
+def _live_median(img, live, at):
+    """The median of the ``live`` pixels within :data:`DEAD_PIXEL_REACH` px of each pixel of ``at``.
+
+    Returns a float64 array over the pixels of ``at`` (C order); 0 where
+    none is live.
+    """
+    w = DEAD_PIXEL_REACH
+    padded = np.pad(np.where(live, img, np.nan), w, constant_values=np.nan)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (2 * w + 1, 2 * w + 1))
+    rows, cols = np.nonzero(at)
+    around = windows[rows, cols].reshape(rows.size, -1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows
+        return np.nan_to_num(np.nanmedian(around, axis=1))
 
 
 def beam_search_pixels(mask):
@@ -288,8 +378,9 @@ def locate_direct_beam(pattern, sigma=0.7, mask=None):
     """Centre and radius (px) of the direct-beam disk of a pattern.
 
     1. Missing (NaN, infinite) pixels, the pixels of ``mask`` and hot pixels
-       (:func:`defect_pixels`) take the value of the nearest valid pixel,
-       and the pattern is smoothed with a Gaussian of ``sigma`` px.
+       (:func:`defect_pixels`) are read from the valid pixels around them
+       (:func:`fill_pixels`: across a dead line, from both sides), and the
+       pattern is smoothed with a Gaussian of ``sigma`` px.
     2. The disk is the connected region around the brightest pixel that is
        brighter than halfway between the pattern's median and that maximum
        (a half-maximum contour, so it adapts to any disk size); its radius is
@@ -353,10 +444,7 @@ def locate_direct_beam(pattern, sigma=0.7, mask=None):
         )
     valid &= ~defect_pixels(img, mask=~valid)[0]
     if not valid.all():
-        nearest = ndimage.distance_transform_edt(
-            ~valid, return_distances=False, return_indices=True
-        )
-        img = img[tuple(nearest)]
+        img = fill_pixels(img, ~valid)
     smooth = ndimage.gaussian_filter(img, sigma) if sigma else img
     peak = np.unravel_index(np.argmax(smooth), smooth.shape)
     level = 0.5 * (np.median(smooth) + smooth[peak])

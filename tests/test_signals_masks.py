@@ -301,6 +301,57 @@ def test_dead_pixel_is_reported():
         )
 
 
+def _with_gap(width=2, data=None):
+    """A detector's gap: a cross of zero lines ``width`` px wide through the direct beam."""
+    data = _data() if data is None else data.copy()
+    r, c = int(BEAM[0]), int(BEAM[1])
+    data[..., r : r + width, :] = 0.0
+    data[..., :, c : c + width] = 0.0
+    return data
+
+
+def test_dead_lines_are_dead_pixels():
+    """Every pixel of a zero line up to 6 px wide is dead (the 8-neighbour median saw only 1 px)."""
+    pattern = _data().mean(axis=(0, 1))
+    for width in (1, 2, 3, 6):
+        gap = _with_gap(width, pattern[None, None])[0, 0]
+        hot, dead = defect_pixels(gap, n_positions=60, poisson=True)
+        assert np.array_equal(dead, gap == 0), width
+        assert not hot.any(), (
+            width
+        )  # the beam's pieces beside the gap are no hot pixels
+    # a dark corner that no count reaches is not dead
+    dark = pattern.copy()
+    dark[:4, :4] = 0.0
+    dark[4:6, :6] = dark[:6, 4:6] = 0.05  # its live border: 3 counts over 60 positions
+    assert not defect_pixels(dark, n_positions=60, poisson=True)[1].any()
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["eager", "lazy"])
+def test_detector_gap_through_the_beam_takes_no_part_in_the_beam_finding(lazy):
+    """A gap of zero lines through the direct beam (a Medipix quad's cross) is found dead and
+    left out of the beam finding: the beam is that of the data without the gap (the gap cut
+    it in four and moved it by 2 px on the multislice cases). The gap is fitted (its zeros):
+    that scored higher than masking it (``tests/test_data_multislice.py``)."""
+    info_clean = _fit(_signal(lazy=lazy))
+    s = _signal(_with_gap(), lazy=lazy)
+    with pytest.warns(
+        UserWarning,
+        match=r"92 dead detector pixel.*left out of the direct-beam finding",
+    ):
+        info = s.decomposition(**FIT)
+    y, x, r = _beam_of(info)
+    # the gap holds the beam's centre row and column and one beside them: read from both
+    # sides (fill_pixels), the centre moves by 0.3 px (by 2 px before the gap was found)
+    assert (y, x) == pytest.approx(_beam_of(info_clean)[:2], abs=0.35)
+    assert r == pytest.approx(_beam_of(info_clean)[2], abs=0.5)
+    gap = (_with_gap() == 0).all(axis=(0, 1))
+    assert gap.sum() == 92
+    factors = np.asarray(s.learning_results.factors).reshape(*SIG, -1)
+    outside = gap & ~np.isnan(factors).all(axis=-1)  # beyond the direct-beam mask
+    assert outside.sum() >= 60 and np.isfinite(factors[outside]).all()
+
+
 def test_signal_mask_over_the_beam_still_finds_the_beam():
     """A masked disk over the direct beam (a common way to leave it out) is still read by the finders."""
     clean = _signal()

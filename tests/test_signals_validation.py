@@ -304,3 +304,32 @@ def test_one_differing_position_is_variation(small):
     mask = np.zeros(s.axes_manager.navigation_shape[::-1], bool)
     with pytest.raises(ValueError, match="no variation"):
         _run(s, navigation_mask=mask)
+
+
+def test_an_offset_is_reported_and_counts_are_not(small):
+    """Counting data read 0 somewhere; data whose smallest value is 1 or more carry an offset
+    (a dark level), which the Poisson weighting takes for counts: one warning naming the
+    subtraction. Noise-free intensities (fractions) and counts raise none."""
+
+    def offset_warnings(s, **kw):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            s.decomposition(
+                algorithm="constrained_nmf",
+                output_dimension=2,
+                max_iter=3,
+                random_state=0,
+                print_info=False,
+                **kw,
+            )
+        return [str(w.message) for w in caught if "offset" in str(w.message)]
+
+    assert float(np.min(small.data)) == 0.0 and not offset_warnings(small.deepcopy())
+    shifted = small.deepcopy()
+    shifted.data = shifted.data.astype(np.float32) + 5
+    (message,) = offset_warnings(shifted)
+    assert "reads below 5" in message and "s = s - 5" in message
+    assert not offset_warnings(shifted.as_lazy(), normalize_poissonian_noise=False)
+    fractions = small.deepcopy()
+    fractions.data = (fractions.data.astype(np.float32) + 5) / 1e4
+    assert not offset_warnings(fractions)

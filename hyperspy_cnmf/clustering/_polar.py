@@ -93,8 +93,8 @@ def find_direct_beam(pattern, sigma=0.7, mask=None):
     ----------
     pattern : array_like, shape (qy, qx)
         A representative pattern (e.g. the mean pattern, or the weighted sum of
-        the NMF factors). NaN pixels take the value of their nearest valid
-        neighbour.
+        the NMF factors). NaN pixels are read from the valid pixels around
+        them (:func:`hyperspy_cnmf._beam.fill_pixels`).
     sigma : float, default 0.7
         Gaussian smoothing before the search, in px.
     mask : ndarray of bool, shape (qy, qx), optional

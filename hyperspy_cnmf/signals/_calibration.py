@@ -264,7 +264,7 @@ def _reciprocal_scale_inv_nm(axes, energy):
     return float(np.mean(steps))
 
 
-def find_beam_disk(pattern, mask=None):
+def find_beam_disk(pattern, mask=None, dead=None):
     """Centre and radius (pixels) of the direct-beam disk of a mean pattern.
 
     :func:`hyperspy_cnmf._beam.locate_direct_beam` with a ``signal_mask``
@@ -282,6 +282,10 @@ def find_beam_disk(pattern, mask=None):
         The ``signal_mask`` (True = excluded): masked pixels take no part,
         except a masked region that can hold the direct beam itself
         (:func:`hyperspy_cnmf._beam.beam_search_pixels`).
+    dead : ndarray of bool, shape (qy, qx), optional
+        Dead pixels (:func:`hyperspy_cnmf._beam.defect_pixels`): always
+        left out, even where they could hold the beam (a detector's gap
+        through the beam reads zero).
 
     Returns
     -------
@@ -289,6 +293,9 @@ def find_beam_disk(pattern, mask=None):
         ``(x, y, radius)`` in px, x (column) first.
     """
     excluded = None if mask is None else ~beam_search_pixels(mask)
+    if dead is not None and np.any(dead):
+        dead = np.asarray(dead, dtype=bool)
+        excluded = dead if excluded is None else excluded | dead
     return locate_direct_beam(pattern, mask=excluded)
 
 
@@ -301,8 +308,9 @@ def warn_defect_pixels(mean_pattern, n_positions, mask=None, excluded=False):
     column) and, for hot pixels the caller leaves out of the fit
     (``excluded=True``, the decomposition's ``defect_pixel_mask``), says
     so; otherwise it gives the remedy: ``signal_mask``. Dead pixels are
-    only reported: a column of zeros costs the fit nothing, and whether a
-    dark pixel is dead depends on the counts scale (Poisson test).
+    left out of the direct-beam finding (a dead line through the beam moved
+    the measured beam by 2 px and halved its radius) and fitted as the
+    zeros they read, which scored higher than masking them.
 
     Returns
     -------
@@ -321,6 +329,9 @@ def warn_defect_pixels(mean_pattern, n_positions, mask=None, excluded=False):
                 "they are left out of the fit (NaN in the factors, added to "
                 "learning_results.signal_mask; defect_pixel_mask=False fits them)"
                 if excluded and kind == "hot"
+                else "they are left out of the direct-beam finding and fitted as the zeros they "
+                "read; signal_mask (True = excluded) leaves them out of the fit too"
+                if kind == "dead"
                 else "they distort the components. Exclude them with signal_mask (True = "
                 f"excluded), e.g. mask = np.zeros({tuple(found.shape)}, bool); "
                 f"mask[{tuple(rows[:10].tolist())}, {tuple(cols[:10].tolist())}] = True"
