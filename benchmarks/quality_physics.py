@@ -120,9 +120,11 @@ def with_detector_gap(s, width):
     return s
 
 
-def run(loader, k, lazy, seed=0, gap=0, offset=0.0):
+def run(loader, k, lazy, seed=0, gap=0, offset=0.0, crop=0):
     s, truth = loader(lazy)
     s = with_detector_gap(s, gap)
+    if crop:
+        s = s.isig[crop:, crop:]  # the direct beam off the detector's middle
     if offset:
         s.data = s.data + np.float32(offset)  # a dark level left in (a new array)
     t0 = time.perf_counter()
@@ -189,6 +191,14 @@ def main(argv=None):
         help="add this dark level to every value (an offset left in the data); the table then "
         "goes to results/quality_physics_offset<OFFSET>.md unless --out is given",
     )
+    p.add_argument(
+        "--detector-crop",
+        type=int,
+        default=0,
+        help="cut this many px off the detector's top and left edges (the direct beam off "
+        "its middle); the table then goes to results/quality_physics_crop<N>.md unless "
+        "--out is given",
+    )
     args = p.parse_args(argv)
     if args.out is None:
         args.out = str(
@@ -199,6 +209,8 @@ def main(argv=None):
                 if args.detector_gap
                 else f"quality_physics_offset{args.offset:g}.md"
                 if args.offset
+                else f"quality_physics_crop{args.detector_crop}.md"
+                if args.detector_crop
                 else "quality_physics_independent.md"
                 if args.files
                 else "quality_physics.md"
@@ -217,11 +229,27 @@ def main(argv=None):
         k_true = truth["n_grains"] + 1
         for kk in args.k:
             k = {"true": k_true, "2x": 2 * k_true}.get(kk) or int(kk)
-            eager = run(loader, k, False, args.seed, args.detector_gap, args.offset)
+            eager = run(
+                loader,
+                k,
+                False,
+                args.seed,
+                args.detector_gap,
+                args.offset,
+                args.detector_crop,
+            )
             lazy = (
                 None
                 if args.no_lazy
-                else run(loader, k, True, args.seed, args.detector_gap, args.offset)
+                else run(
+                    loader,
+                    k,
+                    True,
+                    args.seed,
+                    args.detector_gap,
+                    args.offset,
+                    args.detector_crop,
+                )
             )
             row = {
                 "case": name,
@@ -251,7 +279,8 @@ def main(argv=None):
         f"{' --files ' + ' '.join(args.files) if args.files else ''}"
         f" --k {' '.join(args.k)}{' --no-lazy' if args.no_lazy else ''} --seed {args.seed}"
         f"{f' --detector-gap {args.detector_gap}' if args.detector_gap else ''}"
-        f"{f' --offset {args.offset:g}' if args.offset else ''}`",
+        f"{f' --offset {args.offset:g}' if args.offset else ''}"
+        f"{f' --detector-crop {args.detector_crop}' if args.detector_crop else ''}`",
         "",
         *(
             [
@@ -268,6 +297,15 @@ def main(argv=None):
                 "",
             ]
             if args.offset
+            else []
+        ),
+        *(
+            [
+                f"Detector crop: {args.detector_crop} px cut off the detector's top and left "
+                "edges (the direct beam off its middle).",
+                "",
+            ]
+            if args.detector_crop
             else []
         ),
         *_simulation_commands(args.files),

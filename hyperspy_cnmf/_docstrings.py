@@ -68,6 +68,28 @@ delta_theta : float, optional
     step dividing 360 degrees).
 """
 
+#: The clustering's polar grid: its default radial range reaches the farthest detector edge.
+_POLAR_GRID_CLUSTERING = _POLAR_GRID.replace(
+    """    ``(r_min, r_max)`` of the polar transform. Default ``(0, d)``, ``d`` the
+    distance from the centre to the nearest detector edge (the author's
+    convention), so that every ring is complete. Larger radii are allowed;
+    the parts of the rings outside the detector are NaN.
+""",
+    """    ``(r_min, r_max)`` of the polar transform. Default ``(0, d)``, ``d`` the
+    distance from the centre to the nearest detector edge for a beam at the
+    detector's middle (the author's convention: every ring complete), to
+    the farthest edge for a beam off it by more than 2 px
+    (:func:`~hyperspy_cnmf.clustering.clustering_radius`): it keeps the
+    rings of its far side. The parts of the rings outside the detector are
+    read from their Friedel mates (the azimuth + 180 degrees, where that
+    lies on the detector; Friedel's law: a zone-axis pattern is
+    centrosymmetric), else NaN and left out of the correlations. To the
+    nearest edge, a beam 12 px from two edges of a 36-px detector left 4 of
+    5 components no ring outside the beam: one cluster, ARI 0.000 (``python
+    benchmarks/quality_physics.py --detector-crop 12``).
+""",
+)
+
 _SIMILARITY = """\
 intensity_transform_function : callable, {"sqrt", "log"} or None, default None
     Applied to the polar intensities before the correlation. ``"sqrt"``:
@@ -186,6 +208,7 @@ SNIPPETS = {
     "cluster_cut": _N_CLUSTERS + _DISTANCE_THRESHOLD + _METHOD,
     # the polar grid and the rotation-invariant similarity
     "polar_grid": _POLAR_GRID,
+    "polar_grid_clustering": _POLAR_GRID_CLUSTERING,
     "similarity": _SIMILARITY,
     # the map objects and dominant labels of a component clustering
     "component_maps": _COMPONENT_MAPS,

@@ -103,6 +103,32 @@ def test_polar_transform_geometry():
     assert np.allclose(polar[0], img[32, 32])
 
 
+def test_polar_transform_reads_off_detector_rings_from_their_friedel_mates():
+    """A centrosymmetric pattern (spots at +-g) cut by the detector's edge: with ``friedel``
+    the off-detector half of a ring is its mate's (the full pattern's ring); without, NaN."""
+    full = spots(
+        [30.0, 210.0], radius=12.0, sigma=0.8
+    )  # a Friedel pair, centre (32, 32)
+    cut = full[24:, 24:]  # the -g spot (at 210 degrees) is off the detector
+    grid = dict(radial_range=(0, 16), n_theta=360)
+    ref, radii, theta = cl.polar_transform(full, centre=(32, 32), **grid)
+    plain, _, _ = cl.polar_transform(cut, centre=(8, 8), **grid)
+    filled, _, _ = cl.polar_transform(cut, centre=(8, 8), friedel=True, **grid)
+    ring = radii == 12
+    off = np.isnan(plain[ring][0])
+    assert 100 < off.sum() < 260  # a good part of the ring lies off the detector
+    mated = off & ~np.isnan(filled[ring][0])
+    assert mated.sum() > 60  # filled from the other side
+    assert np.isnan(filled[ring][0][off & ~mated]).all()  # both sides off: still NaN
+    on = ~np.isnan(filled[ring][0])
+    np.testing.assert_allclose(filled[ring][0][on], ref[ring][0][on], atol=1e-9)
+    assert theta[np.argmax(np.nan_to_num(plain[ring][0]))] == pytest.approx(30, abs=1)
+    assert filled[ring][0][np.argmin(np.abs(theta - 210))] == pytest.approx(
+        ref[ring][0][np.argmin(np.abs(theta - 210))]
+    )
+    assert cl.clustering_radius((8, 8), cut.shape) == 32  # the farthest edge
+
+
 def test_polar_transform_nan_and_direct_beam_mask():
     img = np.ones((33, 33))
     img[16, 26] = np.nan  # one missing pixel on the +x axis, r = 10

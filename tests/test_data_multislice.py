@@ -131,6 +131,25 @@ def test_a_detector_gap_through_the_beam_keeps_the_phases(case, width):
     assert centre == pytest.approx((clean.x, clean.y), abs=0.35)  # 2 px off before
 
 
+@pytest.mark.parametrize(
+    "case, cut, k",
+    [(TWO_PHASE, 12, "true"), (DESCAN, 8, 30)],
+    ids=["2phase-12", "descan-8"],
+)
+def test_a_direct_beam_off_the_detector_middle_keeps_the_phases(case, cut, k):
+    """The detector cropped so that the beam sits ``cut`` px nearer its top and left edges
+    (36 x 36 px with the beam at (12, 12); 32 x 32 at (12, 12)). The polar grid reached the
+    nearest edge: 4 of 5 components showed no ring outside the beam, one cluster (ARI
+    0.000), and 2 of 4 phases (0.800) at k = 30; measured after (rings to the farthest edge,
+    their off-detector parts read from their Friedel mates): 0.834 (3 of 3) and 0.916 (4 of
+    4) (``benchmarks/quality_physics.py --detector-crop 12`` / ``8``)."""
+    s, truth = load_multislice_case(abtem_path(case))
+    s = s.isig[cut:, cut:]
+    labels = _main_job(s, truth["n_grains"] + 1 if k == "true" else k)
+    assert len(np.unique(labels[labels >= 0])) == truth["n_phases"]
+    assert adjusted_rand_score(truth["phase_map"].ravel(), labels.ravel()) >= 0.8
+
+
 def test_over_complete_k_keeps_the_phases(two_phase):
     """The paper's workflow, k = 30: the glass's speckle components are one texture item,
     and the pieces of one grain join its cluster.

@@ -84,6 +84,7 @@ from hyperspy_cnmf.clustering._hierarchical import (
     polar_similarity,
 )
 from hyperspy_cnmf.clustering._polar import (
+    clustering_radius,
     default_n_theta,
     estimate_direct_beam_radius,
     find_direct_beam,
@@ -154,6 +155,7 @@ __all__ = [
     "default_n_theta",
     "estimate_direct_beam_radius",
     "dominant_labels",
+    "clustering_radius",
     "find_direct_beam",
     "hierarchical_clustering",
     "largest_gap_threshold",

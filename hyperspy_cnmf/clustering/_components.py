@@ -54,6 +54,7 @@ from hyperspy_cnmf.clustering._hierarchical import (
 from hyperspy_cnmf.clustering._polar import (
     _check_centre,
     beam_search_mask,
+    clustering_radius,
     estimate_direct_beam_radius,
     find_direct_beam,
     polar_transform,
@@ -4216,7 +4217,7 @@ def cluster_components(
         Index of each component in the caller's numbering (recorded only);
         default ``0 .. k-1``.
     %(cluster_cut)s
-    %(polar_grid)s
+    %(polar_grid_clustering)s
     direct_beam_radius : float, "auto" or None, default "auto"
         Rings inside this radius (px) are left out of the correlation;
         ``"auto"``: :func:`~hyperspy_cnmf.clustering.estimate_direct_beam_radius`
@@ -4408,6 +4409,11 @@ def cluster_components(
     cpx, dbr = _resolve_beam(
         factors, loading_sum, centre, direct_beam_radius, signal_mask
     )
+    # a beam off the detector's middle: the rings to the farthest edge, their parts off the
+    # detector read from their Friedel mates (it keeps its far side's rings)
+    if grid["radial_range"] is None:
+        grid["radial_range"] = (0.0, clustering_radius(cpx, factors.shape[1:]))
+    grid["friedel"] = True
     polar, radii, sim = polar_similarity(
         factors, cpx, direct_beam_radius=dbr, **grid, **similarity_kwargs
     )

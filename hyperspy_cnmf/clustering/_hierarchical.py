@@ -722,12 +722,14 @@ def polar_similarity(
     normalize="pearson",
     radial_weighting="r",
     mirror=False,
+    friedel=False,
 ):
     """Polar transform of a stack of patterns and their pairwise similarity.
 
     :func:`~hyperspy_cnmf.clustering.polar_transform` followed by
     :func:`~hyperspy_cnmf.clustering.rotational_similarity` of the polar
     images with themselves (the first two steps of :func:`cluster_patterns`).
+    ``friedel``: see :func:`~hyperspy_cnmf.clustering.polar_transform`.
 
     Returns
     -------
@@ -743,6 +745,7 @@ def polar_similarity(
         n_theta=n_theta,
         delta_theta=delta_theta,
         direct_beam_radius=direct_beam_radius,
+        friedel=friedel,
     )
     sim = rotational_similarity(
         polar,

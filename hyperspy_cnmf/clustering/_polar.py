@@ -213,6 +213,42 @@ def estimate_direct_beam_radius(pattern, centre, fraction=0.1, factor=2.0, margi
     return float(min(float(factor) * r_edge + float(margin), 0.25 * edge))
 
 
+#: A direct beam whose farthest detector edge lies more than this many px beyond its nearest
+#: is off the detector's middle (:func:`clustering_radius`); a beam at the middle pixel of an
+#: even-sized detector is 1 px nearer one edge.
+OFF_MIDDLE_PX = 2.0
+
+
+def _farthest_edge(centre, shape):
+    """Distance (px) from ``centre`` ``(x, y)`` to the farthest edge of a ``(qy, qx)`` detector."""
+    cx, cy = (float(v) for v in centre)
+    ny, nx = shape
+    return max(cx, cy, nx - 1 - cx, ny - 1 - cy)
+
+
+def clustering_radius(centre, shape):
+    """The clustering's default outer radius (px) about ``centre`` on a ``(qy, qx)`` detector.
+
+    The nearest edge (the author's convention: every ring complete) for a
+    beam at the detector's middle, the farthest edge for a beam off it (by
+    more than :data:`OFF_MIDDLE_PX`): the far side's rings take part, their
+    parts off the detector read from their Friedel mates
+    (``polar_transform(friedel=True)``).
+
+    Examples
+    --------
+    >>> clustering_radius((24.0, 24.0), (48, 48)), clustering_radius((12.0, 12.0), (36, 36))
+    (23.0, 23.0)
+    >>> clustering_radius((12.0, 12.0), (48, 48))
+    35.0
+    """
+    cx, cy = (float(v) for v in centre)
+    ny, nx = shape
+    near = min(cx, cy, nx - 1 - cx, ny - 1 - cy)
+    far = _farthest_edge(centre, shape)
+    return far if far - near > OFF_MIDDLE_PX else near
+
+
 @fill_doc
 def polar_transform(
     patterns,
@@ -222,6 +258,7 @@ def polar_transform(
     n_theta=None,
     delta_theta=None,
     direct_beam_radius=None,
+    friedel=False,
 ):
     """Resample diffraction patterns on a polar ``(r, phi)`` grid (bilinear).
 
@@ -241,6 +278,11 @@ def polar_transform(
         that the direct beam does not take part in later correlations.
         ``"auto"``: :func:`estimate_direct_beam_radius` of the mean pattern.
         Default None: nothing masked.
+    friedel : bool, default False
+        Samples off the detector take the value of their Friedel mate (the
+        same radius, azimuth + 180 degrees) where that lies on the detector
+        (Friedel's law: a zone-axis pattern is centrosymmetric); needs an
+        even ``n_theta``. False: they are NaN.
 
     Returns
     -------
@@ -304,6 +346,12 @@ def polar_transform(
     out = np.empty((stack.shape[0], n_r * n_theta), dtype=np.float64)
     _kernels.apply_table(stack.reshape(stack.shape[0], -1), index, weight, out)
     out = out.reshape(-1, n_r, n_theta)
+    if friedel:
+        off = np.all(index < 0, axis=1).reshape(n_r, n_theta)
+        mate = (np.arange(n_theta) + n_theta // 2) % n_theta
+        rows, cols = np.nonzero(off & ~off[:, mate])
+        if rows.size and n_theta % 2 == 0:
+            out[:, rows, cols] = out[:, rows, mate[cols]]
     if isinstance(direct_beam_radius, str):
         if direct_beam_radius != "auto":
             raise ValueError("`direct_beam_radius` must be a number, 'auto' or None.")

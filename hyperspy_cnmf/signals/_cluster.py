@@ -620,7 +620,7 @@ def cluster_diffraction(
         (:func:`~hyperspy_cnmf.clustering.find_direct_beam`). A centre outside
         the pattern raises ``ValueError``.
     %(units)s
-    %(polar_grid)s
+    %(polar_grid_clustering)s
     direct_beam_radius : float, "auto" or None, default "auto"
         Rings inside this radius are left out of the correlation. The direct
         beam carries no structural information but is by far the brightest
