@@ -152,7 +152,8 @@ HOT_PIXEL_FLOOR = 1e-3
 HOT_PIXEL_SIGNIFICANCE = 5.0
 #: A pixel whose mean is exactly 0 where the median of the live pixels around it (see
 #: :data:`DEAD_PIXEL_REACH`), summed over all positions, is at least this many counts is dead
-#: (the chance of no count at all is e**-20).
+#: (the chance of no count at all is e**-10; at 20 the dark side of a 2-px gap, 10-20 counts
+#: over the descan case's scan, stayed live).
 DEAD_PIXEL_COUNTS = 10.0
 #: Half-side (px) of the square about a zero pixel whose live (nonzero, unmasked) pixels give
 #: its expected counts: 3 px reaches across the gaps between the chips of a pixelated detector

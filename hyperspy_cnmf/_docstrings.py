@@ -68,7 +68,8 @@ delta_theta : float, optional
     step dividing 360 degrees).
 """
 
-#: The clustering's polar grid: its default radial range reaches the farthest detector edge.
+#: The clustering's polar grid: for a beam off the detector's middle its default radial range
+#: reaches the farthest edge.
 _POLAR_GRID_CLUSTERING = _POLAR_GRID.replace(
     """    ``(r_min, r_max)`` of the polar transform. Default ``(0, d)``, ``d`` the
     distance from the centre to the nearest detector edge (the author's

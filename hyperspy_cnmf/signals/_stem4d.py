@@ -134,8 +134,10 @@ class STEM4D(Signal2D):
             pixels around it and significant against counting noise) out of
             the fit, with a warning that names them; they come back as NaN in
             the factors and are added to ``learning_results.signal_mask``.
-            Dead pixels are only reported (with the ``signal_mask`` that
-            excludes them). A hot pixel fitted takes the components: on the
+            Dead pixels (zero in every pattern among live ones, single or
+            the lines of a detector's gaps between chips) are reported, left
+            out of the direct-beam finding and fitted as the zeros they read
+            (``signal_mask`` leaves them out of the fit too). A hot pixel fitted takes the components: on the
             3-phase descan multislice case, one hot pixel at (5, 30) at 50
             times the data's maximum gave position ARI 0.000 (one cluster)
             fitted and 0.889 (4 clusters) left out. The mean pattern cannot
