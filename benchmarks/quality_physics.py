@@ -181,7 +181,7 @@ def main(argv=None):
         default=0,
         help="zero a cross of lines this many px wide through the detector's middle (the "
         "direct beam): the gaps between a pixelated detector's chips; the table then goes to "
-        "results/quality_physics_gap<WIDTH>.md unless --out is given",
+        "results/quality_physics[_independent]_gap<WIDTH>.md unless --out is given",
     )
     p.add_argument("--out", default=None)
     p.add_argument(
@@ -189,33 +189,29 @@ def main(argv=None):
         type=float,
         default=0.0,
         help="add this dark level to every value (an offset left in the data); the table then "
-        "goes to results/quality_physics_offset<OFFSET>.md unless --out is given",
+        "goes to results/quality_physics[_independent]_offset<OFFSET>.md unless --out is given",
     )
     p.add_argument(
         "--detector-crop",
         type=int,
         default=0,
         help="cut this many px off the detector's top and left edges (the direct beam off "
-        "its middle); the table then goes to results/quality_physics_crop<N>.md unless "
+        "its middle); the table then goes to results/quality_physics[_independent]_crop<N>.md unless "
         "--out is given",
     )
     args = p.parse_args(argv)
     if args.out is None:
-        args.out = str(
-            HERE
-            / "results"
-            / (
-                f"quality_physics_gap{args.detector_gap}.md"
-                if args.detector_gap
-                else f"quality_physics_offset{args.offset:g}.md"
-                if args.offset
-                else f"quality_physics_crop{args.detector_crop}.md"
-                if args.detector_crop
-                else "quality_physics_independent.md"
-                if args.files
-                else "quality_physics.md"
+        name = "quality_physics" + "".join(
+            suffix
+            for suffix, on in (
+                ("_independent", args.files),
+                (f"_gap{args.detector_gap}", args.detector_gap),
+                (f"_offset{args.offset:g}", args.offset),
+                (f"_crop{args.detector_crop}", args.detector_crop),
             )
+            if on
         )
+        args.out = str(HERE / "results" / f"{name}.md")
     if not DATA.is_dir() and not args.files:
         if args.out == DEFAULT_OUT:
             raise SystemExit(

@@ -150,15 +150,15 @@ HOT_PIXEL_FLOOR = 1e-3
 #: with a few stray counts over a short or low-dose scan (a 3 x 3 crop, 20 counts per pattern)
 #: is then no hot pixel; one needs > 25 counts where its neighbours have none.
 HOT_PIXEL_SIGNIFICANCE = 5.0
-#: A pixel whose mean is exactly 0 where the median of the live pixels around it (see
-#: :data:`DEAD_PIXEL_REACH`), summed over all positions, is at least this many counts is dead
+#: A pixel whose mean is exactly 0 where the lower quartile of the pixels around it (see
+#: :func:`_dead_pixels`), summed over all positions, is at least this many counts is dead
 #: (the chance of no count at all is e**-10; at 20 the dark side of a 2-px gap, 10-20 counts
 #: over the descan case's scan, stayed live).
 DEAD_PIXEL_COUNTS = 10.0
-#: Half-side (px) of the square about a zero pixel whose live (nonzero, unmasked) pixels give
-#: its expected counts: 3 px reaches across the gaps between the chips of a pixelated detector
-#: (a cross of zero lines up to 6 px wide, as Medipix quads write them), whose middle pixels
-#: have no live neighbour among their 8.
+#: Half-side (px) of the square about a zero pixel whose pixels (its own zero region left out)
+#: give its expected counts: 3 px reaches across the gaps between the chips of a pixelated
+#: detector (a cross of zero lines up to 6 px wide, as Medipix quads write them), whose middle
+#: pixels have no live neighbour among their 8.
 DEAD_PIXEL_REACH = 3
 
 
@@ -185,13 +185,16 @@ def defect_pixels(pattern, n_positions=1, mask=None, poisson=False):
       the positions), ``T_pix - 5 T_nmax > z sqrt(T_pix + 25 T_nmax)``, with
       ``z =`` :data:`HOT_PIXEL_SIGNIFICANCE` and ``T_nmax`` the brightest
       neighbour;
-    * dead: exactly 0 where the median of the live pixels (nonzero,
-      unmasked) within :data:`DEAD_PIXEL_REACH` px of it (a square), times
-      ``n_positions`` (the mean pattern's number of positions), is at least
+    * dead: exactly 0 where the lower quartile of the pixels within
+      :data:`DEAD_PIXEL_REACH` px of it (a square; masked pixels and its
+      own zero region left out, other zeros counted), times ``n_positions``
+      (the mean pattern's number of positions), is at least
       :data:`DEAD_PIXEL_COUNTS` (counts data: a live pixel would have
       recorded something). Lines of zeros a few pixels wide (the gaps
       between the chips of a pixelated detector) are dead as single pixels
-      are.
+      are. Hot pixels beside dead or masked ones are compared with those
+      read from the pixels around (:func:`fill_pixels`), but within the
+      direct beam's region (pieces of the beam cut by a gap).
 
     Parameters
     ----------
@@ -218,23 +221,93 @@ def defect_pixels(pattern, n_positions=1, mask=None, poisson=False):
     )
     img = np.where(bad, 0.0, img)
     hot = _hot_pixels(img, img, bad, n_positions, poisson)
-    zero = (img == 0) & ~bad
-    dead = np.zeros_like(zero)
-    if zero.any():
-        # the live pixels around a zero one, hot ones left out (a hot pixel in a dark corner
-        # would make its zero neighbours dead)
-        dead[zero] = (
-            _live_median(img, ~bad & ~zero & ~hot, zero) * float(n_positions)
-            >= DEAD_PIXEL_COUNTS
-        )
+    dead = _dead_pixels(img, bad, float(n_positions))
     bad = bad | dead
     if bad.any() and not bad.all():
         # hot pixels again, each dead or masked pixel read from the valid ones around it
-        # (fill_pixels): a piece of the direct beam cut off by a detector's gap is no hot pixel
-        # (a hot pixel touching a dead one is then missed)
-        filled = fill_pixels(img, bad)
-        hot = _hot_pixels(img, filled, bad, n_positions, poisson)
+        # (fill_pixels), the hot pixels of the first pass left out of that reading: a piece
+        # of the direct beam cut off by a detector's gap (within the beam's region) is no hot
+        # pixel, a hot pixel beside the gap still is
+        hot = _hot_pixels(
+            img,
+            fill_pixels(img, bad),
+            bad,
+            n_positions,
+            poisson,
+            reference=fill_pixels(img, bad | hot) if hot.any() else None,
+            beside=bad,
+        )
     return hot, dead
+
+
+#: Zero pixels whose windows are read at once by :func:`_dead_pixels` (bounds its memory).
+_DEAD_CHUNK = 65536
+
+
+def _dead_pixels(img, bad, n_positions):
+    """The dead pixels of :func:`defect_pixels`.
+
+    A zero pixel of a thin zero region (no pixel of it farther than
+    :data:`DEAD_PIXEL_REACH` px from a nonzero one, sqrt(2) times that where
+    two lines cross: a single pixel, a line up to twice that wide) is dead where the lower quartile of the pixels
+    within :data:`DEAD_PIXEL_REACH` px (a square; masked pixels and, for
+    a line longer than two windows, e.g. a gap, its own zero region left
+    out; other zeros counted),
+    times ``n_positions``, reaches :data:`DEAD_PIXEL_COUNTS`. The quartile,
+    zeros counted, and the thinness keep the dark rim of a bright disk at
+    low counts live; only zero pixels with a bright enough pixel in reach
+    are examined (a large dark detector costs little).
+    """
+    zero = (img == 0) & ~bad
+    dead = np.zeros_like(zero)
+    w = DEAD_PIXEL_REACH
+    near = ndimage.maximum_filter(np.where(bad, 0.0, img), size=2 * w + 1)
+    candidates = zero & (near * n_positions >= DEAD_PIXEL_COUNTS)
+    if not candidates.any():
+        return dead
+    region, n_regions = ndimage.label(zero, structure=np.ones((3, 3), dtype=bool))
+    # only thin zero regions (single pixels, lines up to 2 DEAD_PIXEL_REACH wide): a broad
+    # one is a dark part of the pattern (a low-dose scan's outer detector, where the zeros
+    # at a bright disk's rim join it), whatever shines beside it
+    depth = ndimage.maximum(
+        ndimage.distance_transform_edt(zero), region, np.arange(1, n_regions + 1)
+    )
+    thin = np.r_[False, np.asarray(depth) <= (w + 0.5) * np.sqrt(2)]  # crossings too
+    candidates &= thin[region]
+    # a line (a gap: longer than two windows) is left out of its own pixels' windows; the
+    # zeros of a short region count (random zeros of a dark, low-count area)
+    # (a line or a cross of lines: at most twice its length times its width)
+    area = np.bincount(region.ravel(), minlength=n_regions + 1)
+    long = np.r_[
+        False,
+        [
+            (side := max(b.stop - b.start for b in box)) >= 2 * (2 * w + 1)
+            and area[i] <= 2 * side * (2 * depth[i - 1] + 1)
+            for i, box in enumerate(ndimage.find_objects(region), start=1)
+        ],
+    ]
+    if not candidates.any():
+        return dead
+    values = np.pad(np.where(bad, np.nan, img), w, constant_values=np.nan)
+    owner = np.pad(region, w, constant_values=0)
+    win = (2 * w + 1, 2 * w + 1)
+    v_windows = np.lib.stride_tricks.sliding_window_view(values, win)
+    o_windows = np.lib.stride_tricks.sliding_window_view(owner, win)
+    rows, cols = np.nonzero(candidates)
+    level = np.empty(rows.size)
+    for i0 in range(0, rows.size, _DEAD_CHUNK):
+        r, c = rows[i0 : i0 + _DEAD_CHUNK], cols[i0 : i0 + _DEAD_CHUNK]
+        v = v_windows[r, c].reshape(r.size, -1)
+        own = (o_windows[r, c].reshape(r.size, -1) == region[r, c][:, None]) & long[
+            region[r, c]
+        ][:, None]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows
+            level[i0 : i0 + _DEAD_CHUNK] = np.nan_to_num(
+                np.nanpercentile(np.where(own, np.nan, v), 25, axis=1)
+            )
+    dead[rows, cols] = level * n_positions >= DEAD_PIXEL_COUNTS
+    return dead
 
 
 #: Gaussian sigma (px) of :func:`fill_pixels`' weighted mean of the valid pixels around.
@@ -288,8 +361,14 @@ def fill_pixels(img, bad):
     return np.where(bad, mean, img)
 
 
-def _hot_pixels(img, filled, bad, n_positions, poisson):
-    """The hot pixels of :func:`defect_pixels`; neighbours and the direct beam read on ``filled``."""
+def _hot_pixels(img, filled, bad, n_positions, poisson, reference=None, beside=None):
+    """The hot pixels of :func:`defect_pixels`.
+
+    The direct beam's region is read on ``filled``, the neighbours on
+    ``reference`` (default ``filled``); pixels beside ``beside`` within the
+    beam's region are no hot pixels (pieces of the beam cut by a gap).
+    """
+    ref = filled if reference is None else reference
     smooth = ndimage.median_filter(filled, size=3, mode="nearest")
     top = float(smooth.max())
 
@@ -303,7 +382,7 @@ def _hot_pixels(img, filled, bad, n_positions, poisson):
             )
         return out
 
-    hot = above(_neighbours(filled, "max"))
+    hot = above(_neighbours(ref, "max"))
     # touching hot pixels (a pair, a 2 x 2 block) are each other's brightest
     # neighbour: compared with the ring of pixels 2 away instead, as a group of
     # at most 2 x 2 pixels away from the direct beam (the brightest feature
@@ -311,7 +390,7 @@ def _hot_pixels(img, filled, bad, n_positions, poisson):
     ring = np.ones((5, 5), dtype=bool)
     ring[1:4, 1:4] = False
     groups, n_groups = ndimage.label(
-        above(ndimage.maximum_filter(filled, footprint=ring, mode="nearest")) & ~hot,
+        above(ndimage.maximum_filter(ref, footprint=ring, mode="nearest")) & ~hot,
         structure=np.ones((3, 3), dtype=bool),
     )
     bright, _ = ndimage.label(smooth >= 0.5 * top)
@@ -327,23 +406,19 @@ def _hot_pixels(img, filled, bad, n_positions, poisson):
             and not beam[box][member].any()
         ):
             hot[box] |= member
+    if beside is not None:
+        # the beam's region read on the pattern as it is (the gap's zeros in): a pair of hot
+        # pixels flanking a gap, filled across it, would outshine the beam on ``filled``
+        plain = ndimage.median_filter(img, size=3, mode="nearest")
+        lit, _ = ndimage.label(plain >= 0.5 * plain.max())
+        square = np.ones((3, 3), dtype=bool)
+        core = ndimage.binary_dilation(  # across a gap as wide as dead lines are found
+            lit == lit.flat[np.argmax(plain)],
+            structure=square,
+            iterations=3 + 2 * DEAD_PIXEL_REACH,
+        )
+        hot &= ~(core & ndimage.binary_dilation(beside, structure=square))
     return hot
-
-
-def _live_median(img, live, at):
-    """The median of the ``live`` pixels within :data:`DEAD_PIXEL_REACH` px of each pixel of ``at``.
-
-    Returns a float64 array over the pixels of ``at`` (C order); 0 where
-    none is live.
-    """
-    w = DEAD_PIXEL_REACH
-    padded = np.pad(np.where(live, img, np.nan), w, constant_values=np.nan)
-    windows = np.lib.stride_tricks.sliding_window_view(padded, (2 * w + 1, 2 * w + 1))
-    rows, cols = np.nonzero(at)
-    around = windows[rows, cols].reshape(rows.size, -1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows
-        return np.nan_to_num(np.nanmedian(around, axis=1))
 
 
 def beam_search_pixels(mask):
@@ -353,7 +428,8 @@ def beam_search_pixels(mask):
     direct beam: a connected masked region containing a full 3 x 3 block
     (e.g. a disk over the direct beam, a common way of leaving it out of a
     fit). The beam is still found inside such a region from its data, which
-    are valid counts. Isolated masked pixels, lines and small clusters (hot
+    are valid counts (a region as compact as a disk: not a detector's gap,
+    a line or a cross of lines). Isolated masked pixels, lines and small clusters (hot
     or dead pixels, bad columns) are always left out.
 
     Parameters
@@ -372,7 +448,21 @@ def beam_search_pixels(mask):
     labels, _ = ndimage.label(mask)
     core = ndimage.binary_erosion(mask, structure=np.ones((3, 3), dtype=bool))
     regions = np.unique(labels[core])
-    return ~mask | np.isin(labels, regions[regions > 0])
+    regions = [r for r in regions[regions > 0] if _compact(labels == r)]
+    return ~mask | np.isin(labels, regions)
+
+
+def _compact(region):
+    """Whether a masked region is disk-like (could cover the direct beam), not a line or a cross.
+
+    Its bounding box no more than 3 times as long as wide, and at least half
+    filled (a disk fills pi / 4 of its box, half a detector all of its box;
+    a detector's gap, a line or a cross of lines, fills little of a square
+    box or lies in a thin one).
+    """
+    rows, cols = np.nonzero(region)
+    h, w = np.ptp(rows) + 1, np.ptp(cols) + 1
+    return max(h, w) <= 3 * min(h, w) and rows.size >= 0.5 * h * w
 
 
 def locate_direct_beam(pattern, sigma=0.7, mask=None):

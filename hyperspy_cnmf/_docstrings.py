@@ -79,7 +79,7 @@ _POLAR_GRID_CLUSTERING = _POLAR_GRID.replace(
     """    ``(r_min, r_max)`` of the polar transform. Default ``(0, d)``, ``d`` the
     distance from the centre to the nearest detector edge for a beam at the
     detector's middle (the author's convention: every ring complete), to
-    the farthest edge for a beam off it by more than 2 px
+    the farthest edge for a beam more than 1 px off it along either axis
     (:func:`~hyperspy_cnmf.clustering.clustering_radius`): it keeps the
     rings of its far side. The parts of the rings outside the detector are
     read from their Friedel mates (the azimuth + 180 degrees, where that

@@ -127,6 +127,19 @@ def test_polar_transform_reads_off_detector_rings_from_their_friedel_mates():
         ref[ring][0][np.argmin(np.abs(theta - 210))]
     )
     assert cl.clustering_radius((8, 8), cut.shape) == 32  # the farthest edge
+    # an odd number of azimuths: the mate lies midway between two samples (their mean)
+    odd, _, theta_odd = cl.polar_transform(
+        cut, centre=(8, 8), friedel=True, radial_range=(0, 16), n_theta=361
+    )
+    full_odd, _, _ = cl.polar_transform(
+        full, centre=(32, 32), radial_range=(0, 16), n_theta=361
+    )
+    plain_odd, _, _ = cl.polar_transform(
+        cut, centre=(8, 8), radial_range=(0, 16), n_theta=361
+    )
+    assert np.isnan(odd[ring]).sum() < np.isnan(plain_odd[ring]).sum() - 60
+    at = np.argmin(np.abs(theta_odd - 210))
+    assert odd[ring][0][at] == pytest.approx(full_odd[ring][0][at], rel=0.05)
 
 
 def test_polar_transform_nan_and_direct_beam_mask():

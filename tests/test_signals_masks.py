@@ -327,6 +327,38 @@ def test_dead_lines_are_dead_pixels():
     assert not defect_pixels(dark, n_positions=60, poisson=True)[1].any()
 
 
+def test_a_hot_pixel_beside_a_gap_is_found_and_a_masked_gap_is_not_read():
+    """Review (session 28): a hot pixel beside a gap was compared with the gap filled from
+    itself (missed: then taken for the beam, one cluster on the multislice cases); a gap
+    given as ``signal_mask`` (3 px and more) was read by the beam finders as a region that
+    could hold the beam."""
+    pattern = _with_gap(3, _data().mean(axis=(0, 1))[None, None])[0, 0]
+    # a hot pixel beside the horizontal gap (rows 9-11), far from the beam
+    pattern[8, 26] = 50 * pattern.max()
+    hot, dead = defect_pixels(pattern, n_positions=60, poisson=True)
+    assert np.argwhere(hot).tolist() == [[8, 26]]
+    assert dead.sum() == (pattern == 0).sum()
+    gap = pattern == 0
+    assert not beam_search_pixels(gap)[gap].any()  # the lines are never read
+    yy, xx = np.indices(SIG)
+    disk = np.hypot(yy - BEAM[0], xx - BEAM[1]) <= 4.5
+    assert beam_search_pixels(disk)[disk].all()  # a disk over the beam is
+    # masked, the gap is left out of the beam finding as when found dead
+    masked = locate_direct_beam(pattern, mask=~beam_search_pixels(gap))
+    assert masked == pytest.approx(locate_direct_beam(pattern, mask=dead), abs=1e-9)
+
+
+def test_dark_rims_at_low_counts_are_not_dead():
+    """Zeros beside a bright disk where the detector is dark (a short or low-dose scan) join
+    the dark region: no dead pixel (before the thin-region rule: 4-43 on small crops)."""
+    rng = np.random.default_rng(1)
+    yy, xx = np.indices((40, 40))
+    lam = 30.0 * (np.hypot(yy - 20, xx - 20) <= 5) + 0.02
+    mean = rng.poisson(np.broadcast_to(lam, (16, 40, 40))).mean(axis=0)
+    assert (mean == 0).sum() > 500
+    assert not defect_pixels(mean, n_positions=16, poisson=True)[1].any()
+
+
 @pytest.mark.parametrize("lazy", [False, True], ids=["eager", "lazy"])
 def test_detector_gap_through_the_beam_takes_no_part_in_the_beam_finding(lazy):
     """A gap of zero lines through the direct beam (a Medipix quad's cross) is found dead and

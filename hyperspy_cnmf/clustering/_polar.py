@@ -213,10 +213,10 @@ def estimate_direct_beam_radius(pattern, centre, fraction=0.1, factor=2.0, margi
     return float(min(float(factor) * r_edge + float(margin), 0.25 * edge))
 
 
-#: A direct beam whose farthest detector edge lies more than this many px beyond its nearest
-#: is off the detector's middle (:func:`clustering_radius`); a beam at the middle pixel of an
-#: even-sized detector is 1 px nearer one edge.
-OFF_MIDDLE_PX = 2.0
+#: A direct beam farther than this many px (along either axis) from the detector's middle is off
+#: it (:func:`clustering_radius`); a beam at the middle pixel of an even-sized detector lies
+#: 0.5 px from it.
+OFF_MIDDLE_PX = 1.0
 
 
 def _farthest_edge(centre, shape):
@@ -231,7 +231,7 @@ def clustering_radius(centre, shape):
 
     The nearest edge (the author's convention: every ring complete) for a
     beam at the detector's middle, the farthest edge for a beam off it (by
-    more than :data:`OFF_MIDDLE_PX`): the far side's rings take part, their
+    more than :data:`OFF_MIDDLE_PX` along either axis): the far side's rings take part, their
     parts off the detector read from their Friedel mates
     (``polar_transform(friedel=True)``).
 
@@ -241,12 +241,15 @@ def clustering_radius(centre, shape):
     (23.0, 23.0)
     >>> clustering_radius((12.0, 12.0), (48, 48))
     35.0
+    >>> clustering_radius((24.0, 12.0), (24, 48))  # the middle of a non-square detector
+    11.0
     """
     cx, cy = (float(v) for v in centre)
     ny, nx = shape
-    near = min(cx, cy, nx - 1 - cx, ny - 1 - cy)
-    far = _farthest_edge(centre, shape)
-    return far if far - near > OFF_MIDDLE_PX else near
+    off = max(abs(cx - (nx - 1) / 2), abs(cy - (ny - 1) / 2)) > OFF_MIDDLE_PX
+    if off:
+        return _farthest_edge(centre, shape)
+    return min(cx, cy, nx - 1 - cx, ny - 1 - cy)
 
 
 @fill_doc
@@ -281,8 +284,9 @@ def polar_transform(
     friedel : bool, default False
         Samples off the detector take the value of their Friedel mate (the
         same radius, azimuth + 180 degrees) where that lies on the detector
-        (Friedel's law: a zone-axis pattern is centrosymmetric); needs an
-        even ``n_theta``. False: they are NaN.
+        (Friedel's law: a zone-axis pattern is centrosymmetric; for an odd
+        ``n_theta`` the mean of the two samples about it). False: they are
+        NaN.
 
     Returns
     -------
@@ -347,11 +351,14 @@ def polar_transform(
     _kernels.apply_table(stack.reshape(stack.shape[0], -1), index, weight, out)
     out = out.reshape(-1, n_r, n_theta)
     if friedel:
+        # the mate of azimuth i is i + n_theta / 2: a sample for even n_theta, midway between
+        # two (their mean) for odd
         off = np.all(index < 0, axis=1).reshape(n_r, n_theta)
-        mate = (np.arange(n_theta) + n_theta // 2) % n_theta
-        rows, cols = np.nonzero(off & ~off[:, mate])
-        if rows.size and n_theta % 2 == 0:
-            out[:, rows, cols] = out[:, rows, mate[cols]]
+        lo = (np.arange(n_theta) + n_theta // 2) % n_theta
+        hi = (lo + n_theta % 2) % n_theta
+        rows, cols = np.nonzero(off & ~off[:, lo] & ~off[:, hi])
+        if rows.size:
+            out[:, rows, cols] = 0.5 * (out[:, rows, lo[cols]] + out[:, rows, hi[cols]])
     if isinstance(direct_beam_radius, str):
         if direct_beam_radius != "auto":
             raise ValueError("`direct_beam_radius` must be a number, 'auto' or None.")

@@ -319,7 +319,7 @@ def warn_defect_pixels(mean_pattern, n_positions, mask=None, excluded=False):
     hot, dead = defect_pixels(mean_pattern, n_positions, mask=mask, poisson=True)
     for kind, found, why in (
         ("hot", hot, "far brighter than all its neighbours in the mean pattern"),
-        ("dead", dead, "always zero where its neighbours are not"),
+        ("dead", dead, "always zero where the pixels around are not"),
     ):
         if found.any():
             rows, cols = np.nonzero(found)

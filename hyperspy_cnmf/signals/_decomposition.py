@@ -691,7 +691,9 @@ def _map_constraint_on(map_resolution):
 
 #: A smallest value (outside the masks) of at least this many counts suggests an offset: counting
 #: data read 0 somewhere (every multislice case, the embedded default and the NIST scan do, up
-#: to 50000 electrons per pattern); noise-free intensities (fractions of the beam) stay below it.
+#: to 50000 electrons per pattern); noise-free intensities (fractions of the beam) stay below it,
+#: scaled to 1e6 counts per pattern they do not (a needless warning). A single zero (a dead
+#: pixel, a gap) hides an offset, and one below a count is not seen.
 _OFFSET_SUSPECT = 1.0
 
 
@@ -739,7 +741,8 @@ def _read_statistics(signal, p):
             f"no pixel of any pattern reads below {stats['minimum']:g}: the data seem to "
             "carry an offset (a dark level or pedestal), which the Poisson weighting takes "
             "for counts (an offset of 5 per pixel dropped the position ARI of the multislice "
-            "cases at k = 30 from 0.90-0.93 to 0.26-0.42); subtract it before the "
+            "cases and the embedded default at k = 30 from 0.90-0.93 to 0.26-0.42); subtract "
+            "it before the "
             f"decomposition (e.g. s = s - {stats['minimum']:g})",
             UserWarning,
         )
