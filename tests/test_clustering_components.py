@@ -2722,6 +2722,26 @@ def test_lattice_closure_tells_a_crystals_disks_from_the_glasss_speckle():
     assert np.isnan(_lattice_closure(one, c[None], 2.0, np.array([3.0]))[0])
 
 
+def test_lattice_closure_of_thousands_of_maxima_stays_small():
+    """Review (session 28): a noisy full-resolution factor (the NIST scan unbinned, 256 x 256
+    px, k = 4) holds thousands of maxima; the nearest disk of every sum and difference was
+    found on a dense (pairs x disks) array: 26.9 GiB asked, a crash (here 47 GiB). A k-d tree over blocks
+    of pairs: a 42 x 42 lattice of disks (1764 maxima) closes (sums and differences of
+    lattice points are lattice points), and its one in-memory block stays small."""
+    from hyperspy_cnmf.clustering import _components as comp
+
+    shape = (256, 256)
+    c = np.array([128.0, 128.0])
+    peak = np.zeros(shape, dtype=bool)
+    peak[2:254:6, 2:254:6] = True  # 1764 maxima on a square lattice through the centre
+    found = [(None, None, np.ones(shape), peak)]
+    closure = comp._lattice_closure(
+        np.zeros((1,) + shape), c[None], 2.0, np.array([3.0]), found=found
+    )
+    assert closure[0] >= 0.95  # sums near the edges land beyond the last disks
+    assert comp._CLOSURE_PAIRS * 2 * 2 * 8 < 64 * 2**20  # sums and differences, x and y
+
+
 def test_faint_asks_a_region_below_the_strong_level_for_a_lattice():
     """A region whose upper quartile passes CRYSTAL_Z and whose disks stand out of their
     rings is still no evidence of a phase of its own where its disks close as a
