@@ -249,11 +249,11 @@ def _dead_pixels(img, bad, n_positions):
 
     A zero pixel of a thin zero region (no pixel of it farther than
     :data:`DEAD_PIXEL_REACH` px from a nonzero one, sqrt(2) times that where
-    two lines cross: a single pixel, a line up to twice that wide) is dead where the lower quartile of the pixels
-    within :data:`DEAD_PIXEL_REACH` px (a square; masked pixels and, for
-    a line longer than two windows, e.g. a gap, its own zero region left
-    out; other zeros counted),
-    times ``n_positions``, reaches :data:`DEAD_PIXEL_COUNTS`. The quartile,
+    two lines cross: a single pixel, a line up to twice that wide) is dead
+    where the lower quartile of the pixels within :data:`DEAD_PIXEL_REACH`
+    px (a square; masked pixels and, for a line longer than two windows,
+    e.g. a gap, its own zero region left out; other zeros counted), times
+    ``n_positions``, reaches :data:`DEAD_PIXEL_COUNTS`. The quartile,
     zeros counted, and the thinness keep the dark rim of a bright disk at
     low counts live; only zero pixels with a bright enough pixel in reach
     are examined (a large dark detector costs little).
@@ -274,9 +274,11 @@ def _dead_pixels(img, bad, n_positions):
     )
     thin = np.r_[False, np.asarray(depth) <= (w + 0.5) * np.sqrt(2)]  # crossings too
     candidates &= thin[region]
-    # a line (a gap: longer than two windows) is left out of its own pixels' windows; the
-    # zeros of a short region count (random zeros of a dark, low-count area)
-    # (a line or a cross of lines: at most twice its length times its width)
+    if not candidates.any():
+        return dead
+    # a line or a cross of lines (a gap: longer than two windows, at most twice its length
+    # times its width) is left out of its own pixels' windows; the zeros of another region
+    # count (random zeros of a dark, low-count area)
     area = np.bincount(region.ravel(), minlength=n_regions + 1)
     long = np.r_[
         False,
@@ -286,8 +288,6 @@ def _dead_pixels(img, bad, n_positions):
             for i, box in enumerate(ndimage.find_objects(region), start=1)
         ],
     ]
-    if not candidates.any():
-        return dead
     values = np.pad(np.where(bad, np.nan, img), w, constant_values=np.nan)
     owner = np.pad(region, w, constant_values=0)
     win = (2 * w + 1, 2 * w + 1)
@@ -349,16 +349,28 @@ def fill_pixels(img, bad):
     total = ndimage.gaussian_filter(
         np.where(bad, 0.0, img), FILL_SIGMA, mode="constant"
     )
-    nearest = img[
-        tuple(
-            ndimage.distance_transform_edt(
-                bad, return_distances=False, return_indices=True
-            )
-        )
-    ]
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(weight > 1e-3, total / weight, nearest)
-    return np.where(bad, mean, img)
+        out = np.where(bad, total / weight, img)
+    far = bad & ~(weight > 1e-3)
+    if far.any():  # inside a large masked region: the nearest valid pixel
+        nearest = ndimage.distance_transform_edt(
+            bad, return_distances=False, return_indices=True
+        )
+        out[far] = img[tuple(idx[far] for idx in nearest)]
+    return out
+
+
+def _beam_region(pattern, iterations, structure=None):
+    """The direct beam's half-maximum region of a smoothed ``pattern``, dilated ``iterations`` times.
+
+    The connected region about the brightest pixel at half the maximum or
+    more (:func:`scipy.ndimage.binary_dilation` with ``structure``; default
+    its cross).
+    """
+    lit, _ = ndimage.label(pattern >= 0.5 * pattern.max())
+    return ndimage.binary_dilation(
+        lit == lit.flat[np.argmax(pattern)], structure=structure, iterations=iterations
+    )
 
 
 def _hot_pixels(img, filled, bad, n_positions, poisson, reference=None, beside=None):
@@ -393,10 +405,8 @@ def _hot_pixels(img, filled, bad, n_positions, poisson, reference=None, beside=N
         above(ndimage.maximum_filter(ref, footprint=ring, mode="nearest")) & ~hot,
         structure=np.ones((3, 3), dtype=bool),
     )
-    bright, _ = ndimage.label(smooth >= 0.5 * top)
-    beam = ndimage.binary_dilation(
-        bright == bright.flat[np.argmax(smooth)], iterations=3
-    )  # the direct beam's half-maximum disk and 3 px around it
+    # the direct beam's half-maximum disk and 3 px around it
+    beam = _beam_region(smooth, 3)
     for g, box in enumerate(ndimage.find_objects(groups), start=1):
         rows, cols = box
         member = groups[box] == g
@@ -409,13 +419,11 @@ def _hot_pixels(img, filled, bad, n_positions, poisson, reference=None, beside=N
     if beside is not None:
         # the beam's region read on the pattern as it is (the gap's zeros in): a pair of hot
         # pixels flanking a gap, filled across it, would outshine the beam on ``filled``
-        plain = ndimage.median_filter(img, size=3, mode="nearest")
-        lit, _ = ndimage.label(plain >= 0.5 * plain.max())
         square = np.ones((3, 3), dtype=bool)
-        core = ndimage.binary_dilation(  # across a gap as wide as dead lines are found
-            lit == lit.flat[np.argmax(plain)],
-            structure=square,
-            iterations=3 + 2 * DEAD_PIXEL_REACH,
+        core = _beam_region(  # across a gap as wide as dead lines are found
+            ndimage.median_filter(img, size=3, mode="nearest"),
+            3 + 2 * DEAD_PIXEL_REACH,
+            square,
         )
         hot &= ~(core & ndimage.binary_dilation(beside, structure=square))
     return hot

@@ -3914,7 +3914,11 @@ def grain_count(position_labels, nav_shape):
     >>> grain_count(lab.ravel(), (12, 12))
     2
     """
-    counted = _counted_regions(position_labels, nav_shape)
+    return _grains_in(_counted_regions(position_labels, nav_shape))
+
+
+def _grains_in(counted):
+    """The number of grains of :func:`_counted_regions`' result (0 for None)."""
     return 0 if counted is None else int(counted[2].sum())
 
 
@@ -4071,8 +4075,8 @@ def _refitted(call, refit):
         )
     )
     nav_shape = call["nav_shape"] or (counting.position_labels.size,)
-    regions = _counted_regions(counting.position_labels, nav_shape)  # grain_count's
-    grains = 0 if regions is None else int(regions[2].sum())
+    regions = _counted_regions(counting.position_labels, nav_shape)
+    grains = _grains_in(regions)  # grain_count's, from regions kept for the refit
     counted_phases = _phases(counting)
     k = counting.components.size
     fixed = dict(

@@ -198,8 +198,7 @@ def estimate_direct_beam_radius(pattern, centre, fraction=0.1, factor=2.0, margi
     """
     img = np.asarray(pattern, dtype=np.float64)
     cx, cy = _check_centre(centre, img.shape)
-    ny, nx = img.shape
-    edge = min(cx, cy, nx - 1 - cx, ny - 1 - cy)
+    edge = min(_edge_distances(cx, cy, img.shape))
     prof = radial_profile(img, (cx, cy), r_max=max(1, int(edge)))
     if not np.any(np.isfinite(prof)):
         return 0.0
@@ -219,11 +218,10 @@ def estimate_direct_beam_radius(pattern, centre, fraction=0.1, factor=2.0, margi
 OFF_MIDDLE_PX = 1.0
 
 
-def _farthest_edge(centre, shape):
-    """Distance (px) from ``centre`` ``(x, y)`` to the farthest edge of a ``(qy, qx)`` detector."""
-    cx, cy = (float(v) for v in centre)
+def _edge_distances(cx, cy, shape):
+    """Distances (px) from ``(cx, cy)`` to the 4 edges of a ``(qy, qx)`` detector: left, top, right, bottom."""
     ny, nx = shape
-    return max(cx, cy, nx - 1 - cx, ny - 1 - cy)
+    return (cx, cy, nx - 1 - cx, ny - 1 - cy)
 
 
 def clustering_radius(centre, shape):
@@ -247,9 +245,7 @@ def clustering_radius(centre, shape):
     cx, cy = (float(v) for v in centre)
     ny, nx = shape
     off = max(abs(cx - (nx - 1) / 2), abs(cy - (ny - 1) / 2)) > OFF_MIDDLE_PX
-    if off:
-        return _farthest_edge(centre, shape)
-    return min(cx, cy, nx - 1 - cx, ny - 1 - cy)
+    return (max if off else min)(_edge_distances(cx, cy, shape))
 
 
 @fill_doc
@@ -322,7 +318,7 @@ def polar_transform(
     if delta_r <= 0:
         raise ValueError("`delta_r` must be positive.")
     if radial_range is None:
-        r_min, r_max = 0.0, min(cx, cy, nx - 1 - cx, ny - 1 - cy)
+        r_min, r_max = 0.0, min(_edge_distances(cx, cy, (ny, nx)))
     else:
         r_min, r_max = (float(v) for v in radial_range)
     if not (0 <= r_min < r_max):

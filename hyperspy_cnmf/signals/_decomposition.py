@@ -742,8 +742,7 @@ def _read_statistics(signal, p):
             "carry an offset (a dark level or pedestal), which the Poisson weighting takes "
             "for counts (an offset of 5 per pixel dropped the position ARI of the multislice "
             "cases and the embedded default at k = 30 from 0.90-0.93 to 0.26-0.42); subtract "
-            "it before the "
-            f"decomposition (e.g. s = s - {stats['minimum']:g})",
+            f"it before the decomposition (e.g. s = s - {stats['minimum']:g})",
             UserWarning,
         )
     # The direct beam of every position, measured in the statistics read: warn on descan.
@@ -795,10 +794,10 @@ def _measure_beam(op, p, excursion):
     if p.defect_pixel_mask:
         # measured on the 3-phase descan multislice case, one hot pixel at 50x the
         # data's maximum: ARI 0.000 (1 cluster) fitted, 0.889 (4) left out. Dead pixels
-        # stay in the fit (the zeros they read): a detector's gap through the beam, left
-        # out of the beam finding only, scored higher fitted than masked on every
-        # abtem_dev case and the embedded default (benchmarks/quality_physics.py
-        # --detector-gap 1 / 2 with defect_pixel_mask False / True, session 28)
+        # stay in the fit (the zeros they read): a 1-px gap through the beam, left out of
+        # the beam finding only, scored 0.889-0.915 fitted and 0.833-0.893 also masked on
+        # the abtem_dev cases (the embedded default 0.004 higher masked; session 28 scratch
+        # runs, benchmarks/quality_physics.py --detector-gap 1 on the intermediate code)
         beam_mask |= hot.ravel() & sig_valid
     fit_valid = sig_valid & ~beam_mask
     if p.k > fit_valid.sum():
