@@ -4,6 +4,7 @@ import dask.array as da
 import numpy as np
 import pytest
 
+from hyperspy_cnmf._beam import defect_pixels, positions_across_dead_pixels
 from hyperspy_cnmf.chunked import DaskOperator
 from hyperspy_cnmf.nmf import DenseOperator
 from hyperspy_cnmf.nmf._kernels import block_beam_centres
@@ -58,6 +59,49 @@ def test_kernel_noise_free_is_exact():
     rng_free = shifted_disks(truth, counts=1e9, background=0.0)
     pos = _measure(rng_free)
     np.testing.assert_allclose(pos, truth, atol=0.02)
+
+
+def _with_gap(X, width, row=15, col=17):
+    """``X`` (n, qy, qx) with a cross of zero lines ``width`` px wide (a detector's chip gaps)."""
+    X = X.copy()
+    X[:, row - width // 2 : row - width // 2 + width, :] = 0
+    X[:, :, col - width // 2 : col - width // 2 + width] = 0
+    return X
+
+
+@pytest.mark.parametrize(
+    "width, before, after", [(1, 0.15, 0.06), (2, 0.5, 0.16), (3, 1.4, 0.28)]
+)
+def test_positions_across_dead_pixels_undo_a_gap_through_the_beam(width, before, after):
+    """A cross of dead lines through a 4-px beam moving +-1.5 px: the centre of mass reads
+    the zeros. Measured rms 0.172 / 0.529 / 1.530 px, after 0.041 / 0.133 / 0.233 px (slope
+    of measured on true x 1.19 / 1.53 / 2.68, after 1.00 / 0.89 / 0.80)."""
+    truth = _centres(200)
+    X = _with_gap(shifted_disks(truth), width)
+    mean = X.mean(axis=0)
+    _, dead = defect_pixels(mean, len(X), poisson=True)
+    assert dead[15].all() and dead[:, 17].all()
+    pos = _measure(X)
+    fixed = positions_across_dead_pixels(pos, mean, dead)
+    assert np.sqrt(((pos - truth) ** 2).mean()) > before
+    assert np.sqrt(((fixed - truth) ** 2).mean()) < after
+    # NaN rows stay NaN; the input is not modified
+    pos[3] = np.nan
+    kept = pos.copy()
+    again = positions_across_dead_pixels(pos, mean, dead)
+    assert np.isnan(again[3]).all() and np.isfinite(np.delete(again, 3, 0)).all()
+    np.testing.assert_array_equal(pos, kept)
+
+
+def test_positions_across_dead_pixels_leave_positions_without_a_gap_near_the_beam():
+    truth = _centres(50)
+    X = shifted_disks(truth)
+    pos = _measure(X)
+    none = np.zeros(SIG, dtype=bool)
+    assert positions_across_dead_pixels(pos, X.mean(axis=0), none) is pos
+    far = none.copy()
+    far[:, 34] = True  # a dead column 17 px from the beam: not read
+    assert positions_across_dead_pixels(pos, X.mean(axis=0), far) is pos
 
 
 def test_kernel_masked_rows_empty_rows_nan_and_masked_pixels():

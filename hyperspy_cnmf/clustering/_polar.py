@@ -296,7 +296,8 @@ def polar_transform(
     Raises
     ------
     ValueError
-        For a centre outside the pattern, an empty radial range, a bad
+        For a centre outside the pattern, an empty radial range or one wholly
+        off the detector, a bad
         ``delta_r``/``n_theta``, or a ``direct_beam_radius`` that masks every
         ring (nothing left to compare).
 
@@ -325,6 +326,13 @@ def polar_transform(
         raise ValueError(
             f"`radial_range` must satisfy 0 <= r_min < r_max, got ({r_min}, {r_max}) "
             "px; the centre may be on the detector border."
+        )
+    reach = math.hypot(max(cx, nx - 1 - cx), max(cy, ny - 1 - cy))
+    if r_min > reach:
+        raise ValueError(
+            f"`radial_range` ({r_min:.4g}-{r_max:.4g} px) lies wholly off the detector: its "
+            f"farthest pixel is {reach:.4g} px from the centre ({cx:.4g}, {cy:.4g}) px. Signal "
+            "methods take radii in the signal's calibrated units unless units='px'."
         )
     n_r = int(math.floor((r_max - r_min) / delta_r + 1e-9)) + 1
     radii = r_min + delta_r * np.arange(n_r, dtype=np.float64)

@@ -24,7 +24,9 @@ from hyperspy_cnmf._beam import (
     BEAM_MOTION_SIGNIFICANCE,
     beam_drift_t,
     beam_motion,
+    defect_pixels,
     fit_plane,
+    positions_across_dead_pixels,
 )
 from hyperspy_cnmf._warnings import warn
 from hyperspy_cnmf.nmf._kernels import block_beam_centres
@@ -75,8 +77,12 @@ def direct_beam_positions(signal):
     """Direct-beam centre of every pattern of a 4D-STEM signal, in one read.
 
     The centre of mass of the pattern's brightest region, refined in a disk
-    about it (:func:`hyperspy_cnmf.nmf._kernels.block_beam_centres`); a lazy
-    signal is read once, chunk by chunk (never loaded whole).
+    about it (:func:`hyperspy_cnmf.nmf._kernels.block_beam_centres`); dead
+    pixels near the beam (a detector's gaps, found on the mean pattern by
+    :func:`hyperspy_cnmf._beam.defect_pixels`) have their bias removed
+    (:func:`hyperspy_cnmf._beam.positions_across_dead_pixels`), as in the
+    decomposition. A lazy signal is read once, chunk by chunk (never loaded
+    whole).
 
     Parameters
     ----------
@@ -99,7 +105,9 @@ def direct_beam_positions(signal):
     data = signal.data
     if np.iscomplexobj(data):
         raise TypeError("the direct-beam position needs real data, got complex data")
+    ny, nx, ky, kx = data.shape
     if signal._lazy:
+        import dask
         import dask.array as da
 
         nd = data.ndim
@@ -111,9 +119,15 @@ def direct_beam_positions(signal):
             chunks=data.chunks[:-2] + ((2,),),
             dtype=np.float64,
         )
-        return np.asarray(pos.compute())
-    ny, nx, ky, kx = data.shape
-    return _positions_rows(data.reshape(ny * nx, ky * kx), (ky, kx)).reshape(ny, nx, 2)
+        # one read: the mean pattern (for the dead pixels) beside the centres
+        pos, mean = dask.compute(pos, data.astype(np.float64).mean(axis=(0, 1)))
+        pos = np.asarray(pos)
+    else:
+        pos = _positions_rows(data.reshape(ny * nx, ky * kx), (ky, kx))
+        mean = data.mean(axis=(0, 1), dtype=np.float64)
+    _, dead = defect_pixels(np.asarray(mean), ny * nx, poisson=True)
+    pos = positions_across_dead_pixels(pos.reshape(-1, 2), mean, dead)
+    return np.asarray(pos).reshape(ny, nx, 2)
 
 
 def warn_if_beam_moves(positions, nav_shape=None, limit=BEAM_MOTION_LIMIT):
@@ -180,7 +194,9 @@ def get_direct_beam_position(self, method="com"):
         half the pattern's maximum, weighted by their excess), refined twice
         by the plain centre of mass in the disk of that region's radius plus
         2 px (:func:`hyperspy_cnmf.nmf._kernels.block_beam_centres`); all
-        finite pixels are used.
+        finite pixels are used, and the bias of dead pixels near the beam
+        (a detector's gaps) is removed
+        (:func:`hyperspy_cnmf._beam.positions_across_dead_pixels`).
 
     Returns
     -------

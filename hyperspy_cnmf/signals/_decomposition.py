@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from hyperspy_cnmf._beam import Beam
+from hyperspy_cnmf._beam import Beam, beam_search_pixels, positions_across_dead_pixels
 from hyperspy_cnmf._schema import DecompositionRecord
 from hyperspy_cnmf._warnings import warn
 from hyperspy_cnmf.constraints import (
@@ -587,8 +587,8 @@ def constrained_nmf_decomposition(
     ``learning_results`` (:func:`_write_results`).
     """
     p = _checked_arguments(signal, locals())
-    op, seed, beam_positions, excursion = _read_statistics(signal, p)
-    mean_pattern, beam, mask_radius, beam_mask = _measure_beam(op, p, excursion)
+    op, seed = _read_statistics(signal, p)
+    mean_pattern, beam, mask_radius, beam_mask, beam_positions = _measure_beam(op, p)
     op, row_scale, col_scale = _scaled_operator(op, p, beam_mask)
     sig_mask, sig_valid = p.sig_mask | beam_mask, ~p.sig_mask & ~beam_mask
     settings = _settings(p, beam, mask_radius)
@@ -700,9 +700,8 @@ _OFFSET_SUSPECT = 1.0
 def _read_statistics(signal, p):
     """Stage 2: the data operator and its statistics read, with the checks that need it.
 
-    Returns the operator, the solver's seed, the direct-beam position of
-    every scan position and half the beam's motion over the scan (px); warns
-    on descan.
+    Returns the operator and the solver's seed; the read also measured the
+    direct-beam position of every scan position (``op.beam_positions()``).
     """
     nav_valid, sig_valid = ~p.nav_mask, ~p.sig_mask
     make = p.operator if p.operator is not None else partial(_make_operator, signal)
@@ -745,25 +744,24 @@ def _read_statistics(signal, p):
             f"it before the decomposition (e.g. s = s - {stats['minimum']:g})",
             UserWarning,
         )
-    # The direct beam of every position, measured in the statistics read: warn on descan.
-    beam_positions = op.beam_positions()
-    warn_if_beam_moves(beam_positions, p.nav_shape)
-    excursion = 0.5 * float(np.max(beam_motion(beam_positions, p.nav_shape)))
     if p.k > min(nav_valid.sum(), sig_valid.sum()):
         raise ValueError(
             f"output_dimension={p.k} is larger than min(unmasked positions, unmasked pixels) = "
             f"{min(nav_valid.sum(), sig_valid.sum())}"
         )
-    return op, seed, beam_positions, excursion
+    return op, seed
 
 
-def _measure_beam(op, p, excursion):
+def _measure_beam(op, p):
     """Stage 3: the mean pattern, its direct beam and the direct-beam disk left out of the fit.
 
     Hot/dead pixels left unmasked are reported and, with
     ``defect_pixel_mask``, the hot ones left out of the fit with the beam; masked pixels
     take no part in the beam finding (except a masked region that holds the beam itself:
-    :func:`hyperspy_cnmf._beam.beam_search_pixels`).
+    :func:`hyperspy_cnmf._beam.beam_search_pixels`). The beam positions measured in the
+    statistics read are freed of the bias of dead pixels near the beam
+    (:func:`hyperspy_cnmf._beam.positions_across_dead_pixels`); a descan is then warned
+    about, and half its excursion widens the direct-beam disk.
 
     Returns
     -------
@@ -774,6 +772,8 @@ def _measure_beam(op, p, excursion):
         Radius (px) of the direct-beam disk left out (0: none).
     beam_mask : ndarray of bool, flat
         Its unmasked pixels, and the hot pixels left out.
+    beam_positions : ndarray, shape (n_positions, 2), or None
+        ``(x, y)`` px of every scan position.
     """
     nav_valid, sig_valid = ~p.nav_mask, ~p.sig_mask
     mean_pattern = op.mean_pattern(nav_valid).reshape(p.sig_shape)
@@ -789,6 +789,16 @@ def _measure_beam(op, p, excursion):
         mask=p.sig_mask.reshape(p.sig_shape),
         dead=dead,  # always: a gap through the beam would cut it in pieces
     )
+    beam_positions = op.beam_positions()
+    if beam_positions is not None:
+        beam_positions = positions_across_dead_pixels(
+            beam_positions,
+            mean_pattern,
+            dead,
+            valid=beam_search_pixels(p.sig_mask.reshape(p.sig_shape)),
+        )
+    warn_if_beam_moves(beam_positions, p.nav_shape)
+    excursion = 0.5 * float(np.max(beam_motion(beam_positions, p.nav_shape)))
     mask_radius = _mask_radius(p.direct_beam_mask, beam, excursion)
     beam_mask = _direct_beam_disk(mask_radius, beam, p.sig_shape) & sig_valid
     if p.defect_pixel_mask:
@@ -805,7 +815,7 @@ def _measure_beam(op, p, excursion):
             f"output_dimension={p.k} is larger than the {int(fit_valid.sum())} detector pixels left "
             "outside the direct-beam mask; pass a smaller direct_beam_mask radius or direct_beam_mask=False"
         )
-    return mean_pattern, beam, mask_radius, beam_mask
+    return mean_pattern, beam, mask_radius, beam_mask, beam_positions
 
 
 #: Relative variation ``sum |x_i - mean|^2 / sum |x_i|^2`` below which the statistics read
