@@ -120,9 +120,40 @@ def with_detector_gap(s, width):
     return s
 
 
-def run(loader, k, lazy, seed=0, gap=0, offset=0.0, crop=0):
+def with_beam_stop(s, extra, convergence=True):
+    """``s`` with a beam stop's shadow over the direct beam (a new array, lazily a dask one).
+
+    A disk ``extra`` px wider than the direct beam's half-maximum radius (found on the
+    mean pattern of the data as they are) and an arm 7 px wide from it to the detector's
+    right edge are zero in every pattern. ``convergence=False`` also drops the convergence
+    semi-angle from the metadata (the Bragg disks' radius then cannot be known).
+    """
+    if extra is None:
+        return s
+    from hyperspy_cnmf.signals._calibration import find_beam_disk
+
+    mean = s.data.mean(axis=(0, 1))
+    mean = np.asarray(mean.compute() if hasattr(mean, "compute") else mean, dtype=float)
+    beam = find_beam_disk(mean)
+    qy, qx = mean.shape
+    yy, xx = np.mgrid[:qy, :qx]
+    shadow = (np.hypot(xx - beam.x, yy - beam.y) <= beam.radius + extra) | (
+        (abs(yy - beam.y) <= 3) & (xx >= beam.x)
+    )
+    s.data = s.data * (~shadow).astype(np.float32)
+    if not convergence and s.metadata.has_item(
+        "Acquisition_instrument.TEM.convergence_angle"
+    ):
+        del s.metadata.Acquisition_instrument.TEM.convergence_angle
+    return s
+
+
+def run(
+    loader, k, lazy, seed=0, gap=0, offset=0.0, crop=0, stop=None, convergence=True
+):
     s, truth = loader(lazy)
     s = with_detector_gap(s, gap)
+    s = with_beam_stop(s, stop, convergence)
     if crop:
         s = s.isig[crop:, crop:]  # the direct beam off the detector's middle
     if offset:
@@ -199,6 +230,19 @@ def main(argv=None):
         "its middle); the table then goes to results/quality_physics[_independent]_crop<N>.md unless "
         "--out is given",
     )
+    p.add_argument(
+        "--beam-stop",
+        type=float,
+        default=None,
+        help="zero a beam stop's shadow: a disk this many px wider than the direct beam and "
+        "a 7-px arm to the detector's right edge; the table then goes to "
+        "results/quality_physics[_independent]_stop<EXTRA>.md unless --out is given",
+    )
+    p.add_argument(
+        "--no-convergence",
+        action="store_true",
+        help="drop the convergence semi-angle from the metadata (suffix _noconv)",
+    )
     args = p.parse_args(argv)
     if args.out is None:
         name = "quality_physics" + "".join(
@@ -208,6 +252,8 @@ def main(argv=None):
                 (f"_gap{args.detector_gap}", args.detector_gap),
                 (f"_offset{args.offset:g}", args.offset),
                 (f"_crop{args.detector_crop}", args.detector_crop),
+                (f"_stop{args.beam_stop or 0:g}", args.beam_stop is not None),
+                ("_noconv", args.no_convergence),
             )
             if on
         )
@@ -233,6 +279,8 @@ def main(argv=None):
                 args.detector_gap,
                 args.offset,
                 args.detector_crop,
+                args.beam_stop,
+                not args.no_convergence,
             )
             lazy = (
                 None
@@ -245,6 +293,8 @@ def main(argv=None):
                     args.detector_gap,
                     args.offset,
                     args.detector_crop,
+                    args.beam_stop,
+                    not args.no_convergence,
                 )
             )
             row = {
@@ -276,7 +326,9 @@ def main(argv=None):
         f" --k {' '.join(args.k)}{' --no-lazy' if args.no_lazy else ''} --seed {args.seed}"
         f"{f' --detector-gap {args.detector_gap}' if args.detector_gap else ''}"
         f"{f' --offset {args.offset:g}' if args.offset else ''}"
-        f"{f' --detector-crop {args.detector_crop}' if args.detector_crop else ''}`",
+        f"{f' --detector-crop {args.detector_crop}' if args.detector_crop else ''}"
+        f"{f' --beam-stop {args.beam_stop:g}' if args.beam_stop is not None else ''}"
+        f"{' --no-convergence' if args.no_convergence else ''}`",
         "",
         *(
             [
@@ -285,6 +337,20 @@ def main(argv=None):
                 "",
             ]
             if args.detector_gap
+            else []
+        ),
+        *(
+            [
+                f"Beam stop: a disk {args.beam_stop:g} px wider than the direct beam and a 7-px "
+                "arm to the detector's right edge read zero in every pattern"
+                + (
+                    "; the convergence semi-angle dropped from the metadata."
+                    if args.no_convergence
+                    else "."
+                ),
+                "",
+            ]
+            if args.beam_stop is not None
             else []
         ),
         *(

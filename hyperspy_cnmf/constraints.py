@@ -503,6 +503,10 @@ class DiffractionDipConstraint:
             centre = ((self.sig_shape[1] - 1) / 2, (self.sig_shape[0] - 1) / 2)
         self.centre = check_centre(centre, self.sig_shape)
         self.r_min = 2 * radius + 1 if r_min is None else float(r_min)
+        if not (np.isfinite(self.r_min) and self.r_min >= 0):
+            raise ValueError(
+                f"`r_min` must be a finite radius >= 0 (px), got {r_min!r}"
+            )
         self._table = None
 
     @classmethod
@@ -523,7 +527,8 @@ class DiffractionDipConstraint:
             ``(qy, qx)``.
         radius : float, "auto" or None, default "auto"
             Size (px) of the dips; "auto" or None: :func:`default_dip_radius`
-            of the beam radius.
+            of the beam radius. A beam radius of NaN (unknown: a beam hidden
+            by a beam stop) counts as 0 (one-pixel dips, closed from 2 px).
         strength, valid, mode
             As for the class.
 
@@ -536,8 +541,10 @@ class DiffractionDipConstraint:
         """
         if not isinstance(beam, Beam):
             raise TypeError(f"`beam` must be a Beam (x, y, radius), got {beam!r}")
+        # a beam of unknown radius (NaN: hidden by a beam stop) counts as 0
+        beam_radius = float(beam.radius) if np.isfinite(beam.radius) else 0.0
         radius = (
-            default_dip_radius(beam.radius)
+            default_dip_radius(beam_radius)
             if radius is None or radius == "auto"
             else float(radius)
         )
@@ -548,7 +555,7 @@ class DiffractionDipConstraint:
             valid=valid,
             centre=beam,
             mode=mode,
-            r_min=beam.radius + 2 * radius,
+            r_min=beam_radius + 2 * radius,
         )
 
     def close(self, stack):

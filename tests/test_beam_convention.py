@@ -14,7 +14,15 @@ import numpy as np
 import pytest
 
 from hyperspy_cnmf import clustering
-from hyperspy_cnmf._beam import Beam, check_centre, locate_direct_beam
+from hyperspy_cnmf._beam import (
+    HIDDEN_BEAM_CONTRAST,
+    Beam,
+    beam_contrast,
+    check_centre,
+    friedel_centre,
+    hidden_beam,
+    locate_direct_beam,
+)
 from hyperspy_cnmf.clustering._polar import beam_search_mask
 from hyperspy_cnmf.constraints import DiffractionDipConstraint, default_dip_radius
 from hyperspy_cnmf.signals import STEM4D, _decomposition, _diagnostics
@@ -156,3 +164,30 @@ def test_clustering_beam_search_leaves_the_signal_mask_out():
         stack, signal_mask=mask, n_clusters=1, direct_beam_radius=None
     )
     assert res.centre == pytest.approx(BEAM_XY, abs=0.1)
+
+
+def _halo_with_stop(cx=21.3, cy=25.6, stop=6.0, shape=(48, 52)):
+    yy, xx = np.indices(shape)
+    r = np.hypot(xx - cx, yy - cy)
+    halo = 20 * np.exp(-((r - 13) ** 2) / 8) + 2000 * np.exp(-(r**2) / 4) + 1.0
+    shadow = (r <= stop) | ((abs(yy - cy) <= 2) & (xx >= cx))  # a disk and its arm
+    return halo * ~shadow, shadow
+
+
+def test_friedel_centre_finds_a_hidden_beam():
+    """A beam stop over the beam (and its arm to the detector edge): the pattern's centre of
+    inversion symmetry is the beam's; the brightest region is a piece of the halo."""
+    pattern, shadow = _halo_with_stop()
+    x, y = friedel_centre(pattern, valid=~shadow)
+    assert (x, y) == pytest.approx((21.3, 25.6), abs=0.1)
+    assert beam_contrast(pattern, mask=shadow) < HIDDEN_BEAM_CONTRAST
+    beam = hidden_beam(pattern)  # zeros are the shadow: no mask needed
+    assert (beam.x, beam.y) == pytest.approx((21.3, 25.6), abs=0.1)
+    assert beam.radius == pytest.approx(6.0, abs=1.0)  # the shadow's
+    found = locate_direct_beam(pattern, mask=shadow)
+    assert found.radius > 9  # the disk search takes the shadow, filled, with the halo
+    # a visible beam stands far above the threshold
+    visible, _ = _halo_with_stop(stop=-1)
+    assert beam_contrast(visible) > 5 * HIDDEN_BEAM_CONTRAST
+    with pytest.raises(ValueError, match="no valid pixel"):
+        friedel_centre(pattern, valid=np.zeros(pattern.shape, bool))

@@ -137,6 +137,47 @@ def test_a_detector_gap_through_the_beam_keeps_the_phases(case, width, k):
 
 
 @pytest.mark.parametrize(
+    "case, k, convergence",
+    [(TWO_PHASE, "true", True), (DESCAN, 30, True), (TWO_PHASE, "true", False)],
+    ids=["2phase", "descan-k30", "2phase-no-convergence"],
+)
+def test_a_beam_stop_over_the_direct_beam_keeps_the_phases(case, k, convergence):
+    """A beam stop (a disk 4 px wider than the beam and a 7-px arm to the detector's edge)
+    hides the direct beam. The disk search took a piece of the halo for the beam (the
+    2-phase case: (18.98, 22.50) px, radius 11.2, ARI 0.000, one cluster, at k = 5 and 30;
+    the review's ``/work/notes/s28/review28/beam_stop.py``). Now the beam is found hidden
+    (:data:`~hyperspy_cnmf._beam.HIDDEN_BEAM_CONTRAST`), its centre from the pattern's
+    inversion symmetry, the disks' radius from the convergence semi-angle: measured 0.903
+    (3 / 3), 0.835 (4 / 4); without the convergence semi-angle 0.909 (3 / 3)
+    (``/work/notes/s29/stop_run.py``: 12 of 16 stops, 14 with the convergence semi-angle,
+    give the true count)."""
+    s, truth = load_multislice_case(abtem_path(case))
+    qy, qx = s.data.shape[-2:]
+    clean = find_beam_disk(s.data.mean(axis=(0, 1)))
+    yy, xx = np.mgrid[:qy, :qx]
+    shadow = (np.hypot(xx - clean.x, yy - clean.y) <= clean.radius + 4) | (
+        (abs(yy - clean.y) <= 3) & (xx >= clean.x)
+    )
+    s.data = s.data * ~shadow
+    if not convergence:
+        del s.metadata.Acquisition_instrument.TEM.convergence_angle
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        labels = _main_job(s, truth["n_grains"] + 1 if k == "true" else k)
+    texts = [str(w.message) for w in caught]
+    assert any("direct beam is not visible" in t for t in texts)
+    assert any("No direct-beam radius" in t for t in texts) != convergence
+    assert len(np.unique(labels[labels >= 0])) == truth["n_phases"]
+    assert adjusted_rand_score(truth["phase_map"].ravel(), labels.ravel()) >= 0.8
+    info = json.loads(str(s.learning_results.cnmf_parameters))
+    assert info["direct_beam_hidden"]
+    centre = (info["direct_beam_x_px"], info["direct_beam_y_px"])
+    assert centre == pytest.approx((clean.x, clean.y), abs=0.15)
+    assert np.isfinite(info["direct_beam_radius_px"]) == convergence
+    assert np.isnan(s.learning_results.cnmf_beam_positions).all()  # not measured
+
+
+@pytest.mark.parametrize(
     "case, cut, k",
     [(TWO_PHASE, 12, "true"), (DESCAN, 8, 30)],
     ids=["2phase-12", "descan-8"],

@@ -107,6 +107,17 @@ def test_positions_across_a_detector_gap(descan):
     np.testing.assert_allclose(motion, true_motion, rtol=0.4)
     lazy = _signal(data).as_lazy()
     np.testing.assert_allclose(lazy.get_direct_beam_position().data, pos, atol=1e-9)
+    # NaN pixels near the beam and one all-NaN pattern: the mean ignores them (it
+    # raised "No points given" / left the correction off)
+    data[..., 22, 22] = np.nan
+    data[0, 0] = np.nan
+    for s in (_signal(data), _signal(data).as_lazy()):
+        got = s.get_direct_beam_position().data
+        assert np.isnan(got[0, 0]).all()
+        assert _rms(got.reshape(-1, 2)[1:], truth.reshape(-1, 2)[1:]) < 0.2
+    # a short scan: only part of the gap found dead (the mean's zeros tell the rest)
+    short = _signal(np.ascontiguousarray(data[4:20, 4:20]))
+    assert _rms(short.get_direct_beam_position().data, truth[4:20, 4:20]) < 0.25
 
 
 def test_positions_synthetic_eager_equals_lazy():

@@ -327,8 +327,9 @@ def polar_transform(
             f"`radial_range` must satisfy 0 <= r_min < r_max, got ({r_min}, {r_max}) "
             "px; the centre may be on the detector border."
         )
+    # 1 px of slack: callers' centres differ by fractions of a px from the one given
     reach = math.hypot(max(cx, nx - 1 - cx), max(cy, ny - 1 - cy))
-    if r_min > reach:
+    if r_min > reach + 1.0:
         raise ValueError(
             f"`radial_range` ({r_min:.4g}-{r_max:.4g} px) lies wholly off the detector: its "
             f"farthest pixel is {reach:.4g} px from the centre ({cx:.4g}, {cy:.4g}) px. Signal "

@@ -18,6 +18,8 @@ The names follow pyxem (``get_direct_beam_position``, ``center_direct_beam``);
 the plane fit of the measured positions follows py4DSTEM's ``fit_origin``.
 """
 
+import warnings
+
 import numpy as np
 
 from hyperspy_cnmf._beam import (
@@ -120,13 +122,20 @@ def direct_beam_positions(signal):
             dtype=np.float64,
         )
         # one read: the mean pattern (for the dead pixels) beside the centres
-        pos, mean = dask.compute(pos, data.astype(np.float64).mean(axis=(0, 1)))
+        pos, mean = dask.compute(pos, da.nanmean(data.astype(np.float64), axis=(0, 1)))
         pos = np.asarray(pos)
     else:
         pos = _positions_rows(data.reshape(ny * nx, ky * kx), (ky, kx))
-        mean = data.mean(axis=(0, 1), dtype=np.float64)
-    _, dead = defect_pixels(np.asarray(mean), ny * nx, poisson=True)
-    pos = positions_across_dead_pixels(pos.reshape(-1, 2), mean, dead)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN pixel: NaN
+            mean = np.nanmean(data, axis=(0, 1), dtype=np.float64)
+    mean = np.asarray(mean)
+    finite = np.isfinite(mean)
+    if finite.any():  # NaN pixels (NaN in every pattern) take no part
+        hot, dead = defect_pixels(mean, ny * nx, mask=~finite, poisson=True)
+        pos = positions_across_dead_pixels(
+            pos.reshape(-1, 2), mean, dead, valid=finite, hot=hot
+        )
     return np.asarray(pos).reshape(ny, nx, 2)
 
 

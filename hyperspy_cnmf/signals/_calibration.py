@@ -6,7 +6,14 @@ import unicodedata
 
 import numpy as np
 
-from hyperspy_cnmf._beam import beam_search_pixels, defect_pixels, locate_direct_beam
+from hyperspy_cnmf._beam import (
+    HIDDEN_BEAM_CONTRAST,
+    beam_contrast,
+    beam_search_pixels,
+    defect_pixels,
+    hidden_beam,
+    locate_direct_beam,
+)
 from hyperspy_cnmf._warnings import warn
 from hyperspy_cnmf.constraints import (
     AIRY_FWHM,
@@ -264,6 +271,24 @@ def _reciprocal_scale_inv_nm(axes, energy):
     return float(np.mean(steps))
 
 
+def disk_radius_from_metadata(signal):
+    """Radius (px) of the Bragg and direct-beam disks from the metadata, or None.
+
+    ``alpha / lambda`` (the convergence semi-angle ``alpha`` and the beam
+    energy from ``metadata.Acquisition_instrument.TEM``) in the detector's
+    calibrated reciprocal or angular units; None where either is missing or
+    the detector is uncalibrated. Used where the beam is hidden (a beam
+    stop) and its disk cannot be measured.
+    """
+    energy, alpha = beam_energy_and_convergence(signal)
+    if not (energy and alpha):
+        return None
+    k_step = _reciprocal_scale_inv_nm(signal.axes_manager.signal_axes, energy)
+    if not k_step:
+        return None
+    return float(alpha * 1e-3 / electron_wavelength(energy) / k_step)
+
+
 def find_beam_disk(pattern, mask=None, dead=None):
     """Centre and radius (pixels) of the direct-beam disk of a mean pattern.
 
@@ -291,12 +316,44 @@ def find_beam_disk(pattern, mask=None, dead=None):
     -------
     Beam
         ``(x, y, radius)`` in px, x (column) first.
+
+    Notes
+    -----
+    A beam hidden by a beam stop is not searched for
+    (:func:`beam_and_contrast`): its centre is the pattern's centre of
+    inversion symmetry and its radius the stop's shadow's
+    (:func:`hyperspy_cnmf._beam.hidden_beam`).
+    """
+    return beam_and_contrast(pattern, mask, dead)[0]
+
+
+def beam_and_contrast(pattern, mask=None, dead=None):
+    """:func:`find_beam_disk`, the beam's contrast, and whether it is hidden.
+
+    The beam is hidden (a beam stop) where the brightest region stands less
+    than :data:`hyperspy_cnmf._beam.HIDDEN_BEAM_CONTRAST` times above the
+    pattern's median (:func:`hyperspy_cnmf._beam.beam_contrast`) *and* the
+    pattern reads nothing (zero, masked or dead) at its centre of inversion
+    symmetry: a faint beam that is there (a tightly cropped detector, a
+    thick specimen) is still searched for.
+
+    Returns
+    -------
+    beam : Beam
+        :func:`hyperspy_cnmf._beam.hidden_beam`'s where hidden.
+    contrast : float
+    hidden : bool
     """
     excluded = None if mask is None else ~beam_search_pixels(mask)
     if dead is not None and np.any(dead):
         dead = np.asarray(dead, dtype=bool)
         excluded = dead if excluded is None else excluded | dead
-    return locate_direct_beam(pattern, mask=excluded)
+    contrast = beam_contrast(pattern, mask=excluded)
+    if contrast < HIDDEN_BEAM_CONTRAST:
+        beam = hidden_beam(pattern, mask=excluded)
+        if beam.radius > 0:  # its place reads nothing
+            return beam, contrast, True
+    return locate_direct_beam(pattern, mask=excluded), contrast, False
 
 
 def warn_defect_pixels(mean_pattern, n_positions, mask=None, excluded=False):
@@ -479,7 +536,8 @@ def estimate_probe_fwhm(signal, mean_pattern, beam_radius_px=None):
     mean_pattern : ndarray, shape (qy, qx)
         For rule 2, when ``beam_radius_px`` is not given.
     beam_radius_px : float, optional
-        The direct-beam radius already found (e.g. with the ``signal_mask``).
+        The direct-beam radius already found (e.g. with the ``signal_mask``);
+        NaN where the beam is hidden (a beam stop): rule 2 does not apply.
 
     Returns
     -------
@@ -507,7 +565,7 @@ def estimate_probe_fwhm(signal, mean_pattern, beam_radius_px=None):
             if beam_radius_px is None:
                 beam_radius_px = find_beam_disk(mean_pattern).radius
             k_alpha = beam_radius_px * k_step
-            if k_alpha:
+            if k_alpha and np.isfinite(k_alpha):  # NaN: a hidden beam, not measured
                 return (
                     AIRY_FWHM / k_alpha / to_nm,
                     "direct-beam disk radius in calibrated diffraction units (0.514/k_alpha)",

@@ -147,8 +147,9 @@ def _disk_radius_px(signal, value, units):
         if measured is None:
             warn(
                 "No direct-beam radius was measured by the decomposition (it was not "
-                "algorithm='constrained_nmf', or found no beam disk): the Bragg-disk "
-                "split and join are off. Pass disk_radius=<Bragg disk radius> to use them.",
+                "algorithm='constrained_nmf', or found no beam disk: a beam stop hid it "
+                "and the metadata give no convergence semi-angle): the Bragg-disk split "
+                "and join are off. Pass disk_radius=<Bragg disk radius> to use them.",
                 UserWarning,
             )
         return measured

@@ -12,7 +12,11 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from hyperspy_cnmf._beam import Beam, beam_search_pixels, positions_across_dead_pixels
+from hyperspy_cnmf._beam import (
+    Beam,
+    beam_search_pixels,
+    positions_across_dead_pixels,
+)
 from hyperspy_cnmf._schema import DecompositionRecord
 from hyperspy_cnmf._warnings import warn
 from hyperspy_cnmf.constraints import (
@@ -35,9 +39,10 @@ from hyperspy_cnmf.nmf._solver import SKETCH_OVERSAMPLE
 from hyperspy_cnmf.signals._axes import check_4d
 from hyperspy_cnmf.signals._beam_shift import beam_motion, warn_if_beam_moves
 from hyperspy_cnmf.signals._calibration import (
+    beam_and_contrast,
     beam_energy_and_convergence,
+    disk_radius_from_metadata,
     estimate_probe_fwhm,
-    find_beam_disk,
     navigation_scales,
     warn_defect_pixels,
 )
@@ -588,7 +593,9 @@ def constrained_nmf_decomposition(
     """
     p = _checked_arguments(signal, locals())
     op, seed = _read_statistics(signal, p)
-    mean_pattern, beam, mask_radius, beam_mask, beam_positions = _measure_beam(op, p)
+    mean_pattern, beam, mask_radius, beam_mask, beam_positions = _measure_beam(
+        signal, op, p
+    )
     op, row_scale, col_scale = _scaled_operator(op, p, beam_mask)
     sig_mask, sig_valid = p.sig_mask | beam_mask, ~p.sig_mask & ~beam_mask
     settings = _settings(p, beam, mask_radius)
@@ -752,7 +759,7 @@ def _read_statistics(signal, p):
     return op, seed
 
 
-def _measure_beam(op, p):
+def _measure_beam(signal, op, p):
     """Stage 3: the mean pattern, its direct beam and the direct-beam disk left out of the fit.
 
     Hot/dead pixels left unmasked are reported and, with
@@ -761,7 +768,12 @@ def _measure_beam(op, p):
     :func:`hyperspy_cnmf._beam.beam_search_pixels`). The beam positions measured in the
     statistics read are freed of the bias of dead pixels near the beam
     (:func:`hyperspy_cnmf._beam.positions_across_dead_pixels`); a descan is then warned
-    about, and half its excursion widens the direct-beam disk.
+    about, and half its excursion widens the direct-beam disk. A beam hidden by a beam
+    stop (:func:`~hyperspy_cnmf.signals._calibration.beam_and_contrast`; recorded as
+    ``direct_beam_hidden``) is warned about: its centre is the pattern's centre of
+    inversion symmetry, the stop's shadow is the disk left out, its radius (the Bragg
+    disks') comes from the metadata (NaN without the convergence semi-angle), and its
+    positions are unknown (NaN).
 
     Returns
     -------
@@ -784,22 +796,50 @@ def _measure_beam(op, p):
         mask=p.sig_mask.reshape(p.sig_shape),
         excluded=p.defect_pixel_mask,
     )
-    beam = find_beam_disk(
+    beam, contrast, hidden = beam_and_contrast(
         mean_pattern,
         mask=p.sig_mask.reshape(p.sig_shape),
         dead=dead,  # always: a gap through the beam would cut it in pieces
     )
+    p.beam_hidden = hidden
     beam_positions = op.beam_positions()
-    if beam_positions is not None:
+    shadow = 0.0
+    if hidden:
+        # the beam's radius found is its shadow's; the disks' own from the metadata
+        shadow = beam.radius
+        disk = disk_radius_from_metadata(signal)
+        beam = Beam(beam.x, beam.y, np.nan if disk is None else disk)
+        warn(
+            f"the direct beam is not visible in the mean pattern (its brightest region stands "
+            f"only {contrast:.3g} times above the median; a beam stop?): its centre is taken "
+            f"from the pattern's inversion symmetry (Friedel's law), ({beam.x:.2f}, "
+            f"{beam.y:.2f}) px, and the disk of {shadow:.3g} px about it is left out of the "
+            "fit; the beam's motion over the scan (descan) is not measured"
+            + (
+                f"; the Bragg disks' radius is taken from the convergence semi-angle "
+                f"({disk:.3g} px)"
+                if disk is not None
+                else "; the Bragg disks' radius is unknown: set the convergence semi-angle "
+                "in the metadata, or pass diffraction_constraint_size=<disk radius, px> "
+                "and map_resolution=<probe size>"
+            ),
+            UserWarning,
+        )
+        if beam_positions is not None:  # what the centre of mass found is not the beam
+            beam_positions = np.full_like(beam_positions, np.nan)
+    elif beam_positions is not None:
         beam_positions = positions_across_dead_pixels(
             beam_positions,
             mean_pattern,
             dead,
             valid=beam_search_pixels(p.sig_mask.reshape(p.sig_shape)),
+            hot=hot,  # in the data the statistics read measured
         )
     warn_if_beam_moves(beam_positions, p.nav_shape)
     excursion = 0.5 * float(np.max(beam_motion(beam_positions, p.nav_shape)))
-    mask_radius = _mask_radius(p.direct_beam_mask, beam, excursion)
+    mask_radius = _mask_radius(
+        p.direct_beam_mask, Beam(beam.x, beam.y, shadow) if hidden else beam, excursion
+    )
     beam_mask = _direct_beam_disk(mask_radius, beam, p.sig_shape) & sig_valid
     if p.defect_pixel_mask:
         # measured on the 3-phase descan multislice case, one hot pixel at 50x the
@@ -905,6 +945,7 @@ def _settings(p, beam, mask_radius):
         else float(dbm),
         **beam.record(),  # direct_beam_x_px, direct_beam_y_px, direct_beam_radius_px
         direct_beam_mask_radius_px=mask_radius,
+        direct_beam_hidden=bool(getattr(p, "beam_hidden", False)),
         defect_pixel_mask=bool(p.defect_pixel_mask),
     )
 

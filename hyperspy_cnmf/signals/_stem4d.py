@@ -127,6 +127,12 @@ class STEM4D(Signal2D):
             (``direct_beam_x_px``, ``direct_beam_y_px``,
             ``direct_beam_radius_px``, ``direct_beam_mask_radius_px``) and used
             by :meth:`cluster_diffraction` as the centre of the polar transform.
+            A beam hidden by a beam stop (the mean pattern's brightest region
+            less than 50 times its median and nothing read at its centre of
+            inversion symmetry; ``direct_beam_hidden`` in ``cnmf_parameters``)
+            is warned about: its centre is that centre of symmetry, ``"auto"``
+            leaves the stop's shadow out, and the radius recorded is the Bragg
+            disks' from the convergence semi-angle (NaN without it).
         defect_pixel_mask : bool, default True
             Leave the hot detector pixels found on the mean pattern
             (:func:`hyperspy_cnmf._beam.defect_pixels`: a pixel, or a group of
