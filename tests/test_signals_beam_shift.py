@@ -120,6 +120,24 @@ def test_positions_across_a_detector_gap(descan):
     assert _rms(short.get_direct_beam_position().data, truth[4:20, 4:20]) < 0.25
 
 
+def test_positions_under_a_beam_stop_are_unknown(descan):
+    """A stop over the beam: the centre of mass found pieces of the halo (positions ~7 px
+    apart, no warning, and center_direct_beam shifted the patterns by them); now a
+    warning, NaN, and center_direct_beam refuses."""
+    s, truth, _ = descan
+    qy, qx = s.data.shape[-2:]
+    yy, xx = np.mgrid[:qy, :qx]
+    cx, cy = truth.reshape(-1, 2).mean(axis=0)
+    shadow = (np.hypot(xx - cx, yy - cy) <= 8) | ((abs(yy - cy) <= 3) & (xx >= cx))
+    stopped = _signal(s.data * ~shadow)
+    with pytest.warns(UserWarning, match="not visible"):
+        pos = stopped.get_direct_beam_position().data
+    assert np.isnan(pos).all()
+    with pytest.warns(UserWarning, match="not visible"):
+        with pytest.raises(ValueError, match="beam stop"):
+            stopped.center_direct_beam()
+
+
 def test_positions_synthetic_eager_equals_lazy():
     data, truth = _ramp()
     s = _signal(data)

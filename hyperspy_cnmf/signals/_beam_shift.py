@@ -33,6 +33,7 @@ from hyperspy_cnmf._beam import (
 from hyperspy_cnmf._warnings import warn
 from hyperspy_cnmf.nmf._kernels import block_beam_centres
 from hyperspy_cnmf.signals._axes import calibrated_origin_px, check_4d
+from hyperspy_cnmf.signals._calibration import beam_and_contrast
 
 __all__ = [
     "BEAM_MOTION_LIMIT",
@@ -133,6 +134,17 @@ def direct_beam_positions(signal):
     finite = np.isfinite(mean)
     if finite.any():  # NaN pixels (NaN in every pattern) take no part
         hot, dead = defect_pixels(mean, ny * nx, mask=~finite, poisson=True)
+        beam, contrast, hidden = beam_and_contrast(mean, mask=~finite, dead=dead)
+        if hidden:
+            warn(
+                f"the direct beam is not visible in the mean pattern (its brightest "
+                f"region stands only {contrast:.3g} times above the median; a beam "
+                f"stop?): its centre is at ({beam.x:.2f}, {beam.y:.2f}) px by the "
+                "pattern's inversion symmetry, but no pattern's own centre can be "
+                "measured; the positions are NaN",
+                UserWarning,
+            )
+            return np.full((ny, nx, 2), np.nan)
         pos = positions_across_dead_pixels(
             pos.reshape(-1, 2), mean, dead, valid=finite, hot=hot
         )
@@ -395,7 +407,10 @@ def center_direct_beam(
             raise ValueError(f"fit must be 'plane' or None, got {fit!r}")
         pos = direct_beam_positions(self)
         if not np.isfinite(pos).any():
-            raise ValueError("no direct beam found: every pattern is empty")
+            raise ValueError(
+                "no direct beam found: every pattern is empty, or the beam is hidden "
+                "(a beam stop; pass shifts=... measured otherwise)"
+            )
         if fit == "plane":
             pos = fit_plane(pos)
         else:

@@ -333,9 +333,14 @@ def beam_and_contrast(pattern, mask=None, dead=None):
     The beam is hidden (a beam stop) where the brightest region stands less
     than :data:`hyperspy_cnmf._beam.HIDDEN_BEAM_CONTRAST` times above the
     pattern's median (:func:`hyperspy_cnmf._beam.beam_contrast`) *and* the
-    pattern reads nothing (zero, masked or dead) at its centre of inversion
-    symmetry: a faint beam that is there (a tightly cropped detector, a
-    thick specimen) is still searched for.
+    pattern reads nothing (below :data:`hyperspy_cnmf._beam.SHADOW_LEVEL`
+    of its median, masked or dead; hot pixels left out) at its centre of
+    inversion symmetry: a faint beam that is there (a tightly cropped
+    detector, a thick specimen) is still searched for. Not seen: a stop
+    that leaves the beam's bright tails around it (the NIST scan under a
+    stop 2-4 px wider than its beam: contrast 180-716), a Bragg spot
+    brighter than 50 times the median; a gap of 3 px through a faint or
+    small beam can be taken for a stop (its centre is then still right).
 
     Returns
     -------
@@ -350,7 +355,9 @@ def beam_and_contrast(pattern, mask=None, dead=None):
         excluded = dead if excluded is None else excluded | dead
     contrast = beam_contrast(pattern, mask=excluded)
     if contrast < HIDDEN_BEAM_CONTRAST:
-        beam = hidden_beam(pattern, mask=excluded)
+        # hot pixels left out, as by the contrast (one under a stop took its place)
+        hot = defect_pixels(pattern, mask=excluded)[0]
+        beam = hidden_beam(pattern, mask=hot if excluded is None else excluded | hot)
         if beam.radius > 0:  # its place reads nothing
             return beam, contrast, True
     return locate_direct_beam(pattern, mask=excluded), contrast, False
