@@ -32,6 +32,7 @@ __all__ = [
     "check_centre",
     "defect_pixels",
     "fill_pixels",
+    "dark_share",
     "friedel_centre",
     "hidden_beam",
     "locate_direct_beam",
@@ -527,7 +528,8 @@ def beam_contrast(pattern, sigma=0.7, mask=None):
     over that pattern's median. A mean pattern's direct beam gives hundreds
     to thousands; below :data:`HIDDEN_BEAM_CONTRAST`, where the pattern reads
     nothing at its centre of inversion symmetry, the beam is hidden (a beam
-    stop) and :func:`hidden_beam` gives it.
+    stop; so is one whose compact shadow :func:`dark_share` finds at any
+    contrast) and :func:`hidden_beam` gives it.
 
     Parameters
     ----------
@@ -655,6 +657,54 @@ def friedel_centre(pattern, valid=None):
 SHADOW_LEVEL = 0.05
 
 
+def _reading(img, mask=None):
+    """The valid pixels of ``img`` that read something (>= :data:`SHADOW_LEVEL` x median)."""
+    valid = np.isfinite(img)
+    if mask is not None:
+        valid &= ~np.asarray(mask, dtype=bool)
+    level = (
+        SHADOW_LEVEL * max(float(np.median(img[valid])), 0.0) if valid.any() else 0.0
+    )
+    return valid & (np.nan_to_num(img) > level)
+
+
+#: Radius (px) about a pattern's centre of inversion symmetry, and the share of its
+#: pixels that must read nothing, for :func:`dark_share` to call the beam hidden
+#: whatever the contrast. Measured (``/work/notes/s29/compact_rule.py``): 0 on the 56
+#: multislice cases, 0.31-0.75 with a 1-3 px cross of dead lines through the beam, 1.00
+#: under stops 4 px wider than the beam (56 of 56; 1 px wider: 44 of 56 at >= 0.9) and
+#: on the NIST scan under stops 2-8 px wider than its beam (contrast 180-716).
+SHADOW_TEST_RADIUS = 4.0
+SHADOW_SHARE = 0.9
+
+
+def dark_share(pattern, centre, mask=None, hot=None):
+    """Share of the pixels within :data:`SHADOW_TEST_RADIUS` px of ``centre`` that read nothing.
+
+    Reading nothing: masked, not finite, or below :data:`SHADOW_LEVEL` of the
+    pattern's median; ``hot`` pixels (left out of ``mask``) count as read.
+
+    Parameters
+    ----------
+    pattern : array_like, shape (qy, qx)
+    centre : tuple of float
+        ``(x, y)`` px.
+    mask, hot : ndarray of bool, shape (qy, qx), optional
+
+    Returns
+    -------
+    float
+        In [0, 1].
+    """
+    img = np.asarray(pattern, dtype=np.float64)
+    read = _reading(img, mask)
+    if hot is not None:
+        read |= np.asarray(hot, dtype=bool)
+    yy, xx = np.indices(img.shape)
+    disk = np.hypot(xx - centre[0], yy - centre[1]) <= SHADOW_TEST_RADIUS
+    return float(np.mean(~read[disk])) if disk.any() else 0.0
+
+
 def hidden_beam(pattern, mask=None):
     """The direct beam of a pattern whose beam is hidden (a beam stop): ``Beam``.
 
@@ -675,13 +725,7 @@ def hidden_beam(pattern, mask=None):
     Beam
     """
     img = np.asarray(pattern, dtype=np.float64)
-    valid = np.isfinite(img)
-    if mask is not None:
-        valid &= ~np.asarray(mask, dtype=bool)
-    level = (
-        SHADOW_LEVEL * max(float(np.median(img[valid])), 0.0) if valid.any() else 0.0
-    )
-    live = valid & (np.nan_to_num(img) > level)
+    live = _reading(img, mask)
     x, y = friedel_centre(img, live)
     yy, xx = np.indices(img.shape)
     iy, ix = int(round(y)), int(round(x))

@@ -137,8 +137,8 @@ def direct_beam_positions(signal):
         beam, contrast, hidden = beam_and_contrast(mean, mask=~finite, dead=dead)
         if hidden:
             warn(
-                f"the direct beam is not visible in the mean pattern (its brightest "
-                f"region stands only {contrast:.3g} times above the median; a beam "
+                f"the direct beam is not visible in the mean pattern (nothing reads at "
+                f"its centre of inversion symmetry; contrast {contrast:.3g}; a beam "
                 f"stop?): its centre is at ({beam.x:.2f}, {beam.y:.2f}) px by the "
                 "pattern's inversion symmetry, but no pattern's own centre can be "
                 "measured; the positions are NaN",

@@ -8,8 +8,10 @@ import numpy as np
 
 from hyperspy_cnmf._beam import (
     HIDDEN_BEAM_CONTRAST,
+    SHADOW_SHARE,
     beam_contrast,
     beam_search_pixels,
+    dark_share,
     defect_pixels,
     hidden_beam,
     locate_direct_beam,
@@ -327,20 +329,29 @@ def find_beam_disk(pattern, mask=None, dead=None):
     return beam_and_contrast(pattern, mask, dead)[0]
 
 
+#: The largest pattern (pixels) on which :func:`beam_and_contrast` looks for a stop's
+#: shadow at every contrast (512 x 512; larger ones only below the contrast threshold).
+FRIEDEL_MAX_PIXELS = 512 * 512
+
+
 def beam_and_contrast(pattern, mask=None, dead=None):
     """:func:`find_beam_disk`, the beam's contrast, and whether it is hidden.
 
-    The beam is hidden (a beam stop) where the brightest region stands less
-    than :data:`hyperspy_cnmf._beam.HIDDEN_BEAM_CONTRAST` times above the
-    pattern's median (:func:`hyperspy_cnmf._beam.beam_contrast`) *and* the
-    pattern reads nothing (below :data:`hyperspy_cnmf._beam.SHADOW_LEVEL`
-    of its median, masked or dead; hot pixels left out) at its centre of
-    inversion symmetry: a faint beam that is there (a tightly cropped
-    detector, a thick specimen) is still searched for. Not seen: a stop
-    that leaves the beam's bright tails around it (the NIST scan under a
-    stop 2-4 px wider than its beam: contrast 180-716), a Bragg spot
-    brighter than 50 times the median; a gap of 3 px through a faint or
-    small beam can be taken for a stop (its centre is then still right).
+    The pattern's centre of inversion symmetry
+    (:func:`hyperspy_cnmf._beam.hidden_beam`, hot pixels left out) must read
+    nothing (below :data:`hyperspy_cnmf._beam.SHADOW_LEVEL` of its median,
+    masked or dead), and either the brightest region stands less than
+    :data:`hyperspy_cnmf._beam.HIDDEN_BEAM_CONTRAST` times above the median
+    (:func:`hyperspy_cnmf._beam.beam_contrast`) or at least
+    :data:`hyperspy_cnmf._beam.SHADOW_SHARE` of the pixels within
+    :data:`hyperspy_cnmf._beam.SHADOW_TEST_RADIUS` px of it read nothing
+    (:func:`hyperspy_cnmf._beam.dark_share`: a stop's compact shadow, not a
+    gap's lines; on patterns of up to :data:`FRIEDEL_MAX_PIXELS` pixels, the
+    symmetry search costing about 1 s at 1024 x 1024). A faint beam that is
+    there (a tightly cropped detector, a thick specimen) is still searched
+    for. Not seen: a stop that passes 0.05-0.2 % of the beam; a gap of 3 px
+    through a faint or small beam can be taken for a stop (its centre is then
+    still right).
 
     Returns
     -------
@@ -354,11 +365,15 @@ def beam_and_contrast(pattern, mask=None, dead=None):
         dead = np.asarray(dead, dtype=bool)
         excluded = dead if excluded is None else excluded | dead
     contrast = beam_contrast(pattern, mask=excluded)
-    if contrast < HIDDEN_BEAM_CONTRAST:
+    faint = contrast < HIDDEN_BEAM_CONTRAST
+    if faint or np.size(pattern) <= FRIEDEL_MAX_PIXELS:
         # hot pixels left out, as by the contrast (one under a stop took its place)
         hot = defect_pixels(pattern, mask=excluded)[0]
         beam = hidden_beam(pattern, mask=hot if excluded is None else excluded | hot)
-        if beam.radius > 0:  # its place reads nothing
+        if beam.radius > 0 and (  # its place reads nothing
+            faint
+            or dark_share(pattern, beam.xy, mask=excluded, hot=hot) >= SHADOW_SHARE
+        ):
             return beam, contrast, True
     return locate_direct_beam(pattern, mask=excluded), contrast, False
 

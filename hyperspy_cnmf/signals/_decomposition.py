@@ -810,8 +810,8 @@ def _measure_beam(signal, op, p):
         disk = disk_radius_from_metadata(signal)
         beam = Beam(beam.x, beam.y, np.nan if disk is None else disk)
         warn(
-            f"the direct beam is not visible in the mean pattern (its brightest region stands "
-            f"only {contrast:.3g} times above the median; a beam stop?): its centre is taken "
+            f"the direct beam is not visible in the mean pattern (nothing reads at its centre "
+            f"of inversion symmetry; contrast {contrast:.3g}; a beam stop?): its centre is taken "
             f"from the pattern's inversion symmetry (Friedel's law), ({beam.x:.2f}, "
             f"{beam.y:.2f}) px, and the disk of {shadow:.3g} px about it is left out of the "
             "fit; the beam's motion over the scan (descan) is not measured"

@@ -127,9 +127,10 @@ class STEM4D(Signal2D):
             (``direct_beam_x_px``, ``direct_beam_y_px``,
             ``direct_beam_radius_px``, ``direct_beam_mask_radius_px``) and used
             by :meth:`cluster_diffraction` as the centre of the polar transform.
-            A beam hidden by a beam stop (the mean pattern's brightest region
-            less than 50 times its median and nothing read at its centre of
-            inversion symmetry; ``direct_beam_hidden`` in ``cnmf_parameters``)
+            A beam hidden by a beam stop (nothing read at the mean pattern's
+            centre of inversion symmetry, and its brightest region less than
+            50 times its median or a compact shadow there;
+            ``direct_beam_hidden`` in ``cnmf_parameters``)
             is warned about: its centre is that centre of symmetry, ``"auto"``
             leaves the stop's shadow out, and the radius recorded is the Bragg
             disks' from the convergence semi-angle (NaN without it).
