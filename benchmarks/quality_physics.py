@@ -265,38 +265,23 @@ def main(argv=None):
                 "overwritten with the embedded default alone; pass --out FILE."
             )
         print(f"note: {DATA} not found; only the embedded default runs")
+    # the run's seed and the detector's imperfections, the same for every run
+    perturbed = dict(
+        seed=args.seed,
+        gap=args.detector_gap,
+        offset=args.offset,
+        crop=args.detector_crop,
+        stop=args.beam_stop,
+        convergence=not args.no_convergence,
+    )
     rows = []
     for name, loader in cases(args.cases, args.files):
         _, truth = loader(False)
         k_true = truth["n_grains"] + 1
         for kk in args.k:
             k = {"true": k_true, "2x": 2 * k_true}.get(kk) or int(kk)
-            eager = run(
-                loader,
-                k,
-                False,
-                args.seed,
-                args.detector_gap,
-                args.offset,
-                args.detector_crop,
-                args.beam_stop,
-                not args.no_convergence,
-            )
-            lazy = (
-                None
-                if args.no_lazy
-                else run(
-                    loader,
-                    k,
-                    True,
-                    args.seed,
-                    args.detector_gap,
-                    args.offset,
-                    args.detector_crop,
-                    args.beam_stop,
-                    not args.no_convergence,
-                )
-            )
+            eager = run(loader, k, False, **perturbed)
+            lazy = None if args.no_lazy else run(loader, k, True, **perturbed)
             row = {
                 "case": name,
                 "k": k,

@@ -37,6 +37,7 @@ __all__ = [
     "hidden_beam",
     "locate_direct_beam",
     "positions_across_dead_pixels",
+    "search_beam",
 ]
 
 
@@ -479,12 +480,11 @@ def _compact(region):
 
 
 def _search_image(pattern, sigma, mask):
-    """The pattern as the beam finders read it: ``(raw, smoothed, valid)``.
+    """The pattern as the beam finders read it: ``(smoothed, hot)``.
 
-    Missing, masked and hot pixels are read from the valid ones around
-    (:func:`fill_pixels`), then the pattern is smoothed with a Gaussian of
-    ``sigma`` px (none for 0). ``raw`` is the pattern as float64, ``valid``
-    its pixels that took part.
+    Missing, masked and hot pixels (:func:`defect_pixels`, returned) are read
+    from the valid ones around (:func:`fill_pixels`), then the pattern is
+    smoothed with a Gaussian of ``sigma`` px (none for 0).
     """
     img = np.asarray(pattern, dtype=np.float64)
     if img.ndim != 2:
@@ -503,10 +503,49 @@ def _search_image(pattern, sigma, mask):
             if mask is None
             else "`pattern` has no unmasked finite value."
         )
-    valid &= ~defect_pixels(img, mask=~valid)[0]
+    hot = defect_pixels(img, mask=~valid)[0]
+    valid &= ~hot
     filled = fill_pixels(img, ~valid) if not valid.all() else img
     smooth = ndimage.gaussian_filter(filled, sigma) if sigma else filled
-    return img, smooth, valid
+    return smooth, hot
+
+
+def _contrast(smooth):
+    """:func:`beam_contrast` of a search image."""
+    top, median = float(np.max(smooth)), float(np.median(smooth))
+    if median <= 0:
+        return np.inf if top > 0 else 1.0
+    return top / median
+
+
+def _disk(smooth):
+    """:func:`locate_direct_beam` (steps 2-3) on a search image."""
+    peak = np.unravel_index(np.argmax(smooth), smooth.shape)
+    level = 0.5 * (np.median(smooth) + smooth[peak])
+    labels, _ = ndimage.label(smooth >= level)
+    region = labels == labels[peak]
+    weights = np.where(region, smooth - level, 0.0)
+    if weights.sum() > 0:
+        cy, cx = ndimage.center_of_mass(weights)
+    else:  # flat pattern: no disk stands out
+        cy, cx = peak
+    return Beam(float(cx), float(cy), float(np.sqrt(region.sum() / np.pi)))
+
+
+def search_beam(pattern, mask=None, sigma=0.7):
+    """:func:`locate_direct_beam`, :func:`beam_contrast` and the hot pixels, from one search.
+
+    The pattern is read once (:func:`defect_pixels`, filled, smoothed) for
+    the three.
+
+    Returns
+    -------
+    beam : Beam
+    contrast : float
+    hot : ndarray of bool, shape (qy, qx)
+    """
+    smooth, hot = _search_image(pattern, sigma, mask)
+    return _disk(smooth), _contrast(smooth), hot
 
 
 #: Below this contrast (:func:`beam_contrast`) a mean pattern whose centre of
@@ -554,11 +593,7 @@ def beam_contrast(pattern, sigma=0.7, mask=None):
     >>> bool(beam_contrast(halo + 500 * (np.hypot(xx - 24, yy - 24) <= 3)) > 50)
     True
     """
-    smooth = _search_image(pattern, sigma, mask)[1]
-    top, median = float(np.max(smooth)), float(np.median(smooth))
-    if median <= 0:
-        return np.inf if top > 0 else 1.0
-    return top / median
+    return _contrast(_search_image(pattern, sigma, mask)[0])
 
 
 #: The fewest pixel pairs, as a share of the most, that :func:`friedel_centre` compares
@@ -785,17 +820,7 @@ def locate_direct_beam(pattern, sigma=0.7, mask=None):
     >>> round(beam.x, 1), round(beam.y, 1), round(beam.radius, 1)
     (30.0, 40.0, 7.9)
     """
-    smooth = _search_image(pattern, sigma, mask)[1]
-    peak = np.unravel_index(np.argmax(smooth), smooth.shape)
-    level = 0.5 * (np.median(smooth) + smooth[peak])
-    labels, _ = ndimage.label(smooth >= level)
-    region = labels == labels[peak]
-    weights = np.where(region, smooth - level, 0.0)
-    if weights.sum() > 0:
-        cy, cx = ndimage.center_of_mass(weights)
-    else:  # flat pattern: no disk stands out
-        cy, cx = peak
-    return Beam(float(cx), float(cy), float(np.sqrt(region.sum() / np.pi)))
+    return _disk(_search_image(pattern, sigma, mask)[0])
 
 
 #: Step (px) of the grid of beam shifts on which :func:`positions_across_dead_pixels`

@@ -24,6 +24,7 @@ import numpy as np
 
 from hyperspy_cnmf._beam import (
     BEAM_MOTION_SIGNIFICANCE,
+    _centres,
     beam_drift_t,
     beam_motion,
     defect_pixels,
@@ -31,9 +32,8 @@ from hyperspy_cnmf._beam import (
     positions_across_dead_pixels,
 )
 from hyperspy_cnmf._warnings import warn
-from hyperspy_cnmf.nmf._kernels import block_beam_centres
 from hyperspy_cnmf.signals._axes import calibrated_origin_px, check_4d
-from hyperspy_cnmf.signals._calibration import beam_and_contrast
+from hyperspy_cnmf.signals._calibration import beam_and_contrast, hidden_beam_text
 
 __all__ = [
     "BEAM_MOTION_LIMIT",
@@ -55,17 +55,8 @@ def _positions_rows(X, sig_shape):
     X = np.asarray(X)
     if not (np.issubdtype(X.dtype, np.floating) and X.dtype.itemsize >= 4):
         X = X.astype(np.float32)
-    X = np.ascontiguousarray(X)
-    out = np.empty((X.shape[0], 2))
-    block_beam_centres(
-        X,
-        int(sig_shape[0]),
-        int(sig_shape[1]),
-        np.ones(X.shape[0], dtype=bool),
-        np.ones(X.shape[1], dtype=bool),
-        out,
-    )
-    return out
+    ny, nx = (int(n) for n in sig_shape)
+    return _centres(X.reshape(-1, ny, nx), np.ones((ny, nx), dtype=bool))
 
 
 def _positions_chunk(block):
@@ -137,11 +128,8 @@ def direct_beam_positions(signal):
         beam, contrast, hidden = beam_and_contrast(mean, mask=~finite, dead=dead)
         if hidden:
             warn(
-                f"the direct beam is not visible in the mean pattern (nothing reads at "
-                f"its centre of inversion symmetry; contrast {contrast:.3g}; a beam "
-                f"stop?): its centre is at ({beam.x:.2f}, {beam.y:.2f}) px by the "
-                "pattern's inversion symmetry, but no pattern's own centre can be "
-                "measured; the positions are NaN",
+                hidden_beam_text(beam, contrast)
+                + ", but no pattern's own centre can be measured; the positions are NaN",
                 UserWarning,
             )
             return np.full((ny, nx, 2), np.nan)

@@ -9,12 +9,11 @@ import numpy as np
 from hyperspy_cnmf._beam import (
     HIDDEN_BEAM_CONTRAST,
     SHADOW_SHARE,
-    beam_contrast,
     beam_search_pixels,
     dark_share,
     defect_pixels,
     hidden_beam,
-    locate_direct_beam,
+    search_beam,
 )
 from hyperspy_cnmf._warnings import warn
 from hyperspy_cnmf.constraints import (
@@ -364,18 +363,27 @@ def beam_and_contrast(pattern, mask=None, dead=None):
     if dead is not None and np.any(dead):
         dead = np.asarray(dead, dtype=bool)
         excluded = dead if excluded is None else excluded | dead
-    contrast = beam_contrast(pattern, mask=excluded)
+    disk, contrast, hot = search_beam(pattern, mask=excluded)
     faint = contrast < HIDDEN_BEAM_CONTRAST
     if faint or np.size(pattern) <= FRIEDEL_MAX_PIXELS:
         # hot pixels left out, as by the contrast (one under a stop took its place)
-        hot = defect_pixels(pattern, mask=excluded)[0]
         beam = hidden_beam(pattern, mask=hot if excluded is None else excluded | hot)
         if beam.radius > 0 and (  # its place reads nothing
             faint
             or dark_share(pattern, beam.xy, mask=excluded, hot=hot) >= SHADOW_SHARE
         ):
             return beam, contrast, True
-    return locate_direct_beam(pattern, mask=excluded), contrast, False
+    return disk, contrast, False
+
+
+def hidden_beam_text(beam, contrast):
+    """The opening of the warnings on a hidden beam (decomposition, beam positions)."""
+    return (
+        f"the direct beam is not visible in the mean pattern (nothing reads at its centre "
+        f"of inversion symmetry; contrast {contrast:.3g}; a beam stop?): its centre is taken "
+        f"from the pattern's inversion symmetry (Friedel's law), ({beam.x:.2f}, "
+        f"{beam.y:.2f}) px"
+    )
 
 
 def warn_defect_pixels(mean_pattern, n_positions, mask=None, excluded=False):

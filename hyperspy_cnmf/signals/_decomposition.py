@@ -43,6 +43,7 @@ from hyperspy_cnmf.signals._calibration import (
     beam_energy_and_convergence,
     disk_radius_from_metadata,
     estimate_probe_fwhm,
+    hidden_beam_text,
     navigation_scales,
     warn_defect_pixels,
 )
@@ -593,12 +594,12 @@ def constrained_nmf_decomposition(
     """
     p = _checked_arguments(signal, locals())
     op, seed = _read_statistics(signal, p)
-    mean_pattern, beam, mask_radius, beam_mask, beam_positions = _measure_beam(
+    mean_pattern, beam, hidden, mask_radius, beam_mask, beam_positions = _measure_beam(
         signal, op, p
     )
     op, row_scale, col_scale = _scaled_operator(op, p, beam_mask)
     sig_mask, sig_valid = p.sig_mask | beam_mask, ~p.sig_mask & ~beam_mask
-    settings = _settings(p, beam, mask_radius)
+    settings = _settings(p, beam, mask_radius, hidden)
     map_c, diff_c, res_value, dip_radius = _build_constraints(
         signal, p, beam, mean_pattern, sig_valid, settings
     )
@@ -780,6 +781,8 @@ def _measure_beam(signal, op, p):
     mean_pattern : ndarray, shape ``sig_shape``
     beam : Beam
         ``(x, y, radius)`` px, x first.
+    hidden : bool
+        Whether the beam is hidden (a beam stop).
     mask_radius : float
         Radius (px) of the direct-beam disk left out (0: none).
     beam_mask : ndarray of bool, flat
@@ -801,7 +804,6 @@ def _measure_beam(signal, op, p):
         mask=p.sig_mask.reshape(p.sig_shape),
         dead=dead,  # always: a gap through the beam would cut it in pieces
     )
-    p.beam_hidden = hidden
     beam_positions = op.beam_positions()
     shadow = 0.0
     if hidden:
@@ -810,11 +812,9 @@ def _measure_beam(signal, op, p):
         disk = disk_radius_from_metadata(signal)
         beam = Beam(beam.x, beam.y, np.nan if disk is None else disk)
         warn(
-            f"the direct beam is not visible in the mean pattern (nothing reads at its centre "
-            f"of inversion symmetry; contrast {contrast:.3g}; a beam stop?): its centre is taken "
-            f"from the pattern's inversion symmetry (Friedel's law), ({beam.x:.2f}, "
-            f"{beam.y:.2f}) px, and the disk of {shadow:.3g} px about it is left out of the "
-            "fit; the beam's motion over the scan (descan) is not measured"
+            hidden_beam_text(beam, contrast)
+            + f", and the disk of {shadow:.3g} px about it is left out of the fit; the "
+            "beam's motion over the scan (descan) is not measured"
             + (
                 f"; the Bragg disks' radius is taken from the convergence semi-angle "
                 f"({disk:.3g} px)"
@@ -855,7 +855,7 @@ def _measure_beam(signal, op, p):
             f"output_dimension={p.k} is larger than the {int(fit_valid.sum())} detector pixels left "
             "outside the direct-beam mask; pass a smaller direct_beam_mask radius or direct_beam_mask=False"
         )
-    return mean_pattern, beam, mask_radius, beam_mask, beam_positions
+    return mean_pattern, beam, hidden, mask_radius, beam_mask, beam_positions
 
 
 #: Relative variation ``sum |x_i - mean|^2 / sum |x_i|^2`` below which the statistics read
@@ -919,7 +919,7 @@ def _scaled_operator(op, p, beam_mask):
     return op, row_scale, col_scale
 
 
-def _settings(p, beam, mask_radius):
+def _settings(p, beam, mask_radius, hidden):
     """The run's settings as recorded (``cnmf_parameters``), before the constraints add theirs."""
     dbm = p.direct_beam_mask
     return dict(
@@ -945,7 +945,7 @@ def _settings(p, beam, mask_radius):
         else float(dbm),
         **beam.record(),  # direct_beam_x_px, direct_beam_y_px, direct_beam_radius_px
         direct_beam_mask_radius_px=mask_radius,
-        direct_beam_hidden=bool(getattr(p, "beam_hidden", False)),
+        direct_beam_hidden=bool(hidden),
         defect_pixel_mask=bool(p.defect_pixel_mask),
     )
 
