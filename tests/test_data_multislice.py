@@ -725,10 +725,14 @@ def test_merged_patterns_hold_no_valley_that_their_members_data_lack(two_phase, 
 
     A grain's merge holds the crystal without the glass under it, so against its positions'
     mean it dips along the halo (the test above); against what the data give for its maps
-    no radial valley is deeper, nor the matrix's halo ring along the azimuth (k = true and
-    2x, the refit's components there; benchmarks/quality_valleys.py's last two columns).
-    At the true count the same holds for each factor against what the data give for its
-    map (the script's "clean data's patterns" column).
+    no radial valley is deeper (k = true and 2x, the refit's components there;
+    benchmarks/quality_valleys.py's "against the clean data's patterns for their members'
+    maps" columns). At the true count the same holds for each factor against what the data
+    give for its map (the script's "clean data's patterns" column). The estimate with a
+    ring carved to half (at 12-13 px or at the halo) fails it; random_state 0-3 with the
+    draws' seeds 0-2 pass (/work/notes/s30/rs_check.py, can_fail2.py, can_fail3.py,
+    review30/). Azimuthal depths are not asserted: on these least-squares patterns one
+    empty pixel on a ring sets them (up to 1.0).
     """
     from scipy.optimize import nnls
 
@@ -737,7 +741,7 @@ def test_merged_patterns_hold_no_valley_that_their_members_data_lack(two_phase, 
 
     s, truth = two_phase
     s = s.deepcopy()
-    labels = _main_job(s, times * (truth["n_grains"] + 1)).ravel()
+    _main_job(s, times * (truth["n_grains"] + 1))
     lr = s.learning_results
     qy, qx = s.axes_manager._signal_shape_in_array
     factors, loadings = clustered_components(s)
@@ -785,13 +789,9 @@ def test_merged_patterns_hold_no_valley_that_their_members_data_lack(two_phase, 
                 _valley_depth(radial_profile(f[i], centre, n_r)) for f in [own] + given
             ]
             assert radial[0] <= max(radial[1:]) + 0.01, (i, radial)
-    matrix = np.bincount(labels[truth["phase_map"].ravel() == 0]).argmax()
     for c in range(est.shape[0]):
         radial = [
             _valley_depth(radial_profile(m[c], centre, n_r))
             for m in [est] + data_merges
         ]
         assert radial[0] <= max(radial[1:]) + 0.01, (c, radial)
-        if c == matrix:  # no Bragg disk carved out of the glass's halo
-            ring = [_halo_ring_depth(m[c], centre, 17) for m in [est] + data_merges]
-            assert ring[0] <= max(ring[1:]) + 0.01, (c, ring)
