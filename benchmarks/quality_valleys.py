@@ -734,7 +734,8 @@ def summary_row(res):
             f"r {c['implied_r']}"
         )
 
-    def merged_implied(rows):
+    def against_members_data(rows):
+        """The two cells of the merged grain clusters against their members' data."""
         if not rows:
             return "–", "–"
         out = []
@@ -771,7 +772,7 @@ def summary_row(res):
         f"| {edge:.2f} | {res['far_share']:.2f} "
         f"| {worst(means, 'depth', 'noise95')} | {worst(means, 'ring', 'ring_noise95')} "
         f"| {mean_edge} | {res['level']:.3f} "
-        f"| {' | '.join(merged_implied(grains))} |"
+        f"| {' | '.join(against_members_data(grains))} |"
     )
 
 
